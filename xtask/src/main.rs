@@ -1,0 +1,48 @@
+//! `cargo xtask`: every workflow of the project behind one command.
+//!
+//! - `build [APP…]`: guest images at `target/x86_64-unknown-none/release/APP`.
+//! - `run APP [--mem MIB] [-- ARGS…]`: boot APP on Xen (natively in a Xen dom0,
+//!   otherwise in the lab) and stream its console.
+//! - `lab exec FILE` / `lab shell`: the Xen lab, real Xen and a Debian dom0 under QEMU.
+//! - `test`: format check, clippy, host unit tests, lab integration tests.
+
+mod build;
+mod lab;
+mod run;
+mod test;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", version, about)]
+enum Cli {
+    /// Build guest app images.
+    Build(build::BuildArgs),
+    /// Build an app and boot it on Xen, streaming its console until it ends.
+    Run(run::RunArgs),
+    /// The Xen lab: Xen 4.17 and a Debian dom0 under QEMU.
+    #[command(subcommand)]
+    Lab(lab::LabCmd),
+    /// Format check, clippy, host unit tests and lab integration tests.
+    Test(test::TestArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli {
+        Cli::Build(args) => args.run().map(|_| ExitCode::SUCCESS),
+        Cli::Run(args) => args.run(),
+        Cli::Lab(cmd) => cmd.run(),
+        Cli::Test(args) => args.run().map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
