@@ -1,0 +1,60 @@
+//! hello: the smallest useful app. It prints a greeting, the Xen version, its
+//! arguments, its memory and how long the guest took from its first instruction to
+//! `main`, then powers off.
+//!
+//! Arguments: `panic` panics; `fault` writes through a null pointer; `sleep=N` sleeps
+//! N ms on the timer and prints the guest time that passed.
+
+#![no_std]
+#![no_main]
+
+use core::time::Duration;
+
+use kernel::time::Instant;
+use kernel::{mem, println};
+
+kernel::main!(main);
+
+fn main(args: kernel::Args) -> Result<(), &'static str> {
+    let boot_time = kernel::time::since_boot();
+    println!("Hello from a Rust unikernel on Xen!");
+    println!("xen: {}", kernel::xen::XenVersion::get());
+    println!("args: {}", Joined(&args));
+    println!("memory: {} MiB ({} pages)", mem::total_pages() * 4096 >> 20, mem::total_pages());
+    println!("boot: {} us from first instruction to main", boot_time.as_micros());
+
+    if args.has("panic") {
+        panic!("hello was asked to panic");
+    }
+    if args.has("fault") {
+        let null = core::ptr::null_mut::<u64>();
+        // SAFETY: deliberately invalid: this write must fault, to show the fault report.
+        unsafe { null.write_volatile(0xdead) };
+    }
+    if let Some(ms) = args.value("sleep") {
+        let ms: u64 = ms.parse().map_err(|_| "sleep=N needs a number of milliseconds")?;
+        let start = Instant::now();
+        kernel::time::sleep(Duration::from_millis(ms));
+        let slept = start.elapsed();
+        println!("slept: {}.{:03} ms of guest time", slept.as_millis(), slept.subsec_micros() % 1000);
+    }
+    println!("free frames: {}", mem::free_frames());
+    Ok(())
+}
+
+/// Arguments separated by spaces.
+struct Joined<'a>(&'a [alloc::string::String]);
+
+extern crate alloc;
+
+impl core::fmt::Display for Joined<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for (i, arg) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            f.write_str(arg)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,20 @@
+//! Xen x86_64 PV architecture support: the boot entry and ELF notes, hypercalls, the
+//! trap table and event upcall, PV page tables (p2m, m2p, `mmu_update`) and Xen
+//! system time.
+//!
+//! Everything that executes privileged PV operations is built for the guest target
+//! only (`target_os = "none"`); the pure parts (page-table index math, time scaling,
+//! fault formatting, ABI layouts) also build and are tested on the host.
+
+#![cfg_attr(target_os = "none", no_std)]
+
+pub mod abi;
+#[cfg(target_os = "none")]
+pub mod boot;
+pub mod cpu;
+pub mod errno;
+#[cfg(target_os = "none")]
+pub mod hypercall;
+pub mod mm;
+pub mod time;
+pub mod traps;

@@ -1,0 +1,401 @@
+//! PV memory management: the p2m and m2p tables, and page tables changed through Xen.
+//!
+//! A PV guest sees pseudo-physical frames (pfns); the hardware sees machine frames
+//! (mfns). Xen hands us the pfn → mfn list (`start_info.mfn_list`) and maps the global
+//! mfn → pfn table read-only at [`abi::MACH2PHYS_VIRT_START`](crate::abi::MACH2PHYS_VIRT_START).
+//!
+//! Layout of our address space, all in the top 2 GiB:
+//! - the **direct map**: pfn N at `VIRT_BASE + N * 4096`. Xen's bootstrap mapping is its
+//!   start (the image is linked at `VIRT_BASE`); [`extend_direct_map`] covers the rest
+//!   of the guest's memory;
+//! - the **window**, 32 MiB below `VIRT_BASE`: foreign frames mapped at run time (grant
+//!   table frames, grants other domains give us).
+//!
+//! Page-table pages are read-only to a PV guest; all changes go through `mmu_update` and
+//! `update_va_mapping`. A new table page is filled while still an ordinary writable page,
+//! then made read-only and hooked into its parent, so Xen validates it once.
+
+/// Size of a page.
+pub const PAGE_SIZE: usize = 4096;
+/// log2 of [`PAGE_SIZE`].
+pub const PAGE_SHIFT: u32 = 12;
+/// Where the image is linked, and where the direct map starts.
+pub const VIRT_BASE: u64 = 0xffff_ffff_8000_0000;
+/// How many frames the direct map can hold: from `VIRT_BASE` to the top of the address
+/// space (2 GiB). A guest with more memory leaves the rest unused.
+pub const DIRECT_MAP_MAX_PFNS: u64 = VIRT_BASE.wrapping_neg() >> PAGE_SHIFT;
+/// Start of the window for foreign mappings.
+pub const WINDOW_BASE: u64 = VIRT_BASE - WINDOW_PAGES as u64 * PAGE_SIZE as u64;
+/// Pages in the window (32 MiB).
+pub const WINDOW_PAGES: usize = 8192;
+
+/// Page-table entry bits (Intel SDM vol. 3, 4.5).
+pub mod pte {
+    pub const PRESENT: u64 = 1 << 0;
+    pub const WRITABLE: u64 = 1 << 1;
+    pub const USER: u64 = 1 << 2;
+    pub const ACCESSED: u64 = 1 << 5;
+    pub const DIRTY: u64 = 1 << 6;
+    pub const NO_EXECUTE: u64 = 1 << 63;
+    /// The frame number bits.
+    pub const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+    /// Entries that point to a lower-level table. A 64-bit PV kernel runs in ring 3, so
+    /// its mappings carry USER.
+    pub const TABLE: u64 = PRESENT | WRITABLE | USER | ACCESSED | DIRTY;
+    /// A read-write data page.
+    pub const DATA: u64 = PRESENT | WRITABLE | USER | ACCESSED | DIRTY;
+    /// A read-only page (used for page-table pages in the direct map).
+    pub const READ_ONLY: u64 = PRESENT | USER | ACCESSED;
+}
+
+/// Entries per page table.
+pub const ENTRIES: usize = 512;
+
+/// Virtual address of pfn `pfn` in the direct map.
+pub const fn va_of_pfn(pfn: u64) -> u64 {
+    VIRT_BASE + (pfn << PAGE_SHIFT)
+}
+
+/// The pfn behind a direct-map address.
+pub const fn pfn_of_va(va: u64) -> u64 {
+    (va - VIRT_BASE) >> PAGE_SHIFT
+}
+
+/// Index into the page table of `level` (1 = L1 ... 4 = L4) for `va`.
+pub const fn table_index(va: u64, level: u32) -> usize {
+    ((va >> (PAGE_SHIFT + 9 * (level - 1))) & 0x1ff) as usize
+}
+
+/// The entry that maps frame `mfn` with `flags`.
+pub const fn make_pte(mfn: u64, flags: u64) -> u64 {
+    ((mfn << PAGE_SHIFT) & pte::ADDR_MASK) | flags
+}
+
+/// The machine frame an entry points to.
+pub const fn pte_mfn(entry: u64) -> u64 {
+    (entry & pte::ADDR_MASK) >> PAGE_SHIFT
+}
+
+/// Why a mapping could not be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapError {
+    /// No free frame for a new page-table page.
+    OutOfFrames,
+    /// A frame given for a page-table page is not in the direct map yet.
+    FrameNotMapped(u64),
+    /// Xen refused the update.
+    Xen(crate::errno::Errno),
+}
+
+impl core::fmt::Display for MapError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::OutOfFrames => f.write_str("no free frame for a page table"),
+            Self::FrameNotMapped(pfn) => write!(f, "frame {pfn:#x} is not mapped yet"),
+            Self::Xen(errno) => write!(f, "Xen refused a page-table update: {errno}"),
+        }
+    }
+}
+
+#[cfg(target_os = "none")]
+pub use pv::*;
+
+#[cfg(target_os = "none")]
+mod pv {
+    use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use super::*;
+    use crate::abi;
+    use crate::hypercall::{self, Errno};
+
+    /// Virtual address of the pfn → mfn list and its length.
+    static P2M: AtomicU64 = AtomicU64::new(0);
+    static P2M_LEN: AtomicU64 = AtomicU64::new(0);
+    /// Virtual address of the L4 table Xen built (read-only to us).
+    static L4: AtomicU64 = AtomicU64::new(0);
+    /// Whether the CPU honours the no-execute bit.
+    static NX: AtomicBool = AtomicBool::new(false);
+    /// End (exclusive pfn) of the direct map.
+    static DIRECT_END: AtomicU64 = AtomicU64::new(0);
+
+    /// Record what Xen told us about memory.
+    ///
+    /// # Safety
+    /// `si` must be the start_info page Xen passed at entry: its `mfn_list` and
+    /// `pt_base` point at the live p2m list and L4 table.
+    pub unsafe fn init(si: &abi::start_info) {
+        P2M.store(si.mfn_list, Ordering::Relaxed);
+        P2M_LEN.store(si.nr_pages, Ordering::Relaxed);
+        L4.store(si.pt_base, Ordering::Relaxed);
+        NX.store(crate::cpu::has_nx(), Ordering::Relaxed);
+        DIRECT_END.store(find_direct_map_end(si.nr_pages), Ordering::Relaxed);
+    }
+
+    /// The flags for data pages: no-execute where the CPU supports it.
+    pub fn data_flags() -> u64 {
+        if NX.load(Ordering::Relaxed) { pte::DATA | pte::NO_EXECUTE } else { pte::DATA }
+    }
+
+    /// The machine frame of `pfn`.
+    pub fn pfn_to_mfn(pfn: u64) -> u64 {
+        assert!(pfn < P2M_LEN.load(Ordering::Relaxed), "pfn {pfn:#x} beyond the p2m list");
+        let list = P2M.load(Ordering::Relaxed) as *const u64;
+        // SAFETY: the p2m list has P2M_LEN entries, mapped for the guest's lifetime.
+        unsafe { list.add(pfn as usize).read() }
+    }
+
+    /// The pseudo-physical frame of `mfn`, from Xen's machine-to-phys table.
+    pub fn mfn_to_pfn(mfn: u64) -> u64 {
+        let addr = abi::MACH2PHYS_VIRT_START + mfn * 8;
+        assert!(addr < abi::MACH2PHYS_VIRT_END, "mfn {mfn:#x} beyond the m2p table");
+        // SAFETY: Xen maps the m2p table read-only in every 64-bit PV guest.
+        unsafe { (addr as *const u64).read_volatile() }
+    }
+
+    /// The machine address of `va` in the direct map (of a page we own).
+    pub fn virt_to_machine(va: u64) -> u64 {
+        (pfn_to_mfn(pfn_of_va(va)) << PAGE_SHIFT) | (va & (PAGE_SIZE as u64 - 1))
+    }
+
+    /// The first pfn past the direct map.
+    pub fn direct_map_end() -> u64 {
+        DIRECT_END.load(Ordering::Relaxed)
+    }
+
+    /// Read entry `index` of the table in machine frame `table_mfn`.
+    fn read_entry(table_mfn: u64, index: usize) -> u64 {
+        let table = va_of_pfn(mfn_to_pfn(table_mfn)) as *const u64;
+        // SAFETY: page-table pages are in the direct map (read-only to us); index < 512.
+        unsafe { table.add(index).read_volatile() }
+    }
+
+    fn l4_mfn() -> u64 {
+        pfn_to_mfn(pfn_of_va(L4.load(Ordering::Relaxed)))
+    }
+
+    /// Walk down to the table of `level` that covers `va`: its mfn, or `None` if an
+    /// upper level is missing.
+    fn table_for(va: u64, level: u32) -> Option<u64> {
+        let mut mfn = l4_mfn();
+        for upper in (level + 1..=4).rev() {
+            let entry = read_entry(mfn, table_index(va, upper));
+            if entry & pte::PRESENT == 0 {
+                return None;
+            }
+            mfn = pte_mfn(entry);
+        }
+        Some(mfn)
+    }
+
+    /// The L1 entry that maps `va`, if its tables exist.
+    pub fn lookup(va: u64) -> Option<u64> {
+        let l1 = table_for(va, 1)?;
+        Some(read_entry(l1, table_index(va, 1)))
+    }
+
+    /// Xen maps the bootstrap region in whole L1 tables: find where it ends.
+    fn find_direct_map_end(nr_pages: u64) -> u64 {
+        let limit = nr_pages.min(DIRECT_MAP_MAX_PFNS);
+        let mut pfn = 0;
+        while pfn < limit {
+            match lookup(va_of_pfn(pfn)) {
+                Some(entry) if entry & pte::PRESENT != 0 => pfn += 1,
+                _ => break,
+            }
+        }
+        pfn
+    }
+
+    fn update(entries: &[abi::mmu_update]) -> Result<(), MapError> {
+        // SAFETY: callers only install tables we built and mappings of frames we own,
+        // never touching the mappings of the image or the stack.
+        let done = unsafe { hypercall::mmu_update(entries) }.map_err(MapError::Xen)?;
+        if done != entries.len() {
+            return Err(MapError::Xen(Errno::EINVAL));
+        }
+        Ok(())
+    }
+
+    fn entry_update(table_mfn: u64, index: usize, value: u64) -> abi::mmu_update {
+        abi::mmu_update {
+            ptr: ((table_mfn << PAGE_SHIFT) + index as u64 * 8) | u64::from(abi::MMU_NORMAL_PT_UPDATE),
+            val: value,
+        }
+    }
+
+    /// Take a frame for a new page table, let `fill` write its entries while it is
+    /// still writable, then make it read-only. Returns its mfn.
+    fn new_table(
+        frames: &mut dyn FnMut() -> Option<u64>,
+        fill: impl FnOnce(&mut [u64; ENTRIES]),
+    ) -> Result<u64, MapError> {
+        let pfn = frames().ok_or(MapError::OutOfFrames)?;
+        if pfn >= direct_map_end() {
+            return Err(MapError::FrameNotMapped(pfn));
+        }
+        let va = va_of_pfn(pfn);
+        // SAFETY: the frame is ours (the caller's allocator handed it out) and mapped
+        // read-write in the direct map; nothing else refers to it yet.
+        let table = unsafe { &mut *(va as *mut [u64; ENTRIES]) };
+        table.fill(0);
+        fill(table);
+        let mfn = pfn_to_mfn(pfn);
+        // SAFETY: drops write access to our own, unused page: Xen requires page tables
+        // to have no writable mapping.
+        unsafe { hypercall::update_va_mapping(va, make_pte(mfn, pte::READ_ONLY)) }
+            .map_err(MapError::Xen)?;
+        Ok(mfn)
+    }
+
+    /// Make sure the table of `level` covering `va` exists, creating missing levels
+    /// with frames from `frames`. Returns its mfn.
+    fn ensure_table(
+        va: u64,
+        level: u32,
+        frames: &mut dyn FnMut() -> Option<u64>,
+    ) -> Result<u64, MapError> {
+        let mut mfn = l4_mfn();
+        for upper in (level + 1..=4).rev() {
+            let index = table_index(va, upper);
+            let entry = read_entry(mfn, index);
+            mfn = if entry & pte::PRESENT != 0 {
+                pte_mfn(entry)
+            } else {
+                let table = new_table(frames, |_| {})?;
+                update(&[entry_update(mfn, index, make_pte(table, pte::TABLE))])?;
+                table
+            };
+        }
+        Ok(mfn)
+    }
+
+    /// Map the frames `[direct_map_end(), end_pfn)` into the direct map. Page tables
+    /// come from `frames`, which must hand out frames that are already mapped.
+    ///
+    /// # Safety
+    /// The frames being mapped must belong to the guest and must not be page tables.
+    pub unsafe fn extend_direct_map(
+        end_pfn: u64,
+        frames: &mut dyn FnMut() -> Option<u64>,
+    ) -> Result<(), MapError> {
+        let end_pfn = end_pfn.min(DIRECT_MAP_MAX_PFNS);
+        let flags = data_flags();
+        let mut pfn = direct_map_end();
+        while pfn < end_pfn {
+            let va = va_of_pfn(pfn);
+            let l2 = ensure_table(va, 2, frames)?;
+            let chunk_end = ((pfn / ENTRIES as u64) + 1) * ENTRIES as u64;
+            let chunk_end = chunk_end.min(end_pfn);
+            let l2_index = table_index(va, 2);
+            if read_entry(l2, l2_index) & pte::PRESENT != 0 {
+                // A partly filled L1: add the missing entries one update each.
+                let l1 = pte_mfn(read_entry(l2, l2_index));
+                for p in pfn..chunk_end {
+                    let index = table_index(va_of_pfn(p), 1);
+                    update(&[entry_update(l1, index, make_pte(pfn_to_mfn(p), flags))])?;
+                }
+            } else {
+                let first = table_index(va, 1);
+                let l1 = new_table(frames, |table| {
+                    for (i, p) in (pfn..chunk_end).enumerate() {
+                        table[first + i] = make_pte(pfn_to_mfn(p), flags);
+                    }
+                })?;
+                update(&[entry_update(l2, l2_index, make_pte(l1, pte::TABLE))])?;
+            }
+            pfn = chunk_end;
+            DIRECT_END.store(pfn, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Map machine frame `mfn` at `va` (outside the direct map) with `flags`.
+    ///
+    /// # Safety
+    /// `va` must not be in use, and the frame must be one we may map this way.
+    pub unsafe fn map_page(
+        va: u64,
+        mfn: u64,
+        flags: u64,
+        frames: &mut dyn FnMut() -> Option<u64>,
+    ) -> Result<(), MapError> {
+        ensure_table(va, 1, frames)?;
+        // SAFETY: guaranteed by the caller.
+        unsafe { hypercall::update_va_mapping(va, make_pte(mfn, flags)) }.map_err(MapError::Xen)
+    }
+
+    /// Make sure an L1 table covers `va`, so Xen can write its entry itself (grant
+    /// mappings do).
+    pub fn prepare_page(va: u64, frames: &mut dyn FnMut() -> Option<u64>) -> Result<(), MapError> {
+        ensure_table(va, 1, frames).map(drop)
+    }
+
+    /// Remove the mapping at `va`.
+    ///
+    /// # Safety
+    /// Nothing may use `va` afterwards.
+    pub unsafe fn unmap_page(va: u64) -> Result<(), MapError> {
+        // SAFETY: guaranteed by the caller.
+        unsafe { hypercall::update_va_mapping(va, 0) }.map_err(MapError::Xen)
+    }
+
+    /// The page `shared_info` is mapped over: a page of our image whose own frame is
+    /// given up for it.
+    #[repr(C, align(4096))]
+    struct SharedInfoPage([u8; PAGE_SIZE]);
+    static mut SHARED_INFO_PAGE: SharedInfoPage = SharedInfoPage([0; PAGE_SIZE]);
+    static SHARED_INFO_MAPPED: AtomicBool = AtomicBool::new(false);
+
+    /// Map the shared info page (machine frame `mfn`, from start_info).
+    ///
+    /// # Safety
+    /// `mfn` must be the domain's shared_info frame; call once.
+    pub unsafe fn map_shared_info(mfn: u64) -> Result<(), MapError> {
+        let va = core::ptr::addr_of!(SHARED_INFO_PAGE) as u64;
+        // SAFETY: the page is ours and unused; shared_info is meant to be mapped RW.
+        unsafe { hypercall::update_va_mapping(va, make_pte(mfn, data_flags())) }
+            .map_err(MapError::Xen)?;
+        SHARED_INFO_MAPPED.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// The shared info page, once [`map_shared_info`] has run.
+    pub fn shared_info() -> Option<*mut abi::shared_info> {
+        SHARED_INFO_MAPPED
+            .load(Ordering::Acquire)
+            .then(|| core::ptr::addr_of_mut!(SHARED_INFO_PAGE).cast())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indices_split_an_address_into_nine_bit_fields() {
+        let va = VIRT_BASE + (3 << 30) / 4 + (5 << 21) + (7 << 12) + 0x123;
+        assert_eq!(table_index(VIRT_BASE, 4), 511);
+        assert_eq!(table_index(VIRT_BASE, 3), 510);
+        assert_eq!(table_index(va, 2), 5 + 384);
+        assert_eq!(table_index(va, 1), 7);
+        assert_eq!(table_index(WINDOW_BASE, 3), 509);
+        assert_eq!(table_index(WINDOW_BASE, 2), 512 - WINDOW_PAGES / ENTRIES);
+    }
+
+    #[test]
+    fn direct_map_round_trips_and_fills_the_top_two_gib() {
+        assert_eq!(pfn_of_va(va_of_pfn(12345)), 12345);
+        assert_eq!(DIRECT_MAP_MAX_PFNS, 512 * 1024);
+        assert_eq!(va_of_pfn(DIRECT_MAP_MAX_PFNS - 1), 0xffff_ffff_ffff_f000);
+        assert!(WINDOW_BASE + (WINDOW_PAGES * PAGE_SIZE) as u64 == VIRT_BASE);
+    }
+
+    #[test]
+    fn entries_keep_frame_and_flags_apart() {
+        let entry = make_pte(0xabcde, pte::DATA | pte::NO_EXECUTE);
+        assert_eq!(pte_mfn(entry), 0xabcde);
+        assert_eq!(entry & !pte::ADDR_MASK, pte::DATA | pte::NO_EXECUTE);
+        // Bits above the physical address width never leak into the frame.
+        assert_eq!(pte_mfn(make_pte(u64::MAX, 0)), pte::ADDR_MASK >> PAGE_SHIFT);
+    }
+}

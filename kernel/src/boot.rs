@@ -1,0 +1,82 @@
+//! The boot flow: arch → start_info → console → memory → events → grants → app.
+
+use arch::abi::start_info;
+use arch::hypercall;
+use spin::Once;
+
+use crate::cmdline::Args;
+use crate::shutdown::{self, ShutdownReason};
+use crate::start_info::BootInfo;
+
+unsafe extern "C" {
+    /// End of the image (`linker.ld`).
+    static __image_end: u8;
+}
+
+unsafe extern "Rust" {
+    /// The app's `main`, wrapped by [`crate::main!`].
+    fn __kernel_app_main(args: Args) -> ShutdownReason;
+}
+
+static BOOT_INFO: Once<BootInfo> = Once::new();
+
+/// What Xen told us at boot.
+pub fn boot_info() -> &'static BootInfo {
+    BOOT_INFO.get().expect("boot info read before boot")
+}
+
+/// Called by `_start` (arch) on the boot stack with the start_info pointer and the
+/// TSC read by the guest's first instruction.
+#[unsafe(no_mangle)]
+extern "C" fn kernel_entry(si: *const start_info, boot_tsc: u64) -> ! {
+    if !hypercall::page_is_initialised() {
+        // No hypercall works, not even shutdown; with no trap table installed yet,
+        // this fault makes Xen crash the domain.
+        // SAFETY: ud2 only raises #UD.
+        unsafe { core::arch::asm!("ud2", options(noreturn)) };
+    }
+    if arch::traps::init(shutdown::fatal_exception, crate::events::upcall).is_err() {
+        hypercall::shutdown(arch::abi::SHUTDOWN_CRASH);
+    }
+    crate::time::set_boot_tsc(boot_tsc);
+    // SAFETY: Xen passes a valid start_info page in the bootstrap region.
+    let si = unsafe { &*si };
+    // SAFETY: as above: mfn_list and pt_base are Xen's live p2m list and L4.
+    unsafe { arch::mm::init(si) };
+    let image_end = core::ptr::addr_of!(__image_end) as u64;
+    let boot = match BootInfo::parse(si, image_end, arch::mm::mfn_to_pfn) {
+        Ok(boot) => BOOT_INFO.call_once(|| boot),
+        Err(err) => {
+            // Without a valid start_info there is no console ring; dom0 can still say why.
+            let _ = hypercall::console_write(b"start_info rejected\n");
+            let _ = err;
+            hypercall::shutdown(arch::abi::SHUTDOWN_CRASH);
+        }
+    };
+    crate::console::init(boot);
+    // SAFETY: the frame comes from start_info; mapped once, here.
+    if let Err(err) = unsafe { arch::mm::map_shared_info(boot.shared_info_mfn) } {
+        boot_failed("mapping shared_info", err);
+    }
+    if let Err(err) = crate::mem::init(boot) {
+        boot_failed("memory", err);
+    }
+    if let Err(err) = crate::events::init() {
+        boot_failed("event channels", err);
+    }
+    if let Err(err) = crate::grant::init() {
+        boot_failed("grant table", err);
+    }
+    let args = match Args::parse(boot.cmdline()) {
+        Ok(args) => args,
+        Err(err) => boot_failed("command line", err),
+    };
+    // SAFETY: the app crate defines `__kernel_app_main` through `kernel::main!`.
+    let reason = unsafe { __kernel_app_main(args) };
+    shutdown::exit(reason)
+}
+
+fn boot_failed(stage: &str, err: impl core::fmt::Display) -> ! {
+    crate::println!("boot failed: {stage}: {err}");
+    shutdown::exit(ShutdownReason::Crash)
+}

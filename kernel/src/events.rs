@@ -1,0 +1,331 @@
+//! Event channels (2-level ABI): binding, notifying, masking, and delivery to handlers
+//! and waiting tasks.
+//!
+//! Delivery has two halves. [`poll_pending`] runs in the upcall (and in the idle loop)
+//! with events masked: it moves pending ports from `shared_info` into the `FIRED`
+//! bitmap using atomic operations only. [`dispatch`] runs in task context from the
+//! executor: for each fired port it calls the registered handler, or wakes the task
+//! waiting on it. Handlers therefore run in ordinary task context and may take locks.
+
+use alloc::collections::BTreeMap;
+use core::future::Future;
+use core::pin::Pin;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use core::task::{Context, Poll, Waker};
+
+use arch::abi::{self, DomId};
+use arch::hypercall::{self, Errno};
+use spin::Mutex;
+
+use crate::time::Instant;
+
+/// An event-channel port number.
+pub type Port = u32;
+
+/// Ports the 2-level ABI can address on a 64-bit guest.
+pub const NR_PORTS: usize = 64 * 64;
+
+/// A handler called (in task context) each time its port fires.
+pub type Handler = fn(Port);
+
+static FIRED: [AtomicU64; 64] = [const { AtomicU64::new(0) }; 64];
+static ANY_FIRED: AtomicBool = AtomicBool::new(false);
+
+#[derive(Default)]
+struct Slot {
+    handler: Option<Handler>,
+    waker: Option<Waker>,
+}
+
+static SLOTS: Mutex<BTreeMap<Port, Slot>> = Mutex::new(BTreeMap::new());
+static TIMER_PORT: AtomicU32 = AtomicU32::new(0);
+
+fn shared_info() -> *mut abi::shared_info {
+    arch::mm::shared_info().expect("event channels used before shared_info is mapped")
+}
+
+/// `shared_info` fields Xen updates with atomic operations, seen as atomics.
+fn pending_word(word: usize) -> &'static AtomicU64 {
+    // SAFETY: shared_info is mapped for the guest's lifetime, the field is an aligned
+    // u64 that Xen only changes with atomic instructions.
+    unsafe { AtomicU64::from_ptr(core::ptr::addr_of_mut!((*shared_info()).evtchn_pending[word])) }
+}
+
+fn mask_word(word: usize) -> &'static AtomicU64 {
+    // SAFETY: as for `pending_word`.
+    unsafe { AtomicU64::from_ptr(core::ptr::addr_of_mut!((*shared_info()).evtchn_mask[word])) }
+}
+
+fn split(port: Port) -> (usize, u64) {
+    assert!((port as usize) < NR_PORTS, "event channel port {port} out of range");
+    (port as usize / 64, 1 << (port % 64))
+}
+
+/// Set up event delivery: stop the periodic timer and bind the one-shot timer VIRQ.
+/// Call after `shared_info` is mapped.
+pub(crate) fn init() -> Result<(), Errno> {
+    mask_upcalls();
+    hypercall::stop_periodic_timer(0)?;
+    let timer = EventChannel::bind_virq(abi::VIRQ_TIMER)?;
+    TIMER_PORT.store(timer.into_port(), Ordering::Relaxed);
+    Ok(())
+}
+
+/// Mask event delivery for vCPU 0 (the normal state; see the executor docs).
+fn mask_upcalls() {
+    // SAFETY: shared_info is mapped; we are the only writer of our mask byte.
+    unsafe { core::ptr::addr_of_mut!((*shared_info()).vcpu_info[0].evtchn_upcall_mask).write_volatile(1) };
+    core::sync::atomic::compiler_fence(Ordering::SeqCst);
+}
+
+/// The event upcall: Xen entered it with events masked.
+pub(crate) fn upcall() {
+    poll_pending();
+}
+
+/// Move pending, unmasked ports into `FIRED`. Events must be masked.
+pub(crate) fn poll_pending() {
+    let si = shared_info();
+    // SAFETY: shared_info is mapped; these vCPU 0 fields are ours to clear, and Xen
+    // sets them with atomic operations.
+    let selector = unsafe {
+        core::ptr::addr_of_mut!((*si).vcpu_info[0].evtchn_upcall_pending).write_volatile(0);
+        AtomicU64::from_ptr(core::ptr::addr_of_mut!((*si).vcpu_info[0].evtchn_pending_sel))
+    };
+    let mut words = selector.swap(0, Ordering::AcqRel);
+    while words != 0 {
+        let word = words.trailing_zeros() as usize;
+        words &= words - 1;
+        let ready = pending_word(word).load(Ordering::Acquire) & !mask_word(word).load(Ordering::Acquire);
+        if ready != 0 {
+            pending_word(word).fetch_and(!ready, Ordering::AcqRel);
+            FIRED[word].fetch_or(ready, Ordering::AcqRel);
+            ANY_FIRED.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Forget a pending event on `port` without delivering it (for ports polled with
+/// `SCHEDOP_poll`, such as the console's). No-op before `shared_info` is mapped.
+pub(crate) fn clear_pending(port: Port) {
+    if arch::mm::shared_info().is_some() {
+        let (word, bit) = split(port);
+        pending_word(word).fetch_and(!bit, Ordering::AcqRel);
+    }
+}
+
+fn take_fired(port: Port) -> bool {
+    let (word, bit) = split(port);
+    FIRED[word].fetch_and(!bit, Ordering::AcqRel) & bit != 0
+}
+
+/// Run handlers and wake waiters of fired ports. Returns whether any port fired.
+pub(crate) fn dispatch() -> bool {
+    if !ANY_FIRED.swap(false, Ordering::AcqRel) {
+        return false;
+    }
+    for word in 0..FIRED.len() {
+        let mut bits = FIRED[word].load(Ordering::Acquire);
+        while bits != 0 {
+            let port = (word * 64) as Port + bits.trailing_zeros();
+            bits &= bits - 1;
+            enum Action {
+                Call(Handler),
+                Wake(Waker),
+                Drop,
+            }
+            let action = match SLOTS.lock().get_mut(&port) {
+                Some(Slot { handler: Some(handler), .. }) => Action::Call(*handler),
+                Some(Slot { waker: waker @ Some(_), .. }) => Action::Wake(waker.take().unwrap()),
+                // Nobody listens (the timer VIRQ, console acknowledgements): just clear.
+                _ => Action::Drop,
+            };
+            match action {
+                Action::Call(handler) => {
+                    take_fired(port);
+                    handler(port);
+                }
+                // The waiter consumes the fired bit when it runs.
+                Action::Wake(waker) => waker.wake(),
+                Action::Drop => {
+                    take_fired(port);
+                }
+            }
+        }
+    }
+    true
+}
+
+/// Sleep until an event arrives or the monotonic clock reaches `deadline`.
+pub(crate) fn block_until(deadline: Option<Instant>) {
+    if let Some(deadline) = deadline {
+        if deadline <= Instant::now() {
+            return;
+        }
+        if hypercall::set_timer_op(deadline.as_nanos()).is_err() {
+            // A deadline Xen refuses (too far away): wake on events only.
+            let _ = hypercall::set_timer_op(0);
+        }
+    }
+    hypercall::block();
+    // SCHEDOP_block unmasked delivery; if no upcall ran on the way out, mask again.
+    mask_upcalls();
+}
+
+/// A bound event channel; closed when dropped.
+#[derive(Debug)]
+pub struct EventChannel {
+    port: Port,
+}
+
+impl EventChannel {
+    fn bound(port: Port) -> Result<Self, Errno> {
+        SLOTS.lock().insert(port, Slot::default());
+        let channel = Self { port };
+        channel.unmask()?;
+        Ok(channel)
+    }
+
+    /// Allocate a port that domain `remote` may bind to.
+    pub fn alloc_unbound(remote: DomId) -> Result<Self, Errno> {
+        let mut op = abi::evtchn_alloc_unbound { dom: abi::DOMID_SELF, remote_dom: remote, port: 0 };
+        // SAFETY: `op` is the struct EVTCHNOP_alloc_unbound expects.
+        unsafe { hypercall::event_channel_op(abi::EVTCHNOP_alloc_unbound, &mut op)? };
+        Self::bound(op.port)
+    }
+
+    /// Connect to port `remote_port` that domain `remote` allocated for us.
+    pub fn bind_interdomain(remote: DomId, remote_port: Port) -> Result<Self, Errno> {
+        let mut op = abi::evtchn_bind_interdomain { remote_dom: remote, remote_port, local_port: 0 };
+        // SAFETY: `op` is the struct EVTCHNOP_bind_interdomain expects.
+        unsafe { hypercall::event_channel_op(abi::EVTCHNOP_bind_interdomain, &mut op)? };
+        Self::bound(op.local_port)
+    }
+
+    /// Bind a virtual IRQ (`VIRQ_*`) of vCPU 0.
+    pub fn bind_virq(virq: u32) -> Result<Self, Errno> {
+        let mut op = abi::evtchn_bind_virq { virq, vcpu: 0, port: 0 };
+        // SAFETY: `op` is the struct EVTCHNOP_bind_virq expects.
+        unsafe { hypercall::event_channel_op(abi::EVTCHNOP_bind_virq, &mut op)? };
+        Self::bound(op.port)
+    }
+
+    /// Take over a port someone else bound for us (the toolstack binds the console
+    /// and Xenstore ports before we start). It is not closed on drop.
+    pub fn adopt(port: Port) -> Result<core::mem::ManuallyDrop<Self>, Errno> {
+        Self::bound(port).map(core::mem::ManuallyDrop::new)
+    }
+
+    /// The local port number.
+    pub fn port(&self) -> Port {
+        self.port
+    }
+
+    /// The domain at the other end of a still unbound port, as Xen resolved it.
+    pub fn unbound_remote(&self) -> Result<DomId, Errno> {
+        // SAFETY: an all-zero evtchn_status is a valid value (integers and a union of them).
+        let mut status: abi::evtchn_status = unsafe { core::mem::zeroed() };
+        status.dom = abi::DOMID_SELF;
+        status.port = self.port;
+        // SAFETY: `status` is the struct EVTCHNOP_status expects.
+        unsafe { hypercall::event_channel_op(abi::EVTCHNOP_status, &mut status)? };
+        if status.status != abi::EVTCHNSTAT_unbound {
+            return Err(Errno::EINVAL);
+        }
+        // SAFETY: for EVTCHNSTAT_unbound Xen filled the `unbound` member.
+        Ok(unsafe { status.u.unbound.dom })
+    }
+
+    /// Signal the other end.
+    pub fn notify(&self) -> Result<(), Errno> {
+        hypercall::evtchn_send(self.port)
+    }
+
+    /// Stop delivery of this port (events stay pending).
+    pub fn mask(&self) {
+        let (word, bit) = split(self.port);
+        mask_word(word).fetch_or(bit, Ordering::AcqRel);
+    }
+
+    /// Resume delivery; Xen re-raises an event that arrived while masked.
+    pub fn unmask(&self) -> Result<(), Errno> {
+        let mut op = abi::evtchn_unmask { port: self.port };
+        // SAFETY: `op` is the struct EVTCHNOP_unmask expects.
+        unsafe { hypercall::event_channel_op(abi::EVTCHNOP_unmask, &mut op) }
+    }
+
+    /// Call `handler` each time the port fires (instead of waking waiters).
+    pub fn set_handler(&self, handler: Handler) {
+        SLOTS.lock().entry(self.port).or_default().handler = Some(handler);
+    }
+
+    /// Consume a pending notification without waiting.
+    pub fn take_fired(&self) -> bool {
+        take_fired(self.port)
+    }
+
+    /// Wait for the next notification.
+    pub fn wait(&self) -> Wait<'_> {
+        Wait { channel: self }
+    }
+
+    /// Give up ownership: the port stays bound.
+    pub fn into_port(self) -> Port {
+        let port = self.port;
+        core::mem::forget(self);
+        port
+    }
+}
+
+impl Drop for EventChannel {
+    fn drop(&mut self) {
+        SLOTS.lock().remove(&self.port);
+        let mut op = abi::evtchn_close { port: self.port };
+        // SAFETY: `op` is the struct EVTCHNOP_close expects; the port is ours.
+        let _ = unsafe { hypercall::event_channel_op(abi::EVTCHNOP_close, &mut op) };
+        take_fired(self.port);
+    }
+}
+
+/// Future of [`EventChannel::wait`].
+#[derive(Debug)]
+pub struct Wait<'a> {
+    channel: &'a EventChannel,
+}
+
+impl Future for Wait<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let port = self.channel.port;
+        if take_fired(port) {
+            return Poll::Ready(());
+        }
+        SLOTS.lock().entry(port).or_default().waker = Some(cx.waker().clone());
+        // An event may have been dispatched between the check and the registration.
+        if take_fired(port) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Wait<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = SLOTS.lock().get_mut(&self.channel.port) {
+            slot.waker = None;
+        }
+    }
+}
+
+/// This domain's id. Xen has no call for it; an unbound port allocated for
+/// `DOMID_SELF` records the resolved id, which `EVTCHNOP_status` reports.
+pub fn own_domid() -> Result<DomId, Errno> {
+    static CACHED: AtomicU32 = AtomicU32::new(u32::MAX);
+    if let Ok(id) = DomId::try_from(CACHED.load(Ordering::Relaxed)) {
+        return Ok(id);
+    }
+    let probe = EventChannel::alloc_unbound(abi::DOMID_SELF)?;
+    let id = probe.unbound_remote()?;
+    CACHED.store(u32::from(id), Ordering::Relaxed);
+    Ok(id)
+}

@@ -1,0 +1,334 @@
+//! Grant tables (v1): let other domains map our frames, and map the frames they grant us.
+//!
+//! Our grant table is an array of `grant_entry_v1` in frames Xen gives us
+//! (`GNTTABOP_setup_table`). Granting writes frame and domain, then publishes the entry
+//! by setting its flags; revoking clears the flags with a compare-and-swap that fails
+//! while Xen reports the grant mapped (`GTF_reading`/`GTF_writing`), as `grant_table.h`
+//! prescribes. References 0–7 are reserved for the toolstack (console, Xenstore).
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+
+use arch::abi::{DomId, GrantRef};
+
+/// `grant_table.h`: `struct grant_entry_v1`.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct GrantEntryV1 {
+    flags: AtomicU16,
+    domid: AtomicU16,
+    frame: AtomicU32,
+}
+
+/// `grant_table.h`: `GTF_*` flags.
+pub mod gtf {
+    pub const PERMIT_ACCESS: u16 = 1;
+    pub const READONLY: u16 = 1 << 2;
+    pub const READING: u16 = 1 << 3;
+    pub const WRITING: u16 = 1 << 4;
+}
+
+/// `grant_table.h`: GNTTAB_NR_RESERVED_ENTRIES.
+pub const RESERVED_REFS: GrantRef = 8;
+/// Entries in one grant-table frame.
+pub const ENTRIES_PER_FRAME: usize = arch::mm::PAGE_SIZE / core::mem::size_of::<GrantEntryV1>();
+
+/// A grant operation that could not be done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantError {
+    /// Every reference is in use.
+    TableFull,
+    /// v1 entries hold 32-bit frame numbers.
+    FrameTooLarge(u64),
+    /// The other domain still has the frame mapped; try again later.
+    InUse(GrantRef),
+    /// The reference is not one we granted.
+    NotGranted(GrantRef),
+    /// Xen refused (`GNTST_*` status, or a hypercall errno).
+    Xen(i32),
+    /// No room in the window to map a foreign frame.
+    NoAddressSpace,
+}
+
+impl core::fmt::Display for GrantError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::TableFull => f.write_str("grant table full"),
+            Self::FrameTooLarge(mfn) => write!(f, "frame {mfn:#x} does not fit a v1 grant entry"),
+            Self::InUse(gref) => write!(f, "grant {gref} is still mapped by the other domain"),
+            Self::NotGranted(gref) => write!(f, "grant {gref} was not granted"),
+            Self::Xen(status) => write!(f, "Xen refused the grant operation (status {status})"),
+            Self::NoAddressSpace => f.write_str("no address space left to map a grant"),
+        }
+    }
+}
+
+/// Bookkeeping over the entries of our grant table.
+#[derive(Debug)]
+pub struct GrantTable<'a> {
+    entries: &'a [GrantEntryV1],
+    free: Vec<GrantRef>,
+    granted: Vec<bool>,
+}
+
+impl<'a> GrantTable<'a> {
+    /// Take over `entries` (all unused).
+    pub fn new(entries: &'a [GrantEntryV1]) -> Self {
+        let count = entries.len() as GrantRef;
+        // Lowest references first: pop from the end of a descending list.
+        let free = (RESERVED_REFS..count).rev().collect();
+        Self { entries, free, granted: alloc::vec![false; entries.len()] }
+    }
+
+    /// References that can still be granted.
+    pub fn free_count(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Allow domain `domid` to map machine frame `frame`.
+    pub fn grant(&mut self, domid: DomId, frame: u64, readonly: bool) -> Result<GrantRef, GrantError> {
+        let frame32 = u32::try_from(frame).map_err(|_| GrantError::FrameTooLarge(frame))?;
+        let gref = self.free.pop().ok_or(GrantError::TableFull)?;
+        let entry = &self.entries[gref as usize];
+        entry.frame.store(frame32, Ordering::Relaxed);
+        entry.domid.store(domid, Ordering::Relaxed);
+        let flags = gtf::PERMIT_ACCESS | if readonly { gtf::READONLY } else { 0 };
+        // Release: frame and domid are visible before Xen can see the entry valid.
+        entry.flags.store(flags, Ordering::Release);
+        self.granted[gref as usize] = true;
+        Ok(gref)
+    }
+
+    /// Withdraw a grant. Fails with [`GrantError::InUse`] while the other domain has
+    /// it mapped; the grant then stays valid.
+    pub fn revoke(&mut self, gref: GrantRef) -> Result<(), GrantError> {
+        if !self.granted.get(gref as usize).copied().unwrap_or(false) {
+            return Err(GrantError::NotGranted(gref));
+        }
+        let flags = &self.entries[gref as usize].flags;
+        let mut current = flags.load(Ordering::Acquire);
+        loop {
+            if current & (gtf::READING | gtf::WRITING) != 0 {
+                return Err(GrantError::InUse(gref));
+            }
+            match flags.compare_exchange(current, 0, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(now) => current = now,
+            }
+        }
+        self.granted[gref as usize] = false;
+        self.free.push(gref);
+        Ok(())
+    }
+
+    /// Whether the other domain currently has `gref` mapped.
+    pub fn in_use(&self, gref: GrantRef) -> bool {
+        self.entries
+            .get(gref as usize)
+            .is_some_and(|e| e.flags.load(Ordering::Acquire) & (gtf::READING | gtf::WRITING) != 0)
+    }
+}
+
+#[cfg(target_os = "none")]
+pub use guest::*;
+
+#[cfg(target_os = "none")]
+mod guest {
+    use arch::abi;
+    use arch::hypercall;
+    use arch::mm::{PAGE_SIZE, pfn_to_mfn};
+    use spin::Mutex;
+
+    use super::*;
+
+    /// Grant-table frames we ask for at boot: 4 frames, 2040 usable references.
+    const BOOT_FRAMES: u32 = 4;
+
+    static TABLE: Mutex<Option<GrantTable<'static>>> = Mutex::new(None);
+
+    /// Set up the grant table and map its frames.
+    pub(crate) fn init() -> Result<(), GrantError> {
+        let mut query = abi::GnttabQuerySize { dom: abi::DOMID_SELF, ..Default::default() };
+        // SAFETY: `query` is the struct GNTTABOP_query_size expects.
+        unsafe { hypercall::grant_table_op(abi::GNTTABOP_QUERY_SIZE, &raw mut query, 1) }
+            .map_err(|e| GrantError::Xen(-e.0))?;
+        if query.status != 0 {
+            return Err(GrantError::Xen(query.status.into()));
+        }
+        let nr_frames = BOOT_FRAMES.min(query.max_nr_frames);
+        let mut frames = [0u64; BOOT_FRAMES as usize];
+        let mut setup = abi::GnttabSetupTable {
+            dom: abi::DOMID_SELF,
+            pad0: 0,
+            nr_frames,
+            status: 0,
+            pad1: [0; 3],
+            frame_list: frames.as_mut_ptr(),
+        };
+        // SAFETY: `setup` is the struct GNTTABOP_setup_table expects; `frames` has
+        // room for `nr_frames` entries.
+        unsafe { hypercall::grant_table_op(abi::GNTTABOP_SETUP_TABLE, &raw mut setup, 1) }
+            .map_err(|e| GrantError::Xen(-e.0))?;
+        if setup.status != 0 {
+            return Err(GrantError::Xen(setup.status.into()));
+        }
+        // The frames must be virtually contiguous: map them in consecutive window pages.
+        let mut base = 0;
+        for (i, &mfn) in frames[..nr_frames as usize].iter().enumerate() {
+            let va = crate::mem::map_foreign(mfn, arch::mm::data_flags()).map_err(|_| GrantError::NoAddressSpace)?;
+            if i == 0 {
+                base = va;
+            } else if va != base + (i * PAGE_SIZE) as u64 {
+                return Err(GrantError::NoAddressSpace);
+            }
+        }
+        let count = nr_frames as usize * ENTRIES_PER_FRAME;
+        // SAFETY: the frames are mapped read-write at `base` for the guest's lifetime,
+        // and GrantEntryV1 (atomics) may alias memory Xen writes concurrently.
+        let entries = unsafe { core::slice::from_raw_parts(base as *const GrantEntryV1, count) };
+        *TABLE.lock() = Some(GrantTable::new(entries));
+        Ok(())
+    }
+
+    fn with_table<T>(f: impl FnOnce(&mut GrantTable<'static>) -> T) -> T {
+        f(TABLE.lock().as_mut().expect("grant table used before boot set it up"))
+    }
+
+    /// Let domain `domid` map our frame `pfn`.
+    pub fn grant_access(domid: DomId, pfn: u64, readonly: bool) -> Result<GrantRef, GrantError> {
+        with_table(|table| table.grant(domid, pfn_to_mfn(pfn), readonly))
+    }
+
+    /// Withdraw a grant (fails while it is mapped).
+    pub fn end_access(gref: GrantRef) -> Result<(), GrantError> {
+        with_table(|table| table.revoke(gref))
+    }
+
+    /// Whether the other domain has `gref` mapped right now.
+    pub fn is_mapped_by_peer(gref: GrantRef) -> bool {
+        with_table(|table| table.in_use(gref))
+    }
+
+    /// References still free.
+    pub fn free_refs() -> usize {
+        with_table(|table| table.free_count())
+    }
+
+    /// A frame another domain granted us, mapped into our address space; unmapped when
+    /// dropped.
+    #[derive(Debug)]
+    pub struct ForeignMapping {
+        va: u64,
+        handle: u32,
+    }
+
+    impl ForeignMapping {
+        /// Map grant `gref` of domain `domid`.
+        pub fn map(domid: DomId, gref: GrantRef, readonly: bool) -> Result<Self, GrantError> {
+            let va = crate::mem::reserve_window_page().map_err(|_| GrantError::NoAddressSpace)?;
+            let mut op = abi::GnttabMapGrantRef {
+                host_addr: va,
+                flags: abi::GNTMAP_HOST_MAP | if readonly { abi::GNTMAP_READONLY } else { 0 },
+                ref_: gref,
+                dom: domid,
+                ..Default::default()
+            };
+            // SAFETY: `op` is the struct GNTTABOP_map_grant_ref expects; `va` is a free
+            // window page whose L1 table exists, so Xen can write its entry.
+            let result = unsafe { hypercall::grant_table_op(abi::GNTTABOP_MAP_GRANT_REF, &raw mut op, 1) };
+            let status = match result {
+                Err(errno) => -errno.0,
+                Ok(()) => op.status.into(),
+            };
+            if status != 0 {
+                crate::mem::release_window_page(va);
+                return Err(GrantError::Xen(status));
+            }
+            Ok(Self { va, handle: op.handle })
+        }
+
+        /// The mapped page.
+        pub fn as_ptr(&self) -> *mut u8 {
+            self.va as *mut u8
+        }
+    }
+
+    impl Drop for ForeignMapping {
+        fn drop(&mut self) {
+            let mut op = abi::GnttabUnmapGrantRef { host_addr: self.va, handle: self.handle, ..Default::default() };
+            // SAFETY: `op` is the struct GNTTABOP_unmap_grant_ref expects, for a
+            // mapping we made and nobody uses any more.
+            let result = unsafe { hypercall::grant_table_op(abi::GNTTABOP_UNMAP_GRANT_REF, &raw mut op, 1) };
+            if result.is_ok() && op.status == 0 {
+                crate::mem::release_window_page(self.va);
+            } else {
+                // Keep the window page: its entry may still map the frame.
+                log::error!("unmapping grant handle {} failed (status {})", self.handle, op.status);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(n: usize) -> Vec<GrantEntryV1> {
+        (0..n).map(|_| GrantEntryV1::default()).collect()
+    }
+
+    #[test]
+    fn layout_matches_grant_entry_v1() {
+        assert_eq!(core::mem::size_of::<GrantEntryV1>(), 8);
+        assert_eq!(ENTRIES_PER_FRAME, 512);
+    }
+
+    #[test]
+    fn grants_skip_reserved_refs_and_fill_the_entry() {
+        let entries = table(16);
+        let mut t = GrantTable::new(&entries);
+        assert_eq!(t.free_count(), 8);
+        let gref = t.grant(7, 0x1234, true).unwrap();
+        assert_eq!(gref, RESERVED_REFS);
+        let e = &entries[gref as usize];
+        assert_eq!(e.flags.load(Ordering::Relaxed), gtf::PERMIT_ACCESS | gtf::READONLY);
+        assert_eq!(e.domid.load(Ordering::Relaxed), 7);
+        assert_eq!(e.frame.load(Ordering::Relaxed), 0x1234);
+        let writable = t.grant(7, 0x99, false).unwrap();
+        assert_eq!(entries[writable as usize].flags.load(Ordering::Relaxed), gtf::PERMIT_ACCESS);
+    }
+
+    #[test]
+    fn table_full_and_oversized_frames_are_errors() {
+        let entries = table(10);
+        let mut t = GrantTable::new(&entries);
+        t.grant(1, 1, false).unwrap();
+        t.grant(1, 2, false).unwrap();
+        assert_eq!(t.grant(1, 3, false), Err(GrantError::TableFull));
+        let entries = table(10);
+        let mut t = GrantTable::new(&entries);
+        assert_eq!(t.grant(1, 1 << 32, false), Err(GrantError::FrameTooLarge(1 << 32)));
+        assert_eq!(t.free_count(), 2, "a failed grant must not consume a reference");
+    }
+
+    #[test]
+    fn revoke_waits_for_the_peer_to_unmap() {
+        let entries = table(16);
+        let mut t = GrantTable::new(&entries);
+        let gref = t.grant(3, 42, false).unwrap();
+        // Xen marks the entry while the peer has it mapped.
+        entries[gref as usize].flags.fetch_or(gtf::WRITING | gtf::READING, Ordering::Relaxed);
+        assert!(t.in_use(gref));
+        assert_eq!(t.revoke(gref), Err(GrantError::InUse(gref)));
+        assert_eq!(t.free_count(), 7);
+        entries[gref as usize].flags.fetch_and(!(gtf::WRITING | gtf::READING), Ordering::Relaxed);
+        t.revoke(gref).unwrap();
+        assert_eq!(entries[gref as usize].flags.load(Ordering::Relaxed), 0);
+        assert_eq!(t.free_count(), 8);
+        assert_eq!(t.revoke(gref), Err(GrantError::NotGranted(gref)));
+        assert_eq!(t.revoke(2), Err(GrantError::NotGranted(2)));
+        assert_eq!(t.revoke(999), Err(GrantError::NotGranted(999)));
+        // The reference is reused.
+        assert_eq!(t.grant(3, 43, false), Ok(gref));
+    }
+}
