@@ -20,7 +20,11 @@ pub struct UnterminatedQuote {
 
 impl core::fmt::Display for UnterminatedQuote {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "command line: quote opened at byte {} is never closed", self.at)
+        write!(
+            f,
+            "command line: quote opened at byte {} is never closed",
+            self.at
+        )
     }
 }
 
@@ -57,7 +61,9 @@ impl Args {
 
     /// The value of the first `key=value` argument with this key.
     pub fn value(&self, key: &str) -> Option<&str> {
-        self.0.iter().find_map(|arg| arg.strip_prefix(key)?.strip_prefix('='))
+        self.0
+            .iter()
+            .find_map(|arg| arg.strip_prefix(key)?.strip_prefix('='))
     }
 
     /// Whether an argument equals `flag`.
@@ -92,7 +98,10 @@ mod tests {
 
     #[test]
     fn quotes_group_words_and_escape() {
-        assert_eq!(split(r#"say "hello world" done"#), ["say", "hello world", "done"]);
+        assert_eq!(
+            split(r#"say "hello world" done"#),
+            ["say", "hello world", "done"]
+        );
         assert_eq!(split(r#"a"b c"d"#), ["ab cd"]);
         assert_eq!(split(r#""" x"#), ["", "x"]);
         assert_eq!(split(r#""q\"uote\\d""#), [r#"q"uote\d"#]);
@@ -102,7 +111,10 @@ mod tests {
 
     #[test]
     fn unterminated_quote_names_its_position() {
-        assert_eq!(Args::parse(r#"ok "broken"#), Err(UnterminatedQuote { at: 3 }));
+        assert_eq!(
+            Args::parse(r#"ok "broken"#),
+            Err(UnterminatedQuote { at: 3 })
+        );
     }
 
     #[test]

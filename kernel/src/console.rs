@@ -17,7 +17,10 @@ use crate::time::Instant;
 
 #[derive(Clone, Copy)]
 enum Sink {
-    Ring { page: &'static ConsoleInterface, port: u32 },
+    Ring {
+        page: &'static ConsoleInterface,
+        port: u32,
+    },
     Hypervisor,
 }
 
@@ -120,7 +123,9 @@ pub fn flush(timeout: core::time::Duration) {
         Some(guard) => *guard,
         None => return,
     };
-    let Some(Sink::Ring { page, port }) = sink else { return };
+    let Some(Sink::Ring { page, port }) = sink else {
+        return;
+    };
     if arch::mm::shared_info().is_none() {
         return;
     }

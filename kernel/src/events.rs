@@ -48,7 +48,11 @@ fn shared_info() -> *mut abi::shared_info {
 fn pending_word(word: usize) -> &'static AtomicU64 {
     // SAFETY: shared_info is mapped for the guest's lifetime, the field is an aligned
     // u64 that Xen only changes with atomic instructions.
-    unsafe { AtomicU64::from_ptr(core::ptr::addr_of_mut!((*shared_info()).evtchn_pending[word])) }
+    unsafe {
+        AtomicU64::from_ptr(core::ptr::addr_of_mut!(
+            (*shared_info()).evtchn_pending[word]
+        ))
+    }
 }
 
 fn mask_word(word: usize) -> &'static AtomicU64 {
@@ -57,7 +61,10 @@ fn mask_word(word: usize) -> &'static AtomicU64 {
 }
 
 fn split(port: Port) -> (usize, u64) {
-    assert!((port as usize) < NR_PORTS, "event channel port {port} out of range");
+    assert!(
+        (port as usize) < NR_PORTS,
+        "event channel port {port} out of range"
+    );
     (port as usize / 64, 1 << (port % 64))
 }
 
@@ -74,7 +81,9 @@ pub(crate) fn init() -> Result<(), Errno> {
 /// Mask event delivery for vCPU 0 (the normal state; see the executor docs).
 fn mask_upcalls() {
     // SAFETY: shared_info is mapped; we are the only writer of our mask byte.
-    unsafe { core::ptr::addr_of_mut!((*shared_info()).vcpu_info[0].evtchn_upcall_mask).write_volatile(1) };
+    unsafe {
+        core::ptr::addr_of_mut!((*shared_info()).vcpu_info[0].evtchn_upcall_mask).write_volatile(1)
+    };
     core::sync::atomic::compiler_fence(Ordering::SeqCst);
 }
 
@@ -90,13 +99,16 @@ pub(crate) fn poll_pending() {
     // sets them with atomic operations.
     let selector = unsafe {
         core::ptr::addr_of_mut!((*si).vcpu_info[0].evtchn_upcall_pending).write_volatile(0);
-        AtomicU64::from_ptr(core::ptr::addr_of_mut!((*si).vcpu_info[0].evtchn_pending_sel))
+        AtomicU64::from_ptr(core::ptr::addr_of_mut!(
+            (*si).vcpu_info[0].evtchn_pending_sel
+        ))
     };
     let mut words = selector.swap(0, Ordering::AcqRel);
     while words != 0 {
         let word = words.trailing_zeros() as usize;
         words &= words - 1;
-        let ready = pending_word(word).load(Ordering::Acquire) & !mask_word(word).load(Ordering::Acquire);
+        let ready =
+            pending_word(word).load(Ordering::Acquire) & !mask_word(word).load(Ordering::Acquire);
         if ready != 0 {
             pending_word(word).fetch_and(!ready, Ordering::AcqRel);
             FIRED[word].fetch_or(ready, Ordering::AcqRel);
@@ -124,8 +136,8 @@ pub(crate) fn dispatch() -> bool {
     if !ANY_FIRED.swap(false, Ordering::AcqRel) {
         return false;
     }
-    for word in 0..FIRED.len() {
-        let mut bits = FIRED[word].load(Ordering::Acquire);
+    for (word, fired) in FIRED.iter().enumerate() {
+        let mut bits = fired.load(Ordering::Acquire);
         while bits != 0 {
             let port = (word * 64) as Port + bits.trailing_zeros();
             bits &= bits - 1;
@@ -135,8 +147,14 @@ pub(crate) fn dispatch() -> bool {
                 Drop,
             }
             let action = match SLOTS.lock().get_mut(&port) {
-                Some(Slot { handler: Some(handler), .. }) => Action::Call(*handler),
-                Some(Slot { waker: waker @ Some(_), .. }) => Action::Wake(waker.take().unwrap()),
+                Some(Slot {
+                    handler: Some(handler),
+                    ..
+                }) => Action::Call(*handler),
+                Some(Slot {
+                    waker: waker @ Some(_),
+                    ..
+                }) => Action::Wake(waker.take().unwrap()),
                 // Nobody listens (the timer VIRQ, console acknowledgements): just clear.
                 _ => Action::Drop,
             };
@@ -188,7 +206,11 @@ impl EventChannel {
 
     /// Allocate a port that domain `remote` may bind to.
     pub fn alloc_unbound(remote: DomId) -> Result<Self, Errno> {
-        let mut op = abi::evtchn_alloc_unbound { dom: abi::DOMID_SELF, remote_dom: remote, port: 0 };
+        let mut op = abi::evtchn_alloc_unbound {
+            dom: abi::DOMID_SELF,
+            remote_dom: remote,
+            port: 0,
+        };
         // SAFETY: `op` is the struct EVTCHNOP_alloc_unbound expects.
         unsafe { hypercall::event_channel_op(abi::EVTCHNOP_alloc_unbound, &mut op)? };
         Self::bound(op.port)
@@ -196,7 +218,11 @@ impl EventChannel {
 
     /// Connect to port `remote_port` that domain `remote` allocated for us.
     pub fn bind_interdomain(remote: DomId, remote_port: Port) -> Result<Self, Errno> {
-        let mut op = abi::evtchn_bind_interdomain { remote_dom: remote, remote_port, local_port: 0 };
+        let mut op = abi::evtchn_bind_interdomain {
+            remote_dom: remote,
+            remote_port,
+            local_port: 0,
+        };
         // SAFETY: `op` is the struct EVTCHNOP_bind_interdomain expects.
         unsafe { hypercall::event_channel_op(abi::EVTCHNOP_bind_interdomain, &mut op)? };
         Self::bound(op.local_port)
@@ -204,7 +230,11 @@ impl EventChannel {
 
     /// Bind a virtual IRQ (`VIRQ_*`) of vCPU 0.
     pub fn bind_virq(virq: u32) -> Result<Self, Errno> {
-        let mut op = abi::evtchn_bind_virq { virq, vcpu: 0, port: 0 };
+        let mut op = abi::evtchn_bind_virq {
+            virq,
+            vcpu: 0,
+            port: 0,
+        };
         // SAFETY: `op` is the struct EVTCHNOP_bind_virq expects.
         unsafe { hypercall::event_channel_op(abi::EVTCHNOP_bind_virq, &mut op)? };
         Self::bound(op.port)

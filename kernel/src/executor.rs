@@ -37,7 +37,10 @@ pub type TimerKey = (Instant, u64);
 
 impl TimerQueue {
     pub const fn new() -> Self {
-        Self { entries: BTreeMap::new(), next_id: 0 }
+        Self {
+            entries: BTreeMap::new(),
+            next_id: 0,
+        }
     }
 
     /// Arm a timer that wakes `waker` at `deadline`.
@@ -50,10 +53,10 @@ impl TimerQueue {
 
     /// Replace the waker of a timer that is still armed.
     pub fn update(&mut self, key: TimerKey, waker: &Waker) {
-        if let Some(old) = self.entries.get_mut(&key) {
-            if !old.will_wake(waker) {
-                old.clone_from(waker);
-            }
+        if let Some(old) = self.entries.get_mut(&key)
+            && !old.will_wake(waker)
+        {
+            old.clone_from(waker);
         }
     }
 
@@ -153,7 +156,9 @@ mod guest {
     /// Poll every ready background task once.
     fn run_ready_tasks() {
         loop {
-            let Some(id) = READY.lock().pop_front() else { return };
+            let Some(id) = READY.lock().pop_front() else {
+                return;
+            };
             // Taken out while polled: a nested block_on cannot re-enter it.
             let Some(mut task) = TASKS.lock().remove(&id) else {
                 // Being polled further up the stack: let that poll requeue it.
@@ -166,13 +171,21 @@ mod guest {
                 .lock()
                 .entry(id)
                 .or_insert_with(|| {
-                    Arc::new(TaskWaker { id, queued: AtomicBool::new(true), deferred: AtomicBool::new(false) })
+                    Arc::new(TaskWaker {
+                        id,
+                        queued: AtomicBool::new(true),
+                        deferred: AtomicBool::new(false),
+                    })
                 })
                 .clone();
             waker.queued.store(false, Ordering::Release);
             let waker_flag = waker.clone();
             let waker = Waker::from(waker);
-            if task.as_mut().poll(&mut Context::from_waker(&waker)).is_ready() {
+            if task
+                .as_mut()
+                .poll(&mut Context::from_waker(&waker))
+                .is_ready()
+            {
                 WAKERS.lock().remove(&id);
                 continue;
             }
@@ -190,10 +203,10 @@ mod guest {
         let waker = Waker::from(flag.clone());
         let mut cx = Context::from_waker(&waker);
         loop {
-            if flag.0.swap(false, Ordering::AcqRel) {
-                if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-                    return output;
-                }
+            if flag.0.swap(false, Ordering::AcqRel)
+                && let Poll::Ready(output) = future.as_mut().poll(&mut cx)
+            {
+                return output;
             }
             run_ready_tasks();
             if flag.0.load(Ordering::Acquire) {
@@ -202,7 +215,11 @@ mod guest {
             crate::events::poll_pending();
             let woke_events = crate::events::dispatch();
             let woke_timers = fire_timers();
-            if woke_events || woke_timers || !READY.lock().is_empty() || flag.0.load(Ordering::Acquire) {
+            if woke_events
+                || woke_timers
+                || !READY.lock().is_empty()
+                || flag.0.load(Ordering::Acquire)
+            {
                 continue;
             }
             crate::events::block_until(TIMERS.lock().next_deadline());
@@ -229,7 +246,10 @@ mod guest {
     impl Sleep {
         /// Completes once the monotonic clock reaches `deadline`.
         pub fn until(deadline: Instant) -> Self {
-            Self { deadline, key: None }
+            Self {
+                deadline,
+                key: None,
+            }
         }
 
         pub fn deadline(&self) -> Instant {

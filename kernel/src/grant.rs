@@ -31,7 +31,7 @@ pub mod gtf {
 /// `grant_table.h`: GNTTAB_NR_RESERVED_ENTRIES.
 pub const RESERVED_REFS: GrantRef = 8;
 /// Entries in one grant-table frame.
-pub const ENTRIES_PER_FRAME: usize = arch::mm::PAGE_SIZE / core::mem::size_of::<GrantEntryV1>();
+pub const ENTRIES_PER_FRAME: usize = arch::mm::PAGE_SIZE / size_of::<GrantEntryV1>();
 
 /// A grant operation that could not be done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,7 +77,11 @@ impl<'a> GrantTable<'a> {
         let count = entries.len() as GrantRef;
         // Lowest references first: pop from the end of a descending list.
         let free = (RESERVED_REFS..count).rev().collect();
-        Self { entries, free, granted: alloc::vec![false; entries.len()] }
+        Self {
+            entries,
+            free,
+            granted: alloc::vec![false; entries.len()],
+        }
     }
 
     /// References that can still be granted.
@@ -86,7 +90,12 @@ impl<'a> GrantTable<'a> {
     }
 
     /// Allow domain `domid` to map machine frame `frame`.
-    pub fn grant(&mut self, domid: DomId, frame: u64, readonly: bool) -> Result<GrantRef, GrantError> {
+    pub fn grant(
+        &mut self,
+        domid: DomId,
+        frame: u64,
+        readonly: bool,
+    ) -> Result<GrantRef, GrantError> {
         let frame32 = u32::try_from(frame).map_err(|_| GrantError::FrameTooLarge(frame))?;
         let gref = self.free.pop().ok_or(GrantError::TableFull)?;
         let entry = &self.entries[gref as usize];
@@ -148,7 +157,10 @@ mod guest {
 
     /// Set up the grant table and map its frames.
     pub(crate) fn init() -> Result<(), GrantError> {
-        let mut query = abi::GnttabQuerySize { dom: abi::DOMID_SELF, ..Default::default() };
+        let mut query = abi::GnttabQuerySize {
+            dom: abi::DOMID_SELF,
+            ..Default::default()
+        };
         // SAFETY: `query` is the struct GNTTABOP_query_size expects.
         unsafe { hypercall::grant_table_op(abi::GNTTABOP_QUERY_SIZE, &raw mut query, 1) }
             .map_err(|e| GrantError::Xen(-e.0))?;
@@ -175,7 +187,8 @@ mod guest {
         // The frames must be virtually contiguous: map them in consecutive window pages.
         let mut base = 0;
         for (i, &mfn) in frames[..nr_frames as usize].iter().enumerate() {
-            let va = crate::mem::map_foreign(mfn, arch::mm::data_flags()).map_err(|_| GrantError::NoAddressSpace)?;
+            let va = crate::mem::map_foreign(mfn, arch::mm::data_flags())
+                .map_err(|_| GrantError::NoAddressSpace)?;
             if i == 0 {
                 base = va;
             } else if va != base + (i * PAGE_SIZE) as u64 {
@@ -191,7 +204,10 @@ mod guest {
     }
 
     fn with_table<T>(f: impl FnOnce(&mut GrantTable<'static>) -> T) -> T {
-        f(TABLE.lock().as_mut().expect("grant table used before boot set it up"))
+        f(TABLE
+            .lock()
+            .as_mut()
+            .expect("grant table used before boot set it up"))
     }
 
     /// Let domain `domid` map our frame `pfn`.
@@ -235,7 +251,8 @@ mod guest {
             };
             // SAFETY: `op` is the struct GNTTABOP_map_grant_ref expects; `va` is a free
             // window page whose L1 table exists, so Xen can write its entry.
-            let result = unsafe { hypercall::grant_table_op(abi::GNTTABOP_MAP_GRANT_REF, &raw mut op, 1) };
+            let result =
+                unsafe { hypercall::grant_table_op(abi::GNTTABOP_MAP_GRANT_REF, &raw mut op, 1) };
             let status = match result {
                 Err(errno) => -errno.0,
                 Ok(()) => op.status.into(),
@@ -244,7 +261,10 @@ mod guest {
                 crate::mem::release_window_page(va);
                 return Err(GrantError::Xen(status));
             }
-            Ok(Self { va, handle: op.handle })
+            Ok(Self {
+                va,
+                handle: op.handle,
+            })
         }
 
         /// The mapped page.
@@ -255,15 +275,24 @@ mod guest {
 
     impl Drop for ForeignMapping {
         fn drop(&mut self) {
-            let mut op = abi::GnttabUnmapGrantRef { host_addr: self.va, handle: self.handle, ..Default::default() };
+            let mut op = abi::GnttabUnmapGrantRef {
+                host_addr: self.va,
+                handle: self.handle,
+                ..Default::default()
+            };
             // SAFETY: `op` is the struct GNTTABOP_unmap_grant_ref expects, for a
             // mapping we made and nobody uses any more.
-            let result = unsafe { hypercall::grant_table_op(abi::GNTTABOP_UNMAP_GRANT_REF, &raw mut op, 1) };
+            let result =
+                unsafe { hypercall::grant_table_op(abi::GNTTABOP_UNMAP_GRANT_REF, &raw mut op, 1) };
             if result.is_ok() && op.status == 0 {
                 crate::mem::release_window_page(self.va);
             } else {
                 // Keep the window page: its entry may still map the frame.
-                log::error!("unmapping grant handle {} failed (status {})", self.handle, op.status);
+                log::error!(
+                    "unmapping grant handle {} failed (status {})",
+                    self.handle,
+                    op.status
+                );
             }
         }
     }
@@ -279,7 +308,7 @@ mod tests {
 
     #[test]
     fn layout_matches_grant_entry_v1() {
-        assert_eq!(core::mem::size_of::<GrantEntryV1>(), 8);
+        assert_eq!(size_of::<GrantEntryV1>(), 8);
         assert_eq!(ENTRIES_PER_FRAME, 512);
     }
 
@@ -291,11 +320,17 @@ mod tests {
         let gref = t.grant(7, 0x1234, true).unwrap();
         assert_eq!(gref, RESERVED_REFS);
         let e = &entries[gref as usize];
-        assert_eq!(e.flags.load(Ordering::Relaxed), gtf::PERMIT_ACCESS | gtf::READONLY);
+        assert_eq!(
+            e.flags.load(Ordering::Relaxed),
+            gtf::PERMIT_ACCESS | gtf::READONLY
+        );
         assert_eq!(e.domid.load(Ordering::Relaxed), 7);
         assert_eq!(e.frame.load(Ordering::Relaxed), 0x1234);
         let writable = t.grant(7, 0x99, false).unwrap();
-        assert_eq!(entries[writable as usize].flags.load(Ordering::Relaxed), gtf::PERMIT_ACCESS);
+        assert_eq!(
+            entries[writable as usize].flags.load(Ordering::Relaxed),
+            gtf::PERMIT_ACCESS
+        );
     }
 
     #[test]
@@ -307,8 +342,15 @@ mod tests {
         assert_eq!(t.grant(1, 3, false), Err(GrantError::TableFull));
         let entries = table(10);
         let mut t = GrantTable::new(&entries);
-        assert_eq!(t.grant(1, 1 << 32, false), Err(GrantError::FrameTooLarge(1 << 32)));
-        assert_eq!(t.free_count(), 2, "a failed grant must not consume a reference");
+        assert_eq!(
+            t.grant(1, 1 << 32, false),
+            Err(GrantError::FrameTooLarge(1 << 32))
+        );
+        assert_eq!(
+            t.free_count(),
+            2,
+            "a failed grant must not consume a reference"
+        );
     }
 
     #[test]
@@ -317,11 +359,15 @@ mod tests {
         let mut t = GrantTable::new(&entries);
         let gref = t.grant(3, 42, false).unwrap();
         // Xen marks the entry while the peer has it mapped.
-        entries[gref as usize].flags.fetch_or(gtf::WRITING | gtf::READING, Ordering::Relaxed);
+        entries[gref as usize]
+            .flags
+            .fetch_or(gtf::WRITING | gtf::READING, Ordering::Relaxed);
         assert!(t.in_use(gref));
         assert_eq!(t.revoke(gref), Err(GrantError::InUse(gref)));
         assert_eq!(t.free_count(), 7);
-        entries[gref as usize].flags.fetch_and(!(gtf::WRITING | gtf::READING), Ordering::Relaxed);
+        entries[gref as usize]
+            .flags
+            .fetch_and(!(gtf::WRITING | gtf::READING), Ordering::Relaxed);
         t.revoke(gref).unwrap();
         assert_eq!(entries[gref as usize].flags.load(Ordering::Relaxed), 0);
         assert_eq!(t.free_count(), 8);

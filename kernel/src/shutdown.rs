@@ -77,7 +77,14 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     let mut text = crate::console::EmergencyConsole;
     use core::fmt::Write;
     let _ = match info.location() {
-        Some(at) => writeln!(text, "panic at {}:{}:{}: {}", at.file(), at.line(), at.column(), info.message()),
+        Some(at) => writeln!(
+            text,
+            "panic at {}:{}:{}: {}",
+            at.file(),
+            at.line(),
+            at.column(),
+            info.message()
+        ),
         None => writeln!(text, "panic: {}", info.message()),
     };
     exit(ShutdownReason::Crash)

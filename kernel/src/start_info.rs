@@ -76,7 +76,10 @@ impl core::fmt::Display for StartInfoError {
             Self::BadMagic => f.write_str("start_info magic is not xen-3.0-x86_64"),
             Self::NoMemory => f.write_str("start_info.nr_pages is 0"),
             Self::OutOfRange { field, value } => {
-                write!(f, "start_info.{field} = {value:#x} lies outside the domain's memory")
+                write!(
+                    f,
+                    "start_info.{field} = {value:#x} lies outside the domain's memory"
+                )
             }
             Self::CmdlineNotUtf8 => f.write_str("start_info.cmd_line is not UTF-8"),
         }
@@ -108,7 +111,11 @@ impl BootInfo {
         };
         let frame_in_range = |field, mfn: u64| {
             let pfn = m2p(mfn);
-            if pfn < nr_pages { Ok(pfn) } else { Err(StartInfoError::OutOfRange { field, value: mfn }) }
+            if pfn < nr_pages {
+                Ok(pfn)
+            } else {
+                Err(StartInfoError::OutOfRange { field, value: mfn })
+            }
         };
 
         let is_dom0 = si.flags & SIF_INITDOMAIN != 0;
@@ -137,11 +144,17 @@ impl BootInfo {
             // SAFETY: for a domU Xen fills the `domU` member of the union.
             let domu = unsafe { si.console.domU };
             ends[4] = frame_in_range("console.domU.mfn", domu.mfn)? + 1;
-            ConsoleSource::Ring { mfn: domu.mfn, evtchn: domu.evtchn }
+            ConsoleSource::Ring {
+                mfn: domu.mfn,
+                evtchn: domu.evtchn,
+            }
         };
         let first_free_pfn = ends.into_iter().max().unwrap_or(0);
         if first_free_pfn > nr_pages {
-            return Err(StartInfoError::OutOfRange { field: "nr_pt_frames", value: si.nr_pt_frames });
+            return Err(StartInfoError::OutOfRange {
+                field: "nr_pt_frames",
+                value: si.nr_pt_frames,
+            });
         }
 
         let raw = si.cmd_line.map(|c| c as u8);
@@ -209,7 +222,13 @@ mod tests {
         let info = BootInfo::parse(&domu("alpha beta"), IMAGE_END, m2p).unwrap();
         assert_eq!(info.nr_pages, 1024);
         assert!(!info.is_dom0);
-        assert_eq!(info.console, ConsoleSource::Ring { mfn: 0x1000 + 44, evtchn: 2 });
+        assert_eq!(
+            info.console,
+            ConsoleSource::Ring {
+                mfn: 0x1000 + 44,
+                evtchn: 2
+            }
+        );
         assert_eq!(info.xenstore, Some((0x1000 + 43, 1)));
         assert_eq!(info.pt_base_pfn, 45);
         // Page tables end at 51, plus Xen's boot stack.
@@ -233,27 +252,42 @@ mod tests {
     fn bad_pages_are_rejected_with_the_field_named() {
         let mut si = domu("");
         si.magic[8] = b'3' as _;
-        assert_eq!(BootInfo::parse(&si, IMAGE_END, m2p).unwrap_err(), StartInfoError::BadMagic);
+        assert_eq!(
+            BootInfo::parse(&si, IMAGE_END, m2p).unwrap_err(),
+            StartInfoError::BadMagic
+        );
 
         let mut si = domu("");
         si.pt_base = 0x1000;
         assert_eq!(
             BootInfo::parse(&si, IMAGE_END, m2p).unwrap_err(),
-            StartInfoError::OutOfRange { field: "pt_base", value: 0x1000 }
+            StartInfoError::OutOfRange {
+                field: "pt_base",
+                value: 0x1000
+            }
         );
 
         let mut si = domu("");
         si.console.domU.mfn = 0x1000 + 5000;
         let err = BootInfo::parse(&si, IMAGE_END, m2p).unwrap_err();
-        assert_eq!(err.to_string(), "start_info.console.domU.mfn = 0x2388 lies outside the domain's memory");
+        assert_eq!(
+            err.to_string(),
+            "start_info.console.domU.mfn = 0x2388 lies outside the domain's memory"
+        );
 
         let mut si = domu("");
         si.nr_pages = 0;
-        assert_eq!(BootInfo::parse(&si, IMAGE_END, m2p).unwrap_err(), StartInfoError::NoMemory);
+        assert_eq!(
+            BootInfo::parse(&si, IMAGE_END, m2p).unwrap_err(),
+            StartInfoError::NoMemory
+        );
 
         let mut si = domu("");
         si.cmd_line[0] = 0xff_u8 as _;
-        assert_eq!(BootInfo::parse(&si, IMAGE_END, m2p).unwrap_err(), StartInfoError::CmdlineNotUtf8);
+        assert_eq!(
+            BootInfo::parse(&si, IMAGE_END, m2p).unwrap_err(),
+            StartInfoError::CmdlineNotUtf8
+        );
     }
 
     #[test]

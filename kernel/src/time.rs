@@ -30,7 +30,10 @@ impl Instant {
 
     /// `self + d`, saturating at the end of time.
     pub fn saturating_add(self, d: Duration) -> Self {
-        Self(self.0.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)))
+        Self(
+            self.0
+                .saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+        )
     }
 }
 
@@ -67,7 +70,14 @@ impl UtcTime {
         let days = (self.secs / 86_400) as i64;
         let rem = (self.secs % 86_400) as u32;
         let (year, month, day) = civil_from_days(days);
-        Civil { year, month, day, hour: rem / 3600, minute: rem / 60 % 60, second: rem % 60 }
+        Civil {
+            year,
+            month,
+            day,
+            hour: rem / 3600,
+            minute: rem / 60 % 60,
+            second: rem % 60,
+        }
     }
 }
 
@@ -142,9 +152,9 @@ mod guest {
         use core::ptr::addr_of;
         let si = shared_info();
         loop {
-            // SAFETY (this block and the next): shared_info is mapped; Xen makes
-            // wc_version odd while it updates the wall clock, so a read bracketed by
-            // two equal even versions is consistent.
+            // SAFETY: shared_info is mapped; Xen makes wc_version odd while it
+            // updates the wall clock, so a read bracketed by two equal even versions is
+            // consistent.
             let version = unsafe { addr_of!((*si).wc_version).read_volatile() };
             core::sync::atomic::fence(Ordering::Acquire);
             // SAFETY: as above.
@@ -200,7 +210,10 @@ mod tests {
     fn formats_rfc3339_with_microseconds() {
         assert_eq!(utc(0, 0), "1970-01-01T00:00:00.000000Z");
         assert_eq!(utc(951_782_400, 999_999_999), "2000-02-29T00:00:00.999999Z");
-        assert_eq!(utc(1_798_082_568, 123_456_000), "2026-12-24T03:22:48.123456Z");
+        assert_eq!(
+            utc(1_798_082_568, 123_456_000),
+            "2026-12-24T03:22:48.123456Z"
+        );
         assert_eq!(utc(4_102_444_799, 0), "2099-12-31T23:59:59.000000Z");
     }
 
@@ -218,7 +231,13 @@ mod tests {
     #[test]
     fn wallclock_plus_system_time_carries_nanoseconds() {
         let t = UtcTime::from_wallclock(1_000, 900_000_000, 2_200_000_000);
-        assert_eq!(t, UtcTime { secs: 1_003, nanos: 100_000_000 });
+        assert_eq!(
+            t,
+            UtcTime {
+                secs: 1_003,
+                nanos: 100_000_000
+            }
+        );
     }
 
     #[test]

@@ -14,12 +14,20 @@ impl XenVersion {
     /// The running hypervisor's version.
     pub fn get() -> Self {
         let (major, minor) = arch::hypercall::xen_version();
-        Self { major, minor, extra: arch::hypercall::xen_extraversion() }
+        Self {
+            major,
+            minor,
+            extra: arch::hypercall::xen_extraversion(),
+        }
     }
 
     /// The extra version string (e.g. `.5`), up to its NUL.
     pub fn extra(&self) -> &str {
-        let len = self.extra.iter().position(|&b| b == 0).unwrap_or(self.extra.len());
+        let len = self
+            .extra
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.extra.len());
         core::str::from_utf8(&self.extra[..len]).unwrap_or("")
     }
 }

@@ -67,12 +67,22 @@ impl ConsoleInterface {
 
     /// The guest → back end ring (the guest produces, the back end consumes).
     pub fn output(&self) -> Ring<'_> {
-        Ring { data: self.output.get().cast(), size: OUT_SIZE as u32, cons: &self.out_cons, prod: &self.out_prod }
+        Ring {
+            data: self.output.get().cast(),
+            size: OUT_SIZE as u32,
+            cons: &self.out_cons,
+            prod: &self.out_prod,
+        }
     }
 
     /// The back end → guest ring.
     pub fn input(&self) -> Ring<'_> {
-        Ring { data: self.input.get().cast(), size: IN_SIZE as u32, cons: &self.in_cons, prod: &self.in_prod }
+        Ring {
+            data: self.input.get().cast(),
+            size: IN_SIZE as u32,
+            cons: &self.in_cons,
+            prod: &self.in_prod,
+        }
     }
 }
 
@@ -113,7 +123,11 @@ impl Ring<'_> {
         let cons = self.cons.load(Ordering::Acquire);
         let used = prod.wrapping_sub(cons);
         if used > self.size {
-            return Err(RingCorrupt { prod, cons, size: self.size });
+            return Err(RingCorrupt {
+                prod,
+                cons,
+                size: self.size,
+            });
         }
         Ok(used)
     }
@@ -130,7 +144,8 @@ impl Ring<'_> {
             // read unpublished bytes, so the write races with no correct peer.
             unsafe { self.data.add(at as usize).write_volatile(byte) };
         }
-        self.prod.store(prod.wrapping_add(count as u32), Ordering::Release);
+        self.prod
+            .store(prod.wrapping_add(count as u32), Ordering::Release);
         Ok(count)
     }
 
@@ -145,21 +160,24 @@ impl Ring<'_> {
             // (wrongly) still write yields some byte, never undefined behaviour.
             *slot = unsafe { self.data.add(at as usize).read_volatile() };
         }
-        self.cons.store(cons.wrapping_add(count as u32), Ordering::Release);
+        self.cons
+            .store(cons.wrapping_add(count as u32), Ordering::Release);
         Ok(count)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use core::mem::offset_of;
+
     use super::*;
 
     #[test]
     fn layout_matches_xencons_interface() {
-        assert_eq!(core::mem::size_of::<ConsoleInterface>(), 1024 + 2048 + 16);
-        assert_eq!(core::mem::offset_of!(ConsoleInterface, output), 1024);
-        assert_eq!(core::mem::offset_of!(ConsoleInterface, in_cons), 3072);
-        assert_eq!(core::mem::offset_of!(ConsoleInterface, out_prod), 3084);
+        assert_eq!(size_of::<ConsoleInterface>(), 1024 + 2048 + 16);
+        assert_eq!(offset_of!(ConsoleInterface, output), 1024);
+        assert_eq!(offset_of!(ConsoleInterface, in_cons), 3072);
+        assert_eq!(offset_of!(ConsoleInterface, out_prod), 3084);
     }
 
     #[test]
@@ -171,7 +189,12 @@ mod tests {
         let mut next = 0u8;
         // Chunk sizes around the ring size exercise every wrap position.
         for chunk in [1023, 1024, 2047, 2048, 1, 3000, 17] {
-            let data: Vec<u8> = (0..chunk).map(|_| { next = next.wrapping_add(7); next }).collect();
+            let data: Vec<u8> = (0..chunk)
+                .map(|_| {
+                    next = next.wrapping_add(7);
+                    next
+                })
+                .collect();
             let mut offered = &data[..];
             while !offered.is_empty() {
                 let taken = front.produce(offered).unwrap();
@@ -207,7 +230,14 @@ mod tests {
         page.in_prod.store(5000, Ordering::Relaxed);
         let mut buf = [0u8; 64];
         let err = page.input().consume(&mut buf).unwrap_err();
-        assert_eq!(err, RingCorrupt { prod: 5000, cons: 0, size: 1024 });
+        assert_eq!(
+            err,
+            RingCorrupt {
+                prod: 5000,
+                cons: 0,
+                size: 1024
+            }
+        );
         // A consumer index ahead of the producer is just as broken.
         page.out_cons.store(10, Ordering::Relaxed);
         assert!(page.output().produce(b"hi").is_err());

@@ -20,8 +20,15 @@ fn main(args: kernel::Args) -> Result<(), &'static str> {
     println!("Hello from a Rust unikernel on Xen!");
     println!("xen: {}", kernel::xen::XenVersion::get());
     println!("args: {}", Joined(&args));
-    println!("memory: {} MiB ({} pages)", mem::total_pages() * 4096 >> 20, mem::total_pages());
-    println!("boot: {} us from first instruction to main", boot_time.as_micros());
+    println!(
+        "memory: {} MiB ({} pages)",
+        mem::total_bytes() >> 20,
+        mem::total_pages()
+    );
+    println!(
+        "boot: {} us from first instruction to main",
+        boot_time.as_micros()
+    );
 
     if args.has("panic") {
         panic!("hello was asked to panic");
@@ -32,11 +39,17 @@ fn main(args: kernel::Args) -> Result<(), &'static str> {
         unsafe { null.write_volatile(0xdead) };
     }
     if let Some(ms) = args.value("sleep") {
-        let ms: u64 = ms.parse().map_err(|_| "sleep=N needs a number of milliseconds")?;
+        let ms: u64 = ms
+            .parse()
+            .map_err(|_| "sleep=N needs a number of milliseconds")?;
         let start = Instant::now();
         kernel::time::sleep(Duration::from_millis(ms));
         let slept = start.elapsed();
-        println!("slept: {}.{:03} ms of guest time", slept.as_millis(), slept.subsec_micros() % 1000);
+        println!(
+            "slept: {}.{:03} ms of guest time",
+            slept.as_millis(),
+            slept.subsec_micros() % 1000
+        );
     }
     println!("free frames: {}", mem::free_frames());
     Ok(())

@@ -5,11 +5,11 @@
 
 pub use xen_sys::{
     EVTCHNOP_alloc_unbound, EVTCHNOP_bind_interdomain, EVTCHNOP_bind_virq, EVTCHNOP_close,
-    EVTCHNOP_send, EVTCHNOP_status, EVTCHNOP_unmask, MMU_NORMAL_PT_UPDATE, SCHEDOP_block,
-    EVTCHNSTAT_unbound, SCHEDOP_poll, SCHEDOP_shutdown, SCHEDOP_yield, SIF_INITDOMAIN,
-    SIF_PRIVILEGED, VIRQ_TIMER, evtchn_alloc_unbound, evtchn_bind_interdomain,
-    evtchn_bind_virq, evtchn_close, evtchn_send, evtchn_status, evtchn_unmask, mmu_update,
-    sched_poll, sched_shutdown, shared_info, start_info, trap_info, vcpu_info, vcpu_time_info,
+    EVTCHNOP_send, EVTCHNOP_status, EVTCHNOP_unmask, EVTCHNSTAT_unbound, MMU_NORMAL_PT_UPDATE,
+    SCHEDOP_block, SCHEDOP_poll, SCHEDOP_shutdown, SCHEDOP_yield, SIF_INITDOMAIN, SIF_PRIVILEGED,
+    VIRQ_TIMER, evtchn_alloc_unbound, evtchn_bind_interdomain, evtchn_bind_virq, evtchn_close,
+    evtchn_send, evtchn_status, evtchn_unmask, mmu_update, sched_poll, sched_shutdown, shared_info,
+    start_info, trap_info, vcpu_info, vcpu_time_info,
 };
 
 /// A domain id (`domid_t`).

@@ -15,18 +15,12 @@ pub const STACK_SIZE: usize = 64 * 1024;
 /// The boot stack with one guard page below it, which the kernel unmaps at boot so an
 /// overflow faults instead of overwriting memory.
 #[repr(C, align(4096))]
+#[allow(missing_debug_implementations, reason = "64 KiB of stack bytes")]
 pub struct BootStack(pub [u8; crate::mm::PAGE_SIZE + STACK_SIZE]);
 
 /// The boot stack. Only `_start` names it (and the kernel, to unmap its guard page).
 #[unsafe(no_mangle)]
 pub static mut BOOT_STACK: BootStack = BootStack([0; crate::mm::PAGE_SIZE + STACK_SIZE]);
-
-/// The name Xen shows for the guest OS.
-macro_rules! guest_os {
-    () => {
-        "lightvm-rs"
-    };
-}
 
 global_asm!(
     // XEN_ELFNOTE_* (elfnote.h). Each note: namesz, descsz, type, "Xen\0", desc,
@@ -37,7 +31,7 @@ global_asm!(
     // GUEST_OS (6)
     ".long 4, 3f - 2f, 6",
     ".asciz \"Xen\"",
-    concat!("2: .asciz \"", guest_os!(), "\""),
+    "2: .asciz \"lightvm-rs\"",
     "3: .balign 4",
     // GUEST_VERSION (7)
     ".long 4, 5f - 4f, 7",
@@ -98,7 +92,7 @@ global_asm!(
     ".popsection",
     virt_base = const crate::mm::VIRT_BASE,
     stack = sym BOOT_STACK,
-    stack_bytes = const core::mem::size_of::<BootStack>(),
+    stack_bytes = const size_of::<BootStack>(),
 );
 
 unsafe extern "C" {

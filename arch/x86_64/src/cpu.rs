@@ -9,12 +9,10 @@ pub fn rdtsc() -> u64 {
 
 /// Whether the CPU supports the no-execute page bit (CPUID 0x8000_0001, EDX bit 20).
 pub fn has_nx() -> bool {
-    // SAFETY: CPUID is always available on x86_64.
-    let max = unsafe { core::arch::x86_64::__cpuid(0x8000_0000) }.eax;
+    let max = core::arch::x86_64::__cpuid(0x8000_0000).eax;
     if max < 0x8000_0001 {
         return false;
     }
-    // SAFETY: as above; the leaf exists.
-    let leaf = unsafe { core::arch::x86_64::__cpuid(0x8000_0001) };
+    let leaf = core::arch::x86_64::__cpuid(0x8000_0001);
     leaf.edx & (1 << 20) != 0
 }

@@ -49,7 +49,11 @@ fn check(ret: i64) -> Result<u64> {
 pub fn page_is_initialised() -> bool {
     // SAFETY: the page is part of our image and always mapped; a volatile read keeps
     // the compiler from assuming the link-time contents.
-    let first = unsafe { core::ptr::addr_of!(HYPERCALL_PAGE).cast::<u8>().read_volatile() };
+    let first = unsafe {
+        core::ptr::addr_of!(HYPERCALL_PAGE)
+            .cast::<u8>()
+            .read_volatile()
+    };
     first != 0xc3
 }
 
@@ -62,7 +66,11 @@ pub fn page_is_initialised() -> bool {
 pub unsafe fn hypercall(nr: u32, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> i64 {
     assert!(nr < 128, "hypercall {nr} is outside the hypercall page");
     // SAFETY: with `nr` < 128 the entry lies inside the hypercall page.
-    let entry = unsafe { core::ptr::addr_of!(HYPERCALL_PAGE).cast::<u8>().add(32 * nr as usize) };
+    let entry = unsafe {
+        core::ptr::addr_of!(HYPERCALL_PAGE)
+            .cast::<u8>()
+            .add(32 * nr as usize)
+    };
     let ret: i64;
     // SAFETY: the caller guarantees the arguments; the asm follows the hypercall ABI
     // documented above and may read and write memory (no `nomem`).
@@ -83,15 +91,48 @@ pub unsafe fn hypercall(nr: u32, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) ->
     ret
 }
 
-macro_rules! call {
-    ($nr:expr) => { call!($nr, 0, 0, 0, 0, 0) };
-    ($nr:expr, $a1:expr) => { call!($nr, $a1, 0, 0, 0, 0) };
-    ($nr:expr, $a1:expr, $a2:expr) => { call!($nr, $a1, $a2, 0, 0, 0) };
-    ($nr:expr, $a1:expr, $a2:expr, $a3:expr) => { call!($nr, $a1, $a2, $a3, 0, 0) };
-    ($nr:expr, $a1:expr, $a2:expr, $a3:expr, $a4:expr) => { call!($nr, $a1, $a2, $a3, $a4, 0) };
-    ($nr:expr, $a1:expr, $a2:expr, $a3:expr, $a4:expr, $a5:expr) => {
-        hypercall($nr, $a1 as u64, $a2 as u64, $a3 as u64, $a4 as u64, $a5 as u64)
+/// A value that travels in a hypercall argument register.
+trait Arg {
+    fn into_reg(self) -> u64;
+}
+
+macro_rules! widening_arg {
+    ($($t:ty),*) => {
+        $(impl Arg for $t {
+            fn into_reg(self) -> u64 {
+                u64::from(self)
+            }
+        })*
     };
+}
+widening_arg!(u16, u32, u64);
+
+impl Arg for usize {
+    fn into_reg(self) -> u64 {
+        self as u64
+    }
+}
+
+impl<T> Arg for *const T {
+    fn into_reg(self) -> u64 {
+        self as u64
+    }
+}
+
+impl<T> Arg for *mut T {
+    fn into_reg(self) -> u64 {
+        self as u64
+    }
+}
+
+/// `call!(nr, args…)`: a hypercall with up to five arguments of [`Arg`] types.
+macro_rules! call {
+    ($nr:expr $(, $arg:expr)* $(,)?) => {{
+        let mut regs = [0u64; 5];
+        let args: &[u64] = &[$(Arg::into_reg($arg)),*];
+        regs[..args.len()].copy_from_slice(args);
+        hypercall($nr, regs[0], regs[1], regs[2], regs[3], regs[4])
+    }};
 }
 
 /// `set_trap_table`: install the exception handlers. The table ends with a zeroed entry.
@@ -99,7 +140,10 @@ macro_rules! call {
 /// # Safety
 /// Every entry's address must be a valid exception entry point.
 pub unsafe fn set_trap_table(table: &[abi::trap_info]) -> Result<()> {
-    assert!(table.last().is_some_and(|last| last.address == 0), "trap table must end with a zero entry");
+    assert!(
+        table.last().is_some_and(|last| last.address == 0),
+        "trap table must end with a zero entry"
+    );
     // SAFETY: the table outlives the call; Xen copies it.
     check(unsafe { call!(xen_sys::__HYPERVISOR_set_trap_table, table.as_ptr()) }).map(drop)
 }
@@ -111,7 +155,7 @@ pub unsafe fn set_trap_table(table: &[abi::trap_info]) -> Result<()> {
 /// Both addresses must be valid callback entry points.
 pub unsafe fn set_callbacks(event: u64, failsafe: u64) -> Result<()> {
     // SAFETY: guaranteed by the caller.
-    check(unsafe { call!(xen_sys::__HYPERVISOR_set_callbacks, event, failsafe, 0) }).map(drop)
+    check(unsafe { call!(xen_sys::__HYPERVISOR_set_callbacks, event, failsafe, 0u64) }).map(drop)
 }
 
 /// `mmu_update`: apply page-table updates; returns how many were done.
@@ -139,8 +183,15 @@ pub unsafe fn mmu_update(updates: &[abi::mmu_update]) -> Result<usize> {
 /// As for [`mmu_update`].
 pub unsafe fn update_va_mapping(va: u64, pte: u64) -> Result<()> {
     // SAFETY: guaranteed by the caller.
-    check(unsafe { call!(xen_sys::__HYPERVISOR_update_va_mapping, va, pte, abi::UVMF_INVLPG) })
-        .map(drop)
+    check(unsafe {
+        call!(
+            xen_sys::__HYPERVISOR_update_va_mapping,
+            va,
+            pte,
+            abi::UVMF_INVLPG
+        )
+    })
+    .map(drop)
 }
 
 /// `mmuext_op` with a single operation.
@@ -150,7 +201,13 @@ pub unsafe fn update_va_mapping(va: u64, pte: u64) -> Result<()> {
 pub unsafe fn mmuext_op(op: &abi::MmuextOp) -> Result<()> {
     // SAFETY: `op` outlives the call; the caller vouches for the operation.
     let ret = unsafe {
-        call!(xen_sys::__HYPERVISOR_mmuext_op, op as *const abi::MmuextOp, 1, 0, abi::DOMID_SELF, 0)
+        call!(
+            xen_sys::__HYPERVISOR_mmuext_op,
+            op as *const abi::MmuextOp,
+            1u32,
+            0u64,
+            abi::DOMID_SELF
+        )
     };
     check(ret).map(drop)
 }
@@ -192,7 +249,12 @@ pub fn set_timer_op(deadline_ns: u64) -> Result<()> {
 pub fn console_write(bytes: &[u8]) -> Result<()> {
     // SAFETY: Xen only reads `bytes.len()` bytes at the pointer.
     let ret = unsafe {
-        call!(xen_sys::__HYPERVISOR_console_io, abi::CONSOLEIO_WRITE, bytes.len(), bytes.as_ptr())
+        call!(
+            xen_sys::__HYPERVISOR_console_io,
+            abi::CONSOLEIO_WRITE,
+            bytes.len(),
+            bytes.as_ptr()
+        )
     };
     check(ret).map(drop)
 }
@@ -200,7 +262,7 @@ pub fn console_write(bytes: &[u8]) -> Result<()> {
 /// `xen_version(XENVER_version)`: `(major, minor)`.
 pub fn xen_version() -> (u16, u16) {
     // SAFETY: XENVER_version takes no buffer.
-    let ret = unsafe { call!(xen_sys::__HYPERVISOR_xen_version, abi::XENVER_VERSION, 0) };
+    let ret = unsafe { call!(xen_sys::__HYPERVISOR_xen_version, abi::XENVER_VERSION, 0u64) };
     let version = ret as u32;
     ((version >> 16) as u16, version as u16)
 }
@@ -210,7 +272,11 @@ pub fn xen_extraversion() -> abi::XenExtraVersion {
     let mut extra = abi::XenExtraVersion::default();
     // SAFETY: Xen writes at most 16 bytes into `extra`.
     let _ = unsafe {
-        call!(xen_sys::__HYPERVISOR_xen_version, abi::XENVER_EXTRAVERSION, &raw mut extra)
+        call!(
+            xen_sys::__HYPERVISOR_xen_version,
+            abi::XENVER_EXTRAVERSION,
+            &raw mut extra
+        )
     };
     extra
 }
@@ -259,6 +325,13 @@ pub fn poll(ports: &[u32], timeout_ns: u64) -> Result<()> {
 pub fn stop_periodic_timer(vcpu: u32) -> Result<()> {
     const VCPUOP_STOP_PERIODIC_TIMER: u32 = 7;
     // SAFETY: this command takes no argument.
-    check(unsafe { call!(xen_sys::__HYPERVISOR_vcpu_op, VCPUOP_STOP_PERIODIC_TIMER, vcpu, 0) })
-        .map(drop)
+    check(unsafe {
+        call!(
+            xen_sys::__HYPERVISOR_vcpu_op,
+            VCPUOP_STOP_PERIODIC_TIMER,
+            vcpu,
+            0u64
+        )
+    })
+    .map(drop)
 }

@@ -133,12 +133,19 @@ mod pv {
 
     /// The flags for data pages: no-execute where the CPU supports it.
     pub fn data_flags() -> u64 {
-        if NX.load(Ordering::Relaxed) { pte::DATA | pte::NO_EXECUTE } else { pte::DATA }
+        if NX.load(Ordering::Relaxed) {
+            pte::DATA | pte::NO_EXECUTE
+        } else {
+            pte::DATA
+        }
     }
 
     /// The machine frame of `pfn`.
     pub fn pfn_to_mfn(pfn: u64) -> u64 {
-        assert!(pfn < P2M_LEN.load(Ordering::Relaxed), "pfn {pfn:#x} beyond the p2m list");
+        assert!(
+            pfn < P2M_LEN.load(Ordering::Relaxed),
+            "pfn {pfn:#x} beyond the p2m list"
+        );
         let list = P2M.load(Ordering::Relaxed) as *const u64;
         // SAFETY: the p2m list has P2M_LEN entries, mapped for the guest's lifetime.
         unsafe { list.add(pfn as usize).read() }
@@ -147,7 +154,10 @@ mod pv {
     /// The pseudo-physical frame of `mfn`, from Xen's machine-to-phys table.
     pub fn mfn_to_pfn(mfn: u64) -> u64 {
         let addr = abi::MACH2PHYS_VIRT_START + mfn * 8;
-        assert!(addr < abi::MACH2PHYS_VIRT_END, "mfn {mfn:#x} beyond the m2p table");
+        assert!(
+            addr < abi::MACH2PHYS_VIRT_END,
+            "mfn {mfn:#x} beyond the m2p table"
+        );
         // SAFETY: Xen maps the m2p table read-only in every 64-bit PV guest.
         unsafe { (addr as *const u64).read_volatile() }
     }
@@ -218,7 +228,8 @@ mod pv {
 
     fn entry_update(table_mfn: u64, index: usize, value: u64) -> abi::mmu_update {
         abi::mmu_update {
-            ptr: ((table_mfn << PAGE_SHIFT) + index as u64 * 8) | u64::from(abi::MMU_NORMAL_PT_UPDATE),
+            ptr: ((table_mfn << PAGE_SHIFT) + index as u64 * 8)
+                | u64::from(abi::MMU_NORMAL_PT_UPDATE),
             val: value,
         }
     }

@@ -23,7 +23,11 @@ impl TimeInfo {
 /// Convert a TSC delta to ns as Xen defines it (`xen.h`, `vcpu_time_info`):
 /// `ns = ((delta << shift) * mul) >> 32`, with a negative shift meaning a right shift.
 pub fn scale_delta(delta: u64, mul: u32, shift: i8) -> u64 {
-    let shifted = if shift >= 0 { delta << shift } else { delta >> -shift };
+    let shifted = if shift >= 0 {
+        delta << shift
+    } else {
+        delta >> -shift
+    };
     ((u128::from(shifted) * u128::from(mul)) >> 32) as u64
 }
 
@@ -36,10 +40,11 @@ pub unsafe fn read(info: *const xen_sys::vcpu_time_info) -> TimeInfo {
     use core::ptr::addr_of;
     use core::sync::atomic::{Ordering, fence};
     loop {
-        // SAFETY (all reads below): guaranteed by the caller; Xen writes the record
-        // concurrently, hence volatile reads bracketed by the version checks.
+        // SAFETY: guaranteed by the caller; Xen writes the record concurrently, hence
+        // volatile reads bracketed by the version checks.
         let version = unsafe { addr_of!((*info).version).read_volatile() };
         fence(Ordering::Acquire);
+        // SAFETY: as above.
         let copy = unsafe {
             TimeInfo {
                 tsc_timestamp: addr_of!((*info).tsc_timestamp).read_volatile(),
@@ -49,6 +54,7 @@ pub unsafe fn read(info: *const xen_sys::vcpu_time_info) -> TimeInfo {
             }
         };
         fence(Ordering::Acquire);
+        // SAFETY: as above.
         let again = unsafe { addr_of!((*info).version).read_volatile() };
         if version & 1 == 0 && version == again {
             return copy;

@@ -96,15 +96,33 @@ impl fmt::Display for Fault<'_> {
             write!(f, ", error code {:#x}", r.error_code)?;
         }
         if r.vector == 14 {
-            let access = if r.error_code & 2 != 0 { "write" } else { "read" };
-            let kind = if r.error_code & 1 != 0 { "protection violation" } else { "not present" };
-            let fetch = if r.error_code & 16 != 0 { ", instruction fetch" } else { "" };
+            let access = if r.error_code & 2 != 0 {
+                "write"
+            } else {
+                "read"
+            };
+            let kind = if r.error_code & 1 != 0 {
+                "protection violation"
+            } else {
+                "not present"
+            };
+            let fetch = if r.error_code & 16 != 0 {
+                ", instruction fetch"
+            } else {
+                ""
+            };
             write!(f, " ({access}, {kind}{fetch})")?;
         }
         writeln!(f)?;
         writeln!(f, "  fault address (cr2) {:#018x}", self.cr2)?;
         // Xen keeps the saved event mask above bit 32 of the CS slot: show the selectors.
-        writeln!(f, "  rip {:#018x}  cs {:#06x}  rflags {:#010x}", r.rip, r.cs & 0xffff, r.rflags)?;
+        writeln!(
+            f,
+            "  rip {:#018x}  cs {:#06x}  rflags {:#010x}",
+            r.rip,
+            r.cs & 0xffff,
+            r.rflags
+        )?;
         writeln!(f, "  rsp {:#018x}  ss {:#06x}", r.rsp, r.ss & 0xffff)?;
         let regs = [
             ("rax", r.rax),
@@ -303,7 +321,7 @@ mod pv {
             vector,
             flags: dpl,
             cs: abi::FLAT_KERNEL_CS,
-            address: stub as usize as u64,
+            address: stub as *const () as u64,
         };
         // int3 and into may be raised on purpose from our own code, which runs in
         // ring 3: their gates need DPL 3.
@@ -326,15 +344,20 @@ mod pv {
             entry(19, 0, trap_19),
             entry(20, 0, trap_20),
             entry(21, 0, trap_21),
-            abi::trap_info { vector: 0, flags: 0, cs: 0, address: 0 },
+            abi::trap_info {
+                vector: 0,
+                flags: 0,
+                cs: 0,
+                address: 0,
+            },
         ];
         // SAFETY: every address is one of the entry stubs above.
         unsafe { hypercall::set_trap_table(&table)? };
         // SAFETY: both are the callback entry points above.
         unsafe {
             hypercall::set_callbacks(
-                hypervisor_callback as usize as u64,
-                failsafe_callback as usize as u64,
+                hypervisor_callback as *const () as u64,
+                failsafe_callback as *const () as u64,
             )
         }
     }
@@ -396,9 +419,21 @@ mod tests {
             rax: 0xdead,
             ..TrapFrame::default()
         };
-        let text = std::format!("{}", Fault { frame: &frame, cr2: 0 });
-        assert!(text.starts_with("exception 14 (#PF page fault), error code 0x6 (write, not present)"), "{text}");
-        assert!(text.contains("fault address (cr2) 0x0000000000000000"), "{text}");
+        let text = format!(
+            "{}",
+            Fault {
+                frame: &frame,
+                cr2: 0
+            }
+        );
+        assert!(
+            text.starts_with("exception 14 (#PF page fault), error code 0x6 (write, not present)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fault address (cr2) 0x0000000000000000"),
+            "{text}"
+        );
         assert!(text.contains("rip 0xffffffff80001234"), "{text}");
         assert!(text.contains("rax 0x000000000000dead"), "{text}");
         assert!(text.contains("r15 0x0000000000000000"), "{text}");
@@ -406,7 +441,7 @@ mod tests {
 
     #[test]
     fn error_code_vectors_are_the_architectural_ones() {
-        let with: std::vec::Vec<u64> = (0..32).filter(|&v| has_error_code(v)).collect();
+        let with: Vec<u64> = (0..32).filter(|&v| has_error_code(v)).collect();
         assert_eq!(with, [8, 10, 11, 12, 13, 14, 17, 21]);
         assert_eq!(vector_name(13), "#GP general protection");
     }

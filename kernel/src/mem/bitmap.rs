@@ -23,7 +23,9 @@ impl core::fmt::Display for FreeError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::OutOfRange(slot) => write!(f, "slot {slot:#x} is outside the allocator"),
-            Self::NotAllocated(slot) => write!(f, "slot {slot:#x} was not allocated (double free?)"),
+            Self::NotAllocated(slot) => {
+                write!(f, "slot {slot:#x} was not allocated (double free?)")
+            }
         }
     }
 }
@@ -37,14 +39,24 @@ impl<'a> BitmapAllocator<'a> {
     /// All slots free. `bits` must hold at least [`Self::words_for`]`(count)` words.
     pub fn new(bits: &'a mut [u64], base: u64, count: u64) -> Self {
         let words = Self::words_for(count);
-        assert!(bits.len() >= words, "bitmap of {} words is too small for {count} slots", bits.len());
+        assert!(
+            bits.len() >= words,
+            "bitmap of {} words is too small for {count} slots",
+            bits.len()
+        );
         let bits = &mut bits[..words];
         bits.fill(0);
         // Slots past `count` in the last word are permanently taken.
-        if count % 64 != 0 {
+        if !count.is_multiple_of(64) {
             bits[words - 1] = !0 << (count % 64);
         }
-        Self { bits, base, count, free: count, hint: 0 }
+        Self {
+            bits,
+            base,
+            count,
+            free: count,
+            hint: 0,
+        }
     }
 
     /// Number of free slots.
@@ -60,7 +72,7 @@ impl<'a> BitmapAllocator<'a> {
     /// Take one slot.
     pub fn alloc(&mut self) -> Option<u64> {
         let word = (self.hint..self.bits.len()).find(|&w| self.bits[w] != !0)?;
-        let bit = self.bits[word].trailing_ones() as u64;
+        let bit = u64::from(self.bits[word].trailing_ones());
         self.bits[word] |= 1 << bit;
         self.free -= 1;
         self.hint = word;
@@ -96,7 +108,10 @@ impl<'a> BitmapAllocator<'a> {
 
     /// Give a slot back.
     pub fn free(&mut self, slot: u64) -> Result<(), FreeError> {
-        let index = slot.checked_sub(self.base).filter(|&i| i < self.count).ok_or(FreeError::OutOfRange(slot))?;
+        let index = slot
+            .checked_sub(self.base)
+            .filter(|&i| i < self.count)
+            .ok_or(FreeError::OutOfRange(slot))?;
         if !self.is_set(index) {
             return Err(FreeError::NotAllocated(slot));
         }
@@ -109,7 +124,8 @@ impl<'a> BitmapAllocator<'a> {
 
     /// Whether `slot` is handed out.
     pub fn is_allocated(&self, slot: u64) -> bool {
-        slot.checked_sub(self.base).is_some_and(|i| i < self.count && self.is_set(i))
+        slot.checked_sub(self.base)
+            .is_some_and(|i| i < self.count && self.is_set(i))
     }
 
     fn is_set(&self, index: u64) -> bool {

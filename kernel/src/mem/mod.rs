@@ -43,7 +43,9 @@ mod guest {
         fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
             match self {
                 Self::Map(err) => write!(f, "extending the direct map: {err}"),
-                Self::TooSmall { pages } => write!(f, "only {pages} free pages after boot: too little memory"),
+                Self::TooSmall { pages } => {
+                    write!(f, "only {pages} free pages after boot: too little memory")
+                }
             }
         }
     }
@@ -63,7 +65,9 @@ mod guest {
         unsafe { mm::extend_direct_map(boot.nr_pages, &mut bump) }.map_err(MemError::Map)?;
         let end = mm::direct_map_end();
         if end < next + 16 {
-            return Err(MemError::TooSmall { pages: end.saturating_sub(next) });
+            return Err(MemError::TooSmall {
+                pages: end.saturating_sub(next),
+            });
         }
 
         // The allocator's bitmap takes the first frames of the free range.
@@ -76,7 +80,9 @@ mod guest {
 
         // Half of the rest is the heap, in one contiguous run.
         let heap_pages = frames.free_count() / 2;
-        let heap_pfn = frames.alloc_contiguous(heap_pages).ok_or(MemError::TooSmall { pages: count })?;
+        let heap_pfn = frames
+            .alloc_contiguous(heap_pages)
+            .ok_or(MemError::TooSmall { pages: count })?;
         let heap_bytes = heap_pages as usize * PAGE_SIZE;
         // SAFETY: the run is mapped, unused and owned by the heap from now on.
         unsafe { HEAP.lock().init(va_of_pfn(heap_pfn) as *mut u8, heap_bytes) };
@@ -85,7 +91,11 @@ mod guest {
 
         // SAFETY: WINDOW_BITS is only ever borrowed here, once.
         let window_bits = unsafe { &mut *core::ptr::addr_of_mut!(WINDOW_BITS) };
-        *WINDOW.lock() = Some(BitmapAllocator::new(window_bits, 0, mm::WINDOW_PAGES as u64));
+        *WINDOW.lock() = Some(BitmapAllocator::new(
+            window_bits,
+            0,
+            mm::WINDOW_PAGES as u64,
+        ));
 
         // An overflow of the boot stack now faults instead of corrupting memory.
         // SAFETY: the guard page is part of the stack array and never used.
@@ -96,6 +106,11 @@ mod guest {
     /// Pages of memory the domain has.
     pub fn total_pages() -> u64 {
         TOTAL_PAGES.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of memory the domain has.
+    pub fn total_bytes() -> u64 {
+        total_pages() * PAGE_SIZE as u64
     }
 
     /// Bytes given to the heap at boot.
@@ -110,7 +125,10 @@ mod guest {
 
     /// Frames left in the frame allocator.
     pub fn free_frames() -> u64 {
-        FRAMES.lock().as_ref().map_or(0, BitmapAllocator::free_count)
+        FRAMES
+            .lock()
+            .as_ref()
+            .map_or(0, BitmapAllocator::free_count)
     }
 
     /// Take a free frame (a pfn, mapped at `va_of_pfn(pfn)`), zeroed.
@@ -123,10 +141,10 @@ mod guest {
 
     /// Return a frame taken with [`alloc_frame`].
     pub fn free_frame(pfn: u64) {
-        if let Some(frames) = FRAMES.lock().as_mut() {
-            if let Err(err) = frames.free(pfn) {
-                panic!("free_frame: {err}");
-            }
+        if let Some(frames) = FRAMES.lock().as_mut()
+            && let Err(err) = frames.free(pfn)
+        {
+            panic!("free_frame: {err}");
         }
     }
 
@@ -144,7 +162,11 @@ mod guest {
 
     /// A window page whose L1 table exists, for Xen to map something into.
     pub(crate) fn reserve_window_page() -> Result<u64, mm::MapError> {
-        let slot = WINDOW.lock().as_mut().and_then(BitmapAllocator::alloc).ok_or(mm::MapError::OutOfFrames)?;
+        let slot = WINDOW
+            .lock()
+            .as_mut()
+            .and_then(BitmapAllocator::alloc)
+            .ok_or(mm::MapError::OutOfFrames)?;
         let va = mm::WINDOW_BASE + slot * PAGE_SIZE as u64;
         if let Err(err) = mm::prepare_page(va, &mut alloc_frame) {
             release_window_page(va);
