@@ -119,6 +119,7 @@ pub use guest::*;
 
 #[cfg(target_os = "none")]
 mod guest {
+    use core::future::Future;
     use core::sync::atomic::{AtomicU64, Ordering};
 
     use super::*;
@@ -195,6 +196,23 @@ mod guest {
     /// A future that completes `duration` from now.
     pub fn after(duration: Duration) -> crate::executor::Sleep {
         crate::executor::Sleep::until(Instant::now().saturating_add(duration))
+    }
+
+    /// `future` did not complete in time.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Elapsed;
+
+    /// Run `future` for at most `duration`.
+    pub async fn timeout<F: Future>(duration: Duration, future: F) -> Result<F::Output, Elapsed> {
+        let mut future = core::pin::pin!(future);
+        let mut deadline = core::pin::pin!(after(duration));
+        core::future::poll_fn(|cx| {
+            if let core::task::Poll::Ready(output) = future.as_mut().poll(cx) {
+                return core::task::Poll::Ready(Ok(output));
+            }
+            deadline.as_mut().poll(cx).map(|()| Err(Elapsed))
+        })
+        .await
     }
 }
 
