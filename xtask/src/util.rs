@@ -91,7 +91,7 @@ pub fn which(program: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     // `id -u` avoids a libc dependency for one call.
     Command::new("id")
         .arg("-u")

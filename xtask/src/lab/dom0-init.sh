@@ -1,0 +1,68 @@
+#!/bin/busybox sh
+# /init of the Xen lab's dom0 (Debian kernel, busybox, Debian's Xen tools).
+# xtask appends a second archive with /lab/env (mode, nonce), /lab/job and /apps.
+
+/bin/busybox --install -s
+export PATH=/usr/lib/xen-4.17/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm
+# xenconsoled gives each guest console a pty.
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /tmp
+mkdir -p /run/xen /run/xenstored /run/lock /var/log/xen/console /var/lib/xen /var/lib/xenstored
+exec </dev/console >/dev/console 2>&1
+
+. /lab/env
+# Progress lines land in the boot log (with arrival times), useful when a boot is slow.
+echo "lab: init started"
+
+# Modules in dependency order (worked out by xtask from their .modinfo). virtio-rng
+# feeds the CRNG: without it every `xl create` blocks ~3 s on a random UUID.
+while read -r module; do
+	insmod "/lib/modules/lab/$module" || echo "lab: insmod $module failed"
+done </etc/lab/modules
+
+echo "lab: modules loaded"
+mount -t xenfs xenfs /proc/xen
+xenstored --pid-file /run/xenstored.pid
+echo "lab: xenstored started"
+xen-init-dom0 >/run/xen-init-dom0.log 2>&1 || { echo "lab: xen-init-dom0 failed:"; cat /run/xen-init-dom0.log; }
+xenconsoled --pid-file=/run/xenconsoled.pid --log=guest --log-dir=/var/log/xen/console
+echo "lab: xenconsoled started"
+hostname lab
+cd /
+
+case "$LAB_MODE" in
+exec)
+	# Keep kernel messages off the console while the job runs (dmesg has them all).
+	[ "$LAB_VERBOSE" = 1 ] || dmesg -n 1
+	# The job's stderr lines carry a tag so xtask can tell them from stdout through the
+	# single serial line. A watchdog stops the tagger if a background process of the
+	# job keeps the pipe open.
+	mkfifo /run/lab-stderr
+	while IFS= read -r line || [ -n "$line" ]; do
+		printf '%s%s\n' "$LAB_ERR_TAG" "$line"
+	done </run/lab-stderr &
+	tagger=$!
+	echo "$LAB_BEGIN"
+	sh /lab/job </dev/null 2>/run/lab-stderr
+	status=$?
+	(sleep 2; kill $tagger 2>/dev/null) &
+	wait $tagger
+	echo "$LAB_END $status"
+	;;
+shell)
+	echo "lab: dom0 shell; guests are in /apps, xl is on PATH; 'exit' powers the lab off"
+	setsid cttyhack sh -l
+	;;
+*)
+	echo "lab: unknown LAB_MODE '$LAB_MODE'"
+	;;
+esac
+sync
+poweroff -f

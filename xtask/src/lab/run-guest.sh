@@ -1,0 +1,116 @@
+#!/bin/sh
+# run-guest.sh KERNEL MEMORY_MIB [ARG...]
+#
+# Boot one PV guest with xl, stream its console to stdout from the first byte, and exit
+# with how it ended: 0 poweroff, 2 crash, 3 reboot, 4 suspend/watchdog/soft_reset,
+# 1 failure (reason on stderr). `cargo xtask run` uses it in the lab's dom0 and natively
+# on a Xen dom0; tests may call it in the lab as /lab/run-guest.sh.
+#
+# `xl create -c` would do, but its console child sleeps 1 s before attaching and xl waits
+# for it before unpausing. Instead: create paused under `xl create -F` (which stays to
+# log the shutdown reason and destroy the domain), attach xenconsole, wait until it
+# reports it is connected, unpause.
+set -u
+
+if [ $# -lt 2 ]; then
+	echo "usage: $0 KERNEL MEMORY_MIB [ARG...]" >&2
+	exit 1
+fi
+kernel=$1
+memory=$2
+shift 2
+case "$kernel$*" in
+*\"* | *\\*)
+	echo "run-guest: quotes and backslashes cannot go into an xl config: $kernel $*" >&2
+	exit 1
+	;;
+esac
+
+xenconsole=
+for bin in /usr/lib/xen-*/bin /usr/lib/xen/bin /usr/libexec/xen/bin; do
+	[ -x "$bin/xenconsole" ] && xenconsole=$bin/xenconsole
+done
+
+name="xtask-$(basename "$kernel")-$$-$(date +%s)"
+dir=$(mktemp -d /tmp/run-guest.XXXXXX) || exit 1
+xl_pid=
+console_pid=
+
+cleanup() {
+	if [ -n "$xl_pid" ]; then
+		xl destroy "$name" >/dev/null 2>&1
+		kill "$xl_pid" 2>/dev/null
+	fi
+	[ -n "$console_pid" ] && kill "$console_pid" 2>/dev/null
+	rm -rf "$dir"
+}
+
+fail() {
+	echo "run-guest: $*" >&2
+	if [ -s "$dir/xl.log" ]; then
+		sed 's/^/run-guest: xl: /' "$dir/xl.log" >&2
+	fi
+	cleanup
+	exit 1
+}
+
+trap 'echo "run-guest: interrupted: destroying $name" >&2; cleanup; exit 130' INT TERM HUP
+
+[ -n "$xenconsole" ] || fail "xenconsole not found under /usr/lib/xen-*/bin, /usr/lib/xen/bin or /usr/libexec/xen/bin"
+[ -f "$kernel" ] || fail "no guest image at $kernel"
+
+cat >"$dir/guest.cfg" <<EOF
+name = "$name"
+kernel = "$kernel"
+memory = $memory
+vcpus = 1
+extra = "$*"
+on_poweroff = "destroy"
+on_reboot = "destroy"
+on_crash = "destroy"
+EOF
+
+# Standard input that never delivers anything and never ends: xenconsole stops at EOF.
+mkfifo "$dir/stdin" "$dir/ready" || fail "mkfifo failed"
+exec 3<>"$dir/stdin"
+
+xl create -p -F "$dir/guest.cfg" <&3 >"$dir/xl.log" 2>&1 &
+xl_pid=$!
+# xl -F logs "Waiting for domain NAME (domid N) to die [pid P]" once the domain exists.
+while :; do
+	domid=$(sed -n 's/.*(domid \([0-9][0-9]*\)) to die.*/\1/p' "$dir/xl.log")
+	[ -n "$domid" ] && break
+	if ! kill -0 "$xl_pid" 2>/dev/null; then
+		wait "$xl_pid"
+		fail "xl create failed (status $?)"
+	fi
+	sleep 0.02
+done
+
+"$xenconsole" --type pv --start-notify-fd 4 "$domid" <&3 4>"$dir/ready" &
+console_pid=$!
+# xenconsole writes one byte to fd 4 once it has the guest's console open.
+[ "$(head -c 1 "$dir/ready" | wc -c)" -eq 1 ] || fail "xenconsole could not attach to domain $domid"
+xl unpause "$domid" || fail "xl unpause $domid failed"
+
+wait "$xl_pid"
+xl_status=$?
+xl_pid=
+# xenconsole ends once xenconsoled drops the console of the destroyed domain.
+wait "$console_pid"
+console_pid=
+
+# "Domain 1 has shut down, reason code 0 0x0" (xl_vmcontrol.c); codes from sched.h.
+reason=$(sed -n 's/.*has shut down, reason code \([0-9][0-9]*\).*/\1/p' "$dir/xl.log" | tail -n 1)
+case "$reason" in
+0) status=0 ;;
+1) status=3 ;;
+3) status=2 ;;
+2 | 4 | 5)
+	status=4
+	echo "run-guest: $name shut down with reason code $reason (2 suspend, 4 watchdog, 5 soft_reset)" >&2
+	;;
+*) fail "xl reported no shutdown reason for $name (xl status $xl_status)" ;;
+esac
+cleanup
+exit "$status"
