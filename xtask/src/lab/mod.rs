@@ -43,11 +43,12 @@ pub const DEFAULT_TIMEOUT_SECS: u64 = 600;
 
 #[derive(Debug, Subcommand)]
 pub enum LabCmd {
-    /// Boot a fresh lab, run FILE with /bin/sh in dom0, power off; exit with FILE's status.
+    /// Boot a fresh lab, run FILE with /bin/sh in dom0, stop the lab; exit with FILE's status.
     ///
     /// FILE runs in `/` with xl on PATH, Xen's daemons up and every app of `apps/` built
-    /// into `/apps/NAME`. Its stdout and stderr are streamed here live; boot messages go
-    /// to a log under target/lab/logs/ (its tail is shown if the boot fails).
+    /// into `/apps/NAME`; `sh /lab/run-guest.sh /apps/NAME MIB [ARGS…]` boots one and
+    /// streams its console. FILE's stdout and stderr are streamed here live; boot
+    /// messages go to a log under target/lab/logs/ (its tail is shown if the boot fails).
     Exec(ExecArgs),
     /// Boot a fresh lab with an interactive dom0 shell on this terminal (`/apps` filled).
     ///
@@ -62,7 +63,7 @@ pub struct ExecArgs {
     /// Shell script to run in dom0.
     pub file: PathBuf,
     /// Give up (and kill the lab) after this many seconds, boot included.
-    #[arg(long, default_value_t = DEFAULT_TIMEOUT_SECS)]
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TIMEOUT_SECS)]
     pub timeout: u64,
     /// Also show Xen's and dom0's boot messages (on stderr).
     #[arg(long)]
@@ -439,7 +440,7 @@ impl Markers {
 }
 
 /// A per-boot random token (std's `RandomState` is seeded from the OS).
-fn nonce() -> String {
+pub fn nonce() -> String {
     use std::hash::BuildHasher;
     let seed = (std::process::id(), std::time::SystemTime::now());
     format!(

@@ -3,7 +3,8 @@
 #
 # Boot one PV guest with xl, stream its console to stdout from the first byte, and exit
 # with how it ended: 0 poweroff, 2 crash, 3 reboot, 4 suspend/watchdog/soft_reset,
-# 1 failure (reason on stderr). `cargo xtask run` uses it in the lab's dom0 and natively
+# 1 failure (reason on stderr), 130/143/129 stopped by SIGINT/SIGTERM/SIGHUP (the guest
+# is destroyed). `cargo xtask run` uses it in the lab's dom0 and natively
 # on a Xen dom0; tests may call it in the lab as /lab/run-guest.sh.
 #
 # `xl create -c` would do, but its console child sleeps 1 s before attaching and xl waits
@@ -54,7 +55,15 @@ fail() {
 	exit 1
 }
 
-trap 'echo "run-guest: interrupted: destroying $name" >&2; cleanup; exit 130' INT TERM HUP
+interrupted() {
+	echo "run-guest: $1: destroying $name" >&2
+	cleanup
+	exit "$2"
+}
+# Exit like a shell killed by the signal; `cargo xtask run` reads 143 as its timeout.
+trap 'interrupted SIGINT 130' INT
+trap 'interrupted SIGTERM 143' TERM
+trap 'interrupted SIGHUP 129' HUP
 
 [ -n "$xenconsole" ] || fail "xenconsole not found under /usr/lib/xen-*/bin, /usr/lib/xen/bin or /usr/libexec/xen/bin"
 [ -f "$kernel" ] || fail "no guest image at $kernel"
