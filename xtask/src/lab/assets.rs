@@ -125,6 +125,12 @@ pub fn prepare() -> Result<Assets> {
     util::ensure_tool("qemu-system-x86_64", "qemu-system-x86")?;
     util::ensure_tool("cpio", "cpio")?;
     let dir = lab_dir();
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Parallel runs (e.g. tests) may all get here; one prepares, the others wait.
+    let lock_file = fs::File::create(dir.join("prepare.lock"))?;
+    lock_file
+        .lock()
+        .context("locking target/lab/prepare.lock")?;
     let root = dir.join("root");
     let debs = packages(&dir.join("cache"), &root)?;
     let lock = lock_text(&debs);
