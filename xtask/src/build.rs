@@ -63,7 +63,10 @@ pub fn build_apps(names: &[String]) -> Result<Vec<GuestImage>> {
     let known = all_apps()?;
     for name in names {
         if !known.contains(name) {
-            bail!("no app named `{name}` in apps/ (known: {})", known.join(", "));
+            bail!(
+                "no app named `{name}` in apps/ (known: {})",
+                known.join(", ")
+            );
         }
     }
     let mut cmd = util::cargo();
@@ -71,11 +74,17 @@ pub fn build_apps(names: &[String]) -> Result<Vec<GuestImage>> {
     for name in names {
         cmd.args(["--package", name]);
     }
-    cmd.env("CARGO_TARGET_X86_64_UNKNOWN_NONE_RUSTFLAGS", GUEST_RUSTFLAGS);
+    cmd.env(
+        "CARGO_TARGET_X86_64_UNKNOWN_NONE_RUSTFLAGS",
+        GUEST_RUSTFLAGS,
+    );
     util::run(&mut cmd)?;
     let out_dir = target_dir().join(GUEST_TARGET).join("release");
     Ok(names
         .iter()
-        .map(|name| GuestImage { name: name.clone(), path: out_dir.join(name) })
+        .map(|name| GuestImage {
+            name: name.clone(),
+            path: out_dir.join(name),
+        })
         .collect())
 }
