@@ -82,8 +82,8 @@ pub(crate) fn init() -> Result<(), Errno> {
 fn mask_upcalls() {
     // SAFETY: shared_info is mapped; we are the only writer of our mask byte.
     unsafe {
-        core::ptr::addr_of_mut!((*shared_info()).vcpu_info[0].evtchn_upcall_mask).write_volatile(1)
-    };
+        core::ptr::addr_of_mut!((*shared_info()).vcpu_info[0].evtchn_upcall_mask).write_volatile(1);
+    }
     core::sync::atomic::compiler_fence(Ordering::SeqCst);
 }
 

@@ -13,7 +13,7 @@ pub const GUEST_TARGET: &str = "x86_64-unknown-none";
 /// Codegen flags a PV guest needs: linked at the top 2 GiB of the address space
 /// (`linker.ld`), position dependent. The arch crate's build script puts the directory
 /// of `linker.ld` on the linker's search path.
-const GUEST_RUSTFLAGS: &str =
+pub const GUEST_RUSTFLAGS: &str =
     "-C link-arg=-Tlinker.ld -C relocation-model=static -C code-model=kernel";
 
 #[derive(Debug, Args)]

@@ -7,10 +7,12 @@
 //! - `test`: format check, clippy, host unit tests, lab integration tests.
 
 mod build;
+mod elf;
 mod lab;
 mod run;
 mod test;
 mod util;
+mod xen_notes;
 
 use std::process::ExitCode;
 

@@ -479,41 +479,4 @@ mod tests {
         assert_eq!(shell_quote("a b"), "'a b'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
     }
-
-    /// Three guests in one lab boot: a clean poweroff with its arguments, a panic, and
-    /// one that outlives its timeout. Run with `cargo test -p xtask -- --ignored`.
-    #[test]
-    #[ignore = "boots the Xen lab in QEMU (about 15 s) and needs apps/hello"]
-    fn guests_share_one_lab() {
-        let image = build::build_apps(&["hello".to_owned()]).unwrap().remove(0);
-        let run = |args: &[&str], timeout: u64| GuestRun {
-            image: image.clone(),
-            mem_mib: 32,
-            args: args.iter().map(|&arg| arg.to_owned()).collect(),
-            timeout: Duration::from_secs(timeout),
-            dom0: false,
-            echo: false,
-            verbose: false,
-        };
-        let outcomes = run_guests(&[
-            run(&["alpha", "beta"], 60),
-            run(&["panic"], 60),
-            run(&["sleep=600000"], 5),
-        ]);
-        let outcomes: Vec<GuestOutcome> = outcomes.into_iter().map(Result::unwrap).collect();
-        assert_eq!(outcomes[0].exit, GuestExit::Poweroff);
-        assert!(
-            outcomes[0].console.contains("args: alpha beta"),
-            "{}",
-            outcomes[0].console
-        );
-        assert_eq!(outcomes[1].exit, GuestExit::Crash);
-        assert!(
-            outcomes[1].console.contains("panic"),
-            "{}",
-            outcomes[1].console
-        );
-        assert!(!outcomes[1].console.contains("alpha"));
-        assert_eq!(outcomes[2].exit, GuestExit::Timeout);
-    }
 }

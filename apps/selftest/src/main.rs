@@ -28,8 +28,11 @@ kernel::main!(main);
 
 type Check = Result<(), String>;
 
+/// A named check.
+type NamedCheck = (&'static str, fn() -> Check);
+
 fn main(_args: kernel::Args) -> ShutdownReason {
-    let checks: [(&str, fn() -> Check); 7] = [
+    let checks: [NamedCheck; 7] = [
         ("event channel loopback", event_loopback),
         ("event handler, mask and unmask", event_handler_and_mask),
         ("timers wake tasks in deadline order", timers_in_order),

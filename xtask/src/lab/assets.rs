@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail, ensure};
 
-use super::elf::{self, Elf};
 use super::progress::Progress;
+use crate::elf::{self, Elf};
 use crate::util::{self, target_dir};
 
 /// Packages the lab needs by name. The kernel comes from `KERNEL_META`'s dependency, and

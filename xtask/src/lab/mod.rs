@@ -9,7 +9,6 @@
 //! is told apart from boot messages (all of which go to a log under `target/lab/logs`).
 
 pub mod assets;
-mod elf;
 pub mod process;
 mod progress;
 

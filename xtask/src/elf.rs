@@ -1,6 +1,6 @@
-//! Just enough ELF64 reading to assemble the dom0 initramfs without host tools: the
-//! shared libraries a program needs (`DT_NEEDED`), its loader (`PT_INTERP`), and a
-//! kernel module's `.modinfo` section. `ldd` would run the host's loader against
+//! Just enough ELF64 reading to assemble the dom0 initramfs without host tools and to
+//! check guest images: the shared libraries a program needs (`DT_NEEDED`), its loader
+//! (`PT_INTERP`), a kernel module's `.modinfo` section, the entry point and notes. `ldd` would run the host's loader against
 //! Debian's libraries and binutils may be absent; reading the headers needs neither.
 
 use anyhow::{Context, Result, bail, ensure};
@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail, ensure};
 const PT_LOAD: u32 = 1;
 const PT_DYNAMIC: u32 = 2;
 const PT_INTERP: u32 = 3;
+const PT_NOTE: u32 = 4;
 const DT_NULL: u64 = 0;
 const DT_NEEDED: u64 = 1;
 const DT_STRTAB: u64 = 5;
@@ -89,6 +90,31 @@ impl<'a> Elf<'a> {
                 .push(cstr(self.data, strtab + usize::try_from(offset)?)?.to_owned());
         }
         Ok(out)
+    }
+
+    /// The entry point (`e_entry`).
+    pub fn entry(&self) -> u64 {
+        le64(self.data, 0x18)
+    }
+
+    /// The notes in the `PT_NOTE` segments: (owner, type, descriptor).
+    pub fn notes(&self) -> Result<Vec<(&'a str, u32, &'a [u8])>> {
+        let mut notes = Vec::new();
+        for segment in self.segments()?.iter().filter(|s| s.kind == PT_NOTE) {
+            let mut rest = self.slice(segment.offset, segment.filesz)?;
+            while rest.len() >= 12 {
+                let namesz = le32(rest, 0) as usize;
+                let descsz = le32(rest, 4) as usize;
+                let kind = le32(rest, 8);
+                let name_end = 12 + namesz.next_multiple_of(4);
+                let desc_end = name_end + descsz.next_multiple_of(4);
+                ensure!(desc_end <= rest.len(), "note overruns its segment");
+                let name = cstr(&rest[12..12 + namesz], 0)?;
+                notes.push((name, kind, &rest[name_end..name_end + descsz]));
+                rest = &rest[desc_end..];
+            }
+        }
+        Ok(notes)
     }
 
     /// The contents of the section called `name`, if there is one.
