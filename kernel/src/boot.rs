@@ -1,5 +1,7 @@
 //! The boot flow: arch → start_info → console → memory → events → grants → app.
 
+use core::fmt::Write;
+
 use arch::abi::start_info;
 use arch::hypercall;
 use spin::Once;
@@ -47,9 +49,12 @@ extern "C" fn kernel_entry(si: *const start_info, boot_tsc: u64) -> ! {
     let boot = match BootInfo::parse(si, image_end, arch::mm::mfn_to_pfn) {
         Ok(boot) => BOOT_INFO.call_once(|| boot),
         Err(err) => {
-            // Without a valid start_info there is no console ring; dom0 can still say why.
-            let _ = hypercall::console_write(b"start_info rejected\n");
-            let _ = err;
+            // Without a valid start_info there is no console ring, and no heap to
+            // format into. Xen's own console still works for dom0 (a domU's writes
+            // there are dropped by a non-debug Xen, but the crash is still reported).
+            let mut line = StackLine::new();
+            let _ = writeln!(line, "boot failed: {err}");
+            let _ = hypercall::console_write(line.as_bytes());
             hypercall::shutdown(arch::abi::SHUTDOWN_CRASH);
         }
     };
@@ -74,6 +79,34 @@ extern "C" fn kernel_entry(si: *const start_info, boot_tsc: u64) -> ! {
     // SAFETY: the app crate defines `__kernel_app_main` through `kernel::main!`.
     let reason = unsafe { __kernel_app_main(args) };
     shutdown::exit(reason)
+}
+
+/// A line formatted on the stack (truncated at its capacity).
+struct StackLine {
+    buf: [u8; 128],
+    len: usize,
+}
+
+impl StackLine {
+    fn new() -> Self {
+        Self {
+            buf: [0; 128],
+            len: 0,
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Write for StackLine {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
 }
 
 fn boot_failed(stage: &str, err: impl core::fmt::Display) -> ! {

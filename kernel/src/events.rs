@@ -240,12 +240,6 @@ impl EventChannel {
         Self::bound(op.port)
     }
 
-    /// Take over a port someone else bound for us (the toolstack binds the console
-    /// and Xenstore ports before we start). It is not closed on drop.
-    pub fn adopt(port: Port) -> Result<core::mem::ManuallyDrop<Self>, Errno> {
-        Self::bound(port).map(core::mem::ManuallyDrop::new)
-    }
-
     /// The local port number.
     pub fn port(&self) -> Port {
         self.port

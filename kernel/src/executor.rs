@@ -251,10 +251,6 @@ mod guest {
                 key: None,
             }
         }
-
-        pub fn deadline(&self) -> Instant {
-            self.deadline
-        }
     }
 
     impl Future for Sleep {
@@ -280,21 +276,6 @@ mod guest {
                 TIMERS.lock().remove(key);
             }
         }
-    }
-
-    /// Yield to other tasks once.
-    pub async fn yield_now() {
-        let mut yielded = false;
-        core::future::poll_fn(|cx| {
-            if yielded {
-                Poll::Ready(())
-            } else {
-                yielded = true;
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            }
-        })
-        .await;
     }
 }
 

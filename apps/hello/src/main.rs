@@ -8,6 +8,8 @@
 #![no_std]
 #![no_main]
 
+extern crate alloc;
+
 use core::time::Duration;
 
 use kernel::time::Instant;
@@ -55,13 +57,14 @@ fn main(args: kernel::Args) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Arguments separated by spaces.
+/// Arguments separated by spaces, or `(none)`.
 struct Joined<'a>(&'a [alloc::string::String]);
-
-extern crate alloc;
 
 impl core::fmt::Display for Joined<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("(none)");
+        }
         for (i, arg) in self.0.iter().enumerate() {
             if i > 0 {
                 f.write_str(" ")?;

@@ -30,9 +30,6 @@ pub const MACH2PHYS_VIRT_END: u64 = 0xffff_8040_0000_0000;
 /// `xen.h`: flags of `update_va_mapping`: flush only the one TLB entry.
 pub const UVMF_INVLPG: u64 = 2;
 
-/// `xen.h`: `mmuext_op` commands we use.
-pub const MMUEXT_TLB_FLUSH_LOCAL: u32 = 6;
-
 /// `xen.h`: `console_io` command.
 pub const CONSOLEIO_WRITE: u32 = 0;
 
@@ -45,12 +42,7 @@ pub type XenExtraVersion = [u8; 16];
 /// `sched.h`: shutdown reasons (`SHUTDOWN_*`).
 pub const SHUTDOWN_POWEROFF: u32 = 0;
 pub const SHUTDOWN_REBOOT: u32 = 1;
-pub const SHUTDOWN_SUSPEND: u32 = 2;
 pub const SHUTDOWN_CRASH: u32 = 3;
-
-/// `callback.h`: callback types registered with `set_callbacks`.
-pub const CALLBACKTYPE_EVENT: u32 = 0;
-pub const CALLBACKTYPE_FAILSAFE: u32 = 1;
 
 /// `grant_table.h`: a grant reference.
 pub type GrantRef = u32;
@@ -114,16 +106,6 @@ pub struct GnttabUnmapGrantRef {
     pub pad0: u16,
 }
 
-/// `xen.h`: `struct mmuext_op` for commands whose argument is a linear address or none.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-pub struct MmuextOp {
-    pub cmd: u32,
-    pub pad0: u32,
-    pub arg1: u64,
-    pub arg2: u64,
-}
-
 #[cfg(test)]
 mod tests {
     use core::mem::{offset_of, size_of};
@@ -144,7 +126,6 @@ mod tests {
         assert_eq!(offset_of!(GnttabMapGrantRef, dev_bus_addr), 24);
         assert_eq!(size_of::<GnttabUnmapGrantRef>(), 24);
         assert_eq!(offset_of!(GnttabUnmapGrantRef, status), 20);
-        assert_eq!(size_of::<MmuextOp>(), 24);
         // The structs xen-sys provides and we rely on.
         assert_eq!(size_of::<start_info>(), 1168);
         assert_eq!(size_of::<shared_info>(), 3136);

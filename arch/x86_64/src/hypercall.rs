@@ -194,24 +194,6 @@ pub unsafe fn update_va_mapping(va: u64, pte: u64) -> Result<()> {
     .map(drop)
 }
 
-/// `mmuext_op` with a single operation.
-///
-/// # Safety
-/// As for [`mmu_update`].
-pub unsafe fn mmuext_op(op: &abi::MmuextOp) -> Result<()> {
-    // SAFETY: `op` outlives the call; the caller vouches for the operation.
-    let ret = unsafe {
-        call!(
-            xen_sys::__HYPERVISOR_mmuext_op,
-            op as *const abi::MmuextOp,
-            1u32,
-            0u64,
-            abi::DOMID_SELF
-        )
-    };
-    check(ret).map(drop)
-}
-
 /// `sched_op` with a pointer argument.
 ///
 /// # Safety

@@ -162,11 +162,6 @@ mod pv {
         unsafe { (addr as *const u64).read_volatile() }
     }
 
-    /// The machine address of `va` in the direct map (of a page we own).
-    pub fn virt_to_machine(va: u64) -> u64 {
-        (pfn_to_mfn(pfn_of_va(va)) << PAGE_SHIFT) | (va & (PAGE_SIZE as u64 - 1))
-    }
-
     /// The first pfn past the direct map.
     pub fn direct_map_end() -> u64 {
         DIRECT_END.load(Ordering::Relaxed)

@@ -64,11 +64,6 @@ impl<'a> BitmapAllocator<'a> {
         self.free
     }
 
-    /// Total number of slots.
-    pub fn capacity(&self) -> u64 {
-        self.count
-    }
-
     /// Take one slot.
     pub fn alloc(&mut self) -> Option<u64> {
         let word = (self.hint..self.bits.len()).find(|&w| self.bits[w] != !0)?;
@@ -122,12 +117,6 @@ impl<'a> BitmapAllocator<'a> {
         Ok(())
     }
 
-    /// Whether `slot` is handed out.
-    pub fn is_allocated(&self, slot: u64) -> bool {
-        slot.checked_sub(self.base)
-            .is_some_and(|i| i < self.count && self.is_set(i))
-    }
-
     fn is_set(&self, index: u64) -> bool {
         self.bits[(index / 64) as usize] & (1 << (index % 64)) != 0
     }
@@ -162,7 +151,6 @@ mod tests {
         assert_eq!(frames.free(9), Err(FreeError::OutOfRange(9)));
         assert_eq!(frames.free(18), Err(FreeError::OutOfRange(18)));
         assert_eq!(frames.alloc(), Some(10));
-        assert!(frames.is_allocated(11) && !frames.is_allocated(12));
         assert_eq!(frames.free_count(), 6);
     }
 

@@ -118,11 +118,6 @@ mod guest {
         HEAP_BYTES.load(Ordering::Relaxed)
     }
 
-    /// Bytes of the heap in use now.
-    pub fn heap_used() -> u64 {
-        HEAP.lock().used() as u64
-    }
-
     /// Frames left in the frame allocator.
     pub fn free_frames() -> u64 {
         FRAMES
