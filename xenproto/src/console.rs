@@ -1,13 +1,12 @@
 //! The PV console ring (`xen/include/public/io/console.h`, `struct xencons_interface`).
 //!
 //! One page holds two byte rings: `in` (back end → guest, 1024 bytes) and `out`
-//! (guest → back end, 2048 bytes), each with free-running 32-bit producer and consumer
-//! indices. A producer copies bytes in, then publishes them by advancing its index with
-//! release ordering; a consumer reads the index with acquire ordering, copies, then
-//! advances its own index.
+//! (guest → back end, 2048 bytes).
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::AtomicU32;
+
+pub use crate::byte_ring::{Ring, RingCorrupt};
 
 /// Size of the guest-bound ring.
 pub const IN_SIZE: usize = 1024;
@@ -67,108 +66,35 @@ impl ConsoleInterface {
 
     /// The guest → back end ring (the guest produces, the back end consumes).
     pub fn output(&self) -> Ring<'_> {
-        Ring {
-            data: self.output.get().cast(),
-            size: OUT_SIZE as u32,
-            cons: &self.out_cons,
-            prod: &self.out_prod,
+        // SAFETY: the array lives as long as `self`; its size is a power of two.
+        unsafe {
+            Ring::new(
+                self.output.get().cast(),
+                OUT_SIZE as u32,
+                &self.out_cons,
+                &self.out_prod,
+            )
         }
     }
 
     /// The back end → guest ring.
     pub fn input(&self) -> Ring<'_> {
-        Ring {
-            data: self.input.get().cast(),
-            size: IN_SIZE as u32,
-            cons: &self.in_cons,
-            prod: &self.in_prod,
+        // SAFETY: the array lives as long as `self`; its size is a power of two.
+        unsafe {
+            Ring::new(
+                self.input.get().cast(),
+                IN_SIZE as u32,
+                &self.in_cons,
+                &self.in_prod,
+            )
         }
-    }
-}
-
-/// The peer left the indices in a state no correct peer produces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RingCorrupt {
-    pub prod: u32,
-    pub cons: u32,
-    pub size: u32,
-}
-
-impl core::fmt::Display for RingCorrupt {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(
-            f,
-            "console ring corrupt: producer {} is {} bytes ahead of consumer {} in a ring of {}",
-            self.prod,
-            self.prod.wrapping_sub(self.cons),
-            self.cons,
-            self.size
-        )
-    }
-}
-
-/// One direction of the console page.
-#[derive(Debug, Clone, Copy)]
-pub struct Ring<'a> {
-    data: *mut u8,
-    size: u32,
-    cons: &'a AtomicU32,
-    prod: &'a AtomicU32,
-}
-
-impl Ring<'_> {
-    /// Bytes published and not yet consumed.
-    pub fn pending(&self) -> Result<u32, RingCorrupt> {
-        let prod = self.prod.load(Ordering::Acquire);
-        let cons = self.cons.load(Ordering::Acquire);
-        let used = prod.wrapping_sub(cons);
-        if used > self.size {
-            return Err(RingCorrupt {
-                prod,
-                cons,
-                size: self.size,
-            });
-        }
-        Ok(used)
-    }
-
-    /// Producer side: copy as much of `bytes` as fits and publish it. Returns how many
-    /// bytes were taken (0 when the ring is full).
-    pub fn produce(&self, bytes: &[u8]) -> Result<usize, RingCorrupt> {
-        let prod = self.prod.load(Ordering::Relaxed);
-        let free = self.size - self.pending()?;
-        let count = bytes.len().min(free as usize);
-        for (i, &byte) in bytes[..count].iter().enumerate() {
-            let at = prod.wrapping_add(i as u32) & (self.size - 1);
-            // SAFETY: `at` < size, inside the ring's data array; the consumer does not
-            // read unpublished bytes, so the write races with no correct peer.
-            unsafe { self.data.add(at as usize).write_volatile(byte) };
-        }
-        self.prod
-            .store(prod.wrapping_add(count as u32), Ordering::Release);
-        Ok(count)
-    }
-
-    /// Consumer side: copy out up to `out.len()` published bytes and release their
-    /// space. Returns how many were copied.
-    pub fn consume(&self, out: &mut [u8]) -> Result<usize, RingCorrupt> {
-        let cons = self.cons.load(Ordering::Relaxed);
-        let count = out.len().min(self.pending()? as usize);
-        for (i, slot) in out[..count].iter_mut().enumerate() {
-            let at = cons.wrapping_add(i as u32) & (self.size - 1);
-            // SAFETY: `at` < size; a volatile read of shared memory the peer may
-            // (wrongly) still write yields some byte, never undefined behaviour.
-            *slot = unsafe { self.data.add(at as usize).read_volatile() };
-        }
-        self.cons
-            .store(cons.wrapping_add(count as u32), Ordering::Release);
-        Ok(count)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use core::mem::offset_of;
+    use core::sync::atomic::Ordering;
 
     use super::*;
 

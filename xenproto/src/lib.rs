@@ -1,4 +1,5 @@
-//! Shared-memory protocols between a Xen guest and its back ends.
+//! Shared-memory protocols between a Xen guest and its back ends: byte rings (console,
+//! Xenstore), request/response rings (netif, blkif), the Xenstore wire format.
 //!
 //! The guest's front ends and dom0's back ends both use this crate, so each side is
 //! tested against the other on the host. Everything here is pure: no hypercalls, no
@@ -7,4 +8,10 @@
 
 #![cfg_attr(not(test), no_std)]
 
+extern crate alloc;
+
+pub mod byte_ring;
 pub mod console;
+pub mod netif;
+pub mod ring;
+pub mod xenstore;
