@@ -72,6 +72,11 @@ extern "C" fn kernel_entry(si: *const start_info, boot_tsc: u64) -> ! {
     if let Err(err) = crate::grant::init() {
         boot_failed("grant table", err);
     }
+    if let Some((mfn, evtchn)) = boot.xenstore
+        && let Err(err) = crate::xenstore::init(mfn, evtchn)
+    {
+        boot_failed("xenstore", err);
+    }
     let args = match Args::parse(boot.cmdline()) {
         Ok(args) => args,
         Err(err) => boot_failed("command line", err),

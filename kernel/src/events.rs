@@ -240,6 +240,12 @@ impl EventChannel {
         Self::bound(op.port)
     }
 
+    /// Take over a port the toolstack bound for us before we started (console,
+    /// Xenstore).
+    pub fn adopt(port: Port) -> Result<Self, Errno> {
+        Self::bound(port)
+    }
+
     /// The local port number.
     pub fn port(&self) -> Port {
         self.port

@@ -277,6 +277,21 @@ mod guest {
             }
         }
     }
+
+    /// Let other ready tasks run once before continuing.
+    pub async fn yield_now() {
+        let mut yielded = false;
+        core::future::poll_fn(|cx| {
+            if yielded {
+                Poll::Ready(())
+            } else {
+                yielded = true;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        })
+        .await;
+    }
 }
 
 #[cfg(test)]

@@ -44,6 +44,8 @@ pub mod cmdline;
 #[cfg(target_os = "none")]
 pub mod console;
 #[cfg(target_os = "none")]
+pub mod devices;
+#[cfg(target_os = "none")]
 pub mod events;
 pub mod executor;
 pub mod grant;
@@ -52,10 +54,12 @@ pub mod mem;
 pub mod shutdown;
 pub mod start_info;
 #[cfg(target_os = "none")]
-mod sync;
+pub mod sync;
 pub mod time;
 #[cfg(target_os = "none")]
 pub mod xen;
+#[cfg(target_os = "none")]
+pub mod xenstore;
 
 pub use cmdline::Args;
 

@@ -7,10 +7,10 @@ use core::ops::Deref;
 /// upcall never touches it: no two contexts can ever use it at once. The inner lock
 /// still catches re-entrant use (a deadlock instead of aliasing).
 #[derive(Debug)]
-pub(crate) struct VcpuMutex<T>(spin::Mutex<T>);
+pub struct VcpuMutex<T>(spin::Mutex<T>);
 
 impl<T> VcpuMutex<T> {
-    pub(crate) const fn new(value: T) -> Self {
+    pub const fn new(value: T) -> Self {
         Self(spin::Mutex::new(value))
     }
 }

@@ -13,7 +13,11 @@
 
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::cell::UnsafeCell;
 use core::fmt;
+use core::sync::atomic::AtomicU32;
+
+use crate::byte_ring::Ring;
 
 /// Length of a message header.
 pub const HEADER_LEN: usize = 16;
@@ -21,6 +25,108 @@ pub const HEADER_LEN: usize = 16;
 pub const PAYLOAD_MAX: usize = 4096;
 /// Size of each direction of the Xenstore ring page.
 pub const RING_SIZE: usize = 1024;
+
+/// `struct xenstore_domain_interface`: the shared page between a domain and xenstored.
+#[repr(C)]
+pub struct RingPage {
+    req: UnsafeCell<[u8; RING_SIZE]>,
+    rsp: UnsafeCell<[u8; RING_SIZE]>,
+    req_cons: AtomicU32,
+    req_prod: AtomicU32,
+    rsp_cons: AtomicU32,
+    rsp_prod: AtomicU32,
+    pub server_features: AtomicU32,
+    pub connection: AtomicU32,
+    pub error: AtomicU32,
+}
+
+// SAFETY: indices are atomics; data is only reached through `Ring`, which copies with
+// volatile accesses inside the bounds the protocol gives each side.
+unsafe impl Sync for RingPage {}
+
+impl fmt::Debug for RingPage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RingPage")
+            .field("req_prod", &self.req_prod)
+            .field("rsp_prod", &self.rsp_prod)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RingPage {
+    /// The Xenstore interface at the start of a shared page.
+    ///
+    /// # Safety
+    /// `page` must point to a mapped, writable page that stays mapped for `'a`.
+    pub unsafe fn from_page<'a>(page: *mut u8) -> &'a Self {
+        // SAFETY: guaranteed by the caller; any bit pattern is a valid RingPage.
+        unsafe { &*page.cast::<Self>() }
+    }
+
+    /// Requests: the domain produces, xenstored consumes.
+    pub fn requests(&self) -> Ring<'_> {
+        // SAFETY: the array lives as long as `self`; its size is a power of two.
+        unsafe {
+            Ring::new(
+                self.req.get().cast(),
+                RING_SIZE as u32,
+                &self.req_cons,
+                &self.req_prod,
+            )
+        }
+    }
+
+    /// Replies and watch events: xenstored produces, the domain consumes.
+    pub fn responses(&self) -> Ring<'_> {
+        // SAFETY: as above.
+        unsafe {
+            Ring::new(
+                self.rsp.get().cast(),
+                RING_SIZE as u32,
+                &self.rsp_cons,
+                &self.rsp_prod,
+            )
+        }
+    }
+}
+
+/// `XenbusState`: the state a front or back end publishes in its `state` node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XenbusState {
+    Unknown = 0,
+    Initialising = 1,
+    InitWait = 2,
+    Initialised = 3,
+    Connected = 4,
+    Closing = 5,
+    Closed = 6,
+    Reconfiguring = 7,
+    Reconfigured = 8,
+}
+
+impl XenbusState {
+    /// Parse a `state` node's value.
+    pub fn parse(value: &str) -> Option<Self> {
+        use XenbusState::*;
+        Some(match value.trim().parse::<u32>().ok()? {
+            0 => Unknown,
+            1 => Initialising,
+            2 => InitWait,
+            3 => Initialised,
+            4 => Connected,
+            5 => Closing,
+            6 => Closed,
+            7 => Reconfiguring,
+            8 => Reconfigured,
+            _ => return None,
+        })
+    }
+
+    /// The node value.
+    pub fn as_str(self) -> &'static str {
+        ["0", "1", "2", "3", "4", "5", "6", "7", "8"][self as usize]
+    }
+}
 
 /// `enum xsd_sockmsg_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -457,6 +563,17 @@ mod tests {
         let mut decoder = Decoder::new();
         decoder.feed(&reply(20, 1, b"")).unwrap();
         assert_eq!(decoder.take(), Err(WireError::UnknownType(20)));
+    }
+
+    #[test]
+    fn ring_page_layout_and_states() {
+        assert_eq!(core::mem::offset_of!(RingPage, req_cons), 2048);
+        assert_eq!(core::mem::offset_of!(RingPage, error), 2072);
+        assert_eq!(XenbusState::parse("4"), Some(XenbusState::Connected));
+        assert_eq!(XenbusState::parse(" 2\n"), Some(XenbusState::InitWait));
+        assert_eq!(XenbusState::parse("9"), None);
+        assert_eq!(XenbusState::parse("x"), None);
+        assert_eq!(XenbusState::Closed.as_str(), "6");
     }
 
     #[test]

@@ -1,0 +1,324 @@
+//! The netif data path: two rings, their buffers and grants, and the event channel.
+//! It does not know how it was negotiated: [`Datapath::new`] gives the values a
+//! negotiation publishes (ring references, event channel), and the negotiation calls
+//! [`Datapath::start`] once the back end is connected.
+
+use alloc::vec::Vec;
+
+use arch::abi::{DomId, GrantRef};
+use arch::mm::{PAGE_SIZE, va_of_pfn};
+use kernel::events::EventChannel;
+use kernel::grant::{self, GrantError};
+use kernel::mem;
+use xenproto::netif::{RSP_OKAY, RxFront, RxRequest, TxFront, TxRequest};
+use xenproto::ring::RingOverrun;
+
+/// Traffic counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    /// Receive responses with an error status or that failed validation.
+    pub rx_errors: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Transmit responses with an error status.
+    pub tx_errors: u64,
+}
+
+/// Why the data path cannot be set up or goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatapathError {
+    OutOfMemory,
+    Grant(GrantError),
+    EventChannel(arch::errno::Errno),
+    /// The back end broke a ring: the device is unusable.
+    Ring(RingOverrun),
+}
+
+impl core::fmt::Display for DatapathError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::OutOfMemory => f.write_str("out of memory for ring buffers"),
+            Self::Grant(err) => write!(f, "granting a buffer: {err}"),
+            Self::EventChannel(err) => write!(f, "event channel: {err}"),
+            Self::Ring(err) => write!(f, "ring: {err}"),
+        }
+    }
+}
+
+/// A page granted to the back end, for a ring or a buffer.
+#[derive(Debug)]
+struct GrantedPage {
+    pfn: u64,
+    gref: GrantRef,
+}
+
+impl GrantedPage {
+    fn new(backend: DomId, readonly: bool) -> Result<Self, DatapathError> {
+        let pfn = mem::alloc_frame().ok_or(DatapathError::OutOfMemory)?;
+        match grant::grant_access(backend, pfn, readonly) {
+            Ok(gref) => Ok(Self { pfn, gref }),
+            Err(err) => {
+                mem::free_frame(pfn);
+                Err(DatapathError::Grant(err))
+            }
+        }
+    }
+
+    fn ptr(&self) -> *mut u8 {
+        va_of_pfn(self.pfn) as *mut u8
+    }
+}
+
+impl Drop for GrantedPage {
+    fn drop(&mut self) {
+        // A page the back end still maps must not be reused: leak it then.
+        match grant::end_access(self.gref) {
+            Ok(()) => mem::free_frame(self.pfn),
+            Err(err) => log::warn!("netfront: keeping frame {:#x}: {err}", self.pfn),
+        }
+    }
+}
+
+/// What a negotiation publishes for the back end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub tx_ring_ref: GrantRef,
+    pub rx_ring_ref: GrantRef,
+    pub event_channel: u32,
+}
+
+/// Receive side: a ring with one granted page per slot, always posted.
+#[derive(Debug)]
+pub(crate) struct RxPath {
+    ring: RxFront,
+    slots: Vec<GrantedPage>,
+    port: u32,
+    pub(crate) counters: Counters,
+    _ring_page: GrantedPage,
+}
+
+/// Transmit side: a ring with one granted page per slot, reused once answered.
+#[derive(Debug)]
+pub(crate) struct TxPath {
+    ring: TxFront,
+    slots: Vec<GrantedPage>,
+    free: Vec<u16>,
+    port: u32,
+    pub(crate) counters: Counters,
+    _ring_page: GrantedPage,
+}
+
+/// Both rings and the event channel of one vif.
+#[derive(Debug)]
+pub struct Datapath {
+    pub(crate) rx: RxPath,
+    pub(crate) tx: TxPath,
+    channel: EventChannel,
+}
+
+/// Buffers per ring. Fewer than the ring's 256 slots: 64 + 64 pages (512 KiB) keep a
+/// small guest small, and daytime-sized traffic never fills them.
+pub const SLOTS: u16 = 64;
+
+impl Datapath {
+    /// Allocate and grant rings and buffers for back end `backend`, and an unbound
+    /// event channel it can bind.
+    pub fn new(backend: DomId) -> Result<Self, DatapathError> {
+        let tx_page = GrantedPage::new(backend, false)?;
+        let rx_page = GrantedPage::new(backend, false)?;
+        // SAFETY: both pages are ours, page aligned, mapped for as long as the rings
+        // (which own them) live, and shared with the back end only.
+        let (tx_ring, rx_ring) =
+            unsafe { (TxFront::new(tx_page.ptr()), RxFront::new(rx_page.ptr())) };
+        let channel = EventChannel::alloc_unbound(backend).map_err(DatapathError::EventChannel)?;
+        let port = channel.port();
+        let rx_slots = (0..SLOTS)
+            .map(|_| GrantedPage::new(backend, false))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tx_slots = (0..SLOTS)
+            .map(|_| GrantedPage::new(backend, true))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut rx = RxPath {
+            ring: rx_ring,
+            slots: rx_slots,
+            port,
+            counters: Counters::default(),
+            _ring_page: rx_page,
+        };
+        for id in 0..SLOTS {
+            rx.post(id);
+        }
+        let tx = TxPath {
+            ring: tx_ring,
+            slots: tx_slots,
+            free: (0..SLOTS).rev().collect(),
+            port,
+            counters: Counters::default(),
+            _ring_page: tx_page,
+        };
+        Ok(Self { rx, tx, channel })
+    }
+
+    /// The values the back end needs.
+    pub fn published(&self) -> Published {
+        Published {
+            tx_ring_ref: self.tx._ring_page.gref,
+            rx_ring_ref: self.rx._ring_page.gref,
+            event_channel: self.channel.port(),
+        }
+    }
+
+    /// The back end is connected: publish the posted receive buffers.
+    pub fn start(&mut self) {
+        self.rx.ring.push_requests();
+        let _ = self.channel.notify();
+    }
+
+    /// Traffic so far.
+    pub fn counters(&self) -> Counters {
+        let (rx, tx) = (self.rx.counters, self.tx.counters);
+        Counters {
+            tx_packets: tx.tx_packets,
+            tx_bytes: tx.tx_bytes,
+            tx_errors: tx.tx_errors,
+            ..rx
+        }
+    }
+
+    /// Before sleeping: arm both rings' notifications. Returns whether work arrived
+    /// meanwhile (then poll again instead of sleeping).
+    pub fn prepare_to_wait(&mut self) -> Result<bool, DatapathError> {
+        let rx = self
+            .rx
+            .ring
+            .final_check_for_responses()
+            .map_err(DatapathError::Ring)?;
+        let tx = self
+            .tx
+            .ring
+            .final_check_for_responses()
+            .map_err(DatapathError::Ring)?;
+        Ok(rx || tx)
+    }
+
+    /// Wait for the back end's next notification.
+    pub async fn wait(&self) {
+        self.channel.wait().await;
+    }
+
+    /// Call `handler` on each notification instead of waking [`Self::wait`].
+    pub fn set_event_handler(&self, handler: kernel::events::Handler) {
+        self.channel.set_handler(handler);
+    }
+}
+
+impl RxPath {
+    /// Hand slot `id`'s page (back) to the back end.
+    fn post(&mut self, id: u16) {
+        let request = RxRequest {
+            id,
+            pad: 0,
+            gref: self.slots[usize::from(id)].gref,
+        };
+        // A slot is posted at most once at a time, and there are fewer slots than
+        // ring entries, so the ring always has room.
+        self.ring
+            .queue_request(request)
+            .expect("rx ring has room for every slot");
+    }
+
+    /// Re-post a slot and tell the back end if it waits for buffers.
+    pub(crate) fn repost(&mut self, id: u16) {
+        self.post(id);
+        if self.ring.push_requests() {
+            let _ = arch::hypercall::evtchn_send(self.port);
+        }
+    }
+
+    /// The next received frame: `(slot, offset, len)`. Bad responses are counted,
+    /// their slots re-posted, and skipped.
+    pub(crate) fn next_frame(&mut self) -> Result<Option<(u16, usize, usize)>, DatapathError> {
+        loop {
+            let Some(response) = self.ring.take_response().map_err(DatapathError::Ring)? else {
+                return Ok(None);
+            };
+            match response.check(SLOTS) {
+                Ok(frame) => return Ok(Some((frame.id, frame.offset.into(), frame.len.into()))),
+                Err(err) => {
+                    self.counters.rx_errors += 1;
+                    log::debug!("netfront: {err}");
+                    if let Some(id) = err.slot() {
+                        self.repost(id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The bytes of a frame in slot `id`.
+    pub(crate) fn frame(&self, id: u16, offset: usize, len: usize) -> &[u8] {
+        debug_assert!(offset + len <= PAGE_SIZE);
+        // SAFETY: the slot's page is ours and mapped; `check` bounded offset + len by
+        // the page size. The back end wrote it before responding and does not touch it
+        // again until we re-post the slot.
+        unsafe { core::slice::from_raw_parts(self.slots[usize::from(id)].ptr().add(offset), len) }
+    }
+}
+
+impl TxPath {
+    /// Collect answered transmit slots.
+    pub(crate) fn reclaim(&mut self) -> Result<(), DatapathError> {
+        while let Some(response) = self.ring.take_response().map_err(DatapathError::Ring)? {
+            let id = response.id;
+            // Only ids we have in flight may come back; anything else is ignored.
+            if id >= SLOTS || self.free.contains(&id) {
+                self.counters.tx_errors += 1;
+                continue;
+            }
+            if response.status != RSP_OKAY {
+                self.counters.tx_errors += 1;
+            }
+            self.free.push(id);
+        }
+        Ok(())
+    }
+
+    /// Whether a frame can be sent now.
+    pub(crate) fn has_room(&self) -> bool {
+        !self.free.is_empty()
+    }
+
+    /// Free slots (smoltcp's burst size).
+    pub(crate) fn room(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Fill a free slot through `fill` and send `len` bytes of it.
+    pub(crate) fn send<R>(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> R) -> R {
+        assert!(len <= PAGE_SIZE, "frame of {len} bytes exceeds a page");
+        let id = self.free.pop().expect("send only after has_room");
+        let slot = &self.slots[usize::from(id)];
+        // SAFETY: the slot is free (not in flight), so the back end does not read it;
+        // the page is ours and mapped.
+        let buf = unsafe { core::slice::from_raw_parts_mut(slot.ptr(), len) };
+        let result = fill(buf);
+        let request = TxRequest {
+            gref: slot.gref,
+            offset: 0,
+            flags: 0,
+            id,
+            size: len as u16,
+        };
+        self.ring
+            .queue_request(request)
+            .expect("tx ring has room for every slot");
+        if self.ring.push_requests() {
+            let _ = arch::hypercall::evtchn_send(self.port);
+        }
+        self.counters.tx_packets += 1;
+        self.counters.tx_bytes += len as u64;
+        result
+    }
+}

@@ -1,0 +1,182 @@
+//! Xen PV network front end.
+//!
+//! [`Netfront`] is one vif: a [`datapath::Datapath`] (rings, granted buffers, event
+//! channel) connected by a negotiation method — [`xenbus::connect`] for Xenstore —
+//! and exposed to smoltcp as a [`smoltcp::phy::Device`].
+//!
+//! The device follows smoltcp's contract: `receive` and `transmit` never block and
+//! return `None` when there is no frame or no transmit slot; a receive token re-posts
+//! its buffer whether or not it is consumed. Checksums are computed and verified by
+//! smoltcp (we advertise `feature-no-csum-offload`, so the back end hands us frames
+//! with complete checksums).
+
+#![no_std]
+
+extern crate alloc;
+
+pub mod datapath;
+pub mod xenbus;
+
+use alloc::vec::Vec;
+
+use datapath::{Counters, Datapath, DatapathError, RxPath, TxPath};
+use smoltcp::phy::{self, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+use xenproto::netif::Mac;
+
+/// Largest Ethernet frame (header included, FCS excluded) for a 1500-byte MTU.
+pub const MAX_FRAME: usize = 1514;
+
+/// One connected vif.
+#[derive(Debug)]
+pub struct Netfront {
+    id: u32,
+    mac: Mac,
+    datapath: Datapath,
+}
+
+impl Netfront {
+    pub(crate) fn new(id: u32, mac: Mac, datapath: Datapath) -> Self {
+        Self { id, mac, datapath }
+    }
+
+    /// Connect every vif the toolstack gave us, in id order. A vif that fails is
+    /// logged and skipped.
+    pub async fn probe_all() -> Vec<Netfront> {
+        let devices = match kernel::devices::list("vif").await {
+            Ok(devices) => devices,
+            Err(err) => {
+                log::error!("netfront: listing vifs: {err}");
+                return Vec::new();
+            }
+        };
+        let mut vifs = Vec::new();
+        for device in devices {
+            match xenbus::connect(&device).await {
+                Ok(vif) => {
+                    log::info!("netfront: vif{} up, mac {}", vif.id, vif.mac);
+                    vifs.push(vif);
+                }
+                Err(err) => log::error!("netfront: vif{}: {err}", device.id),
+            }
+        }
+        vifs
+    }
+
+    /// The vif's number (`device/vif/N`).
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The MAC address the toolstack assigned.
+    pub fn mac(&self) -> Mac {
+        self.mac
+    }
+
+    /// Traffic counters.
+    pub fn counters(&self) -> Counters {
+        self.datapath.counters()
+    }
+
+    /// Before sleeping: arm notifications; `true` if work arrived meanwhile.
+    pub fn prepare_to_wait(&mut self) -> Result<bool, DatapathError> {
+        self.datapath.prepare_to_wait()
+    }
+
+    /// Wait for the back end's next notification.
+    pub async fn wait(&self) {
+        self.datapath.wait().await;
+    }
+
+    /// Call `handler` (in task context) on each notification instead.
+    pub fn set_event_handler(&self, handler: kernel::events::Handler) {
+        self.datapath.set_event_handler(handler);
+    }
+}
+
+/// A received frame; its slot goes back to the back end when the token is gone.
+#[derive(Debug)]
+pub struct RxToken<'a> {
+    rx: &'a mut RxPath,
+    id: u16,
+    offset: usize,
+    len: usize,
+}
+
+impl phy::RxToken for RxToken<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        self.rx.counters.rx_packets += 1;
+        self.rx.counters.rx_bytes += self.len as u64;
+        f(self.rx.frame(self.id, self.offset, self.len))
+    }
+}
+
+impl Drop for RxToken<'_> {
+    fn drop(&mut self) {
+        self.rx.repost(self.id);
+    }
+}
+
+/// Permission to send one frame.
+#[derive(Debug)]
+pub struct TxToken<'a> {
+    tx: &'a mut TxPath,
+}
+
+impl phy::TxToken for TxToken<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        self.tx.send(len, f)
+    }
+}
+
+impl Netfront {
+    fn reclaim(&mut self) {
+        if let Err(err) = self.datapath.tx.reclaim() {
+            log::error!("netfront: vif{}: {err}", self.id);
+        }
+    }
+}
+
+impl phy::Device for Netfront {
+    type RxToken<'a> = RxToken<'a>;
+    type TxToken<'a> = TxToken<'a>;
+
+    fn receive(&mut self, _now: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
+        self.reclaim();
+        if !self.datapath.tx.has_room() {
+            return None;
+        }
+        let (id, offset, len) = match self.datapath.rx.next_frame() {
+            Ok(frame) => frame?,
+            Err(err) => {
+                log::error!("netfront: vif{}: {err}", self.id);
+                return None;
+            }
+        };
+        let Datapath { rx, tx, .. } = &mut self.datapath;
+        Some((
+            RxToken {
+                rx,
+                id,
+                offset,
+                len,
+            },
+            TxToken { tx },
+        ))
+    }
+
+    fn transmit(&mut self, _now: Instant) -> Option<TxToken<'_>> {
+        self.reclaim();
+        self.datapath.tx.has_room().then_some(TxToken {
+            tx: &mut self.datapath.tx,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = MAX_FRAME;
+        caps.max_burst_size = Some(self.datapath.tx.room().max(1));
+        caps
+    }
+}
