@@ -3,7 +3,8 @@
 //!
 //! Event channels and grants are tested in loopback: the guest binds a port to one it
 //! allocated itself, and maps a page it granted to itself, so no second domain is
-//! needed and the test also runs as dom0.
+//! needed and the test also runs as dom0. The Xenstore checks need a domU; as dom0
+//! they are skipped.
 
 #![no_std]
 #![no_main]
@@ -22,17 +23,20 @@ use kernel::executor::{block_on, spawn};
 use kernel::grant::{self, ForeignMapping, GrantError};
 use kernel::shutdown::ShutdownReason;
 use kernel::time::{Instant, after, sleep, timeout};
+use kernel::xenstore::{self, Watch, Xs};
 use kernel::{mem, println};
+use xenproto::xenstore::XsError;
 
 kernel::main!(main);
 
-type Check = Result<(), String>;
+/// `Err(None)`: skipped; `Err(Some(why))`: failed.
+type Check = Result<(), Option<String>>;
 
 /// A named check.
 type NamedCheck = (&'static str, fn() -> Check);
 
 fn main(_args: kernel::Args) -> ShutdownReason {
-    let checks: [NamedCheck; 7] = [
+    let checks: [NamedCheck; 9] = [
         ("event channel loopback", event_loopback),
         ("event handler, mask and unmask", event_handler_and_mask),
         ("timers wake tasks in deadline order", timers_in_order),
@@ -40,12 +44,18 @@ fn main(_args: kernel::Args) -> ShutdownReason {
         ("grant self-map, revoke while mapped", grant_self_map),
         ("frames come back", frames_come_back),
         ("wall clock", wall_clock),
+        ("xenstore read, write, directory, rm", xenstore_basics),
+        (
+            "xenstore transaction and watch",
+            xenstore_transaction_and_watch,
+        ),
     ];
     let mut failed = 0;
     for (name, check) in checks {
         match check() {
             Ok(()) => println!("ok   {name}"),
-            Err(why) => {
+            Err(None) => println!("skip {name}"),
+            Err(Some(why)) => {
                 failed += 1;
                 println!("FAIL {name}: {why}");
             }
@@ -61,28 +71,36 @@ fn main(_args: kernel::Args) -> ShutdownReason {
 }
 
 fn ensure(cond: bool, what: impl FnOnce() -> String) -> Check {
-    if cond { Ok(()) } else { Err(what()) }
+    if cond { Ok(()) } else { Err(Some(what())) }
 }
 
-fn loopback_pair() -> Result<(EventChannel, EventChannel), String> {
-    let me = own_domid().map_err(|e| format!("own domid: {e}"))?;
-    let a = EventChannel::alloc_unbound(me).map_err(|e| format!("alloc_unbound: {e}"))?;
+fn fail(why: String) -> Option<String> {
+    Some(why)
+}
+
+fn loopback_pair() -> Result<(EventChannel, EventChannel), Option<String>> {
+    let me = own_domid().map_err(|e| fail(format!("own domid: {e}")))?;
+    let a = EventChannel::alloc_unbound(me).map_err(|e| fail(format!("alloc_unbound: {e}")))?;
     let b = EventChannel::bind_interdomain(me, a.port())
-        .map_err(|e| format!("bind_interdomain: {e}"))?;
+        .map_err(|e| fail(format!("bind_interdomain: {e}")))?;
     Ok((a, b))
 }
 
 fn event_loopback() -> Check {
     let (a, b) = loopback_pair()?;
     for round in 0..3 {
-        b.notify().map_err(|e| format!("notify: {e}"))?;
-        block_on(timeout(Duration::from_secs(1), a.wait()))
-            .map_err(|_| format!("round {round}: no event on port {} within 1 s", a.port()))?;
+        b.notify().map_err(|e| fail(format!("notify: {e}")))?;
+        block_on(timeout(Duration::from_secs(1), a.wait())).map_err(|_| {
+            fail(format!(
+                "round {round}: no event on port {} within 1 s",
+                a.port()
+            ))
+        })?;
     }
     // And the other way round.
-    a.notify().map_err(|e| format!("notify: {e}"))?;
+    a.notify().map_err(|e| fail(format!("notify: {e}")))?;
     block_on(timeout(Duration::from_secs(1), b.wait()))
-        .map_err(|_| "no event in reverse direction".to_string())
+        .map_err(|_| fail("no event in reverse direction".to_string()))
 }
 
 static HANDLED: AtomicU32 = AtomicU32::new(0);
@@ -95,7 +113,7 @@ fn event_handler_and_mask() -> Check {
     let (a, b) = loopback_pair()?;
     a.set_handler(count);
     let settle = || sleep(Duration::from_millis(20));
-    b.notify().map_err(|e| format!("notify: {e}"))?;
+    b.notify().map_err(|e| fail(format!("notify: {e}")))?;
     settle();
     ensure(HANDLED.load(Ordering::Relaxed) == 1, || {
         format!(
@@ -104,12 +122,12 @@ fn event_handler_and_mask() -> Check {
         )
     })?;
     a.mask();
-    b.notify().map_err(|e| format!("notify: {e}"))?;
+    b.notify().map_err(|e| fail(format!("notify: {e}")))?;
     settle();
     ensure(HANDLED.load(Ordering::Relaxed) == 1, || {
         "handler ran while the port was masked".to_string()
     })?;
-    a.unmask().map_err(|e| format!("unmask: {e}"))?;
+    a.unmask().map_err(|e| fail(format!("unmask: {e}")))?;
     settle();
     ensure(HANDLED.load(Ordering::Relaxed) == 2, || {
         "the event sent while masked was lost on unmask".to_string()
@@ -143,15 +161,16 @@ fn sleep_keeps_time() -> Check {
 }
 
 fn grant_self_map() -> Check {
-    let me = own_domid().map_err(|e| format!("own domid: {e}"))?;
-    let pfn = mem::alloc_frame().ok_or("no free frame")?;
+    let me = own_domid().map_err(|e| fail(format!("own domid: {e}")))?;
+    let pfn = mem::alloc_frame().ok_or_else(|| fail("no free frame".to_string()))?;
     let page = va_of_pfn(pfn) as *mut u64;
     // SAFETY: the frame is ours and mapped in the direct map.
     unsafe { page.write_volatile(0x5eed_cafe) };
     let free_before = grant::free_refs();
-    let gref = grant::grant_access(me, pfn, false).map_err(|e| format!("grant: {e}"))?;
+    let gref = grant::grant_access(me, pfn, false).map_err(|e| fail(format!("grant: {e}")))?;
     let result = (|| {
-        let mapping = ForeignMapping::map(me, gref, false).map_err(|e| format!("map: {e}"))?;
+        let mapping =
+            ForeignMapping::map(me, gref, false).map_err(|e| fail(format!("map: {e}")))?;
         let seen = mapping.as_ptr().cast::<u64>();
         // SAFETY: the mapping is live and a page long.
         let value = unsafe { seen.read_volatile() };
@@ -171,7 +190,7 @@ fn grant_self_map() -> Check {
             || "revoked a grant that is mapped".to_string(),
         )?;
         drop(mapping);
-        grant::end_access(gref).map_err(|e| format!("revoke after unmap: {e}"))
+        grant::end_access(gref).map_err(|e| fail(format!("revoke after unmap: {e}")))
     })();
     if result.is_err() {
         let _ = grant::end_access(gref);
@@ -211,4 +230,75 @@ fn wall_clock() -> Check {
     ensure(b > a, || {
         format!("wall clock did not advance: {a} then {b}")
     })
+}
+
+/// Run a Xenstore check; skipped where there is no Xenstore (dom0 smoke tests).
+fn with_xenstore(check: impl AsyncFnOnce() -> Result<(), xenstore::Error>) -> Check {
+    match block_on(check()) {
+        Ok(()) => Ok(()),
+        Err(xenstore::Error::Unavailable) => Err(None),
+        Err(err) => Err(fail(err.to_string())),
+    }
+}
+
+fn xenstore_basics() -> Check {
+    with_xenstore(async || {
+        let xs = Xs::NONE;
+        let me = own_domid().map_err(|_| xenstore::Error::Unavailable)?;
+        let domid = xs.read("domid").await?;
+        if domid != me.to_string() {
+            return Err(xenstore::Error::Xs(XsError::Other(format!(
+                "domid node says {domid}, Xen says {me}"
+            ))));
+        }
+        xs.write("data/selftest/a", "1").await?;
+        xs.write("data/selftest/b", "two words").await?;
+        let mut names = xs.directory("data/selftest").await?;
+        names.sort();
+        let value = xs.read("data/selftest/b").await?;
+        if names != ["a", "b"] || value != "two words" {
+            return Err(xenstore::Error::Xs(XsError::Other(format!(
+                "read back {names:?} {value:?}"
+            ))));
+        }
+        xs.rm("data/selftest").await?;
+        match xs.try_read("data/selftest/a").await? {
+            None => Ok(()),
+            Some(v) => Err(xenstore::Error::Xs(XsError::Other(format!(
+                "rm left a = {v}"
+            )))),
+        }
+    })
+}
+
+fn xenstore_transaction_and_watch() -> Check {
+    with_xenstore(async || {
+        let watch = Watch::new("data/watched").await?;
+        // The first event comes at once, for the watch itself.
+        timeout(Duration::from_secs(2), watch.next())
+            .await
+            .map_err(|_| elapsed("initial watch event"))??;
+        let written = xenstore::transaction(async |tx| {
+            tx.write("data/watched/x", "1").await?;
+            tx.write("data/watched/y", "2").await?;
+            tx.read("data/watched/x").await
+        })
+        .await?;
+        let path = timeout(Duration::from_secs(2), watch.next())
+            .await
+            .map_err(|_| elapsed("watch event"))??;
+        let xs = Xs::NONE;
+        let y = xs.read("data/watched/y").await?;
+        xs.rm("data/watched").await?;
+        if written != "1" || y != "2" || !path.contains("data/watched") {
+            return Err(xenstore::Error::Xs(XsError::Other(format!(
+                "tx read {written:?}, y {y:?}, event {path:?}"
+            ))));
+        }
+        Ok(())
+    })
+}
+
+fn elapsed(what: &str) -> xenstore::Error {
+    xenstore::Error::Xs(XsError::Other(format!("no {what} within 2 s")))
 }
