@@ -198,7 +198,10 @@ impl Stack {
                 }
             }
             Some(dhcpv4::Event::Deconfigured) => {
-                log::warn!("net: dhcp: lease lost");
+                // smoltcp also reports this once at start, with nothing to lose yet.
+                if self.address.is_some() {
+                    log::warn!("net: dhcp: lease lost");
+                }
                 self.iface.update_ip_addrs(|addrs| addrs.clear());
                 self.iface.routes_mut().remove_default_ipv4_route();
                 self.address = None;
