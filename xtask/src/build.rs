@@ -1,8 +1,9 @@
-//! `cargo xtask build`: guest images for the PV target.
+//! `cargo xtask build`: guest images for the PV target, of the apps in `apps/` and of
+//! app crates outside the workspace (`cargo xtask new PATH`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
 
 use crate::util::{self, project_root, target_dir};
@@ -18,7 +19,9 @@ pub const GUEST_RUSTFLAGS: &str =
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// Apps to build (crate names under `apps/`); all of them if none is given.
+    /// Apps to build: crate names under `apps/`, or paths of app crates outside the
+    /// workspace (anything with a `/`, e.g. `./myapp`); all of `apps/` if none is given.
+    #[arg(value_name = "APP|PATH")]
     pub apps: Vec<String>,
 }
 
@@ -58,33 +61,175 @@ pub fn all_apps() -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// Build the named apps in one cargo invocation (release profile).
-pub fn build_apps(names: &[String]) -> Result<Vec<GuestImage>> {
-    let known = all_apps()?;
-    for name in names {
-        if !known.contains(name) {
-            bail!(
-                "no app named `{name}` in apps/ (known: {})",
+/// Where an app's crate is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppSource {
+    /// A member of the workspace: `apps/NAME`.
+    InTree(String),
+    /// A crate of its own outside the workspace (its own `[workspace]`), depending on the
+    /// framework by path; built with `--manifest-path` into `target/external/NAME`.
+    External { name: String, dir: PathBuf },
+}
+
+impl AppSource {
+    /// An argument naming an app: a bare name is a crate of `apps/`; anything with a `/`
+    /// (or `.`, `..`) is the directory of a crate.
+    pub fn parse(arg: &str) -> Result<Self> {
+        if !is_path(arg) {
+            let known = all_apps()?;
+            ensure!(
+                known.iter().any(|name| name == arg),
+                "no app named `{arg}` in apps/ (known: {}); for a crate elsewhere give its \
+                 path, e.g. ./{arg}",
                 known.join(", ")
             );
+            return Ok(Self::InTree(arg.to_owned()));
+        }
+        let dir = Path::new(arg)
+            .canonicalize()
+            .with_context(|| format!("app directory {arg}"))?;
+        let manifest = dir.join("Cargo.toml");
+        ensure!(
+            manifest.is_file(),
+            "{arg} is not an app crate: there is no {}",
+            manifest.display()
+        );
+        let text = std::fs::read_to_string(&manifest)
+            .with_context(|| format!("reading {}", manifest.display()))?;
+        let name = package_name(&text)
+            .with_context(|| format!("{} names no package", manifest.display()))?;
+        let apps = project_root().join("apps");
+        if dir.parent() == Some(apps.as_path()) {
+            return Ok(Self::InTree(name));
+        }
+        Ok(Self::External { name, dir })
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Self::InTree(name) | Self::External { name, .. } => name,
         }
     }
+}
+
+/// Whether an app argument is a path rather than a crate name of `apps/`.
+pub fn is_path(arg: &str) -> bool {
+    arg.contains('/') || arg == "." || arg == ".."
+}
+
+/// `name = "…"` of the `[package]` table of a Cargo.toml (plain TOML as `cargo xtask new`
+/// and `cargo new` write it).
+fn package_name(manifest: &str) -> Option<String> {
+    let mut in_package = false;
+    for line in manifest.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_package = line == "[package]";
+        } else if in_package && let Some(value) = line.strip_prefix("name") {
+            let value = value.trim_start().strip_prefix('=')?.trim();
+            return Some(value.trim_matches(['"', '\'']).to_owned());
+        }
+    }
+    None
+}
+
+/// Build the apps (crate names of `apps/` or crate paths, see [`AppSource::parse`]) with
+/// the release profile: the in-tree ones in one cargo invocation, each external crate in
+/// one of its own. Images come back in the order asked.
+pub fn build_apps(apps: &[String]) -> Result<Vec<GuestImage>> {
+    let sources = apps
+        .iter()
+        .map(|arg| AppSource::parse(arg))
+        .collect::<Result<Vec<_>>>()?;
+    let in_tree: Vec<&str> = sources
+        .iter()
+        .filter_map(|source| match source {
+            AppSource::InTree(name) => Some(name.as_str()),
+            AppSource::External { .. } => None,
+        })
+        .collect();
+    if !in_tree.is_empty() {
+        let mut cmd = guest_cargo();
+        for name in &in_tree {
+            cmd.args(["--package", name]);
+        }
+        util::run(&mut cmd)?;
+    }
+    let mut images = Vec::new();
+    for source in &sources {
+        let path = match source {
+            AppSource::InTree(name) => target_dir().join(GUEST_TARGET).join("release").join(name),
+            AppSource::External { name, dir } => {
+                let target = external_target_dir(name);
+                let mut cmd = guest_cargo();
+                cmd.arg("--manifest-path")
+                    .arg(dir.join("Cargo.toml"))
+                    .arg("--target-dir")
+                    .arg(&target);
+                util::run(&mut cmd)?;
+                target.join(GUEST_TARGET).join("release").join(name)
+            }
+        };
+        if !path.is_file() {
+            bail!(
+                "cargo built {} but left no image at {} (is it a binary crate?)",
+                source.name(),
+                path.display()
+            );
+        }
+        images.push(GuestImage {
+            name: source.name().to_owned(),
+            path,
+        });
+    }
+    Ok(images)
+}
+
+/// `target/external/NAME`: the target directory of an app crate outside the workspace.
+pub fn external_target_dir(name: &str) -> PathBuf {
+    target_dir().join("external").join(name)
+}
+
+/// `cargo build` of guest code: release profile, the guest target and its flags.
+fn guest_cargo() -> std::process::Command {
     let mut cmd = util::cargo();
     cmd.args(["build", "--release", "--target", GUEST_TARGET]);
-    for name in names {
-        cmd.args(["--package", name]);
-    }
     cmd.env(
         "CARGO_TARGET_X86_64_UNKNOWN_NONE_RUSTFLAGS",
         GUEST_RUSTFLAGS,
     );
-    util::run(&mut cmd)?;
-    let out_dir = target_dir().join(GUEST_TARGET).join("release");
-    Ok(names
-        .iter()
-        .map(|name| GuestImage {
-            name: name.clone(),
-            path: out_dir.join(name),
-        })
-        .collect())
+    cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn package_names() {
+        let manifest = "[workspace]\nname = \"no\"\n\n[package]\nversion = \"1\"\nname = \"myapp\"\n[dependencies]\nname = \"x\"\n";
+        assert_eq!(package_name(manifest).as_deref(), Some("myapp"));
+        assert_eq!(package_name("[dependencies]\nname = \"x\"\n"), None);
+    }
+
+    #[test]
+    fn names_and_paths() {
+        assert!(!is_path("hello"));
+        assert!(is_path("./hello"));
+        assert!(is_path("/tmp/x/app"));
+        assert!(is_path("."));
+        assert_eq!(
+            AppSource::parse("hello").unwrap(),
+            AppSource::InTree("hello".into())
+        );
+        let err = AppSource::parse("no-such-app").unwrap_err().to_string();
+        assert!(err.contains("no app named `no-such-app` in apps/"), "{err}");
+        let err = AppSource::parse("/nonexistent/app").unwrap_err();
+        assert!(format!("{err:#}").contains("/nonexistent/app"), "{err:#}");
+        let apps_hello = project_root().join("apps/hello");
+        assert_eq!(
+            AppSource::parse(apps_hello.to_str().unwrap()).unwrap(),
+            AppSource::InTree("hello".into())
+        );
+    }
 }

@@ -3,12 +3,14 @@
 //! - `build [APP…]`: guest images at `target/x86_64-unknown-none/release/APP`.
 //! - `run APP [--mem MIB] [-- ARGS…]`: boot APP on Xen (natively in a Xen dom0,
 //!   otherwise in the lab) and stream its console.
+//! - `new NAME|PATH`: a new app crate, in `apps/` or outside the workspace.
 //! - `lab exec FILE` / `lab shell`: the Xen lab, real Xen and a Debian dom0 under QEMU.
 //! - `test`: format check, clippy, host unit tests, lab integration tests.
 
 mod build;
 mod elf;
 mod lab;
+mod new;
 mod run;
 mod test;
 mod util;
@@ -25,6 +27,8 @@ enum Cli {
     Build(build::BuildArgs),
     /// Build an app and boot it on Xen, streaming its console until it ends.
     Run(run::RunArgs),
+    /// Create an app crate: apps/NAME, or a crate at PATH outside the workspace.
+    New(new::NewArgs),
     /// The Xen lab: Xen 4.17 and a Debian dom0 under QEMU.
     #[command(subcommand)]
     Lab(lab::LabCmd),
@@ -37,6 +41,7 @@ fn main() -> ExitCode {
     let result = match cli {
         Cli::Build(args) => args.run().map(|_| ExitCode::SUCCESS),
         Cli::Run(args) => args.run(),
+        Cli::New(args) => args.run().map(|()| ExitCode::SUCCESS),
         Cli::Lab(cmd) => cmd.run(),
         Cli::Test(args) => args.run().map(|()| ExitCode::SUCCESS),
     };
