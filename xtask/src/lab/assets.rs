@@ -96,6 +96,10 @@ const MODULES: &[&str] = &[
 
 const INIT: &str = include_str!("dom0-init.sh");
 
+/// xl's default vif hotplug script (`/etc/xen/scripts/vif-bridge`): attaches a guest's
+/// vif to its bridge.
+const VIF_BRIDGE: &str = include_str!("vif-bridge.sh");
+
 /// Without `autoballoon="off"` xl would shrink dom0 before each create.
 const XL_CONF: &str =
     "# Written by cargo xtask: dom0 has a fixed size in the lab.\nautoballoon=\"off\"\n";
@@ -151,7 +155,7 @@ pub fn prepare() -> Result<Assets> {
     }
     let initramfs = dir.join("dom0-base.cpio");
     let inputs = format!(
-        "layout {LAYOUT_VERSION}\n{lock}\ntools {XEN_TOOLS:?}\nmodules {MODULES:?}\n{XL_CONF}\n{INIT}"
+        "layout {LAYOUT_VERSION}\n{lock}\ntools {XEN_TOOLS:?}\nmodules {MODULES:?}\n{XL_CONF}\n{INIT}\n{VIF_BRIDGE}"
     );
     if !fresh(&initramfs, &inputs) {
         build_initramfs(&root, &dir.join("initramfs"), &initramfs)?;
@@ -570,7 +574,7 @@ fn build_initramfs(root: &Path, staging: &Path, out: &Path) -> Result<()> {
         "sbin",
         "usr/bin",
         "usr/sbin",
-        "etc/xen",
+        "etc/xen/scripts",
         "etc/lab",
         "proc",
         "sys",
@@ -625,6 +629,7 @@ fn build_initramfs(root: &Path, staging: &Path, out: &Path) -> Result<()> {
     }
     fs::write(staging.join("etc/lab/modules"), list)?;
     fs::write(staging.join("etc/xen/xl.conf"), XL_CONF)?;
+    write_executable(&staging.join("etc/xen/scripts/vif-bridge"), VIF_BRIDGE)?;
     write_executable(&staging.join("init"), INIT)?;
 
     cpio(staging, out)?;

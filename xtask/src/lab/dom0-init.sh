@@ -35,6 +35,23 @@ xen-init-dom0 >/run/xen-init-dom0.log 2>&1 || { echo "lab: xen-init-dom0 failed:
 xenconsoled --pid-file=/run/xenconsoled.pid --log=guest --log-dir=/var/log/xen/console
 echo "lab: xenconsoled started"
 hostname lab
+
+# The lab network (shared/notes/xen-lab.md): QEMU user networking behind the e1000
+# eth0, bridge xenbr0 over it with dom0 at 10.0.2.15; guests' vifs join the bridge
+# (/etc/xen/scripts/vif-bridge). No STP and no forward delay: a port forwards as soon
+# as its link is up.
+ip link set lo up
+if brctl addbr xenbr0 &&
+	echo 0 >/sys/class/net/xenbr0/bridge/forward_delay &&
+	ip link set eth0 up &&
+	ip link set eth0 master xenbr0 &&
+	ip link set xenbr0 up &&
+	ip addr add 10.0.2.15/24 dev xenbr0 &&
+	ip route add default via 10.0.2.2; then
+	echo "lab: network up: xenbr0 over eth0, dom0 at 10.0.2.15/24 via 10.0.2.2"
+else
+	echo "lab: network set-up failed: guests get no network"
+fi
 cd /
 
 case "$LAB_MODE" in

@@ -3,9 +3,15 @@
 #
 # Boot one PV guest with xl, stream its console to stdout from the first byte, and exit
 # with how it ended: 0 poweroff, 2 crash, 3 reboot, 4 suspend/watchdog/soft_reset,
-# 1 failure (reason on stderr), 130/143/129 stopped by SIGINT/SIGTERM/SIGHUP (the guest
-# is destroyed). `cargo xtask run` uses it in the lab's dom0 and natively
-# on a Xen dom0; tests may call it in the lab as /lab/run-guest.sh.
+# 6 destroyed from outside (`xl destroy`), 1 failure (reason on stderr), 130/143/129
+# stopped by SIGINT/SIGTERM/SIGHUP (the guest is destroyed). `cargo xtask run` uses it
+# in the lab's dom0 and natively on a Xen dom0; tests may call it in the lab as
+# /lab/run-guest.sh.
+#
+# The guest gets one vif on the bridge xenbr0 if dom0 has that bridge (the lab always
+# does), set up by xl's default hotplug script. Optional environment:
+#   RUN_GUEST_NAME  the domain's name (default xtask-KERNEL-PID-TIME), e.g. to destroy it
+#   RUN_GUEST_MAC   the vif's MAC address (default: xl picks a random one)
 #
 # `xl create -c` would do, but its console child sleeps 1 s before attaching and xl waits
 # for it before unpausing. Instead: create paused under `xl create -F` (which stays to
@@ -20,9 +26,17 @@ fi
 kernel=$1
 memory=$2
 shift 2
-case "$kernel$*" in
+name=${RUN_GUEST_NAME:-xtask-$(basename "$kernel")-$$-$(date +%s)}
+mac=${RUN_GUEST_MAC:-}
+case "$kernel$name$mac$*" in
 *\"* | *\\*)
-	echo "run-guest: quotes and backslashes cannot go into an xl config: $kernel $*" >&2
+	echo "run-guest: quotes and backslashes cannot go into an xl config: $name $kernel $*" >&2
+	exit 1
+	;;
+esac
+case "${RUN_GUEST_NAME:-}$mac" in
+*[!A-Za-z0-9_.:-]*)
+	echo "run-guest: RUN_GUEST_NAME '$name' or RUN_GUEST_MAC '$mac' has characters other than A-Z a-z 0-9 _ . : -" >&2
 	exit 1
 	;;
 esac
@@ -32,7 +46,6 @@ for bin in /usr/lib/xen-*/bin /usr/lib/xen/bin /usr/libexec/xen/bin; do
 	[ -x "$bin/xenconsole" ] && xenconsole=$bin/xenconsole
 done
 
-name="xtask-$(basename "$kernel")-$$-$(date +%s)"
 dir=$(mktemp -d /tmp/run-guest.XXXXXX) || exit 1
 xl_pid=
 console_pid=
@@ -68,6 +81,13 @@ trap 'interrupted SIGHUP 129' HUP
 [ -n "$xenconsole" ] || fail "xenconsole not found under /usr/lib/xen-*/bin, /usr/lib/xen/bin or /usr/libexec/xen/bin"
 [ -f "$kernel" ] || fail "no guest image at $kernel"
 
+vif=
+if [ -d /sys/class/net/xenbr0/bridge ]; then
+	vif="vif = ['bridge=xenbr0${mac:+,mac=$mac}']"
+else
+	echo "run-guest: dom0 has no bridge xenbr0: the guest gets no network interface" >&2
+fi
+
 cat >"$dir/guest.cfg" <<EOF
 name = "$name"
 kernel = "$kernel"
@@ -77,6 +97,7 @@ extra = "$*"
 on_poweroff = "destroy"
 on_reboot = "destroy"
 on_crash = "destroy"
+$vif
 EOF
 
 # A stdin that never delivers and never ends: older xenconsoles stop at EOF on stdin
@@ -120,7 +141,14 @@ case "$reason" in
 	status=4
 	echo "run-guest: $name shut down with reason code $reason (2 suspend, 4 watchdog, 5 soft_reset)" >&2
 	;;
-*) fail "xl reported no shutdown reason for $name (xl status $xl_status)" ;;
+*)
+	# "Domain 1 has been destroyed." (xl_vmcontrol.c): someone ran `xl destroy`.
+	if grep -q "has been destroyed" "$dir/xl.log"; then
+		status=6
+	else
+		fail "xl reported no shutdown reason for $name (xl status $xl_status)"
+	fi
+	;;
 esac
 cleanup
 exit "$status"
