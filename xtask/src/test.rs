@@ -5,15 +5,21 @@
 //! 3. host unit tests;
 //! 4. the Xen notes of every built app;
 //! 5. lab integration tests: real guests on real Xen, as dom0 (quick) and as domUs
-//!    under xl in one lab boot, each checked on its exit reason and its console.
+//!    under xl in one lab boot, each checked on its exit reason and its console; a
+//!    case with a client also has host code talk to the guest once it is ready (real
+//!    sockets on 127.0.0.1, through QEMU's forwards), after which the guest is destroyed.
 
-use std::time::{Duration, Instant};
+use std::io::Read;
+use std::net::{TcpStream, UdpSocket};
+use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use crate::build::{self, GUEST_RUSTFLAGS, GUEST_TARGET, GuestImage};
-use crate::run::{self, GuestExit, GuestOutcome, GuestRun};
+use crate::run::{
+    self, Client, Forward, GuestExit, GuestNet, GuestOutcome, GuestRun, Ports, Session,
+};
 use crate::{util, xen_notes};
 
 #[derive(Debug, Args)]
@@ -88,7 +94,25 @@ struct Case {
     timeout_secs: u64,
     exit: GuestExit,
     check: fn(&str) -> Result<()>,
+    client: Option<ClientCase>,
 }
+
+/// The host side of a case: once a console line contains `ready`, `talk` runs with the
+/// guest's ports; then the guest is destroyed (its exit is `Destroyed` unless it ended
+/// by itself first), and it must be gone within [`DESTROY_LIMIT`].
+struct ClientCase {
+    ready: &'static str,
+    ready_timeout_secs: u64,
+    /// Guest ports forwarded to free host ports.
+    forwards: &'static [u16],
+    net: GuestNet,
+    talk: fn(&Ports) -> Result<()>,
+    /// The client's error must contain this; `None`: it must succeed.
+    fails_with: Option<&'static str>,
+}
+
+/// How long a guest may take to end once its client is done.
+const DESTROY_LIMIT: Duration = Duration::from_secs(10);
 
 const CASES: &[Case] = &[
     Case {
@@ -100,6 +124,7 @@ const CASES: &[Case] = &[
         timeout_secs: 60,
         exit: GuestExit::Poweroff,
         check: selftest_succeeded,
+        client: None,
     },
     Case {
         name: "hello as dom0",
@@ -110,6 +135,7 @@ const CASES: &[Case] = &[
         timeout_secs: 60,
         exit: GuestExit::Poweroff,
         check: hello_greets,
+        client: None,
     },
     Case {
         name: "hello under xl",
@@ -120,6 +146,7 @@ const CASES: &[Case] = &[
         timeout_secs: 60,
         exit: GuestExit::Poweroff,
         check: hello_greets,
+        client: None,
     },
     Case {
         name: "hello panic",
@@ -133,6 +160,7 @@ const CASES: &[Case] = &[
             expect_line(console, "panic at apps/hello/src/main.rs:")?;
             expect_line(console, "hello was asked to panic")
         },
+        client: None,
     },
     Case {
         name: "hello fault",
@@ -151,6 +179,7 @@ const CASES: &[Case] = &[
             expect_line(console, "  rip 0xffffffff8")?;
             expect_line(console, "r15 0x")
         },
+        client: None,
     },
     Case {
         name: "hello sleep=500",
@@ -168,6 +197,7 @@ const CASES: &[Case] = &[
             }
             Ok(())
         },
+        client: None,
     },
     Case {
         name: "hello in 4 MiB",
@@ -185,6 +215,7 @@ const CASES: &[Case] = &[
             }
             Ok(())
         },
+        client: None,
     },
     Case {
         name: "a guest that outlives its timeout is destroyed",
@@ -195,6 +226,7 @@ const CASES: &[Case] = &[
         timeout_secs: 5,
         exit: GuestExit::Timeout,
         check: |console| expect_line(console, "args: sleep=600000"),
+        client: None,
     },
     Case {
         name: "selftest under xl",
@@ -205,8 +237,219 @@ const CASES: &[Case] = &[
         timeout_secs: 60,
         exit: GuestExit::Poweroff,
         check: selftest_succeeded,
+        client: None,
+    },
+    Case {
+        name: "a client runs once the guest is ready, then the guest is destroyed",
+        app: "hello",
+        args: &["sleep=60000"],
+        mem_mib: 32,
+        dom0: false,
+        timeout_secs: 120,
+        exit: GuestExit::Destroyed,
+        check: |console| {
+            expect_line(console, "args: sleep=60000")?;
+            if console.contains("slept:") {
+                bail!("the guest finished its sleep: it was not destroyed");
+            }
+            Ok(())
+        },
+        client: Some(ClientCase {
+            ready: "args:",
+            ready_timeout_secs: 60,
+            forwards: &[],
+            net: GuestNet::Dhcp,
+            // The marker came, so the guest had printed its arguments: nothing to ask.
+            talk: |_| Ok(()),
+            fails_with: None,
+        }),
+    },
+    Case {
+        name: "a guest that ends before its ready line fails its client",
+        app: "hello",
+        args: &[],
+        mem_mib: 32,
+        dom0: false,
+        timeout_secs: 60,
+        exit: GuestExit::Poweroff,
+        check: hello_greets_anyone,
+        client: Some(ClientCase {
+            ready: "a line hello never prints",
+            ready_timeout_secs: 60,
+            forwards: &[],
+            net: GuestNet::Dhcp,
+            talk: |_| bail!("the client ran without its ready line"),
+            fails_with: Some("the guest ended before it printed a line with"),
+        }),
+    },
+    Case {
+        name: "a guest without its ready line in time is destroyed",
+        app: "hello",
+        args: &["sleep=60000"],
+        mem_mib: 32,
+        dom0: false,
+        timeout_secs: 120,
+        exit: GuestExit::Destroyed,
+        check: |console| expect_line(console, "args: sleep=60000"),
+        client: Some(ClientCase {
+            ready: "a line hello never prints",
+            ready_timeout_secs: 5,
+            forwards: &[],
+            net: GuestNet::Dhcp,
+            talk: |_| bail!("the client ran without its ready line"),
+            fails_with: Some("within 5 s of its start"),
+        }),
+    },
+    Case {
+        name: "daytime answers TCP and UDP clients on the host (static address)",
+        app: "daytime",
+        args: &[],
+        mem_mib: 32,
+        dom0: false,
+        timeout_secs: 120,
+        exit: GuestExit::Destroyed,
+        check: |console| expect_line(console, "daytime: listening on 10.0.2.16:13"),
+        client: Some(ClientCase {
+            ready: "daytime: listening",
+            ready_timeout_secs: 60,
+            forwards: &[13],
+            net: GuestNet::Static(run::Ipv4Cidr::LAB_GUEST),
+            talk: |ports| {
+                daytime_tcp(ports)?;
+                daytime_udp(ports)
+            },
+            fails_with: None,
+        }),
+    },
+    Case {
+        name: "daytime answers a TCP client on the host (DHCP)",
+        app: "daytime",
+        args: &[],
+        mem_mib: 32,
+        dom0: false,
+        timeout_secs: 120,
+        exit: GuestExit::Destroyed,
+        check: |console| expect_line(console, "daytime: listening on 10.0.2.16:13"),
+        client: Some(ClientCase {
+            ready: "daytime: listening",
+            ready_timeout_secs: 60,
+            forwards: &[13],
+            net: GuestNet::Dhcp,
+            talk: daytime_tcp,
+            fails_with: None,
+        }),
     },
 ];
+
+/// How far a daytime answer may be from the host's clock (the guest reads Xen's wall
+/// clock, which is QEMU's RTC, which follows the host).
+const DAYTIME_SKEW: Duration = Duration::from_secs(120);
+
+/// Connect to the guest's port 13: one RFC 3339 line, then the connection closes.
+fn daytime_tcp(ports: &Ports) -> Result<()> {
+    let addr = ports.addr(13)?;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .with_context(|| format!("reading from {addr} (tcp)"))?;
+    check_daytime(&answer).with_context(|| format!("tcp answer from {addr}"))
+}
+
+/// A datagram to the guest's port 13 comes back as one RFC 3339 line (a few tries: UDP
+/// may lose one).
+fn daytime_udp(ports: &Ports) -> Result<()> {
+    let addr = ports.addr(13)?;
+    let socket = UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+    socket.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut buf = [0u8; 512];
+    let mut last = None;
+    for _ in 0..3 {
+        socket.send_to(b"what time is it?\n", addr)?;
+        match socket.recv_from(&mut buf) {
+            Ok((len, _)) => {
+                let answer = String::from_utf8_lossy(&buf[..len]);
+                return check_daytime(&answer).with_context(|| format!("udp answer from {addr}"));
+            }
+            Err(err) => last = Some(err),
+        }
+    }
+    Err(anyhow::Error::from(last.expect("three tries")))
+        .with_context(|| format!("no udp answer from {addr} in 3 tries"))
+}
+
+/// `2026-11-24T03:12:48.123456Z` and CR LF, close to the host's time.
+fn check_daytime(answer: &str) -> Result<()> {
+    let Some(line) = answer.strip_suffix("\r\n") else {
+        bail!("{answer:?} does not end with CR LF");
+    };
+    let time = parse_utc(line).with_context(|| format!("{line:?} is not RFC 3339 UTC"))?;
+    let now = SystemTime::now();
+    let skew = now
+        .duration_since(time)
+        .or_else(|_| time.duration_since(now))
+        .unwrap_or_default();
+    if skew > DAYTIME_SKEW {
+        bail!(
+            "{line:?} is {:.0} s away from the host's clock",
+            skew.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.frac]Z` as a time.
+fn parse_utc(text: &str) -> Result<SystemTime> {
+    let bytes = text.as_bytes();
+    let shape_ok = bytes.len() >= 20
+        && bytes[4] == b'-'
+        && bytes[7] == b'-'
+        && bytes[10] == b'T'
+        && bytes[13] == b':'
+        && bytes[16] == b':'
+        && bytes[bytes.len() - 1] == b'Z';
+    if !shape_ok {
+        bail!("not shaped YYYY-MM-DDTHH:MM:SS[.frac]Z");
+    }
+    let number = |range: std::ops::Range<usize>| -> Result<i64> {
+        let digits = &text[range];
+        if !digits.bytes().all(|b| b.is_ascii_digit()) {
+            bail!("{digits:?} is not a number");
+        }
+        Ok(digits.parse()?)
+    };
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
+    let fraction = &text[19..text.len() - 1];
+    let nanos = match fraction.strip_prefix('.') {
+        None if fraction.is_empty() => 0,
+        Some(digits) if (1..=9).contains(&digits.len()) => {
+            number(20..20 + digits.len())? * 10_i64.pow(9 - digits.len() as u32)
+        }
+        _ => bail!("bad fraction of a second {fraction:?}"),
+    };
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        bail!("a field is out of range");
+    }
+    // Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second;
+    let secs = u64::try_from(secs).context("before 1970")?;
+    Ok(SystemTime::UNIX_EPOCH + Duration::new(secs, u32::try_from(nanos)?))
+}
 
 fn hello_greets(console: &str) -> Result<()> {
     expect_line(console, "Hello from a Rust unikernel on Xen!")?;
@@ -220,6 +463,11 @@ fn hello_greets(console: &str) -> Result<()> {
         bail!("boot time 0 us");
     }
     Ok(())
+}
+
+fn hello_greets_anyone(console: &str) -> Result<()> {
+    expect_line(console, "Hello from a Rust unikernel on Xen!")?;
+    expect_line(console, "free frames: ")
 }
 
 fn selftest_succeeded(console: &str) -> Result<()> {
@@ -246,7 +494,7 @@ fn field<'a>(console: &'a str, prefix: &str) -> Result<&'a str> {
 }
 
 fn lab_tests(images: &[GuestImage]) -> Result<()> {
-    let runs: Vec<GuestRun> = CASES
+    let sessions: Vec<Session<'_>> = CASES
         .iter()
         .map(|case| {
             let image = images
@@ -254,24 +502,40 @@ fn lab_tests(images: &[GuestImage]) -> Result<()> {
                 .find(|image| image.name == case.app)
                 .cloned()
                 .unwrap_or_else(|| panic!("case {} names unknown app {}", case.name, case.app));
-            GuestRun {
-                image,
+            let mut run = GuestRun {
                 mem_mib: case.mem_mib,
                 args: case.args.iter().map(ToString::to_string).collect(),
                 timeout: Duration::from_secs(case.timeout_secs),
                 dom0: case.dom0,
-                echo: false,
-                verbose: false,
-            }
+                ..GuestRun::new(image)
+            };
+            let client = case.client.as_ref().map(|client| {
+                run.forwards = client
+                    .forwards
+                    .iter()
+                    .map(|&guest| Forward { host: 0, guest })
+                    .collect();
+                run.net = client.net;
+                Client {
+                    ready_marker: client.ready.to_owned(),
+                    ready_timeout: Duration::from_secs(client.ready_timeout_secs),
+                    talk: Box::new(client.talk),
+                }
+            });
+            Session { run, client }
         })
         .collect();
-    eprintln!("lab: {} guest runs", runs.len());
-    let outcomes = run::run_guests(&runs);
+    eprintln!("lab: {} guest runs", sessions.len());
+    let outcomes = run::run_sessions(sessions);
     let mut failures = 0;
     for (case, outcome) in CASES.iter().zip(outcomes) {
-        let verdict = outcome.and_then(|outcome| match judge(case, &outcome) {
-            Ok(()) => Ok(()),
-            Err(err) => Err(err.context(format!("console:\n{}", outcome.console))),
+        let verdict = outcome.and_then(|outcome| {
+            let result = judge(case, &outcome.guest)
+                .and_then(|()| judge_client(case, outcome.client, outcome.guest.destroy_latency));
+            match result {
+                Ok(()) => Ok(()),
+                Err(err) => Err(err.context(format!("console:\n{}", outcome.guest.console))),
+            }
         });
         match verdict {
             Ok(()) => eprintln!("PASS {}", case.name),
@@ -298,4 +562,100 @@ fn judge(case: &Case, outcome: &GuestOutcome) -> Result<()> {
         bail!("ended with {:?}, expected {:?}", outcome.exit, case.exit);
     }
     (case.check)(&outcome.console)
+}
+
+fn judge_client(
+    case: &Case,
+    result: Option<Result<()>>,
+    destroy_latency: Option<Duration>,
+) -> Result<()> {
+    let Some(client) = &case.client else {
+        return Ok(());
+    };
+    let result = result.context("the case has a client, but no client result came back")?;
+    match (client.fails_with, result) {
+        (None, Ok(())) => {}
+        (None, Err(err)) => return Err(err.context("the client failed")),
+        (Some(expected), Ok(())) => {
+            bail!("the client succeeded; expected it to fail with {expected:?}")
+        }
+        (Some(expected), Err(err)) => {
+            let message = format!("{err:#}");
+            if !message.contains(expected) {
+                bail!("the client failed with {message:?}; expected {expected:?}");
+            }
+        }
+    }
+    if case.exit == GuestExit::Destroyed {
+        let latency =
+            destroy_latency.context("the guest was destroyed, but not after its client")?;
+        if latency > DESTROY_LIMIT {
+            bail!(
+                "the guest ended {:.1} s after its client asked for its destroy (limit {} s)",
+                latency.as_secs_f64(),
+                DESTROY_LIMIT.as_secs()
+            );
+        }
+        eprintln!(
+            "     {}: destroyed {:.2} s after its client was done",
+            case.name,
+            latency.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_times() {
+        let epoch = |text| {
+            parse_utc(text)
+                .unwrap()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+        };
+        assert_eq!(epoch("1970-01-01T00:00:00Z"), Duration::ZERO);
+        // `date -u -d 2026-11-24T03:12:48Z +%s`
+        assert_eq!(
+            epoch("2026-11-24T03:12:48.123456Z"),
+            Duration::new(1_795_489_968, 123_456_000)
+        );
+        assert_eq!(
+            epoch("2000-02-29T12:00:00.5Z"),
+            Duration::new(951_825_600, 500_000_000)
+        );
+        for bad in [
+            "2026-11-24 03:12:48Z",
+            "2026-11-24T03:12:48",
+            "2026-13-24T03:12:48Z",
+            "2026-11-24T03:12:48.Z",
+            "2026-11-24T03:12:48.1234567890Z",
+            "2026-1x-24T03:12:48Z",
+        ] {
+            assert!(parse_utc(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn daytime_lines() {
+        let now = humantime_now();
+        check_daytime(&format!("{now}\r\n")).unwrap();
+        assert!(check_daytime(&now).is_err(), "no CR LF");
+        let err = check_daytime("2001-01-01T00:00:00Z\r\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("away from the host's clock"), "{err}");
+    }
+
+    /// The host's time now as RFC 3339, by `date`.
+    fn humantime_now() -> String {
+        let out = std::process::Command::new("date")
+            .args(["-u", "+%Y-%m-%dT%H:%M:%S.%6NZ"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
 }

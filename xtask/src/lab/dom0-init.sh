@@ -38,8 +38,8 @@ hostname lab
 
 # The lab network (shared/notes/xen-lab.md): QEMU user networking behind the e1000
 # eth0, bridge xenbr0 over it with dom0 at 10.0.2.15; guests' vifs join the bridge
-# (/etc/xen/scripts/vif-bridge). No STP and no forward delay: a port forwards as soon
-# as its link is up.
+# (/etc/xen/scripts/vif-bridge) and QEMU's DHCP hands them 10.0.2.16 onwards. No STP
+# and no forward delay: a port forwards as soon as its link is up.
 ip link set lo up
 if brctl addbr xenbr0 &&
 	echo 0 >/sys/class/net/xenbr0/bridge/forward_delay &&
@@ -66,9 +66,25 @@ exec)
 		printf '%s%s\n' "$LAB_ERR_TAG" "$line"
 	done </run/lab-stderr &
 	tagger=$!
+	# Commands from xtask come in on the serial line (QEMU's stdin → Xen → dom0's
+	# console) as lines starting with the boot's control tag; `TAG destroy NAME` destroys
+	# the domain NAME (e.g. once a test's host-side client is done with it). No echo, so
+	# they do not come back out on the serial line.
+	stty -echo </dev/console
+	while IFS= read -r line; do
+		case "$line" in
+		"$LAB_CTL_TAG destroy "*)
+			name=${line#"$LAB_CTL_TAG destroy "}
+			echo "destroy $name" >>/run/lab-control.log
+			xl destroy "$name" >>/run/lab-control.log 2>&1
+			;;
+		esac
+	done </dev/console &
+	control=$!
 	echo "$LAB_BEGIN"
 	sh /lab/job </dev/null 2>/run/lab-stderr
 	status=$?
+	kill $control 2>/dev/null
 	(sleep 2; kill $tagger 2>/dev/null) &
 	wait $tagger
 	echo "$LAB_END $status"

@@ -7,6 +7,15 @@
 //! is Xen's serial line, which QEMU hands to us on a pipe; the init brackets the job
 //! between a begin and an end marker that carry a per-boot nonce, so the job's output
 //! is told apart from boot messages (all of which go to a log under `target/lab/logs`).
+//!
+//! Network: QEMU's user network (slirp, 10.0.2.0/24) on an e1000, bridged in dom0 as
+//! `xenbr0` with dom0 at 10.0.2.15; a guest's vif joins the bridge through xl's default
+//! hotplug script (`vif-bridge.sh`), and QEMU's DHCP hands out 10.0.2.16 first. Guest
+//! ports reach the host through QEMU's `hostfwd` ([`ExecOptions::forwards`]).
+//!
+//! Control: while a job runs, xtask can have dom0 act (destroy a guest) by writing
+//! tagged lines to QEMU's stdin, which is the serial line's input: Xen passes it to
+//! dom0's console, where the init reads it ([`LabControl`]). No terminal is needed.
 
 pub mod assets;
 pub mod process;
@@ -14,9 +23,10 @@ mod progress;
 
 use std::fs;
 use std::io::Write;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::{ChildStdin, Command, ExitCode, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -40,13 +50,40 @@ const XEN_PREFIX: &str = "(XEN) ";
 /// The default limit for a whole lab run, boot included (TCG is slow, CI slower).
 pub const DEFAULT_TIMEOUT_SECS: u64 = 600;
 
+/// The lab's network: QEMU user networking (slirp), bridged into dom0 as xenbr0.
+pub const NET_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 0);
+pub const NET_PREFIX: u8 = 24;
+/// QEMU's side of it: the gateway (and the host, seen from inside).
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+/// QEMU's DNS forwarder.
+pub const DNS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
+/// Dom0's static address on xenbr0.
+pub const DOM0_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
+/// The lab's guest address: the static default, and the first address QEMU's DHCP
+/// server hands out (`dhcpstart`).
+pub const GUEST_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 16);
+/// The MAC of every lab guest's vif. QEMU's DHCP server never frees a lease and gives
+/// each new MAC the next address, so a fixed MAC keeps a DHCP guest at [`GUEST_ADDR`]
+/// however many guests ran before it in the same lab (they run one at a time).
+pub const GUEST_MAC: &str = "00:16:3e:0a:00:10";
+
+/// A port of a guest exposed on the host by QEMU: `127.0.0.1:host_port` to
+/// `guest_addr:guest_port`, for TCP and for UDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostForward {
+    pub host_port: u16,
+    pub guest_addr: Ipv4Addr,
+    pub guest_port: u16,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum LabCmd {
     /// Boot a fresh lab, run FILE with /bin/sh in dom0, stop the lab; exit with FILE's status.
     ///
-    /// FILE runs in `/` with xl on PATH, Xen's daemons up and every app of `apps/` built
-    /// into `/apps/NAME`; `sh /lab/run-guest.sh /apps/NAME MIB [ARGS…]` boots one and
-    /// streams its console. FILE's stdout and stderr are streamed here live; boot
+    /// FILE runs in `/` with xl on PATH, Xen's daemons up, the bridge xenbr0 (dom0 at
+    /// 10.0.2.15/24 via 10.0.2.2, QEMU user networking) and every app of `apps/` built
+    /// into `/apps/NAME`; `sh /lab/run-guest.sh /apps/NAME MIB [ARGS…]` boots one (with a
+    /// vif on xenbr0) and streams its console. FILE's stdout and stderr are streamed here live; boot
     /// messages go to a log under target/lab/logs/ (its tail is shown if the boot fails).
     Exec(ExecArgs),
     /// Boot a fresh lab with an interactive dom0 shell on this terminal (`/apps` filled).
@@ -79,6 +116,8 @@ impl LabCmd {
                 let options = ExecOptions {
                     timeout: Duration::from_secs(args.timeout),
                     verbose: args.verbose,
+                    forwards: Vec::new(),
+                    control: None,
                 };
                 let mut stdout = std::io::stdout();
                 let end = exec(&script, &apps, &options, &mut |line| match line {
@@ -131,6 +170,75 @@ pub struct ExecOptions {
     pub timeout: Duration,
     /// Show boot messages on stderr as they come.
     pub verbose: bool,
+    /// Guest ports QEMU exposes on the host while the lab runs.
+    pub forwards: Vec<HostForward>,
+    /// A handle to send dom0 commands through while the job runs.
+    pub control: Option<LabControl>,
+}
+
+/// Sends commands to the lab's dom0 while a job runs, from any thread: they travel as
+/// lines on the serial line (QEMU's stdin, which Xen hands to dom0's console), tagged
+/// with the boot's nonce, and dom0's init acts on them (`dom0-init.sh`).
+#[derive(Debug, Clone, Default)]
+pub struct LabControl(Arc<Mutex<Option<ControlLine>>>);
+
+#[derive(Debug)]
+struct ControlLine {
+    stdin: ChildStdin,
+    tag: String,
+}
+
+impl LabControl {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Have dom0 run `xl destroy DOMAIN` (asynchronously; a domain that is gone
+    /// already is no error).
+    pub fn destroy(&self, domain: &str) -> Result<()> {
+        ensure!(
+            !domain.is_empty()
+                && domain
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c)),
+            "domain name {domain:?}: only A-Z a-z 0-9 _ . : - can go through the lab's control line"
+        );
+        self.send(&format!("destroy {domain}"))
+    }
+
+    fn send(&self, command: &str) -> Result<()> {
+        let mut line = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(line) = line.as_mut() else {
+            bail!("cannot send `{command}` to dom0: the lab is not running");
+        };
+        let text = format!("{} {command}\n", line.tag);
+        line.stdin
+            .write_all(text.as_bytes())
+            .and_then(|()| line.stdin.flush())
+            .with_context(|| format!("sending `{command}` to dom0 through QEMU's serial line"))
+    }
+
+    fn attach(&self, stdin: ChildStdin, tag: &str) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(ControlLine {
+            stdin,
+            tag: tag.to_owned(),
+        });
+    }
+
+    fn detach(&self) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+}
+
+/// Detaches a [`LabControl`] when the lab run ends, however it ends.
+struct Attached<'a>(Option<&'a LabControl>);
+
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        if let Some(control) = self.0 {
+            control.detach();
+        }
+    }
 }
 
 /// One line the job produced, as it arrives.
@@ -166,18 +274,26 @@ pub fn exec(
     let markers = Markers::new(&nonce);
     let run = RunDir::new(&nonce)?;
     let env = format!(
-        "LAB_MODE=exec\nLAB_VERBOSE={}\nLAB_BEGIN='{}'\nLAB_END='{}'\nLAB_ERR_TAG='{}'\n",
+        "LAB_MODE=exec\nLAB_VERBOSE={}\nLAB_BEGIN='{}'\nLAB_END='{}'\nLAB_ERR_TAG='{}'\n\
+         LAB_CTL_TAG='{}'\n",
         u8::from(options.verbose),
         markers.begin,
         markers.end,
-        markers.err_tag
+        markers.err_tag,
+        markers.ctl_tag,
     );
     let initrd = run.initrd(&assets, &env, script, apps)?;
-    let mut qemu = lab_qemu(&assets, &initrd)?;
+    let mut qemu = lab_qemu(&assets, &initrd, &options.forwards)?;
     qemu.args(["-serial", "stdio"]);
 
     let started = Instant::now();
     let mut serial = Serial::spawn(qemu, &nonce, options.timeout)?;
+    let _attached = Attached(options.control.as_ref());
+    match (&options.control, serial.child.take_stdin()) {
+        (Some(control), Some(stdin)) => control.attach(stdin, &markers.ctl_tag),
+        // Dropping QEMU's stdin gives it EOF at once, as /dev/null would.
+        (_, stdin) => drop(stdin),
+    }
     let spinner = (!options.verbose).then(|| Spinner::new("booting Xen + dom0 (QEMU TCG)…"));
     let mut in_job = false;
     loop {
@@ -206,6 +322,13 @@ pub fn exec(
         if !in_job {
             if options.verbose {
                 eprintln!("{line}");
+            } else if line.starts_with("lab: ") && line.contains("failed") {
+                // The init's own complaints (a module, the network), e.g.
+                // "lab: network set-up failed: guests get no network".
+                match &spinner {
+                    Some(spinner) => spinner.println(&line),
+                    None => eprintln!("{line}"),
+                }
             }
             if line.contains(&markers.begin) {
                 in_job = true;
@@ -218,6 +341,10 @@ pub fn exec(
                 drop(spinner);
                 bail!("dom0 died while booting: {death}\n{}", serial.tail());
             }
+            continue;
+        }
+        if line.contains(&markers.ctl_tag) {
+            // A control line echoed back (dom0 turns the echo off, but be safe).
             continue;
         }
         let (text, end) = match line.find(&markers.end) {
@@ -256,7 +383,7 @@ pub fn shell(apps: &[GuestImage]) -> Result<ExitCode> {
     let nonce = nonce();
     let run = RunDir::new(&nonce)?;
     let initrd = run.initrd(&assets, "LAB_MODE=shell\n", "", apps)?;
-    let mut qemu = lab_qemu(&assets, &initrd)?;
+    let mut qemu = lab_qemu(&assets, &initrd, &[])?;
     // The QEMU monitor shares the terminal: Ctrl-A C switches, Ctrl-A X quits.
     qemu.args(["-serial", "mon:stdio"]);
     eprintln!("lab: booting Xen + dom0; Ctrl-A X quits QEMU");
@@ -307,7 +434,7 @@ pub fn boot_as_dom0(
         "console=com1 com1=115200,8n1 dom0_mem={mem_mib}M,max:{mem_mib}M dom0_max_vcpus=1 \
          noreboot loglvl=all guest_loglvl=all"
     );
-    let mut qemu = qemu(&xen, &xen_cmdline);
+    let mut qemu = qemu(&xen, &xen_cmdline, &[]);
     qemu.arg("-initrd")
         .arg(multiboot_modules(&[(image, cmdline)])?);
     qemu.args(["-serial", "stdio"]);
@@ -360,8 +487,8 @@ pub fn boot_as_dom0(
 const DOM0_CMDLINE: &str = "console=hvc0 quiet rdinit=/init";
 
 /// QEMU booting Xen with Debian's kernel as dom0 and `initrd` (serial not yet chosen).
-fn lab_qemu(assets: &Assets, initrd: &Path) -> Result<Command> {
-    let mut qemu = qemu(&assets.xen, LAB_XEN_CMDLINE);
+fn lab_qemu(assets: &Assets, initrd: &Path, forwards: &[HostForward]) -> Result<Command> {
+    let mut qemu = qemu(&assets.xen, LAB_XEN_CMDLINE, forwards);
     qemu.arg("-initrd").arg(multiboot_modules(&[
         (&assets.vmlinux, DOM0_CMDLINE),
         (initrd, ""),
@@ -377,18 +504,36 @@ const LAB_XEN_CMDLINE: &str = "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1
 
 /// QEMU for Xen under TCG: `-cpu qemu64` (dom0 Linux faults early with `-cpu max`, and
 /// KVM cannot run this Xen), Xen as the multiboot kernel, virtio-rng for dom0's
-/// entropy, an e1000 NIC on user networking. Serial and initrd are added by the caller.
-fn qemu(xen: &Path, xen_cmdline: &str) -> Command {
+/// entropy, an e1000 NIC on user networking with `forwards`. Serial and initrd are
+/// added by the caller.
+fn qemu(xen: &Path, xen_cmdline: &str, forwards: &[HostForward]) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-accel", "tcg", "-cpu", "qemu64", "-m", "2048", "-smp", "2"])
         .args(["-nodefaults", "-display", "none", "-no-reboot"])
         .args(["-device", "virtio-rng-pci"])
-        .args(["-netdev", "user,id=n0", "-device", "e1000,netdev=n0"])
+        .arg("-netdev")
+        .arg(user_netdev(forwards))
+        .args(["-device", "e1000,netdev=n0"])
         .arg("-kernel")
         .arg(xen)
         .arg("-append")
         .arg(xen_cmdline);
     cmd
+}
+
+/// QEMU's user network: the lab's addresses, DHCP from [`GUEST_ADDR`] on (dom0 keeps
+/// its static address below it), and each forward for TCP and UDP.
+fn user_netdev(forwards: &[HostForward]) -> String {
+    let mut netdev = format!("user,id=n0,net={NET_ADDR}/{NET_PREFIX},dhcpstart={GUEST_ADDR}");
+    for forward in forwards {
+        for proto in ["tcp", "udp"] {
+            netdev.push_str(&format!(
+                ",hostfwd={proto}:127.0.0.1:{}-{}:{}",
+                forward.host_port, forward.guest_addr, forward.guest_port
+            ));
+        }
+    }
+    netdev
 }
 
 /// QEMU's `-initrd` for a multiboot kernel: modules separated by commas, each a path
@@ -426,6 +571,8 @@ struct Markers {
     begin: String,
     end: String,
     err_tag: String,
+    /// Starts the commands xtask sends to dom0 (see [`LabControl`]).
+    ctl_tag: String,
 }
 
 impl Markers {
@@ -434,6 +581,7 @@ impl Markers {
             begin: format!("LAB-BEGIN-{nonce}"),
             end: format!("LAB-END-{nonce} "),
             err_tag: format!("LAB-ERR-{nonce} "),
+            ctl_tag: format!("LAB-CTL-{nonce}"),
         }
     }
 }
@@ -531,8 +679,9 @@ impl Serial {
             .open(&log_path)
             .with_context(|| format!("creating {}", log_path.display()))?;
         writeln!(&log, "$ {}", util::display(&qemu))?;
-        // QEMU's own complaints go into the same log.
-        qemu.stdin(Stdio::null())
+        // QEMU's own complaints go into the same log. Its stdin is the serial line's
+        // input: a pipe the caller may keep (for `LabControl`) or drop.
+        qemu.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(log.try_clone()?);
         let child = ChildGuard::spawn(&mut qemu, Duration::from_secs(2))?;

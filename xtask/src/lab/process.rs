@@ -59,6 +59,11 @@ impl ChildGuard {
         lock(&self.child).stdout.take()
     }
 
+    /// Take the child's piped stdin, to write to it from elsewhere.
+    pub fn take_stdin(&self) -> Option<std::process::ChildStdin> {
+        lock(&self.child).stdin.take()
+    }
+
     /// The exit status if the child has ended.
     pub fn try_wait(&self) -> Result<Option<ExitStatus>> {
         Ok(lock(&self.child).try_wait()?)

@@ -86,6 +86,14 @@ impl Spinner {
         eprintln!("lab: {line}");
     }
 
+    /// Print `line` above the spinner, which keeps spinning.
+    pub fn println(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
     /// Stop spinning without a line (e.g. before streaming output).
     pub fn clear(&self) {
         if let Some(bar) = &self.bar {
