@@ -1,6 +1,7 @@
 //! How the interface gets its address: `ip=ADDR/PREFIX` (and optionally
 //! `gw=GATEWAY`) on the command line, else DHCP.
 
+use alloc::string::String;
 use core::fmt;
 
 use kernel::Args;
@@ -20,9 +21,9 @@ pub enum Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigError {
     /// `ip=` is not `a.b.c.d/prefix`.
-    BadAddress(alloc::string::String),
+    BadAddress(String),
     /// `gw=` is not `a.b.c.d`.
-    BadGateway(alloc::string::String),
+    BadGateway(String),
     /// `gw=` without `ip=`.
     GatewayWithoutAddress,
     /// The gateway is not on the interface's subnet.

@@ -65,7 +65,7 @@ impl TcpListener {
                     let socket = stack.sockets.get_mut::<tcp::Socket<'_>>(*slot);
                     match socket.state() {
                         State::Listen | State::SynReceived => {
-                            socket.register_recv_waker(cx.waker())
+                            socket.register_recv_waker(cx.waker());
                         }
                         // Established, or already closing with data: hand it over.
                         _ => {

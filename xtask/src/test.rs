@@ -71,6 +71,10 @@ fn static_checks() -> Result<()> {
         "kernel",
         "-p",
         "xenproto",
+        "-p",
+        "netfront",
+        "-p",
+        "net",
     ]);
     for app in build::all_apps()? {
         guest.args(["-p", &app]);
