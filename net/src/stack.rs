@@ -13,8 +13,12 @@ use kernel::time::Instant;
 use netfront::Netfront;
 use netfront::datapath::Counters;
 use smoltcp::iface::{Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{Device, TxToken};
 use smoltcp::socket::dhcpv4;
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address, Ipv4Cidr};
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    EthernetRepr, HardwareAddress, IpCidr, Ipv4Address, Ipv4Cidr,
+};
 use spin::Mutex;
 
 use crate::config::{Config, ConfigError};
@@ -53,6 +57,7 @@ pub(crate) struct Stack {
     pub(crate) iface: Interface,
     pub(crate) device: Netfront,
     pub(crate) sockets: SocketSet<'static>,
+    mac: EthernetAddress,
     dhcp: Option<SocketHandle>,
     address: Option<(Ipv4Cidr, Option<Ipv4Address>)>,
     address_waker: Option<Waker>,
@@ -116,6 +121,7 @@ pub async fn start(args: &Args) -> Result<NetInfo, NetError> {
     let (dhcp, address) = match config {
         Config::Static { address, gateway } => {
             set_address(&mut iface, address, gateway);
+            announce(&mut device, mac, address.address());
             (None, Some((address, gateway)))
         }
         Config::Dhcp => (Some(sockets.add(dhcpv4::Socket::new())), None),
@@ -124,6 +130,7 @@ pub async fn start(args: &Args) -> Result<NetInfo, NetError> {
         iface,
         device,
         sockets,
+        mac,
         dhcp,
         address,
         address_waker: None,
@@ -145,6 +152,32 @@ pub async fn start(args: &Args) -> Result<NetInfo, NetError> {
         address,
         gateway,
     })
+}
+
+/// Send a gratuitous ARP: tell the segment which MAC now has `address`, before anyone
+/// has to ask. Peers that would otherwise resolve us under load (QEMU's user network
+/// holds packets behind each unanswered request) and switches learn us at once.
+fn announce(device: &mut Netfront, mac: EthernetAddress, address: Ipv4Address) {
+    let arp = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Request,
+        source_hardware_addr: mac,
+        source_protocol_addr: address,
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: address,
+    };
+    let ethernet = EthernetRepr {
+        src_addr: mac,
+        dst_addr: EthernetAddress::BROADCAST,
+        ethertype: EthernetProtocol::Arp,
+    };
+    let Some(token) = device.transmit(now()) else {
+        return;
+    };
+    token.consume(ethernet.buffer_len() + arp.buffer_len(), |buf| {
+        let mut frame = EthernetFrame::new_unchecked(buf);
+        ethernet.emit(&mut frame);
+        arp.emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
+    });
 }
 
 fn set_address(iface: &mut Interface, address: Ipv4Cidr, gateway: Option<Ipv4Address>) {
@@ -192,6 +225,7 @@ impl Stack {
                         .map_or_else(|| "no gateway".into(), |r| alloc::format!("{r}"))
                 );
                 set_address(&mut self.iface, lease.address, lease.router);
+                announce(&mut self.device, self.mac, lease.address.address());
                 self.address = Some((lease.address, lease.router));
                 if let Some(waker) = self.address_waker.take() {
                     waker.wake();

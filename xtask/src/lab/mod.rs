@@ -513,11 +513,15 @@ fn qemu(xen: &Path, xen_cmdline: &str, forwards: &[HostForward]) -> Command {
         .args(["-device", "virtio-rng-pci"])
         .arg("-netdev")
         .arg(user_netdev(forwards))
-        .args(["-device", "e1000,netdev=n0"])
-        .arg("-kernel")
-        .arg(xen)
-        .arg("-append")
-        .arg(xen_cmdline);
+        .args(["-device", "e1000,netdev=n0"]);
+    // For diagnosis: LAB_PCAP=FILE records every frame between dom0's NIC and QEMU's
+    // user network (wireshark or tcpdump -r reads it).
+    if let Some(pcap) = std::env::var_os("LAB_PCAP") {
+        let mut object = std::ffi::OsString::from("filter-dump,id=pcap0,netdev=n0,file=");
+        object.push(pcap);
+        cmd.arg("-object").arg(object);
+    }
+    cmd.arg("-kernel").arg(xen).arg("-append").arg(xen_cmdline);
     cmd
 }
 
