@@ -205,7 +205,17 @@ fn route(state: &mut State, message: Message) -> Result<()> {
     Ok(())
 }
 
-/// A request in flight.
+/// Move what the ring holds, then the client's state, unless the connection broke.
+fn pumped_state() -> Result<spin::MutexGuard<'static, State>> {
+    pump();
+    let state = client()?.state.lock();
+    match state.broken.clone() {
+        Some(err) => Err(err),
+        None => Ok(state),
+    }
+}
+
+/// A request in flight (its entry in `pending` goes when it is dropped).
 struct Request {
     req_id: u32,
 }
@@ -213,16 +223,10 @@ struct Request {
 impl Future for Request {
     type Output = Result<Message>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        pump();
-        let client = match client() {
-            Ok(client) => client,
+        let mut state = match pumped_state() {
+            Ok(state) => state,
             Err(err) => return Poll::Ready(Err(err)),
         };
-        let mut state = client.state.lock();
-        if let Some(err) = state.broken.clone() {
-            state.pending.remove(&self.req_id);
-            return Poll::Ready(Err(err));
-        }
         let pending = state
             .pending
             .get_mut(&self.req_id)
@@ -407,15 +411,10 @@ impl Watch {
     /// The next path that changed.
     pub async fn next(&self) -> Result<String> {
         core::future::poll_fn(|cx| {
-            pump();
-            let client = match client() {
-                Ok(client) => client,
+            let mut state = match pumped_state() {
+                Ok(state) => state,
                 Err(err) => return Poll::Ready(Err(err)),
             };
-            let mut state = client.state.lock();
-            if let Some(err) = state.broken.clone() {
-                return Poll::Ready(Err(err));
-            }
             let queue = state
                 .watches
                 .get_mut(&self.token)
