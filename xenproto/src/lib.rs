@@ -10,6 +10,7 @@
 
 extern crate alloc;
 
+pub mod blkif;
 pub mod byte_ring;
 pub mod console;
 pub mod netif;
