@@ -48,6 +48,8 @@ pub enum GrantError {
     Xen(i32),
     /// No room in the window to map a foreign frame.
     NoAddressSpace,
+    /// No free frame to grant.
+    NoMemory,
 }
 
 impl core::fmt::Display for GrantError {
@@ -59,6 +61,7 @@ impl core::fmt::Display for GrantError {
             Self::NotGranted(gref) => write!(f, "grant {gref} was not granted"),
             Self::Xen(status) => write!(f, "Xen refused the grant operation (status {status})"),
             Self::NoAddressSpace => f.write_str("no address space left to map a grant"),
+            Self::NoMemory => f.write_str("no free frame to grant"),
         }
     }
 }
@@ -228,6 +231,48 @@ mod guest {
     /// References still free.
     pub fn free_refs() -> usize {
         with_table(|table| table.free_count())
+    }
+
+    /// A zeroed frame of ours, granted to another domain; the grant is revoked and the
+    /// frame freed when dropped — or the frame is kept, if the other domain still maps
+    /// it, so that it never sees memory we reuse.
+    #[derive(Debug)]
+    pub struct GrantedFrame {
+        pfn: u64,
+        gref: GrantRef,
+    }
+
+    impl GrantedFrame {
+        /// Allocate a frame and grant it to `domid`.
+        pub fn new(domid: DomId, readonly: bool) -> Result<Self, GrantError> {
+            let pfn = crate::mem::alloc_frame().ok_or(GrantError::NoMemory)?;
+            match grant_access(domid, pfn, readonly) {
+                Ok(gref) => Ok(Self { pfn, gref }),
+                Err(err) => {
+                    crate::mem::free_frame(pfn);
+                    Err(err)
+                }
+            }
+        }
+
+        /// The grant reference to hand the other domain.
+        pub fn gref(&self) -> GrantRef {
+            self.gref
+        }
+
+        /// The frame's address in our direct map.
+        pub fn ptr(&self) -> *mut u8 {
+            arch::mm::va_of_pfn(self.pfn) as *mut u8
+        }
+    }
+
+    impl Drop for GrantedFrame {
+        fn drop(&mut self) {
+            match end_access(self.gref) {
+                Ok(()) => crate::mem::free_frame(self.pfn),
+                Err(err) => log::warn!("keeping frame {:#x}: {err}", self.pfn),
+            }
+        }
     }
 
     /// A frame another domain granted us, mapped into our address space; unmapped when

@@ -6,10 +6,9 @@
 use alloc::vec::Vec;
 
 use arch::abi::{DomId, GrantRef};
-use arch::mm::{PAGE_SIZE, va_of_pfn};
+use arch::mm::PAGE_SIZE;
 use kernel::events::EventChannel;
-use kernel::grant::{self, GrantError};
-use kernel::mem;
+use kernel::grant::{GrantError, GrantedFrame};
 use xenproto::netif::{RSP_OKAY, RxFront, RxRequest, TxFront, TxRequest};
 use xenproto::ring::RingOverrun;
 
@@ -26,10 +25,9 @@ pub struct Counters {
     pub tx_errors: u64,
 }
 
-/// Why the data path cannot be set up or goes on.
+/// Why the data path cannot be set up or go on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DatapathError {
-    OutOfMemory,
     Grant(GrantError),
     EventChannel(arch::errno::Errno),
     /// The back end broke a ring: the device is unusable.
@@ -39,44 +37,9 @@ pub enum DatapathError {
 impl core::fmt::Display for DatapathError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            Self::OutOfMemory => f.write_str("out of memory for ring buffers"),
             Self::Grant(err) => write!(f, "granting a buffer: {err}"),
             Self::EventChannel(err) => write!(f, "event channel: {err}"),
             Self::Ring(err) => write!(f, "ring: {err}"),
-        }
-    }
-}
-
-/// A page granted to the back end, for a ring or a buffer.
-#[derive(Debug)]
-struct GrantedPage {
-    pfn: u64,
-    gref: GrantRef,
-}
-
-impl GrantedPage {
-    fn new(backend: DomId, readonly: bool) -> Result<Self, DatapathError> {
-        let pfn = mem::alloc_frame().ok_or(DatapathError::OutOfMemory)?;
-        match grant::grant_access(backend, pfn, readonly) {
-            Ok(gref) => Ok(Self { pfn, gref }),
-            Err(err) => {
-                mem::free_frame(pfn);
-                Err(DatapathError::Grant(err))
-            }
-        }
-    }
-
-    fn ptr(&self) -> *mut u8 {
-        va_of_pfn(self.pfn) as *mut u8
-    }
-}
-
-impl Drop for GrantedPage {
-    fn drop(&mut self) {
-        // A page the back end still maps must not be reused: leak it then.
-        match grant::end_access(self.gref) {
-            Ok(()) => mem::free_frame(self.pfn),
-            Err(err) => log::warn!("netfront: keeping frame {:#x}: {err}", self.pfn),
         }
     }
 }
@@ -93,21 +56,21 @@ pub struct Published {
 #[derive(Debug)]
 pub(crate) struct RxPath {
     ring: RxFront,
-    slots: Vec<GrantedPage>,
+    slots: Vec<GrantedFrame>,
     port: u32,
     pub(crate) counters: Counters,
-    _ring_page: GrantedPage,
+    _ring_page: GrantedFrame,
 }
 
 /// Transmit side: a ring with one granted page per slot, reused once answered.
 #[derive(Debug)]
 pub(crate) struct TxPath {
     ring: TxFront,
-    slots: Vec<GrantedPage>,
+    slots: Vec<GrantedFrame>,
     free: Vec<u16>,
     port: u32,
     pub(crate) counters: Counters,
-    _ring_page: GrantedPage,
+    _ring_page: GrantedFrame,
 }
 
 /// Both rings and the event channel of one vif.
@@ -126,8 +89,8 @@ impl Datapath {
     /// Allocate and grant rings and buffers for back end `backend`, and an unbound
     /// event channel it can bind.
     pub fn new(backend: DomId) -> Result<Self, DatapathError> {
-        let tx_page = GrantedPage::new(backend, false)?;
-        let rx_page = GrantedPage::new(backend, false)?;
+        let tx_page = GrantedFrame::new(backend, false).map_err(DatapathError::Grant)?;
+        let rx_page = GrantedFrame::new(backend, false).map_err(DatapathError::Grant)?;
         // SAFETY: both pages are ours, page aligned, mapped for as long as the rings
         // (which own them) live, and shared with the back end only.
         let (tx_ring, rx_ring) =
@@ -135,10 +98,10 @@ impl Datapath {
         let channel = EventChannel::alloc_unbound(backend).map_err(DatapathError::EventChannel)?;
         let port = channel.port();
         let rx_slots = (0..SLOTS)
-            .map(|_| GrantedPage::new(backend, false))
+            .map(|_| GrantedFrame::new(backend, false).map_err(DatapathError::Grant))
             .collect::<Result<Vec<_>, _>>()?;
         let tx_slots = (0..SLOTS)
-            .map(|_| GrantedPage::new(backend, true))
+            .map(|_| GrantedFrame::new(backend, true).map_err(DatapathError::Grant))
             .collect::<Result<Vec<_>, _>>()?;
         let mut rx = RxPath {
             ring: rx_ring,
@@ -164,8 +127,8 @@ impl Datapath {
     /// The values the back end needs.
     pub fn published(&self) -> Published {
         Published {
-            tx_ring_ref: self.tx._ring_page.gref,
-            rx_ring_ref: self.rx._ring_page.gref,
+            tx_ring_ref: self.tx._ring_page.gref(),
+            rx_ring_ref: self.rx._ring_page.gref(),
             event_channel: self.channel.port(),
         }
     }
@@ -220,7 +183,7 @@ impl RxPath {
         let request = RxRequest {
             id,
             pad: 0,
-            gref: self.slots[usize::from(id)].gref,
+            gref: self.slots[usize::from(id)].gref(),
         };
         // A slot is posted at most once at a time, and there are fewer slots than
         // ring entries, so the ring always has room.
@@ -305,7 +268,7 @@ impl TxPath {
         let buf = unsafe { core::slice::from_raw_parts_mut(slot.ptr(), len) };
         let result = fill(buf);
         let request = TxRequest {
-            gref: slot.gref,
+            gref: slot.gref(),
             offset: 0,
             flags: 0,
             id,

@@ -1,0 +1,89 @@
+//! Xen PV block front end.
+//!
+//! [`BlockDevice`] is one vbd: a [`datapath::Datapath`] (ring, granted bounce pages,
+//! event channel) connected by a negotiation method — [`xenbus::connect`] for Xenstore.
+//! Its API is async: [`BlockDevice::read`], [`BlockDevice::write`] and
+//! [`BlockDevice::flush`] take 512-byte sector numbers and buffers of whole sectors;
+//! several calls (from several tasks) may be in flight at once. Errors the back end
+//! reports come back as [`BlkError`], never as a panic.
+
+#![no_std]
+
+extern crate alloc;
+
+pub mod datapath;
+pub mod xenbus;
+
+use alloc::vec::Vec;
+
+pub use datapath::BlkError;
+use datapath::Datapath;
+pub use xenproto::blkif::{DiskInfo, SECTOR_SIZE};
+
+/// One connected virtual block device.
+#[derive(Debug)]
+pub struct BlockDevice {
+    id: u32,
+    datapath: Datapath,
+}
+
+impl BlockDevice {
+    pub(crate) fn new(id: u32, datapath: Datapath) -> Self {
+        Self { id, datapath }
+    }
+
+    /// Connect every vbd the toolstack gave us, in device-number order. A vbd that
+    /// fails is logged and skipped.
+    pub async fn probe_all() -> Vec<BlockDevice> {
+        let devices = match kernel::devices::list("vbd").await {
+            Ok(devices) => devices,
+            Err(err) => {
+                log::error!("blkfront: listing vbds: {err}");
+                return Vec::new();
+            }
+        };
+        let mut disks = Vec::new();
+        for device in devices {
+            match xenbus::connect(&device).await {
+                Ok(disk) => disks.push(disk),
+                Err(err) => log::error!("blkfront: vbd {}: {err}", device.id),
+            }
+        }
+        disks
+    }
+
+    /// The virtual device number (`device/vbd/N`; 51712 is xvda).
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The Linux-style name of the device number, e.g. `xvda` (`xvd?` if unknown).
+    pub fn name(&self) -> alloc::string::String {
+        let (major, minor) = (self.id >> 8, self.id & 0xff);
+        if major == 202 && minor % 16 == 0 && minor / 16 < 26 {
+            alloc::format!("xvd{}", char::from(b'a' + (minor / 16) as u8))
+        } else {
+            alloc::format!("vbd{}", self.id)
+        }
+    }
+
+    /// Size, sector size, mode and features, as the back end described them.
+    pub fn info(&self) -> DiskInfo {
+        self.datapath.info()
+    }
+
+    /// Read `buf.len()` bytes (whole sectors) from 512-byte sector `sector`.
+    pub async fn read(&self, sector: u64, buf: &mut [u8]) -> Result<(), BlkError> {
+        self.datapath.read(sector, buf).await
+    }
+
+    /// Write `buf` (whole sectors) at 512-byte sector `sector`.
+    pub async fn write(&self, sector: u64, buf: &[u8]) -> Result<(), BlkError> {
+        self.datapath.write(sector, buf).await
+    }
+
+    /// Make earlier writes durable.
+    pub async fn flush(&self) -> Result<(), BlkError> {
+        self.datapath.flush().await
+    }
+}
