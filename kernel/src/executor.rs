@@ -21,7 +21,8 @@
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
-use core::task::Waker;
+use core::future::Future;
+use core::task::{Poll, Waker};
 
 use crate::time::Instant;
 
@@ -86,6 +87,26 @@ impl TimerQueue {
     }
 }
 
+/// Which of two futures finished first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Either<A, B> {
+    Left(A),
+    Right(B),
+}
+
+/// Wait for whichever of `a` and `b` completes first (`a` is polled first); the other
+/// is dropped.
+pub async fn select<A: Future, B: Future>(a: A, b: B) -> Either<A::Output, B::Output> {
+    let (mut a, mut b) = (core::pin::pin!(a), core::pin::pin!(b));
+    core::future::poll_fn(|cx| {
+        if let Poll::Ready(output) = a.as_mut().poll(cx) {
+            return Poll::Ready(Either::Left(output));
+        }
+        b.as_mut().poll(cx).map(Either::Right)
+    })
+    .await
+}
+
 #[cfg(target_os = "none")]
 pub use guest::*;
 
@@ -95,10 +116,9 @@ mod guest {
     use alloc::collections::VecDeque;
     use alloc::sync::Arc;
     use alloc::task::Wake;
-    use core::future::Future;
     use core::pin::Pin;
     use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use core::task::{Context, Poll};
+    use core::task::Context;
 
     use spin::Mutex;
 
@@ -335,6 +355,23 @@ mod tests {
         assert_eq!(q.next_deadline(), Some(at(200)));
         assert_eq!(q.expire(at(1000)).len(), 2);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn select_takes_the_first_ready_future() {
+        let poll_once = |future: core::pin::Pin<&mut dyn Future<Output = Either<u8, u16>>>| {
+            let (_, waker) = counter();
+            future.poll(&mut core::task::Context::from_waker(&waker))
+        };
+        let both_ready = core::pin::pin!(select(async { 1u8 }, async { 2u16 }));
+        assert_eq!(poll_once(both_ready), Poll::Ready(Either::Left(1)));
+        let right_only = core::pin::pin!(select(core::future::pending::<u8>(), async { 2u16 }));
+        assert_eq!(poll_once(right_only), Poll::Ready(Either::Right(2)));
+        let neither = core::pin::pin!(select(
+            core::future::pending::<u8>(),
+            core::future::pending::<u16>()
+        ));
+        assert_eq!(poll_once(neither), Poll::Pending);
     }
 
     #[test]

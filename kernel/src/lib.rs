@@ -64,7 +64,7 @@ pub mod xenstore;
 pub use cmdline::Args;
 
 /// Declare the app's entry point: `kernel::main!(main)` with
-/// `fn main(args: kernel::Args) -> T` where `T` is `()`, `Result<(), E: Display>` or a
+/// `fn main(args: kernel::Args) -> T` where `T` is `()`, `Result<T, E: Display>` or a
 /// [`shutdown::ShutdownReason`].
 #[macro_export]
 macro_rules! main {

@@ -54,10 +54,10 @@ impl Termination for ShutdownReason {
     }
 }
 
-impl<E: core::fmt::Display> Termination for Result<(), E> {
+impl<T: Termination, E: core::fmt::Display> Termination for Result<T, E> {
     fn report(self) -> ShutdownReason {
         match self {
-            Ok(()) => ShutdownReason::Poweroff,
+            Ok(value) => value.report(),
             Err(err) => {
                 crate::println!("error: {err}");
                 ShutdownReason::Crash

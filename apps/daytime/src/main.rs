@@ -4,6 +4,10 @@
 //! back. Xen's wall clock is the time source.
 //!
 //! Arguments: `ip=ADDR/PREFIX gw=GATEWAY` (else DHCP), `port=N` (default 13).
+//!
+//! It runs until the toolstack asks it to power off or reboot (`xl shutdown`,
+//! `xl reboot`): then it stops accepting, closes its sockets and ends the domain with
+//! the matching reason.
 
 #![no_std]
 #![no_main]
@@ -14,10 +18,12 @@ use alloc::format;
 use alloc::string::String;
 use core::time::Duration;
 
-use kernel::executor::{block_on, spawn};
+use kernel::executor::{Either, block_on, select, spawn};
 use kernel::println;
+use kernel::shutdown::ShutdownReason;
 use kernel::time::{since_boot, timeout, utc_now};
 use net::{TcpListener, TcpStream, UdpSocket};
+use sysctl::{PowerControl, PowerRequest};
 
 kernel::main!(main);
 
@@ -26,7 +32,7 @@ const BACKLOG: usize = 128;
 /// A client that does not take its line within this time is dropped.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn main(args: kernel::Args) -> Result<(), String> {
+fn main(args: kernel::Args) -> Result<ShutdownReason, String> {
     let port: u16 = match args.value("port") {
         Some(text) => text
             .parse()
@@ -37,10 +43,12 @@ fn main(args: kernel::Args) -> Result<(), String> {
         let info = net::start(&args)
             .await
             .map_err(|err| format!("network: {err}"))?;
+        let power = PowerControl::start()
+            .await
+            .map_err(|err| format!("power control: {err}"))?;
         let mut listener =
             TcpListener::bind(port, BACKLOG).map_err(|err| format!("tcp port {port}: {err}"))?;
         let udp = UdpSocket::bind(port).map_err(|err| format!("udp port {port}: {err}"))?;
-        spawn(answer_datagrams(udp));
         let boot = since_boot();
         println!(
             "daytime: listening on {}:{port} (tcp, udp), {}.{:03} ms after boot",
@@ -48,11 +56,42 @@ fn main(args: kernel::Args) -> Result<(), String> {
             boot.as_millis(),
             boot.subsec_micros() % 1000
         );
-        loop {
-            let stream = listener.accept().await;
-            spawn(serve(stream));
-        }
+        let request = serve_until_stopped(&mut listener, &udp, &power).await?;
+        println!("daytime: shutting down ({request})");
+        drop(listener);
+        drop(udp);
+        println!("daytime: stopped");
+        Ok(request
+            .shutdown_reason()
+            .unwrap_or(ShutdownReason::Poweroff))
     })
+}
+
+/// Serve TCP and UDP clients until a poweroff or reboot request comes.
+async fn serve_until_stopped(
+    listener: &mut TcpListener,
+    udp: &UdpSocket,
+    power: &PowerControl,
+) -> Result<PowerRequest, String> {
+    let mut datagram = [0u8; 512];
+    loop {
+        let clients = select(listener.accept(), udp.recv_from(&mut datagram));
+        match select(power.next(), clients).await {
+            Either::Left(Ok(PowerRequest::Suspend)) => {
+                log::warn!(
+                    "daytime: suspend requested, but suspend is not implemented yet: serving on"
+                );
+            }
+            Either::Left(Ok(request)) => return Ok(request),
+            Either::Left(Err(err)) => return Err(format!("power control: {err}")),
+            Either::Right(Either::Left(stream)) => spawn(serve(stream)),
+            Either::Right(Either::Right((_, from))) => {
+                if let Err(err) = udp.send_to(daytime_line().as_bytes(), from).await {
+                    log::debug!("daytime: udp reply to {from}: {err}");
+                }
+            }
+        }
+    }
 }
 
 /// The line RFC 867 sends: the time now, CR LF.
@@ -68,15 +107,5 @@ async fn serve(mut stream: TcpStream) {
         }
         Ok(Err(err)) => log::debug!("daytime: {:?}: {err}", stream.peer()),
         Err(_) => log::debug!("daytime: {:?}: timed out", stream.peer()),
-    }
-}
-
-async fn answer_datagrams(socket: UdpSocket) {
-    let mut buf = [0u8; 512];
-    loop {
-        let (_, from) = socket.recv_from(&mut buf).await;
-        if let Err(err) = socket.send_to(daytime_line().as_bytes(), from).await {
-            log::debug!("daytime: udp reply to {from}: {err}");
-        }
     }
 }
