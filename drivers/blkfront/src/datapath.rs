@@ -7,7 +7,7 @@
 //! is cut into requests of whole pages ([`blkif::chunks`]), all queued before the first
 //! is awaited, so a large I/O keeps several requests in flight.
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 use core::future::poll_fn;
 use core::task::{Poll, Waker};
@@ -131,8 +131,10 @@ impl Datapath {
             .map(|_| GrantedFrame::new(backend, false))
             .collect::<Result<Vec<_>, _>>()
             .map_err(SetupError::Grant)?;
+        // Writable although the back end only reads them: with persistent grants, Linux's
+        // blkback maps every grant read-write, and a read-only grant fails the request.
         let indirect = (0..2)
-            .map(|_| GrantedFrame::new(backend, true))
+            .map(|_| GrantedFrame::new(backend, false))
             .collect::<Result<Vec<_>, _>>()
             .map_err(SetupError::Grant)?;
         let channel = EventChannel::alloc_unbound(backend).map_err(SetupError::EventChannel)?;
@@ -192,35 +194,47 @@ impl Datapath {
     /// Read `buf.len()` bytes from 512-byte sector `sector`.
     pub async fn read(&self, sector: u64, buf: &mut [u8]) -> Result<(), BlkError> {
         self.check_range(sector, buf.len())?;
-        let chunks: Vec<_> = blkif::chunks(sector, buf.len(), self.pages_per_request()).collect();
-        let mut issued = Vec::with_capacity(chunks.len());
-        for chunk in &chunks {
-            issued.push(self.submit(false, chunk.sector, chunk.len, |_| {}).await?);
-        }
-        let mut result = Ok(());
-        for (chunk, request) in chunks.iter().zip(issued) {
-            let out = &mut buf[chunk.offset..chunk.offset + chunk.len];
-            let done = self.complete(request, |pages| copy_out(pages, out)).await;
-            result = result.and(done);
-        }
-        result
+        self.transfer(sector, Buffer::Read(buf)).await
     }
 
     /// Write `buf` at 512-byte sector `sector`.
     pub async fn write(&self, sector: u64, buf: &[u8]) -> Result<(), BlkError> {
         self.check_range(sector, buf.len())?;
-        let chunks: Vec<_> = blkif::chunks(sector, buf.len(), self.pages_per_request()).collect();
-        let mut issued = Vec::with_capacity(chunks.len());
-        for chunk in &chunks {
-            let data = &buf[chunk.offset..chunk.offset + chunk.len];
-            issued.push(
-                self.submit(true, chunk.sector, chunk.len, |pages| copy_in(pages, data))
-                    .await?,
-            );
-        }
+        self.transfer(sector, Buffer::Write(buf)).await
+    }
+
+    /// Issue the requests of an I/O, several in flight. A task waits for bounce pages
+    /// only while it holds none: otherwise it first completes its oldest request, so
+    /// two tasks can never each hold pages the other waits for.
+    async fn transfer(&self, sector: u64, mut buf: Buffer<'_>) -> Result<(), BlkError> {
+        let mut in_flight = VecDeque::new();
         let mut result = Ok(());
-        for request in issued {
-            result = result.and(self.complete(request, |_| {}).await);
+        for chunk in blkif::chunks(sector, buf.len(), self.pages_per_request()) {
+            let pages = loop {
+                match self
+                    .reserve(chunk.len.div_ceil(PAGE_SIZE), in_flight.is_empty())
+                    .await?
+                {
+                    Some(pages) => break pages,
+                    None => {
+                        let (done, issued) = in_flight
+                            .pop_front()
+                            .expect("waits only with requests in flight");
+                        result =
+                            result.and(self.complete(issued, |pages| buf.drain(done, pages)).await);
+                    }
+                }
+            };
+            if let Buffer::Write(data) = &buf {
+                copy_in(&pages.0, &data[chunk.offset..chunk.offset + chunk.len]);
+            }
+            in_flight.push_back((
+                chunk,
+                self.issue(buf.is_write(), chunk.sector, chunk.len, pages),
+            ));
+        }
+        for (done, issued) in in_flight {
+            result = result.and(self.complete(issued, |pages| buf.drain(done, pages)).await);
         }
         result
     }
@@ -234,46 +248,50 @@ impl Datapath {
         self.complete(request, |_| {}).await
     }
 
-    /// Wait for a ring slot and `pages` bounce pages (plus an indirect page when the
-    /// request needs one), fill them through `fill`, and queue the request.
-    async fn submit(
-        &self,
-        write: bool,
-        sector: u64,
-        len: usize,
-        fill: impl FnOnce(&[GrantedFrame]),
-    ) -> Result<Issued, BlkError> {
-        let pages_needed = len.div_ceil(PAGE_SIZE);
-        let indirect = pages_needed > MAX_SEGMENTS;
+    /// Take a ring slot and `pages` bounce pages (plus an indirect page when a request
+    /// needs one). When they are not free: wait if `may_wait`, else `Ok(None)`.
+    async fn reserve(&self, pages: usize, may_wait: bool) -> Result<Option<Reserved>, BlkError> {
+        let indirect = pages > MAX_SEGMENTS;
         let port = self.channel.port();
-        let (id, pages, indirect_page) = poll_fn(|cx| {
+        poll_fn(|cx| {
             let mut devices = DEVICES.lock();
             let device = devices.get_mut(&port).expect("device registered");
             if let Some(err) = device.broken {
                 return Poll::Ready(Err(BlkError::Broken(err)));
             }
             let fits = device.ring.free_requests() > 0
-                && device.pages.len() >= pages_needed
+                && device.pages.len() >= pages
                 && (!indirect || !device.indirect.is_empty());
             if !fits {
+                if !may_wait {
+                    return Poll::Ready(Ok(None));
+                }
                 device.waiting.push(cx.waker().clone());
                 return Poll::Pending;
             }
-            let pages: Vec<GrantedFrame> = device
-                .pages
-                .drain(device.pages.len() - pages_needed..)
-                .collect();
-            let indirect_page = if indirect {
-                device.indirect.pop()
-            } else {
-                None
-            };
-            let id = device.next_id;
-            device.next_id += 1;
-            Poll::Ready(Ok((id, pages, indirect_page)))
+            let taken = device.pages.len() - pages;
+            let reserved = Reserved(
+                device.pages.drain(taken..).collect(),
+                if indirect {
+                    device.indirect.pop()
+                } else {
+                    None
+                },
+            );
+            Poll::Ready(Ok(Some(reserved)))
         })
-        .await?;
-        fill(&pages);
+        .await
+    }
+
+    /// Queue a read or write of `len` bytes at `sector` over the reserved pages.
+    fn issue(
+        &self,
+        write: bool,
+        sector: u64,
+        len: usize,
+        Reserved(pages, indirect_page): Reserved,
+    ) -> Issued {
+        let id = self.next_id();
         let grefs: Vec<GrantRef> = pages.iter().map(GrantedFrame::gref).collect();
         let segments: Vec<Segment> = blkif::page_segments(len, &grefs).collect();
         let request = match &indirect_page {
@@ -307,28 +325,27 @@ impl Datapath {
         let raw =
             RawRequest::encode(&request).expect("requests are built within the protocol's limits");
         self.queue(id, raw);
-        Ok(Issued {
+        Issued {
             id,
             sector,
             write,
             pages,
             indirect_page,
-        })
+        }
+    }
+
+    fn next_id(&self) -> u64 {
+        let mut devices = DEVICES.lock();
+        let device = devices
+            .get_mut(&self.channel.port())
+            .expect("device registered");
+        device.next_id += 1;
+        device.next_id
     }
 
     async fn submit_flush(&self) -> Result<Issued, BlkError> {
-        let port = self.channel.port();
-        let id = poll_fn(|cx| {
-            let mut devices = DEVICES.lock();
-            let device = devices.get_mut(&port).expect("device registered");
-            if device.ring.free_requests() == 0 {
-                device.waiting.push(cx.waker().clone());
-                return Poll::Pending;
-            }
-            device.next_id += 1;
-            Poll::Ready(device.next_id - 1)
-        })
-        .await;
+        let reserved = self.reserve(0, true).await?.expect("waits until reserved");
+        let id = self.next_id();
         let raw = RawRequest::encode(&Request::Flush {
             handle: self.handle,
             id,
@@ -339,8 +356,8 @@ impl Datapath {
             id,
             sector: 0,
             write: false,
-            pages: Vec::new(),
-            indirect_page: None,
+            pages: reserved.0,
+            indirect_page: reserved.1,
         })
     }
 
@@ -417,6 +434,35 @@ impl Datapath {
             _ => Err(BlkError::Io {
                 sector: issued.sector,
             }),
+        }
+    }
+}
+
+/// Bounce pages (and maybe an indirect page) taken from the pool for one request.
+struct Reserved(Vec<GrantedFrame>, Option<GrantedFrame>);
+
+/// The caller's side of an I/O.
+enum Buffer<'a> {
+    Read(&'a mut [u8]),
+    Write(&'a [u8]),
+}
+
+impl Buffer<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Self::Read(buf) => buf.len(),
+            Self::Write(buf) => buf.len(),
+        }
+    }
+
+    fn is_write(&self) -> bool {
+        matches!(self, Self::Write(_))
+    }
+
+    /// After a successful request: a read copies its pages into place.
+    fn drain(&mut self, chunk: blkif::Chunk, pages: &[GrantedFrame]) {
+        if let Self::Read(buf) = self {
+            copy_out(pages, &mut buf[chunk.offset..chunk.offset + chunk.len]);
         }
     }
 }
