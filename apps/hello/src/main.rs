@@ -19,6 +19,8 @@ kernel::main!(main);
 
 fn main(args: kernel::Args) -> Result<(), &'static str> {
     let boot_time = kernel::time::since_boot();
+    // `xl shutdown` and `xl reboot` end hello at once, even in the middle of a sleep.
+    sysctl::spawn_default();
     println!("Hello from a Rust unikernel on Xen!");
     println!("xen: {}", kernel::xen::XenVersion::get());
     println!("args: {}", Joined(&args));

@@ -5,9 +5,9 @@
 //! `suspend`. A guest acknowledges by clearing the node, as Linux does, and advertises
 //! what it handles as `control/feature-*`.
 //!
-//! An app either handles requests itself ([`PowerControl::next`]), for example to
-//! close its connections first, or calls [`spawn_default`]: power off or reboot at
-//! once. **Suspend is not implemented yet** (save/restore comes later): a suspend
+//! An app either awaits requests itself ([`PowerControl::next`]), for example to
+//! close its connections first, registers a handler ([`spawn_with`]), or calls
+//! [`spawn_default`]: power off or reboot at once. **Suspend is not implemented yet** (save/restore comes later): a suspend
 //! request is acknowledged and logged, and the guest runs on; `feature-suspend` is not
 //! advertised, so toolstacks do not expect it to work.
 
@@ -119,10 +119,10 @@ mod guest {
         }
     }
 
-    /// Answer power requests in the background: power off or reboot at once; log a
-    /// suspend request and run on. Without Xenstore (as dom0) there is nothing to answer.
-    pub fn spawn_default() {
-        kernel::executor::spawn(async {
+    /// Answer power requests in the background with `handler`. Without Xenstore (as
+    /// dom0) there is nothing to answer.
+    pub fn spawn_with(mut handler: impl FnMut(PowerRequest) + 'static) {
+        kernel::executor::spawn(async move {
             let control = match PowerControl::start().await {
                 Ok(control) => control,
                 Err(xenstore::Error::Unavailable) => return,
@@ -133,7 +133,7 @@ mod guest {
             };
             loop {
                 match control.next().await {
-                    Ok(request) => act_on(request),
+                    Ok(request) => handler(request),
                     Err(err) => {
                         log::error!("sysctl: {err}");
                         return;
@@ -141,6 +141,11 @@ mod guest {
                 }
             }
         });
+    }
+
+    /// Answer power requests in the background as [`act_on`] does.
+    pub fn spawn_default() {
+        spawn_with(act_on);
     }
 
     /// What [`spawn_default`] does with a request.
