@@ -1,14 +1,15 @@
 //! `cargo xtask`: every workflow of the project behind one command.
 //!
 //! - `build [APP…]`: guest images at `target/x86_64-unknown-none/release/APP`.
-//! - `run APP [--mem MIB] [--forward H:G]… [-- ARGS…]`: boot APP on Xen (natively in a
-//!   Xen dom0, otherwise in the lab, with its ports reachable on the host) and stream
-//!   its console.
+//! - `run APP [--mem MIB] [--forward H:G]… [--disk FILE[:ro]]… [-- ARGS…]`: boot APP on
+//!   Xen (natively in a Xen dom0, otherwise in the lab, with its ports reachable on the
+//!   host and image files of the host as its disks) and stream its console.
 //! - `new NAME|PATH`: a new app crate, in `apps/` or outside the workspace.
 //! - `lab exec FILE` / `lab shell`: the Xen lab, real Xen and a Debian dom0 under QEMU.
 //! - `test`: format check, clippy, host unit tests, lab integration tests.
 
 mod build;
+mod disk;
 mod elf;
 mod lab;
 mod new;

@@ -4,7 +4,8 @@
 //! The same as a library, for `cargo xtask test`: [`run_guest`] and [`run_guests`] boot
 //! guests and wait for them to end; [`run_guest_while`] and [`run_sessions`] also run a
 //! host-side client against a guest once its console says it is ready (through ports
-//! QEMU forwards to the host), then destroy the guest and report both.
+//! QEMU forwards to the host), then destroy the guest and report both. A guest's disks
+//! are image files of the host ([`GuestRun::disks`]).
 
 use std::fmt;
 use std::io::Write;
@@ -20,6 +21,7 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use clap::Args;
 
 use crate::build::{self, GuestImage};
+use crate::disk::{self, Disk, LoopDevice};
 use crate::lab::process::{ChildGuard, read_lines};
 use crate::lab::{self, Dom0End, ExecEnd, ExecOptions, HostForward, LabControl, Line};
 
@@ -33,6 +35,13 @@ Networking:
   `ip=ADDR/PREFIX gw=10.0.2.2` (ADDR/PREFIX: --ip, else 10.0.2.16/24). Otherwise it gets
   no network arguments, and a guest that networks asks DHCP, which hands out 10.0.2.16
   in the lab (so --forward --dhcp reaches it too).
+
+Disks:
+  --disk FILE gives the guest a raw image file of the host as its next disk (xvda, xvdb,
+  …), read-write; --disk FILE:ro read-only. The file must exist, be a regular file and a
+  whole number of 512-byte sectors (`truncate -s 64M disk.img` makes an empty one). What
+  the guest writes is in the file once it has ended. In the lab the file is a virtio
+  disk of dom0; natively xtask attaches it to a loop device and detaches it afterwards.
 
 Exit status:
   0    the guest powered off
@@ -63,7 +72,7 @@ pub struct RunArgs {
     pub timeout: u64,
     /// Boot the app directly as Xen's dom0 in QEMU (no Linux, no xl, no network): a
     /// quick smoke test; the guest writes its console with the console_io hypercall.
-    #[arg(long, conflicts_with_all = ["forwards", "ip", "dhcp"])]
+    #[arg(long, conflicts_with_all = ["forwards", "ip", "dhcp", "disks"])]
     pub dom0: bool,
     /// Make the guest's port GUESTPORT reachable on the host at 127.0.0.1:HOSTPORT, for
     /// TCP and UDP (QEMU port forwarding, so in the lab only). Repeatable.
@@ -77,6 +86,10 @@ pub struct RunArgs {
     /// asks DHCP (the lab hands out 10.0.2.16, where --forward points).
     #[arg(long)]
     pub dhcp: bool,
+    /// Give the guest the raw image FILE of the host as its next disk (xvda, xvdb, …);
+    /// `:ro` makes it read-only. Repeatable.
+    #[arg(long = "disk", value_name = "FILE[:ro]")]
+    pub disks: Vec<Disk>,
     /// Also show Xen's and dom0's boot messages (on stderr).
     #[arg(long)]
     pub verbose: bool,
@@ -128,6 +141,7 @@ impl RunArgs {
             verbose: self.verbose,
             forwards: self.forwards.clone(),
             net,
+            disks: self.disks.clone(),
         })?;
         eprintln!(
             "run: {} after {:.1} s (exit status {})",
@@ -295,6 +309,8 @@ pub struct GuestRun {
     pub forwards: Vec<Forward>,
     /// How the guest gets its address.
     pub net: GuestNet,
+    /// The guest's disks, in order: the Nth is its `xvd` + N-th letter (xvda, xvdb, …).
+    pub disks: Vec<Disk>,
 }
 
 impl GuestRun {
@@ -311,6 +327,7 @@ impl GuestRun {
             verbose: false,
             forwards: Vec::new(),
             net: GuestNet::Dhcp,
+            disks: Vec::new(),
         }
     }
 }
@@ -589,6 +606,24 @@ fn check_run(run: &GuestRun) -> Result<()> {
             run.forwards.is_empty() && run.net == GuestNet::Dhcp,
             "a guest booted as dom0 has no network: no forwards, no address"
         );
+        ensure!(
+            run.disks.is_empty(),
+            "a guest booted as dom0 has no disks: it has no back ends to talk to"
+        );
+    }
+    disk::check_all(&run.disks)?;
+    Ok(())
+}
+
+/// Print `run: disk xvda ← /path/img (64 MiB, read-write)` for each disk.
+fn print_disks(run: &GuestRun) -> Result<()> {
+    for (index, (disk, (path, size))) in run
+        .disks
+        .iter()
+        .zip(disk::check_all(&run.disks)?)
+        .enumerate()
+    {
+        eprintln!("run: {}", disk::describe(index, disk, &path, size));
     }
     Ok(())
 }
@@ -821,6 +856,46 @@ struct LabRun<'a> {
     app: String,
     domain: String,
     ports: Ports,
+    /// `RUN_GUEST_DISKS` for run-guest.sh: xl disk specs of dom0's virtio disks.
+    disk_specs: String,
+}
+
+/// The xl disk specs of a lab guest's disks (`phy:/dev/lab/disk-N,xvda,w` …), adding
+/// each image to the boot's disks: QEMU attaches every image once, so a file that several
+/// guests of the boot use is one disk of dom0, read-write if any of them writes it (each
+/// guest still gets its own mode from xl).
+fn lab_disk_specs(run: &GuestRun, lab_disks: &mut Vec<Disk>) -> Result<String> {
+    let mut specs = Vec::new();
+    for (index, (disk, (path, _))) in run
+        .disks
+        .iter()
+        .zip(disk::check_all(&run.disks)?)
+        .enumerate()
+    {
+        let at = match lab_disks.iter().position(|known| known.path == path) {
+            Some(at) => {
+                lab_disks[at].read_only &= disk.read_only;
+                at
+            }
+            None => {
+                ensure!(
+                    lab_disks.len() < lab::MAX_LAB_DISKS,
+                    "disk image {}: the lab boot has {} disks already, its limit",
+                    path.display(),
+                    lab::MAX_LAB_DISKS
+                );
+                lab_disks.push(Disk::new(path, disk.read_only));
+                lab_disks.len() - 1
+            }
+        };
+        specs.push(format!(
+            "phy:{},{},{}",
+            lab::disk_in_dom0(at),
+            disk::vdev(index),
+            disk.xl_mode()
+        ));
+    }
+    Ok(specs.join(" "))
 }
 
 /// A domain name for a guest: `xtask-APP-NONCE-INDEX` in characters xl and the lab's
@@ -925,12 +1000,20 @@ fn run_in_lab(sessions: Vec<Session<'_>>) -> Result<Vec<Result<SessionOutcome>>>
     let nonce = lab::nonce();
     let marker = format!("LAB-GUEST-{nonce}");
     let mut forwards: Vec<HostForward> = Vec::new();
+    let mut lab_disks: Vec<Disk> = Vec::new();
     // Each image under a name of its own, even if two share a file name.
     let mut images: Vec<GuestImage> = Vec::new();
     let mut prepared: Vec<Result<LabRun<'_>>> = Vec::new();
     for (index, Session { run, client }) in sessions.into_iter().enumerate() {
         let ports = match lab_ports(&run, &mut forwards) {
             Ok(ports) => ports,
+            Err(err) => {
+                prepared.push(Err(err));
+                continue;
+            }
+        };
+        let disk_specs = match lab_disk_specs(&run, &mut lab_disks) {
+            Ok(specs) => specs,
             Err(err) => {
                 prepared.push(Err(err));
                 continue;
@@ -966,6 +1049,7 @@ fn run_in_lab(sessions: Vec<Session<'_>>) -> Result<Vec<Result<SessionOutcome>>>
             for (guest, addr) in &ports.forwards {
                 eprintln!("run: guest port {guest} → {addr} (tcp, udp)");
             }
+            print_disks(&run)?;
         }
         prepared.push(Ok(LabRun {
             domain: domain_name(&app, &nonce, index),
@@ -973,6 +1057,7 @@ fn run_in_lab(sessions: Vec<Session<'_>>) -> Result<Vec<Result<SessionOutcome>>>
             client,
             app,
             ports,
+            disk_specs,
         }));
     }
     let runs: Vec<&LabRun<'_>> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
@@ -987,7 +1072,11 @@ fn run_in_lab(sessions: Vec<Session<'_>>) -> Result<Vec<Result<SessionOutcome>>>
     for (index, lab_run) in prepared.iter().enumerate() {
         let Ok(lab_run) = lab_run else { continue };
         let run = &lab_run.run;
-        let mut command = format!(
+        let mut command = String::new();
+        if !lab_run.disk_specs.is_empty() {
+            command = format!("RUN_GUEST_DISKS='{}' ", lab_run.disk_specs);
+        }
+        command += &format!(
             "RUN_GUEST_NAME={} RUN_GUEST_MAC={} timeout -s TERM {} sh {} /apps/{} {}",
             lab_run.domain,
             lab::GUEST_MAC,
@@ -1017,6 +1106,7 @@ fn run_in_lab(sessions: Vec<Session<'_>>) -> Result<Vec<Result<SessionOutcome>>>
                 .sum::<Duration>(),
         verbose: runs.iter().any(|lab_run| lab_run.run.verbose),
         forwards,
+        disks: lab_disks,
         control: control.clone(),
     };
 
@@ -1233,12 +1323,35 @@ fn run_native(session: Session<'_>) -> Result<SessionOutcome> {
             .unwrap_or_default(),
         direct,
     };
+    if run.echo {
+        print_disks(&run)?;
+    }
+    // Each image on a loop device of its own, detached when `loops` drops (after the
+    // guest is gone) or by the Ctrl-C handler.
+    let mut loops = Vec::new();
+    let mut disk_specs = Vec::new();
+    for (index, (disk, (path, _))) in run
+        .disks
+        .iter()
+        .zip(disk::check_all(&run.disks)?)
+        .enumerate()
+    {
+        let device = LoopDevice::attach(&path, disk.read_only)?;
+        disk_specs.push(format!(
+            "phy:{},{},{}",
+            device.device(),
+            disk::vdev(index),
+            disk.xl_mode()
+        ));
+        loops.push(device);
+    }
+    let disk_specs = disk_specs.join(" ");
     thread::scope(|scope| {
         let mut console = Console::new(run.echo);
         let mut client = client.map(|client| {
             ClientThread::spawn(scope, client, ports, Destroyer::Native, domain.clone())
         });
-        let exit = run_native_into(&run, &domain, &mut |line| {
+        let exit = run_native_into(&run, &domain, &disk_specs, &mut |line| {
             console.line(line);
             if let Some(client) = &mut client {
                 client.line(line);
@@ -1265,6 +1378,7 @@ fn run_native(session: Session<'_>) -> Result<SessionOutcome> {
 fn run_native_into(
     run: &GuestRun,
     domain: &str,
+    disk_specs: &str,
     on_line: &mut dyn FnMut(&str),
 ) -> Result<GuestExit> {
     let mut cmd = Command::new("sh");
@@ -1277,6 +1391,7 @@ fn run_native_into(
         .args(run.net.args(false))
         .args(&run.args)
         .env("RUN_GUEST_NAME", domain)
+        .env("RUN_GUEST_DISKS", disk_specs)
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
     let child = ChildGuard::spawn(&mut cmd, Duration::from_secs(10))?;

@@ -7,16 +7,23 @@
 //! 5. lab integration tests: real guests on real Xen, as dom0 (quick) and as domUs
 //!    under xl in one lab boot, each checked on its exit reason and its console; a
 //!    case with a client also has host code talk to the guest once it is ready (real
-//!    sockets on 127.0.0.1, through QEMU's forwards), after which the guest is destroyed.
+//!    sockets on 127.0.0.1, through QEMU's forwards), after which the guest is destroyed;
+//!    a case with a disk gets a fresh image file, which the host checks after the guest
+//!    has ended.
 
-use std::io::Read;
+use std::fs;
+use std::hash::Hasher;
+use std::io::{Read, Seek, SeekFrom};
 use std::net::{TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
 
 use crate::build::{self, GUEST_RUSTFLAGS, GUEST_TARGET, GuestImage};
+use crate::disk::{Disk, SECTOR};
+use crate::lab::process;
 use crate::run::{
     self, Client, Forward, GuestExit, GuestNet, GuestOutcome, GuestRun, Ports, Session,
 };
@@ -64,6 +71,7 @@ fn concurrent_daytime_clients(images: &[GuestImage]) -> Result<()> {
         timeout: Duration::from_secs(300),
         verbose: false,
         forwards: Vec::new(),
+        disks: Vec::new(),
         control: None,
     };
     let mut output = Vec::new();
@@ -136,6 +144,17 @@ struct Case {
     exit: GuestExit,
     check: fn(&str) -> Result<()>,
     client: Option<ClientCase>,
+    disk: Option<DiskCase>,
+}
+
+/// A case's disk: a fresh sparse image of `mib` MiB (its first `filled_mib` MiB holding
+/// [`blkcheck_sector`]'s pattern, the rest zeros) that becomes the guest's xvda, and a
+/// check of the file after the guest has ended. The file is deleted afterwards.
+struct DiskCase {
+    mib: u64,
+    filled_mib: u64,
+    read_only: bool,
+    check: fn(&TestImage) -> Result<()>,
 }
 
 /// The host side of a case: once a console line contains `ready`, `talk` runs with the
@@ -166,6 +185,7 @@ const CASES: &[Case] = &[
         exit: GuestExit::Poweroff,
         check: selftest_succeeded,
         client: None,
+        disk: None,
     },
     Case {
         name: "hello as dom0",
@@ -177,6 +197,7 @@ const CASES: &[Case] = &[
         exit: GuestExit::Poweroff,
         check: hello_greets,
         client: None,
+        disk: None,
     },
     Case {
         name: "hello under xl",
@@ -188,6 +209,7 @@ const CASES: &[Case] = &[
         exit: GuestExit::Poweroff,
         check: hello_greets,
         client: None,
+        disk: None,
     },
     Case {
         name: "hello panic",
@@ -202,6 +224,7 @@ const CASES: &[Case] = &[
             expect_line(console, "hello was asked to panic")
         },
         client: None,
+        disk: None,
     },
     Case {
         name: "hello fault",
@@ -221,6 +244,7 @@ const CASES: &[Case] = &[
             expect_line(console, "r15 0x")
         },
         client: None,
+        disk: None,
     },
     Case {
         name: "hello sleep=500",
@@ -239,6 +263,7 @@ const CASES: &[Case] = &[
             Ok(())
         },
         client: None,
+        disk: None,
     },
     Case {
         name: "hello in 4 MiB",
@@ -257,6 +282,7 @@ const CASES: &[Case] = &[
             Ok(())
         },
         client: None,
+        disk: None,
     },
     Case {
         name: "a guest that outlives its timeout is destroyed",
@@ -268,6 +294,7 @@ const CASES: &[Case] = &[
         exit: GuestExit::Timeout,
         check: |console| expect_line(console, "args: sleep=600000"),
         client: None,
+        disk: None,
     },
     Case {
         name: "selftest under xl",
@@ -279,6 +306,7 @@ const CASES: &[Case] = &[
         exit: GuestExit::Poweroff,
         check: selftest_succeeded,
         client: None,
+        disk: None,
     },
     Case {
         name: "a client runs once the guest is ready, then the guest is destroyed",
@@ -304,6 +332,7 @@ const CASES: &[Case] = &[
             talk: |_| Ok(()),
             fails_with: None,
         }),
+        disk: None,
     },
     Case {
         name: "a guest that ends before its ready line fails its client",
@@ -322,6 +351,7 @@ const CASES: &[Case] = &[
             talk: |_| bail!("the client ran without its ready line"),
             fails_with: Some("the guest ended before it printed a line with"),
         }),
+        disk: None,
     },
     Case {
         name: "a guest without its ready line in time is destroyed",
@@ -340,6 +370,7 @@ const CASES: &[Case] = &[
             talk: |_| bail!("the client ran without its ready line"),
             fails_with: Some("within 5 s of its start"),
         }),
+        disk: None,
     },
     Case {
         name: "daytime answers TCP and UDP clients on the host (static address)",
@@ -361,6 +392,7 @@ const CASES: &[Case] = &[
             },
             fails_with: None,
         }),
+        disk: None,
     },
     Case {
         name: "daytime answers a TCP client on the host (DHCP)",
@@ -379,8 +411,170 @@ const CASES: &[Case] = &[
             talk: daytime_tcp,
             fails_with: None,
         }),
+        disk: None,
+    },
+    Case {
+        name: "blkcheck on a 64 MiB disk; the host reads its pattern from the image file",
+        app: "blkcheck",
+        args: &[],
+        mem_mib: 32,
+        dom0: false,
+        timeout_secs: 180,
+        exit: GuestExit::Poweroff,
+        check: |console| {
+            ensure!(
+                console.lines().any(|line| line.starts_with("blkcheck: ok")),
+                "no line starting with \"blkcheck: ok\""
+            );
+            Ok(())
+        },
+        client: None,
+        disk: Some(DiskCase {
+            mib: 64,
+            filled_mib: 0,
+            read_only: false,
+            check: |image| image.holds_blkcheck_pattern(),
+        }),
+    },
+    Case {
+        name: "blkcheck on a read-only disk: the write is refused, the image unchanged",
+        app: "blkcheck",
+        args: &[],
+        mem_mib: 32,
+        dom0: false,
+        timeout_secs: 180,
+        exit: GuestExit::Poweroff,
+        check: |console| {
+            expect_line(console, "blkcheck: read-only disk: write refused: ")?;
+            ensure!(
+                console.lines().any(|line| line.starts_with("blkcheck: ok")),
+                "no line starting with \"blkcheck: ok\""
+            );
+            Ok(())
+        },
+        client: None,
+        disk: Some(DiskCase {
+            mib: 64,
+            filled_mib: 1,
+            read_only: true,
+            check: TestImage::unchanged,
+        }),
     },
 ];
+
+/// The 512 bytes apps/blkcheck writes to sector `sector` (its `sector_pattern`, in
+/// apps/blkcheck/src/main.rs; the two must agree): 64 little-endian u64 words, word i
+/// being `((sector << 16) | i) ^ 0xb10c_c4ec_0000_0000`.
+fn blkcheck_sector(sector: u64) -> [u8; 512] {
+    let mut bytes = [0u8; 512];
+    for (i, word) in bytes.chunks_exact_mut(8).enumerate() {
+        word.copy_from_slice(&(((sector << 16) | i as u64) ^ 0xb10c_c4ec_0000_0000).to_le_bytes());
+    }
+    bytes
+}
+
+/// The sectors the host reads back after blkcheck: some of each region it writes, and
+/// the last one (`last`).
+fn blkcheck_host_sectors(last: u64) -> [u64; 7] {
+    [0, 1, 7, 8, 2048, 65535, last]
+}
+
+/// A fresh sparse image file for one case, under `target/test-disks/`, deleted on drop
+/// (and by the Ctrl-C handler).
+struct TestImage {
+    dir: PathBuf,
+    path: PathBuf,
+    /// [`file_hash`] right after it was made.
+    hash: u64,
+}
+
+impl TestImage {
+    /// `mib` MiB, sparse; the first `filled_mib` MiB hold blkcheck's pattern (so the
+    /// image is not all zeros).
+    fn create(name: &str, mib: u64, filled_mib: u64) -> Result<Self> {
+        let dir = util::target_dir()
+            .join("test-disks")
+            .join(format!("{name}-{}", lab::nonce()));
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        process::register_scratch(&dir);
+        // Owned from here on, so an error below still removes the directory.
+        let mut image = Self {
+            path: dir.join(format!("{name}.img")),
+            dir,
+            hash: 0,
+        };
+        let file = fs::File::create(&image.path)
+            .with_context(|| format!("creating {}", image.path.display()))?;
+        file.set_len(mib << 20)?;
+        let mut filled = Vec::with_capacity((filled_mib << 20) as usize);
+        for sector in 0..(filled_mib << 20) / SECTOR {
+            filled.extend_from_slice(&blkcheck_sector(sector));
+        }
+        std::io::Write::write_all(&mut &file, &filled)?;
+        image.hash = file_hash(&image.path)?;
+        Ok(image)
+    }
+
+    /// blkcheck's pattern in the sectors [`blkcheck_host_sectors`] names.
+    fn holds_blkcheck_pattern(&self) -> Result<()> {
+        let mut file = fs::File::open(&self.path)?;
+        let sectors = file.metadata()?.len() / SECTOR;
+        for sector in blkcheck_host_sectors(sectors - 1) {
+            let mut got = [0u8; 512];
+            file.seek(SeekFrom::Start(sector * SECTOR))?;
+            file.read_exact(&mut got)?;
+            let expected = blkcheck_sector(sector);
+            if let Some(at) = (0..64).find(|&i| got[i * 8..i * 8 + 8] != expected[i * 8..i * 8 + 8])
+            {
+                let word = |bytes: &[u8]| {
+                    u64::from_le_bytes(bytes[at * 8..at * 8 + 8].try_into().expect("8 bytes"))
+                };
+                bail!(
+                    "{}: sector {sector}, word {at} (byte {}) is {:#018x}, expected {:#018x} (blkcheck's pattern)",
+                    self.path.display(),
+                    sector * SECTOR + at as u64 * 8,
+                    word(&got),
+                    word(&expected)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The file is byte for byte what it was when made (by its hash).
+    fn unchanged(&self) -> Result<()> {
+        let now = file_hash(&self.path)?;
+        ensure!(
+            now == self.hash,
+            "{} changed while the guest ran (hash {:#018x} before, {now:#018x} after)",
+            self.path.display(),
+            self.hash
+        );
+        Ok(())
+    }
+}
+
+impl Drop for TestImage {
+    fn drop(&mut self) {
+        process::forget_scratch(&self.dir);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A hash of a file's bytes (SipHash of std's `DefaultHasher`, the same in one process).
+fn file_hash(path: &Path) -> Result<u64> {
+    let mut file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut hasher = std::hash::DefaultHasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let len = file.read(&mut buf)?;
+        if len == 0 {
+            break;
+        }
+        hasher.write(&buf[..len]);
+    }
+    Ok(hasher.finish())
+}
 
 /// How far a daytime answer may be from the host's clock: the guest reads Xen's wall
 /// clock, which Xen set from QEMU's RTC, which follows the host (to the second).
@@ -535,12 +729,24 @@ fn field<'a>(console: &'a str, prefix: &str) -> Result<&'a str> {
 }
 
 fn lab_tests(images: &[GuestImage]) -> Result<()> {
+    // Each disk case's fresh image, made before the lab boots (QEMU attaches them all).
+    let disks = CASES
+        .iter()
+        .enumerate()
+        .map(|(index, case)| {
+            case.disk
+                .as_ref()
+                .map(|disk| TestImage::create(&format!("case-{index}"), disk.mib, disk.filled_mib))
+                .transpose()
+        })
+        .collect::<Result<Vec<Option<TestImage>>>>()?;
     let sessions: Vec<Session<'_>> = CASES
         .iter()
-        .map(|case| {
-            let image = images
+        .zip(&disks)
+        .map(|(case, image)| {
+            let app = images
                 .iter()
-                .find(|image| image.name == case.app)
+                .find(|app| app.name == case.app)
                 .cloned()
                 .unwrap_or_else(|| panic!("case {} names unknown app {}", case.name, case.app));
             let mut run = GuestRun {
@@ -548,8 +754,11 @@ fn lab_tests(images: &[GuestImage]) -> Result<()> {
                 args: case.args.iter().map(ToString::to_string).collect(),
                 timeout: Duration::from_secs(case.timeout_secs),
                 dom0: case.dom0,
-                ..GuestRun::new(image)
+                ..GuestRun::new(app)
             };
+            if let (Some(disk), Some(image)) = (&case.disk, image) {
+                run.disks = vec![Disk::new(&image.path, disk.read_only)];
+            }
             let client = case.client.as_ref().map(|client| {
                 run.forwards = client
                     .forwards
@@ -569,10 +778,11 @@ fn lab_tests(images: &[GuestImage]) -> Result<()> {
     eprintln!("lab: {} guest runs", sessions.len());
     let outcomes = run::run_sessions(sessions);
     let mut failures = 0;
-    for (case, outcome) in CASES.iter().zip(outcomes) {
+    for ((case, outcome), image) in CASES.iter().zip(outcomes).zip(&disks) {
         let verdict = outcome.and_then(|outcome| {
             let result = judge(case, &outcome.guest)
-                .and_then(|()| judge_client(case, outcome.client, outcome.guest.destroy_latency));
+                .and_then(|()| judge_client(case, outcome.client, outcome.guest.destroy_latency))
+                .and_then(|()| judge_disk(case, image.as_ref()));
             match result {
                 Ok(()) => Ok(()),
                 Err(err) => Err(err.context(format!("console:\n{}", outcome.guest.console))),
@@ -646,9 +856,83 @@ fn judge_client(
     Ok(())
 }
 
+fn judge_disk(case: &Case, image: Option<&TestImage>) -> Result<()> {
+    match (&case.disk, image) {
+        (Some(disk), Some(image)) => (disk.check)(image).context("checking the image file"),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blkcheck_pattern() {
+        // Word 0 of sector 1: (1 << 16) ^ 0xb10cc4ec00000000, little-endian.
+        let sector = blkcheck_sector(1);
+        assert_eq!(
+            sector[..8],
+            [0x00, 0x00, 0x01, 0x00, 0xec, 0xc4, 0x0c, 0xb1]
+        );
+        // Word 63 of sector 131071: (131071 << 16 | 63) ^ magic.
+        let last = blkcheck_sector(131_071);
+        assert_eq!(
+            u64::from_le_bytes(last[504..].try_into().unwrap()),
+            0xb10c_c4ed_ffff_003f
+        );
+        assert_ne!(blkcheck_sector(7), blkcheck_sector(8));
+    }
+
+    /// The host checks on real files: a written pattern passes, a zero sector or a
+    /// changed byte fails with where it is.
+    #[test]
+    fn image_checks() {
+        let image = TestImage::create("unit-image-checks", 64, 0).unwrap();
+        let err = image.holds_blkcheck_pattern().unwrap_err().to_string();
+        assert!(
+            err.contains("sector 0, word 0 (byte 0) is 0x0000000000000000"),
+            "{err}"
+        );
+        image.unchanged().unwrap();
+        {
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .open(&image.path)
+                .unwrap();
+            for sector in blkcheck_host_sectors(131_071) {
+                file.seek(SeekFrom::Start(sector * SECTOR)).unwrap();
+                std::io::Write::write_all(&mut file, &blkcheck_sector(sector)).unwrap();
+            }
+        }
+        image.holds_blkcheck_pattern().unwrap();
+        let err = image.unchanged().unwrap_err().to_string();
+        assert!(err.contains("changed while the guest ran"), "{err}");
+        {
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .open(&image.path)
+                .unwrap();
+            file.seek(SeekFrom::Start(65535 * SECTOR + 100)).unwrap();
+            std::io::Write::write_all(&mut file, &[0xff]).unwrap();
+        }
+        let err = image.holds_blkcheck_pattern().unwrap_err().to_string();
+        assert!(
+            err.contains("sector 65535, word 12 (byte 33554016)"),
+            "{err}"
+        );
+        let dir = image.dir.clone();
+        drop(image);
+        assert!(!dir.exists());
+
+        let filled = TestImage::create("unit-image-filled", 2, 1).unwrap();
+        let mut first = [0u8; 512];
+        fs::File::open(&filled.path)
+            .unwrap()
+            .read_exact(&mut first)
+            .unwrap();
+        assert_eq!(first, blkcheck_sector(0));
+    }
 
     #[test]
     fn utc_times() {

@@ -71,7 +71,8 @@ const XENSTORE_NAMES: &[&str] = &[
 const DLOPENED: &[&str] = &["libgcc_s.so.1"];
 
 /// Kernel modules dom0 loads (their dependencies are added): Xen device and backend
-/// drivers, networking for guests, the lab NIC, and virtio-rng for entropy.
+/// drivers, networking for guests, the lab NIC, virtio-rng for entropy and virtio-blk
+/// for the disks xtask attaches (`--disk`).
 const MODULES: &[&str] = &[
     "xen-evtchn",
     "xen-gntdev",
@@ -92,6 +93,7 @@ const MODULES: &[&str] = &[
     "virtio_pci_legacy_dev",
     "virtio_pci",
     "virtio-rng",
+    "virtio_blk",
 ];
 
 const INIT: &str = include_str!("dom0-init.sh");
@@ -99,6 +101,10 @@ const INIT: &str = include_str!("dom0-init.sh");
 /// xl's default vif hotplug script (`/etc/xen/scripts/vif-bridge`): attaches a guest's
 /// vif to its bridge.
 const VIF_BRIDGE: &str = include_str!("vif-bridge.sh");
+
+/// xl's default disk hotplug script (`/etc/xen/scripts/block`): hands a `phy:` target to
+/// xen-blkback.
+const BLOCK: &str = include_str!("block.sh");
 
 /// Without `autoballoon="off"` xl would shrink dom0 before each create.
 const XL_CONF: &str =
@@ -155,7 +161,7 @@ pub fn prepare() -> Result<Assets> {
     }
     let initramfs = dir.join("dom0-base.cpio");
     let inputs = format!(
-        "layout {LAYOUT_VERSION}\n{lock}\ntools {XEN_TOOLS:?}\nmodules {MODULES:?}\n{XL_CONF}\n{INIT}\n{VIF_BRIDGE}"
+        "layout {LAYOUT_VERSION}\n{lock}\ntools {XEN_TOOLS:?}\nmodules {MODULES:?}\n{XL_CONF}\n{INIT}\n{VIF_BRIDGE}\n{BLOCK}"
     );
     if !fresh(&initramfs, &inputs) {
         build_initramfs(&root, &dir.join("initramfs"), &initramfs)?;
@@ -630,6 +636,7 @@ fn build_initramfs(root: &Path, staging: &Path, out: &Path) -> Result<()> {
     fs::write(staging.join("etc/lab/modules"), list)?;
     fs::write(staging.join("etc/xen/xl.conf"), XL_CONF)?;
     write_executable(&staging.join("etc/xen/scripts/vif-bridge"), VIF_BRIDGE)?;
+    write_executable(&staging.join("etc/xen/scripts/block"), BLOCK)?;
     write_executable(&staging.join("init"), INIT)?;
 
     cpio(staging, out)?;

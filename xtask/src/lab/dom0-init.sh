@@ -28,6 +28,24 @@ while read -r module; do
 done </etc/lab/modules
 
 echo "lab: modules loaded"
+
+# Disks from xtask (--disk): QEMU's virtio disks, each with the serial lab-disk-N; linked
+# as /dev/lab/disk-N, whatever /dev/vdX the kernel named it.
+mkdir -p /dev/lab
+for serial in /sys/block/vd*/serial; do
+	[ -e "$serial" ] || continue
+	id=$(cat "$serial")
+	dir=${serial%/serial}
+	dev=${dir##*/}
+	case "$id" in
+	lab-disk-*)
+		ln -s "../$dev" "/dev/lab/${id#lab-}"
+		ro=
+		[ "$(cat "$dir/ro")" = 1 ] && ro=", read-only"
+		echo "lab: disk ${id#lab-disk-} is /dev/$dev ($(cat "$dir/size") sectors$ro)"
+		;;
+	esac
+done
 mount -t xenfs xenfs /proc/xen
 xenstored --pid-file /run/xenstored.pid
 echo "lab: xenstored started"

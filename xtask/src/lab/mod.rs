@@ -13,6 +13,10 @@
 //! hotplug script (`vif-bridge.sh`), and QEMU's DHCP hands out 10.0.2.16 first. Guest
 //! ports reach the host through QEMU's `hostfwd` ([`ExecOptions::forwards`]).
 //!
+//! Disks: image files of the host become virtio disks of dom0 ([`ExecOptions::disks`]),
+//! which the init links as `/dev/lab/disk-N`; xl hands them to guests as `phy:` disks
+//! through xl's default block hotplug script (`block.sh`) and xen-blkback.
+//!
 //! Control: while a job runs, xtask can have dom0 act (destroy a guest) by writing
 //! tagged lines to QEMU's stdin, which is the serial line's input: Xen passes it to
 //! dom0's console, where the init reads it ([`LabControl`]). No terminal is needed.
@@ -21,6 +25,7 @@ pub mod assets;
 pub mod process;
 mod progress;
 
+use std::ffi::OsString;
 use std::fs;
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -36,6 +41,7 @@ use self::assets::Assets;
 use self::process::ChildGuard;
 use self::progress::Spinner;
 use crate::build::{self, GuestImage};
+use crate::disk::Disk;
 use crate::util;
 
 /// The script that boots one guest with xl; used in the lab and natively.
@@ -89,7 +95,7 @@ pub enum LabCmd {
     /// Boot a fresh lab with an interactive dom0 shell on this terminal (`/apps` filled).
     ///
     /// `exit` powers the lab off; Ctrl-A X quits QEMU at once.
-    Shell,
+    Shell(ShellArgs),
     /// Download and build the lab's assets without booting (e.g. to warm a CI cache).
     Prepare,
 }
@@ -104,6 +110,17 @@ pub struct ExecArgs {
     /// Also show Xen's and dom0's boot messages (on stderr).
     #[arg(long)]
     pub verbose: bool,
+    /// Give dom0 this raw image file as a virtio disk: the Nth is /dev/vda, /dev/vdb, …
+    /// (also /dev/lab/disk-0, -1, …); `:ro` makes it read-only. Repeatable.
+    #[arg(long = "disk", value_name = "FILE[:ro]")]
+    pub disks: Vec<Disk>,
+}
+
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    /// Give dom0 this raw image file as a virtio disk (see `lab exec --help`). Repeatable.
+    #[arg(long = "disk", value_name = "FILE[:ro]")]
+    pub disks: Vec<Disk>,
 }
 
 impl LabCmd {
@@ -117,6 +134,7 @@ impl LabCmd {
                     timeout: Duration::from_secs(args.timeout),
                     verbose: args.verbose,
                     forwards: Vec::new(),
+                    disks: args.disks.clone(),
                     control: None,
                 };
                 let mut stdout = std::io::stdout();
@@ -139,7 +157,7 @@ impl LabCmd {
                     ),
                 }
             }
-            LabCmd::Shell => shell(&build_all_apps()?),
+            LabCmd::Shell(args) => shell(&build_all_apps()?, &args.disks),
             LabCmd::Prepare => {
                 let assets = assets::prepare()?;
                 eprintln!(
@@ -172,6 +190,9 @@ pub struct ExecOptions {
     pub verbose: bool,
     /// Guest ports QEMU exposes on the host while the lab runs.
     pub forwards: Vec<HostForward>,
+    /// Image files of the host that dom0 gets as virtio disks: the Nth is
+    /// `/dev/lab/disk-N` in dom0 (a link to its `/dev/vdX`).
+    pub disks: Vec<Disk>,
     /// A handle to send dom0 commands through while the job runs.
     pub control: Option<LabControl>,
 }
@@ -283,7 +304,7 @@ pub fn exec(
         markers.ctl_tag,
     );
     let initrd = run.initrd(&assets, &env, script, apps)?;
-    let mut qemu = lab_qemu(&assets, &initrd, &options.forwards)?;
+    let mut qemu = lab_qemu(&assets, &initrd, &options.forwards, &options.disks)?;
     qemu.args(["-serial", "stdio"]);
 
     let started = Instant::now();
@@ -378,12 +399,12 @@ pub fn exec(
 }
 
 /// Boot a fresh lab with an interactive shell in dom0 on this terminal.
-pub fn shell(apps: &[GuestImage]) -> Result<ExitCode> {
+pub fn shell(apps: &[GuestImage], disks: &[Disk]) -> Result<ExitCode> {
     let assets = assets::prepare()?;
     let nonce = nonce();
     let run = RunDir::new(&nonce)?;
     let initrd = run.initrd(&assets, "LAB_MODE=shell\n", "", apps)?;
-    let mut qemu = lab_qemu(&assets, &initrd, &[])?;
+    let mut qemu = lab_qemu(&assets, &initrd, &[], disks)?;
     // The QEMU monitor shares the terminal: Ctrl-A C switches, Ctrl-A X quits.
     qemu.args(["-serial", "mon:stdio"]);
     eprintln!("lab: booting Xen + dom0; Ctrl-A X quits QEMU");
@@ -486,14 +507,77 @@ pub fn boot_as_dom0(
 /// Dom0 Linux: console on Xen's, quiet boot, our `/init`.
 const DOM0_CMDLINE: &str = "console=hvc0 quiet rdinit=/init";
 
-/// QEMU booting Xen with Debian's kernel as dom0 and `initrd` (serial not yet chosen).
-fn lab_qemu(assets: &Assets, initrd: &Path, forwards: &[HostForward]) -> Result<Command> {
+/// QEMU booting Xen with Debian's kernel as dom0 and `initrd`, with `disks` (serial not
+/// yet chosen).
+fn lab_qemu(
+    assets: &Assets,
+    initrd: &Path,
+    forwards: &[HostForward],
+    disks: &[Disk],
+) -> Result<Command> {
     let mut qemu = qemu(&assets.xen, LAB_XEN_CMDLINE, forwards);
+    qemu.args(disk_args(disks)?);
     qemu.arg("-initrd").arg(multiboot_modules(&[
         (&assets.vmlinux, DOM0_CMDLINE),
         (initrd, ""),
     ])?);
     Ok(qemu)
+}
+
+/// How many disks a lab boot can have: each is a PCI device on QEMU's one bus (32 slots,
+/// a few taken by the chipset, the NIC and the RNG).
+pub const MAX_LAB_DISKS: usize = 24;
+
+/// The serial number of dom0's `index`th virtio disk; dom0's init links the disk with
+/// this serial as `/dev/lab/disk-N` (`dom0-init.sh`).
+fn disk_serial(index: usize) -> String {
+    format!("lab-disk-{index}")
+}
+
+/// Where the `index`th disk of [`ExecOptions::disks`] is in dom0.
+pub fn disk_in_dom0(index: usize) -> String {
+    format!("/dev/lab/disk-{index}")
+}
+
+/// QEMU's arguments for the disks: each image a virtio disk of dom0 (`-drive` of raw
+/// format, `-device virtio-blk-pci` with the serial dom0 finds it by), read-only with
+/// `:ro`. `cache=writeback`: QEMU completes a write once it is in the host's page cache
+/// (`pwrite`), so every write a guest saw complete is in the file, for any reader on
+/// the host, as soon as the run ends, even if QEMU is killed then; a guest's flush
+/// still reaches the disk (`fdatasync`). (`cache=none` needs O_DIRECT, which tmpfs
+/// refuses; `writethrough` syncs every single write.)
+fn disk_args(disks: &[Disk]) -> Result<Vec<OsString>> {
+    ensure!(
+        disks.len() <= MAX_LAB_DISKS,
+        "{} disks: a lab boot can have at most {MAX_LAB_DISKS}",
+        disks.len()
+    );
+    let mut args = Vec::new();
+    for (index, disk) in disks.iter().enumerate() {
+        let (path, _) = disk.check()?;
+        let path = path
+            .to_str()
+            .with_context(|| format!("disk image {}: not a UTF-8 path", path.display()))?;
+        // QEMU's option syntax: a comma in a value is written twice.
+        let mut drive = format!(
+            "file={},if=none,id=disk{index},format=raw,cache=writeback",
+            path.replace(',', ",,")
+        );
+        if disk.read_only {
+            drive.push_str(",readonly=on");
+        }
+        args.push("-drive".into());
+        args.push(drive.into());
+        args.push("-device".into());
+        args.push(
+            format!(
+                "virtio-blk-pci,drive=disk{index},serial={}",
+                disk_serial(index)
+            )
+            .into(),
+        );
+    }
+    Ok(args)
 }
 
 /// Xen for the Linux lab: dom0 gets a fixed 1 GiB and one vCPU, the other CPU is for
@@ -517,7 +601,7 @@ fn qemu(xen: &Path, xen_cmdline: &str, forwards: &[HostForward]) -> Command {
     // For diagnosis: LAB_PCAP=FILE records every frame between dom0's NIC and QEMU's
     // user network (wireshark or tcpdump -r reads it).
     if let Some(pcap) = std::env::var_os("LAB_PCAP") {
-        let mut object = std::ffi::OsString::from("filter-dump,id=pcap0,netdev=n0,file=");
+        let mut object = OsString::from("filter-dump,id=pcap0,netdev=n0,file=");
         object.push(pcap);
         cmd.arg("-object").arg(object);
     }

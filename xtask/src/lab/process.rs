@@ -1,5 +1,6 @@
 //! Child processes that never outlive xtask: a guard that ends its child on drop, and a
-//! Ctrl-C handler that ends every guarded child and exits with 130.
+//! Ctrl-C handler that ends every guarded child, undoes registered set-ups (scratch
+//! directories, loop devices) and exits with 130.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -29,6 +30,27 @@ pub fn register_scratch(dir: &Path) {
 
 pub fn forget_scratch(dir: &Path) {
     lock(&SCRATCH).retain(|known| known != dir);
+}
+
+type Undo = Box<dyn FnOnce() + Send>;
+
+/// Actions the Ctrl-C handler runs after ending the children, each under an id.
+static UNDO: Mutex<(u64, Vec<(u64, Undo)>)> = Mutex::new((0, Vec::new()));
+
+/// Have the Ctrl-C handler run `undo` (e.g. detach a loop device: its owner's `Drop`
+/// never runs then). Returns an id for [`forget_undo`], which the owner calls when it
+/// undoes the set-up itself.
+pub fn register_undo(undo: Undo) -> u64 {
+    install_ctrlc_handler();
+    let mut registry = lock(&UNDO);
+    registry.0 += 1;
+    let id = registry.0;
+    registry.1.push((id, undo));
+    id
+}
+
+pub fn forget_undo(id: u64) {
+    lock(&UNDO).1.retain(|(known, _)| *known != id);
 }
 
 /// A child process that is terminated when the guard drops: first SIGTERM (so a
@@ -131,6 +153,10 @@ fn install_ctrlc_handler() {
                 .collect();
             for handle in handles {
                 let _ = handle.join();
+            }
+            // After the children: e.g. a loop device is released once its guest is gone.
+            for (_, undo) in std::mem::take(&mut lock(&UNDO).1) {
+                undo();
             }
             for dir in std::mem::take(&mut *lock(&SCRATCH)) {
                 let _ = std::fs::remove_dir_all(dir);

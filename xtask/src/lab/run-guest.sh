@@ -12,6 +12,10 @@
 # does), set up by xl's default hotplug script. Optional environment:
 #   RUN_GUEST_NAME  the domain's name (default xtask-KERNEL-PID-TIME), e.g. to destroy it
 #   RUN_GUEST_MAC   the vif's MAC address (default: xl picks a random one)
+#   RUN_GUEST_DISKS the guest's disks, xl disk specs separated by spaces, each
+#                   phy:DEVICE,VDEV,MODE with DEVICE a block device of dom0 (a link to
+#                   one is resolved), VDEV xvda…xvdz, MODE w or r; e.g.
+#                   "phy:/dev/vda,xvda,w phy:/dev/loop3,xvdb,r"
 #
 # `xl create -c` would do, but its console child sleeps 1 s before attaching and xl waits
 # for it before unpausing. Instead: create paused under `xl create -F` (which stays to
@@ -40,6 +44,37 @@ case "${RUN_GUEST_NAME:-}$mac" in
 	exit 1
 	;;
 esac
+
+# Check each disk spec and resolve its device: the config names /dev/vdX itself.
+disks=
+for spec in ${RUN_GUEST_DISKS:-}; do
+	case "$spec" in
+	phy:/*,xvd[a-z],w | phy:/*,xvd[a-z],r) ;;
+	*)
+		echo "run-guest: disk spec '$spec' in RUN_GUEST_DISKS is not phy:DEVICE,xvdX,w|r" >&2
+		exit 1
+		;;
+	esac
+	rest=${spec#phy:}
+	device=${rest%%,*}
+	rest=${rest#*,}
+	case "$device" in
+	*[!A-Za-z0-9_./:-]*)
+		echo "run-guest: disk device '$device' has characters other than A-Z a-z 0-9 _ . / : -" >&2
+		exit 1
+		;;
+	esac
+	if [ ! -e "$device" ]; then
+		echo "run-guest: disk device $device does not exist (disk spec '$spec')" >&2
+		exit 1
+	fi
+	resolved=$(readlink -f "$device")
+	if [ ! -b "$resolved" ]; then
+		echo "run-guest: disk device $device is not a block device (disk spec '$spec')" >&2
+		exit 1
+	fi
+	disks="$disks${disks:+, }'phy:$resolved,$rest'"
+done
 
 xenconsole=
 for bin in /usr/lib/xen-*/bin /usr/lib/xen/bin /usr/libexec/xen/bin; do
@@ -88,6 +123,9 @@ else
 	echo "run-guest: dom0 has no bridge xenbr0: the guest gets no network interface" >&2
 fi
 
+disk=
+[ -n "$disks" ] && disk="disk = [$disks]"
+
 cat >"$dir/guest.cfg" <<EOF
 name = "$name"
 kernel = "$kernel"
@@ -98,6 +136,7 @@ on_poweroff = "destroy"
 on_reboot = "destroy"
 on_crash = "destroy"
 $vif
+$disk
 EOF
 
 # A stdin that never delivers and never ends: older xenconsoles stop at EOF on stdin

@@ -1,0 +1,83 @@
+#!/bin/sh
+# /etc/xen/scripts/block in the lab's dom0: the disk hotplug script xl runs when a disk
+# spec names no `script=`, here for `phy:` targets (block devices such as the lab's
+# virtio disks /dev/vdX), e.g. disk = ['phy:/dev/vda,xvda,w'].
+#
+# What xl passes (measured in the lab with 4.17): `block add` once the backend directory
+# exists, `block remove` after the domain is gone; in the environment
+#   XENBUS_PATH       the backend directory, relative: backend/vbd/DOMID/DEVID
+#   XENBUS_TYPE       vbd
+#   XENBUS_BASE_PATH  backend
+# The backend directory holds `params` (the target, e.g. /dev/vda), `type` (phy), `mode`
+# (w or r), `state`, … . xen-blkback has already reached InitWait (state 2) when `add`
+# runs; it opens the device only once `physical-device` (MAJOR:MINOR in hex, as Xen's own
+# script writes it) appears, and only then connects the frontend. Without it xl create
+# still succeeds, and the guest waits for its disk forever. xl itself checks only this
+# script's exit status; on failure it prints `hotplug-error` ("libxl: error: … script:
+# MESSAGE") and fails the create.
+#
+# add: check the target, write physical-device, physical-device-path and
+# `hotplug-status = connected`. remove: delete what add wrote, if the backend directory
+# is still there (xl removes it right after). A failure writes `hotplug-error` and
+# `hotplug-status = error` and exits 1.
+set -u
+
+action=${1:-}
+
+fail() {
+	echo "block $action ${XENBUS_PATH:-?}: $*" >&2
+	if [ -n "${XENBUS_PATH:-}" ]; then
+		xenstore-write "$XENBUS_PATH/hotplug-error" "$*" "$XENBUS_PATH/hotplug-status" error 2>/dev/null
+	fi
+	exit 1
+}
+
+[ -n "${XENBUS_PATH:-}" ] || fail "no \$XENBUS_PATH in the environment (is this script run by xl?)"
+
+case "$action" in
+add)
+	# Xen's script: with some hotplug set-ups it runs twice; the second time is a no-op.
+	if xenstore-read "$XENBUS_PATH/physical-device" >/dev/null 2>&1; then
+		exit 0
+	fi
+	type=$(xenstore-read "$XENBUS_PATH/type" 2>/dev/null) || fail "cannot read $XENBUS_PATH/type"
+	target=$(xenstore-read "$XENBUS_PATH/params" 2>/dev/null) || fail "cannot read $XENBUS_PATH/params"
+	mode=$(xenstore-read "$XENBUS_PATH/mode" 2>/dev/null) || fail "cannot read $XENBUS_PATH/mode"
+	[ "$type" = phy ] || fail "disk type '$type' for '$target': this script attaches only phy: targets (block devices)"
+	case "$target" in
+	/*) dev=$target ;;
+	*) dev=/dev/$target ;;
+	esac
+	[ -e "$dev" ] || fail "$dev does not exist"
+	dev=$(readlink -f "$dev") || fail "cannot resolve $target"
+	[ -b "$dev" ] || fail "$dev is not a block device"
+	name=${dev##*/}
+	# blkback would connect a read-only device as writable, and every write of the guest
+	# would fail with an I/O error: refuse it here.
+	case "$mode" in
+	w*)
+		if [ "$(cat "/sys/class/block/$name/ro" 2>/dev/null)" = 1 ]; then
+			fail "$dev is read-only: it cannot be a read-write disk (use mode r)"
+		fi
+		;;
+	r*) ;;
+	*) fail "unknown mode '$mode' for $dev (expected w or r)" ;;
+	esac
+	numbers=$(stat -L -c %t:%T "$dev") || fail "cannot stat $dev"
+	xenstore-write "$XENBUS_PATH/physical-device" "$numbers" \
+		"$XENBUS_PATH/physical-device-path" "$dev" \
+		"$XENBUS_PATH/hotplug-status" connected ||
+		fail "cannot write physical-device for $dev under $XENBUS_PATH"
+	;;
+remove)
+	if xenstore-exists "$XENBUS_PATH" 2>/dev/null; then
+		for node in physical-device physical-device-path hotplug-status hotplug-error; do
+			xenstore-rm "$XENBUS_PATH/$node" 2>/dev/null
+		done
+	fi
+	;;
+*)
+	fail "unknown action '$action' (expected add or remove)"
+	;;
+esac
+exit 0
