@@ -4,8 +4,9 @@
 //! The same as a library, for `cargo xtask test`: [`run_guest`] and [`run_guests`] boot
 //! guests and wait for them to end; [`run_guest_while`] and [`run_sessions`] also run a
 //! host-side client against a guest once its console says it is ready (through ports
-//! QEMU forwards to the host), then destroy the guest and report both. A guest's disks
-//! are image files of the host ([`GuestRun::disks`]).
+//! QEMU forwards to the host), then destroy the guest (or ask it to shut down or
+//! reboot, [`Stop`]) and report both. A guest's disks are image files of the host
+//! ([`GuestRun::disks`]).
 
 use std::fmt;
 use std::io::Write;
@@ -24,6 +25,7 @@ use crate::build::{self, GuestImage};
 use crate::disk::{self, Disk, LoopDevice};
 use crate::lab::process::{ChildGuard, read_lines};
 use crate::lab::{self, Dom0End, ExecEnd, ExecOptions, HostForward, LabControl, Line};
+use crate::util;
 
 const RUN_HELP: &str = "\
 Networking:
@@ -390,9 +392,10 @@ pub struct GuestOutcome {
     pub exit: GuestExit,
     /// The guest's console output, one `\n` per line (no Xen or dom0 messages).
     pub console: String,
-    /// With a client: how long the guest took to end after xtask asked for its destroy
-    /// (`None` if it ended before that, or had no client).
-    pub destroy_latency: Option<Duration>,
+    /// With a client: how long the guest took to end after xtask asked dom0 to stop it
+    /// ([`Client::stop`]: destroy, shutdown or reboot), up to the moment run-guest.sh
+    /// reported its end (`None` if it ended before the request, or had no client).
+    pub stop_latency: Option<Duration>,
 }
 
 /// Where the host reaches a guest's ports, for a client: forwarded ports on 127.0.0.1 in
@@ -433,12 +436,38 @@ impl Ports {
 /// The host side of an integration test: once a console line of the guest contains
 /// `ready_marker` (within `ready_timeout` of its start), `talk` runs on a thread of its
 /// own with the guest's [`Ports`] — real clients on 127.0.0.1 — while the console keeps
-/// streaming; when it returns (or panics), the guest is destroyed. `talk` must not hang:
-/// give its sockets timeouts.
+/// streaming; when it returns (or panics), xtask has dom0 `stop` the guest. `talk` must
+/// not hang: give its sockets timeouts.
 pub struct Client<'a> {
     pub ready_marker: String,
     pub ready_timeout: Duration,
     pub talk: Talk<'a>,
+    pub stop: Stop,
+}
+
+/// What xtask has dom0 do with a guest once its client is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Stop {
+    /// `xl destroy`: the guest ends at once ([`GuestExit::Destroyed`]).
+    #[default]
+    Destroy,
+    /// `xl shutdown -w`: the guest is asked to power off (Xenstore `control/shutdown`)
+    /// and ends by itself, normally with [`GuestExit::Poweroff`].
+    Shutdown,
+    /// `xl reboot`: the guest is asked to reboot; it ends with [`GuestExit::Reboot`]
+    /// (run-guest.sh's `on_reboot` is `destroy`).
+    Reboot,
+}
+
+impl Stop {
+    /// The xl command, for messages.
+    pub fn command(self) -> &'static str {
+        match self {
+            Stop::Destroy => "xl destroy",
+            Stop::Shutdown => "xl shutdown -w",
+            Stop::Reboot => "xl reboot",
+        }
+    }
 }
 
 /// A client's code: real sockets against the guest's [`Ports`].
@@ -449,6 +478,7 @@ impl fmt::Debug for Client<'_> {
         f.debug_struct("Client")
             .field("ready_marker", &self.ready_marker)
             .field("ready_timeout", &self.ready_timeout)
+            .field("stop", &self.stop)
             .finish_non_exhaustive()
     }
 }
@@ -524,6 +554,7 @@ pub fn run_guest_while<T: Send>(
                 *value.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
                 Ok(())
             }),
+            stop: Stop::Destroy,
         }),
     };
     let outcome = run_sessions(vec![session])
@@ -707,22 +738,26 @@ fn run_as_dom0(run: &GuestRun) -> Result<GuestOutcome> {
     Ok(GuestOutcome {
         exit,
         console: console.text,
-        destroy_latency: None,
+        stop_latency: None,
     })
 }
 
-/// How a client's thread destroys its guest.
+/// How a client's thread has dom0 stop its guest.
 #[derive(Debug, Clone)]
-enum Destroyer {
+enum Stopper {
     Lab(LabControl),
     Native,
 }
 
-impl Destroyer {
-    fn destroy(&self, domain: &str) -> Result<()> {
-        match self {
-            Destroyer::Lab(control) => control.destroy(domain),
-            Destroyer::Native => {
+impl Stopper {
+    /// Ask for `stop`; in the lab dom0 acts on it asynchronously, natively `xl shutdown
+    /// -w` returns once the guest has shut down.
+    fn stop(&self, domain: &str, stop: Stop) -> Result<()> {
+        match (self, stop) {
+            (Stopper::Lab(control), Stop::Destroy) => control.destroy(domain),
+            (Stopper::Lab(control), Stop::Shutdown) => control.shutdown(domain),
+            (Stopper::Lab(control), Stop::Reboot) => control.reboot(domain),
+            (Stopper::Native, Stop::Destroy) => {
                 // Quiet: a guest that ended by itself is no error.
                 let status = Command::new("xl")
                     .args(["destroy", domain])
@@ -733,6 +768,25 @@ impl Destroyer {
                 ensure!(status.success(), "`xl destroy {domain}` failed ({status})");
                 Ok(())
             }
+            (Stopper::Native, Stop::Shutdown | Stop::Reboot) => {
+                let mut cmd = Command::new("xl");
+                match stop {
+                    Stop::Shutdown => cmd.args(["shutdown", "-w", domain]),
+                    _ => cmd.args(["reboot", domain]),
+                };
+                let out = cmd
+                    .stdin(Stdio::null())
+                    .output()
+                    .with_context(|| format!("cannot start {}", stop.command()))?;
+                ensure!(
+                    out.status.success(),
+                    "`{}` failed ({}): {}",
+                    util::display(&cmd),
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                Ok(())
+            }
         }
     }
 }
@@ -741,13 +795,13 @@ impl Destroyer {
 #[derive(Debug)]
 struct ClientReport {
     result: Result<()>,
-    /// When it asked for the guest's destroy.
-    destroy_sent: Option<Instant>,
+    /// When it asked dom0 to stop the guest.
+    stop_sent: Option<Instant>,
 }
 
 /// A client on its own thread (see [`Client`]): it waits for the ready line (fed with
 /// [`ClientThread::line`]) or the guest's end ([`ClientThread::ended`]), runs, then
-/// destroys the guest.
+/// has dom0 stop the guest.
 struct ClientThread<'scope> {
     events: Option<mpsc::Sender<()>>,
     marker: String,
@@ -760,7 +814,7 @@ impl<'scope> ClientThread<'scope> {
         scope: &'scope thread::Scope<'scope, 'env>,
         client: Client<'env>,
         ports: Ports,
-        destroyer: Destroyer,
+        stopper: Stopper,
         domain: String,
     ) -> Self {
         let (events, ready) = mpsc::channel::<()>();
@@ -770,6 +824,7 @@ impl<'scope> ClientThread<'scope> {
                 ready_marker,
                 ready_timeout,
                 talk,
+                stop,
             } = client;
             let result = match ready.recv_timeout(ready_timeout) {
                 Ok(()) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| talk(&ports)))
@@ -786,27 +841,24 @@ impl<'scope> ClientThread<'scope> {
                     ready_timeout.as_secs_f64()
                 )),
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    // The guest has ended already: nothing to destroy.
+                    // The guest has ended already: nothing to stop.
                     return ClientReport {
                         result: Err(anyhow!(
                             "the guest ended before it printed a line with {ready_marker:?}"
                         )),
-                        destroy_sent: None,
+                        stop_sent: None,
                     };
                 }
             };
             let sent = Instant::now();
-            let destroy_sent = match destroyer.destroy(&domain) {
+            let stop_sent = match stopper.stop(&domain, stop) {
                 Ok(()) => Some(sent),
                 Err(err) => {
-                    eprintln!("run: cannot destroy {domain}: {err:#}");
+                    eprintln!("run: {} {domain}: {err:#}", stop.command());
                     None
                 }
             };
-            ClientReport {
-                result,
-                destroy_sent,
-            }
+            ClientReport { result, stop_sent }
         });
         Self {
             events: Some(events),
@@ -835,7 +887,7 @@ impl<'scope> ClientThread<'scope> {
         self.ended();
         self.handle.join().unwrap_or_else(|_| ClientReport {
             result: Err(anyhow!("the client's thread panicked")),
-            destroy_sent: None,
+            stop_sent: None,
         })
     }
 }
@@ -1180,7 +1232,7 @@ fn run_in_lab(sessions: Vec<Session<'_>>) -> Result<Vec<Result<SessionOutcome>>>
                                 scope,
                                 client,
                                 ports,
-                                Destroyer::Lab(control.clone()),
+                                Stopper::Lab(control.clone()),
                                 domain,
                             ));
                         }
@@ -1257,8 +1309,8 @@ fn run_in_lab(sessions: Vec<Session<'_>>) -> Result<Vec<Result<SessionOutcome>>>
             Ok(exit)
         });
         let report = reports[index].as_ref();
-        let destroy_latency = report
-            .and_then(|report| report.destroy_sent)
+        let stop_latency = report
+            .and_then(|report| report.stop_sent)
             .zip(ended_at[index])
             .and_then(|(sent, ended)| ended.checked_duration_since(sent));
         let client = reports
@@ -1269,7 +1321,7 @@ fn run_in_lab(sessions: Vec<Session<'_>>) -> Result<Vec<Result<SessionOutcome>>>
             guest: GuestOutcome {
                 exit,
                 console: console.text,
-                destroy_latency,
+                stop_latency,
             },
             client,
         }));
@@ -1349,7 +1401,7 @@ fn run_native(session: Session<'_>) -> Result<SessionOutcome> {
     thread::scope(|scope| {
         let mut console = Console::new(run.echo);
         let mut client = client.map(|client| {
-            ClientThread::spawn(scope, client, ports, Destroyer::Native, domain.clone())
+            ClientThread::spawn(scope, client, ports, Stopper::Native, domain.clone())
         });
         let exit = run_native_into(&run, &domain, &disk_specs, &mut |line| {
             console.line(line);
@@ -1360,15 +1412,15 @@ fn run_native(session: Session<'_>) -> Result<SessionOutcome> {
         let ended = Instant::now();
         let report = client.map(ClientThread::join);
         let exit = exit?;
-        let destroy_latency = report
+        let stop_latency = report
             .as_ref()
-            .and_then(|report| report.destroy_sent)
+            .and_then(|report| report.stop_sent)
             .and_then(|sent| ended.checked_duration_since(sent));
         Ok(SessionOutcome {
             guest: GuestOutcome {
                 exit,
                 console: console.text,
-                destroy_latency,
+                stop_latency,
             },
             client: report.map(|report| report.result),
         })
@@ -1597,7 +1649,7 @@ mod tests {
         assert_eq!(outcome.exit, GuestExit::Destroyed, "{}", outcome.console);
         assert!(outcome.console.contains("args: sleep=60000"));
         assert!(!outcome.console.contains("slept:"), "{}", outcome.console);
-        let latency = outcome.destroy_latency.expect("destroyed after the client");
+        let latency = outcome.stop_latency.expect("destroyed after the client");
         assert!(latency < Duration::from_secs(10), "{latency:?}");
         eprintln!(
             "ready after {:.1} s, destroyed {:.2} s after the client",

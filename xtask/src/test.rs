@@ -7,9 +7,9 @@
 //! 5. lab integration tests: real guests on real Xen, as dom0 (quick) and as domUs
 //!    under xl in one lab boot, each checked on its exit reason and its console; a
 //!    case with a client also has host code talk to the guest once it is ready (real
-//!    sockets on 127.0.0.1, through QEMU's forwards), after which the guest is destroyed;
-//!    a case with a disk gets a fresh image file, which the host checks after the guest
-//!    has ended.
+//!    sockets on 127.0.0.1, through QEMU's forwards), after which the guest is destroyed
+//!    or asked to shut down or reboot; a case with a disk gets a fresh image file, which
+//!    the host checks after the guest has ended.
 
 use std::fs;
 use std::hash::Hasher;
@@ -25,7 +25,7 @@ use crate::build::{self, GUEST_RUSTFLAGS, GUEST_TARGET, GuestImage};
 use crate::disk::{Disk, SECTOR};
 use crate::lab::process;
 use crate::run::{
-    self, Client, Forward, GuestExit, GuestNet, GuestOutcome, GuestRun, Ports, Session,
+    self, Client, Forward, GuestExit, GuestNet, GuestOutcome, GuestRun, Ports, Session, Stop,
 };
 use crate::{lab, util, xen_notes};
 
@@ -158,8 +158,9 @@ struct DiskCase {
 }
 
 /// The host side of a case: once a console line contains `ready`, `talk` runs with the
-/// guest's ports; then the guest is destroyed (its exit is `Destroyed` unless it ended
-/// by itself first), and it must be gone within [`DESTROY_LIMIT`].
+/// guest's ports; then xtask has dom0 `stop` the guest (destroyed, its exit is
+/// `Destroyed` unless it ended by itself first; asked to shut down or reboot, it ends
+/// by itself), and it must be gone within `stop_limit_secs`.
 struct ClientCase {
     ready: &'static str,
     ready_timeout_secs: u64,
@@ -169,10 +170,14 @@ struct ClientCase {
     talk: fn(&Ports) -> Result<()>,
     /// The client's error must contain this; `None`: it must succeed.
     fails_with: Option<&'static str>,
+    stop: Stop,
+    stop_limit_secs: u64,
 }
 
-/// How long a guest may take to end once its client is done.
-const DESTROY_LIMIT: Duration = Duration::from_secs(10);
+/// How long a guest may take to end once its client is done and dom0 destroys it.
+const DESTROY_LIMIT_SECS: u64 = 10;
+/// How long a guest may take to end after `xl shutdown` or `xl reboot`.
+const SHUTDOWN_LIMIT_SECS: u64 = 5;
 
 const CASES: &[Case] = &[
     Case {
@@ -331,6 +336,8 @@ const CASES: &[Case] = &[
             // The marker came, so the guest had printed its arguments: nothing to ask.
             talk: |_| Ok(()),
             fails_with: None,
+            stop: Stop::Destroy,
+            stop_limit_secs: DESTROY_LIMIT_SECS,
         }),
         disk: None,
     },
@@ -350,6 +357,8 @@ const CASES: &[Case] = &[
             net: GuestNet::Dhcp,
             talk: |_| bail!("the client ran without its ready line"),
             fails_with: Some("the guest ended before it printed a line with"),
+            stop: Stop::Destroy,
+            stop_limit_secs: DESTROY_LIMIT_SECS,
         }),
         disk: None,
     },
@@ -369,6 +378,8 @@ const CASES: &[Case] = &[
             net: GuestNet::Dhcp,
             talk: |_| bail!("the client ran without its ready line"),
             fails_with: Some("within 5 s of its start"),
+            stop: Stop::Destroy,
+            stop_limit_secs: DESTROY_LIMIT_SECS,
         }),
         disk: None,
     },
@@ -391,6 +402,8 @@ const CASES: &[Case] = &[
                 daytime_udp(ports)
             },
             fails_with: None,
+            stop: Stop::Destroy,
+            stop_limit_secs: DESTROY_LIMIT_SECS,
         }),
         disk: None,
     },
@@ -410,6 +423,51 @@ const CASES: &[Case] = &[
             net: GuestNet::Dhcp,
             talk: daytime_tcp,
             fails_with: None,
+            stop: Stop::Destroy,
+            stop_limit_secs: DESTROY_LIMIT_SECS,
+        }),
+        disk: None,
+    },
+    Case {
+        name: "daytime powers off on xl shutdown",
+        app: "daytime",
+        args: &[],
+        mem_mib: 32,
+        dom0: false,
+        timeout_secs: 120,
+        exit: GuestExit::Poweroff,
+        check: daytime_closes_down,
+        client: Some(ClientCase {
+            ready: "daytime: listening",
+            ready_timeout_secs: 60,
+            forwards: &[13],
+            net: GuestNet::Static(run::Ipv4Cidr::LAB_GUEST),
+            // Serving before the request: the shutdown stops a working guest.
+            talk: daytime_tcp,
+            fails_with: None,
+            stop: Stop::Shutdown,
+            stop_limit_secs: SHUTDOWN_LIMIT_SECS,
+        }),
+        disk: None,
+    },
+    Case {
+        name: "daytime reboots on xl reboot",
+        app: "daytime",
+        args: &[],
+        mem_mib: 32,
+        dom0: false,
+        timeout_secs: 120,
+        exit: GuestExit::Reboot,
+        check: daytime_closes_down,
+        client: Some(ClientCase {
+            ready: "daytime: listening",
+            ready_timeout_secs: 60,
+            forwards: &[],
+            net: GuestNet::Dhcp,
+            talk: |_| Ok(()),
+            fails_with: None,
+            stop: Stop::Reboot,
+            stop_limit_secs: SHUTDOWN_LIMIT_SECS,
         }),
         disk: None,
     },
@@ -461,6 +519,24 @@ const CASES: &[Case] = &[
         }),
     },
 ];
+
+/// daytime's last words after a poweroff or reboot request, in order.
+fn daytime_closes_down(console: &str) -> Result<()> {
+    expect_line(console, "daytime: listening on ")?;
+    let lines: Vec<&str> = console.lines().collect();
+    let closing = lines
+        .iter()
+        .position(|line| line.starts_with("daytime: shutting down"))
+        .context("no line starting with \"daytime: shutting down\"")?;
+    ensure!(
+        lines[closing..]
+            .iter()
+            .any(|line| line.starts_with("daytime: stopped")),
+        "no line starting with \"daytime: stopped\" after \"{}\"",
+        lines[closing]
+    );
+    Ok(())
+}
 
 /// The 512 bytes apps/blkcheck writes to sector `sector` (its `sector_pattern`, in
 /// apps/blkcheck/src/main.rs; the two must agree): 64 little-endian u64 words, word i
@@ -770,6 +846,7 @@ fn lab_tests(images: &[GuestImage]) -> Result<()> {
                     ready_marker: client.ready.to_owned(),
                     ready_timeout: Duration::from_secs(client.ready_timeout_secs),
                     talk: Box::new(client.talk),
+                    stop: client.stop,
                 }
             });
             Session { run, client }
@@ -781,7 +858,7 @@ fn lab_tests(images: &[GuestImage]) -> Result<()> {
     for ((case, outcome), image) in CASES.iter().zip(outcomes).zip(&disks) {
         let verdict = outcome.and_then(|outcome| {
             let result = judge(case, &outcome.guest)
-                .and_then(|()| judge_client(case, outcome.client, outcome.guest.destroy_latency))
+                .and_then(|()| judge_client(case, outcome.client, outcome.guest.stop_latency))
                 .and_then(|()| judge_disk(case, image.as_ref()));
             match result {
                 Ok(()) => Ok(()),
@@ -818,7 +895,7 @@ fn judge(case: &Case, outcome: &GuestOutcome) -> Result<()> {
 fn judge_client(
     case: &Case,
     result: Option<Result<()>>,
-    destroy_latency: Option<Duration>,
+    stop_latency: Option<Duration>,
 ) -> Result<()> {
     let Some(client) = &case.client else {
         return Ok(());
@@ -837,18 +914,21 @@ fn judge_client(
             }
         }
     }
-    if case.exit == GuestExit::Destroyed {
-        let latency =
-            destroy_latency.context("the guest was destroyed, but not after its client")?;
-        if latency > DESTROY_LIMIT {
+    // A destroy case whose guest ends by itself before the ready line has no latency;
+    // every other case stops its guest after the client.
+    if case.exit == GuestExit::Destroyed || client.stop != Stop::Destroy {
+        let command = client.stop.command();
+        let latency = stop_latency
+            .with_context(|| format!("the guest ended, but not after its client's `{command}`"))?;
+        if latency > Duration::from_secs(client.stop_limit_secs) {
             bail!(
-                "the guest ended {:.1} s after its client asked for its destroy (limit {} s)",
+                "the guest ended {:.1} s after `{command}` (limit {} s)",
                 latency.as_secs_f64(),
-                DESTROY_LIMIT.as_secs()
+                client.stop_limit_secs
             );
         }
         eprintln!(
-            "     {}: destroyed {:.2} s after its client was done",
+            "     {}: gone {:.2} s after `{command}`",
             case.name,
             latency.as_secs_f64()
         );
@@ -866,6 +946,32 @@ fn judge_disk(case: &Case, image: Option<&TestImage>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn daytime_last_words() {
+        let listening = "daytime: listening on 10.0.2.16:13 (tcp, udp), 66.227 ms after boot\n";
+        daytime_closes_down(&format!(
+            "{listening}daytime: shutting down (poweroff)\ndaytime: stopped\n"
+        ))
+        .unwrap();
+        for (console, why) in [
+            (
+                listening.to_owned(),
+                "no line starting with \"daytime: shutting down\"",
+            ),
+            (
+                format!("{listening}daytime: stopped\ndaytime: shutting down (reboot)\n"),
+                "no line starting with \"daytime: stopped\" after",
+            ),
+            (
+                "daytime: shutting down (poweroff)\ndaytime: stopped\n".to_owned(),
+                "no line with \"daytime: listening on \"",
+            ),
+        ] {
+            let err = daytime_closes_down(&console).unwrap_err().to_string();
+            assert!(err.contains(why), "{console:?}: {err}");
+        }
+    }
 
     #[test]
     fn blkcheck_pattern() {

@@ -85,17 +85,26 @@ exec)
 	done </run/lab-stderr &
 	tagger=$!
 	# Commands from xtask come in on the serial line (QEMU's stdin → Xen → dom0's
-	# console) as lines starting with the boot's control tag; `TAG destroy NAME` destroys
-	# the domain NAME (e.g. once a test's host-side client is done with it). No echo, so
-	# they do not come back out on the serial line.
+	# console) as lines starting with the boot's control tag, e.g. once a test's host-side
+	# client is done with a guest: `TAG destroy NAME` (xl destroy), `TAG shutdown NAME`
+	# (xl shutdown -w: the guest is asked to power off) or `TAG reboot NAME` (xl reboot).
+	# Each runs in the background, so a guest slow to shut down holds up no other
+	# command; a failed shutdown or reboot is reported on the job's stderr. No echo, so
+	# the commands do not come back out on the serial line.
 	stty -echo </dev/console
+	act() {
+		if ! out=$("$@" 2>&1); then
+			printf '%slab: %s failed: %s\n' "$LAB_ERR_TAG" "$*" "$(echo "$out" | tr '\n' ' ')"
+		fi
+		echo "$* done: $out" >>/run/lab-control.log
+	}
 	while IFS= read -r line; do
 		case "$line" in
-		"$LAB_CTL_TAG destroy "*)
-			name=${line#"$LAB_CTL_TAG destroy "}
-			echo "destroy $name" >>/run/lab-control.log
-			xl destroy "$name" >>/run/lab-control.log 2>&1
-			;;
+		# A domain that has ended by itself already is no error for destroy.
+		"$LAB_CTL_TAG destroy "*) xl destroy "${line#"$LAB_CTL_TAG destroy "}" >>/run/lab-control.log 2>&1 & ;;
+		"$LAB_CTL_TAG shutdown "*) act xl shutdown -w "${line#"$LAB_CTL_TAG shutdown "}" & ;;
+		"$LAB_CTL_TAG reboot "*) act xl reboot "${line#"$LAB_CTL_TAG reboot "}" & ;;
+		"$LAB_CTL_TAG "*) printf '%slab: unknown control command: %s\n' "$LAB_ERR_TAG" "${line#"$LAB_CTL_TAG "}" ;;
 		esac
 	done </dev/console &
 	control=$!

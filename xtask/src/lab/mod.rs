@@ -17,9 +17,10 @@
 //! which the init links as `/dev/lab/disk-N`; xl hands them to guests as `phy:` disks
 //! through xl's default block hotplug script (`block.sh`) and xen-blkback.
 //!
-//! Control: while a job runs, xtask can have dom0 act (destroy a guest) by writing
-//! tagged lines to QEMU's stdin, which is the serial line's input: Xen passes it to
-//! dom0's console, where the init reads it ([`LabControl`]). No terminal is needed.
+//! Control: while a job runs, xtask can have dom0 act on a guest (destroy it, ask it to
+//! shut down or reboot) by writing tagged lines to QEMU's stdin, which is the serial
+//! line's input: Xen passes it to dom0's console, where the init reads it
+//! ([`LabControl`]). No terminal is needed.
 
 pub mod assets;
 pub mod process;
@@ -214,9 +215,25 @@ impl LabControl {
         Self::default()
     }
 
-    /// Have dom0 run `xl destroy DOMAIN` (asynchronously; a domain that is gone
-    /// already is no error).
+    /// Have dom0 run `xl destroy DOMAIN` (a domain that is gone already is no error).
     pub fn destroy(&self, domain: &str) -> Result<()> {
+        self.act("destroy", domain)
+    }
+
+    /// Have dom0 run `xl shutdown -w DOMAIN`: the guest is asked to power off (Xenstore
+    /// `control/shutdown`) and ends when it acts on it. dom0 does not wait for it.
+    pub fn shutdown(&self, domain: &str) -> Result<()> {
+        self.act("shutdown", domain)
+    }
+
+    /// Have dom0 run `xl reboot DOMAIN`: the guest is asked to reboot.
+    pub fn reboot(&self, domain: &str) -> Result<()> {
+        self.act("reboot", domain)
+    }
+
+    /// Send `ACTION DOMAIN`; dom0 acts asynchronously and reports a failing xl command on
+    /// the job's stderr (`lab: xl … failed: …`).
+    fn act(&self, action: &str, domain: &str) -> Result<()> {
         ensure!(
             !domain.is_empty()
                 && domain
@@ -224,7 +241,7 @@ impl LabControl {
                     .all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c)),
             "domain name {domain:?}: only A-Z a-z 0-9 _ . : - can go through the lab's control line"
         );
-        self.send(&format!("destroy {domain}"))
+        self.send(&format!("{action} {domain}"))
     }
 
     fn send(&self, command: &str) -> Result<()> {
