@@ -268,6 +268,10 @@ async fn check_read_only(disk: &Rc<BlockDevice>) -> Result<String, String> {
     disk.read(0, &mut buf)
         .await
         .map_err(|e| format!("read on a read-only disk: {e}"))?;
+    // Different bytes from those on disk: a write that got through would show outside.
+    for byte in &mut buf {
+        *byte = !*byte;
+    }
     match disk.write(0, &buf).await {
         Err(err) => {
             println!("blkcheck: read-only disk: write refused: {err}");
