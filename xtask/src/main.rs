@@ -7,8 +7,10 @@
 //! - `new NAME|PATH`: a new app crate, in `apps/` or outside the workspace.
 //! - `lab exec FILE` / `lab shell`: the Xen lab, real Xen and a Debian dom0 under QEMU.
 //! - `test`: format check, clippy, host unit tests, lab integration tests.
+//! - `codegen [--check]`: regenerate (or check) the checked-in Xen library bindings.
 
 mod build;
+mod codegen;
 mod disk;
 mod elf;
 mod lab;
@@ -36,6 +38,8 @@ enum Cli {
     Lab(lab::LabCmd),
     /// Format check, clippy, host unit tests and lab integration tests.
     Test(test::TestArgs),
+    /// Regenerate checked-in generated code (the Xen library bindings), or --check it.
+    Codegen(codegen::CodegenArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
         Cli::New(args) => args.run().map(|()| ExitCode::SUCCESS),
         Cli::Lab(cmd) => cmd.run(),
         Cli::Test(args) => args.run().map(|()| ExitCode::SUCCESS),
+        Cli::Codegen(args) => args.run().map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

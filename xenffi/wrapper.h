@@ -1,0 +1,3 @@
+#include <xenctrl.h>
+#include <xenguest.h>
+#include <xenstore.h>
