@@ -201,6 +201,32 @@ fn guest_cargo() -> std::process::Command {
     cmd
 }
 
+/// Host programs that run in dom0 (the toolstack and the device daemon): crate
+/// directory and binary name.
+const HOST_TOOLS: [&str; 2] = ["chaos", "xendevd"];
+
+/// Build the host tools that exist in the workspace (release, for this machine, which
+/// runs the same Debian as the lab's dom0). Returns their binaries.
+pub fn build_host_tools() -> Result<Vec<PathBuf>> {
+    let present: Vec<&str> = HOST_TOOLS
+        .into_iter()
+        .filter(|tool| project_root().join(tool).join("src/main.rs").is_file())
+        .collect();
+    if present.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut cmd = util::cargo();
+    cmd.args(["build", "--release", "--bins"]);
+    for tool in &present {
+        cmd.args(["--package", tool]);
+    }
+    util::run(&mut cmd)?;
+    Ok(present
+        .iter()
+        .map(|tool| target_dir().join("release").join(tool))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

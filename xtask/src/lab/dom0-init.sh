@@ -3,7 +3,7 @@
 # xtask appends a second archive with /lab/env (mode, nonce), /lab/job and /apps.
 
 /bin/busybox --install -s
-export PATH=/usr/lib/xen-4.17/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export PATH=/usr/local/bin:/usr/lib/xen-4.17/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root
 
 mount -t proc proc /proc
@@ -52,6 +52,11 @@ echo "lab: xenstored started"
 xen-init-dom0 >/run/xen-init-dom0.log 2>&1 || { echo "lab: xen-init-dom0 failed:"; cat /run/xen-init-dom0.log; }
 xenconsoled --pid-file=/run/xenconsoled.pid --log=guest --log-dir=/var/log/xen/console
 echo "lab: xenconsoled started"
+# Our device daemon, when the lab carries it (chaos's vif hotplug and loop devices).
+if [ -x /usr/local/bin/xendevd ]; then
+	xendevd --foreground >/var/log/xendevd.log 2>&1 &
+	echo "lab: xendevd started"
+fi
 hostname lab
 
 # The lab network (shared/notes/xen-lab.md): QEMU user networking behind the e1000

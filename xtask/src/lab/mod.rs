@@ -734,6 +734,13 @@ impl RunDir {
             fs::copy(&app.path, staging.join("apps").join(&app.name))
                 .with_context(|| format!("copying guest image {}", app.path.display()))?;
         }
+        // Our host tools (chaos, xendevd) run in dom0 next to xl.
+        fs::create_dir_all(staging.join("usr/local/bin"))?;
+        for tool in build::build_host_tools()? {
+            let name = tool.file_name().expect("a binary has a name");
+            fs::copy(&tool, staging.join("usr/local/bin").join(name))
+                .with_context(|| format!("copying host tool {}", tool.display()))?;
+        }
         let overlay = self.path.join("overlay.cpio");
         assets::cpio(&staging, &overlay)?;
         let initrd = self.path.join("initrd.cpio");
