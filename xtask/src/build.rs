@@ -201,9 +201,9 @@ fn guest_cargo() -> std::process::Command {
     cmd
 }
 
-/// Host programs that run in dom0 (the toolstack and the device daemon): crate
-/// directory and binary name.
-const HOST_TOOLS: [&str; 2] = ["chaos", "xendevd"];
+/// Host programs that run in dom0 (the toolstack, the device daemon, the boot-time
+/// meter): each a crate directory with a binary of the same name.
+const HOST_TOOLS: [&str; 3] = ["chaos", "xendevd", "bootbench"];
 
 /// Build the host tools that exist in the workspace (release, for this machine, which
 /// runs the same Debian as the lab's dom0). Returns their binaries.
