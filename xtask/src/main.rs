@@ -8,7 +8,9 @@
 //! - `lab exec FILE` / `lab shell`: the Xen lab, real Xen and a Debian dom0 under QEMU.
 //! - `test`: format check, clippy, host unit tests, lab integration tests.
 //! - `codegen [--check]`: regenerate (or check) the checked-in Xen library bindings.
+//! - `bench boot`: boot times per toolstack in the lab, with ratios to xl.
 
+mod bench;
 mod build;
 mod codegen;
 mod disk;
@@ -40,6 +42,9 @@ enum Cli {
     Test(test::TestArgs),
     /// Regenerate checked-in generated code (the Xen library bindings), or --check it.
     Codegen(codegen::CodegenArgs),
+    /// Benchmarks in the lab.
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +56,7 @@ fn main() -> ExitCode {
         Cli::Lab(cmd) => cmd.run(),
         Cli::Test(args) => args.run().map(|()| ExitCode::SUCCESS),
         Cli::Codegen(args) => args.run().map(|()| ExitCode::SUCCESS),
+        Cli::Bench(cmd) => cmd.run().map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
