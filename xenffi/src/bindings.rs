@@ -67,6 +67,17 @@ pub const XEN_DOMINF_xs_domain: u32 = 128;
 pub const XEN_DOMINF_hap: u32 = 256;
 pub const XEN_DOMINF_shutdownmask: u32 = 255;
 pub const XEN_DOMINF_shutdownshift: u32 = 16;
+pub const XEN_SYSCTL_PHYSCAP_hvm: u32 = 1;
+pub const XEN_SYSCTL_PHYSCAP_pv: u32 = 2;
+pub const XEN_SYSCTL_PHYSCAP_directio: u32 = 4;
+pub const XEN_SYSCTL_PHYSCAP_hap: u32 = 8;
+pub const XEN_SYSCTL_PHYSCAP_shadow: u32 = 16;
+pub const XEN_SYSCTL_PHYSCAP_iommu_hap_pt_share: u32 = 32;
+pub const XEN_SYSCTL_PHYSCAP_vmtrace: u32 = 64;
+pub const XEN_SYSCTL_PHYSCAP_vpmu: u32 = 128;
+pub const XEN_SYSCTL_PHYSCAP_gnttab_v1: u32 = 256;
+pub const XEN_SYSCTL_PHYSCAP_gnttab_v2: u32 = 512;
+pub const XEN_SYSCTL_PHYSCAP_MAX: u32 = 512;
 pub const SHUTDOWN_poweroff: u32 = 0;
 pub const SHUTDOWN_reboot: u32 = 1;
 pub const SHUTDOWN_suspend: u32 = 2;
@@ -477,6 +488,28 @@ unsafe extern "C" {
         gtsc_khz: u32,
         incarnation: u32,
     ) -> ::std::os::raw::c_int;
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct xc_error {
+    pub code: xc_error_code,
+    pub message: [::std::os::raw::c_char; 1024usize],
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of xc_error"][::std::mem::size_of::<xc_error>() - 1028usize];
+    ["Alignment of xc_error"][::std::mem::align_of::<xc_error>() - 4usize];
+    ["Offset of field: xc_error::code"][::std::mem::offset_of!(xc_error, code) - 0usize];
+    ["Offset of field: xc_error::message"][::std::mem::offset_of!(xc_error, message) - 4usize];
+};
+unsafe extern "C" {
+    pub fn xc_error_code_to_desc(code: ::std::os::raw::c_int) -> *const ::std::os::raw::c_char;
+}
+unsafe extern "C" {
+    pub fn xc_get_last_error(handle: *mut xc_interface) -> *const xc_error;
+}
+unsafe extern "C" {
+    pub fn xc_clear_last_error(xch: *mut xc_interface);
 }
 #[repr(C)]
 #[derive(Copy, Clone)]

@@ -18,13 +18,15 @@ const FUNCTIONS: [&str; 2] = [
     "xc_(interface_open|interface_close|domain_create|domain_max_vcpus|domain_setmaxmem|\
      domain_set_memmap_limit|domain_unpause|domain_pause|domain_destroy|domain_shutdown|\
      domain_getinfolist|domain_getinfo_single|evtchn_alloc_unbound|dom_.*|get_max_cpus|physinfo|\
-     domain_set_tsc_info|cpuid_apply_policy|domain_sethandle)",
+     domain_set_tsc_info|cpuid_apply_policy|domain_sethandle|get_last_error|clear_last_error|\
+     error_code_to_desc)",
     "xs_(open|close|daemon_open|transaction_start|transaction_end|write|read|mkdir|rm|\
      set_permissions|get_permissions|introduce_domain|release_domain|get_domain_path|watch|\
      unwatch|read_watch|directory|fileno|check_watch)",
 ];
 const VARS: &str = "XS_.*|XEN_DOMCTL_CDF_.*|XEN_DOMINF_.*|SHUTDOWN_.*|XC_DOM_.*|XEN_X86_.*|\
-                    XEN_DOMCTL_INTERFACE_VERSION|DOMID_.*|XEN_DOMCTL_GRANT_.*|XEN_DOMCTL_CONFIG_.*";
+                    XEN_DOMCTL_INTERFACE_VERSION|DOMID_.*|XEN_DOMCTL_GRANT_.*|XEN_DOMCTL_CONFIG_.*|\
+                    XEN_SYSCTL_PHYSCAP_.*";
 
 #[derive(Debug, Args)]
 pub struct CodegenArgs {
