@@ -7,11 +7,17 @@
 //!   the first line a TCP service in the guest sends back.
 //!
 //! Each run is followed by an untimed `--cleanup` command. One line per run on stdout:
-//! `bootbench LABEL RUN MILLISECONDS`.
+//! `bootbench LABEL RUN MILLISECONDS`; a command's own output is shown only if it fails.
+//!
+//! `until-reply` does not hammer the guest's address while it boots: connecting before
+//! anything answers ARP leaves dom0's neighbour entry FAILED, and Linux then refuses
+//! connects for seconds after the guest is up. It forgets the address before each run
+//! and connects once dom0 has learnt the guest's MAC (the guest announces itself with a
+//! gratuitous ARP when its address is set; dom0 needs `arp_accept` to learn from it).
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -56,58 +62,94 @@ enum What {
     },
 }
 
-fn shell(command: &str, run: u32) -> Command {
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
+/// Start `command` under `sh -c`, its output collected.
+fn start(command: &str, run: u32) -> Result<Child> {
+    Command::new("sh")
+        .arg("-c")
         .arg(command.replace("{i}", &run.to_string()))
-        .stdin(Stdio::null());
-    cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting `{command}`"))
+}
+
+/// Wait for a command from [`start`]; its output becomes the error if it fails.
+fn finish(child: Child, command: &str, run: u32) -> Result<()> {
+    let output = child.wait_with_output()?;
+    if !output.status.success() {
+        bail!(
+            "run {run}: `{command}` failed: {}\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
 }
 
 fn until_exit(command: &str, run: u32) -> Result<Duration> {
-    let start = Instant::now();
-    let status = shell(command, run)
+    let began = Instant::now();
+    finish(start(command, run)?, command, run)?;
+    Ok(began.elapsed())
+}
+
+/// Whether dom0's ARP table has a complete entry for `ip` (`/proc/net/arp` flags 0x2).
+fn neighbour_known(ip: IpAddr) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/arp") else {
+        return false;
+    };
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.len() >= 3
+            && fields[0] == ip.to_string()
+            && u32::from_str_radix(fields[2].trim_start_matches("0x"), 16)
+                .is_ok_and(|flags| flags & 0x2 != 0)
+    })
+}
+
+fn forget_neighbour(ip: IpAddr) -> Result<()> {
+    // Busybox's `ip` fails with "Nothing to flush" when there is no entry: fine too.
+    Command::new("ip")
+        .args(["neigh", "flush", &ip.to_string()])
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .status()
-        .context("starting the command")?;
-    let took = start.elapsed();
-    if !status.success() {
-        bail!("run {run}: `{command}` failed: {status}");
-    }
-    Ok(took)
+        .context("running `ip neigh flush`")?;
+    Ok(())
+}
+
+/// Read one line from `addr`, if the service is up.
+fn first_line(addr: SocketAddr) -> Option<String> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).ok()?;
+    line.ends_with('\n').then_some(line)
 }
 
 fn until_reply(command: &str, run: u32, addr: SocketAddr, timeout: Duration) -> Result<Duration> {
-    let start = Instant::now();
-    let mut child = shell(command, run)
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting the command")?;
-    loop {
-        if start.elapsed() > timeout {
+    forget_neighbour(addr.ip())?;
+    let began = Instant::now();
+    let mut child = start(command, run)?;
+    let replied = loop {
+        if began.elapsed() > timeout {
             let _ = child.kill();
             bail!("run {run}: no reply from {addr} within {timeout:?}");
         }
-        // The guest is not up until it answers: refused or unreachable means "not yet".
-        if let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-            let mut line = String::new();
-            if BufReader::new(stream).read_line(&mut line).is_ok() && line.ends_with('\n') {
-                let took = start.elapsed();
-                let status = child.wait()?;
-                if !status.success() {
-                    bail!("run {run}: `{command}` failed: {status}");
-                }
-                return Ok(took);
-            }
+        if child.try_wait()?.is_some_and(|status| !status.success()) {
+            finish(child, command, run)?;
+            unreachable!("finish reports the failure");
         }
-        if let Some(status) = child.try_wait()?
-            && !status.success()
-        {
-            bail!("run {run}: `{command}` failed before the guest replied: {status}");
+        // Up on the network (its gratuitous ARP arrived), then the service: a refused
+        // connection means not yet.
+        if neighbour_known(addr.ip()) && first_line(addr).is_some() {
+            break began.elapsed();
         }
-        std::thread::sleep(Duration::from_millis(2));
-    }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    finish(child, command, run)?;
+    Ok(replied)
 }
 
 fn main() -> Result<()> {
@@ -122,10 +164,7 @@ fn main() -> Result<()> {
             } => until_reply(command, run, *addr, Duration::from_secs(*timeout))?,
         };
         if let Some(cleanup) = &cli.cleanup {
-            let status = shell(cleanup, run).stdout(Stdio::null()).status()?;
-            if !status.success() {
-                bail!("run {run}: cleanup `{cleanup}` failed: {status}");
-            }
+            finish(start(cleanup, run)?, cleanup, run)?;
         }
         if run >= cli.warmup {
             println!(

@@ -67,6 +67,10 @@ const CHAOS: Toolstack = Toolstack {
 
 /// The guests' configurations, one per toolstack, written in dom0 by the job.
 const CONFIGS: &str = r#"mkdir -p /tmp/bench
+# Let the guest's gratuitous ARP create dom0's neighbour entry (bootbench waits for it
+# before connecting; see bootbench's docs).
+echo 1 >/proc/sys/net/ipv4/conf/all/arp_accept
+echo 1 >/proc/sys/net/ipv4/conf/xenbr0/arp_accept
 cat >/tmp/bench/noop.cfg <<EOF
 name = "bench-noop"
 kernel = "/apps/noop"
