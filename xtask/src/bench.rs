@@ -298,7 +298,7 @@ fn svg(series: &[Series]) -> String {
         names
     });
     let group = toolstacks.len() as f64 * BAR + GAP;
-    let width = LEFT + apps.len() as f64 * group + 160.0;
+    let width = (LEFT + apps.len() as f64 * group + 160.0).max(560.0);
     let y = |ms: f64| 20.0 + HEIGHT * (1.0 - ms / top);
     let mut out = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{h:.0}\" font-family=\"sans-serif\" font-size=\"12\">\n",
