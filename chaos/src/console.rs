@@ -1,0 +1,242 @@
+//! A guest's console, as xenconsoled serves it: xenconsoled maps the console ring the
+//! domain's Xenstore nodes name, gives it a pty and writes the pty's path to
+//! `/local/domain/N/console/tty`; chaos opens that pty (raw) and relays it to stdout —
+//! the way `xenconsole` does, without needing a terminal. Everything xenconsoled has
+//! buffered since the guest started comes out first, and a guest created paused and
+//! unpaused once the console is open loses nothing.
+//!
+//! (xenconsoled's log under `/var/log/xen/console` would do too, but only where it was
+//! started with `--log=guest`; the pty works with any xenconsoled.)
+//!
+//! The relay also watches the domain (`@releaseDomain`), so it knows when the guest
+//! has shut down or was destroyed, and interrupting signals.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::time::{Duration, Instant};
+
+use crate::domain::{self, Ending};
+use crate::error::{Error, Result};
+use crate::host::Host;
+use crate::layout;
+use crate::signal;
+use crate::uuid::Uuid;
+use crate::xs::Store;
+
+/// Ctrl-]: detaches an interactive console (xenconsole's escape character too).
+pub const ESCAPE: u8 = 0x1d;
+
+/// `/local/domain/N/console/tty`.
+pub fn tty_path(domid: u32) -> String {
+    format!("{}/console/tty", layout::dom_path(domid))
+}
+
+/// Put a terminal in raw mode; returns the old settings, or `None` if `fd` is no
+/// terminal.
+fn make_raw(fd: RawFd) -> Option<libc::termios> {
+    // SAFETY: an all-zero termios is a valid value to be filled in by tcgetattr.
+    let mut old: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is open for the call; `old` is valid for writes.
+    if unsafe { libc::tcgetattr(fd, &raw mut old) } != 0 {
+        return None;
+    }
+    let mut raw = old;
+    // SAFETY: `raw` is a valid termios.
+    unsafe { libc::cfmakeraw(&raw mut raw) };
+    // SAFETY: `fd` is open; `raw` is valid for reads.
+    unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw const raw) };
+    Some(old)
+}
+
+/// Puts the terminal on stdin back as it was.
+#[derive(Debug)]
+struct RestoreStdin(libc::termios);
+
+impl Drop for RestoreStdin {
+    fn drop(&mut self) {
+        // SAFETY: stdin stays open for the process's life; the settings came from it.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw const self.0) };
+    }
+}
+
+/// Wait (at most `timeout`) for xenconsoled to give domain `domid` a pty, and open it
+/// raw and non-blocking.
+pub fn open(host: &Host, domid: u32, timeout: Duration) -> Result<File> {
+    let path = tty_path(domid);
+    let _watch = host.xs.watch(&path, "chaos-tty")?;
+    let deadline = Instant::now() + timeout;
+    let tty = host.xs.wait_until(
+        deadline,
+        Duration::from_millis(100),
+        &signal::caught,
+        || Ok(host.xs.read(&path)?.filter(|tty| !tty.is_empty())),
+    )?;
+    let Some(tty) = tty else {
+        return Err(Error::Timeout {
+            what: format!(
+                "xenconsoled did not write {path} (is xenconsoled running, and does the \
+                 domain have console nodes?)"
+            ),
+            after: timeout,
+        });
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+        .open(&tty)
+        .map_err(|err| Error::Device {
+            device: "console".into(),
+            message: format!("cannot open {tty} (from {path}): {err}"),
+        })?;
+    make_raw(file.as_raw_fd());
+    Ok(file)
+}
+
+/// Why a relay stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// The domain shut down or was destroyed.
+    Ended(Ending),
+    /// xenconsoled closed the console (the domain is going or gone).
+    Closed,
+    /// The user typed the escape character.
+    Detached,
+    /// SIGINT, SIGTERM or SIGHUP.
+    Interrupted(&'static str),
+}
+
+/// Copy what `tty` says to `out` until `stop_after` passes, or there was nothing for
+/// `quiet` (a final drain), or the pty closes. Returns whether it closed.
+pub fn drain(tty: &mut File, out: &mut dyn Write, quiet: Duration, stop_after: Duration) -> bool {
+    let deadline = Instant::now() + stop_after;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let mut pollfd = libc::pollfd {
+            fd: tty.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let millis = i32::try_from(quiet.min(left).as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd.
+        let rc = unsafe { libc::poll(&raw mut pollfd, 1, millis) };
+        if rc == 0 {
+            return false;
+        }
+        if rc < 0 {
+            if signal::caught().is_some() {
+                return false;
+            }
+            continue;
+        }
+        match tty.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(n) => {
+                let _ = out.write_all(&buf[..n]);
+                let _ = out.flush();
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                if pollfd.revents & libc::POLLHUP != 0 {
+                    return true;
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Relay `tty` to `out` (and, if stdin is a terminal, stdin to the guest: Ctrl-]
+/// detaches) while watching domain `domid` (with handle `uuid`): stop when it ends,
+/// when xenconsoled closes the console, or on a signal.
+pub fn relay(
+    host: &Host,
+    domid: u32,
+    uuid: Option<&Uuid>,
+    tty: &mut File,
+    out: &mut dyn Write,
+) -> Result<Stopped> {
+    let _watch = host.xs.watch("@releaseDomain", "chaos-console")?;
+    let xs_fd = host.xs.fileno()?;
+    // SAFETY: isatty only inspects the descriptor.
+    let interactive = unsafe { libc::isatty(libc::STDIN_FILENO) } == 1;
+    let _restore = if interactive {
+        make_raw(libc::STDIN_FILENO).map(RestoreStdin)
+    } else {
+        None
+    };
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(signal) = signal::caught() {
+            return Ok(Stopped::Interrupted(signal));
+        }
+        let mut fds = vec![
+            libc::pollfd {
+                fd: tty.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: xs_fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        if interactive {
+            fds.push(libc::pollfd {
+                fd: libc::STDIN_FILENO,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        // SAFETY: `fds` holds `fds.len()` valid pollfds.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
+        if rc < 0 {
+            continue; // EINTR: the signal check above decides.
+        }
+        if fds[0].revents != 0 {
+            match tty.read(&mut buf) {
+                Ok(0) => return Ok(Stopped::Closed),
+                Ok(n) => {
+                    out.write_all(&buf[..n]).map_err(|err| Error::Device {
+                        device: "console".into(),
+                        message: format!("writing to stdout: {err}"),
+                    })?;
+                    out.flush().ok();
+                    continue;
+                }
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
+                // EIO: xenconsoled closed its end.
+                Err(_) => return Ok(Stopped::Closed),
+            }
+        }
+        if interactive && fds[2].revents != 0 {
+            let mut input = [0u8; 64];
+            // SAFETY: `input` is valid for writes of its length.
+            let n =
+                unsafe { libc::read(libc::STDIN_FILENO, input.as_mut_ptr().cast(), input.len()) };
+            if let Ok(n) = usize::try_from(n) {
+                if n == 0 || input[..n].contains(&ESCAPE) {
+                    return Ok(Stopped::Detached);
+                }
+                let _ = tty.write_all(&input[..n]);
+            }
+        }
+        if fds[1].revents != 0 || rc == 0 {
+            host.xs.drain_events()?;
+            if let Some(ending) = domain::check_ending(host, domid, uuid)? {
+                return Ok(Stopped::Ended(ending));
+            }
+        }
+    }
+}

@@ -1,0 +1,542 @@
+//! Domains: create (the checks that need the running system, then libxenctrl's domain,
+//! libxenguest's PV build and the device method), destroy, find by name, list, ask to
+//! shut down, and wait for the end.
+//!
+//! Create, step by step (`shared/reference/lightvm.md` §3.4 for LightVM's; libxl's
+//! `libxl__domain_make`, `libxl__build_pre/pv/post` for xl's):
+//! 1. checks: the name is free, Xen has the memory;
+//! 2. `xc_domain_create` with a random handle (never waiting for entropy), paused;
+//!    `xc_domain_max_vcpus`, `xc_domain_setmaxmem`, the memory map limit, TSC mode,
+//!    CPUID policy; unbound event channels for the Xenstore and console rings;
+//! 3. the device method's `prepare` (Xenstore: the domain's nodes and its devices'
+//!    front and back ends, in one transaction);
+//! 4. the PV build: `xc_dom_allocate`, kernel (and ramdisk) file, `boot_xen_init`,
+//!    `parse_image`, `mem_init`, `boot_mem_init`, `build_image`, `boot_image`,
+//!    `gnttab_init` (seeds the console and Xenstore grants);
+//! 5. the device method's `finish` (Xenstore: ring and console nodes,
+//!    `xs_introduce_domain`, wait for the back ends);
+//! 6. unpause, unless paused.
+//!
+//! From step 2 on, a failure destroys the domain and everything made for it (a
+//! [`Guard`]): nothing leaks, whatever step failed.
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::config::{Config, ConfigError, DevMethod};
+use crate::device::{self, DeviceMethod, NewDomain, XenstoreMethod};
+use crate::error::{Error, Result};
+use crate::host::Host;
+use crate::layout;
+use crate::signal;
+use crate::uuid::Uuid;
+use crate::xc::{DomainInfo, ShutdownReason};
+use crate::xcdom::DomImage;
+use crate::xs::Store;
+
+/// libxl's `LIBXL_MAXMEM_CONSTANT`: Xen's memory limit of a domain is its size plus this.
+const MAXMEM_SLACK_KIB: u64 = 1024;
+/// The domain that serves every guest's Xenstore and console (dom0 here).
+const SERVICE_DOMID: u32 = 0;
+/// `DOMID_FIRST_RESERVED`: ids from here on are not domains.
+const DOMID_FIRST_RESERVED: u32 = 0x7ff0;
+
+/// A domain chaos created.
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub domid: u32,
+    pub name: String,
+    pub uuid: Uuid,
+    /// Whether it was left paused.
+    pub paused: bool,
+    /// The vifs' MAC addresses, in order (random ones included).
+    pub macs: Vec<String>,
+}
+
+/// The device method a configuration asks for.
+fn method_for(config: &Config) -> Box<dyn DeviceMethod> {
+    match config.dev_method {
+        DevMethod::Xenstore => Box::new(XenstoreMethod::new()),
+    }
+}
+
+/// The method that tears a domain down. Xenstore is the only one so far; with NoXS,
+/// the domain's records will say which.
+fn teardown_method() -> XenstoreMethod {
+    XenstoreMethod::new()
+}
+
+/// Destroys a domain being created unless disarmed: on an error return and on a panic
+/// alike, nothing of it is left.
+struct Guard<'a> {
+    host: &'a Host,
+    domid: u32,
+    uuid: Uuid,
+    armed: bool,
+}
+
+impl Guard<'_> {
+    /// Destroy now, reporting how it went.
+    fn destroy(mut self) -> Result<()> {
+        self.armed = false;
+        destroy_domain(self.host, self.domid, Some(&self.uuid))
+    }
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        if self.armed
+            && let Err(err) = destroy_domain(self.host, self.domid, Some(&self.uuid))
+        {
+            eprintln!("chaos: cleaning up domain {} failed: {err}", self.domid);
+        }
+    }
+}
+
+/// Create a domain from a checked configuration (`Config::parse` and `check_files`).
+/// With `force_paused` it stays paused whatever the configuration says (for a console
+/// to attach first).
+pub fn create(host: &Host, config: &Config, force_paused: bool) -> Result<Created> {
+    // 1. Checks against the running system, before anything is made.
+    host.timed("check name", || {
+        if let Some(domid) = find_by_name(host, &config.name)? {
+            return Err(ConfigError::new(
+                "name",
+                format!(
+                    "a domain named {:?} exists already (domain {domid})",
+                    config.name
+                ),
+            )
+            .into());
+        }
+        Ok(())
+    })?;
+    let physinfo = host.timed("xc_physinfo", || host.xc.physinfo())?;
+    let free_mib = physinfo.free_pages / 256;
+    if u64::from(config.memory_mib) > free_mib {
+        return Err(ConfigError::new(
+            "memory",
+            format!(
+                "{} MiB asked, but Xen has {free_mib} MiB free",
+                config.memory_mib
+            ),
+        )
+        .into());
+    }
+    let grant_version = if physinfo.capabilities & xenffi::XEN_SYSCTL_PHYSCAP_gnttab_v2 != 0 {
+        2
+    } else {
+        1
+    };
+
+    // 2. The domain.
+    let uuid = Uuid::random();
+    let domid = host.timed("xc_domain_create", || {
+        host.xc.domain_create(&uuid, config.vcpus, grant_version)
+    })?;
+    let guard = Guard {
+        host,
+        domid,
+        uuid,
+        armed: true,
+    };
+    let mut method = method_for(config);
+    match build(host, config, domid, &uuid, method.as_mut(), force_paused) {
+        Ok(created) => {
+            let mut guard = guard;
+            guard.armed = false;
+            Ok(created)
+        }
+        Err(err) => match guard.destroy() {
+            Ok(()) => Err(Error::CreateFailed {
+                domid,
+                source: Box::new(err),
+            }),
+            Err(cleanup) => Err(Error::CreateFailedLeaked {
+                domid,
+                source: Box::new(err),
+                cleanup: Box::new(cleanup),
+            }),
+        },
+    }
+}
+
+fn interrupted() -> Result<()> {
+    match signal::caught() {
+        Some(signal) => Err(Error::Interrupted(signal)),
+        None => Ok(()),
+    }
+}
+
+/// Steps 2-6 once the domain exists.
+fn build(
+    host: &Host,
+    config: &Config,
+    domid: u32,
+    uuid: &Uuid,
+    method: &mut dyn DeviceMethod,
+    force_paused: bool,
+) -> Result<Created> {
+    let xc = &host.xc;
+    let memory_kib = u64::from(config.memory_mib) * 1024;
+    host.timed("xc: vcpus, memory, tsc, cpuid", || {
+        xc.domain_max_vcpus(domid, config.vcpus)?;
+        xc.domain_setmaxmem(domid, memory_kib + MAXMEM_SLACK_KIB)?;
+        xc.domain_set_memmap_limit(domid, memory_kib)?;
+        xc.domain_set_tsc_default(domid)?;
+        xc.cpuid_apply_default(domid)
+    })?;
+    let (store_port, console_port) = host.timed("xc_evtchn_alloc_unbound x2", || {
+        Ok((
+            xc.evtchn_alloc_unbound(domid, SERVICE_DOMID)?,
+            xc.evtchn_alloc_unbound(domid, SERVICE_DOMID)?,
+        ))
+    })?;
+    interrupted()?;
+
+    // 3. Devices: the back ends probe while the build runs.
+    let domain = NewDomain {
+        domid,
+        uuid,
+        config,
+    };
+    method.prepare(host, &domain)?;
+    interrupted()?;
+
+    // 4. The PV build.
+    let (store_mfn, console_mfn, guest_type) = host.timed("xc_dom: PV build", || {
+        let mut image = DomImage::allocate(xc, &config.cmdline)?;
+        image.kernel_file(&config.kernel)?;
+        if let Some(ramdisk) = &config.ramdisk {
+            image.module_file(ramdisk)?;
+        }
+        image.set_pv(
+            console_port,
+            SERVICE_DOMID,
+            store_port,
+            SERVICE_DOMID,
+            config.vcpus,
+        );
+        image.boot_xen_init(domid)?;
+        image.parse_image()?;
+        image.mem_init(config.memory_mib)?;
+        image.boot_mem_init()?;
+        image.build_image()?;
+        image.boot_image()?;
+        image.gnttab_init()?;
+        Ok((
+            image.store_mfn(),
+            image.console_mfn(),
+            image.guest_type().unwrap_or_default(),
+        ))
+    })?;
+    interrupted()?;
+
+    // 5. Rings, console, devices ready.
+    let built = device::Built {
+        nodes: layout::Built {
+            memory_kib,
+            vcpus: config.vcpus,
+            store_port,
+            store_mfn,
+            console_port,
+            console_mfn,
+            kernel: config.kernel.to_string_lossy().into_owned(),
+            ramdisk: config
+                .ramdisk
+                .as_ref()
+                .map(|r| r.to_string_lossy().into_owned()),
+            cmdline: config.cmdline.clone(),
+            start_time: start_time(),
+        },
+        guest_type,
+    };
+    method.finish(host, &domain, &built)?;
+    interrupted()?;
+
+    // 6. Run.
+    let paused = config.paused || force_paused;
+    if !paused {
+        host.timed("xc_domain_unpause", || xc.domain_unpause(domid))?;
+    }
+    let macs = (0..config.vifs.len())
+        .map(|devid| {
+            host.xs
+                .read(&format!(
+                    "{}/mac",
+                    layout::backend_path(layout::Kind::Vif, domid, devid as u32)
+                ))
+                .map(Option::unwrap_or_default)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Created {
+        domid,
+        name: config.name.clone(),
+        uuid: *uuid,
+        paused,
+        macs,
+    })
+}
+
+/// Now as `/vm/UUID/start_time` has it: seconds since the epoch with two decimals.
+fn start_time() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}.{:02}", now.as_secs(), now.subsec_millis() / 10)
+}
+
+/// The id of the domain called `name`, if there is one (dom0 is "Domain-0").
+pub fn find_by_name(host: &Host, name: &str) -> Result<Option<u32>> {
+    let xs = &host.xs;
+    for entry in xs.directory("/local/domain")?.unwrap_or_default() {
+        let Ok(domid) = entry.parse::<u32>() else {
+            continue;
+        };
+        if xs.read(&format!("/local/domain/{domid}/name"))?.as_deref() == Some(name) {
+            return Ok(Some(domid));
+        }
+    }
+    Ok(None)
+}
+
+/// A domain named on the command line: an id (all digits) or a name.
+pub fn resolve(host: &Host, id_or_name: &str) -> Result<u32> {
+    if !id_or_name.is_empty() && id_or_name.bytes().all(|c| c.is_ascii_digit()) {
+        let domid: u32 = id_or_name
+            .parse()
+            .map_err(|_| Error::NoSuchDomain(id_or_name.to_owned()))?;
+        if domid >= DOMID_FIRST_RESERVED {
+            return Err(Error::NoSuchDomain(format!(
+                "{domid} (ids from {DOMID_FIRST_RESERVED} on are reserved)"
+            )));
+        }
+        if host.xc.domain_info(domid)?.is_some()
+            || host.xs.read(&layout::dom_path(domid))?.is_some()
+        {
+            return Ok(domid);
+        }
+        return Err(Error::NoSuchDomain(domid.to_string()));
+    }
+    find_by_name(host, id_or_name)?
+        .ok_or_else(|| Error::NoSuchDomain(format!("named {id_or_name:?}")))
+}
+
+/// The handle a domain's Xenstore records name (`/local/domain/N/vm` = `/vm/UUID`).
+fn recorded_uuid(host: &Host, domid: u32) -> Result<Option<Uuid>> {
+    Ok(host
+        .xs
+        .read(&format!("{}/vm", layout::dom_path(domid)))?
+        .and_then(|vm| vm.strip_prefix("/vm/").and_then(Uuid::parse)))
+}
+
+/// Destroy domain `domid` and everything made for it: the domain, its Xenstore nodes
+/// (back ends, its directory, `/vm/UUID`), its loop devices (xendevd), xenstored's
+/// record of it. Parts already gone are skipped. With `uuid`, a domain or records with
+/// another handle (the id was reused) are left alone.
+pub fn destroy_domain(host: &Host, domid: u32, uuid: Option<&Uuid>) -> Result<()> {
+    if domid == 0 {
+        return Err(Error::NoSuchDomain("0: dom0 cannot be destroyed".into()));
+    }
+    let info = host.xc.domain_info(domid)?;
+    let recorded = recorded_uuid(host, domid)?;
+    if let Some(expected) = uuid {
+        if info.is_some_and(|info| info.handle != *expected) {
+            // The id belongs to another domain now: ours is long gone, and so are its
+            // records (they were the other domain's to replace).
+            return Ok(());
+        }
+        if recorded.is_some_and(|recorded| recorded != *expected) {
+            return Ok(());
+        }
+    }
+    let uuid = uuid.copied().or(recorded).or(info.map(|info| info.handle));
+    if info.is_some() {
+        host.timed("xc_domain_destroy", || host.xc.domain_destroy(domid))?;
+    }
+    teardown_method().teardown(host, domid, uuid.as_ref())?;
+    host.timed("xs_release_domain", || host.xs.release_domain(domid))
+}
+
+/// Ask a domain to power off or reboot (`control/shutdown`, which the guest watches).
+pub fn request_shutdown(host: &Host, domid: u32, reboot: bool) -> Result<()> {
+    let path = format!("{}/control/shutdown", layout::dom_path(domid));
+    if host.xs.read(&layout::dom_path(domid))?.is_none() {
+        return Err(Error::NoSuchDomain(format!(
+            "{domid} in Xenstore (it has no {})",
+            layout::dom_path(domid)
+        )));
+    }
+    host.xs
+        .write(&path, if reboot { "reboot" } else { "poweroff" })
+}
+
+/// How a domain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// It shut down (it may since have been destroyed by whoever else watched it).
+    Shutdown(ShutdownReason),
+    /// It was destroyed before it shut down, or vanished before chaos saw why.
+    Destroyed,
+}
+
+/// What chaos sees of a domain it watches.
+fn ending_of(info: Option<DomainInfo>, uuid: Option<&Uuid>) -> Option<Ending> {
+    let Some(info) = info else {
+        return Some(Ending::Destroyed);
+    };
+    if uuid.is_some_and(|uuid| info.handle != *uuid) {
+        return Some(Ending::Destroyed);
+    }
+    if let Some(reason) = info.shutdown() {
+        return Some(Ending::Shutdown(reason));
+    }
+    info.dying().then_some(Ending::Destroyed)
+}
+
+/// Whether domain `domid` has ended, without waiting.
+pub fn check_ending(host: &Host, domid: u32, uuid: Option<&Uuid>) -> Result<Option<Ending>> {
+    Ok(ending_of(host.xc.domain_info(domid)?, uuid))
+}
+
+/// Wait until domain `domid` shuts down or is destroyed, at most `timeout` (`None` at
+/// the deadline). xenstored fires `@releaseDomain` when a domain shuts down or dies;
+/// chaos also looks every second, in case an event is lost.
+pub fn wait_for_end(
+    host: &Host,
+    domid: u32,
+    uuid: Option<&Uuid>,
+    timeout: Option<Duration>,
+) -> Result<Option<Ending>> {
+    let _watch = host.xs.watch("@releaseDomain", "chaos-end")?;
+    let deadline = timeout.map_or_else(far_future, |t| Instant::now() + t);
+    host.xs
+        .wait_until(deadline, Duration::from_secs(1), &signal::caught, || {
+            check_ending(host, domid, uuid)
+        })
+}
+
+/// A deadline that never comes (a century away).
+pub fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
+}
+
+/// One line of `chaos list`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listed {
+    pub domid: u32,
+    pub name: String,
+    pub memory_mib: u64,
+    pub vcpus: u32,
+    pub state: String,
+    /// Since it was created, if known (`/vm/UUID/start_time`; dom0: `/proc/uptime`).
+    pub uptime: Option<Duration>,
+}
+
+/// Every domain, by id.
+pub fn list(host: &Host) -> Result<Vec<Listed>> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    host.xc
+        .domains()?
+        .into_iter()
+        .map(|info| {
+            let dom = layout::dom_path(info.domid);
+            let name = host
+                .xs
+                .read(&format!("{dom}/name"))?
+                .unwrap_or_else(|| format!("(domain {})", info.domid));
+            let uptime = if info.domid == 0 {
+                std::fs::read_to_string("/proc/uptime")
+                    .ok()
+                    .and_then(|text| text.split_whitespace().next()?.parse::<f64>().ok())
+            } else {
+                match host.xs.read(&format!("{dom}/vm"))? {
+                    Some(vm) => host
+                        .xs
+                        .read(&format!("{vm}/start_time"))?
+                        .and_then(|t| t.parse::<f64>().ok())
+                        .map(|start| now - start),
+                    None => None,
+                }
+            };
+            Ok(Listed {
+                domid: info.domid,
+                name,
+                memory_mib: info.tot_pages / 256,
+                vcpus: info.online_vcpus,
+                state: info.state_letters(),
+                uptime: uptime
+                    .filter(|secs| *secs >= 0.0)
+                    .map(Duration::from_secs_f64),
+            })
+        })
+        .collect()
+}
+
+/// Read a configuration file and check it (stages 1 and 2 of [`crate::config`]).
+pub fn load_config(path: &Path) -> Result<Config> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| ConfigError::new("", format!("cannot read {}: {err}", path.display())))?;
+    let mut config = Config::parse(&text)?;
+    config.check_files()?;
+    config.check_bridges()?;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(domid: u32, flags: u32, handle: u8) -> DomainInfo {
+        DomainInfo {
+            domid,
+            flags,
+            tot_pages: 0,
+            max_pages: 0,
+            cpu_time_ns: 0,
+            online_vcpus: 1,
+            handle: Uuid([handle; 16]),
+        }
+    }
+
+    #[test]
+    fn endings() {
+        let ours = Uuid([1; 16]);
+        assert_eq!(ending_of(None, Some(&ours)), Some(Ending::Destroyed));
+        assert_eq!(ending_of(Some(info(3, 0, 1)), Some(&ours)), None);
+        let crashed = xenffi::XEN_DOMINF_shutdown
+            | (xenffi::SHUTDOWN_crash << xenffi::XEN_DOMINF_shutdownshift);
+        assert_eq!(
+            ending_of(Some(info(3, crashed, 1)), Some(&ours)),
+            Some(Ending::Shutdown(ShutdownReason::Crash))
+        );
+        // Shut down, then destroyed by someone else: the reason still shows.
+        assert_eq!(
+            ending_of(
+                Some(info(3, crashed | xenffi::XEN_DOMINF_dying, 1)),
+                Some(&ours)
+            ),
+            Some(Ending::Shutdown(ShutdownReason::Crash))
+        );
+        assert_eq!(
+            ending_of(Some(info(3, xenffi::XEN_DOMINF_dying, 1)), Some(&ours)),
+            Some(Ending::Destroyed)
+        );
+        // The id now belongs to another domain.
+        assert_eq!(
+            ending_of(Some(info(3, 0, 2)), Some(&ours)),
+            Some(Ending::Destroyed)
+        );
+    }
+
+    #[test]
+    fn start_times_look_like_xl() {
+        let t = start_time();
+        let (secs, cents) = t.split_once('.').unwrap();
+        assert!(secs.parse::<u64>().unwrap() > 1_700_000_000);
+        assert_eq!(cents.len(), 2);
+    }
+}

@@ -1,0 +1,81 @@
+//! chaos's errors: one enum for the library, each variant carrying what failed and why.
+
+use std::io;
+use std::time::Duration;
+
+use crate::config::ConfigError;
+
+/// A chaos operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is wrong: nothing was touched (the CLI exits with status 2).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A call into libxenctrl or libxenguest failed; `detail` is libxc's own message.
+    #[error("{call}: {source}{}", detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    Xc {
+        call: &'static str,
+        source: io::Error,
+        detail: Option<String>,
+    },
+    /// A Xenstore operation failed.
+    #[error("Xenstore {op} {path}: {source}")]
+    Xs {
+        op: &'static str,
+        path: String,
+        source: io::Error,
+    },
+    /// A handle could not be opened (no Xen, no xenstored, not root).
+    #[error("cannot open {what}: {source} ({hint})")]
+    Open {
+        what: &'static str,
+        source: io::Error,
+        hint: &'static str,
+    },
+    /// xendevd refused or could not be asked.
+    #[error("xendevd: {0}")]
+    Xendevd(String),
+    /// No domain has this id or name.
+    #[error("no domain {0}")]
+    NoSuchDomain(String),
+    /// A device's back end reported an error or did not come up.
+    #[error("{device}: {message}")]
+    Device { device: String, message: String },
+    /// Something did not happen in time.
+    #[error("{what}: not within {} s", .after.as_secs_f64())]
+    Timeout { what: String, after: Duration },
+    /// SIGINT, SIGTERM or SIGHUP arrived while chaos waited.
+    #[error("interrupted by {0}")]
+    Interrupted(&'static str),
+    /// A failure after the domain existed; it was destroyed with all its devices.
+    #[error("{source}; domain {domid} destroyed, nothing left behind")]
+    CreateFailed { domid: u32, source: Box<Error> },
+    /// A failure after the domain existed, and destroying it failed too.
+    #[error("{source}; destroying domain {domid} failed as well: {cleanup}")]
+    CreateFailedLeaked {
+        domid: u32,
+        source: Box<Error>,
+        cleanup: Box<Error>,
+    },
+}
+
+/// chaos's result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Whether the CLI should report this as a usage or configuration error (status 2).
+    pub fn is_config(&self) -> bool {
+        matches!(self, Error::Config(_))
+    }
+
+    /// The signal, if this is an interruption (the CLI exits like a shell killed by it).
+    pub fn interrupted_by(&self) -> Option<&'static str> {
+        match self {
+            Error::Interrupted(signal) => Some(signal),
+            Error::CreateFailed { source, .. } | Error::CreateFailedLeaked { source, .. } => {
+                source.interrupted_by()
+            }
+            _ => None,
+        }
+    }
+}

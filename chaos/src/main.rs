@@ -1,0 +1,449 @@
+//! `chaos`: create, list, watch, shut down and destroy our PV guests on Xen.
+//!
+//! Exit status: 0 success; 1 failure (the reason on stderr); 2 a usage or configuration
+//! error (one line on stderr naming the field; nothing was created). `create --wait`
+//! and `create --console` exit with how the guest ended: 0 poweroff, 3 reboot, 4
+//! suspend/watchdog/soft_reset, 5 crash, 6 destroyed from outside; 130/143/129 when
+//! interrupted by SIGINT/SIGTERM/SIGHUP (the guest is destroyed).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use chaos::console::{self, Stopped};
+use chaos::domain::{self, Ending};
+use chaos::xc::ShutdownReason;
+use chaos::xs::Store;
+use chaos::{Error, Host, Options, signal};
+
+const AFTER_HELP: &str = "\
+Configuration (JSON; `chaos create --help` has the keys):
+  {\"name\": \"daytime\", \"kernel\": \"/apps/daytime\", \"cmdline\": \"ip=10.0.2.16/24\",
+   \"memory\": 8, \"vcpus\": 1,
+   \"vifs\": [{\"mac\": \"00:16:3e:0a:00:10\", \"ip\": \"10.0.2.16\", \"bridge\": \"xenbr0\"}]}
+
+Exit status:
+  0    success (create --wait/--console: the guest powered off)
+  1    failure; the reason is on stderr
+  2    usage or configuration error: one line naming the field; nothing was created
+  3    create --wait/--console: the guest rebooted
+  4    create --wait/--console: suspend, watchdog or soft_reset
+  5    create --wait/--console: the guest crashed
+  6    create --wait/--console: the guest was destroyed from outside
+  130, 143, 129  interrupted by SIGINT, SIGTERM, SIGHUP (a guest chaos waits for is destroyed)
+
+Environment: CHAOS_XC_LOG=1 prints libxc's and libxenguest's own messages.";
+
+const CREATE_HELP: &str = "\
+Configuration keys:
+  name      (required) the domain's name: A-Z a-z 0-9 - _ . + @ :, not all digits
+  kernel    (required) a Xen PV kernel: an ELF image with Xen's notes (or compressed)
+  ramdisk   an initial ramdisk file
+  cmdline   the guest's command line (default empty)
+  memory    (required) MiB, at least 4
+  vcpus     (required) 1 to 128
+  vifs      network interfaces: [{\"mac\": \"00:16:3e:…\" (default: random),
+            \"ip\": \"10.0.2.16\" (for the back end's records), \"bridge\": \"xenbr0\" (default)}]
+            — xendevd puts each on its bridge
+  vbds      disks: [{\"target\": PATH, \"type\": \"file\"|\"phy\", \"vdev\": \"xvda\",
+            \"access\": \"r\"|\"w\" (default w)}] — a file gets a loop device from xendevd
+  paused    true: leave the guest paused (default false)
+  xen       {\"dev_method\": \"xenstore\"} (the only method yet)
+Unknown keys are errors.
+
+A guest that ends by itself stays (shut down: `s` or `c` in `chaos list`) until
+`chaos destroy`, unless --wait or --console watches it: then chaos destroys it and
+exits with how it ended.";
+
+#[derive(Debug, Parser)]
+#[command(name = "chaos", version, about = "The toolstack for our PV guests on Xen (replaces xl).", after_help = AFTER_HELP)]
+struct Cli {
+    /// Print how long each step takes, on stderr.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    /// xendevd's socket.
+    #[arg(long, global = true, value_name = "PATH", default_value = xendevd::SOCKET_PATH)]
+    xendevd: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create guests from a JSON configuration; prints each new domain's id.
+    #[command(after_help = CREATE_HELP)]
+    Create(CreateArgs),
+    /// Destroy a guest at once, with its devices.
+    Destroy(TargetArgs),
+    /// Ask a guest to power off (or reboot); with -w, wait until it has.
+    Shutdown(ShutdownArgs),
+    /// List the domains: id, name, memory, vCPUs, state (as xl's), uptime.
+    List,
+    /// Show a guest's console (xenconsoled's pty) until the guest ends; Ctrl-] detaches.
+    Console(TargetArgs),
+}
+
+#[derive(Debug, Args)]
+struct CreateArgs {
+    /// The configuration file.
+    config: PathBuf,
+    /// Create N guests; each name gets -0, -1, … appended.
+    #[arg(short = 'n', long = "count", value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=10000))]
+    count: u32,
+    /// Leave the guests paused, whatever the configuration says.
+    #[arg(short, long)]
+    paused: bool,
+    /// Stream the guest's console to stdout from its first byte, until it ends; then
+    /// destroy it and exit with how it ended (see the exit status in `chaos --help`).
+    #[arg(short, long, conflicts_with = "paused")]
+    console: bool,
+    /// Wait until the guest ends, destroy it, exit with how it ended.
+    #[arg(short, long, conflicts_with = "paused")]
+    wait: bool,
+    /// How long a device's back end may take to be ready, in seconds.
+    #[arg(long, value_name = "S", default_value_t = 20)]
+    device_timeout: u64,
+}
+
+#[derive(Debug, Args)]
+struct TargetArgs {
+    /// The domain: its id or its name.
+    #[arg(value_name = "ID|NAME")]
+    domain: String,
+}
+
+#[derive(Debug, Args)]
+struct ShutdownArgs {
+    /// The domain: its id or its name.
+    #[arg(value_name = "ID|NAME")]
+    domain: String,
+    /// Wait until the guest has shut down; then destroy it (its devices go too) and
+    /// report why it ended.
+    #[arg(short, long)]
+    wait: bool,
+    /// Ask for a reboot instead (chaos does not restart it: it ends with "reboot").
+    #[arg(long)]
+    reboot: bool,
+    /// With -w: give up after S seconds (exit 1; the guest stays).
+    #[arg(long, value_name = "S", default_value_t = 60)]
+    timeout: u64,
+}
+
+/// How the CLI ends, beyond success.
+enum Failure {
+    Usage(String),
+    Failed(String),
+    Status(u8),
+}
+
+impl From<Error> for Failure {
+    fn from(err: Error) -> Self {
+        if let Some(signal) = err.interrupted_by() {
+            eprintln!("chaos: {err}");
+            return Failure::Status(signal::exit_status(signal));
+        }
+        if err.is_config() {
+            Failure::Usage(err.to_string())
+        } else {
+            Failure::Failed(err.to_string())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure::Usage(message)) => {
+            eprintln!("chaos: {message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Failed(message)) => {
+            eprintln!("chaos: {message}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Status(code)) => ExitCode::from(code),
+    }
+}
+
+fn open(cli: &Cli, device_timeout: Duration) -> Result<Host, Failure> {
+    Ok(Host::open(Options {
+        xendevd_socket: cli.xendevd.clone(),
+        device_timeout,
+        trace: cli.verbose,
+        ..Options::default()
+    })?)
+}
+
+fn run(cli: &Cli) -> Result<u8, Failure> {
+    signal::install();
+    match &cli.command {
+        Command::Create(args) => create(cli, args),
+        Command::Destroy(args) => {
+            let host = open(cli, Options::default().device_timeout)?;
+            let domid = domain::resolve(&host, &args.domain)?;
+            domain::destroy_domain(&host, domid, None)?;
+            Ok(0)
+        }
+        Command::Shutdown(args) => shutdown(cli, args),
+        Command::List => {
+            let host = open(cli, Options::default().device_timeout)?;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(
+                out,
+                "{:>5}  {:<24} {:>8}  {:>5}  {:<6}  {:>10}",
+                "ID", "NAME", "MEM(MiB)", "VCPUS", "STATE", "UPTIME"
+            );
+            for d in domain::list(&host)? {
+                let _ = writeln!(
+                    out,
+                    "{:>5}  {:<24} {:>8}  {:>5}  {:<6}  {:>10}",
+                    d.domid,
+                    d.name,
+                    d.memory_mib,
+                    d.vcpus,
+                    d.state,
+                    d.uptime.map_or_else(|| "-".to_owned(), format_uptime)
+                );
+            }
+            Ok(0)
+        }
+        Command::Console(args) => {
+            let host = open(cli, Options::default().device_timeout)?;
+            let domid = domain::resolve(&host, &args.domain)?;
+            let mut tty = console::open(&host, domid, host.options.console_timeout)?;
+            let mut out = std::io::stdout().lock();
+            match console::relay(&host, domid, None, &mut tty, &mut out)? {
+                Stopped::Ended(_) | Stopped::Closed => {
+                    console::drain(
+                        &mut tty,
+                        &mut out,
+                        Duration::from_millis(200),
+                        Duration::from_secs(2),
+                    );
+                    Ok(0)
+                }
+                Stopped::Detached => Ok(0),
+                Stopped::Interrupted(signal) => Ok(signal::exit_status(signal)),
+            }
+        }
+    }
+}
+
+fn format_uptime(uptime: Duration) -> String {
+    let secs = uptime.as_secs();
+    format!("{}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+/// The exit status of `create --wait/--console` for how the guest ended.
+fn ending_status(ending: Ending) -> u8 {
+    match ending {
+        Ending::Shutdown(ShutdownReason::Poweroff) => 0,
+        Ending::Shutdown(ShutdownReason::Reboot) => 3,
+        Ending::Shutdown(ShutdownReason::Crash) => 5,
+        Ending::Shutdown(_) => 4,
+        Ending::Destroyed => 6,
+    }
+}
+
+fn describe(name: &str, domid: u32, ending: Ending) -> String {
+    match ending {
+        Ending::Shutdown(reason) => format!(
+            "{name} (domain {domid}) shut down: {} (reason code {})",
+            reason.name(),
+            reason.code()
+        ),
+        Ending::Destroyed => format!("{name} (domain {domid}) was destroyed"),
+    }
+}
+
+fn create(cli: &Cli, args: &CreateArgs) -> Result<u8, Failure> {
+    let watch = args.console || args.wait;
+    if watch && args.count > 1 {
+        return Err(Failure::Usage(format!(
+            "--{} watches one guest; -n {} makes {}",
+            if args.console { "console" } else { "wait" },
+            args.count,
+            args.count
+        )));
+    }
+    let config =
+        domain::load_config(&args.config).map_err(|err| prefix_config(&args.config, err))?;
+    let host = open(cli, Duration::from_secs(args.device_timeout))?;
+    let mut created = Vec::new();
+    for index in 0..args.count {
+        let mut one = config
+            .numbered(index, args.count)
+            .map_err(|err| prefix_config(&args.config, err.into()))?;
+        one.paused |= args.paused;
+        let made = domain::create(&host, &one, args.console)
+            .map_err(|err| prefix_config(&args.config, err))?;
+        if !watch {
+            println!("{}", made.domid);
+        }
+        created.push(made);
+    }
+    if !watch {
+        return Ok(0);
+    }
+    let made = &created[0];
+    let domid = made.domid;
+    eprintln!("chaos: created {} (domain {domid})", made.name);
+    let outcome = if args.console {
+        watch_console(&host, made, config.paused)
+    } else {
+        domain::wait_for_end(&host, domid, Some(&made.uuid), None)
+            .map(|ending| ending.map_or(Watched::Interrupted("a signal"), Watched::Ended))
+    };
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(Error::Interrupted(signal)) => Watched::Interrupted(signal),
+        Err(err) => {
+            let _ = domain::destroy_domain(&host, domid, Some(&made.uuid));
+            return Err(err.into());
+        }
+    };
+    if let Watched::Detached = outcome {
+        eprintln!(
+            "chaos: detached from {} (domain {domid}); it keeps running",
+            made.name
+        );
+        return Ok(0);
+    }
+    domain::destroy_domain(&host, domid, Some(&made.uuid))?;
+    match outcome {
+        Watched::Ended(ending) => {
+            eprintln!("chaos: {}", describe(&made.name, domid, ending));
+            Ok(ending_status(ending))
+        }
+        Watched::Interrupted(signal) => {
+            eprintln!("chaos: {signal}: destroyed {} (domain {domid})", made.name);
+            Ok(signal::exit_status(signal))
+        }
+        Watched::Detached => Ok(0),
+    }
+}
+
+/// What watching a guest came to.
+enum Watched {
+    Ended(Ending),
+    Interrupted(&'static str),
+    /// The user detached the console: the guest keeps running.
+    Detached,
+}
+
+/// Attach to the console of a guest created paused, unpause it (unless its
+/// configuration keeps it paused), relay until it ends.
+fn watch_console(host: &Host, made: &domain::Created, stay_paused: bool) -> Result<Watched, Error> {
+    let domid = made.domid;
+    let mut tty = console::open(host, domid, host.options.console_timeout)?;
+    if !stay_paused {
+        host.timed("xc_domain_unpause", || host.xc.domain_unpause(domid))?;
+    }
+    let mut out = std::io::stdout().lock();
+    let stopped = console::relay(host, domid, Some(&made.uuid), &mut tty, &mut out)?;
+    // The last lines: xenconsoled may still be copying the ring when the end is seen.
+    console::drain(
+        &mut tty,
+        &mut out,
+        Duration::from_millis(150),
+        Duration::from_secs(1),
+    );
+    match stopped {
+        Stopped::Ended(ending) => Ok(Watched::Ended(ending)),
+        Stopped::Closed => Ok(Watched::Ended(
+            domain::check_ending(host, domid, Some(&made.uuid))?.unwrap_or(Ending::Destroyed),
+        )),
+        Stopped::Interrupted(signal) => Ok(Watched::Interrupted(signal)),
+        Stopped::Detached => Ok(Watched::Detached),
+    }
+}
+
+/// Configuration errors name the file too: `chaos: guest.json: vifs[0].mac: …`.
+fn prefix_config(path: &std::path::Path, err: Error) -> Error {
+    match err {
+        Error::Config(mut config) => {
+            config.field = if config.field.is_empty() {
+                path.display().to_string()
+            } else {
+                format!("{}: {}", path.display(), config.field)
+            };
+            Error::Config(config)
+        }
+        other => other,
+    }
+}
+
+fn shutdown(cli: &Cli, args: &ShutdownArgs) -> Result<u8, Failure> {
+    let host = open(cli, Options::default().device_timeout)?;
+    let domid = domain::resolve(&host, &args.domain)?;
+    let name = host
+        .xs
+        .read(&format!("/local/domain/{domid}/name"))
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| args.domain.clone());
+    let uuid = host.xc.domain_info(domid)?.map(|info| info.handle);
+    domain::request_shutdown(&host, domid, args.reboot)?;
+    if !args.wait {
+        return Ok(0);
+    }
+    let timeout = Duration::from_secs(args.timeout);
+    let Some(ending) = domain::wait_for_end(&host, domid, uuid.as_ref(), Some(timeout))? else {
+        return Err(Failure::Failed(format!(
+            "{name} (domain {domid}) did not shut down within {} s of control/shutdown = {} \
+             (does the guest watch control/shutdown?); it is still there",
+            args.timeout,
+            if args.reboot { "reboot" } else { "poweroff" }
+        )));
+    };
+    domain::destroy_domain(&host, domid, uuid.as_ref())?;
+    eprintln!("chaos: {}", describe(&name, domid, ending));
+    let wanted = if args.reboot {
+        ShutdownReason::Reboot
+    } else {
+        ShutdownReason::Poweroff
+    };
+    match ending {
+        Ending::Shutdown(reason) if reason != wanted => Err(Failure::Failed(format!(
+            "{name} ended with {}, not the {} asked for",
+            reason.name(),
+            wanted.name()
+        ))),
+        _ => Ok(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn exit_statuses_follow_the_help() {
+        for (ending, code) in [
+            (Ending::Shutdown(ShutdownReason::Poweroff), 0),
+            (Ending::Shutdown(ShutdownReason::Reboot), 3),
+            (Ending::Shutdown(ShutdownReason::Watchdog), 4),
+            (Ending::Shutdown(ShutdownReason::Crash), 5),
+            (Ending::Destroyed, 6),
+        ] {
+            assert_eq!(ending_status(ending), code);
+            assert!(AFTER_HELP.contains(&format!("\n  {code}    ")), "{code}");
+        }
+    }
+
+    #[test]
+    fn uptimes() {
+        assert_eq!(format_uptime(Duration::from_secs(3725)), "1:02:05");
+    }
+}
