@@ -178,8 +178,8 @@ impl<'xc> DomImage<'xc> {
     pub fn guest_type(&self) -> Option<String> {
         // SAFETY: the image is live.
         let ptr = unsafe { self.dom.as_ref() }.guest_type;
-        // SAFETY: a non-null guest type is a static C string of libxenguest.
         (!ptr.is_null()).then(|| {
+            // SAFETY: a non-null guest type is a static C string of libxenguest.
             unsafe { std::ffi::CStr::from_ptr(ptr) }
                 .to_string_lossy()
                 .into_owned()
