@@ -14,5 +14,6 @@ pub mod blkif;
 pub mod byte_ring;
 pub mod console;
 pub mod netif;
+pub mod noxs;
 pub mod ring;
 pub mod xenstore;

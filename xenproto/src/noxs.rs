@@ -1,0 +1,773 @@
+//! NoXS v1: devices without Xenstore, on an unmodified Xen (`shared/design/noxs-v1.md`).
+//!
+//! The toolstack writes a [`Block`] into the guest's start_info page (at
+//! [`BLOCK_OFFSET`]) before it unpauses the guest; each entry names a device and the
+//! grant and event channel of its **control page**, a page the backend allocates and
+//! grants to the guest. Each side writes only its own area of that page and its own
+//! state word, then notifies; the other side copies the area once and validates the
+//! copy with the `decode` functions here. Nothing read from a shared page is trusted.
+//!
+//! All fields little-endian. States are the Xenbus values ([`XenbusState`]).
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use crate::xenstore::XenbusState;
+
+/// Where the block lies in the start_info page (`start_info` ends before 0x4c0).
+pub const BLOCK_OFFSET: usize = 0x800;
+/// "NOXS" read as a little-endian u32.
+pub const MAGIC: u32 = 0x5358_4f4e;
+pub const VERSION: u16 = 1;
+/// Entries a block can hold.
+pub const MAX_ENTRIES: usize = 64;
+const HEADER_LEN: usize = 16;
+const ENTRY_LEN: usize = 24;
+/// Bytes the block occupies at most.
+pub const BLOCK_LEN: usize = HEADER_LEN + MAX_ENTRIES * ENTRY_LEN;
+
+/// Size of a control page.
+pub const PAGE_SIZE: usize = 4096;
+/// The backend's area of a control page.
+pub const BACKEND_AREA: core::ops::Range<usize> = 0x40..0x800;
+/// The frontend's area of a control page.
+pub const FRONTEND_AREA: core::ops::Range<usize> = 0x800..0x1000;
+/// Offsets of the control page's header words.
+pub mod header {
+    pub const VERSION: usize = 0x0;
+    pub const KIND: usize = 0x4;
+    pub const BE_STATE: usize = 0x8;
+    pub const FE_STATE: usize = 0xc;
+}
+
+/// What kind of device an entry describes (LightVM's numbering).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum Kind {
+    Sysctl = 1,
+    /// Reserved: the console needs no entry (see the design page).
+    Console = 2,
+    Vif = 3,
+    Vbd = 4,
+}
+
+impl Kind {
+    pub fn from_wire(value: u32) -> Option<Self> {
+        Some(match value {
+            1 => Self::Sysctl,
+            2 => Self::Console,
+            3 => Self::Vif,
+            4 => Self::Vbd,
+            _ => return None,
+        })
+    }
+}
+
+/// One device of the block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: Kind,
+    /// The backend's domain id.
+    pub backend: u16,
+    /// Index within the kind: vif 0, vif 1, …
+    pub devid: u32,
+    /// Grant reference of the control page (read-write for the guest).
+    pub ctrl_gref: u32,
+    /// The backend's event-channel port reserved for this guest (bind interdomain).
+    pub ctrl_port: u32,
+}
+
+/// Something in a block or a control page that no correct peer writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoxsError {
+    BadVersion(u32),
+    TooManyEntries(u16),
+    UnknownKind {
+        index: usize,
+        kind: u32,
+    },
+    /// Two entries for the same kind and index.
+    Duplicate {
+        kind: Kind,
+        devid: u32,
+    },
+    /// A control page of another kind than its entry says.
+    KindMismatch {
+        expected: Kind,
+        found: u32,
+    },
+    BadState(u32),
+    /// A field out of its range, by name.
+    BadField(&'static str),
+    /// A buffer too small for what it must hold.
+    Short {
+        needed: usize,
+        got: usize,
+    },
+}
+
+impl fmt::Display for NoxsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadVersion(v) => write!(f, "NoXS version {v} (this side speaks {VERSION})"),
+            Self::TooManyEntries(n) => {
+                write!(f, "NoXS block claims {n} entries (at most {MAX_ENTRIES})")
+            }
+            Self::UnknownKind { index, kind } => {
+                write!(f, "NoXS entry {index}: unknown device kind {kind}")
+            }
+            Self::Duplicate { kind, devid } => write!(f, "NoXS block lists {kind:?} {devid} twice"),
+            Self::KindMismatch { expected, found } => {
+                write!(f, "control page of kind {found}, expected {expected:?}")
+            }
+            Self::BadState(s) => write!(f, "state word {s} is not a Xenbus state"),
+            Self::BadField(name) => write!(f, "field {name} out of range"),
+            Self::Short { needed, got } => write!(f, "{got} bytes where {needed} are needed"),
+        }
+    }
+}
+
+fn u16_at(bytes: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([bytes[at], bytes[at + 1]])
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+}
+
+fn need(bytes: &[u8], len: usize) -> Result<(), NoxsError> {
+    if bytes.len() < len {
+        Err(NoxsError::Short {
+            needed: len,
+            got: bytes.len(),
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// The device table in start_info.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Block {
+    pub entries: Vec<Entry>,
+}
+
+impl Block {
+    /// Write the block into `out` (the start_info page from [`BLOCK_OFFSET`] on).
+    pub fn encode(&self, out: &mut [u8]) -> Result<(), NoxsError> {
+        if self.entries.len() > MAX_ENTRIES {
+            return Err(NoxsError::TooManyEntries(self.entries.len() as u16));
+        }
+        let len = HEADER_LEN + self.entries.len() * ENTRY_LEN;
+        need(out, len)?;
+        out[..len].fill(0);
+        out[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        out[4..6].copy_from_slice(&VERSION.to_le_bytes());
+        out[6..8].copy_from_slice(&(self.entries.len() as u16).to_le_bytes());
+        for (i, entry) in self.entries.iter().enumerate() {
+            let e = &mut out[HEADER_LEN + i * ENTRY_LEN..][..ENTRY_LEN];
+            e[0..2].copy_from_slice(&(entry.kind as u16).to_le_bytes());
+            e[2..4].copy_from_slice(&entry.backend.to_le_bytes());
+            e[4..8].copy_from_slice(&entry.devid.to_le_bytes());
+            e[8..12].copy_from_slice(&entry.ctrl_gref.to_le_bytes());
+            e[12..16].copy_from_slice(&entry.ctrl_port.to_le_bytes());
+        }
+        Ok(())
+    }
+
+    /// Read a block from a copy of the start_info page from [`BLOCK_OFFSET`] on.
+    /// `Ok(None)` when there is no block (no magic): the guest uses Xenstore.
+    pub fn decode(bytes: &[u8]) -> Result<Option<Self>, NoxsError> {
+        need(bytes, HEADER_LEN)?;
+        if u32_at(bytes, 0) != MAGIC {
+            return Ok(None);
+        }
+        let version = u16_at(bytes, 4);
+        if version != VERSION {
+            return Err(NoxsError::BadVersion(version.into()));
+        }
+        let count = u16_at(bytes, 6);
+        if usize::from(count) > MAX_ENTRIES {
+            return Err(NoxsError::TooManyEntries(count));
+        }
+        need(bytes, HEADER_LEN + usize::from(count) * ENTRY_LEN)?;
+        let mut entries = Vec::with_capacity(count.into());
+        for index in 0..usize::from(count) {
+            let e = &bytes[HEADER_LEN + index * ENTRY_LEN..][..ENTRY_LEN];
+            let raw_kind = u32::from(u16_at(e, 0));
+            let kind = Kind::from_wire(raw_kind).ok_or(NoxsError::UnknownKind {
+                index,
+                kind: raw_kind,
+            })?;
+            let entry = Entry {
+                kind,
+                backend: u16_at(e, 2),
+                devid: u32_at(e, 4),
+                ctrl_gref: u32_at(e, 8),
+                ctrl_port: u32_at(e, 12),
+            };
+            if entries
+                .iter()
+                .any(|other: &Entry| other.kind == kind && other.devid == entry.devid)
+            {
+                return Err(NoxsError::Duplicate {
+                    kind,
+                    devid: entry.devid,
+                });
+            }
+            entries.push(entry);
+        }
+        Ok(Some(Self { entries }))
+    }
+
+    /// The entries of one kind, by devid.
+    pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Entry> {
+        self.entries.iter().filter(move |e| e.kind == kind)
+    }
+}
+
+/// A control page's header, as copied from the page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub kind: Kind,
+    pub be_state: XenbusState,
+    pub fe_state: XenbusState,
+}
+
+fn state(value: u32) -> Result<XenbusState, NoxsError> {
+    use XenbusState::*;
+    Ok(match value {
+        0 => Unknown,
+        1 => Initialising,
+        2 => InitWait,
+        3 => Initialised,
+        4 => Connected,
+        5 => Closing,
+        6 => Closed,
+        7 => Reconfiguring,
+        8 => Reconfigured,
+        _ => return Err(NoxsError::BadState(value)),
+    })
+}
+
+impl Header {
+    /// Check the first 16 bytes of a control page expected to be of `kind`.
+    pub fn decode(bytes: &[u8], kind: Kind) -> Result<Self, NoxsError> {
+        need(bytes, 16)?;
+        let version = u32_at(bytes, header::VERSION);
+        if version != u32::from(VERSION) {
+            return Err(NoxsError::BadVersion(version));
+        }
+        let found = u32_at(bytes, header::KIND);
+        if found != kind as u32 {
+            return Err(NoxsError::KindMismatch {
+                expected: kind,
+                found,
+            });
+        }
+        Ok(Self {
+            kind,
+            be_state: state(u32_at(bytes, header::BE_STATE))?,
+            fe_state: state(u32_at(bytes, header::FE_STATE))?,
+        })
+    }
+
+    /// Fill a fresh control page's header (backend side, at allocation).
+    pub fn init(page: &mut [u8], kind: Kind) -> Result<(), NoxsError> {
+        need(page, 16)?;
+        page[header::VERSION..][..4].copy_from_slice(&u32::from(VERSION).to_le_bytes());
+        page[header::KIND..][..4].copy_from_slice(&(kind as u32).to_le_bytes());
+        Ok(())
+    }
+}
+
+/// vif backend area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VifBackend {
+    pub mac: [u8; 6],
+    pub mtu: u16,
+    /// Bit 0 rx-copy, 1 sg, 2 gso-tcpv4, 3 no-csum-offload.
+    pub features: u32,
+    /// Address, prefix and gateway (network byte order as bytes); 0: the guest
+    /// configures itself (DHCP).
+    pub ipv4: [u8; 4],
+    pub prefix_len: u8,
+    pub gateway: [u8; 4],
+}
+
+pub mod vif_features {
+    pub const RX_COPY: u32 = 1 << 0;
+    pub const SG: u32 = 1 << 1;
+    pub const GSO_TCPV4: u32 = 1 << 2;
+    pub const NO_CSUM_OFFLOAD: u32 = 1 << 3;
+    /// Frontend: bit 0 request-rx-copy, bit 1 rx-notify.
+    pub const REQUEST_RX_COPY: u32 = 1 << 0;
+    pub const RX_NOTIFY: u32 = 1 << 1;
+}
+
+impl VifBackend {
+    pub const LEN: usize = 24;
+
+    pub fn encode(&self, out: &mut [u8]) -> Result<(), NoxsError> {
+        need(out, Self::LEN)?;
+        out[0..6].copy_from_slice(&self.mac);
+        out[6..8].copy_from_slice(&self.mtu.to_le_bytes());
+        out[8..12].copy_from_slice(&self.features.to_le_bytes());
+        out[12..16].copy_from_slice(&self.ipv4);
+        out[16] = self.prefix_len;
+        out[17..20].fill(0);
+        out[20..24].copy_from_slice(&self.gateway);
+        Ok(())
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, NoxsError> {
+        need(bytes, Self::LEN)?;
+        let area = Self {
+            mac: bytes[0..6].try_into().expect("6 bytes"),
+            mtu: u16_at(bytes, 6),
+            features: u32_at(bytes, 8),
+            ipv4: bytes[12..16].try_into().expect("4 bytes"),
+            prefix_len: bytes[16],
+            gateway: bytes[20..24].try_into().expect("4 bytes"),
+        };
+        if area.prefix_len > 32 {
+            return Err(NoxsError::BadField("vif prefix_len"));
+        }
+        if area.mtu != 0 && !(68..=9000).contains(&area.mtu) {
+            return Err(NoxsError::BadField("vif mtu"));
+        }
+        // A multicast MAC cannot be a station address.
+        if area.mac[0] & 1 != 0 {
+            return Err(NoxsError::BadField("vif mac"));
+        }
+        Ok(area)
+    }
+}
+
+/// vif frontend area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VifFrontend {
+    pub tx_ring_ref: u32,
+    pub rx_ring_ref: u32,
+    /// The guest's port allocated unbound for the backend (the data path).
+    pub data_port: u32,
+    pub features: u32,
+}
+
+impl VifFrontend {
+    pub const LEN: usize = 16;
+
+    pub fn encode(&self, out: &mut [u8]) -> Result<(), NoxsError> {
+        need(out, Self::LEN)?;
+        for (i, word) in [
+            self.tx_ring_ref,
+            self.rx_ring_ref,
+            self.data_port,
+            self.features,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            out[i * 4..i * 4 + 4].copy_from_slice(&word.to_le_bytes());
+        }
+        Ok(())
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, NoxsError> {
+        need(bytes, Self::LEN)?;
+        Ok(Self {
+            tx_ring_ref: u32_at(bytes, 0),
+            rx_ring_ref: u32_at(bytes, 4),
+            data_port: u32_at(bytes, 8),
+            features: u32_at(bytes, 12),
+        })
+    }
+}
+
+/// vbd backend area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VbdBackend {
+    /// Capacity in 512-byte sectors.
+    pub sectors: u64,
+    pub sector_size: u32,
+    /// Bit 0 read-only.
+    pub info: u32,
+    /// Bit 0 flush-cache, 1 barrier, 2 discard, 3 indirect.
+    pub features: u32,
+    pub max_indirect_segments: u32,
+}
+
+pub mod vbd_features {
+    pub const FLUSH_CACHE: u32 = 1 << 0;
+    pub const BARRIER: u32 = 1 << 1;
+    pub const DISCARD: u32 = 1 << 2;
+    pub const INDIRECT: u32 = 1 << 3;
+    /// `info` bit 0.
+    pub const READ_ONLY: u32 = 1 << 0;
+}
+
+impl VbdBackend {
+    pub const LEN: usize = 24;
+
+    pub fn encode(&self, out: &mut [u8]) -> Result<(), NoxsError> {
+        need(out, Self::LEN)?;
+        out[0..8].copy_from_slice(&self.sectors.to_le_bytes());
+        for (i, word) in [
+            self.sector_size,
+            self.info,
+            self.features,
+            self.max_indirect_segments,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            out[8 + i * 4..12 + i * 4].copy_from_slice(&word.to_le_bytes());
+        }
+        Ok(())
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, NoxsError> {
+        need(bytes, Self::LEN)?;
+        let area = Self {
+            sectors: u64_at(bytes, 0),
+            sector_size: u32_at(bytes, 8),
+            info: u32_at(bytes, 12),
+            features: u32_at(bytes, 16),
+            max_indirect_segments: u32_at(bytes, 20),
+        };
+        if area.sector_size == 0 || !area.sector_size.is_multiple_of(512) || area.sector_size > 4096
+        {
+            return Err(NoxsError::BadField("vbd sector_size"));
+        }
+        if area.max_indirect_segments > 8 * 512 {
+            return Err(NoxsError::BadField("vbd max_indirect_segments"));
+        }
+        Ok(area)
+    }
+}
+
+/// vbd frontend area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VbdFrontend {
+    pub ring_ref: u32,
+    pub data_port: u32,
+    /// 1: the x86_64 ABI.
+    pub protocol: u32,
+    pub features: u32,
+}
+
+impl VbdFrontend {
+    pub const LEN: usize = 16;
+    pub const PROTOCOL_X86_64: u32 = 1;
+
+    pub fn encode(&self, out: &mut [u8]) -> Result<(), NoxsError> {
+        need(out, Self::LEN)?;
+        for (i, word) in [self.ring_ref, self.data_port, self.protocol, self.features]
+            .into_iter()
+            .enumerate()
+        {
+            out[i * 4..i * 4 + 4].copy_from_slice(&word.to_le_bytes());
+        }
+        Ok(())
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, NoxsError> {
+        need(bytes, Self::LEN)?;
+        let area = Self {
+            ring_ref: u32_at(bytes, 0),
+            data_port: u32_at(bytes, 4),
+            protocol: u32_at(bytes, 8),
+            features: u32_at(bytes, 12),
+        };
+        if area.protocol != Self::PROTOCOL_X86_64 {
+            return Err(NoxsError::BadField("vbd protocol"));
+        }
+        Ok(area)
+    }
+}
+
+/// A power request in the sysctl backend area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    Poweroff = 1,
+    Reboot = 2,
+    Suspend = 3,
+    Crash = 4,
+}
+
+/// sysctl backend area: the latest request and its sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SysctlBackend {
+    /// `None`: no request yet.
+    pub request: Option<Request>,
+    pub request_seq: u32,
+}
+
+impl SysctlBackend {
+    pub const LEN: usize = 8;
+
+    pub fn encode(&self, out: &mut [u8]) -> Result<(), NoxsError> {
+        need(out, Self::LEN)?;
+        out[0..4].copy_from_slice(&self.request.map_or(0u32, |r| r as u32).to_le_bytes());
+        out[4..8].copy_from_slice(&self.request_seq.to_le_bytes());
+        Ok(())
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, NoxsError> {
+        need(bytes, Self::LEN)?;
+        let request = match u32_at(bytes, 0) {
+            0 => None,
+            1 => Some(Request::Poweroff),
+            2 => Some(Request::Reboot),
+            3 => Some(Request::Suspend),
+            4 => Some(Request::Crash),
+            _ => return Err(NoxsError::BadField("sysctl request")),
+        };
+        Ok(Self {
+            request,
+            request_seq: u32_at(bytes, 4),
+        })
+    }
+}
+
+/// sysctl frontend area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SysctlFrontend {
+    pub ack_seq: u32,
+    /// Bit N set: the guest handles request N.
+    pub supported: u32,
+}
+
+impl SysctlFrontend {
+    pub const LEN: usize = 8;
+
+    pub fn encode(&self, out: &mut [u8]) -> Result<(), NoxsError> {
+        need(out, Self::LEN)?;
+        out[0..4].copy_from_slice(&self.ack_seq.to_le_bytes());
+        out[4..8].copy_from_slice(&self.supported.to_le_bytes());
+        Ok(())
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, NoxsError> {
+        need(bytes, Self::LEN)?;
+        Ok(Self {
+            ack_seq: u32_at(bytes, 0),
+            supported: u32_at(bytes, 4),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use alloc::vec;
+
+    use super::*;
+
+    fn sample() -> Block {
+        Block {
+            entries: vec![
+                Entry {
+                    kind: Kind::Sysctl,
+                    backend: 0,
+                    devid: 0,
+                    ctrl_gref: 9,
+                    ctrl_port: 17,
+                },
+                Entry {
+                    kind: Kind::Vif,
+                    backend: 0,
+                    devid: 0,
+                    ctrl_gref: 10,
+                    ctrl_port: 18,
+                },
+                Entry {
+                    kind: Kind::Vbd,
+                    backend: 0,
+                    devid: 0,
+                    ctrl_gref: 11,
+                    ctrl_port: 19,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn block_golden_bytes_and_round_trip() {
+        let mut page = vec![0xaau8; 4096 - BLOCK_OFFSET];
+        sample().encode(&mut page).unwrap();
+        assert_eq!(
+            &page[0..16],
+            &[b'N', b'O', b'X', b'S', 1, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            &page[16 + 24..16 + 48],
+            &[
+                3, 0, 0, 0, 0, 0, 0, 0, 10, 0, 0, 0, 18, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+            ]
+        );
+        assert_eq!(Block::decode(&page).unwrap(), Some(sample()));
+        assert_eq!(sample().of_kind(Kind::Vif).count(), 1);
+        assert!(BLOCK_OFFSET + BLOCK_LEN <= 4096);
+    }
+
+    #[test]
+    fn no_magic_means_xenstore() {
+        assert_eq!(Block::decode(&[0u8; 64]).unwrap(), None);
+    }
+
+    #[test]
+    fn hostile_blocks_are_refused() {
+        let mut page = vec![0u8; 4096 - BLOCK_OFFSET];
+        sample().encode(&mut page).unwrap();
+        let mut bad = page.clone();
+        bad[4] = 2;
+        assert_eq!(Block::decode(&bad), Err(NoxsError::BadVersion(2)));
+        let mut bad = page.clone();
+        bad[6..8].copy_from_slice(&65u16.to_le_bytes());
+        assert_eq!(Block::decode(&bad), Err(NoxsError::TooManyEntries(65)));
+        let mut bad = page.clone();
+        bad[16] = 9;
+        assert_eq!(
+            Block::decode(&bad),
+            Err(NoxsError::UnknownKind { index: 0, kind: 9 })
+        );
+        let mut bad = page.clone();
+        bad[16 + 24] = 4; // vif 0 → a second vbd 0
+        assert_eq!(
+            Block::decode(&bad),
+            Err(NoxsError::Duplicate {
+                kind: Kind::Vbd,
+                devid: 0
+            })
+        );
+        assert_eq!(
+            Block::decode(&page[..20]),
+            Err(NoxsError::Short {
+                needed: 88,
+                got: 20
+            })
+        );
+        let too_many = Block {
+            entries: vec![sample().entries[0]; 65],
+        };
+        assert_eq!(
+            too_many.encode(&mut page),
+            Err(NoxsError::TooManyEntries(65))
+        );
+    }
+
+    #[test]
+    fn control_page_header() {
+        let mut page = vec![0u8; PAGE_SIZE];
+        Header::init(&mut page, Kind::Vif).unwrap();
+        page[header::BE_STATE] = 2;
+        let head = Header::decode(&page, Kind::Vif).unwrap();
+        assert_eq!(
+            (head.be_state, head.fe_state),
+            (XenbusState::InitWait, XenbusState::Unknown)
+        );
+        assert_eq!(
+            Header::decode(&page, Kind::Vbd),
+            Err(NoxsError::KindMismatch {
+                expected: Kind::Vbd,
+                found: 3
+            })
+        );
+        page[header::FE_STATE] = 77;
+        assert_eq!(
+            Header::decode(&page, Kind::Vif),
+            Err(NoxsError::BadState(77))
+        );
+    }
+
+    #[test]
+    fn device_areas_round_trip_and_validate() {
+        let mut buf = [0u8; 64];
+        let vif = VifBackend {
+            mac: [0x00, 0x16, 0x3e, 1, 2, 3],
+            mtu: 1500,
+            features: vif_features::RX_COPY,
+            ipv4: [10, 0, 2, 16],
+            prefix_len: 24,
+            gateway: [10, 0, 2, 2],
+        };
+        vif.encode(&mut buf).unwrap();
+        assert_eq!(VifBackend::decode(&buf), Ok(vif));
+        buf[16] = 40;
+        assert_eq!(
+            VifBackend::decode(&buf),
+            Err(NoxsError::BadField("vif prefix_len"))
+        );
+        buf[16] = 24;
+        buf[0] = 1;
+        assert_eq!(
+            VifBackend::decode(&buf),
+            Err(NoxsError::BadField("vif mac"))
+        );
+
+        let vbd = VbdBackend {
+            sectors: 131072,
+            sector_size: 512,
+            info: 0,
+            features: vbd_features::FLUSH_CACHE,
+            max_indirect_segments: 256,
+        };
+        vbd.encode(&mut buf).unwrap();
+        assert_eq!(VbdBackend::decode(&buf), Ok(vbd));
+        buf[8..12].copy_from_slice(&100u32.to_le_bytes());
+        assert_eq!(
+            VbdBackend::decode(&buf),
+            Err(NoxsError::BadField("vbd sector_size"))
+        );
+
+        let fe = VbdFrontend {
+            ring_ref: 8,
+            data_port: 5,
+            protocol: 1,
+            features: 0,
+        };
+        fe.encode(&mut buf).unwrap();
+        assert_eq!(VbdFrontend::decode(&buf), Ok(fe));
+        buf[8] = 2;
+        assert_eq!(
+            VbdFrontend::decode(&buf),
+            Err(NoxsError::BadField("vbd protocol"))
+        );
+
+        let vf = VifFrontend {
+            tx_ring_ref: 1,
+            rx_ring_ref: 2,
+            data_port: 3,
+            features: 3,
+        };
+        vf.encode(&mut buf).unwrap();
+        assert_eq!(VifFrontend::decode(&buf), Ok(vf));
+
+        let req = SysctlBackend {
+            request: Some(Request::Reboot),
+            request_seq: 7,
+        };
+        req.encode(&mut buf).unwrap();
+        assert_eq!(SysctlBackend::decode(&buf), Ok(req));
+        buf[0] = 9;
+        assert_eq!(
+            SysctlBackend::decode(&buf),
+            Err(NoxsError::BadField("sysctl request"))
+        );
+        let ack = SysctlFrontend {
+            ack_seq: 7,
+            supported: 0b110,
+        };
+        ack.encode(&mut buf).unwrap();
+        assert_eq!(SysctlFrontend::decode(&buf), Ok(ack));
+
+        // Every decoder refuses a short copy instead of reading past it.
+        let short: Vec<u8> = vec![0; 3];
+        assert!(VifBackend::decode(&short).is_err() && VbdBackend::decode(&short).is_err());
+        assert!(SysctlBackend::decode(&short).is_err() && VifFrontend::decode(&short).is_err());
+    }
+}
