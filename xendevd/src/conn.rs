@@ -1,0 +1,514 @@
+//! One client connection's protocol state, without the socket: request lines in,
+//! response lines out, limits and deadlines. Pure code (time is passed in), so the
+//! daemon's treatment of slow, silent, chatty and malformed clients is host-tested.
+//!
+//! Rules:
+//! - one request per line (`\n`; a `\r` before it is tolerated), answered in order;
+//! - a malformed line gets `{"error": "..."}` and the connection goes on;
+//! - a line longer than [`Limits::max_line`] gets an error and the connection is closed
+//!   (there is no telling where the next request starts);
+//! - a request line unfinished for [`Limits::request_timeout`] gets an error and the
+//!   connection is closed; so does a connection silent for [`Limits::idle_timeout`];
+//! - a client that does not read its answers (more than [`Limits::max_output`] bytes
+//!   queued, or none taken for `request_timeout`) is dropped;
+//! - at end of input, an unfinished line gets an error (if the client still reads).
+
+use std::time::{Duration, Instant};
+
+use crate::api::{Request, Response};
+
+/// Limits for every connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_line: usize,
+    pub request_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_output: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_line: 64 * 1024,
+            request_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            max_output: 4 << 20,
+        }
+    }
+}
+
+/// Parse one request line (without its `\n`), or say precisely what is wrong with it.
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let Ok(text) = std::str::from_utf8(line) else {
+        return Err("malformed request: not UTF-8 text (requests are JSON lines)".into());
+    };
+    if text.trim().is_empty() {
+        return Err(
+            "malformed request: an empty line (expected a JSON object such as {\"op\":\"query\"})"
+                .into(),
+        );
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|err| format!("malformed request: not JSON: {err}"))?;
+    let Some(object) = value.as_object() else {
+        let kind = match value {
+            serde_json::Value::Null => "null",
+            serde_json::Value::Bool(_) => "a boolean",
+            serde_json::Value::Number(_) => "a number",
+            serde_json::Value::String(_) => "a string",
+            serde_json::Value::Array(_) => "an array",
+            serde_json::Value::Object(_) => unreachable!("objects are handled above"),
+        };
+        return Err(format!(
+            "malformed request: {kind}, not a JSON object with an \"op\" field"
+        ));
+    };
+    // serde lets a unit variant through with extra fields: `query` takes none.
+    let is_query = object.get("op").and_then(|op| op.as_str()) == Some("query");
+    if let Some(extra) = object.keys().find(|key| is_query && *key != "op") {
+        return Err(format!(
+            "malformed request: unknown field `{extra}`: query takes no fields"
+        ));
+    }
+    serde_json::from_value(value).map_err(|err| format!("malformed request: {err}"))
+}
+
+/// One connection's state.
+#[derive(Debug)]
+pub struct Session {
+    limits: Limits,
+    /// Bytes of the unfinished request line.
+    partial: Vec<u8>,
+    /// When the unfinished line got its first byte.
+    partial_since: Option<Instant>,
+    /// When the last byte came in, or the connection opened.
+    last_input: Instant,
+    /// Answers not yet written.
+    output: Vec<u8>,
+    /// When the client last took some output (or output began to queue).
+    last_output: Instant,
+    /// No more input is taken; the connection closes once `output` is written.
+    closing: bool,
+    /// The client stopped reading: nothing more is queued for it.
+    deaf: bool,
+}
+
+impl Session {
+    pub fn new(limits: Limits, now: Instant) -> Self {
+        Self {
+            limits,
+            partial: Vec::new(),
+            partial_since: None,
+            last_input: now,
+            output: Vec::new(),
+            last_output: now,
+            closing: false,
+            deaf: false,
+        }
+    }
+
+    /// Take bytes from the client; returns each complete line's request or the error
+    /// already queued for it (the caller answers the requests, in order, with
+    /// [`Session::respond`]; errors are answered here, but in order with the rest: the
+    /// caller passes each `Err` back to `respond`).
+    pub fn receive(&mut self, bytes: &[u8], now: Instant) -> Vec<Result<Request, String>> {
+        let mut out = Vec::new();
+        if self.closing {
+            return out;
+        }
+        self.last_input = now;
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            match rest.iter().position(|&b| b == b'\n') {
+                Some(end) => {
+                    if self.partial.len() + end > self.limits.max_line {
+                        out.push(Err(self.too_long()));
+                        return out;
+                    }
+                    self.partial.extend_from_slice(&rest[..end]);
+                    out.push(parse_request(&self.partial));
+                    self.partial.clear();
+                    self.partial_since = None;
+                    rest = &rest[end + 1..];
+                }
+                None => {
+                    if self.partial.len() + rest.len() > self.limits.max_line {
+                        out.push(Err(self.too_long()));
+                        return out;
+                    }
+                    self.partial.extend_from_slice(rest);
+                    self.partial_since.get_or_insert(now);
+                    rest = &[];
+                }
+            }
+        }
+        out
+    }
+
+    fn too_long(&mut self) -> String {
+        self.closing = true;
+        self.partial.clear();
+        self.partial_since = None;
+        format!(
+            "request line longer than {} bytes: closing the connection",
+            self.limits.max_line
+        )
+    }
+
+    /// The client closed its sending side. An unfinished line gets an error.
+    pub fn end_of_input(&mut self) -> Option<String> {
+        if self.closing {
+            return None;
+        }
+        self.closing = true;
+        if self.partial.is_empty() {
+            return None;
+        }
+        let error = format!(
+            "the connection ended in the middle of a request ({} bytes without a newline): \
+             each request must end with \\n",
+            self.partial.len()
+        );
+        self.partial.clear();
+        self.partial_since = None;
+        Some(error)
+    }
+
+    /// Queue an answer (an `Err` becomes `{"error": "..."}`).
+    pub fn respond(&mut self, response: Result<Response, String>, now: Instant) {
+        if self.deaf {
+            return;
+        }
+        let response = response.unwrap_or_else(Response::Error);
+        if self.output.is_empty() {
+            self.last_output = now;
+        }
+        let mut line = serde_json::to_vec(&response)
+            .unwrap_or_else(|_| br#"{"error":"xendevd could not encode its answer"}"#.to_vec());
+        line.push(b'\n');
+        self.output.extend_from_slice(&line);
+        if self.output.len() > self.limits.max_output {
+            // The client does not read: drop it (and what it did not take).
+            self.give_up();
+        }
+    }
+
+    /// What is waiting to be written.
+    pub fn pending_output(&self) -> &[u8] {
+        &self.output
+    }
+
+    /// `n` bytes of the output were written.
+    pub fn wrote(&mut self, n: usize, now: Instant) {
+        self.output.drain(..n.min(self.output.len()));
+        if n > 0 {
+            self.last_output = now;
+        }
+    }
+
+    /// When [`Session::check_time`] must next run.
+    pub fn deadline(&self) -> Option<Instant> {
+        if self.closing {
+            return (!self.output.is_empty())
+                .then(|| self.last_output + self.limits.request_timeout);
+        }
+        let mut deadline = self.last_input + self.limits.idle_timeout;
+        if let Some(since) = self.partial_since {
+            deadline = deadline.min(since + self.limits.request_timeout);
+        }
+        if !self.output.is_empty() {
+            deadline = deadline.min(self.last_output + self.limits.request_timeout);
+        }
+        Some(deadline)
+    }
+
+    /// Apply the timeouts at `now`: a stalled request gets an error and the connection
+    /// closes; an idle or non-reading client is dropped.
+    pub fn check_time(&mut self, now: Instant) {
+        if !self.output.is_empty() && now >= self.last_output + self.limits.request_timeout {
+            // Not reading its answers: nothing more can reach it.
+            self.give_up();
+            return;
+        }
+        if self.closing {
+            return;
+        }
+        if let Some(since) = self.partial_since
+            && now >= since + self.limits.request_timeout
+        {
+            let error = format!(
+                "request incomplete after {} s ({} bytes without a newline): \
+                     closing the connection",
+                self.limits.request_timeout.as_secs_f64(),
+                self.partial.len()
+            );
+            self.partial.clear();
+            self.partial_since = None;
+            self.respond(Err(error), now);
+            self.closing = true;
+            return;
+        }
+        if now >= self.last_input + self.limits.idle_timeout {
+            self.closing = true;
+        }
+    }
+
+    /// The socket failed: close without another word.
+    pub fn abort(&mut self) {
+        self.give_up();
+    }
+
+    fn give_up(&mut self) {
+        self.output.clear();
+        self.closing = true;
+        self.deaf = true;
+    }
+
+    /// Whether input is still read.
+    pub fn reading(&self) -> bool {
+        !self.closing
+    }
+
+    /// Whether the connection can be closed now: closing, and nothing left to write.
+    pub fn finished(&self) -> bool {
+        self.closing && self.output.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_line: 100,
+            request_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            max_output: 1000,
+        }
+    }
+
+    const QUERY: &[u8] = b"{\"op\":\"query\"}\n";
+    const ATTACH: &[u8] =
+        b"{\"op\":\"attach_disk\",\"path\":\"/i\",\"readonly\":true,\"domid\":3}\r\n";
+
+    fn answers(session: &mut Session, now: Instant) -> String {
+        let text = String::from_utf8(session.pending_output().to_vec()).unwrap();
+        session.wrote(text.len(), now);
+        text
+    }
+
+    #[test]
+    fn whole_and_byte_by_byte() {
+        let t0 = Instant::now();
+        let input = [QUERY, ATTACH, b"{\"op\":\"query\"}\n"].concat();
+        let mut whole = Session::new(limits(), t0);
+        let at_once = whole.receive(&input, t0);
+        let mut bytewise = Session::new(limits(), t0);
+        let one_by_one: Vec<_> = input
+            .iter()
+            .flat_map(|b| bytewise.receive(std::slice::from_ref(b), t0))
+            .collect();
+        assert_eq!(at_once, one_by_one);
+        assert_eq!(
+            at_once,
+            [
+                Ok(Request::Query),
+                Ok(Request::AttachDisk {
+                    path: "/i".into(),
+                    readonly: true,
+                    domid: 3
+                }),
+                Ok(Request::Query)
+            ]
+        );
+        assert!(whole.reading() && !whole.finished());
+        assert_eq!(whole.deadline(), Some(t0 + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn malformed_lines_get_errors_and_the_connection_goes_on() {
+        let t0 = Instant::now();
+        let mut session = Session::new(limits(), t0);
+        let results = session.receive(
+            b"garbage\n\n{\"op\":\"format_disk\"}\n\xff\xfe\n{\"op\":\"release_domain\",\"domid\":-1}\n{\"op\":\"query\"}\n",
+            t0,
+        );
+        let errors: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+        assert_eq!(errors.len(), 5, "{results:?}");
+        assert!(
+            errors[0].starts_with("malformed request: not JSON: expected value at line 1 column 1")
+        );
+        assert!(errors[1].contains("an empty line"));
+        assert!(
+            errors[2].contains("unknown variant `format_disk`, expected one of"),
+            "{}",
+            errors[2]
+        );
+        assert!(errors[3].contains("not UTF-8"));
+        assert!(
+            errors[4].contains("invalid value: integer `-1`"),
+            "{}",
+            errors[4]
+        );
+        assert_eq!(results[5], Ok(Request::Query));
+        for result in results {
+            session.respond(result.map(|_| Response::Done), t0);
+        }
+        let text = answers(&mut session, t0);
+        assert_eq!(text.lines().count(), 6);
+        assert!(text.starts_with("{\"error\":\"malformed request: not JSON: expected value"));
+        assert!(text.ends_with("\"done\"\n"));
+        assert!(session.reading());
+    }
+
+    #[test]
+    fn what_is_wrong_with_a_request() {
+        for (line, error) in [
+            ("{}", "missing field `op`"),
+            (
+                r#"{"op":"format_disk"}"#,
+                "unknown variant `format_disk`, expected one of `attach_disk`, `detach_disk`, \
+                 `release_domain`, `query`",
+            ),
+            (
+                r#"{"op":"attach_disk","path":"/x"}"#,
+                "missing field `readonly`",
+            ),
+            (
+                r#"{"op":"attach_disk","path":"/x","readonly":"yes","domid":1}"#,
+                "invalid type: string \"yes\", expected a boolean",
+            ),
+            (
+                r#"{"op":"release_domain","domid":-1}"#,
+                "invalid value: integer `-1`, expected u32",
+            ),
+            (
+                r#"{"op":"detach_disk","device":"/dev/loop0","extra":1}"#,
+                "unknown field `extra`, expected `device`",
+            ),
+            (
+                r#"{"op":"query","x":1}"#,
+                "unknown field `x`: query takes no fields",
+            ),
+            ("[1,2]", "an array, not a JSON object with an \"op\" field"),
+            ("\"query\"", "a string, not a JSON object"),
+            ("null", "null, not a JSON object"),
+            (
+                "{\"op\":",
+                "not JSON: EOF while parsing a value at line 1 column 6",
+            ),
+        ] {
+            let err = parse_request(line.as_bytes()).unwrap_err();
+            assert_eq!(
+                err.strip_prefix("malformed request: ")
+                    .map(|e| e.starts_with(error)),
+                Some(true),
+                "{line}: {err}"
+            );
+        }
+        assert_eq!(parse_request(b" {\"op\":\"query\"} \r"), Ok(Request::Query));
+    }
+
+    #[test]
+    fn an_overlong_line_closes_the_connection() {
+        let t0 = Instant::now();
+        // Exactly the limit is fine, with or without the newline in the same chunk.
+        let mut session = Session::new(limits(), t0);
+        let line = [vec![b' '; 100 - QUERY.len() + 1], QUERY.to_vec()].concat();
+        assert_eq!(session.receive(&line, t0), [Ok(Request::Query)]);
+        // One more byte is not, whether it comes at once or a byte at a time.
+        for chunked in [false, true] {
+            let mut session = Session::new(limits(), t0);
+            let long = vec![b'x'; 101];
+            let results: Vec<_> = if chunked {
+                long.iter()
+                    .flat_map(|b| session.receive(std::slice::from_ref(b), t0))
+                    .collect()
+            } else {
+                session.receive(&long, t0)
+            };
+            assert_eq!(
+                results,
+                [Err(
+                    "request line longer than 100 bytes: closing the connection".into()
+                )]
+            );
+            assert!(!session.reading());
+            // Nothing more is taken.
+            assert!(session.receive(QUERY, t0).is_empty());
+            session.respond(
+                results.into_iter().next().unwrap().map(|_| Response::Done),
+                t0,
+            );
+            assert!(!session.finished());
+            answers(&mut session, t0);
+            assert!(session.finished());
+        }
+    }
+
+    #[test]
+    fn a_stalled_request_times_out() {
+        let t0 = Instant::now();
+        let mut session = Session::new(limits(), t0);
+        let t1 = t0 + Duration::from_secs(1);
+        assert!(session.receive(b"{\"op\":", t1).is_empty());
+        assert_eq!(session.deadline(), Some(t1 + Duration::from_secs(5)));
+        // More bytes do not extend it: the line must finish in time.
+        assert!(
+            session
+                .receive(b"\"qu", t1 + Duration::from_secs(3))
+                .is_empty()
+        );
+        assert_eq!(session.deadline(), Some(t1 + Duration::from_secs(5)));
+        session.check_time(t1 + Duration::from_millis(4999));
+        assert!(session.reading());
+        session.check_time(t1 + Duration::from_secs(5));
+        assert!(!session.reading());
+        assert_eq!(
+            answers(&mut session, t1),
+            "{\"error\":\"request incomplete after 5 s (9 bytes without a newline): closing the connection\"}\n"
+        );
+        assert!(session.finished());
+    }
+
+    #[test]
+    fn idle_and_deaf_clients_are_dropped() {
+        let t0 = Instant::now();
+        let mut idle = Session::new(limits(), t0);
+        idle.check_time(t0 + Duration::from_secs(59));
+        assert!(idle.reading());
+        idle.check_time(t0 + Duration::from_secs(60));
+        assert!(idle.finished());
+        // Answers the client never takes: dropped after the request timeout…
+        let mut deaf = Session::new(limits(), t0);
+        deaf.respond(Ok(Response::Done), t0);
+        assert_eq!(deaf.deadline(), Some(t0 + Duration::from_secs(5)));
+        deaf.check_time(t0 + Duration::from_secs(5));
+        assert!(deaf.finished());
+        // …or once too much is queued.
+        let mut flood = Session::new(limits(), t0);
+        for _ in 0..200 {
+            flood.respond(Ok(Response::Done), t0);
+        }
+        assert!(flood.finished());
+    }
+
+    #[test]
+    fn end_of_input() {
+        let t0 = Instant::now();
+        let mut clean = Session::new(limits(), t0);
+        assert_eq!(clean.receive(QUERY, t0).len(), 1);
+        assert_eq!(clean.end_of_input(), None);
+        assert!(clean.finished());
+        let mut cut = Session::new(limits(), t0);
+        assert!(cut.receive(b"{\"op\":\"query\"}", t0).is_empty());
+        assert_eq!(
+            cut.end_of_input().unwrap(),
+            "the connection ended in the middle of a request (14 bytes without a newline): \
+             each request must end with \\n"
+        );
+        assert_eq!(cut.end_of_input(), None);
+    }
+}
