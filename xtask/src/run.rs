@@ -45,13 +45,19 @@ Disks:
   the guest writes is in the file once it has ended. In the lab the file is a virtio
   disk of dom0; natively xtask attaches it to a loop device and detaches it afterwards.
 
+Toolstacks:
+  --toolstack xl (the default) runs the guest with xl (run-guest.sh); --toolstack chaos
+  with chaos (run-chaos.sh: `chaos create --console` of a generated JSON config, its vif
+  put on the bridge by xendevd, its disks file-backed through xendevd's loop devices).
+  The exit statuses are the same.
+
 Exit status:
   0    the guest powered off
   2    the guest crashed
   3    the guest rebooted
   4    the guest shut down for another reason (suspend, watchdog, soft_reset)
   5    timeout: the guest was destroyed (or the lab killed)
-  6    the guest was destroyed from outside (`xl destroy`)
+  6    the guest was destroyed from outside (`xl destroy`, `chaos destroy`)
   1    xtask itself failed (build, lab boot, xl error)
   130  interrupted (Ctrl-C); the guest is destroyed";
 
@@ -95,6 +101,9 @@ pub struct RunArgs {
     /// Also show Xen's and dom0's boot messages (on stderr).
     #[arg(long)]
     pub verbose: bool,
+    /// Which toolstack creates the guest: xl, or our chaos.
+    #[arg(long, value_enum, default_value_t = Toolstack::Xl)]
+    pub toolstack: Toolstack,
     /// The app's command line (`extra=` in the xl config).
     #[arg(last = true, value_name = "ARGS")]
     pub args: Vec<String>,
@@ -144,6 +153,7 @@ impl RunArgs {
             forwards: self.forwards.clone(),
             net,
             disks: self.disks.clone(),
+            toolstack: self.toolstack,
         })?;
         eprintln!(
             "run: {} after {:.1} s (exit status {})",
@@ -289,6 +299,51 @@ impl GuestNet {
     }
 }
 
+/// Which toolstack creates a guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Toolstack {
+    /// xl, through run-guest.sh.
+    #[default]
+    Xl,
+    /// chaos, through run-chaos.sh.
+    Chaos,
+}
+
+impl Toolstack {
+    /// The script that runs one guest with it.
+    pub fn script(self) -> &'static str {
+        match self {
+            Toolstack::Xl => lab::RUN_GUEST_SH,
+            Toolstack::Chaos => lab::RUN_CHAOS_SH,
+        }
+    }
+
+    /// Where that script is in the lab's dom0.
+    pub fn script_in_lab(self) -> &'static str {
+        match self {
+            Toolstack::Xl => lab::RUN_GUEST_IN_LAB,
+            Toolstack::Chaos => lab::RUN_CHAOS_IN_LAB,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Toolstack::Xl => "xl",
+            Toolstack::Chaos => "chaos",
+        }
+    }
+
+    /// The disk type of its disk specs: xl gets dom0's block devices; chaos gets image
+    /// files (natively the host's own; in the lab run-chaos.sh copies dom0's virtio disk
+    /// into one first), which xendevd puts loop devices in front of.
+    fn disk_type(self) -> &'static str {
+        match self {
+            Toolstack::Xl => "phy",
+            Toolstack::Chaos => "file",
+        }
+    }
+}
+
 /// One guest to boot.
 #[derive(Debug, Clone)]
 pub struct GuestRun {
@@ -313,6 +368,8 @@ pub struct GuestRun {
     pub net: GuestNet,
     /// The guest's disks, in order: the Nth is its `xvd` + N-th letter (xvda, xvdb, …).
     pub disks: Vec<Disk>,
+    /// Which toolstack creates it.
+    pub toolstack: Toolstack,
 }
 
 impl GuestRun {
@@ -330,6 +387,7 @@ impl GuestRun {
             forwards: Vec::new(),
             net: GuestNet::Dhcp,
             disks: Vec::new(),
+            toolstack: Toolstack::Xl,
         }
     }
 }
@@ -460,12 +518,15 @@ pub enum Stop {
 }
 
 impl Stop {
-    /// The xl command, for messages.
-    pub fn command(self) -> &'static str {
-        match self {
-            Stop::Destroy => "xl destroy",
-            Stop::Shutdown => "xl shutdown -w",
-            Stop::Reboot => "xl reboot",
+    /// The command that does it, for messages.
+    pub fn command(self, toolstack: Toolstack) -> &'static str {
+        match (toolstack, self) {
+            (Toolstack::Xl, Stop::Destroy) => "xl destroy",
+            (Toolstack::Xl, Stop::Shutdown) => "xl shutdown -w",
+            (Toolstack::Xl, Stop::Reboot) => "xl reboot",
+            (Toolstack::Chaos, Stop::Destroy) => "chaos destroy",
+            (Toolstack::Chaos, Stop::Shutdown) => "chaos shutdown",
+            (Toolstack::Chaos, Stop::Reboot) => "chaos shutdown --reboot",
         }
     }
 }
@@ -742,44 +803,56 @@ fn run_as_dom0(run: &GuestRun) -> Result<GuestOutcome> {
     })
 }
 
-/// How a client's thread has dom0 stop its guest.
+/// How a client's thread has dom0 stop its guest, with the toolstack that made it.
 #[derive(Debug, Clone)]
 enum Stopper {
-    Lab(LabControl),
-    Native,
+    Lab(LabControl, Toolstack),
+    /// On this machine; chaos is the binary built for it.
+    Native(Toolstack, PathBuf),
 }
 
 impl Stopper {
+    fn toolstack(&self) -> Toolstack {
+        match self {
+            Stopper::Lab(_, toolstack) | Stopper::Native(toolstack, _) => *toolstack,
+        }
+    }
+
     /// Ask for `stop`; in the lab dom0 acts on it asynchronously, natively `xl shutdown
-    /// -w` returns once the guest has shut down.
+    /// -w` returns once the guest has shut down (`chaos shutdown` at once: run-chaos.sh's
+    /// chaos watches the guest and destroys it).
     fn stop(&self, domain: &str, stop: Stop) -> Result<()> {
         match (self, stop) {
-            (Stopper::Lab(control), Stop::Destroy) => control.destroy(domain),
-            (Stopper::Lab(control), Stop::Shutdown) => control.shutdown(domain),
-            (Stopper::Lab(control), Stop::Reboot) => control.reboot(domain),
-            (Stopper::Native, Stop::Destroy) => {
-                // Quiet: a guest that ended by itself is no error.
-                let status = Command::new("xl")
-                    .args(["destroy", domain])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .context("cannot start xl destroy")?;
-                ensure!(status.success(), "`xl destroy {domain}` failed ({status})");
-                Ok(())
+            (Stopper::Lab(control, Toolstack::Xl), Stop::Destroy) => control.destroy(domain),
+            (Stopper::Lab(control, Toolstack::Xl), Stop::Shutdown) => control.shutdown(domain),
+            (Stopper::Lab(control, Toolstack::Xl), Stop::Reboot) => control.reboot(domain),
+            (Stopper::Lab(control, Toolstack::Chaos), Stop::Destroy) => {
+                control.chaos_destroy(domain)
             }
-            (Stopper::Native, Stop::Shutdown | Stop::Reboot) => {
-                let mut cmd = Command::new("xl");
-                match stop {
-                    Stop::Shutdown => cmd.args(["shutdown", "-w", domain]),
-                    _ => cmd.args(["reboot", domain]),
+            (Stopper::Lab(control, Toolstack::Chaos), Stop::Shutdown) => {
+                control.chaos_shutdown(domain)
+            }
+            (Stopper::Lab(control, Toolstack::Chaos), Stop::Reboot) => control.chaos_reboot(domain),
+            (Stopper::Native(toolstack, chaos), stop) => {
+                let mut cmd = match toolstack {
+                    Toolstack::Xl => Command::new("xl"),
+                    Toolstack::Chaos => Command::new(chaos),
+                };
+                match (toolstack, stop) {
+                    (_, Stop::Destroy) => cmd.args(["destroy", domain]),
+                    (Toolstack::Xl, Stop::Shutdown) => cmd.args(["shutdown", "-w", domain]),
+                    (Toolstack::Xl, Stop::Reboot) => cmd.args(["reboot", domain]),
+                    (Toolstack::Chaos, Stop::Shutdown) => cmd.args(["shutdown", domain]),
+                    (Toolstack::Chaos, Stop::Reboot) => cmd.args(["shutdown", "--reboot", domain]),
                 };
                 let out = cmd
                     .stdin(Stdio::null())
                     .output()
-                    .with_context(|| format!("cannot start {}", stop.command()))?;
+                    .with_context(|| format!("cannot start {}", stop.command(*toolstack)))?;
+                // A guest that ended by itself before the destroy is no error.
                 ensure!(
-                    out.status.success(),
+                    out.status.success()
+                        || (stop == Stop::Destroy && *toolstack == Toolstack::Chaos),
                     "`{}` failed ({}): {}",
                     util::display(&cmd),
                     out.status,
@@ -854,7 +927,10 @@ impl<'scope> ClientThread<'scope> {
             let stop_sent = match stopper.stop(&domain, stop) {
                 Ok(()) => Some(sent),
                 Err(err) => {
-                    eprintln!("run: {} {domain}: {err:#}", stop.command());
+                    eprintln!(
+                        "run: {} {domain}: {err:#}",
+                        stop.command(stopper.toolstack())
+                    );
                     None
                 }
             };
@@ -912,7 +988,8 @@ struct LabRun<'a> {
     disk_specs: String,
 }
 
-/// The xl disk specs of a lab guest's disks (`phy:/dev/lab/disk-N,xvda,w` …), adding
+/// The disk specs of a lab guest's disks (`phy:/dev/lab/disk-N,xvda,w` … for xl,
+/// `file:…` for chaos, see [`Toolstack::disk_type`]), adding
 /// each image to the boot's disks: QEMU attaches every image once, so a file that several
 /// guests of the boot use is one disk of dom0, read-write if any of them writes it (each
 /// guest still gets its own mode from xl).
@@ -941,7 +1018,8 @@ fn lab_disk_specs(run: &GuestRun, lab_disks: &mut Vec<Disk>) -> Result<String> {
             }
         };
         specs.push(format!(
-            "phy:{},{},{}",
+            "{}:{},{},{}",
+            run.toolstack.disk_type(),
             lab::disk_in_dom0(at),
             disk::vdev(index),
             disk.xl_mode()
@@ -1086,6 +1164,9 @@ fn run_in_lab(sessions: Vec<Session<'_>>) -> Result<Vec<Result<SessionOutcome>>>
             }
         };
         if run.echo {
+            if run.toolstack != Toolstack::Xl {
+                eprintln!("run: toolstack {}", run.toolstack.name());
+            }
             let net = run.net.args(true);
             if !net.is_empty() {
                 eprintln!(
@@ -1128,12 +1209,15 @@ fn run_in_lab(sessions: Vec<Session<'_>>) -> Result<Vec<Result<SessionOutcome>>>
         if !lab_run.disk_specs.is_empty() {
             command = format!("RUN_GUEST_DISKS='{}' ", lab_run.disk_specs);
         }
+        if let GuestNet::Static(cidr) = run.net {
+            command += &format!("RUN_GUEST_IP={} ", cidr.addr);
+        }
         command += &format!(
             "RUN_GUEST_NAME={} RUN_GUEST_MAC={} timeout -s TERM {} sh {} /apps/{} {}",
             lab_run.domain,
             lab::GUEST_MAC,
             run.timeout.as_secs().max(1),
-            lab::RUN_GUEST_IN_LAB,
+            run.toolstack.script_in_lab(),
             lab_run.app,
             run.mem_mib
         );
@@ -1179,6 +1263,10 @@ fn run_in_lab(sessions: Vec<Session<'_>>) -> Result<Vec<Result<SessionOutcome>>>
             p.as_ref()
                 .map_or_else(|_| String::new(), |r| r.run.image.name.clone())
         })
+        .collect();
+    let toolstacks: Vec<Toolstack> = prepared
+        .iter()
+        .map(|p| p.as_ref().map_or(Toolstack::Xl, |r| r.run.toolstack))
         .collect();
     let mut pending: Vec<Option<(Client<'_>, Ports, String)>> = Vec::with_capacity(count);
     let mut placeholders: Vec<Result<()>> = Vec::with_capacity(count);
@@ -1232,7 +1320,7 @@ fn run_in_lab(sessions: Vec<Session<'_>>) -> Result<Vec<Result<SessionOutcome>>>
                                 scope,
                                 client,
                                 ports,
-                                Stopper::Lab(control.clone()),
+                                Stopper::Lab(control.clone(), toolstacks[index]),
                                 domain,
                             ));
                         }
@@ -1330,8 +1418,9 @@ fn run_in_lab(sessions: Vec<Session<'_>>) -> Result<Vec<Result<SessionOutcome>>>
 }
 
 /// The job's helper: what a guest left behind in dom0 — domains other than dom0, ports
-/// of xenbr0 other than eth0 — waiting up to ~3 s for them to go (netback removes a vif
-/// asynchronously).
+/// of xenbr0 other than eth0, back ends in Xenstore, bound loop devices — waiting up to
+/// ~3 s for them to go (netback removes a vif asynchronously, a loop device is cleared
+/// once blkback has closed it).
 const LEFTOVERS_SH: &str = r#"cd /
 leftovers() {
 	tries=0
@@ -1339,6 +1428,10 @@ leftovers() {
 		left=$({
 			xl list | awk 'NR > 2 { print "domain " $1 }'
 			ls /sys/class/net/xenbr0/brif 2>/dev/null | grep -vx eth0 | sed 's/^/bridge port /'
+			xenstore-list /local/domain/0/backend 2>/dev/null | sed 's|^|Xenstore /local/domain/0/backend/|'
+			for file in /sys/block/loop*/loop/backing_file; do
+				[ -e "$file" ] && echo "loop device $(echo "$file" | cut -d/ -f4) on $(cat "$file")"
+			done
 		} | tr '\n' ',')
 		if [ -z "$left" ] || [ "$tries" -ge 30 ]; then
 			break
@@ -1350,8 +1443,9 @@ leftovers() {
 }
 "#;
 
-/// xl on this machine: run-guest.sh with its stdout (the console) piped to us and its
-/// stderr passed through. On timeout or Ctrl-C it gets SIGTERM and destroys the guest.
+/// xl (or chaos) on this machine: run-guest.sh (run-chaos.sh) with its stdout (the
+/// console) piped to us and its stderr passed through. On timeout or Ctrl-C it gets
+/// SIGTERM and destroys the guest.
 fn run_native(session: Session<'_>) -> Result<SessionOutcome> {
     let Session { run, client } = session;
     let domain = domain_name(&run.image.name, &lab::nonce(), 0);
@@ -1378,8 +1472,9 @@ fn run_native(session: Session<'_>) -> Result<SessionOutcome> {
     if run.echo {
         print_disks(&run)?;
     }
-    // Each image on a loop device of its own, detached when `loops` drops (after the
-    // guest is gone) or by the Ctrl-C handler.
+    // xl: each image on a loop device of its own, detached when `loops` drops (after
+    // the guest is gone) or by the Ctrl-C handler. chaos: the image files themselves,
+    // which xendevd puts loop devices in front of.
     let mut loops = Vec::new();
     let mut disk_specs = Vec::new();
     for (index, (disk, (path, _))) in run
@@ -1388,22 +1483,36 @@ fn run_native(session: Session<'_>) -> Result<SessionOutcome> {
         .zip(disk::check_all(&run.disks)?)
         .enumerate()
     {
-        let device = LoopDevice::attach(&path, disk.read_only)?;
+        let source = match run.toolstack {
+            Toolstack::Xl => {
+                let device = LoopDevice::attach(&path, disk.read_only)?;
+                let name = device.device().to_owned();
+                loops.push(device);
+                name
+            }
+            Toolstack::Chaos => path.display().to_string(),
+        };
         disk_specs.push(format!(
-            "phy:{},{},{}",
-            device.device(),
+            "{}:{source},{},{}",
+            run.toolstack.disk_type(),
             disk::vdev(index),
             disk.xl_mode()
         ));
-        loops.push(device);
     }
     let disk_specs = disk_specs.join(" ");
+    let chaos = match run.toolstack {
+        Toolstack::Chaos => build::build_host_tools()?
+            .into_iter()
+            .find(|tool| tool.ends_with("chaos"))
+            .context("no chaos binary was built")?,
+        Toolstack::Xl => PathBuf::new(),
+    };
     thread::scope(|scope| {
         let mut console = Console::new(run.echo);
-        let mut client = client.map(|client| {
-            ClientThread::spawn(scope, client, ports, Stopper::Native, domain.clone())
-        });
-        let exit = run_native_into(&run, &domain, &disk_specs, &mut |line| {
+        let stopper = Stopper::Native(run.toolstack, chaos.clone());
+        let mut client =
+            client.map(|client| ClientThread::spawn(scope, client, ports, stopper, domain.clone()));
+        let exit = run_native_into(&run, &domain, &disk_specs, &chaos, &mut |line| {
             console.line(line);
             if let Some(client) = &mut client {
                 client.line(line);
@@ -1431,19 +1540,24 @@ fn run_native_into(
     run: &GuestRun,
     domain: &str,
     disk_specs: &str,
+    chaos: &std::path::Path,
     on_line: &mut dyn FnMut(&str),
 ) -> Result<GuestExit> {
     let mut cmd = Command::new("sh");
     // The script travels as `sh -c`'s argument: no file to write or keep current.
     cmd.arg("-c")
-        .arg(lab::RUN_GUEST_SH)
-        .arg("run-guest.sh")
+        .arg(run.toolstack.script())
+        .arg(match run.toolstack {
+            Toolstack::Xl => "run-guest.sh",
+            Toolstack::Chaos => "run-chaos.sh",
+        })
         .arg(&run.image.path)
         .arg(run.mem_mib.to_string())
         .args(run.net.args(false))
         .args(&run.args)
         .env("RUN_GUEST_NAME", domain)
         .env("RUN_GUEST_DISKS", disk_specs)
+        .env("CHAOS", chaos)
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
     let child = ChildGuard::spawn(&mut cmd, Duration::from_secs(10))?;

@@ -26,6 +26,7 @@ use crate::disk::{Disk, SECTOR};
 use crate::lab::process;
 use crate::run::{
     self, Client, Forward, GuestExit, GuestNet, GuestOutcome, GuestRun, Ports, Session, Stop,
+    Toolstack,
 };
 use crate::{lab, util, xen_notes};
 
@@ -145,6 +146,8 @@ struct Case {
     check: fn(&str) -> Result<()>,
     client: Option<ClientCase>,
     disk: Option<DiskCase>,
+    /// Which toolstack creates the guest.
+    toolstack: Toolstack,
 }
 
 /// A case's disk: a fresh sparse image of `mib` MiB (its first `filled_mib` MiB holding
@@ -191,6 +194,7 @@ const CASES: &[Case] = &[
         check: selftest_succeeded,
         client: None,
         disk: None,
+        toolstack: Toolstack::Xl,
     },
     Case {
         name: "hello as dom0",
@@ -203,6 +207,7 @@ const CASES: &[Case] = &[
         check: hello_greets,
         client: None,
         disk: None,
+        toolstack: Toolstack::Xl,
     },
     Case {
         name: "hello under xl",
@@ -215,6 +220,7 @@ const CASES: &[Case] = &[
         check: hello_greets,
         client: None,
         disk: None,
+        toolstack: Toolstack::Xl,
     },
     Case {
         name: "hello panic",
@@ -230,6 +236,7 @@ const CASES: &[Case] = &[
         },
         client: None,
         disk: None,
+        toolstack: Toolstack::Xl,
     },
     Case {
         name: "hello fault",
@@ -250,6 +257,7 @@ const CASES: &[Case] = &[
         },
         client: None,
         disk: None,
+        toolstack: Toolstack::Xl,
     },
     Case {
         name: "hello sleep=500",
@@ -269,6 +277,7 @@ const CASES: &[Case] = &[
         },
         client: None,
         disk: None,
+        toolstack: Toolstack::Xl,
     },
     Case {
         name: "hello in 4 MiB",
@@ -288,6 +297,7 @@ const CASES: &[Case] = &[
         },
         client: None,
         disk: None,
+        toolstack: Toolstack::Xl,
     },
     Case {
         name: "a guest that outlives its timeout is destroyed",
@@ -300,6 +310,7 @@ const CASES: &[Case] = &[
         check: |console| expect_line(console, "args: sleep=600000"),
         client: None,
         disk: None,
+        toolstack: Toolstack::Xl,
     },
     Case {
         name: "selftest under xl",
@@ -312,6 +323,7 @@ const CASES: &[Case] = &[
         check: selftest_succeeded,
         client: None,
         disk: None,
+        toolstack: Toolstack::Xl,
     },
     Case {
         name: "a client runs once the guest is ready, then the guest is destroyed",
@@ -340,6 +352,7 @@ const CASES: &[Case] = &[
             stop_limit_secs: DESTROY_LIMIT_SECS,
         }),
         disk: None,
+        toolstack: Toolstack::Xl,
     },
     Case {
         name: "a guest that ends before its ready line fails its client",
@@ -361,6 +374,7 @@ const CASES: &[Case] = &[
             stop_limit_secs: DESTROY_LIMIT_SECS,
         }),
         disk: None,
+        toolstack: Toolstack::Xl,
     },
     Case {
         name: "a guest without its ready line in time is destroyed",
@@ -382,6 +396,7 @@ const CASES: &[Case] = &[
             stop_limit_secs: DESTROY_LIMIT_SECS,
         }),
         disk: None,
+        toolstack: Toolstack::Xl,
     },
     Case {
         name: "daytime answers TCP and UDP clients on the host (static address)",
@@ -406,6 +421,7 @@ const CASES: &[Case] = &[
             stop_limit_secs: DESTROY_LIMIT_SECS,
         }),
         disk: None,
+        toolstack: Toolstack::Xl,
     },
     Case {
         name: "daytime answers a TCP client on the host (DHCP)",
@@ -427,6 +443,7 @@ const CASES: &[Case] = &[
             stop_limit_secs: DESTROY_LIMIT_SECS,
         }),
         disk: None,
+        toolstack: Toolstack::Xl,
     },
     Case {
         name: "daytime powers off on xl shutdown",
@@ -449,6 +466,7 @@ const CASES: &[Case] = &[
             stop_limit_secs: SHUTDOWN_LIMIT_SECS,
         }),
         disk: None,
+        toolstack: Toolstack::Xl,
     },
     Case {
         name: "daytime reboots on xl reboot",
@@ -470,6 +488,7 @@ const CASES: &[Case] = &[
             stop_limit_secs: SHUTDOWN_LIMIT_SECS,
         }),
         disk: None,
+        toolstack: Toolstack::Xl,
     },
     Case {
         name: "blkcheck on a 64 MiB disk; the host reads its pattern from the image file",
@@ -493,6 +512,7 @@ const CASES: &[Case] = &[
             read_only: false,
             check: |image| image.holds_blkcheck_pattern(),
         }),
+        toolstack: Toolstack::Xl,
     },
     Case {
         name: "blkcheck on a read-only disk: the write is refused, the image unchanged",
@@ -517,6 +537,7 @@ const CASES: &[Case] = &[
             read_only: true,
             check: TestImage::unchanged,
         }),
+        toolstack: Toolstack::Xl,
     },
 ];
 
@@ -830,6 +851,7 @@ fn lab_tests(images: &[GuestImage]) -> Result<()> {
                 args: case.args.iter().map(ToString::to_string).collect(),
                 timeout: Duration::from_secs(case.timeout_secs),
                 dom0: case.dom0,
+                toolstack: case.toolstack,
                 ..GuestRun::new(app)
             };
             if let (Some(disk), Some(image)) = (&case.disk, image) {
@@ -917,7 +939,7 @@ fn judge_client(
     // A destroy case whose guest ends by itself before the ready line has no latency;
     // every other case stops its guest after the client.
     if case.exit == GuestExit::Destroyed || client.stop != Stop::Destroy {
-        let command = client.stop.command();
+        let command = client.stop.command(case.toolstack);
         let latency = stop_latency
             .with_context(|| format!("the guest ended, but not after its client's `{command}`"))?;
         if latency > Duration::from_secs(client.stop_limit_secs) {

@@ -92,7 +92,8 @@ exec)
 	# Commands from xtask come in on the serial line (QEMU's stdin → Xen → dom0's
 	# console) as lines starting with the boot's control tag, e.g. once a test's host-side
 	# client is done with a guest: `TAG destroy NAME` (xl destroy), `TAG shutdown NAME`
-	# (xl shutdown -w: the guest is asked to power off) or `TAG reboot NAME` (xl reboot).
+	# (xl shutdown -w: the guest is asked to power off) or `TAG reboot NAME` (xl reboot);
+	# `TAG chaos-destroy NAME`, `chaos-shutdown`, `chaos-reboot` do the same with chaos.
 	# Each runs in the background, so a guest slow to shut down holds up no other
 	# command; a failed shutdown or reboot is reported on the job's stderr. No echo, so
 	# the commands do not come back out on the serial line.
@@ -109,6 +110,10 @@ exec)
 		"$LAB_CTL_TAG destroy "*) xl destroy "${line#"$LAB_CTL_TAG destroy "}" >>/run/lab-control.log 2>&1 & ;;
 		"$LAB_CTL_TAG shutdown "*) act xl shutdown -w "${line#"$LAB_CTL_TAG shutdown "}" & ;;
 		"$LAB_CTL_TAG reboot "*) act xl reboot "${line#"$LAB_CTL_TAG reboot "}" & ;;
+		# The same through chaos, for guests chaos made (run-chaos.sh).
+		"$LAB_CTL_TAG chaos-destroy "*) chaos destroy "${line#"$LAB_CTL_TAG chaos-destroy "}" >>/run/lab-control.log 2>&1 & ;;
+		"$LAB_CTL_TAG chaos-shutdown "*) act chaos shutdown "${line#"$LAB_CTL_TAG chaos-shutdown "}" & ;;
+		"$LAB_CTL_TAG chaos-reboot "*) act chaos shutdown --reboot "${line#"$LAB_CTL_TAG chaos-reboot "}" & ;;
 		"$LAB_CTL_TAG "*) printf '%slab: unknown control command: %s\n' "$LAB_ERR_TAG" "${line#"$LAB_CTL_TAG "}" ;;
 		esac
 	done </dev/console &

@@ -51,6 +51,13 @@ pub const RUN_GUEST_SH: &str = include_str!("run-guest.sh");
 /// Where `/lab/run-guest.sh` sits in dom0.
 pub const RUN_GUEST_IN_LAB: &str = "/lab/run-guest.sh";
 
+/// run-guest.sh with chaos instead of xl: the same arguments, environment and exit
+/// statuses; used in the lab and natively.
+pub const RUN_CHAOS_SH: &str = include_str!("run-chaos.sh");
+
+/// Where `/lab/run-chaos.sh` sits in dom0.
+pub const RUN_CHAOS_IN_LAB: &str = "/lab/run-chaos.sh";
+
 /// Xen's messages on its serial console start with this; dom0's output does not.
 const XEN_PREFIX: &str = "(XEN) ";
 
@@ -229,6 +236,22 @@ impl LabControl {
     /// Have dom0 run `xl reboot DOMAIN`: the guest is asked to reboot.
     pub fn reboot(&self, domain: &str) -> Result<()> {
         self.act("reboot", domain)
+    }
+
+    /// Have dom0 run `chaos destroy DOMAIN` (a domain that is gone already is no error).
+    pub fn chaos_destroy(&self, domain: &str) -> Result<()> {
+        self.act("chaos-destroy", domain)
+    }
+
+    /// Have dom0 run `chaos shutdown DOMAIN`: the guest is asked to power off; whoever
+    /// watches it (`chaos create --console`) destroys it once it has.
+    pub fn chaos_shutdown(&self, domain: &str) -> Result<()> {
+        self.act("chaos-shutdown", domain)
+    }
+
+    /// Have dom0 run `chaos shutdown --reboot DOMAIN`.
+    pub fn chaos_reboot(&self, domain: &str) -> Result<()> {
+        self.act("chaos-reboot", domain)
     }
 
     /// Send `ACTION DOMAIN`; dom0 acts asynchronously and reports a failing xl command on
@@ -730,6 +753,7 @@ impl RunDir {
         fs::write(staging.join("lab/env"), env)?;
         fs::write(staging.join("lab/job"), job)?;
         assets::write_executable(&staging.join("lab/run-guest.sh"), RUN_GUEST_SH)?;
+        assets::write_executable(&staging.join("lab/run-chaos.sh"), RUN_CHAOS_SH)?;
         for app in apps {
             fs::copy(&app.path, staging.join("apps").join(&app.name))
                 .with_context(|| format!("copying guest image {}", app.path.display()))?;
