@@ -38,6 +38,9 @@ pub struct TestArgs {
     /// Run only the lab integration tests.
     #[arg(long)]
     pub lab_only: bool,
+    /// Run only the lab tests whose name contains TEXT (e.g. `chaos`).
+    #[arg(long, value_name = "TEXT")]
+    pub filter: Option<String>,
 }
 
 impl TestArgs {
@@ -53,8 +56,14 @@ impl TestArgs {
             eprintln!("notes ok: {}: {}", image.name, notes.join(" "));
         }
         if !self.no_lab {
-            lab_tests(&images)?;
-            concurrent_daytime_clients(&images)?;
+            let wanted = |name: &str| self.filter.as_deref().is_none_or(|f| name.contains(f));
+            lab_tests(&images, &wanted)?;
+            if wanted(CONCURRENT_DAYTIME) {
+                concurrent_daytime_clients(&images)?;
+            }
+            if wanted(CHAOS_COMMANDS) {
+                chaos_commands(&images)?;
+            }
         }
         eprintln!(
             "test: all passed in {:.0} s",
@@ -63,6 +72,189 @@ impl TestArgs {
         Ok(())
     }
 }
+
+/// The name `--filter` matches for [`chaos_commands`].
+const CHAOS_COMMANDS: &str = "chaos commands, malformed configs, create/destroy cycles";
+
+/// Each malformed configuration of `chaos-lab.sh` and what chaos's one line of stderr
+/// must say (after `chaos: bad-NAME.json: `).
+const BAD_CONFIGS: [(&str, &str); 15] = [
+    (
+        "syntax",
+        "not valid JSON: EOF while parsing a value (line 2, column 0)",
+    ),
+    ("unknown-key", "memroy: unknown key"),
+    (
+        "mac",
+        "vifs[0].mac: \"00:16:3e:zz:00:01\" is not a MAC address",
+    ),
+    ("ip", "vifs[0].ip: \"10.0.2.300\" is not an IPv4 address"),
+    ("missing-kernel", "kernel: /apps/nonexistent: no such file"),
+    (
+        "non-elf-kernel",
+        "kernel: /tmp/chaos/notakernel is not an ELF file",
+    ),
+    ("memory", "memory: 3 MiB is too little"),
+    ("too-much-memory", "memory: 900000 MiB asked, but Xen has "),
+    (
+        "duplicate-name",
+        "name: a domain named \"dup\" exists already",
+    ),
+    (
+        "vdev-clash",
+        "vbds[1].vdev: d0p0 is the same disk as vbds[0]'s xvda",
+    ),
+    (
+        "vdev-name",
+        "vbds[0].vdev: \"xvd1\" is not a virtual disk name",
+    ),
+    ("vcpus", "vcpus: 0: a domain needs at least one vCPU"),
+    ("noxs", "xen.dev_method: \"noxs\" is not supported yet"),
+    (
+        "no-bridge",
+        "vifs[0].bridge: dom0 has no bridge named nobr0",
+    ),
+    (
+        "phy-not-a-device",
+        "vbds[0].target: /tmp/chaos/disk.img is not a block device",
+    ),
+];
+
+/// The checks `chaos-lab.sh` must report, each `ok`.
+const CHAOS_CHECKS: [&str; 20] = [
+    "create",
+    "create-prints-domid",
+    "list-shows-it",
+    "xl-list-shows-it",
+    "console-streams",
+    "daytime-answers",
+    "shutdown-w",
+    "shutdown-reports-reason",
+    "console-ends-with-the-guest",
+    "console-status",
+    "console-has-last-words",
+    "gone-after-shutdown",
+    "create-again",
+    "destroy",
+    "gone-after-destroy",
+    "destroy-unknown-fails",
+    "dup-exists",
+    "dup-destroyed",
+    "cycles-succeed",
+    "cycles-counted",
+];
+
+/// chaos's commands on real Xen (`chaos-lab.sh`): create, list (and xl list), console,
+/// shutdown -w, destroy of daytime with its vif; fifteen malformed configurations,
+/// each refused with status 2 and one line naming the field, leaving no domain; and
+/// 100 create/destroy cycles of a paused guest with a vif and a file-backed disk that
+/// must leave no domain, loop device, vif or Xenstore node behind.
+fn chaos_commands(images: &[GuestImage]) -> Result<()> {
+    let options = lab::ExecOptions {
+        timeout: Duration::from_secs(900),
+        verbose: false,
+        forwards: Vec::new(),
+        disks: Vec::new(),
+        control: None,
+    };
+    let mut output = Vec::new();
+    let end = lab::exec(
+        include_str!("chaos-lab.sh"),
+        images,
+        &options,
+        &mut |line| {
+            if let lab::Line::Stdout(text) | lab::Line::Stderr(text) = line {
+                output.push(text.to_owned());
+            }
+        },
+    )?;
+    let verdict = judge_chaos_lab(&output).and_then(|summary| match end {
+        lab::ExecEnd::Exited(0) => Ok(summary),
+        other => bail!("the job ended with {other:?}"),
+    });
+    match verdict {
+        Ok(summary) => {
+            eprintln!("PASS {CHAOS_COMMANDS} ({summary})");
+            Ok(())
+        }
+        Err(err) => bail!(
+            "FAIL {CHAOS_COMMANDS}: {err:#}\n  job output:\n  {}",
+            output.join("\n  ")
+        ),
+    }
+}
+
+/// Judge `chaos-lab.sh`'s lines; a summary on success.
+fn judge_chaos_lab(output: &[String]) -> Result<String> {
+    let mut problems = Vec::new();
+    let mut checks_seen = Vec::new();
+    let mut bad_seen = Vec::new();
+    let mut counts = Vec::new();
+    for line in output {
+        let fields: Vec<&str> = line.splitn(5, ' ').collect();
+        match fields.as_slice() {
+            ["CHECK", name, verdict, rest @ ..] => {
+                checks_seen.push((*name).to_owned());
+                if *verdict != "ok" {
+                    problems.push(format!("check {name} failed: {}", rest.join(" ")));
+                }
+            }
+            ["BAD", name, status, lines, stderr] => {
+                bad_seen.push((*name).to_owned());
+                let expected = BAD_CONFIGS
+                    .iter()
+                    .find(|(bad, _)| bad == name)
+                    .map(|(_, why)| format!("chaos: bad-{name}.json: {why}"));
+                let Some(expected) = expected else {
+                    problems.push(format!("unexpected malformed config {name}"));
+                    continue;
+                };
+                if *status != "2" || *lines != "1" || !stderr.starts_with(&expected) {
+                    problems.push(format!(
+                        "malformed config {name}: status {status}, {lines} line(s) on stderr \
+                         {stderr:?}; expected status 2 and one line starting {expected:?}"
+                    ));
+                }
+            }
+            ["COUNT", what, before, after] => {
+                counts.push(format!("{what} {before}→{after}"));
+                if before != after {
+                    problems.push(format!("{what}: {before} before, {after} after"));
+                }
+            }
+            _ => {}
+        }
+    }
+    if counts.len() == 5 {
+        checks_seen.push("cycles-counted".into());
+    } else {
+        problems.push(format!("expected 5 COUNT lines, got {counts:?}"));
+    }
+    for check in CHAOS_CHECKS {
+        if !checks_seen.iter().any(|seen| seen == check) {
+            problems.push(format!("check {check} did not run"));
+        }
+    }
+    for (name, _) in BAD_CONFIGS {
+        if !bad_seen.iter().any(|seen| seen == name) {
+            problems.push(format!("malformed config {name} was not tried"));
+        }
+    }
+    ensure!(problems.is_empty(), "{}", problems.join("; "));
+    let cycles = output
+        .iter()
+        .find_map(|line| line.strip_prefix("CHECK cycles-succeed ok "))
+        .unwrap_or_default();
+    Ok(format!(
+        "{} checks, {} malformed configs refused; {cycles}; {}",
+        CHAOS_CHECKS.len(),
+        BAD_CONFIGS.len(),
+        counts.join(", ")
+    ))
+}
+
+/// The name `--filter` matches for [`concurrent_daytime_clients`].
+const CONCURRENT_DAYTIME: &str = "100 TCP clients at once";
 
 /// 100 TCP clients connect to daytime at the same moment and each gets its line. They
 /// run in the lab's dom0 (busybox `nc`), reaching the guest over the bridge and netback:
@@ -91,11 +283,11 @@ fn concurrent_daytime_clients(images: &[GuestImage]) -> Result<()> {
         .find(|line| line.starts_with("daytime clients:"));
     match (end, summary) {
         (lab::ExecEnd::Exited(0), Some(summary)) => {
-            eprintln!("PASS 100 TCP clients at once ({summary})");
+            eprintln!("PASS {CONCURRENT_DAYTIME} ({summary})");
             Ok(())
         }
         (end, _) => bail!(
-            "FAIL 100 TCP clients at once ({end:?}):\n  {}",
+            "FAIL {CONCURRENT_DAYTIME} ({end:?}):\n  {}",
             output.join("\n  ")
         ),
     }
@@ -539,6 +731,164 @@ const CASES: &[Case] = &[
         }),
         toolstack: Toolstack::Xl,
     },
+    Case {
+        name: "chaos: hello greets and powers off",
+        app: "hello",
+        args: &["alpha", "beta"],
+        mem_mib: 8,
+        dom0: false,
+        timeout_secs: 60,
+        exit: GuestExit::Poweroff,
+        check: hello_greets,
+        client: None,
+        disk: None,
+        toolstack: Toolstack::Chaos,
+    },
+    Case {
+        name: "chaos: a panicking hello ends as a crash",
+        app: "hello",
+        args: &["panic"],
+        mem_mib: 8,
+        dom0: false,
+        timeout_secs: 60,
+        exit: GuestExit::Crash,
+        check: |console| expect_line(console, "hello was asked to panic"),
+        client: None,
+        disk: None,
+        toolstack: Toolstack::Chaos,
+    },
+    Case {
+        name: "chaos: a guest that outlives its timeout is destroyed",
+        app: "hello",
+        args: &["sleep=600000"],
+        mem_mib: 8,
+        dom0: false,
+        timeout_secs: 5,
+        exit: GuestExit::Timeout,
+        check: |console| expect_line(console, "args: sleep=600000"),
+        client: None,
+        disk: None,
+        toolstack: Toolstack::Chaos,
+    },
+    Case {
+        name: "chaos: daytime answers TCP and UDP clients on the host, powers off on chaos shutdown",
+        app: "daytime",
+        args: &[],
+        mem_mib: 32,
+        dom0: false,
+        timeout_secs: 120,
+        exit: GuestExit::Poweroff,
+        check: daytime_closes_down,
+        client: Some(ClientCase {
+            ready: "daytime: listening",
+            ready_timeout_secs: 60,
+            forwards: &[13],
+            net: GuestNet::Static(run::Ipv4Cidr::LAB_GUEST),
+            talk: |ports| {
+                daytime_tcp(ports)?;
+                daytime_udp(ports)
+            },
+            fails_with: None,
+            stop: Stop::Shutdown,
+            stop_limit_secs: SHUTDOWN_LIMIT_SECS,
+        }),
+        disk: None,
+        toolstack: Toolstack::Chaos,
+    },
+    Case {
+        name: "chaos: daytime (DHCP) answers a TCP client on the host, then chaos destroy",
+        app: "daytime",
+        args: &[],
+        mem_mib: 32,
+        dom0: false,
+        timeout_secs: 120,
+        exit: GuestExit::Destroyed,
+        check: |console| expect_line(console, "daytime: listening on 10.0.2.16:13"),
+        client: Some(ClientCase {
+            ready: "daytime: listening",
+            ready_timeout_secs: 60,
+            forwards: &[13],
+            net: GuestNet::Dhcp,
+            talk: daytime_tcp,
+            fails_with: None,
+            stop: Stop::Destroy,
+            stop_limit_secs: DESTROY_LIMIT_SECS,
+        }),
+        disk: None,
+        toolstack: Toolstack::Chaos,
+    },
+    Case {
+        name: "chaos: daytime reboots on chaos shutdown --reboot",
+        app: "daytime",
+        args: &[],
+        mem_mib: 32,
+        dom0: false,
+        timeout_secs: 120,
+        exit: GuestExit::Reboot,
+        check: daytime_closes_down,
+        client: Some(ClientCase {
+            ready: "daytime: listening",
+            ready_timeout_secs: 60,
+            forwards: &[],
+            net: GuestNet::Dhcp,
+            talk: |_| Ok(()),
+            fails_with: None,
+            stop: Stop::Reboot,
+            stop_limit_secs: SHUTDOWN_LIMIT_SECS,
+        }),
+        disk: None,
+        toolstack: Toolstack::Chaos,
+    },
+    Case {
+        name: "chaos: blkcheck on a file-backed 64 MiB disk (xendevd's loop device); the host reads its pattern",
+        app: "blkcheck",
+        args: &[],
+        mem_mib: 32,
+        dom0: false,
+        timeout_secs: 180,
+        exit: GuestExit::Poweroff,
+        check: |console| {
+            expect_line(console, "blkcheck: disk xvda of 64 MiB")?;
+            ensure!(
+                console.lines().any(|line| line.starts_with("blkcheck: ok")),
+                "no line starting with \"blkcheck: ok\""
+            );
+            Ok(())
+        },
+        client: None,
+        disk: Some(DiskCase {
+            mib: 64,
+            filled_mib: 0,
+            read_only: false,
+            check: |image| image.holds_blkcheck_pattern(),
+        }),
+        toolstack: Toolstack::Chaos,
+    },
+    Case {
+        name: "chaos: blkcheck on a read-only file-backed disk: the write is refused, the image unchanged",
+        app: "blkcheck",
+        args: &[],
+        mem_mib: 32,
+        dom0: false,
+        timeout_secs: 180,
+        exit: GuestExit::Poweroff,
+        check: |console| {
+            expect_line(console, "blkcheck: read-only disk: write refused: ")?;
+            ensure!(
+                console.lines().any(|line| line.starts_with("blkcheck: ok")),
+                "no line starting with \"blkcheck: ok\""
+            );
+            Ok(())
+        },
+        client: None,
+        disk: Some(DiskCase {
+            mib: 64,
+            filled_mib: 1,
+            read_only: true,
+            check: TestImage::unchanged,
+        }),
+        toolstack: Toolstack::Chaos,
+    },
 ];
 
 /// daytime's last words after a poweroff or reboot request, in order.
@@ -825,9 +1175,13 @@ fn field<'a>(console: &'a str, prefix: &str) -> Result<&'a str> {
     }
 }
 
-fn lab_tests(images: &[GuestImage]) -> Result<()> {
+fn lab_tests(images: &[GuestImage], wanted: &dyn Fn(&str) -> bool) -> Result<()> {
+    let cases: Vec<&Case> = CASES.iter().filter(|case| wanted(case.name)).collect();
+    if cases.is_empty() {
+        return Ok(());
+    }
     // Each disk case's fresh image, made before the lab boots (QEMU attaches them all).
-    let disks = CASES
+    let disks = cases
         .iter()
         .enumerate()
         .map(|(index, case)| {
@@ -837,7 +1191,7 @@ fn lab_tests(images: &[GuestImage]) -> Result<()> {
                 .transpose()
         })
         .collect::<Result<Vec<Option<TestImage>>>>()?;
-    let sessions: Vec<Session<'_>> = CASES
+    let sessions: Vec<Session<'_>> = cases
         .iter()
         .zip(&disks)
         .map(|(case, image)| {
@@ -877,7 +1231,7 @@ fn lab_tests(images: &[GuestImage]) -> Result<()> {
     eprintln!("lab: {} guest runs", sessions.len());
     let outcomes = run::run_sessions(sessions);
     let mut failures = 0;
-    for ((case, outcome), image) in CASES.iter().zip(outcomes).zip(&disks) {
+    for ((case, outcome), image) in cases.iter().zip(outcomes).zip(&disks) {
         let verdict = outcome.and_then(|outcome| {
             let result = judge(case, &outcome.guest)
                 .and_then(|()| judge_client(case, outcome.client, outcome.guest.stop_latency))
@@ -902,7 +1256,7 @@ fn lab_tests(images: &[GuestImage]) -> Result<()> {
         }
     }
     if failures > 0 {
-        bail!("{failures} of {} lab tests failed", CASES.len());
+        bail!("{failures} of {} lab tests failed", cases.len());
     }
     Ok(())
 }
