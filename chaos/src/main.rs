@@ -9,7 +9,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -171,12 +171,51 @@ fn main() -> ExitCode {
 }
 
 fn open(cli: &Cli, device_timeout: Duration) -> Result<Host, Failure> {
-    Ok(Host::open(Options {
+    let started = Instant::now();
+    let host = Host::open(Options {
         xendevd_socket: cli.xendevd.clone(),
         device_timeout,
         trace: cli.verbose,
         ..Options::default()
-    })?)
+    })?;
+    trace(cli, "open libxenctrl, Xenstore", started);
+    Ok(host)
+}
+
+/// With -v, how long a step took (one outside [`Host::timed`]).
+fn trace(cli: &Cli, what: &str, started: Instant) {
+    if cli.verbose {
+        eprintln!(
+            "chaos: {:>8.3} ms  {what}",
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+    }
+}
+
+/// With -v, the time since the process started (from /proc/self/stat and the uptime),
+/// which includes loading the Xen libraries before `main`.
+fn trace_total(cli: &Cli, what: &str) {
+    if !cli.verbose {
+        return;
+    }
+    let since_start = || -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Field 22 (starttime), counted after the command name's closing parenthesis.
+        let after = &stat[stat.rfind(')')? + 2..];
+        let ticks: f64 = after.split_whitespace().nth(19)?.parse().ok()?;
+        // SAFETY: sysconf only reads a configuration value.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        Some((uptime - ticks / hz) * 1000.0)
+    };
+    if let Some(ms) = since_start() {
+        eprintln!("chaos: {ms:>8.0} ms  {what} (since the process started, ±10 ms)");
+    }
 }
 
 fn run(cli: &Cli) -> Result<u8, Failure> {
@@ -271,8 +310,10 @@ fn create(cli: &Cli, args: &CreateArgs) -> Result<u8, Failure> {
             args.count
         )));
     }
+    let started = Instant::now();
     let config =
         domain::load_config(&args.config).map_err(|err| prefix_config(&args.config, err))?;
+    trace(cli, "load and check the configuration", started);
     let host = open(cli, Duration::from_secs(args.device_timeout))?;
     let mut created = Vec::new();
     for index in 0..args.count {
@@ -285,6 +326,7 @@ fn create(cli: &Cli, args: &CreateArgs) -> Result<u8, Failure> {
         if !watch {
             println!("{}", made.domid);
         }
+        trace_total(cli, &format!("created {}", made.name));
         created.push(made);
     }
     if !watch {
