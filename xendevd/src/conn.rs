@@ -74,10 +74,27 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
     serde_json::from_value(value).map_err(|err| format!("malformed request: {err}"))
 }
 
+/// Where a connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Taking requests.
+    Open,
+    /// A protocol error ended the conversation (its error is queued). Input is read and
+    /// thrown away until the client closes its side, or for `request_timeout` at most:
+    /// closing a Unix socket with unread input resets it, and the client could lose
+    /// the error line that tells it why.
+    Draining { since: Instant },
+    /// No more input; the connection closes once the output is written.
+    Closing,
+    /// The client does not read: close now, whatever is queued.
+    Dead,
+}
+
 /// One connection's state.
 #[derive(Debug)]
 pub struct Session {
     limits: Limits,
+    phase: Phase,
     /// Bytes of the unfinished request line.
     partial: Vec<u8>,
     /// When the unfinished line got its first byte.
@@ -88,56 +105,52 @@ pub struct Session {
     output: Vec<u8>,
     /// When the client last took some output (or output began to queue).
     last_output: Instant,
-    /// No more input is taken; the connection closes once `output` is written.
-    closing: bool,
-    /// The client stopped reading: nothing more is queued for it.
-    deaf: bool,
 }
 
 impl Session {
     pub fn new(limits: Limits, now: Instant) -> Self {
         Self {
             limits,
+            phase: Phase::Open,
             partial: Vec::new(),
             partial_since: None,
             last_input: now,
             output: Vec::new(),
             last_output: now,
-            closing: false,
-            deaf: false,
         }
     }
 
-    /// Take bytes from the client; returns each complete line's request or the error
-    /// already queued for it (the caller answers the requests, in order, with
-    /// [`Session::respond`]; errors are answered here, but in order with the rest: the
-    /// caller passes each `Err` back to `respond`).
+    /// Take bytes from the client; returns, in order, each complete line's request or
+    /// the error to answer it with (the caller answers each with [`Session::respond`]).
     pub fn receive(&mut self, bytes: &[u8], now: Instant) -> Vec<Result<Request, String>> {
         let mut out = Vec::new();
-        if self.closing {
+        if self.phase != Phase::Open {
             return out;
         }
         self.last_input = now;
         let mut rest = bytes;
         while !rest.is_empty() {
-            match rest.iter().position(|&b| b == b'\n') {
-                Some(end) => {
-                    if self.partial.len() + end > self.limits.max_line {
-                        out.push(Err(self.too_long()));
-                        return out;
-                    }
-                    self.partial.extend_from_slice(&rest[..end]);
+            let (chunk, complete) = match rest.iter().position(|&b| b == b'\n') {
+                Some(end) => (&rest[..end], Some(end + 1)),
+                None => (rest, None),
+            };
+            if self.partial.len() + chunk.len() > self.limits.max_line {
+                out.push(Err(format!(
+                    "request line longer than {} bytes: closing the connection",
+                    self.limits.max_line
+                )));
+                self.stop(now);
+                return out;
+            }
+            self.partial.extend_from_slice(chunk);
+            match complete {
+                Some(used) => {
                     out.push(parse_request(&self.partial));
                     self.partial.clear();
                     self.partial_since = None;
-                    rest = &rest[end + 1..];
+                    rest = &rest[used..];
                 }
                 None => {
-                    if self.partial.len() + rest.len() > self.limits.max_line {
-                        out.push(Err(self.too_long()));
-                        return out;
-                    }
-                    self.partial.extend_from_slice(rest);
                     self.partial_since.get_or_insert(now);
                     rest = &[];
                 }
@@ -146,23 +159,20 @@ impl Session {
         out
     }
 
-    fn too_long(&mut self) -> String {
-        self.closing = true;
+    /// End the conversation after a protocol error: drain, then close.
+    fn stop(&mut self, now: Instant) {
         self.partial.clear();
         self.partial_since = None;
-        format!(
-            "request line longer than {} bytes: closing the connection",
-            self.limits.max_line
-        )
+        self.phase = Phase::Draining { since: now };
     }
 
     /// The client closed its sending side. An unfinished line gets an error.
     pub fn end_of_input(&mut self) -> Option<String> {
-        if self.closing {
-            return None;
+        let phase = self.phase;
+        if matches!(phase, Phase::Open | Phase::Draining { .. }) {
+            self.phase = Phase::Closing;
         }
-        self.closing = true;
-        if self.partial.is_empty() {
+        if phase != Phase::Open || self.partial.is_empty() {
             return None;
         }
         let error = format!(
@@ -177,7 +187,7 @@ impl Session {
 
     /// Queue an answer (an `Err` becomes `{"error": "..."}`).
     pub fn respond(&mut self, response: Result<Response, String>, now: Instant) {
-        if self.deaf {
+        if self.phase == Phase::Dead {
             return;
         }
         let response = response.unwrap_or_else(Response::Error);
@@ -189,8 +199,8 @@ impl Session {
         line.push(b'\n');
         self.output.extend_from_slice(&line);
         if self.output.len() > self.limits.max_output {
-            // The client does not read: drop it (and what it did not take).
-            self.give_up();
+            // The client does not read its answers.
+            self.abort();
         }
     }
 
@@ -209,70 +219,75 @@ impl Session {
 
     /// When [`Session::check_time`] must next run.
     pub fn deadline(&self) -> Option<Instant> {
-        if self.closing {
-            return (!self.output.is_empty())
-                .then(|| self.last_output + self.limits.request_timeout);
+        let timeout = self.limits.request_timeout;
+        let output = (!self.output.is_empty()).then(|| self.last_output + timeout);
+        let input = match self.phase {
+            Phase::Open => {
+                let idle = self.last_input + self.limits.idle_timeout;
+                Some(match self.partial_since {
+                    Some(since) => idle.min(since + timeout),
+                    None => idle,
+                })
+            }
+            Phase::Draining { since } => Some(since + timeout),
+            Phase::Closing | Phase::Dead => None,
+        };
+        match (input, output) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
-        let mut deadline = self.last_input + self.limits.idle_timeout;
-        if let Some(since) = self.partial_since {
-            deadline = deadline.min(since + self.limits.request_timeout);
-        }
-        if !self.output.is_empty() {
-            deadline = deadline.min(self.last_output + self.limits.request_timeout);
-        }
-        Some(deadline)
     }
 
     /// Apply the timeouts at `now`: a stalled request gets an error and the connection
     /// closes; an idle or non-reading client is dropped.
     pub fn check_time(&mut self, now: Instant) {
-        if !self.output.is_empty() && now >= self.last_output + self.limits.request_timeout {
-            // Not reading its answers: nothing more can reach it.
-            self.give_up();
+        let timeout = self.limits.request_timeout;
+        if !self.output.is_empty() && now >= self.last_output + timeout {
+            // It has not taken any of its answers for that long.
+            self.abort();
             return;
         }
-        if self.closing {
-            return;
-        }
-        if let Some(since) = self.partial_since
-            && now >= since + self.limits.request_timeout
-        {
-            let error = format!(
-                "request incomplete after {} s ({} bytes without a newline): \
-                     closing the connection",
-                self.limits.request_timeout.as_secs_f64(),
-                self.partial.len()
-            );
-            self.partial.clear();
-            self.partial_since = None;
-            self.respond(Err(error), now);
-            self.closing = true;
-            return;
-        }
-        if now >= self.last_input + self.limits.idle_timeout {
-            self.closing = true;
+        match self.phase {
+            Phase::Open => {
+                if self
+                    .partial_since
+                    .is_some_and(|since| now >= since + timeout)
+                {
+                    let error = format!(
+                        "request incomplete after {} s ({} bytes without a newline): \
+                         closing the connection",
+                        timeout.as_secs_f64(),
+                        self.partial.len()
+                    );
+                    self.respond(Err(error), now);
+                    self.stop(now);
+                } else if now >= self.last_input + self.limits.idle_timeout {
+                    self.phase = Phase::Closing;
+                }
+            }
+            Phase::Draining { since } if now >= since + timeout => self.phase = Phase::Closing,
+            Phase::Draining { .. } | Phase::Closing | Phase::Dead => {}
         }
     }
 
-    /// The socket failed: close without another word.
+    /// The socket failed, or the client does not read: close without another word.
     pub fn abort(&mut self) {
-        self.give_up();
-    }
-
-    fn give_up(&mut self) {
         self.output.clear();
-        self.closing = true;
-        self.deaf = true;
+        self.phase = Phase::Dead;
     }
 
-    /// Whether input is still read.
+    /// Whether to read from the client (requests, or input to throw away).
     pub fn reading(&self) -> bool {
-        !self.closing
+        matches!(self.phase, Phase::Open | Phase::Draining { .. })
     }
 
-    /// Whether the connection can be closed now: closing, and nothing left to write.
+    /// Whether the connection can be closed now.
     pub fn finished(&self) -> bool {
-        self.closing && self.output.is_empty()
+        match self.phase {
+            Phase::Dead => true,
+            Phase::Closing => self.output.is_empty(),
+            Phase::Open | Phase::Draining { .. } => false,
+        }
     }
 }
 
@@ -435,17 +450,27 @@ mod tests {
                     "request line longer than 100 bytes: closing the connection".into()
                 )]
             );
-            assert!(!session.reading());
-            // Nothing more is taken.
+            // Nothing more is taken: the rest is read and thrown away until the client
+            // closes its side, so it gets the error line and a clean end.
+            assert!(session.reading());
             assert!(session.receive(QUERY, t0).is_empty());
             session.respond(
                 results.into_iter().next().unwrap().map(|_| Response::Done),
                 t0,
             );
-            assert!(!session.finished());
             answers(&mut session, t0);
+            assert!(!session.finished());
+            assert_eq!(session.end_of_input(), None);
+            assert!(!session.reading());
             assert!(session.finished());
         }
+        // A client that never closes its side is closed after the request timeout.
+        let mut session = Session::new(limits(), t0);
+        session.receive(&[b'x'; 101], t0);
+        assert_eq!(session.deadline(), Some(t0 + Duration::from_secs(5)));
+        session.check_time(t0 + Duration::from_secs(5));
+        assert!(!session.reading());
+        assert!(session.finished());
     }
 
     #[test]
@@ -465,11 +490,14 @@ mod tests {
         session.check_time(t1 + Duration::from_millis(4999));
         assert!(session.reading());
         session.check_time(t1 + Duration::from_secs(5));
-        assert!(!session.reading());
         assert_eq!(
             answers(&mut session, t1),
             "{\"error\":\"request incomplete after 5 s (9 bytes without a newline): closing the connection\"}\n"
         );
+        // What comes after is thrown away; the client's end closes the connection.
+        assert!(session.receive(b"\"query\"}\n", t1).is_empty());
+        assert!(!session.finished());
+        session.end_of_input();
         assert!(session.finished());
     }
 

@@ -595,10 +595,14 @@ impl Devices {
 
     fn backend_facts(&mut self, backend: &str) -> Result<BackendFacts, XsError> {
         let xs = self.xenstore()?;
-        Ok(BackendFacts {
-            toolstack: xs.read(&format!("{backend}/{}", node::TOOLSTACK))?,
-            bridge: xs.read(&format!("{backend}/{}", node::BRIDGE))?,
-        })
+        let toolstack = xs.read(&format!("{backend}/{}", node::TOOLSTACK))?;
+        // Another toolstack's vif: one round trip is enough.
+        let bridge = if toolstack.as_deref() == Some(vif::TOOLSTACK_MARKER) {
+            xs.read(&format!("{backend}/{}", node::BRIDGE))?
+        } else {
+            None
+        };
+        Ok(BackendFacts { toolstack, bridge })
     }
 
     /// A vif came online (or a rescan found it unconnected); `received` is when its
