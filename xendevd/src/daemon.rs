@@ -39,6 +39,8 @@ const READ_CHUNK: usize = 16 * 1024;
 #[derive(Debug, Clone)]
 pub struct Options {
     pub socket: PathBuf,
+    /// Where the loop devices' records are kept across restarts.
+    pub state: PathBuf,
     pub limits: Limits,
     pub loop_method: Method,
 }
@@ -143,7 +145,7 @@ impl Daemon {
             uevents,
             signals,
             clients: Vec::new(),
-            devices: Devices::new(options.loop_method),
+            devices: Devices::new(options.loop_method, Some(options.state.clone())),
             limits: options.limits,
         })
     }
@@ -156,6 +158,7 @@ impl Daemon {
             self.listener.path.display(),
             vif::TOOLSTACK_MARKER
         );
+        self.devices.restore_state();
         self.devices.rescan("start");
         let mut datagram = vec![0u8; netlink::DATAGRAM_MAX];
         let mut chunk = vec![0u8; READ_CHUNK];
@@ -364,9 +367,14 @@ impl Daemon {
                 })
                 .collect();
             warn!(
-                "leaving {} loop device(s) attached for their domains: {}",
+                "leaving {} loop device(s) attached for their domains: {} (recorded in {} \
+                 for the next xendevd)",
                 disks.len(),
-                list.join("; ")
+                list.join("; "),
+                self.devices
+                    .state_path
+                    .as_deref()
+                    .map_or("nowhere".into(), |p| p.display().to_string())
             );
         }
         let vifs = self.devices.vifs.list();
@@ -393,20 +401,109 @@ struct Devices {
     /// Opened on first use, dropped (and reopened later) when the connection breaks.
     xenstore: Option<Xenstore>,
     net: Option<NetControl>,
+    /// The state file (`None` in tests).
+    state_path: Option<PathBuf>,
 }
 
 impl Devices {
-    fn new(loop_method: Method) -> Self {
+    fn new(loop_method: Method, state_path: Option<PathBuf>) -> Self {
         Self {
             disks: DiskBook::default(),
             vifs: VifBook::default(),
             loop_method,
             xenstore: None,
             net: None,
+            state_path,
         }
     }
 
+    /// Write the disk book to the state file (a new file renamed over the old one).
+    fn save_state(&self) {
+        let Some(path) = &self.state_path else { return };
+        let mut temporary = path.clone().into_os_string();
+        temporary.push(".new");
+        let temporary = PathBuf::from(temporary);
+        let written = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temporary)
+            .and_then(|mut file| file.write_all(self.disks.save().as_bytes()))
+            .and_then(|()| fs::rename(&temporary, path));
+        if let Err(err) = written {
+            warn!(
+                "cannot record the loop devices in {}: {err} (a restarted xendevd will not \
+                 know them)",
+                path.display()
+            );
+        }
+    }
+
+    /// Take back the loop devices a previous xendevd recorded, each still bound to the
+    /// same file (device and inode) in the same mode; forget the others.
+    fn restore_state(&mut self) {
+        let Some(path) = self.state_path.clone() else {
+            return;
+        };
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return,
+            Err(err) => {
+                warn!("cannot read {}: {err}", path.display());
+                return;
+            }
+        };
+        let entries = match DiskBook::load(&text) {
+            Ok(entries) => entries,
+            Err(err) => {
+                warn!("ignoring {}: {err}", path.display());
+                return;
+            }
+        };
+        let total = entries.len();
+        for entry in entries {
+            let disk = &entry.disk;
+            match loopdev::binding(&disk.device) {
+                Ok(Some(binding))
+                    if (binding.dev, binding.ino, binding.readonly)
+                        == (entry.dev, entry.ino, disk.readonly) =>
+                {
+                    info!(
+                        "took back {} ← {} (domain {})",
+                        disk.device, disk.path, disk.domid
+                    );
+                    self.disks.insert(entry);
+                }
+                Ok(Some(_)) => warn!(
+                    "not taking back {}: it is bound to another file than {} now",
+                    disk.device, disk.path
+                ),
+                Ok(None) => info!(
+                    "not taking back {} ({}): it was detached meanwhile",
+                    disk.device, disk.path
+                ),
+                Err(err) => warn!("not taking back {}: {err}", disk.device),
+            }
+        }
+        info!(
+            "{}: took back {} of {total} loop device(s)",
+            path.display(),
+            self.disks.list().len()
+        );
+        self.save_state();
+    }
+
     fn handle(&mut self, request: Request) -> Result<Response, String> {
+        let changes_disks = !matches!(request, Request::Query);
+        let result = self.answer(request);
+        if changes_disks {
+            self.save_state();
+        }
+        result
+    }
+
+    fn answer(&mut self, request: Request) -> Result<Response, String> {
         let result = match request {
             Request::AttachDisk {
                 path,
@@ -885,7 +982,7 @@ mod tests {
     /// Requests through `Devices::handle` that fail before any ioctl.
     #[test]
     fn refused_requests() {
-        let mut devices = Devices::new(Method::Auto);
+        let mut devices = Devices::new(Method::Auto, None);
         let dir = std::env::temp_dir().join(format!("xendevd-refuse-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let odd = dir.join("odd.img");

@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 use crate::api::Disk;
 
 /// Bytes per sector: an image must be a whole number of them (blkback's unit).
@@ -144,7 +146,8 @@ pub fn check_image(path: &str, facts: &ImageFacts) -> Result<(), DiskError> {
 }
 
 /// A loop device xendevd attached, with its image's identity.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Entry {
     pub disk: Disk,
     pub dev: u64,
@@ -230,6 +233,28 @@ impl DiskBook {
         self.entries.len()
     }
 
+    /// The book as its state file holds it (JSON), so a restarted xendevd can take
+    /// its loop devices back.
+    pub fn save(&self) -> String {
+        let saved = Saved {
+            version: SAVED_VERSION,
+            disks: self.entries.values().cloned().collect(),
+        };
+        serde_json::to_string_pretty(&saved).expect("plain data always encodes")
+    }
+
+    /// The entries of a state file written by [`DiskBook::save`].
+    pub fn load(text: &str) -> Result<Vec<Entry>, String> {
+        let saved: Saved = serde_json::from_str(text).map_err(|err| err.to_string())?;
+        if saved.version != SAVED_VERSION {
+            return Err(format!(
+                "version {} (this xendevd reads version {SAVED_VERSION})",
+                saved.version
+            ));
+        }
+        Ok(saved.disks)
+    }
+
     /// What the book holds, for error messages: `it holds /dev/loop0, /dev/loop3`.
     fn held(&self) -> String {
         if self.entries.is_empty() {
@@ -238,6 +263,17 @@ impl DiskBook {
         let devices: Vec<String> = self.list().into_iter().map(|d| d.device).collect();
         format!("it holds {}", devices.join(", "))
     }
+}
+
+/// The state file's layout version.
+const SAVED_VERSION: u32 = 1;
+
+/// The state file: `{"version": 1, "disks": [{"disk": {…}, "dev": …, "ino": …}, …]}`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Saved {
+    version: u32,
+    disks: Vec<Entry>,
 }
 
 #[cfg(test)]
@@ -351,6 +387,30 @@ mod tests {
             err,
             "domain ID 32752 is not a domain's (Xen's domain IDs are below 32752)"
         );
+    }
+
+    #[test]
+    fn state_file_round_trip() {
+        let mut book = DiskBook::default();
+        assert_eq!(DiskBook::load(&book.save()).unwrap(), []);
+        book.insert(entry(3, 5, true, 42));
+        book.insert(entry(1, 4, false, 43));
+        let text = book.save();
+        assert!(text.contains("\"version\": 1"), "{text}");
+        let entries = DiskBook::load(&text).unwrap();
+        assert_eq!(entries, [entry(1, 4, false, 43), entry(3, 5, true, 42)]);
+        for (bad, why) in [
+            ("", "EOF while parsing"),
+            (
+                r#"{"version":2,"disks":[]}"#,
+                "version 2 (this xendevd reads version 1)",
+            ),
+            (r#"{"version":1,"disks":[],"x":0}"#, "unknown field `x`"),
+            (r#"{"version":1,"disks":[{"disk":{}}]}"#, "missing field"),
+        ] {
+            let err = DiskBook::load(bad).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]

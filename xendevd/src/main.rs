@@ -53,6 +53,9 @@ struct Cli {
     /// The API's Unix socket.
     #[arg(long, value_name = "PATH", default_value = xendevd::SOCKET_PATH, global = true)]
     socket: PathBuf,
+    /// Where the daemon records its loop devices, so that it knows them after a restart.
+    #[arg(long, value_name = "PATH", default_value = "/run/xendevd.disks.json")]
+    state: PathBuf,
     /// Log every uevent and every vif left alone, too.
     #[arg(long, short)]
     verbose: bool,
@@ -135,6 +138,7 @@ fn run_daemon(cli: &Cli) -> Result<()> {
     });
     let options = daemon::Options {
         socket: cli.socket.clone(),
+        state: cli.state.clone(),
         limits: conn::Limits {
             request_timeout: Duration::from_secs(cli.request_timeout.max(1)),
             ..conn::Limits::default()

@@ -304,7 +304,7 @@ const XENDEVD_IN_DOM0: &str = "xendevd in dom0: malformed requests, loop devices
 /// detached and released, one under a blkcheck guest; vifs whose back end says
 /// `toolstack = chaos` put on their bridge (a daytime guest answers through one), one
 /// on a missing bridge failing with `hotplug-error`, one without the marker left
-/// alone; SIGTERM, daemonizing, adoption of a running vif after a restart; and the
+/// alone; SIGTERM, daemonizing, a restart that takes back loop devices and vifs; and the
 /// time from `online` uevent to `hotplug-status = connected`, next to xl's script's.
 fn xendevd_in_dom0(images: &[GuestImage]) -> Result<()> {
     let options = lab::ExecOptions {

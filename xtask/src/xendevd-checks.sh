@@ -307,9 +307,11 @@ t1=$(ms)
 xl_script=$(((t1 - t0) / 5))
 check "xl's vif-bridge script connected vif$X.0 by hand" [ "$(xenstore-read /local/domain/0/backend/vif/$X/0/hotplug-status)" = connected ]
 
-# A disk left attached over a restart: xendevd must leave it and say so.
+# Disks left attached over a restart: xendevd leaves them, says so and records them;
+# the next xendevd takes back those still bound as they were.
 k=$(xendevd attach /tmp/disks/b.img --domid "$D" --readonly)
 dev_k=$(echo "$k" | field device)
+gone=$(xendevd attach /tmp/disks/a.img --domid "$D" | field device)
 
 # SIGTERM: the socket goes, the loop device stays (logged), the vif stays on its bridge.
 pid=$(pidof xendevd)
@@ -321,9 +323,11 @@ while kill -0 "$pid" 2>/dev/null && [ $i -lt 50 ]; do
 done
 check "xendevd ended on SIGTERM" sh -c "! kill -0 $pid 2>/dev/null"
 check "xendevd removed its socket" [ ! -e /run/xendevd.sock ]
-check "xendevd logged the loop device it left: $(grep 'leaving' $LOG | head -n 1 | cut -c 14-)" \
-	grep -q "leaving 1 loop device(s) attached for their domains: $dev_k ← /tmp/disks/b.img (domain $D, read-only)" $LOG
-check "$dev_k stays bound" [ -e /sys/block/${dev_k#/dev/}/loop ]
+check "xendevd logged the loop devices it left: $(grep 'leaving' $LOG | head -n 1 | cut -c 14-)" \
+	grep -q "leaving 2 loop device(s) attached for their domains: $dev_k ← /tmp/disks/b.img (domain $D, read-only); $gone ← /tmp/disks/a.img (domain $D, read-write) (recorded in /run/xendevd.disks.json" $LOG
+check "$dev_k and $gone stay bound" [ -e /sys/block/${dev_k#/dev/}/loop -a -e /sys/block/${gone#/dev/}/loop ]
+# While no xendevd runs, someone detaches one of them.
+losetup -d "$gone"
 # Daemonized: returns at once, the socket answers, the daemon's parent is init.
 t0=$(ms)
 xendevd
@@ -334,9 +338,9 @@ pid=$(pidof xendevd)
 ppid=$(awk '{ print $4 }' /proc/$pid/stat)
 check "the daemon ($pid) runs under init (parent $ppid) and answers" sh -c "[ $ppid -eq 1 ] && xendevd query >/dev/null"
 state=$(xendevd query)
-check "after the restart, query lists vif$D.0 again (adopted from Xenstore) and no disks: $state" \
-	[ "$state" = "{\"state\":{\"disks\":[],\"vifs\":[{\"name\":\"vif$D.0\",\"bridge\":\"xenbr0\",\"domid\":$D}]}}" ]
-losetup -d "$dev_k"
+check "after the restart, query lists $dev_k (taken back, not $gone) and vif$D.0 (adopted from Xenstore): $state" \
+	[ "$state" = "{\"state\":{\"disks\":[$(echo "$k" | sed 's/^{"disk":\(.*\)}$/\1/')],\"vifs\":[{\"name\":\"vif$D.0\",\"bridge\":\"xenbr0\",\"domid\":$D}]}}" ]
+check "the restarted xendevd detaches $dev_k" [ "$(xendevd release "$D")" = '"done"' -a ! -e /sys/block/${dev_k#/dev/}/loop ]
 kill -TERM "$pid"
 i=0
 while [ -e /run/xendevd.sock ] && [ $i -lt 50 ]; do
