@@ -838,6 +838,13 @@ impl Devices {
                 return;
             }
         };
+        // Vifs whose offline was missed: gone from dom0, so from the book.
+        for vif in self.vifs.list() {
+            if !bridge::exists(&vif.name) {
+                info!("{} (domain {}) is gone", vif.name, vif.domid);
+                self.vifs.remove(&vif.name);
+            }
+        }
         let mut adopted = 0;
         for (event, status) in found {
             if !bridge::exists(&event.vif) {

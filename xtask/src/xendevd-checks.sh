@@ -328,7 +328,10 @@ check "xendevd logged the loop devices it left: $(grep 'leaving' $LOG | head -n 
 check "$dev_k and $gone stay bound" [ -e /sys/block/${dev_k#/dev/}/loop -a -e /sys/block/${gone#/dev/}/loop ]
 # While no xendevd runs, someone detaches one of them.
 losetup -d "$gone"
-# Daemonized: returns at once, the socket answers, the daemon's parent is init.
+# Daemonized: returns at once, the socket answers, the daemon's parent is init, its
+# log goes to syslog (busybox syslogd, for this check).
+syslogd -n -O /tmp/messages &
+syslogd=$!
 t0=$(ms)
 xendevd
 status=$?
@@ -347,6 +350,10 @@ while [ -e /run/xendevd.sock ] && [ $i -lt 50 ]; do
 	i=$((i + 1))
 	sleep 0.1
 done
+check "the daemon ended on SIGTERM and removed its socket" sh -c "! kill -0 $pid 2>/dev/null && [ ! -e /run/xendevd.sock ]"
+check "the daemon logged to syslog: $(grep "xendevd\[$pid\]: took back" /tmp/messages | head -n 1)" \
+	grep -q "xendevd\[$pid\]: .*SIGTERM: shutting down" /tmp/messages
+kill $syslogd
 xendevd --foreground >/tmp/xendevd2.log 2>&1 &
 i=0
 until xendevd query >/dev/null 2>&1 || [ $i -gt 50 ]; do
