@@ -990,7 +990,9 @@ mod tests {
             ),
         ];
         for (text, field, why) in cases {
-            let err = Config::parse(text).unwrap_err();
+            let err = Config::parse(text)
+                .err()
+                .unwrap_or_else(|| panic!("accepted, but should fail on {field}: {text}"));
             assert_eq!(&err.field, field, "{text}: {err}");
             assert!(err.message.contains(why), "{text}: {err}");
             assert!(!err.to_string().contains('\n'), "one line: {err}");

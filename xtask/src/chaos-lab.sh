@@ -154,7 +154,7 @@ while [ $n -lt "$CYCLES" ]; do
 	n=$((n + 1))
 done
 took=$(($(date +%s) - started))
-check cycles-succeed "$failed" "$failed of $CYCLES cycles failed; $took s in all"
+check cycles-succeed "$failed" "$failed failed commands in $CYCLES cycles; $took s in all"
 # netback and blkback let go asynchronously: give them up to 10 s.
 i=0
 while [ $i -lt 100 ]; do
@@ -166,4 +166,7 @@ echo "COUNT domains $d0 $(domains)"
 echo "COUNT loop-devices $l0 $(loops)"
 echo "COUNT vifs $v0 $(vifs)"
 echo "COUNT xenstore-nodes $n0 $(nodes)"
+# For the log, shown if a check failed.
+echo "--- /var/log/xendevd.log"
+cat /var/log/xendevd.log
 exit 0
