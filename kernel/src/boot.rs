@@ -72,7 +72,14 @@ extern "C" fn kernel_entry(si: *const start_info, boot_tsc: u64) -> ! {
     if let Err(err) = crate::grant::init() {
         boot_failed("grant table", err);
     }
-    if let Some((mfn, evtchn)) = boot.xenstore
+    // SAFETY: start_info is a whole page of the bootstrap region, mapped for good.
+    let start_info_page = unsafe { &*core::ptr::from_ref(si).cast::<[u8; 4096]>() };
+    if let Err(err) = crate::noxs::init(start_info_page) {
+        boot_failed("NoXS device block", err);
+    }
+    // With NoXS there may be no xenstored at all: leave Xenstore alone.
+    if crate::noxs::block().is_none()
+        && let Some((mfn, evtchn)) = boot.xenstore
         && let Err(err) = crate::xenstore::init(mfn, evtchn)
     {
         boot_failed("xenstore", err);

@@ -51,6 +51,8 @@ pub mod executor;
 pub mod grant;
 pub mod mem;
 #[cfg(target_os = "none")]
+pub mod noxs;
+#[cfg(target_os = "none")]
 pub mod shutdown;
 pub mod start_info;
 #[cfg(target_os = "none")]

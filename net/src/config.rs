@@ -1,5 +1,6 @@
 //! How the interface gets its address: `ip=ADDR/PREFIX` (and optionally
-//! `gw=GATEWAY`) on the command line, else DHCP.
+//! `gw=GATEWAY`) on the command line, else the address the toolstack assigned through
+//! NoXS, else DHCP.
 
 use alloc::string::String;
 use core::fmt;

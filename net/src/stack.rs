@@ -103,6 +103,14 @@ pub async fn start(args: &Args) -> Result<NetInfo, NetError> {
         return Err(NetError::NoInterface);
     }
     let mut device = vifs.remove(0);
+    // Arguments win; else the address the toolstack assigned (NoXS carries one); else DHCP.
+    let config = match (config, device.assigned_address()) {
+        (Config::Dhcp, Some(assigned)) => Config::Static {
+            address: Ipv4Cidr::new(Ipv4Address::from(assigned.address), assigned.prefix_len),
+            gateway: assigned.gateway.map(Ipv4Address::from),
+        },
+        (config, _) => config,
+    };
     for extra in &vifs {
         log::info!(
             "net: vif{} is up but unused (the stack runs on vif{})",

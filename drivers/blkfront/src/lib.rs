@@ -12,12 +12,15 @@
 extern crate alloc;
 
 pub mod datapath;
+pub mod noxs;
 pub mod xenbus;
 
+use alloc::string::ToString;
 use alloc::vec::Vec;
 
 pub use datapath::BlkError;
 use datapath::Datapath;
+use kernel::devices::Method;
 pub use xenproto::blkif::{DiskInfo, SECTOR_SIZE};
 
 /// One connected virtual block device.
@@ -25,11 +28,22 @@ pub use xenproto::blkif::{DiskInfo, SECTOR_SIZE};
 pub struct BlockDevice {
     id: u32,
     datapath: Datapath,
+    /// With NoXS: the control page, kept mapped while the disk lives.
+    control: Option<kernel::noxs::ControlPage>,
 }
 
 impl BlockDevice {
     pub(crate) fn new(id: u32, datapath: Datapath) -> Self {
-        Self { id, datapath }
+        Self {
+            id,
+            datapath,
+            control: None,
+        }
+    }
+
+    pub(crate) fn with_control(mut self, control: kernel::noxs::ControlPage) -> Self {
+        self.control = Some(control);
+        self
     }
 
     /// Connect every vbd the toolstack gave us, in device-number order. A vbd that
@@ -44,7 +58,13 @@ impl BlockDevice {
         };
         let mut disks = Vec::new();
         for device in devices {
-            match xenbus::connect(&device).await {
+            let connected = match &device.method {
+                Method::Xenstore { path } => xenbus::connect(device.id, path)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Method::Noxs(entry) => noxs::connect(entry).await.map_err(|e| e.to_string()),
+            };
+            match connected {
                 Ok(disk) => disks.push(disk),
                 Err(err) => log::error!("blkfront: vbd {}: {err}", device.id),
             }
@@ -52,7 +72,8 @@ impl BlockDevice {
         disks
     }
 
-    /// The virtual device number (`device/vbd/N`; 51712 is xvda).
+    /// The virtual device number (`device/vbd/N`; 51712 is xvda); with NoXS the
+    /// disk's index, 0 for the first.
     pub fn id(&self) -> u32 {
         self.id
     }
@@ -60,6 +81,10 @@ impl BlockDevice {
     /// The Linux-style name of the device number, e.g. `xvda` (`xvd?` if unknown).
     pub fn name(&self) -> alloc::string::String {
         let (major, minor) = (self.id >> 8, self.id & 0xff);
+        if self.control.is_some() && self.id < 26 {
+            // NoXS numbers disks 0, 1, …: name them as xl would.
+            return alloc::format!("xvd{}", char::from(b'a' + self.id as u8));
+        }
         if major == 202 && minor % 16 == 0 && minor / 16 < 26 {
             alloc::format!("xvd{}", char::from(b'a' + (minor / 16) as u8))
         } else {

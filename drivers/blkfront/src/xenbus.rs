@@ -11,7 +11,6 @@
 use alloc::format;
 use alloc::string::String;
 
-use kernel::devices::Device;
 use kernel::xenstore::{self, Xs};
 use xenproto::blkif::DiskInfo;
 use xenproto::xenstore::XenbusState;
@@ -62,10 +61,10 @@ async fn backend_state(path: &str, wanted: XenbusState) -> Result<(), ConnectErr
     }
 }
 
-/// Connect the vbd at `device` (`device/vbd/N`).
-pub async fn connect(device: &Device) -> Result<BlockDevice, ConnectError> {
+/// Connect vbd `id` (its virtual device number), whose front-end directory is `dir`
+/// (`device/vbd/N`).
+pub async fn connect(id: u32, dir: &str) -> Result<BlockDevice, ConnectError> {
     let xs = Xs::NONE;
-    let dir = &device.path;
     let backend = xs.read(&format!("{dir}/backend")).await?;
     let backend_id_text = xs.read(&format!("{dir}/backend-id")).await?;
     let backend_id = backend_id_text
@@ -75,9 +74,9 @@ pub async fn connect(device: &Device) -> Result<BlockDevice, ConnectError> {
             key: "backend-id".into(),
             value: backend_id_text.clone(),
         })?;
-    let handle = u16::try_from(device.id).map_err(|_| ConnectError::BadValue {
+    let handle = u16::try_from(id).map_err(|_| ConnectError::BadValue {
         key: "virtual device".into(),
-        value: format!("{}", device.id),
+        value: format!("{id}"),
     })?;
 
     backend_state(&backend, XenbusState::InitWait).await?;
@@ -117,5 +116,5 @@ pub async fn connect(device: &Device) -> Result<BlockDevice, ConnectError> {
     datapath.start(info);
     xs.write(&format!("{dir}/state"), XenbusState::Connected.as_str())
         .await?;
-    Ok(BlockDevice::new(device.id, datapath))
+    Ok(BlockDevice::new(id, datapath))
 }

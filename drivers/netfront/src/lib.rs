@@ -15,11 +15,14 @@
 extern crate alloc;
 
 pub mod datapath;
+pub mod noxs;
 pub mod xenbus;
 
+use alloc::string::ToString;
 use alloc::vec::Vec;
 
 use datapath::{Counters, Datapath, DatapathError, RxPath, TxPath};
+use kernel::devices::Method;
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use xenproto::netif::Mac;
@@ -27,17 +30,51 @@ use xenproto::netif::Mac;
 /// Largest Ethernet frame (header included, FCS excluded) for a 1500-byte MTU.
 pub const MAX_FRAME: usize = 1514;
 
+/// The address a toolstack assigned through NoXS (address, prefix, gateway).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AssignedAddress {
+    pub address: [u8; 4],
+    pub prefix_len: u8,
+    /// `None`: no gateway.
+    pub gateway: Option<[u8; 4]>,
+}
+
 /// One connected vif.
 #[derive(Debug)]
 pub struct Netfront {
     id: u32,
     mac: Mac,
     datapath: Datapath,
+    assigned: Option<AssignedAddress>,
+    /// With NoXS: the control page, kept mapped while the vif lives.
+    control: Option<kernel::noxs::ControlPage>,
 }
 
 impl Netfront {
-    pub(crate) fn new(id: u32, mac: Mac, datapath: Datapath) -> Self {
-        Self { id, mac, datapath }
+    pub(crate) fn new(
+        id: u32,
+        mac: Mac,
+        datapath: Datapath,
+        assigned: Option<AssignedAddress>,
+    ) -> Self {
+        Self {
+            id,
+            mac,
+            datapath,
+            assigned,
+            control: None,
+        }
+    }
+
+    pub(crate) fn with_control(mut self, control: kernel::noxs::ControlPage) -> Self {
+        self.control = Some(control);
+        self
+    }
+
+    /// The address the toolstack assigned, if any (NoXS carries one; with Xenstore
+    /// the guest's arguments or DHCP decide).
+    pub fn assigned_address(&self) -> Option<AssignedAddress> {
+        self.assigned
     }
 
     /// Connect every vif the toolstack gave us, in id order. A vif that fails is
@@ -52,7 +89,13 @@ impl Netfront {
         };
         let mut vifs = Vec::new();
         for device in devices {
-            match xenbus::connect(&device).await {
+            let connected = match &device.method {
+                Method::Xenstore { path } => xenbus::connect(device.id, path)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Method::Noxs(entry) => noxs::connect(entry).await.map_err(|e| e.to_string()),
+            };
+            match connected {
                 Ok(vif) => {
                     log::info!("netfront: vif{} up, mac {}", vif.id, vif.mac);
                     vifs.push(vif);

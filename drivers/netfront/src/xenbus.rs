@@ -9,7 +9,6 @@
 use alloc::format;
 use alloc::string::String;
 
-use kernel::devices::Device;
 use kernel::xenstore::{self, Xs};
 use xenproto::netif::{BackendFeatures, FRONTEND_FEATURES, Mac};
 use xenproto::xenstore::XenbusState;
@@ -71,10 +70,9 @@ async fn backend_state(path: &str, wanted: XenbusState) -> Result<(), ConnectErr
     }
 }
 
-/// Connect the vif at `device` (`device/vif/N`).
-pub async fn connect(device: &Device) -> Result<Netfront, ConnectError> {
+/// Connect vif `id`, whose front-end directory is `dir` (`device/vif/N`).
+pub async fn connect(id: u32, dir: &str) -> Result<Netfront, ConnectError> {
     let xs = Xs::NONE;
-    let dir = &device.path;
     let backend = xs.read(&format!("{dir}/backend")).await?;
     let backend_id_text = xs.read(&format!("{dir}/backend-id")).await?;
     let backend_id = backend_id_text
@@ -121,5 +119,5 @@ pub async fn connect(device: &Device) -> Result<Netfront, ConnectError> {
     .await?;
     backend_state(&backend, XenbusState::Connected).await?;
     datapath.start();
-    Ok(Netfront::new(device.id, mac, datapath))
+    Ok(Netfront::new(id, mac, datapath, None))
 }

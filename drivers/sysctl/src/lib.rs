@@ -27,6 +27,8 @@ pub enum PowerRequest {
     Poweroff,
     Reboot,
     Suspend,
+    /// NoXS only: the toolstack asks the guest to crash (e.g. to get a dump).
+    Crash,
 }
 
 impl PowerRequest {
@@ -48,14 +50,21 @@ impl fmt::Display for PowerRequest {
             Self::Poweroff => "poweroff",
             Self::Reboot => "reboot",
             Self::Suspend => "suspend",
+            Self::Crash => "crash",
         })
     }
 }
 
 #[cfg(target_os = "none")]
 mod guest {
+    use core::cell::Cell;
+    use core::fmt;
+
+    use kernel::noxs::{ControlError, ControlPage};
     use kernel::shutdown::{self, ShutdownReason};
     use kernel::xenstore::{self, Watch, Xs};
+    use xenproto::noxs::{self, Kind, SysctlBackend, SysctlFrontend};
+    use xenproto::xenstore::XenbusState;
 
     use super::PowerRequest;
 
@@ -65,8 +74,45 @@ mod guest {
             match self {
                 Self::Poweroff => Some(ShutdownReason::Poweroff),
                 Self::Reboot => Some(ShutdownReason::Reboot),
+                Self::Crash => Some(ShutdownReason::Crash),
                 Self::Suspend => None,
             }
+        }
+    }
+
+    /// Power control is not available, or broke.
+    #[derive(Debug)]
+    pub enum Error {
+        /// No Xenstore and no NoXS sysctl device (e.g. as dom0).
+        Unavailable,
+        Xenstore(xenstore::Error),
+        Control(ControlError),
+    }
+
+    impl fmt::Display for Error {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match self {
+                Self::Unavailable => {
+                    f.write_str("no power control device (no Xenstore, no NoXS sysctl)")
+                }
+                Self::Xenstore(err) => write!(f, "{err}"),
+                Self::Control(err) => write!(f, "{err}"),
+            }
+        }
+    }
+
+    impl From<xenstore::Error> for Error {
+        fn from(err: xenstore::Error) -> Self {
+            match err {
+                xenstore::Error::Unavailable => Self::Unavailable,
+                other => Self::Xenstore(other),
+            }
+        }
+    }
+
+    impl From<ControlError> for Error {
+        fn from(err: ControlError) -> Self {
+            Self::Control(err)
         }
     }
 
@@ -74,58 +120,131 @@ mod guest {
     /// What we handle, written as `control/feature-NAME = 1`.
     const FEATURES: [&str; 2] = ["poweroff", "reboot"];
 
-    /// Power requests, as they come.
+    /// Power requests, as they come: from Xenstore's `control/shutdown`, or from the
+    /// NoXS sysctl control page.
     #[derive(Debug)]
     pub struct PowerControl {
-        watch: Watch,
+        source: Source,
+    }
+
+    #[derive(Debug)]
+    enum Source {
+        Xenstore(Watch),
+        Noxs {
+            control: ControlPage,
+            seen: Cell<u32>,
+        },
     }
 
     impl PowerControl {
-        /// Advertise what we handle and start watching `control/shutdown`.
-        pub async fn start() -> xenstore::Result<Self> {
+        /// Connect to the toolstack's power requests: the NoXS sysctl device when the
+        /// guest has one, else Xenstore (advertising what we handle).
+        pub async fn start() -> Result<Self, Error> {
+            if let Some(entry) = kernel::noxs::entries(Kind::Sysctl).first() {
+                let control = ControlPage::open(entry)?;
+                control.wait_backend(XenbusState::InitWait).await?;
+                // Requests we handle: bit N for request value N (noxs-v1.md).
+                let supported = (1 << noxs::Request::Poweroff as u32)
+                    | (1 << noxs::Request::Reboot as u32)
+                    | (1 << noxs::Request::Crash as u32);
+                let mut area = [0u8; SysctlFrontend::LEN];
+                SysctlFrontend {
+                    ack_seq: 0,
+                    supported,
+                }
+                .encode(&mut area)
+                .map_err(ControlError::Protocol)?;
+                control.write_frontend_area(&area);
+                control.set_state(XenbusState::Initialised);
+                control.wait_backend(XenbusState::Connected).await?;
+                control.set_state(XenbusState::Connected);
+                return Ok(Self {
+                    source: Source::Noxs {
+                        control,
+                        seen: Cell::new(0),
+                    },
+                });
+            }
+            if kernel::noxs::block().is_some() {
+                return Err(Error::Unavailable);
+            }
             for feature in FEATURES {
                 Xs::NONE
                     .write(&alloc::format!("control/feature-{feature}"), "1")
                     .await?;
             }
             Ok(Self {
-                watch: Watch::new(NODE).await?,
+                source: Source::Xenstore(Watch::new(NODE).await?),
             })
         }
 
-        /// The next request, acknowledged. Unknown values are acknowledged and skipped;
-        /// a suspend request is returned for the app to see, though nothing suspends.
-        pub async fn next(&self) -> xenstore::Result<PowerRequest> {
-            loop {
-                self.watch.next().await?;
-                // Read and clear in one transaction, so a request written meanwhile is not
-                // lost by our clearing it.
-                let value = xenstore::transaction(async |tx| {
-                    let value = tx.try_read(NODE).await?.unwrap_or_default();
-                    if !value.is_empty() {
-                        tx.write(NODE, "").await?;
-                    }
-                    Ok(value)
-                })
-                .await?;
-                if value.is_empty() {
-                    continue;
-                }
-                match PowerRequest::parse(&value) {
-                    Some(request) => return Ok(request),
-                    None => log::warn!("sysctl: ignoring unknown request {value:?}"),
-                }
+        /// The next request, acknowledged. With Xenstore, unknown values are
+        /// acknowledged and skipped; a suspend request is returned for the app to see,
+        /// though nothing suspends.
+        pub async fn next(&self) -> Result<PowerRequest, Error> {
+            match &self.source {
+                Source::Xenstore(watch) => next_from_xenstore(watch).await,
+                Source::Noxs { control, seen } => next_from_noxs(control, seen).await,
             }
         }
     }
 
-    /// Answer power requests in the background with `handler`. Without Xenstore (as
-    /// dom0) there is nothing to answer.
+    async fn next_from_xenstore(watch: &Watch) -> Result<PowerRequest, Error> {
+        loop {
+            watch.next().await?;
+            // Read and clear in one transaction, so a request written meanwhile is not
+            // lost by our clearing it.
+            let value = xenstore::transaction(async |tx| {
+                let value = tx.try_read(NODE).await?.unwrap_or_default();
+                if !value.is_empty() {
+                    tx.write(NODE, "").await?;
+                }
+                Ok(value)
+            })
+            .await?;
+            if value.is_empty() {
+                continue;
+            }
+            match PowerRequest::parse(&value) {
+                Some(request) => return Ok(request),
+                None => log::warn!("sysctl: ignoring unknown request {value:?}"),
+            }
+        }
+    }
+
+    async fn next_from_noxs(
+        control: &ControlPage,
+        seen: &Cell<u32>,
+    ) -> Result<PowerRequest, Error> {
+        loop {
+            let area =
+                SysctlBackend::decode(&control.backend_area()).map_err(ControlError::Protocol)?;
+            if let Some(request) = area.request
+                && area.request_seq != seen.get()
+            {
+                seen.set(area.request_seq);
+                let mut ack = [0u8; 4];
+                ack.copy_from_slice(&area.request_seq.to_le_bytes());
+                control.write_frontend_area(&ack);
+                control.notify();
+                return Ok(match request {
+                    noxs::Request::Poweroff => PowerRequest::Poweroff,
+                    noxs::Request::Reboot => PowerRequest::Reboot,
+                    noxs::Request::Suspend => PowerRequest::Suspend,
+                    noxs::Request::Crash => PowerRequest::Crash,
+                });
+            }
+            control.wait().await;
+        }
+    }
+
+    /// Answer power requests in the background with `handler`. Without a way to
+    /// receive them (as dom0) there is nothing to answer.
     pub fn spawn_with(mut handler: impl FnMut(PowerRequest) + 'static) {
         kernel::executor::spawn(async move {
             let control = match PowerControl::start().await {
                 Ok(control) => control,
-                Err(xenstore::Error::Unavailable) => return,
+                Err(Error::Unavailable) => return,
                 Err(err) => {
                     log::error!("sysctl: {err}");
                     return;

@@ -1,0 +1,192 @@
+//! NoXS: devices without Xenstore (`xenproto::noxs`, `shared/design/noxs-v1.md`).
+//!
+//! At boot the kernel copies the block the toolstack wrote into the start_info page, once,
+//! and validates it. A block means this guest was started with NoXS: its devices come
+//! from the block, and Xenstore is left alone (there may be no xenstored at all). No
+//! block: Xenstore, as under xl. One image boots both ways.
+//!
+//! [`ControlPage`] is a driver's handle on a device's control page: it maps the page the
+//! backend granted, binds the control event channel, and reads and writes the page by
+//! the protocol's rule — write your area, barrier, your state word, notify; copy the
+//! other side's area once and validate the copy.
+
+use alloc::vec::Vec;
+use core::sync::atomic::{Ordering, fence};
+use core::time::Duration;
+
+use arch::errno::Errno;
+use spin::Once;
+use xenproto::noxs::{BACKEND_AREA, Block, Entry, FRONTEND_AREA, Header, Kind, NoxsError, header};
+use xenproto::xenstore::XenbusState;
+
+use crate::events::EventChannel;
+use crate::grant::{ForeignMapping, GrantError};
+
+static BLOCK: Once<Option<Block>> = Once::new();
+
+/// Read the block from the start_info page (once, at boot). A malformed block is a
+/// boot error: the toolstack meant NoXS, and Xenstore would not answer.
+pub(crate) fn init(start_info_page: &[u8; 4096]) -> Result<(), NoxsError> {
+    let mut copy = [0u8; 4096 - xenproto::noxs::BLOCK_OFFSET];
+    copy.copy_from_slice(&start_info_page[xenproto::noxs::BLOCK_OFFSET..]);
+    let block = Block::decode(&copy)?;
+    BLOCK.call_once(|| block);
+    Ok(())
+}
+
+/// The NoXS block, if the toolstack wrote one.
+pub fn block() -> Option<&'static Block> {
+    BLOCK.get().and_then(Option::as_ref)
+}
+
+/// A control page could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlError {
+    Map(GrantError),
+    Bind(Errno),
+    Protocol(NoxsError),
+    /// The backend went to Closing/Closed during the handshake.
+    BackendClosed,
+    /// The backend did not reach the state in time.
+    Timeout(XenbusState),
+}
+
+impl core::fmt::Display for ControlError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Map(err) => write!(f, "mapping the control page: {err}"),
+            Self::Bind(err) => write!(f, "binding the control event channel: {err}"),
+            Self::Protocol(err) => write!(f, "control page: {err}"),
+            Self::BackendClosed => f.write_str("the backend closed the device"),
+            Self::Timeout(state) => write!(f, "the backend did not reach {state:?} in time"),
+        }
+    }
+}
+
+impl From<NoxsError> for ControlError {
+    fn from(err: NoxsError) -> Self {
+        Self::Protocol(err)
+    }
+}
+
+/// How long a backend may take to answer a handshake step.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A device's control page, mapped, with its event channel bound.
+#[derive(Debug)]
+pub struct ControlPage {
+    entry: Entry,
+    mapping: ForeignMapping,
+    channel: EventChannel,
+}
+
+impl ControlPage {
+    /// Map the control page of `entry` and bind its event channel.
+    pub fn open(entry: &Entry) -> Result<Self, ControlError> {
+        let mapping = ForeignMapping::map(entry.backend, entry.ctrl_gref, false)
+            .map_err(ControlError::Map)?;
+        let channel = EventChannel::bind_interdomain(entry.backend, entry.ctrl_port)
+            .map_err(ControlError::Bind)?;
+        let page = Self {
+            entry: *entry,
+            mapping,
+            channel,
+        };
+        page.header()?;
+        Ok(page)
+    }
+
+    /// The entry this page belongs to.
+    pub fn entry(&self) -> &Entry {
+        &self.entry
+    }
+
+    fn read_bytes(&self, range: core::ops::Range<usize>) -> Vec<u8> {
+        let base = self.mapping.as_ptr();
+        // SAFETY: the mapping is a live page; the range lies inside it (the protocol's
+        // constants). Volatile reads: the backend may write concurrently, and what we
+        // get is a copy validated afterwards.
+        range
+            .map(|at| unsafe { base.add(at).read_volatile() })
+            .collect()
+    }
+
+    fn write_bytes(&self, at: usize, bytes: &[u8]) {
+        assert!(at + bytes.len() <= 4096, "write past the control page");
+        let base = self.mapping.as_ptr();
+        for (i, &byte) in bytes.iter().enumerate() {
+            // SAFETY: inside the mapped page (checked above); the frontend owns the
+            // bytes it writes by the protocol.
+            unsafe { base.add(at + i).write_volatile(byte) };
+        }
+    }
+
+    /// Copy and check the header.
+    pub fn header(&self) -> Result<Header, ControlError> {
+        fence(Ordering::Acquire);
+        Ok(Header::decode(&self.read_bytes(0..16), self.entry.kind)?)
+    }
+
+    /// One copy of the backend's area (validate it with the matching `decode`).
+    pub fn backend_area(&self) -> Vec<u8> {
+        let area = self.read_bytes(BACKEND_AREA);
+        fence(Ordering::Acquire);
+        area
+    }
+
+    /// Write our area (at its start).
+    pub fn write_frontend_area(&self, bytes: &[u8]) {
+        assert!(bytes.len() <= FRONTEND_AREA.len(), "frontend area overflow");
+        self.write_bytes(FRONTEND_AREA.start, bytes);
+    }
+
+    /// Publish our state (after our area) and notify the backend.
+    pub fn set_state(&self, state: XenbusState) {
+        fence(Ordering::Release);
+        self.write_bytes(header::FE_STATE, &(state as u32).to_le_bytes());
+        fence(Ordering::SeqCst);
+        let _ = self.channel.notify();
+    }
+
+    /// Tell the backend to look again (e.g. after an acknowledgement in our area).
+    pub fn notify(&self) {
+        fence(Ordering::SeqCst);
+        let _ = self.channel.notify();
+    }
+
+    /// Wait for the next notification from the backend.
+    pub async fn wait(&self) {
+        self.channel.wait().await;
+    }
+
+    /// Wait until the backend's state is `wanted`; Closing or Closed is an error.
+    pub async fn wait_backend(&self, wanted: XenbusState) -> Result<(), ControlError> {
+        let deadline = crate::time::Instant::now().saturating_add(HANDSHAKE_TIMEOUT);
+        loop {
+            let state = self.header()?.be_state;
+            if state == wanted {
+                return Ok(());
+            }
+            if matches!(state, XenbusState::Closing | XenbusState::Closed) {
+                return Err(ControlError::BackendClosed);
+            }
+            let left = deadline.saturating_duration_since(crate::time::Instant::now());
+            if left.is_zero() || crate::time::timeout(left, self.wait()).await.is_err() {
+                // A notification may have been lost in a race: look once more.
+                if self.header()?.be_state == wanted {
+                    return Ok(());
+                }
+                return Err(ControlError::Timeout(wanted));
+            }
+        }
+    }
+}
+
+/// The devices of `kind` in the block, in devid order.
+pub fn entries(kind: Kind) -> Vec<Entry> {
+    let mut entries: Vec<Entry> = block()
+        .map(|b| b.of_kind(kind).copied().collect())
+        .unwrap_or_default();
+    entries.sort_by_key(|e| e.devid);
+    entries
+}
