@@ -25,7 +25,10 @@ const HEADER_LEN: usize = 16;
 const ENTRY_LEN: usize = 24;
 /// Bytes the block occupies at most.
 pub const BLOCK_LEN: usize = HEADER_LEN + MAX_ENTRIES * ENTRY_LEN;
-const _: () = assert!(BLOCK_OFFSET + BLOCK_LEN <= 4096, "the block must fit the start_info page");
+const _: () = assert!(
+    BLOCK_OFFSET + BLOCK_LEN <= 4096,
+    "the block must fit the start_info page"
+);
 
 /// Size of a control page.
 pub const PAGE_SIZE: usize = 4096;
