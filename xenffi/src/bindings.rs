@@ -44,6 +44,23 @@ pub const XEN_X86_EMU_VPCI: u32 = 1024;
 pub const XEN_X86_EMU_ALL: u32 = 2047;
 pub const XEN_X86_MSR_RELAXED: u32 = 1;
 pub const XEN_X86_MISC_FLAGS_MAX: u32 = 1;
+pub const VIRQ_DOM_EXC: u32 = 3;
+pub const GNTCOPY_source_gref: u32 = 1;
+pub const GNTCOPY_dest_gref: u32 = 2;
+pub const GNTST_okay: u32 = 0;
+pub const GNTST_general_error: i32 = -1;
+pub const GNTST_bad_domain: i32 = -2;
+pub const GNTST_bad_gntref: i32 = -3;
+pub const GNTST_bad_handle: i32 = -4;
+pub const GNTST_bad_virt_addr: i32 = -5;
+pub const GNTST_bad_dev_addr: i32 = -6;
+pub const GNTST_no_device_space: i32 = -7;
+pub const GNTST_permission_denied: i32 = -8;
+pub const GNTST_bad_page: i32 = -9;
+pub const GNTST_bad_copy_arg: i32 = -10;
+pub const GNTST_address_too_big: i32 = -11;
+pub const GNTST_eagain: i32 = -12;
+pub const GNTST_no_space: i32 = -13;
 pub const XEN_X86_FPU_INITIALISED: u32 = 1;
 pub const XEN_DOMCTL_INTERFACE_VERSION: u32 = 21;
 pub const XEN_DOMCTL_CDF_hvm: u32 = 1;
@@ -1261,6 +1278,11 @@ unsafe extern "C" {
     pub fn xc_dom_feature_get(dom: *mut xc_dom_image, nr: ::std::os::raw::c_uint) -> bool;
 }
 #[repr(C)]
+#[derive(Debug)]
+pub struct xenevtchn_handle {
+    _unused: [u8; 0],
+}
+#[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct xs_permissions {
     pub id: ::std::os::raw::c_uint,
@@ -1393,6 +1415,222 @@ unsafe extern "C" {
         h: *mut xs_handle,
         domid: ::std::os::raw::c_uint,
     ) -> *mut ::std::os::raw::c_char;
+}
+pub type xenevtchn_port_or_error_t = ::std::os::raw::c_int;
+unsafe extern "C" {
+    pub fn xenevtchn_open(
+        logger: *mut xentoollog_logger,
+        flags: ::std::os::raw::c_uint,
+    ) -> *mut xenevtchn_handle;
+}
+unsafe extern "C" {
+    pub fn xenevtchn_close(xce: *mut xenevtchn_handle) -> ::std::os::raw::c_int;
+}
+unsafe extern "C" {
+    pub fn xenevtchn_fd(xce: *mut xenevtchn_handle) -> ::std::os::raw::c_int;
+}
+unsafe extern "C" {
+    pub fn xenevtchn_notify(
+        xce: *mut xenevtchn_handle,
+        port: evtchn_port_t,
+    ) -> ::std::os::raw::c_int;
+}
+unsafe extern "C" {
+    pub fn xenevtchn_bind_unbound_port(
+        xce: *mut xenevtchn_handle,
+        domid: u32,
+    ) -> xenevtchn_port_or_error_t;
+}
+unsafe extern "C" {
+    pub fn xenevtchn_bind_interdomain(
+        xce: *mut xenevtchn_handle,
+        domid: u32,
+        remote_port: evtchn_port_t,
+    ) -> xenevtchn_port_or_error_t;
+}
+unsafe extern "C" {
+    pub fn xenevtchn_bind_virq(
+        xce: *mut xenevtchn_handle,
+        virq: ::std::os::raw::c_uint,
+    ) -> xenevtchn_port_or_error_t;
+}
+unsafe extern "C" {
+    pub fn xenevtchn_unbind(
+        xce: *mut xenevtchn_handle,
+        port: evtchn_port_t,
+    ) -> ::std::os::raw::c_int;
+}
+unsafe extern "C" {
+    pub fn xenevtchn_pending(xce: *mut xenevtchn_handle) -> xenevtchn_port_or_error_t;
+}
+unsafe extern "C" {
+    pub fn xenevtchn_unmask(
+        xce: *mut xenevtchn_handle,
+        port: evtchn_port_t,
+    ) -> ::std::os::raw::c_int;
+}
+#[repr(C)]
+#[derive(Debug)]
+pub struct xengntdev_handle {
+    _unused: [u8; 0],
+}
+pub type xengnttab_handle = xengntdev_handle;
+unsafe extern "C" {
+    pub fn xengnttab_open(
+        logger: *mut xentoollog_logger,
+        open_flags: ::std::os::raw::c_uint,
+    ) -> *mut xengnttab_handle;
+}
+unsafe extern "C" {
+    pub fn xengnttab_close(xgt: *mut xengnttab_handle) -> ::std::os::raw::c_int;
+}
+unsafe extern "C" {
+    pub fn xengnttab_map_grant_ref(
+        xgt: *mut xengnttab_handle,
+        domid: u32,
+        ref_: u32,
+        prot: ::std::os::raw::c_int,
+    ) -> *mut ::std::os::raw::c_void;
+}
+unsafe extern "C" {
+    pub fn xengnttab_map_domain_grant_refs(
+        xgt: *mut xengnttab_handle,
+        count: u32,
+        domid: u32,
+        refs: *mut u32,
+        prot: ::std::os::raw::c_int,
+    ) -> *mut ::std::os::raw::c_void;
+}
+unsafe extern "C" {
+    pub fn xengnttab_unmap(
+        xgt: *mut xengnttab_handle,
+        start_address: *mut ::std::os::raw::c_void,
+        count: u32,
+    ) -> ::std::os::raw::c_int;
+}
+unsafe extern "C" {
+    pub fn xengnttab_set_max_grants(
+        xgt: *mut xengnttab_handle,
+        nr_grants: u32,
+    ) -> ::std::os::raw::c_int;
+}
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub struct xengnttab_grant_copy_segment {
+    pub source: xengnttab_grant_copy_segment_xengnttab_copy_ptr,
+    pub dest: xengnttab_grant_copy_segment_xengnttab_copy_ptr,
+    pub len: u16,
+    pub flags: u16,
+    pub status: i16,
+}
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union xengnttab_grant_copy_segment_xengnttab_copy_ptr {
+    pub virt: *mut ::std::os::raw::c_void,
+    pub foreign: xengnttab_grant_copy_segment_xengnttab_copy_ptr__bindgen_ty_1,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct xengnttab_grant_copy_segment_xengnttab_copy_ptr__bindgen_ty_1 {
+    pub ref_: u32,
+    pub offset: u16,
+    pub domid: u16,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of xengnttab_grant_copy_segment_xengnttab_copy_ptr__bindgen_ty_1"][::std::mem::size_of::<
+        xengnttab_grant_copy_segment_xengnttab_copy_ptr__bindgen_ty_1,
+    >() - 8usize];
+    ["Alignment of xengnttab_grant_copy_segment_xengnttab_copy_ptr__bindgen_ty_1"]
+        [::std::mem::align_of::<xengnttab_grant_copy_segment_xengnttab_copy_ptr__bindgen_ty_1>()
+            - 4usize];
+    ["Offset of field: xengnttab_grant_copy_segment_xengnttab_copy_ptr__bindgen_ty_1::ref_"][::std::mem::offset_of!(
+        xengnttab_grant_copy_segment_xengnttab_copy_ptr__bindgen_ty_1,
+        ref_
+    )
+        - 0usize];
+    ["Offset of field: xengnttab_grant_copy_segment_xengnttab_copy_ptr__bindgen_ty_1::offset"][::std::mem::offset_of!(
+        xengnttab_grant_copy_segment_xengnttab_copy_ptr__bindgen_ty_1,
+        offset
+    )
+        - 4usize];
+    ["Offset of field: xengnttab_grant_copy_segment_xengnttab_copy_ptr__bindgen_ty_1::domid"][::std::mem::offset_of!(
+        xengnttab_grant_copy_segment_xengnttab_copy_ptr__bindgen_ty_1,
+        domid
+    )
+        - 6usize];
+};
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of xengnttab_grant_copy_segment_xengnttab_copy_ptr"]
+        [::std::mem::size_of::<xengnttab_grant_copy_segment_xengnttab_copy_ptr>() - 8usize];
+    ["Alignment of xengnttab_grant_copy_segment_xengnttab_copy_ptr"]
+        [::std::mem::align_of::<xengnttab_grant_copy_segment_xengnttab_copy_ptr>() - 8usize];
+    ["Offset of field: xengnttab_grant_copy_segment_xengnttab_copy_ptr::virt"]
+        [::std::mem::offset_of!(xengnttab_grant_copy_segment_xengnttab_copy_ptr, virt) - 0usize];
+    ["Offset of field: xengnttab_grant_copy_segment_xengnttab_copy_ptr::foreign"]
+        [::std::mem::offset_of!(xengnttab_grant_copy_segment_xengnttab_copy_ptr, foreign) - 0usize];
+};
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of xengnttab_grant_copy_segment"]
+        [::std::mem::size_of::<xengnttab_grant_copy_segment>() - 24usize];
+    ["Alignment of xengnttab_grant_copy_segment"]
+        [::std::mem::align_of::<xengnttab_grant_copy_segment>() - 8usize];
+    ["Offset of field: xengnttab_grant_copy_segment::source"]
+        [::std::mem::offset_of!(xengnttab_grant_copy_segment, source) - 0usize];
+    ["Offset of field: xengnttab_grant_copy_segment::dest"]
+        [::std::mem::offset_of!(xengnttab_grant_copy_segment, dest) - 8usize];
+    ["Offset of field: xengnttab_grant_copy_segment::len"]
+        [::std::mem::offset_of!(xengnttab_grant_copy_segment, len) - 16usize];
+    ["Offset of field: xengnttab_grant_copy_segment::flags"]
+        [::std::mem::offset_of!(xengnttab_grant_copy_segment, flags) - 18usize];
+    ["Offset of field: xengnttab_grant_copy_segment::status"]
+        [::std::mem::offset_of!(xengnttab_grant_copy_segment, status) - 20usize];
+};
+pub type xengnttab_grant_copy_segment_t = xengnttab_grant_copy_segment;
+unsafe extern "C" {
+    pub fn xengnttab_grant_copy(
+        xgt: *mut xengnttab_handle,
+        count: u32,
+        segs: *mut xengnttab_grant_copy_segment_t,
+    ) -> ::std::os::raw::c_int;
+}
+pub type xengntshr_handle = xengntdev_handle;
+unsafe extern "C" {
+    pub fn xengntshr_open(
+        logger: *mut xentoollog_logger,
+        open_flags: ::std::os::raw::c_uint,
+    ) -> *mut xengntshr_handle;
+}
+unsafe extern "C" {
+    pub fn xengntshr_close(xgs: *mut xengntshr_handle) -> ::std::os::raw::c_int;
+}
+unsafe extern "C" {
+    pub fn xengntshr_share_pages(
+        xgs: *mut xengntshr_handle,
+        domid: u32,
+        count: ::std::os::raw::c_int,
+        refs: *mut u32,
+        writable: ::std::os::raw::c_int,
+    ) -> *mut ::std::os::raw::c_void;
+}
+unsafe extern "C" {
+    pub fn xengntshr_share_page_notify(
+        xgs: *mut xengntshr_handle,
+        domid: u32,
+        ref_: *mut u32,
+        writable: ::std::os::raw::c_int,
+        notify_offset: u32,
+        notify_port: evtchn_port_t,
+    ) -> *mut ::std::os::raw::c_void;
+}
+unsafe extern "C" {
+    pub fn xengntshr_unshare(
+        xgs: *mut xengntshr_handle,
+        start_address: *mut ::std::os::raw::c_void,
+        count: u32,
+    ) -> ::std::os::raw::c_int;
 }
 pub type __builtin_va_list = [__va_list_tag; 1usize];
 #[repr(C)]

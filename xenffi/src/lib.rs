@@ -1,5 +1,8 @@
 //! Raw bindings to Xen 4.17's toolstack libraries: `libxenctrl` (domains, event
-//! channels), `libxenguest` (the `xc_dom_*` domain builder) and `libxenstore`.
+//! channels), `libxenguest` (the `xc_dom_*` domain builder), `libxenstore`, and for
+//! userspace back ends `libxenevtchn` (`/dev/xen/evtchn`) and `libxengnttab`
+//! (`/dev/xen/gntdev`: map and copy a guest's grants; `/dev/xen/gntalloc`: grant our
+//! pages to a guest).
 //!
 //! `bindings.rs` is bindgen's output for `wrapper.h`, limited to the functions chaos and
 //! xendevd call; `cargo xtask codegen` regenerates it from the installed headers

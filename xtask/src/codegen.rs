@@ -14,7 +14,7 @@ use crate::util::{self, project_root};
 
 /// Functions the toolstack and the device daemon call; bindgen pulls in the types they
 /// need.
-const FUNCTIONS: [&str; 2] = [
+const FUNCTIONS: [&str; 4] = [
     "xc_(interface_open|interface_close|domain_create|domain_max_vcpus|domain_setmaxmem|\
      domain_set_memmap_limit|domain_unpause|domain_pause|domain_destroy|domain_shutdown|\
      domain_getinfolist|domain_getinfo_single|evtchn_alloc_unbound|dom_.*|get_max_cpus|physinfo|\
@@ -23,10 +23,14 @@ const FUNCTIONS: [&str; 2] = [
     "xs_(open|close|daemon_open|transaction_start|transaction_end|write|read|mkdir|rm|\
      set_permissions|get_permissions|introduce_domain|release_domain|get_domain_path|watch|\
      unwatch|read_watch|directory|fileno|check_watch)",
+    "xenevtchn_(open|close|fd|bind_unbound_port|bind_interdomain|bind_virq|unbind|notify|pending|\
+     unmask)",
+    "xengnttab_(open|close|map_grant_ref|map_domain_grant_refs|unmap|grant_copy|set_max_grants)|\
+     xengntshr_(open|close|share_pages|share_page_notify|unshare)",
 ];
 const VARS: &str = "XS_.*|XEN_DOMCTL_CDF_.*|XEN_DOMINF_.*|SHUTDOWN_.*|XC_DOM_.*|XEN_X86_.*|\
                     XEN_DOMCTL_INTERFACE_VERSION|DOMID_.*|XEN_DOMCTL_GRANT_.*|XEN_DOMCTL_CONFIG_.*|\
-                    XEN_SYSCTL_PHYSCAP_.*";
+                    XEN_SYSCTL_PHYSCAP_.*|VIRQ_DOM_EXC|GNTCOPY_.*|GNTST_.*";
 
 #[derive(Debug, Args)]
 pub struct CodegenArgs {
