@@ -1,4 +1,10 @@
-//! Requests and responses, as JSON.
+//! Requests and responses, as JSON: one request line, one response line.
+//!
+//! The NoXS requests (`noxs_create`, `power`, `console`) serve chaos's NoXS device
+//! method (`shared/design/noxs-v1.md` §3): xendevd is the back end of every device of
+//! such a domain, console included, and no Xenstore is involved.
+
+use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
@@ -14,10 +20,106 @@ pub enum Request {
     },
     /// Detach a loop device attached with `AttachDisk`.
     DetachDisk { device: String },
-    /// Release everything held for a domain (its loop devices).
+    /// Release everything held for a domain: its loop devices, its NoXS back ends and
+    /// console (the console log stays on disk).
     ReleaseDomain { domid: u32 },
     /// What the daemon holds.
     Query,
+    /// Be the back end of a NoXS domain that is built but not yet unpaused: map its
+    /// console ring (grant entry 0, seeded by the domain builder) and bind
+    /// `console_port` (the guest's console port, allocated unbound for dom0); for each
+    /// device grant a control page and reserve an event channel. Answered with
+    /// [`Response::Noxs`], whose entries chaos writes into the guest's start_info.
+    /// On an error nothing of the domain is kept.
+    NoxsCreate {
+        domid: u32,
+        name: String,
+        console_port: u32,
+        devices: Vec<NoxsDevice>,
+    },
+    /// Ask a NoXS domain, through its sysctl device, to power off, reboot, suspend or
+    /// crash; answered `Done` once the guest acknowledged (`ack_seq`), or an error when
+    /// it did not within `timeout_ms`. Waiting for the domain to shut down is the
+    /// caller's part.
+    Power {
+        domid: u32,
+        action: PowerAction,
+        timeout_ms: u32,
+    },
+    /// A NoXS domain's console: answered with `Response::Streaming`, then the
+    /// connection carries the raw console bytes — what the log holds, then (with
+    /// `follow`) new output — and closes when the log is done (without `follow`) or the
+    /// domain is gone.
+    Console { domid: u32, follow: bool },
+}
+
+/// A device of a NoXS domain, as chaos asks for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum NoxsDevice {
+    /// Power control (one per domain).
+    Sysctl,
+    /// A network interface: a tap device on `bridge`.
+    Vif {
+        devid: u32,
+        /// `00:16:3e:xx:xx:xx`.
+        mac: String,
+        bridge: String,
+        /// The guest's address, given to it in the control page; none: it asks DHCP.
+        ip: Option<Ipv4Addr>,
+        prefix_len: Option<u8>,
+        gateway: Option<Ipv4Addr>,
+    },
+    /// A disk: an image file or a block device.
+    Vbd {
+        devid: u32,
+        target: String,
+        readonly: bool,
+    },
+}
+
+/// A power request (`noxs-v1.md`, sysctl).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PowerAction {
+    Poweroff,
+    Reboot,
+    Suspend,
+    Crash,
+}
+
+/// Which kind of NoXS device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoxsKind {
+    Sysctl,
+    Vif,
+    Vbd,
+}
+
+/// One device's entry for the start_info block (`xenproto::noxs::Entry`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoxsEntry {
+    pub kind: NoxsKind,
+    pub devid: u32,
+    /// The back end's domain (xendevd's: 0).
+    pub backend: u16,
+    pub ctrl_gref: u32,
+    pub ctrl_port: u32,
+}
+
+/// A NoXS domain the daemon serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoxsDomain {
+    pub domid: u32,
+    pub name: String,
+    pub entries: Vec<NoxsEntry>,
+    /// Each device's state words, in `entries`' order: (back end, front end), Xenbus
+    /// values.
+    #[serde(default)]
+    pub states: Vec<(u32, u32)>,
 }
 
 /// A loop device the daemon attached.
@@ -50,6 +152,9 @@ pub struct Vif {
 pub struct State {
     pub disks: Vec<Disk>,
     pub vifs: Vec<Vif>,
+    /// The NoXS domains served.
+    #[serde(default)]
+    pub domains: Vec<NoxsDomain>,
 }
 
 /// The answer to a request.
@@ -60,6 +165,10 @@ pub enum Response {
     Disk(Disk),
     /// `Query`'s answer.
     State(State),
+    /// `NoxsCreate` succeeded.
+    Noxs(NoxsDomain),
+    /// `Console`: raw console bytes follow on the connection.
+    Streaming,
     /// `DetachDisk` or `ReleaseDomain` succeeded.
     Done,
     /// The request failed or was malformed; the message says why.
@@ -88,6 +197,41 @@ mod tests {
             r#"{"op":"query"}"#
         );
         assert_eq!(serde_json::to_string(&Response::Done).unwrap(), r#""done""#);
+        let create = Request::NoxsCreate {
+            domid: 7,
+            name: "daytime".into(),
+            console_port: 2,
+            devices: vec![
+                NoxsDevice::Sysctl,
+                NoxsDevice::Vif {
+                    devid: 0,
+                    mac: "00:16:3e:00:00:01".into(),
+                    bridge: "xenbr0".into(),
+                    ip: Some(Ipv4Addr::new(10, 0, 2, 16)),
+                    prefix_len: Some(24),
+                    gateway: None,
+                },
+            ],
+        };
+        let line = serde_json::to_string(&create).unwrap();
+        assert_eq!(
+            line,
+            r#"{"op":"noxs_create","domid":7,"name":"daytime","console_port":2,"devices":[{"kind":"sysctl"},{"kind":"vif","devid":0,"mac":"00:16:3e:00:00:01","bridge":"xenbr0","ip":"10.0.2.16","prefix_len":24,"gateway":null}]}"#
+        );
+        assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), create);
+        assert_eq!(
+            serde_json::to_string(&Request::Power {
+                domid: 7,
+                action: PowerAction::Poweroff,
+                timeout_ms: 5000
+            })
+            .unwrap(),
+            r#"{"op":"power","domid":7,"action":"poweroff","timeout_ms":5000}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Response::Streaming).unwrap(),
+            r#""streaming""#
+        );
         assert_eq!(
             serde_json::to_string(&Response::Error("no".into())).unwrap(),
             r#"{"error":"no"}"#
@@ -104,6 +248,9 @@ mod tests {
             r#"{"op":"detach_disk","device":"/dev/loop0","extra":1}"#,
             r#"{"op":"release_domain","domid":-1}"#,
             "[1,2,3]",
+            r#"{"op":"power","domid":1,"action":"halt","timeout_ms":1}"#,
+            r#"{"op":"noxs_create","domid":1,"name":"x","console_port":1,"devices":[{"kind":"tape"}]}"#,
+            r#"{"op":"noxs_create","domid":1,"name":"x","console_port":1,"devices":[{"kind":"vbd","devid":0,"target":"/i","readonly":false,"x":1}]}"#,
         ] {
             assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
         }

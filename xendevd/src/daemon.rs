@@ -517,7 +517,11 @@ impl Devices {
             Request::Query => Ok(Response::State(State {
                 disks: self.disks.list(),
                 vifs: self.vifs.list(),
+                domains: Vec::new(),
             })),
+            Request::NoxsCreate { .. } | Request::Power { .. } | Request::Console { .. } => {
+                return Err("this xendevd has no NoXS back ends".into());
+            }
         };
         result.map_err(|err| {
             warn!("request failed: {err}");
