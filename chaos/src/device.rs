@@ -314,9 +314,7 @@ impl DeviceMethod for XenstoreMethod {
         for vbd in &self.vbds {
             nodes.extend(layout::vbd(domain.domid, vbd));
         }
-        host.timed("xenstore: domain and devices", || {
-            host.xs.in_transaction(|tx| write_nodes(tx, &nodes))
-        })
+        host.timed("xenstore: domain and devices", || host.write_nodes(&nodes))
     }
 
     fn finish(&mut self, host: &Host, domain: &NewDomain<'_>, built: &Built) -> Result<()> {
@@ -325,9 +323,7 @@ impl DeviceMethod for XenstoreMethod {
         for vbd in &self.vbds {
             nodes.extend(layout::vbd_protocol(domid, vbd.devid, built.protocol()));
         }
-        host.timed("xenstore: rings, console", || {
-            host.xs.in_transaction(|tx| write_nodes(tx, &nodes))
-        })?;
+        host.timed("xenstore: rings, console", || host.write_nodes(&nodes))?;
         host.timed("xs_introduce_domain", || {
             host.xs
                 .introduce_domain(domid, built.nodes.store_mfn, built.nodes.store_port)
@@ -425,15 +421,4 @@ impl DeviceMethod for XenstoreMethod {
         }
         Ok(())
     }
-}
-
-/// Write `nodes` (values, then permissions where given) in `store`.
-pub fn write_nodes(store: &impl Store, nodes: &[layout::Node]) -> Result<()> {
-    for node in nodes {
-        store.write(&node.path, &node.value)?;
-        if let Some(perms) = &node.perms {
-            store.set_perms(&node.path, perms)?;
-        }
-    }
-    Ok(())
 }

@@ -6,8 +6,10 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::error::Result;
+use crate::layout::Node;
 use crate::xc::Xc;
-use crate::xs::Xs;
+use crate::xs::{Store, Xs};
+use crate::xswire::Wire;
 
 /// Settings of a chaos run.
 #[derive(Debug, Clone)]
@@ -21,6 +23,10 @@ pub struct Options {
     pub console_timeout: Duration,
     /// Print each step's time on stderr as it ends.
     pub trace: bool,
+    /// Write a transaction's nodes as one batch on xenstored's socket ([`Wire`]),
+    /// when there is one; otherwise one libxenstore round trip per request
+    /// (`CHAOS_XENSTORE=libxenstore` chooses that, to compare).
+    pub batch_xenstore: bool,
 }
 
 impl Default for Options {
@@ -30,6 +36,7 @@ impl Default for Options {
             device_timeout: Duration::from_secs(20),
             console_timeout: Duration::from_secs(10),
             trace: false,
+            batch_xenstore: std::env::var_os("CHAOS_XENSTORE").is_none_or(|v| v != "libxenstore"),
         }
     }
 }
@@ -40,18 +47,58 @@ pub struct Host {
     pub xc: Xc,
     pub xs: Xs,
     pub options: Options,
+    /// xenstored's socket, for batches (see [`Options::batch_xenstore`]).
+    wire: Mutex<Option<Wire>>,
     phases: Mutex<Vec<(String, Duration)>>,
 }
 
 impl Host {
     /// Open libxenctrl and Xenstore.
     pub fn open(options: Options) -> Result<Self> {
+        let wire = if options.batch_xenstore {
+            Wire::connect()
+        } else {
+            None
+        };
         Ok(Self {
             xc: Xc::open()?,
             xs: Xs::open()?,
             options,
+            wire: Mutex::new(wire),
             phases: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Write `nodes` (values, then permissions where given) in one transaction: as
+    /// one batch on xenstored's socket if chaos has it, else through libxenstore.
+    pub fn write_nodes(&self, nodes: &[Node]) -> Result<()> {
+        let mut wire = self.wire.lock().unwrap_or_else(PoisonError::into_inner);
+        match wire.as_mut() {
+            Some(wire) => wire.write_nodes(nodes),
+            None => self.xs.in_transaction(|tx| {
+                for node in nodes {
+                    tx.write(&node.path, &node.value)?;
+                    if let Some(perms) = &node.perms {
+                        tx.set_perms(&node.path, perms)?;
+                    }
+                }
+                Ok(())
+            }),
+        }
+    }
+
+    /// How [`Host::write_nodes`] writes: for messages.
+    pub fn xenstore_writer(&self) -> &'static str {
+        if self
+            .wire
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+        {
+            "batched on xenstored's socket"
+        } else {
+            "libxenstore"
+        }
     }
 
     /// Run `step`, recording (and with `trace`, printing) how long it took.

@@ -29,6 +29,7 @@ pub mod vdev;
 pub mod xc;
 pub mod xcdom;
 pub mod xs;
+pub mod xswire;
 
 pub use config::{Config, ConfigError};
 pub use error::{Error, Result};

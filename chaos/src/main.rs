@@ -178,7 +178,14 @@ fn open(cli: &Cli, device_timeout: Duration) -> Result<Host, Failure> {
         trace: cli.verbose,
         ..Options::default()
     })?;
-    trace(cli, "open libxenctrl, Xenstore", started);
+    trace(
+        cli,
+        &format!(
+            "open libxenctrl, Xenstore (writes {})",
+            host.xenstore_writer()
+        ),
+        started,
+    );
     Ok(host)
 }
 
