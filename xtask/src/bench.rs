@@ -203,6 +203,7 @@ fn boot(args: &BootArgs) -> Result<()> {
         verbose: false,
         forwards: Vec::new(),
         control: None,
+        noxs: false,
         disks: Vec::new(),
     };
     let mut output = Vec::new();

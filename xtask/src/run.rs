@@ -50,6 +50,9 @@ Toolstacks:
   with chaos (run-chaos.sh: `chaos create --console` of a generated JSON config, its vif
   put on the bridge by xendevd, its disks file-backed through xendevd's loop devices).
   The exit statuses are the same.
+  --noxs runs it with chaos's NoXS method (dev_method noxs: devices through a
+  block in start_info and xendevd's back ends); in the lab, xenstored and xenconsoled are
+  not even started.
 
 Exit status:
   0    the guest powered off
@@ -101,9 +104,13 @@ pub struct RunArgs {
     /// Also show Xen's and dom0's boot messages (on stderr).
     #[arg(long)]
     pub verbose: bool,
-    /// Which toolstack creates the guest: xl, or our chaos.
-    #[arg(long, value_enum, default_value_t = Toolstack::Xl)]
-    pub toolstack: Toolstack,
+    /// Which toolstack creates the guest: xl (the default), or our chaos.
+    #[arg(long, value_enum)]
+    pub toolstack: Option<Toolstack>,
+    /// Chaos's NoXS device method: no Xenstore (in the lab, none runs). Implies
+    /// `--toolstack chaos`.
+    #[arg(long)]
+    pub noxs: bool,
     /// The app's command line (`extra=` in the xl config).
     #[arg(last = true, value_name = "ARGS")]
     pub args: Vec<String>,
@@ -141,6 +148,14 @@ impl RunArgs {
             (Some(app), None) => build::build_apps(std::slice::from_ref(app))?.remove(0),
             (None, None) => bail!("name an app or give --image"),
         };
+        let toolstack = match (self.toolstack, self.noxs) {
+            (Some(Toolstack::Xl), true) => {
+                bail!("--noxs needs chaos: xl only knows Xenstore (drop --toolstack xl)")
+            }
+            (Some(toolstack), _) => toolstack,
+            (None, true) => Toolstack::Chaos,
+            (None, false) => Toolstack::Xl,
+        };
         let started = Instant::now();
         let outcome = run_guest(&GuestRun {
             image,
@@ -153,7 +168,8 @@ impl RunArgs {
             forwards: self.forwards.clone(),
             net,
             disks: self.disks.clone(),
-            toolstack: self.toolstack,
+            toolstack,
+            noxs: self.noxs,
         })?;
         eprintln!(
             "run: {} after {:.1} s (exit status {})",
@@ -370,6 +386,8 @@ pub struct GuestRun {
     pub disks: Vec<Disk>,
     /// Which toolstack creates it.
     pub toolstack: Toolstack,
+    /// With chaos: the NoXS device method, in a lab without Xenstore.
+    pub noxs: bool,
 }
 
 impl GuestRun {
@@ -388,6 +406,7 @@ impl GuestRun {
             net: GuestNet::Dhcp,
             disks: Vec::new(),
             toolstack: Toolstack::Xl,
+            noxs: false,
         }
     }
 }
@@ -663,7 +682,14 @@ pub fn run_sessions(sessions: Vec<Session<'_>>) -> Vec<Result<SessionOutcome>> {
             in_lab.push((index, session));
         }
     }
-    if !in_lab.is_empty() {
+    // NoXS guests run in a lab of their own, without Xenstore.
+    let (noxs, xenstore): (Vec<_>, Vec<_>) = in_lab
+        .into_iter()
+        .partition(|(_, session)| session.run.noxs);
+    for in_lab in [xenstore, noxs] {
+        if in_lab.is_empty() {
+            continue;
+        }
         let (indices, batch): (Vec<usize>, Vec<Session<'_>>) = in_lab.into_iter().unzip();
         match run_in_lab(batch) {
             Ok(results) => {
@@ -703,6 +729,10 @@ fn check_run(run: &GuestRun) -> Result<()> {
             "a guest booted as dom0 has no disks: it has no back ends to talk to"
         );
     }
+    ensure!(
+        !run.noxs || run.toolstack == Toolstack::Chaos,
+        "NoXS needs chaos: xl only knows Xenstore"
+    );
     disk::check_all(&run.disks)?;
     Ok(())
 }
@@ -1164,7 +1194,9 @@ fn run_in_lab(sessions: Vec<Session<'_>>) -> Result<Vec<Result<SessionOutcome>>>
             }
         };
         if run.echo {
-            if run.toolstack != Toolstack::Xl {
+            if run.noxs {
+                eprintln!("run: toolstack chaos, NoXS (no Xenstore in this lab)");
+            } else if run.toolstack != Toolstack::Xl {
                 eprintln!("run: toolstack {}", run.toolstack.name());
             }
             let net = run.net.args(true);
@@ -1212,6 +1244,9 @@ fn run_in_lab(sessions: Vec<Session<'_>>) -> Result<Vec<Result<SessionOutcome>>>
         if let GuestNet::Static(cidr) = run.net {
             command += &format!("RUN_GUEST_IP={} ", cidr.addr);
         }
+        if run.noxs {
+            command += "RUN_GUEST_DEV_METHOD=noxs ";
+        }
         command += &format!(
             "RUN_GUEST_NAME={} RUN_GUEST_MAC={} timeout -s TERM {} sh {} /apps/{} {}",
             lab_run.domain,
@@ -1244,6 +1279,7 @@ fn run_in_lab(sessions: Vec<Session<'_>>) -> Result<Vec<Result<SessionOutcome>>>
         forwards,
         disks: lab_disks,
         control: control.clone(),
+        noxs: runs.iter().any(|lab_run| lab_run.run.noxs),
     };
 
     let count = prepared.len();
@@ -1426,7 +1462,14 @@ leftovers() {
 	tries=0
 	while :; do
 		left=$({
-			xl list | awk 'NR > 2 { print "domain " $1 }'
+			if [ -e /run/xenstored.pid ]; then
+				xl list | awk 'NR > 2 { print "domain " $1 }'
+			else
+				# A NoXS lab: no xl; xendevd must have let go of every domain too.
+				chaos list | awk 'NR > 1 && $1 != 0 { print "domain " $2 }'
+				xendevd query 2>/dev/null | sed -n 's/.*"domains":\[\(.*\)\].*/\1/p' |
+					grep -o '"domid":[0-9]*' | sed 's/^"domid":/xendevd serves domain /'
+			fi
 			ls /sys/class/net/xenbr0/brif 2>/dev/null | grep -vx eth0 | sed 's/^/bridge port /'
 			xenstore-list /local/domain/0/backend 2>/dev/null | sed 's|^|Xenstore /local/domain/0/backend/|'
 			for file in /sys/block/loop*/loop/backing_file; do
@@ -1557,6 +1600,10 @@ fn run_native_into(
         .args(&run.args)
         .env("RUN_GUEST_NAME", domain)
         .env("RUN_GUEST_DISKS", disk_specs)
+        .env(
+            "RUN_GUEST_DEV_METHOD",
+            if run.noxs { "noxs" } else { "xenstore" },
+        )
         .env("CHAOS", chaos)
         .stdin(Stdio::null())
         .stdout(Stdio::piped());

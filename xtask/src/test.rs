@@ -159,6 +159,7 @@ fn chaos_commands(images: &[GuestImage]) -> Result<()> {
         forwards: Vec::new(),
         disks: Vec::new(),
         control: None,
+        noxs: false,
     };
     let mut output = Vec::new();
     let end = lab::exec(
@@ -269,6 +270,7 @@ fn concurrent_daytime_clients(images: &[GuestImage]) -> Result<()> {
         forwards: Vec::new(),
         disks: Vec::new(),
         control: None,
+        noxs: false,
     };
     let mut output = Vec::new();
     let end = lab::exec(
@@ -313,6 +315,7 @@ fn xendevd_in_dom0(images: &[GuestImage]) -> Result<()> {
         forwards: Vec::new(),
         disks: Vec::new(),
         control: None,
+        noxs: false,
     };
     let mut output = Vec::new();
     let end = lab::exec(
@@ -392,6 +395,8 @@ struct Case {
     disk: Option<DiskCase>,
     /// Which toolstack creates the guest.
     toolstack: Toolstack,
+    /// With chaos: the NoXS method, in a lab of its own without Xenstore.
+    noxs: bool,
 }
 
 /// A case's disk: a fresh sparse image of `mib` MiB (its first `filled_mib` MiB holding
@@ -439,6 +444,7 @@ const CASES: &[Case] = &[
         client: None,
         disk: None,
         toolstack: Toolstack::Xl,
+        noxs: false,
     },
     Case {
         name: "hello as dom0",
@@ -452,6 +458,7 @@ const CASES: &[Case] = &[
         client: None,
         disk: None,
         toolstack: Toolstack::Xl,
+        noxs: false,
     },
     Case {
         name: "hello under xl",
@@ -465,6 +472,7 @@ const CASES: &[Case] = &[
         client: None,
         disk: None,
         toolstack: Toolstack::Xl,
+        noxs: false,
     },
     Case {
         name: "hello panic",
@@ -481,6 +489,7 @@ const CASES: &[Case] = &[
         client: None,
         disk: None,
         toolstack: Toolstack::Xl,
+        noxs: false,
     },
     Case {
         name: "hello fault",
@@ -502,6 +511,7 @@ const CASES: &[Case] = &[
         client: None,
         disk: None,
         toolstack: Toolstack::Xl,
+        noxs: false,
     },
     Case {
         name: "hello sleep=500",
@@ -522,6 +532,7 @@ const CASES: &[Case] = &[
         client: None,
         disk: None,
         toolstack: Toolstack::Xl,
+        noxs: false,
     },
     Case {
         name: "hello in 4 MiB",
@@ -542,6 +553,7 @@ const CASES: &[Case] = &[
         client: None,
         disk: None,
         toolstack: Toolstack::Xl,
+        noxs: false,
     },
     Case {
         name: "a guest that outlives its timeout is destroyed",
@@ -555,6 +567,7 @@ const CASES: &[Case] = &[
         client: None,
         disk: None,
         toolstack: Toolstack::Xl,
+        noxs: false,
     },
     Case {
         name: "selftest under xl",
@@ -568,6 +581,7 @@ const CASES: &[Case] = &[
         client: None,
         disk: None,
         toolstack: Toolstack::Xl,
+        noxs: false,
     },
     Case {
         name: "a client runs once the guest is ready, then the guest is destroyed",
@@ -597,6 +611,7 @@ const CASES: &[Case] = &[
         }),
         disk: None,
         toolstack: Toolstack::Xl,
+        noxs: false,
     },
     Case {
         name: "a guest that ends before its ready line fails its client",
@@ -619,6 +634,7 @@ const CASES: &[Case] = &[
         }),
         disk: None,
         toolstack: Toolstack::Xl,
+        noxs: false,
     },
     Case {
         name: "a guest without its ready line in time is destroyed",
@@ -641,6 +657,7 @@ const CASES: &[Case] = &[
         }),
         disk: None,
         toolstack: Toolstack::Xl,
+        noxs: false,
     },
     Case {
         name: "daytime answers TCP and UDP clients on the host (static address)",
@@ -666,6 +683,7 @@ const CASES: &[Case] = &[
         }),
         disk: None,
         toolstack: Toolstack::Xl,
+        noxs: false,
     },
     Case {
         name: "daytime answers a TCP client on the host (DHCP)",
@@ -688,6 +706,7 @@ const CASES: &[Case] = &[
         }),
         disk: None,
         toolstack: Toolstack::Xl,
+        noxs: false,
     },
     Case {
         name: "daytime powers off on xl shutdown",
@@ -711,6 +730,7 @@ const CASES: &[Case] = &[
         }),
         disk: None,
         toolstack: Toolstack::Xl,
+        noxs: false,
     },
     Case {
         name: "daytime reboots on xl reboot",
@@ -733,6 +753,7 @@ const CASES: &[Case] = &[
         }),
         disk: None,
         toolstack: Toolstack::Xl,
+        noxs: false,
     },
     Case {
         name: "blkcheck on a 64 MiB disk; the host reads its pattern from the image file",
@@ -757,6 +778,7 @@ const CASES: &[Case] = &[
             check: |image| image.holds_blkcheck_pattern(),
         }),
         toolstack: Toolstack::Xl,
+        noxs: false,
     },
     Case {
         name: "blkcheck on a read-only disk: the write is refused, the image unchanged",
@@ -782,6 +804,7 @@ const CASES: &[Case] = &[
             check: TestImage::unchanged,
         }),
         toolstack: Toolstack::Xl,
+        noxs: false,
     },
     Case {
         name: "chaos: hello greets and powers off",
@@ -795,6 +818,7 @@ const CASES: &[Case] = &[
         client: None,
         disk: None,
         toolstack: Toolstack::Chaos,
+        noxs: false,
     },
     Case {
         name: "chaos: a panicking hello ends as a crash",
@@ -808,6 +832,7 @@ const CASES: &[Case] = &[
         client: None,
         disk: None,
         toolstack: Toolstack::Chaos,
+        noxs: false,
     },
     Case {
         name: "chaos: a guest that outlives its timeout is destroyed",
@@ -821,6 +846,7 @@ const CASES: &[Case] = &[
         client: None,
         disk: None,
         toolstack: Toolstack::Chaos,
+        noxs: false,
     },
     Case {
         name: "chaos: daytime answers TCP and UDP clients on the host, powers off on chaos shutdown",
@@ -846,6 +872,7 @@ const CASES: &[Case] = &[
         }),
         disk: None,
         toolstack: Toolstack::Chaos,
+        noxs: false,
     },
     Case {
         name: "chaos: daytime (DHCP) answers a TCP client on the host, then chaos destroy",
@@ -868,6 +895,7 @@ const CASES: &[Case] = &[
         }),
         disk: None,
         toolstack: Toolstack::Chaos,
+        noxs: false,
     },
     Case {
         name: "chaos: daytime reboots on chaos shutdown --reboot",
@@ -890,6 +918,7 @@ const CASES: &[Case] = &[
         }),
         disk: None,
         toolstack: Toolstack::Chaos,
+        noxs: false,
     },
     Case {
         name: "chaos: blkcheck on a file-backed 64 MiB disk (xendevd's loop device); the host reads its pattern",
@@ -915,6 +944,7 @@ const CASES: &[Case] = &[
             check: |image| image.holds_blkcheck_pattern(),
         }),
         toolstack: Toolstack::Chaos,
+        noxs: false,
     },
     Case {
         name: "chaos: blkcheck on a read-only file-backed disk: the write is refused, the image unchanged",
@@ -940,6 +970,147 @@ const CASES: &[Case] = &[
             check: TestImage::unchanged,
         }),
         toolstack: Toolstack::Chaos,
+        noxs: false,
+    },
+    // NoXS: the same images, devices through chaos's NoXS method and xendevd's back
+    // ends, in a lab where xenstored and xenconsoled do not run.
+    Case {
+        name: "chaos NoXS: hello greets and powers off (console through xendevd)",
+        app: "hello",
+        args: &["alpha", "beta"],
+        mem_mib: 8,
+        dom0: false,
+        timeout_secs: 60,
+        exit: GuestExit::Poweroff,
+        check: hello_greets,
+        client: None,
+        disk: None,
+        toolstack: Toolstack::Chaos,
+        noxs: true,
+    },
+    Case {
+        name: "chaos NoXS: daytime answers TCP and UDP clients on the host, powers off on chaos shutdown",
+        app: "daytime",
+        args: &[],
+        mem_mib: 32,
+        dom0: false,
+        timeout_secs: 120,
+        exit: GuestExit::Poweroff,
+        check: daytime_closes_down,
+        client: Some(ClientCase {
+            ready: "daytime: listening",
+            ready_timeout_secs: 60,
+            forwards: &[13],
+            net: GuestNet::Static(run::Ipv4Cidr::LAB_GUEST),
+            talk: |ports| {
+                daytime_tcp(ports)?;
+                daytime_udp(ports)
+            },
+            fails_with: None,
+            stop: Stop::Shutdown,
+            stop_limit_secs: SHUTDOWN_LIMIT_SECS,
+        }),
+        disk: None,
+        toolstack: Toolstack::Chaos,
+        noxs: true,
+    },
+    Case {
+        name: "chaos NoXS: daytime (DHCP) answers a TCP client on the host, then chaos destroy",
+        app: "daytime",
+        args: &[],
+        mem_mib: 32,
+        dom0: false,
+        timeout_secs: 120,
+        exit: GuestExit::Destroyed,
+        check: |console| expect_line(console, "daytime: listening on 10.0.2.16:13"),
+        client: Some(ClientCase {
+            ready: "daytime: listening",
+            ready_timeout_secs: 60,
+            forwards: &[13],
+            net: GuestNet::Dhcp,
+            talk: daytime_tcp,
+            fails_with: None,
+            stop: Stop::Destroy,
+            stop_limit_secs: DESTROY_LIMIT_SECS,
+        }),
+        disk: None,
+        toolstack: Toolstack::Chaos,
+        noxs: true,
+    },
+    Case {
+        name: "chaos NoXS: daytime reboots on chaos shutdown --reboot",
+        app: "daytime",
+        args: &[],
+        mem_mib: 32,
+        dom0: false,
+        timeout_secs: 120,
+        exit: GuestExit::Reboot,
+        check: daytime_closes_down,
+        client: Some(ClientCase {
+            ready: "daytime: listening",
+            ready_timeout_secs: 60,
+            forwards: &[],
+            net: GuestNet::Static(run::Ipv4Cidr::LAB_GUEST),
+            talk: |_| Ok(()),
+            fails_with: None,
+            stop: Stop::Reboot,
+            stop_limit_secs: SHUTDOWN_LIMIT_SECS,
+        }),
+        disk: None,
+        toolstack: Toolstack::Chaos,
+        noxs: true,
+    },
+    Case {
+        name: "chaos NoXS: blkcheck on a file-backed 64 MiB disk (xendevd's back end); the host reads its pattern",
+        app: "blkcheck",
+        args: &[],
+        mem_mib: 32,
+        dom0: false,
+        timeout_secs: 180,
+        exit: GuestExit::Poweroff,
+        check: |console| {
+            expect_line(console, "blkcheck: disk xvda of 64 MiB")?;
+            ensure!(
+                console.lines().any(|line| line.starts_with("blkcheck: ok")),
+                "no line starting with \"blkcheck: ok\""
+            );
+            Ok(())
+        },
+        client: None,
+        disk: Some(DiskCase {
+            mib: 64,
+            filled_mib: 0,
+            read_only: false,
+            check: |image| image.holds_blkcheck_pattern(),
+        }),
+        toolstack: Toolstack::Chaos,
+        noxs: true,
+    },
+    Case {
+        name: "chaos NoXS: blkcheck on a read-only disk: the write is refused, the image unchanged",
+        app: "blkcheck",
+        args: &[],
+        mem_mib: 32,
+        dom0: false,
+        timeout_secs: 180,
+        exit: GuestExit::Poweroff,
+        check: |console| {
+            expect_line(console, "blkcheck: read-only disk: write refused: ")?;
+            ensure!(
+                console.lines().any(|line| line.starts_with("blkcheck: ok")),
+                "no line starting with \"blkcheck: ok\""
+            );
+            Ok(())
+        },
+        client: None,
+        disk: Some(DiskCase {
+            mib: 64,
+            filled_mib: 1,
+            read_only: true,
+            check: TestImage::unchanged,
+        }),
+        toolstack: Toolstack::Chaos,
+        noxs: true,
     },
 ];
 
@@ -1258,6 +1429,7 @@ fn lab_tests(images: &[GuestImage], wanted: &dyn Fn(&str) -> bool) -> Result<()>
                 timeout: Duration::from_secs(case.timeout_secs),
                 dom0: case.dom0,
                 toolstack: case.toolstack,
+                noxs: case.noxs,
                 ..GuestRun::new(app)
             };
             if let (Some(disk), Some(image)) = (&case.disk, image) {

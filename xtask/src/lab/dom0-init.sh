@@ -47,11 +47,17 @@ for serial in /sys/block/vd*/serial; do
 	esac
 done
 mount -t xenfs xenfs /proc/xen
-xenstored --pid-file /run/xenstored.pid
-echo "lab: xenstored started"
-xen-init-dom0 >/run/xen-init-dom0.log 2>&1 || { echo "lab: xen-init-dom0 failed:"; cat /run/xen-init-dom0.log; }
-xenconsoled --pid-file=/run/xenconsoled.pid --log=guest --log-dir=/var/log/xen/console
-echo "lab: xenconsoled started"
+if [ "${LAB_NOXS:-0}" = 1 ]; then
+	# A NoXS lab (`--noxs`): no Xenstore and no xenconsoled; xendevd is the back end of
+	# every device of chaos's NoXS guests, consoles included. xl does not work here.
+	echo "lab: NoXS: xenstored and xenconsoled not started"
+else
+	xenstored --pid-file /run/xenstored.pid
+	echo "lab: xenstored started"
+	xen-init-dom0 >/run/xen-init-dom0.log 2>&1 || { echo "lab: xen-init-dom0 failed:"; cat /run/xen-init-dom0.log; }
+	xenconsoled --pid-file=/run/xenconsoled.pid --log=guest --log-dir=/var/log/xen/console
+	echo "lab: xenconsoled started"
+fi
 # Our device daemon, when the lab carries it (chaos's vif hotplug and loop devices).
 if [ -x /usr/local/bin/xendevd ]; then
 	xendevd --foreground >/var/log/xendevd.log 2>&1 &

@@ -122,6 +122,10 @@ pub struct ExecArgs {
     /// (also /dev/lab/disk-0, -1, …); `:ro` makes it read-only. Repeatable.
     #[arg(long = "disk", value_name = "FILE[:ro]")]
     pub disks: Vec<Disk>,
+    /// Start neither xenstored nor xenconsoled: a lab for chaos's NoXS method (xl
+    /// does not work in it).
+    #[arg(long)]
+    pub noxs: bool,
 }
 
 #[derive(Debug, Args)]
@@ -144,6 +148,7 @@ impl LabCmd {
                     forwards: Vec::new(),
                     disks: args.disks.clone(),
                     control: None,
+                    noxs: args.noxs,
                 };
                 let mut stdout = std::io::stdout();
                 let end = exec(&script, &apps, &options, &mut |line| match line {
@@ -203,6 +208,8 @@ pub struct ExecOptions {
     pub disks: Vec<Disk>,
     /// A handle to send dom0 commands through while the job runs.
     pub control: Option<LabControl>,
+    /// Without xenstored and xenconsoled (`lab exec --noxs`).
+    pub noxs: bool,
 }
 
 /// Sends commands to the lab's dom0 while a job runs, from any thread: they travel as
@@ -335,9 +342,10 @@ pub fn exec(
     let markers = Markers::new(&nonce);
     let run = RunDir::new(&nonce)?;
     let env = format!(
-        "LAB_MODE=exec\nLAB_VERBOSE={}\nLAB_BEGIN='{}'\nLAB_END='{}'\nLAB_ERR_TAG='{}'\n\
-         LAB_CTL_TAG='{}'\n",
+        "LAB_MODE=exec\nLAB_VERBOSE={}\nLAB_NOXS={}\nLAB_BEGIN='{}'\nLAB_END='{}'\n\
+         LAB_ERR_TAG='{}'\nLAB_CTL_TAG='{}'\n",
         u8::from(options.verbose),
+        u8::from(options.noxs),
         markers.begin,
         markers.end,
         markers.err_tag,

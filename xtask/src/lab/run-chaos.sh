@@ -22,6 +22,7 @@
 #                   first, which the guest gets as a file-backed disk; after the guest
 #                   ends, a w image is copied back to the device and an r image must be
 #                   unchanged (status 1 if not).
+#   RUN_GUEST_DEV_METHOD  xenstore (default) or noxs: chaos's device method
 #   CHAOS           the chaos binary (default: chaos on PATH)
 set -u
 
@@ -36,6 +37,14 @@ name=${RUN_GUEST_NAME:-xtask-$(basename "$kernel")-$$-$(date +%s)}
 mac=${RUN_GUEST_MAC:-}
 ip=${RUN_GUEST_IP:-}
 chaos=${CHAOS:-chaos}
+dev_method=${RUN_GUEST_DEV_METHOD:-xenstore}
+case "$dev_method" in
+xenstore | noxs) ;;
+*)
+	echo "run-chaos: RUN_GUEST_DEV_METHOD '$dev_method' is neither xenstore nor noxs" >&2
+	exit 1
+	;;
+esac
 case "$kernel$name$mac$ip$*" in
 *\"* | *\\*)
 	echo "run-chaos: quotes and backslashes cannot go into a chaos config: $name $kernel $*" >&2
@@ -122,7 +131,8 @@ cat >"$dir/guest.json" <<EOF
 {"name": "$name", "kernel": "$kernel", "memory": $memory, "vcpus": 1,
  "cmdline": "$*",
  "vifs": [$vifs],
- "vbds": [$vbds]}
+ "vbds": [$vbds],
+ "xen": {"dev_method": "$dev_method"}}
 EOF
 
 # chaos in the background, so the traps above run while it works.
