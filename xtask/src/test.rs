@@ -67,6 +67,9 @@ impl TestArgs {
             if wanted(XENDEVD_IN_DOM0) {
                 xendevd_in_dom0(&images)?;
             }
+            if wanted(MISBEHAVING_GUEST) {
+                misbehaving_guest(&images)?;
+            }
         }
         eprintln!(
             "test: all passed in {:.0} s",
@@ -255,6 +258,94 @@ fn judge_chaos_lab(output: &[String]) -> Result<String> {
         BAD_CONFIGS.len(),
         counts.join(", ")
     ))
+}
+
+/// The name `--filter` matches for [`misbehaving_guest`].
+const MISBEHAVING_GUEST: &str = "chaos NoXS: a guest attacks its back ends, the others carry on";
+
+/// The checks `misbehave-lab.sh` must report, each `ok`.
+const MISBEHAVE_CHECKS: [&str; 17] = [
+    "daytime-created",
+    "daytime-answers-before",
+    "misbehave-created",
+    "misbehave-done",
+    "misbehave-vbd-connected",
+    "misbehave-vif-connected",
+    "xendevd-alive",
+    "daytime-answers-during",
+    "blkcheck-passes-during",
+    "misbehave-destroyed",
+    "daytime-answers-after",
+    "daytime-destroyed",
+    "nothing-served-after",
+    "no-domains-after",
+    "no-taps-after",
+    "xendevd-alive-after",
+    "misbehave-attacks-reported",
+];
+
+/// In a NoXS lab, `apps/misbehave` attacks its vbd, vif and sysctl back ends
+/// (`misbehave-lab.sh`) while an honest daytime serves and a blkcheck runs: xendevd must
+/// survive, the honest guests keep working, and destroying the attacker releases
+/// everything.
+fn misbehaving_guest(images: &[GuestImage]) -> Result<()> {
+    let options = lab::ExecOptions {
+        timeout: Duration::from_secs(600),
+        verbose: false,
+        forwards: Vec::new(),
+        disks: Vec::new(),
+        control: None,
+        noxs: true,
+    };
+    let mut output = Vec::new();
+    let end = lab::exec(
+        include_str!("misbehave-lab.sh"),
+        images,
+        &options,
+        &mut |line| {
+            if let lab::Line::Stdout(text) | lab::Line::Stderr(text) = line {
+                output.push(text.to_owned());
+            }
+        },
+    )?;
+    let attacks = output
+        .iter()
+        .filter(|line| line.starts_with("misbehave: vbd: ") || line.starts_with("misbehave: vif: "))
+        .count();
+    let mut problems = Vec::new();
+    for check in MISBEHAVE_CHECKS {
+        let verdict = if check == "misbehave-attacks-reported" {
+            // Every attack of the app reports a line (9 + 3 on the vbd, 6 + 3 on the vif).
+            (attacks >= 21)
+                .then_some(())
+                .ok_or(format!("{attacks} attack lines"))
+        } else {
+            match output
+                .iter()
+                .find(|line| line.starts_with(&format!("CHECK {check} ")))
+            {
+                Some(line) if line.starts_with(&format!("CHECK {check} ok")) => Ok(()),
+                Some(line) => Err(line.clone()),
+                None => Err("did not run".to_owned()),
+            }
+        };
+        if let Err(why) = verdict {
+            problems.push(format!("{check}: {why}"));
+        }
+    }
+    if !matches!(end, lab::ExecEnd::Exited(0)) {
+        problems.push(format!("the job ended with {end:?}"));
+    }
+    if problems.is_empty() {
+        eprintln!("PASS {MISBEHAVING_GUEST} ({attacks} attacks reported)");
+        Ok(())
+    } else {
+        bail!(
+            "FAIL {MISBEHAVING_GUEST}: {}\n  job output:\n  {}",
+            problems.join("; "),
+            output.join("\n  ")
+        )
+    }
 }
 
 /// The name `--filter` matches for [`concurrent_daytime_clients`].
