@@ -1,4 +1,5 @@
-//! `cargo xtask bench boot`: boot times of each toolstack, side by side, in one lab run.
+//! `cargo xtask bench boot`: boot times of each toolstack, side by side, in one lab run:
+//! xl, chaos with the Xenstore device method, chaos with NoXS.
 //!
 //! Two measures, both timed in dom0 by `bootbench`, the same way for every toolstack:
 //! - **noop**: create → the guest ran (it powers off at once) → its domain is gone;
@@ -59,9 +60,18 @@ const XL: Toolstack = Toolstack {
 };
 
 const CHAOS: Toolstack = Toolstack {
-    name: "chaos",
+    name: "chaos[Xenstore]",
     noop: "chaos create --wait /tmp/bench/noop.json",
     daytime: "chaos create /tmp/bench/daytime.json",
+    cleanup: "chaos destroy bench-daytime",
+};
+
+/// chaos with NoXS: no Xenstore on the guest's path (xenstored still runs in this lab,
+/// for the rows above, but neither chaos nor the guest talks to it).
+const CHAOS_NOXS: Toolstack = Toolstack {
+    name: "chaos[NoXS]",
+    noop: "chaos create --wait /tmp/bench/noop-noxs.json",
+    daytime: "chaos create /tmp/bench/daytime-noxs.json",
     cleanup: "chaos destroy bench-daytime",
 };
 
@@ -93,6 +103,15 @@ EOF
 cat >/tmp/bench/daytime.json <<EOF
 {"name": "bench-daytime", "kernel": "/apps/daytime", "cmdline": "ip=10.0.2.16/24 gw=10.0.2.2",
  "memory": 8, "vcpus": 1, "vifs": [{"ip": "10.0.2.16", "mac": "MAC", "bridge": "xenbr0"}]}
+EOF
+cat >/tmp/bench/noop-noxs.json <<EOF
+{"name": "bench-noop", "kernel": "/apps/noop", "cmdline": "", "memory": 4, "vcpus": 1,
+ "xen": {"dev_method": "noxs"}}
+EOF
+cat >/tmp/bench/daytime-noxs.json <<EOF
+{"name": "bench-daytime", "kernel": "/apps/daytime", "cmdline": "ip=10.0.2.16/24 gw=10.0.2.2",
+ "memory": 8, "vcpus": 1, "vifs": [{"ip": "10.0.2.16", "mac": "MAC", "bridge": "xenbr0"}],
+ "xen": {"dev_method": "noxs"}}
 EOF
 "#;
 
@@ -185,7 +204,7 @@ fn boot(args: &BootArgs) -> Result<()> {
         .iter()
         .any(|tool| tool.ends_with("chaos"));
     let toolstacks: Vec<&Toolstack> = if have_chaos {
-        vec![&XL, &CHAOS]
+        vec![&XL, &CHAOS, &CHAOS_NOXS]
     } else {
         vec![&XL]
     };
@@ -237,32 +256,35 @@ fn boot(args: &BootArgs) -> Result<()> {
     Ok(())
 }
 
-/// The ratio of a series' median to xl's for the same app.
-fn ratio_to_xl(series: &[Series], s: &Series) -> Option<f64> {
-    let xl = series
+/// The ratio of a series' median to `baseline`'s for the same app, as `0.55x`.
+fn ratio_to(series: &[Series], s: &Series, baseline: &str) -> String {
+    series
         .iter()
-        .find(|x| x.toolstack == "xl" && x.app == s.app)?;
-    Some(s.median() / xl.median())
+        .find(|b| b.toolstack == baseline && b.app == s.app)
+        .map_or_else(
+            || "-".to_owned(),
+            |b| format!("{:.2}x", s.median() / b.median()),
+        )
 }
 
 fn table(series: &[Series]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<10} {:<8} {:>5} {:>11} {:>11} {:>9}",
-        "app", "toolstack", "runs", "median ms", "p90 ms", "vs xl"
+        "{:<8} {:<16} {:>5} {:>11} {:>11} {:>7} {:>14}",
+        "app", "toolstack", "runs", "median ms", "p90 ms", "vs xl", "vs chaos[XS]"
     );
     for s in series {
-        let ratio = ratio_to_xl(series, s).map_or_else(|| "-".to_owned(), |r| format!("{r:.2}x"));
         let _ = writeln!(
             out,
-            "{:<10} {:<8} {:>5} {:>11.1} {:>11.1} {:>9}",
+            "{:<8} {:<16} {:>5} {:>11.1} {:>11.1} {:>7} {:>14}",
             s.app,
             s.toolstack,
             s.millis.len(),
             s.median(),
             s.p90(),
-            ratio
+            ratio_to(series, s, XL.name),
+            ratio_to(series, s, CHAOS.name),
         );
     }
     out
@@ -385,16 +407,19 @@ mod tests {
     #[test]
     fn series_and_ratios_from_bootbench_lines() {
         let out = lines(
-            "noise\nbootbench xl/noop 0 500.0\nbootbench xl/noop 1 700.0\nbootbench chaos/noop 0 100.0\n\
-             bootbench chaos/noop 1 140.0\nbootbench xl/daytime 0 900.5",
+            "noise\nbootbench xl/noop 0 500.0\nbootbench xl/noop 1 700.0\n\
+             bootbench chaos[Xenstore]/noop 0 100.0\nbootbench chaos[Xenstore]/noop 1 140.0\n\
+             bootbench chaos[NoXS]/noop 0 60.0\nbootbench xl/daytime 0 900.5",
         );
         let series = parse(&out).unwrap();
-        assert_eq!(series.len(), 3);
+        assert_eq!(series.len(), 4);
         assert_eq!(series[0].millis, [500.0, 700.0]);
-        assert_eq!(ratio_to_xl(&series, &series[1]), Some(0.2));
+        assert_eq!(ratio_to(&series, &series[1], "xl"), "0.20x");
+        assert_eq!(ratio_to(&series, &series[2], "chaos[Xenstore]"), "0.60x");
+        assert_eq!(ratio_to(&series, &series[3], "chaos[Xenstore]"), "-");
         let report = table(&series);
-        assert!(report.contains("noop       chaos"), "{report}");
-        assert!(report.contains("0.20x"), "{report}");
+        assert!(report.contains("noop     chaos[NoXS]"), "{report}");
+        assert!(report.contains("0.12x"), "{report}");
         assert!(csv(&series).contains("daytime,xl,0,900.500"));
         assert!(svg(&series).starts_with("<svg"));
         assert!(parse(&lines("bootbench xl/noop zero")).is_err());
