@@ -84,6 +84,9 @@ enum Phase {
     /// closing a Unix socket with unread input resets it, and the client could lose
     /// the error line that tells it why.
     Draining { since: Instant },
+    /// Raw bytes follow the answer (a console stream); input is read and thrown away,
+    /// and only a client that stops reading is dropped.
+    Streaming,
     /// No more input; the connection closes once the output is written.
     Closing,
     /// The client does not read: close now, whatever is queued.
@@ -124,6 +127,9 @@ impl Session {
     /// the error to answer it with (the caller answers each with [`Session::respond`]).
     pub fn receive(&mut self, bytes: &[u8], now: Instant) -> Vec<Result<Request, String>> {
         let mut out = Vec::new();
+        if self.phase == Phase::Streaming {
+            self.last_input = now;
+        }
         if self.phase != Phase::Open {
             return out;
         }
@@ -169,6 +175,10 @@ impl Session {
     /// The client closed its sending side. An unfinished line gets an error.
     pub fn end_of_input(&mut self) -> Option<String> {
         let phase = self.phase;
+        if phase == Phase::Streaming {
+            // A client may close its side and go on reading the stream.
+            return None;
+        }
         if matches!(phase, Phase::Open | Phase::Draining { .. }) {
             self.phase = Phase::Closing;
         }
@@ -230,7 +240,7 @@ impl Session {
                 })
             }
             Phase::Draining { since } => Some(since + timeout),
-            Phase::Closing | Phase::Dead => None,
+            Phase::Streaming | Phase::Closing | Phase::Dead => None,
         };
         match (input, output) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -266,7 +276,38 @@ impl Session {
                 }
             }
             Phase::Draining { since } if now >= since + timeout => self.phase = Phase::Closing,
-            Phase::Draining { .. } | Phase::Closing | Phase::Dead => {}
+            Phase::Draining { .. } | Phase::Streaming | Phase::Closing | Phase::Dead => {}
+        }
+    }
+
+    /// After the answer that announces it: raw bytes follow ([`Session::send_raw`]) until
+    /// [`Session::end_stream`].
+    pub fn start_stream(&mut self) {
+        if self.phase == Phase::Open {
+            self.partial.clear();
+            self.partial_since = None;
+            self.phase = Phase::Streaming;
+        }
+    }
+
+    /// Queue raw bytes of a stream.
+    pub fn send_raw(&mut self, bytes: &[u8], now: Instant) {
+        if self.phase != Phase::Streaming {
+            return;
+        }
+        if self.output.is_empty() {
+            self.last_output = now;
+        }
+        self.output.extend_from_slice(bytes);
+        if self.output.len() > self.limits.max_output {
+            self.abort();
+        }
+    }
+
+    /// The stream is over: close once the output is written.
+    pub fn end_stream(&mut self) {
+        if self.phase == Phase::Streaming {
+            self.phase = Phase::Closing;
         }
     }
 
@@ -278,7 +319,10 @@ impl Session {
 
     /// Whether to read from the client (requests, or input to throw away).
     pub fn reading(&self) -> bool {
-        matches!(self.phase, Phase::Open | Phase::Draining { .. })
+        matches!(
+            self.phase,
+            Phase::Open | Phase::Draining { .. } | Phase::Streaming
+        )
     }
 
     /// Whether the connection can be closed now.
@@ -286,7 +330,7 @@ impl Session {
         match self.phase {
             Phase::Dead => true,
             Phase::Closing => self.output.is_empty(),
-            Phase::Open | Phase::Draining { .. } => false,
+            Phase::Open | Phase::Draining { .. } | Phase::Streaming => false,
         }
     }
 }

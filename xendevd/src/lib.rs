@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod client;
+pub mod engine;
 
 /// Where xendevd listens.
 pub const SOCKET_PATH: &str = "/run/xendevd.sock";

@@ -15,8 +15,10 @@ mod disks;
 mod logging;
 mod loopdev;
 mod netlink;
+mod noxs;
 mod uevent;
 mod vif;
+mod xen;
 mod xs;
 
 use xendevd::api;
@@ -56,6 +58,9 @@ struct Cli {
     /// Where the daemon records its loop devices, so that it knows them after a restart.
     #[arg(long, value_name = "PATH", default_value = "/run/xendevd.disks.json")]
     state: PathBuf,
+    /// Where NoXS guests' console logs go (NAME-DOMID.log, 1 MiB at most each).
+    #[arg(long, value_name = "DIR", default_value = "/var/log/xendevd/console")]
+    console_dir: PathBuf,
     /// Log every uevent and every vif left alone, too.
     #[arg(long, short)]
     verbose: bool,
@@ -148,6 +153,7 @@ fn run_daemon(cli: &Cli) -> Result<()> {
         } else {
             loopdev::Method::Auto
         },
+        console_dir: cli.console_dir.clone(),
     };
     // Everything that can fail at start fails here, on the caller's terminal.
     let daemon = daemon::Daemon::setup(&options)?;

@@ -58,10 +58,11 @@ pub struct Xenstore {
 }
 
 impl Xenstore {
-    /// Connect (xenstored's socket, else `/dev/xen/xenbus`).
+    /// Connect to xenstored's socket. Not `/dev/xen/xenbus`: without xenstored, calls
+    /// through it would wait forever.
     pub fn open() -> Result<Self, XsError> {
         // SAFETY: xs_open takes flags only and returns an owned handle or NULL.
-        let handle = unsafe { ffi::xs_open(0) };
+        let handle = unsafe { ffi::xs_open(ffi::XS_OPEN_SOCKETONLY.into()) };
         NonNull::new(handle)
             .map(|handle| Self { handle })
             .ok_or_else(|| XsError::Open(Errno::last()))
@@ -188,5 +189,69 @@ impl Drop for Xenstore {
     fn drop(&mut self) {
         // SAFETY: the handle is open and closed once, here.
         unsafe { ffi::xs_close(self.handle.as_ptr()) };
+    }
+}
+
+/// A watch on its own connection, whose fd the daemon polls; unwatched and closed on
+/// drop.
+#[derive(Debug)]
+pub struct XsWatch {
+    xs: Xenstore,
+    path: CString,
+}
+
+/// The token our watches carry.
+const TOKEN: &CStr = c"xendevd";
+
+impl XsWatch {
+    /// Watch `path` (e.g. `@releaseDomain`).
+    pub fn open(path: &str) -> Result<Self, XsError> {
+        let xs = Xenstore::open()?;
+        let c = c_path(path)?;
+        // SAFETY: the handle is open; both strings are NUL-terminated and live across
+        // the call.
+        if !unsafe { ffi::xs_watch(xs.handle.as_ptr(), c.as_ptr(), TOKEN.as_ptr()) } {
+            return Err(XsError::Call {
+                op: "watch",
+                path: path.to_owned(),
+                errno: Errno::last(),
+            });
+        }
+        Ok(Self { xs, path: c })
+    }
+
+    /// The fd that becomes readable when the watch fires.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        // SAFETY: the handle is open, and so is its fd, until `self` drops.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(ffi::xs_fileno(self.xs.handle.as_ptr())) }
+    }
+
+    /// Take every pending firing; how many there were.
+    pub fn drain(&self) -> Result<usize, XsError> {
+        let mut count = 0;
+        loop {
+            // SAFETY: the handle is open; the result is NULL or one malloc'd block.
+            let event = unsafe { ffi::xs_check_watch(self.xs.handle.as_ptr()) };
+            if event.is_null() {
+                return match Errno::last() {
+                    Errno::EAGAIN => Ok(count),
+                    errno => Err(XsError::Call {
+                        op: "read watch",
+                        path: self.path.to_string_lossy().into_owned(),
+                        errno,
+                    }),
+                };
+            }
+            // SAFETY: the block came from malloc and is freed once.
+            unsafe { nix::libc::free(event.cast::<c_void>()) };
+            count += 1;
+        }
+    }
+}
+
+impl Drop for XsWatch {
+    fn drop(&mut self) {
+        // SAFETY: the handle is open; both strings are NUL-terminated.
+        unsafe { ffi::xs_unwatch(self.xs.handle.as_ptr(), self.path.as_ptr(), TOKEN.as_ptr()) };
     }
 }

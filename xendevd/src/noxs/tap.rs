@@ -1,0 +1,158 @@
+//! A vif's host end: a tap device (`/dev/net/tun`, `IFF_TAP | IFF_NO_PI`) named `vifD.N`,
+//! a port of a bridge and up. Closing the fd removes the device.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+use nix::errno::Errno;
+
+/// `linux/if_tun.h` and `linux/if.h`.
+mod sys {
+    use std::ffi::c_short;
+
+    pub const IFNAMSIZ: usize = 16;
+    pub const IFF_TAP: c_short = 0x0002;
+    pub const IFF_NO_PI: c_short = 0x1000;
+    /// `ARPHRD_ETHER`.
+    pub const ARPHRD_ETHER: u16 = 1;
+
+    /// `struct ifreq` with the members we use: flags, or a hardware address.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct IfReq {
+        pub name: [u8; IFNAMSIZ],
+        pub data: IfReqData,
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub union IfReqData {
+        pub flags: c_short,
+        pub hwaddr: SockAddr,
+        pub pad: [u8; 24],
+    }
+
+    /// `struct sockaddr`.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct SockAddr {
+        pub family: u16,
+        pub data: [u8; 14],
+    }
+
+    // TUNSETIFF = _IOW('T', 202, int).
+    nix::ioctl_write_ptr_bad!(
+        tun_set_iff,
+        nix::request_code_write!(b'T', 202, size_of::<std::ffi::c_int>()),
+        IfReq
+    );
+    // SIOCSIFHWADDR (linux/sockios.h).
+    nix::ioctl_write_ptr_bad!(set_hwaddr, 0x8924, IfReq);
+}
+
+/// The tap's own MAC: `fe:ff:ff:ff:ff:ff`, as Xen's vif scripts give netback's vifs, so
+/// the bridge never takes it as its address.
+const HOST_MAC: [u8; 6] = [0xfe, 0xff, 0xff, 0xff, 0xff, 0xff];
+
+fn ifreq(name: &str) -> sys::IfReq {
+    let mut req = sys::IfReq {
+        name: [0; sys::IFNAMSIZ],
+        data: sys::IfReqData { pad: [0; 24] },
+    };
+    let len = name.len().min(sys::IFNAMSIZ - 1);
+    req.name[..len].copy_from_slice(&name.as_bytes()[..len]);
+    req
+}
+
+/// A tap device, removed when dropped.
+#[derive(Debug)]
+pub struct Tap {
+    file: File,
+    name: String,
+}
+
+impl Tap {
+    /// Create tap `name` (non-blocking).
+    pub fn create(name: &str) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+            .open("/dev/net/tun")?;
+        let mut req = ifreq(name);
+        req.data.flags = sys::IFF_TAP | sys::IFF_NO_PI;
+        // SAFETY: `file` is an open tun fd; `req` is a valid ifreq alive across the call.
+        unsafe { sys::tun_set_iff(file.as_raw_fd(), &raw const req) }.map_err(io::Error::from)?;
+        let tap = Self {
+            file,
+            name: name.to_owned(),
+        };
+        tap.set_host_mac()?;
+        Ok(tap)
+    }
+
+    fn set_host_mac(&self) -> io::Result<()> {
+        let socket = nix::sys::socket::socket(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Datagram,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        let mut req = ifreq(&self.name);
+        let mut data = [0u8; 14];
+        data[..6].copy_from_slice(&HOST_MAC);
+        req.data.hwaddr = sys::SockAddr {
+            family: sys::ARPHRD_ETHER,
+            data,
+        };
+        // SAFETY: `socket` is open; `req` is a valid ifreq alive across the call.
+        unsafe { sys::set_hwaddr(socket.as_raw_fd(), &raw const req) }.map_err(io::Error::from)?;
+        Ok(())
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The next frame into `buf`, if one is waiting.
+    pub fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        match self.file.read(buf) {
+            Ok(n) => Ok(Some(n)),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(err) if err.raw_os_error() == Some(Errno::EIO as i32) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Send a frame out of the tap (to the bridge); a full queue drops it.
+    pub fn write_frame(&mut self, frame: &[u8]) -> io::Result<()> {
+        match self.file.write(frame) {
+            Ok(_) => Ok(()),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+}
+
+impl AsFd for Tap {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn abi() {
+        assert_eq!(size_of::<sys::IfReq>(), 40);
+        assert_eq!(
+            nix::request_code_write!(b'T', 202, size_of::<std::ffi::c_int>()),
+            0x4004_54ca
+        );
+        assert_eq!(size_of::<sys::SockAddr>(), 16);
+    }
+}
