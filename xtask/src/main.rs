@@ -9,12 +9,14 @@
 //! - `test`: format check, clippy, host unit tests, lab integration tests.
 //! - `codegen [--check]`: regenerate (or check) the checked-in Xen library bindings.
 //! - `bench boot`: boot times per toolstack in the lab, with ratios to xl.
+//! - `fuzz [--seconds S] [TARGET…]`: the fuzz targets (what guests write, parsed).
 
 mod bench;
 mod build;
 mod codegen;
 mod disk;
 mod elf;
+mod fuzz;
 mod lab;
 mod new;
 mod run;
@@ -45,6 +47,9 @@ enum Cli {
     /// Benchmarks in the lab.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Fuzz what guests write against the code that parses it (NoXS pages, back-end
+    /// rings), for a given time per target.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +62,7 @@ fn main() -> ExitCode {
         Cli::Test(args) => args.run().map(|()| ExitCode::SUCCESS),
         Cli::Codegen(args) => args.run().map(|()| ExitCode::SUCCESS),
         Cli::Bench(cmd) => cmd.run().map(|()| ExitCode::SUCCESS),
+        Cli::Fuzz(args) => args.run().map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -2,7 +2,7 @@
 //!
 //! 1. `cargo fmt --check`;
 //! 2. clippy with warnings denied, for the host crates and for the guest target;
-//! 3. host unit tests;
+//! 3. host unit tests, then each fuzz target for a minute (`cargo xtask fuzz`);
 //! 4. the Xen notes of every built app;
 //! 5. lab integration tests: real guests on real Xen, as dom0 (quick) and as domUs
 //!    under xl in one lab boot, each checked on its exit reason and its console; a
@@ -41,6 +41,9 @@ pub struct TestArgs {
     /// Run only the lab tests whose name contains TEXT (e.g. `chaos`).
     #[arg(long, value_name = "TEXT")]
     pub filter: Option<String>,
+    /// Seconds each fuzz target runs (0: none).
+    #[arg(long, value_name = "S", default_value_t = 60)]
+    pub fuzz_seconds: u64,
 }
 
 impl TestArgs {
@@ -48,6 +51,9 @@ impl TestArgs {
         let started = Instant::now();
         if !self.lab_only {
             static_checks()?;
+            if self.fuzz_seconds > 0 {
+                crate::fuzz::fuzz(self.fuzz_seconds, false, &[])?;
+            }
         }
         let images = build::build_apps(&build::all_apps()?)?;
         for image in &images {
