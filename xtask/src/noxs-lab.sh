@@ -1,6 +1,8 @@
-# Lab job for `cargo xtask test`, in a NoXS lab (no xenstored): a guest that attacks
-# its back ends (apps/misbehave) next to honest guests. Prints one line per check,
-# which the host judges (test.rs, `misbehaving_guest`):
+# Lab job for `cargo xtask test`, in a NoXS lab (no xenstored, no xenconsoled): chaos's
+# commands on NoXS guests (list, console, shutdown -w, destroy, create/destroy cycles
+# that leak nothing), and a guest that attacks its back ends (apps/misbehave) next to
+# honest guests. Prints one line per check, which the host judges (test.rs,
+# `noxs_lab`):
 #   CHECK NAME ok|fail DETAIL
 # Everything else (consoles, xendevd's log) is for the log.
 set -u
@@ -53,16 +55,22 @@ cat >blkcheck.json <<EOF
  "vbds": [{"target": "/tmp/misbehave/blkcheck.img", "type": "file", "vdev": "xvda", "access": "w"}]}
 EOF
 
-chaos create daytime.json >daytime.id 2>daytime.err
+[ ! -e /run/xenstored.pid ] && ! pidof xenstored xenconsoled >/dev/null
+check no-xenstored $? "$(pidof xenstored xenconsoled)"
+
+domid=$(chaos create daytime.json 2>daytime.err)
 check daytime-created $? "$(cat daytime.err)"
-i=0
-until daytime_answers; do
-	i=$((i + 1))
-	[ $i -gt 60 ] && break
-	sleep 1
-done
+chaos console honest-daytime >daytime.out 2>daytime-console.err &
+console=$!
+wait_for "daytime: listening on $GUEST:13" 600 daytime.out
+check console-streams $? "$(head -c 300 daytime.out | tr '\n' '|') $(cat daytime-console.err)"
 daytime_answers
 check daytime-answers-before $? ""
+chaos list >list.out 2>&1
+cat list.out
+line=$(grep " honest-daytime " list.out)
+echo "$line" | grep -Eq "^ +$domid +honest-daytime +32 +1 +[-rb]{2}-{4} +[0-9]+:[0-9]{2}:[0-9]{2}$"
+check list-shows-it $? "'$line'"
 
 chaos create misbehave.json >misbehave.id 2>misbehave.err
 check misbehave-created $? "$(cat misbehave.err)"
@@ -91,8 +99,37 @@ chaos destroy misbehave
 check misbehave-destroyed $? ""
 daytime_answers
 check daytime-answers-after $? ""
-chaos destroy honest-daytime
-check daytime-destroyed $? ""
+chaos shutdown -w honest-daytime >shutdown.out 2>&1
+status=$?
+check shutdown-w $status "status $status: $(cat shutdown.out)"
+grep -q "honest-daytime (domain $domid) shut down: poweroff (reason code 0)" shutdown.out
+check shutdown-reports-reason $? "$(cat shutdown.out)"
+i=0
+while kill -0 $console 2>/dev/null && [ $i -lt 100 ]; do
+	i=$((i + 1))
+	sleep 0.1
+done
+kill -0 $console 2>/dev/null
+[ $? -ne 0 ]
+check console-ends-with-the-guest $? "after $i tenths of a second"
+grep -q "daytime: stopped" daytime.out
+check console-has-last-words $? "$(tail -n 2 daytime.out | tr '\n' '|')"
+
+# Create/destroy cycles of a paused NoXS guest with a vif and a disk: nothing may stay.
+cat >cycle.json <<EOF
+{"name": "cycle", "kernel": "/apps/daytime", "memory": 8, "vcpus": 1, "paused": true,
+ "xen": {"dev_method": "noxs"},
+ "vifs": [{"mac": "00:16:3e:0a:00:77", "bridge": "xenbr0"}],
+ "vbds": [{"target": "/tmp/misbehave/victim.img", "type": "file", "vdev": "xvda", "access": "r"}]}
+EOF
+failed=0
+started=$(date +%s)
+for n in $(seq 1 ${CYCLES:-20}); do
+	chaos create cycle.json >/dev/null 2>>cycle.err || failed=$((failed + 1))
+	chaos destroy cycle 2>>cycle.err || failed=$((failed + 1))
+done
+[ $failed -eq 0 ]
+check cycles-succeed $? "$failed failed commands in ${CYCLES:-20} cycles, $(($(date +%s) - started)) s; $(head -c 300 cycle.err)"
 sleep 1
 n=$(served)
 [ "$n" -eq 0 ]
@@ -103,6 +140,9 @@ check no-domains-after $? "$(chaos list)"
 taps=$(ls /sys/class/net/xenbr0/brif | grep -vxc eth0)
 [ "$taps" -eq 0 ]
 check no-taps-after $? "$(ls /sys/class/net/xenbr0/brif | tr '\n' ' ')"
+loops=$(ls /sys/block/loop*/loop/backing_file 2>/dev/null | wc -l)
+[ "$loops" -eq 0 ]
+check no-loop-devices-after $? "$loops"
 [ "$(xendevd_pid)" = "$pid" ]
 check xendevd-alive-after $? ""
 echo "--- xendevd's log (tail)"
