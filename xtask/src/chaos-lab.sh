@@ -121,7 +121,7 @@ bad duplicate-name "{\"name\": \"dup\", $base}"
 bad vdev-clash "{\"name\": \"x\", $base, \"vbds\": [{\"target\": \"/tmp/chaos/disk.img\", \"type\": \"file\", \"vdev\": \"xvda\"}, {\"target\": \"/tmp/chaos/disk.img\", \"type\": \"file\", \"vdev\": \"d0p0\"}]}"
 bad vdev-name "{\"name\": \"x\", $base, \"vbds\": [{\"target\": \"/tmp/chaos/disk.img\", \"type\": \"file\", \"vdev\": \"xvd1\"}]}"
 bad vcpus '{"name": "x", "kernel": "/apps/hello", "memory": 8, "vcpus": 0}'
-bad noxs "{\"name\": \"x\", $base, \"xen\": {\"dev_method\": \"noxs\"}}"
+bad dev-method "{\"name\": \"x\", $base, \"xen\": {\"dev_method\": \"carrier-pigeon\"}}"
 bad no-bridge "{\"name\": \"x\", $base, \"vifs\": [{\"bridge\": \"nobr0\"}]}"
 bad phy-not-a-device "{\"name\": \"x\", $base, \"vbds\": [{\"target\": \"/tmp/chaos/disk.img\", \"type\": \"phy\", \"vdev\": \"xvda\"}]}"
 after=$(domains)

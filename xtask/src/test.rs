@@ -121,7 +121,10 @@ const BAD_CONFIGS: [(&str, &str); 15] = [
         "vbds[0].vdev: \"xvd1\" is not a virtual disk name",
     ),
     ("vcpus", "vcpus: 0: a domain needs at least one vCPU"),
-    ("noxs", "xen.dev_method: \"noxs\" is not supported yet"),
+    (
+        "dev-method",
+        "xen.dev_method: \"carrier-pigeon\" is not a device method (\"xenstore\" or \"noxs\")",
+    ),
     (
         "no-bridge",
         "vifs[0].bridge: dom0 has no bridge named nobr0",
