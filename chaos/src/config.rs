@@ -48,6 +48,8 @@ pub const MAX_CMDLINE: usize = 1023;
 pub const MAX_NAME: usize = 64;
 /// The bridge a vif joins when its config names none (xl's default too).
 pub const DEFAULT_BRIDGE: &str = "xenbr0";
+/// The prefix length of a vif's `ip` written without one (`"10.0.2.16"`).
+pub const DEFAULT_PREFIX_LEN: u8 = 24;
 
 /// The first problem found in a configuration: the field (`vifs[0].mac`; empty for a
 /// JSON syntax error) and what is wrong with it, in one line.
@@ -94,11 +96,16 @@ pub struct Config {
 }
 
 /// A network interface: the back end joins `bridge`; `mac` chosen at random (Xen's
-/// 00:16:3e prefix) if not given; `ip` is information for the back end's scripts.
+/// 00:16:3e prefix) if not given. `ip` (`"10.0.2.16"` or `"10.0.2.16/24"`) is
+/// information for the back end's records under Xenstore; a NoXS guest gets it, with
+/// its prefix length and `gateway`, in the vif's control page.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Vif {
     pub mac: Option<Mac>,
     pub ip: Option<Ipv4Addr>,
+    /// The prefix length of `ip`: as written after a `/`, else [`DEFAULT_PREFIX_LEN`].
+    pub prefix_len: Option<u8>,
+    pub gateway: Option<Ipv4Addr>,
     pub bridge: String,
 }
 
@@ -148,6 +155,19 @@ impl Access {
 pub enum DevMethod {
     /// The standard xenbus handshake through Xenstore.
     Xenstore,
+    /// NoXS (`shared/design/noxs-v1.md`): a device block in the guest's start_info page
+    /// and a control page per device, xendevd being every back end; no Xenstore.
+    Noxs,
+}
+
+impl DevMethod {
+    /// The configuration's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DevMethod::Xenstore => "xenstore",
+            DevMethod::Noxs => "noxs",
+        }
+    }
 }
 
 /// A MAC address.
@@ -211,6 +231,7 @@ const KEYS: [&str; 10] = [
 #[serde(deny_unknown_fields)]
 struct RawVif {
     ip: Option<String>,
+    gateway: Option<String>,
     mac: Option<String>,
     bridge: Option<String>,
 }
@@ -363,22 +384,26 @@ impl Config {
                 let xen: RawXen = typed("xen", value)?;
                 match xen.dev_method.as_deref() {
                     None | Some("xenstore") => DevMethod::Xenstore,
-                    Some("noxs") => {
-                        return Err(ConfigError::new(
-                            "xen.dev_method",
-                            "\"noxs\" is not supported yet: only \"xenstore\" (NoXS comes next)",
-                        ));
-                    }
+                    Some("noxs") => DevMethod::Noxs,
                     Some(other) => {
                         return Err(ConfigError::new(
                             "xen.dev_method",
-                            format!("{other:?} is not a device method (\"xenstore\")"),
+                            format!("{other:?} is not a device method (\"xenstore\" or \"noxs\")"),
                         ));
                     }
                 }
             }
             None => DevMethod::Xenstore,
         };
+        if dev_method != DevMethod::Noxs
+            && let Some(at) = vifs.iter().position(|vif| vif.gateway.is_some())
+        {
+            return Err(ConfigError::new(
+                format!("vifs[{at}].gateway"),
+                "only a NoXS guest (\"xen\": {\"dev_method\": \"noxs\"}) gets its gateway from \
+                 chaos; a Xenstore guest takes it from its command line (gw=)",
+            ));
+        }
         Ok(Self {
             name,
             kernel: PathBuf::from(kernel),
@@ -572,17 +597,44 @@ fn parse_vifs(value: &Value) -> Checked<Vec<Vif>> {
                 format!("{mac} is vifs[{other}]'s MAC address too"),
             ));
         }
-        let ip = raw
-            .ip
-            .map(|ip| {
-                ip.parse::<Ipv4Addr>().map_err(|_| {
+        let (ip, prefix_len) = match raw.ip {
+            Some(text) => {
+                let (ip, prefix_len) = parse_address(&text)
+                    .map_err(|why| ConfigError::new(format!("{at}.ip"), why))?;
+                (Some(ip), prefix_len)
+            }
+            None => (None, None),
+        };
+        let gateway = match raw.gateway {
+            Some(text) => {
+                let field = format!("{at}.gateway");
+                let gateway = text.parse::<Ipv4Addr>().map_err(|_| {
                     ConfigError::new(
-                        format!("{at}.ip"),
-                        format!("{ip:?} is not an IPv4 address (like 10.0.2.16)"),
+                        &field,
+                        format!("{text:?} is not an IPv4 address (like 10.0.2.2)"),
                     )
-                })
-            })
-            .transpose()?;
+                })?;
+                let Some(ip) = ip else {
+                    return Err(ConfigError::new(
+                        field,
+                        "a gateway needs the vif's own address (\"ip\"); without one the guest \
+                         asks DHCP for both",
+                    ));
+                };
+                let prefix = prefix_len.unwrap_or(DEFAULT_PREFIX_LEN);
+                if !same_subnet(ip, gateway, prefix) || gateway == ip {
+                    return Err(ConfigError::new(
+                        field,
+                        format!(
+                            "{gateway} is not another address of {ip}/{prefix}'s network: the \
+                             guest could not reach it"
+                        ),
+                    ));
+                }
+                Some(gateway)
+            }
+            None => None,
+        };
         let bridge = raw.bridge.unwrap_or_else(|| DEFAULT_BRIDGE.to_owned());
         if bridge.is_empty()
             || bridge.len() > 15
@@ -600,9 +652,66 @@ fn parse_vifs(value: &Value) -> Checked<Vec<Vif>> {
                 ),
             ));
         }
-        vifs.push(Vif { mac, ip, bridge });
+        vifs.push(Vif {
+            mac,
+            ip,
+            prefix_len,
+            gateway,
+            bridge,
+        });
     }
     Ok(vifs)
+}
+
+/// `"10.0.2.16"` or `"10.0.2.16/24"`: the address and the prefix length if given.
+fn parse_address(text: &str) -> Result<(Ipv4Addr, Option<u8>), String> {
+    let (address, prefix) = match text.split_once('/') {
+        Some((address, prefix)) => (address, Some(prefix)),
+        None => (text, None),
+    };
+    let ip = address.parse::<Ipv4Addr>().map_err(|_| {
+        format!("{text:?} is not an IPv4 address (like 10.0.2.16, or 10.0.2.16/24)")
+    })?;
+    let prefix_len = match prefix {
+        Some(prefix) => {
+            let len = prefix
+                .parse::<u8>()
+                .ok()
+                .filter(|len| (1..=32).contains(len))
+                .ok_or_else(|| {
+                    format!("{text:?}: the prefix length {prefix:?} is not a number from 1 to 32")
+                })?;
+            Some(len)
+        }
+        None => None,
+    };
+    let prefix = prefix_len.unwrap_or(DEFAULT_PREFIX_LEN);
+    if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+        return Err(format!("{ip} cannot be a guest's address"));
+    }
+    if prefix <= 30 {
+        let host_bits = u32::from(ip) & !mask(prefix);
+        if host_bits == 0 || host_bits == !mask(prefix) {
+            return Err(format!(
+                "{ip} is the {} address of {ip}/{prefix}'s network, not a host's",
+                if host_bits == 0 {
+                    "network"
+                } else {
+                    "broadcast"
+                }
+            ));
+        }
+    }
+    Ok((ip, prefix_len))
+}
+
+/// The netmask of a prefix length (1 to 32).
+fn mask(prefix_len: u8) -> u32 {
+    u32::MAX << (32 - u32::from(prefix_len.clamp(1, 32)))
+}
+
+fn same_subnet(a: Ipv4Addr, b: Ipv4Addr, prefix_len: u8) -> bool {
+    (u32::from(a) ^ u32::from(b)) & mask(prefix_len) == 0
 }
 
 fn parse_vbds(value: &Value) -> Checked<Vec<Vbd>> {
@@ -763,11 +872,15 @@ mod tests {
                 Vif {
                     mac: Some(Mac([0x00, 0x16, 0x3e, 0x0a, 0x00, 0x10])),
                     ip: Some(Ipv4Addr::new(10, 0, 2, 16)),
+                    prefix_len: None,
+                    gateway: None,
                     bridge: "xenbr0".into(),
                 },
                 Vif {
                     mac: None,
                     ip: None,
+                    prefix_len: None,
+                    gateway: None,
                     bridge: DEFAULT_BRIDGE.into(),
                 },
             ]
@@ -926,7 +1039,7 @@ mod tests {
             (
                 format!("{{{base}, \"vifs\": [{{\"ipaddr\": \"10.0.2.16\"}}]}}"),
                 "vifs[0]",
-                "unknown key `ipaddr`, expected one of `ip`, `mac`, `bridge`",
+                "unknown key `ipaddr`, expected one of `ip`, `gateway`, `mac`, `bridge`",
             ),
             (
                 format!("{{{base}, \"vbds\": [{{\"target\": \"/i\", \"type\": \"file\"}}]}}"),
@@ -974,9 +1087,64 @@ mod tests {
                 "invalid type: string \"yes\", expected a boolean",
             ),
             (
-                format!("{{{base}, \"xen\": {{\"dev_method\": \"noxs\"}}}}"),
-                "xen.dev_method",
-                "\"noxs\" is not supported yet",
+                format!("{{{base}, \"vifs\": [{{\"ip\": \"10.0.2.16/33\"}}]}}"),
+                "vifs[0].ip",
+                "the prefix length \"33\" is not a number from 1 to 32",
+            ),
+            (
+                format!("{{{base}, \"vifs\": [{{\"ip\": \"10.0.2.16/\"}}]}}"),
+                "vifs[0].ip",
+                "the prefix length \"\" is not a number",
+            ),
+            (
+                format!("{{{base}, \"vifs\": [{{\"ip\": \"10.0.2.0/24\"}}]}}"),
+                "vifs[0].ip",
+                "10.0.2.0 is the network address of 10.0.2.0/24's network",
+            ),
+            (
+                format!("{{{base}, \"vifs\": [{{\"ip\": \"10.0.2.255\"}}]}}"),
+                "vifs[0].ip",
+                "10.0.2.255 is the broadcast address",
+            ),
+            (
+                format!("{{{base}, \"vifs\": [{{\"ip\": \"127.0.0.2\"}}]}}"),
+                "vifs[0].ip",
+                "127.0.0.2 cannot be a guest's address",
+            ),
+            (
+                format!(
+                    "{{{base}, \"xen\": {{\"dev_method\": \"noxs\"}}, \"vifs\": [{{\"gateway\": \"10.0.2.2\"}}]}}"
+                ),
+                "vifs[0].gateway",
+                "a gateway needs the vif's own address",
+            ),
+            (
+                format!(
+                    "{{{base}, \"xen\": {{\"dev_method\": \"noxs\"}}, \"vifs\": [{{\"ip\": \"10.0.2.16/24\", \"gateway\": \"10.0.3.1\"}}]}}"
+                ),
+                "vifs[0].gateway",
+                "10.0.3.1 is not another address of 10.0.2.16/24's network",
+            ),
+            (
+                format!(
+                    "{{{base}, \"xen\": {{\"dev_method\": \"noxs\"}}, \"vifs\": [{{\"ip\": \"10.0.2.16\", \"gateway\": \"10.0.2.16\"}}]}}"
+                ),
+                "vifs[0].gateway",
+                "is not another address",
+            ),
+            (
+                format!(
+                    "{{{base}, \"xen\": {{\"dev_method\": \"noxs\"}}, \"vifs\": [{{\"ip\": \"10.0.2.16\", \"gateway\": \"gw\"}}]}}"
+                ),
+                "vifs[0].gateway",
+                "\"gw\" is not an IPv4 address",
+            ),
+            (
+                format!(
+                    "{{{base}, \"vifs\": [{{\"ip\": \"10.0.2.16\", \"gateway\": \"10.0.2.2\"}}]}}"
+                ),
+                "vifs[0].gateway",
+                "only a NoXS guest",
             ),
             (
                 format!("{{{base}, \"xen\": {{\"dev_method\": \"carrier-pigeon\"}}}}"),
@@ -997,6 +1165,59 @@ mod tests {
             assert!(err.message.contains(why), "{text}: {err}");
             assert!(!err.to_string().contains('\n'), "one line: {err}");
         }
+    }
+
+    #[test]
+    fn noxs_vifs_carry_prefix_and_gateway() {
+        let config = Config::parse(
+            r#"{"name": "d", "kernel": "/k", "memory": 8, "vcpus": 1,
+                "xen": {"dev_method": "noxs"},
+                "vifs": [{"ip": "10.0.2.16/16", "gateway": "10.0.9.1"},
+                         {"ip": "192.168.1.7"},
+                         {"ip": "10.1.0.1/31"},
+                         {}]}"#,
+        )
+        .unwrap();
+        assert_eq!(config.dev_method, DevMethod::Noxs);
+        assert_eq!(config.dev_method.as_str(), "noxs");
+        let addresses: Vec<_> = config
+            .vifs
+            .iter()
+            .map(|vif| (vif.ip, vif.prefix_len, vif.gateway))
+            .collect();
+        assert_eq!(
+            addresses,
+            [
+                (
+                    Some(Ipv4Addr::new(10, 0, 2, 16)),
+                    Some(16),
+                    Some(Ipv4Addr::new(10, 0, 9, 1))
+                ),
+                (Some(Ipv4Addr::new(192, 168, 1, 7)), None, None),
+                (Some(Ipv4Addr::new(10, 1, 0, 1)), Some(31), None),
+                (None, None, None),
+            ]
+        );
+        // The Xenstore method takes "/prefix" too (its back-end record keeps the address).
+        let xenstore = Config::parse(
+            r#"{"name": "d", "kernel": "/k", "memory": 8, "vcpus": 1,
+                "vifs": [{"ip": "10.0.2.16/24"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(xenstore.dev_method, DevMethod::Xenstore);
+        assert_eq!(xenstore.vifs[0].ip, Some(Ipv4Addr::new(10, 0, 2, 16)));
+        assert!(same_subnet(
+            Ipv4Addr::new(10, 0, 2, 16),
+            Ipv4Addr::new(10, 0, 2, 2),
+            24
+        ));
+        assert!(!same_subnet(
+            Ipv4Addr::new(10, 0, 2, 16),
+            Ipv4Addr::new(10, 0, 3, 2),
+            24
+        ));
+        assert_eq!(mask(32), u32::MAX);
+        assert_eq!(mask(1), 0x8000_0000);
     }
 
     #[test]

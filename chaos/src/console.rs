@@ -10,11 +10,17 @@
 //!
 //! The relay also watches the domain (`@releaseDomain`), so it knows when the guest
 //! has shut down or was destroyed, and interrupting signals.
+//!
+//! A NoXS guest has no xenconsoled: xendevd is its console back end and keeps its
+//! output from the first byte; chaos asks it for the stream (`Console`, with `follow`)
+//! and relays that ([`open_noxs`], [`relay_stream`]), looking at the domain every 20
+//! ms. That console is output only.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use crate::domain::{self, Ending};
@@ -64,14 +70,15 @@ impl Drop for RestoreStdin {
 /// Wait (at most `timeout`) for xenconsoled to give domain `domid` a pty, and open it
 /// raw and non-blocking.
 pub fn open(host: &Host, domid: u32, timeout: Duration) -> Result<File> {
+    let xs = host.xs()?;
     let path = tty_path(domid);
-    let _watch = host.xs.watch(&path, "chaos-tty")?;
+    let _watch = xs.watch(&path, "chaos-tty")?;
     let deadline = Instant::now() + timeout;
-    let tty = host.xs.wait_until(
+    let tty = xs.wait_until(
         deadline,
         Duration::from_millis(100),
         &signal::caught,
-        || Ok(host.xs.read(&path)?.filter(|tty| !tty.is_empty())),
+        || Ok(xs.read(&path)?.filter(|tty| !tty.is_empty())),
     )?;
     let Some(tty) = tty else {
         return Err(Error::Timeout {
@@ -108,9 +115,15 @@ pub enum Stopped {
     Interrupted(&'static str),
 }
 
-/// Copy what `tty` says to `out` until `stop_after` passes, or there was nothing for
-/// `quiet` (a final drain), or the pty closes. Returns whether it closed.
-pub fn drain(tty: &mut File, out: &mut dyn Write, quiet: Duration, stop_after: Duration) -> bool {
+/// Copy what `tty` (a pty or xendevd's stream) says to `out` until `stop_after`
+/// passes, or there was nothing for `quiet` (a final drain), or it closes. Returns
+/// whether it closed.
+pub fn drain(
+    tty: &mut (impl Read + AsRawFd),
+    out: &mut dyn Write,
+    quiet: Duration,
+    stop_after: Duration,
+) -> bool {
     let deadline = Instant::now() + stop_after;
     let mut buf = [0u8; 4096];
     loop {
@@ -162,8 +175,9 @@ pub fn relay(
     tty: &mut File,
     out: &mut dyn Write,
 ) -> Result<Stopped> {
-    let _watch = host.xs.watch("@releaseDomain", "chaos-console")?;
-    let xs_fd = host.xs.fileno()?;
+    let xs = host.xs()?;
+    let _watch = xs.watch("@releaseDomain", "chaos-console")?;
+    let xs_fd = xs.fileno()?;
     // SAFETY: isatty only inspects the descriptor.
     let interactive = unsafe { libc::isatty(libc::STDIN_FILENO) } == 1;
     let _restore = if interactive {
@@ -233,10 +247,102 @@ pub fn relay(
             }
         }
         if fds[1].revents != 0 || rc == 0 {
-            host.xs.drain_events()?;
+            xs.drain_events()?;
             if let Some(ending) = domain::check_ending(host, domid, uuid)? {
                 return Ok(Stopped::Ended(ending));
             }
+        }
+    }
+}
+
+/// How often the NoXS relay looks at the domain.
+const NOXS_POLL: Duration = Duration::from_millis(20);
+
+/// A NoXS domain's console from xendevd: its output from the first byte, then what
+/// follows; the returned stream is non-blocking, and `pending` holds what came with
+/// xendevd's answer.
+pub fn open_noxs(host: &Host, domid: u32) -> Result<(UnixStream, Vec<u8>)> {
+    let request = xendevd::api::Request::Console {
+        domid,
+        follow: true,
+    };
+    let streaming = host.timed("xendevd console", || {
+        xendevd::client::call_streaming(
+            &host.options.xendevd_socket,
+            &request,
+            host.options.device_timeout,
+        )
+        .map_err(|err| {
+            Error::Xendevd(format!(
+                "domain {domid}'s console (a NoXS console comes from xendevd): {err}"
+            ))
+        })
+    })?;
+    let (stream, pending) = streaming.into_parts();
+    stream
+        .set_nonblocking(true)
+        .map_err(|err| Error::Xendevd(format!("domain {domid}'s console stream: {err}")))?;
+    Ok((stream, pending))
+}
+
+/// Relay xendevd's console stream of NoXS domain `domid` (handle `uuid`) to `out`,
+/// `pending` first, until the domain ends, xendevd closes the stream, or a signal.
+pub fn relay_stream(
+    host: &Host,
+    domid: u32,
+    uuid: Option<&Uuid>,
+    stream: &mut UnixStream,
+    pending: &[u8],
+    out: &mut dyn Write,
+) -> Result<Stopped> {
+    let write = |out: &mut dyn Write, bytes: &[u8]| -> Result<()> {
+        out.write_all(bytes).map_err(|err| Error::Device {
+            device: "console".into(),
+            message: format!("writing to stdout: {err}"),
+        })?;
+        out.flush().ok();
+        Ok(())
+    };
+    write(out, pending)?;
+    let mut buf = [0u8; 4096];
+    let mut next_check = Instant::now();
+    loop {
+        if let Some(signal) = signal::caught() {
+            return Ok(Stopped::Interrupted(signal));
+        }
+        let now = Instant::now();
+        if now >= next_check {
+            if let Some(ending) = domain::check_ending(host, domid, uuid)? {
+                return Ok(Stopped::Ended(ending));
+            }
+            next_check = now + NOXS_POLL;
+        }
+        let mut pollfd = libc::pollfd {
+            fd: stream.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let millis = i32::try_from(
+            next_check
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .max(1),
+        )
+        .unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd for the call.
+        let rc = unsafe { libc::poll(&raw mut pollfd, 1, millis) };
+        if rc <= 0 {
+            continue; // a timeout, or EINTR: the checks above decide.
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(Stopped::Closed),
+            Ok(n) => write(out, &buf[..n])?,
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(_) => return Ok(Stopped::Closed),
         }
     }
 }

@@ -1,7 +1,7 @@
-//! How a guest gets its devices: the [`DeviceMethod`] trait, and its Xenstore
-//! implementation ([`XenstoreMethod`]). NoXS (a device page in the guest's start_info,
-//! `shared/design/noxs-v1.md`) comes next as a second implementation; the domain
-//! builder ([`crate::domain`]) only talks to the trait.
+//! How a guest gets its devices: the [`DeviceMethod`] trait, its Xenstore
+//! implementation ([`XenstoreMethod`]) and NoXS ([`crate::noxs::NoxsMethod`]: a device
+//! block in the guest's start_info, `shared/design/noxs-v1.md`); the domain builder
+//! ([`crate::domain`]) only talks to the trait.
 //!
 //! Xenstore method, per device:
 //! - **vif**: front and back end in one transaction with the domain's own nodes,
@@ -26,6 +26,7 @@ use crate::host::Host;
 use crate::layout::{self, Kind};
 use crate::signal;
 use crate::uuid::{Uuid, random_bytes};
+use crate::xcdom::START_INFO_PAGE;
 use crate::xs::Store;
 
 /// A domain being created, as the device method sees it.
@@ -42,12 +43,26 @@ pub trait DeviceMethod {
     /// For messages: "xenstore".
     fn name(&self) -> &'static str;
 
+    /// Whether the guest gets a Xenstore ring (an event channel for it, introduced to
+    /// xenstored).
+    fn uses_xenstore(&self) -> bool;
+
     /// Before the domain is built: make its devices (back ends start probing now).
     fn prepare(&mut self, host: &Host, domain: &NewDomain<'_>) -> Result<()>;
 
     /// After the build, before the guest runs: publish what the build produced (rings,
-    /// event channels) and wait until every device's back end is ready.
-    fn finish(&mut self, host: &Host, domain: &NewDomain<'_>, built: &Built) -> Result<()>;
+    /// event channels), in Xenstore or in the guest's `start_info` page, and wait until
+    /// every device's back end is ready.
+    fn finish(
+        &mut self,
+        host: &Host,
+        domain: &NewDomain<'_>,
+        built: &Built,
+        start_info: &mut [u8; START_INFO_PAGE],
+    ) -> Result<()>;
+
+    /// The vifs' MAC addresses, in order (random ones included), once prepared.
+    fn macs(&self) -> Vec<String>;
 
     /// Remove everything this method made for `domid` (whose handle is `uuid`, if
     /// known). Idempotent: parts already gone are skipped, so it also cleans up after a
@@ -155,7 +170,7 @@ impl XenstoreMethod {
 
     /// Whether every device's back end is ready; an error if one failed.
     fn devices_ready(&self, host: &Host, domid: u32) -> Result<Option<()>> {
-        let xs = &host.xs;
+        let xs = host.xs()?;
         let state = |path: &str| -> Result<u32> {
             Ok(xs
                 .read(&format!("{path}/state"))?
@@ -209,7 +224,9 @@ impl XenstoreMethod {
 
     /// The first device not ready, and what it still lacks, for a timeout message.
     fn describe_waiting(&self, host: &Host, domid: u32) -> String {
-        let xs = &host.xs;
+        let Ok(xs) = host.xs() else {
+            return "the devices (Xenstore is gone)".into();
+        };
         for vif in &self.vifs {
             let back = layout::backend_path(Kind::Vif, domid, vif.devid);
             let status = xs.read(&format!("{back}/hotplug-status")).ok().flatten();
@@ -288,6 +305,14 @@ impl DeviceMethod for XenstoreMethod {
         "xenstore"
     }
 
+    fn uses_xenstore(&self) -> bool {
+        true
+    }
+
+    fn macs(&self) -> Vec<String> {
+        self.vifs.iter().map(|vif| vif.mac.to_string()).collect()
+    }
+
     fn prepare(&mut self, host: &Host, domain: &NewDomain<'_>) -> Result<()> {
         self.vifs = domain
             .config
@@ -317,16 +342,22 @@ impl DeviceMethod for XenstoreMethod {
         host.timed("xenstore: domain and devices", || host.write_nodes(&nodes))
     }
 
-    fn finish(&mut self, host: &Host, domain: &NewDomain<'_>, built: &Built) -> Result<()> {
+    fn finish(
+        &mut self,
+        host: &Host,
+        domain: &NewDomain<'_>,
+        built: &Built,
+        _start_info: &mut [u8; START_INFO_PAGE],
+    ) -> Result<()> {
         let domid = domain.domid;
+        let xs = host.xs()?;
         let mut nodes = layout::built(domid, domain.uuid, &built.nodes);
         for vbd in &self.vbds {
             nodes.extend(layout::vbd_protocol(domid, vbd.devid, built.protocol()));
         }
         host.timed("xenstore: rings, console", || host.write_nodes(&nodes))?;
         host.timed("xs_introduce_domain", || {
-            host.xs
-                .introduce_domain(domid, built.nodes.store_mfn, built.nodes.store_port)
+            xs.introduce_domain(domid, built.nodes.store_mfn, built.nodes.store_port)
         })?;
         if self.vifs.is_empty() && self.vbds.is_empty() {
             return Ok(());
@@ -341,10 +372,10 @@ impl DeviceMethod for XenstoreMethod {
                         .iter()
                         .map(|vbd| layout::backend_path(Kind::Vbd, domid, vbd.devid)),
                 )
-                .map(|path| host.xs.watch(&path, "chaos-device"))
+                .map(|path| xs.watch(&path, "chaos-device"))
                 .collect::<Result<Vec<_>>>()?;
             let deadline = Instant::now() + host.options.device_timeout;
-            let ready = host.xs.wait_until(
+            let ready = xs.wait_until(
                 deadline,
                 Duration::from_millis(250),
                 &signal::caught,
@@ -359,7 +390,15 @@ impl DeviceMethod for XenstoreMethod {
     }
 
     fn teardown(&self, host: &Host, domid: u32, uuid: Option<&Uuid>) -> Result<()> {
-        let xs = &host.xs;
+        let socket = &host.options.xendevd_socket;
+        let Some(xs) = host.xenstore() else {
+            // No xenstored: no nodes to remove, no record of the disks; xendevd still
+            // holds the loop devices it attached for the domain, if any.
+            if socket.exists() {
+                crate::noxs::release(host, domid)?;
+            }
+            return Ok(());
+        };
         // Which back ends held loop devices of xendevd: their `params` (the image file)
         // differ from the device blkback opened.
         let vbd_dir = layout::backend_dir(Kind::Vbd, domid);
@@ -389,7 +428,6 @@ impl DeviceMethod for XenstoreMethod {
         })?;
         // Loop devices: xendevd releases what it holds for the domain. Ask whenever it
         // listens; without it, only a domain that had file-backed disks is a problem.
-        let socket = &host.options.xendevd_socket;
         if file_disks || socket.exists() {
             let answer = host.timed("xendevd release", || {
                 Ok(xendevd::client::call(

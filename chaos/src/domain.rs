@@ -7,14 +7,16 @@
 //! 1. checks: the name is free, Xen has the memory;
 //! 2. `xc_domain_create` with a random handle (never waiting for entropy), paused;
 //!    `xc_domain_max_vcpus`, `xc_domain_setmaxmem`, the memory map limit, TSC mode,
-//!    CPUID policy; unbound event channels for the Xenstore and console rings;
+//!    CPUID policy; unbound event channels for the Xenstore and console rings (NoXS:
+//!    the console's only);
 //! 3. the device method's `prepare` (Xenstore: the domain's nodes and its devices'
 //!    front and back ends, in one transaction);
 //! 4. the PV build: `xc_dom_allocate`, kernel (and ramdisk) file, `boot_xen_init`,
 //!    `parse_image`, `mem_init`, `boot_mem_init`, `build_image`, `boot_image`,
 //!    `gnttab_init` (seeds the console and Xenstore grants);
-//! 5. the device method's `finish` (Xenstore: ring and console nodes,
-//!    `xs_introduce_domain`, wait for the back ends);
+//! 5. the device method's `finish`, the image still mapped (Xenstore: ring and console
+//!    nodes, `xs_introduce_domain`, wait for the back ends; NoXS: xendevd's
+//!    `NoxsCreate`, the device block into start_info);
 //! 6. unpause, unless paused.
 //!
 //! From step 2 on, a failure destroys the domain and everything made for it (a
@@ -28,6 +30,7 @@ use crate::device::{self, DeviceMethod, NewDomain, XenstoreMethod};
 use crate::error::{Error, Result};
 use crate::host::Host;
 use crate::layout;
+use crate::noxs::{self, NoxsMethod};
 use crate::signal;
 use crate::uuid::Uuid;
 use crate::xc::{DomainInfo, ShutdownReason};
@@ -51,19 +54,25 @@ pub struct Created {
     pub paused: bool,
     /// The vifs' MAC addresses, in order (random ones included).
     pub macs: Vec<String>,
+    pub dev_method: DevMethod,
 }
 
 /// The device method a configuration asks for.
-fn method_for(config: &Config) -> Box<dyn DeviceMethod> {
-    match config.dev_method {
+fn method_for(dev_method: DevMethod) -> Box<dyn DeviceMethod> {
+    match dev_method {
         DevMethod::Xenstore => Box::new(XenstoreMethod::new()),
+        DevMethod::Noxs => Box::new(NoxsMethod::new()),
     }
 }
 
-/// The method that tears a domain down. Xenstore is the only one so far; with NoXS,
-/// the domain's records will say which.
-fn teardown_method() -> XenstoreMethod {
-    XenstoreMethod::new()
+/// The device method of an existing domain: NoXS if xendevd serves it as such (chaos
+/// keeps no records of its own), Xenstore otherwise.
+pub fn dev_method_of(host: &Host, domid: u32) -> Result<DevMethod> {
+    Ok(if noxs::served_domain(host, domid)?.is_some() {
+        DevMethod::Noxs
+    } else {
+        DevMethod::Xenstore
+    })
 }
 
 /// Destroys a domain being created unless disarmed: on an error return and on a panic
@@ -72,6 +81,7 @@ struct Guard<'a> {
     host: &'a Host,
     domid: u32,
     uuid: Uuid,
+    dev_method: DevMethod,
     armed: bool,
 }
 
@@ -79,14 +89,15 @@ impl Guard<'_> {
     /// Destroy now, reporting how it went.
     fn destroy(mut self) -> Result<()> {
         self.armed = false;
-        destroy_domain(self.host, self.domid, Some(&self.uuid))
+        destroy_known(self.host, self.domid, Some(&self.uuid), self.dev_method)
     }
 }
 
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
         if self.armed
-            && let Err(err) = destroy_domain(self.host, self.domid, Some(&self.uuid))
+            && let Err(err) =
+                destroy_known(self.host, self.domid, Some(&self.uuid), self.dev_method)
         {
             eprintln!("chaos: cleaning up domain {} failed: {err}", self.domid);
         }
@@ -98,6 +109,9 @@ impl Drop for Guard<'_> {
 /// to attach first).
 pub fn create(host: &Host, config: &Config, force_paused: bool) -> Result<Created> {
     // 1. Checks against the running system, before anything is made.
+    if config.dev_method == DevMethod::Xenstore {
+        host.xs()?;
+    }
     host.timed("check name", || {
         if let Some(domid) = find_by_name(host, &config.name)? {
             return Err(ConfigError::new(
@@ -138,9 +152,10 @@ pub fn create(host: &Host, config: &Config, force_paused: bool) -> Result<Create
         host,
         domid,
         uuid,
+        dev_method: config.dev_method,
         armed: true,
     };
-    let mut method = method_for(config);
+    let mut method = method_for(config.dev_method);
     match build(host, config, domid, &uuid, method.as_mut(), force_paused) {
         Ok(created) => {
             let mut guard = guard;
@@ -186,11 +201,15 @@ fn build(
         xc.domain_set_tsc_default(domid)?;
         xc.cpuid_apply_default(domid)
     })?;
-    let (store_port, console_port) = host.timed("xc_evtchn_alloc_unbound x2", || {
-        Ok((
-            xc.evtchn_alloc_unbound(domid, SERVICE_DOMID)?,
-            xc.evtchn_alloc_unbound(domid, SERVICE_DOMID)?,
-        ))
+    let uses_xenstore = method.uses_xenstore();
+    let (store_port, console_port) = host.timed("xc_evtchn_alloc_unbound", || {
+        // NoXS: no Xenstore ring, so no event channel for one (start_info says 0).
+        let store_port = if uses_xenstore {
+            xc.evtchn_alloc_unbound(domid, SERVICE_DOMID)?
+        } else {
+            0
+        };
+        Ok((store_port, xc.evtchn_alloc_unbound(domid, SERVICE_DOMID)?))
     })?;
     interrupted()?;
 
@@ -203,8 +222,9 @@ fn build(
     method.prepare(host, &domain)?;
     interrupted()?;
 
-    // 4. The PV build.
-    let (store_mfn, console_mfn, guest_type) = host.timed("xc_dom: PV build", || {
+    // 4. The PV build. The image stays until the method has finished: NoXS writes into
+    // its start_info page.
+    let mut image = host.timed("xc_dom: PV build", || {
         let mut image = DomImage::allocate(xc, &config.cmdline)?;
         image.kernel_file(&config.kernel)?;
         if let Some(ramdisk) = &config.ramdisk {
@@ -224,11 +244,7 @@ fn build(
         image.build_image()?;
         image.boot_image()?;
         image.gnttab_init()?;
-        Ok((
-            image.store_mfn(),
-            image.console_mfn(),
-            image.guest_type().unwrap_or_default(),
-        ))
+        Ok(image)
     })?;
     interrupted()?;
 
@@ -238,9 +254,9 @@ fn build(
             memory_kib,
             vcpus: config.vcpus,
             store_port,
-            store_mfn,
+            store_mfn: image.store_mfn(),
             console_port,
-            console_mfn,
+            console_mfn: image.console_mfn(),
             kernel: config.kernel.to_string_lossy().into_owned(),
             ramdisk: config
                 .ramdisk
@@ -249,9 +265,10 @@ fn build(
             cmdline: config.cmdline.clone(),
             start_time: start_time(),
         },
-        guest_type,
+        guest_type: image.guest_type().unwrap_or_default(),
     };
-    method.finish(host, &domain, &built)?;
+    method.finish(host, &domain, &built, image.start_info_page()?)?;
+    drop(image);
     interrupted()?;
 
     // 6. Run.
@@ -259,22 +276,13 @@ fn build(
     if !paused {
         host.timed("xc_domain_unpause", || xc.domain_unpause(domid))?;
     }
-    let macs = (0..config.vifs.len())
-        .map(|devid| {
-            host.xs
-                .read(&format!(
-                    "{}/mac",
-                    layout::backend_path(layout::Kind::Vif, domid, devid as u32)
-                ))
-                .map(Option::unwrap_or_default)
-        })
-        .collect::<Result<Vec<_>>>()?;
     Ok(Created {
         domid,
         name: config.name.clone(),
         uuid: *uuid,
         paused,
-        macs,
+        macs: method.macs(),
+        dev_method: config.dev_method,
     })
 }
 
@@ -286,15 +294,24 @@ fn start_time() -> String {
     format!("{}.{:02}", now.as_secs(), now.subsec_millis() / 10)
 }
 
-/// The id of the domain called `name`, if there is one (dom0 is "Domain-0").
+/// The id of the domain called `name`, if there is one (dom0 is "Domain-0"): a
+/// Xenstore domain's name is in Xenstore (if xenstored runs), a NoXS domain's in
+/// xendevd's records (if xendevd runs).
 pub fn find_by_name(host: &Host, name: &str) -> Result<Option<u32>> {
-    let xs = &host.xs;
-    for entry in xs.directory("/local/domain")?.unwrap_or_default() {
-        let Ok(domid) = entry.parse::<u32>() else {
-            continue;
-        };
-        if xs.read(&format!("/local/domain/{domid}/name"))?.as_deref() == Some(name) {
-            return Ok(Some(domid));
+    if let Some(xs) = host.xenstore() {
+        for entry in xs.directory("/local/domain")?.unwrap_or_default() {
+            let Ok(domid) = entry.parse::<u32>() else {
+                continue;
+            };
+            if xs.read(&format!("/local/domain/{domid}/name"))?.as_deref() == Some(name) {
+                return Ok(Some(domid));
+            }
+        }
+    }
+    for served in noxs::served(host)?.unwrap_or_default() {
+        // xendevd may not have noticed yet that a domain is gone.
+        if served.name == name && host.xc.domain_info(served.domid)?.is_some() {
+            return Ok(Some(served.domid));
         }
     }
     Ok(None)
@@ -311,9 +328,16 @@ pub fn resolve(host: &Host, id_or_name: &str) -> Result<u32> {
                 "{domid} (ids from {DOMID_FIRST_RESERVED} on are reserved)"
             )));
         }
-        if host.xc.domain_info(domid)?.is_some()
-            || host.xs.read(&layout::dom_path(domid))?.is_some()
+        if host.xc.domain_info(domid)?.is_some() {
+            return Ok(domid);
+        }
+        // Gone from Xen, but records may be left to clean up.
+        if let Some(xs) = host.xenstore()
+            && xs.read(&layout::dom_path(domid))?.is_some()
         {
+            return Ok(domid);
+        }
+        if noxs::served_domain(host, domid)?.is_some() {
             return Ok(domid);
         }
         return Err(Error::NoSuchDomain(domid.to_string()));
@@ -322,24 +346,52 @@ pub fn resolve(host: &Host, id_or_name: &str) -> Result<u32> {
         .ok_or_else(|| Error::NoSuchDomain(format!("named {id_or_name:?}")))
 }
 
+/// A domain's name, for messages: Xenstore's or xendevd's record, if any.
+pub fn name_of(host: &Host, domid: u32) -> Result<Option<String>> {
+    if let Some(xs) = host.xenstore()
+        && let Some(name) = xs.read(&format!("{}/name", layout::dom_path(domid)))?
+    {
+        return Ok(Some(name));
+    }
+    Ok(noxs::served_domain(host, domid)?.map(|served| served.name))
+}
+
 /// The handle a domain's Xenstore records name (`/local/domain/N/vm` = `/vm/UUID`).
 fn recorded_uuid(host: &Host, domid: u32) -> Result<Option<Uuid>> {
-    Ok(host
-        .xs
+    let Some(xs) = host.xenstore() else {
+        return Ok(None);
+    };
+    Ok(xs
         .read(&format!("{}/vm", layout::dom_path(domid)))?
         .and_then(|vm| vm.strip_prefix("/vm/").and_then(Uuid::parse)))
 }
 
-/// Destroy domain `domid` and everything made for it: the domain, its Xenstore nodes
-/// (back ends, its directory, `/vm/UUID`), its loop devices (xendevd), xenstored's
-/// record of it. Parts already gone are skipped. With `uuid`, a domain or records with
-/// another handle (the id was reused) are left alone.
+/// Destroy domain `domid` and everything made for it, whichever device method it has
+/// ([`dev_method_of`]): see [`destroy_known`].
 pub fn destroy_domain(host: &Host, domid: u32, uuid: Option<&Uuid>) -> Result<()> {
+    let dev_method = dev_method_of(host, domid)?;
+    destroy_known(host, domid, uuid, dev_method)
+}
+
+/// Destroy domain `domid` of device method `dev_method` and everything made for it: the
+/// domain; with Xenstore its nodes (back ends, its directory, `/vm/UUID`), its loop
+/// devices (xendevd), xenstored's record of it; with NoXS, whatever xendevd holds for
+/// it. Parts already gone are skipped. With `uuid`, a domain or records with another
+/// handle (the id was reused) are left alone.
+pub fn destroy_known(
+    host: &Host,
+    domid: u32,
+    uuid: Option<&Uuid>,
+    dev_method: DevMethod,
+) -> Result<()> {
     if domid == 0 {
         return Err(Error::NoSuchDomain("0: dom0 cannot be destroyed".into()));
     }
     let info = host.xc.domain_info(domid)?;
-    let recorded = recorded_uuid(host, domid)?;
+    let recorded = match dev_method {
+        DevMethod::Xenstore => recorded_uuid(host, domid)?,
+        DevMethod::Noxs => None,
+    };
     if let Some(expected) = uuid {
         if info.is_some_and(|info| info.handle != *expected) {
             // The id belongs to another domain now: ours is long gone, and so are its
@@ -354,21 +406,44 @@ pub fn destroy_domain(host: &Host, domid: u32, uuid: Option<&Uuid>) -> Result<()
     if info.is_some() {
         host.timed("xc_domain_destroy", || host.xc.domain_destroy(domid))?;
     }
-    teardown_method().teardown(host, domid, uuid.as_ref())?;
-    host.timed("xs_release_domain", || host.xs.release_domain(domid))
+    method_for(dev_method).teardown(host, domid, uuid.as_ref())?;
+    if dev_method == DevMethod::Xenstore
+        && let Some(xs) = host.xenstore()
+    {
+        host.timed("xs_release_domain", || xs.release_domain(domid))?;
+    }
+    Ok(())
 }
 
-/// Ask a domain to power off or reboot (`control/shutdown`, which the guest watches).
-pub fn request_shutdown(host: &Host, domid: u32, reboot: bool) -> Result<()> {
+/// Ask a domain to power off or reboot: a Xenstore domain through
+/// `control/shutdown`, which the guest watches; a NoXS domain through its sysctl
+/// device (xendevd answers once the guest acknowledged, at most `timeout` later).
+pub fn request_shutdown(
+    host: &Host,
+    domid: u32,
+    reboot: bool,
+    dev_method: DevMethod,
+    timeout: Duration,
+) -> Result<()> {
+    if dev_method == DevMethod::Noxs {
+        let action = if reboot {
+            xendevd::api::PowerAction::Reboot
+        } else {
+            xendevd::api::PowerAction::Poweroff
+        };
+        return host.timed("xendevd power", || {
+            noxs::power(host, domid, action, timeout)
+        });
+    }
+    let xs = host.xs()?;
     let path = format!("{}/control/shutdown", layout::dom_path(domid));
-    if host.xs.read(&layout::dom_path(domid))?.is_none() {
+    if xs.read(&layout::dom_path(domid))?.is_none() {
         return Err(Error::NoSuchDomain(format!(
             "{domid} in Xenstore (it has no {})",
             layout::dom_path(domid)
         )));
     }
-    host.xs
-        .write(&path, if reboot { "reboot" } else { "poweroff" })
+    xs.write(&path, if reboot { "reboot" } else { "poweroff" })
 }
 
 /// How a domain ended.
@@ -399,21 +474,43 @@ pub fn check_ending(host: &Host, domid: u32, uuid: Option<&Uuid>) -> Result<Opti
     Ok(ending_of(host.xc.domain_info(domid)?, uuid))
 }
 
+/// How often chaos looks at a domain it waits for without Xenstore's `@releaseDomain`
+/// (one `getdomaininfo` each time).
+const POLL_END: Duration = Duration::from_millis(20);
+
 /// Wait until domain `domid` shuts down or is destroyed, at most `timeout` (`None` at
-/// the deadline). xenstored fires `@releaseDomain` when a domain shuts down or dies;
-/// chaos also looks every second, in case an event is lost.
+/// the deadline). With Xenstore (a Xenstore domain, xenstored running) xenstored fires
+/// `@releaseDomain` when a domain shuts down or dies, and chaos also looks every
+/// second, in case an event is lost; otherwise (NoXS) chaos asks Xen every 20 ms.
 pub fn wait_for_end(
     host: &Host,
     domid: u32,
     uuid: Option<&Uuid>,
     timeout: Option<Duration>,
+    dev_method: DevMethod,
 ) -> Result<Option<Ending>> {
-    let _watch = host.xs.watch("@releaseDomain", "chaos-end")?;
     let deadline = timeout.map_or_else(far_future, |t| Instant::now() + t);
-    host.xs
-        .wait_until(deadline, Duration::from_secs(1), &signal::caught, || {
+    if dev_method == DevMethod::Xenstore
+        && let Some(xs) = host.xenstore()
+    {
+        let _watch = xs.watch("@releaseDomain", "chaos-end")?;
+        return xs.wait_until(deadline, Duration::from_secs(1), &signal::caught, || {
             check_ending(host, domid, uuid)
-        })
+        });
+    }
+    loop {
+        if let Some(ending) = check_ending(host, domid, uuid)? {
+            return Ok(Some(ending));
+        }
+        if let Some(signal) = signal::caught() {
+            return Err(Error::Interrupted(signal));
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(POLL_END.min(deadline - now));
+    }
 }
 
 /// A deadline that never comes (a century away).
@@ -433,34 +530,46 @@ pub struct Listed {
     pub uptime: Option<Duration>,
 }
 
-/// Every domain, by id.
+/// Every domain, by id. Names and start times come from Xenstore for Xenstore
+/// domains (when xenstored runs), names from xendevd for NoXS domains (when it runs).
 pub fn list(host: &Host) -> Result<Vec<Listed>> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs_f64();
+    let xs = host.xenstore();
+    let served = noxs::served(host)?.unwrap_or_default();
     host.xc
         .domains()?
         .into_iter()
         .map(|info| {
             let dom = layout::dom_path(info.domid);
-            let name = host
-                .xs
-                .read(&format!("{dom}/name"))?
+            let noxs_name = served
+                .iter()
+                .find(|served| served.domid == info.domid)
+                .map(|served| served.name.clone());
+            let xenstore_name = match (xs, &noxs_name) {
+                (Some(xs), None) => xs.read(&format!("{dom}/name"))?,
+                _ => None,
+            };
+            let name = noxs_name
+                .or(xenstore_name)
+                .or_else(|| (info.domid == 0).then(|| "Domain-0".to_owned()))
                 .unwrap_or_else(|| format!("(domain {})", info.domid));
             let uptime = if info.domid == 0 {
                 std::fs::read_to_string("/proc/uptime")
                     .ok()
                     .and_then(|text| text.split_whitespace().next()?.parse::<f64>().ok())
-            } else {
-                match host.xs.read(&format!("{dom}/vm"))? {
-                    Some(vm) => host
-                        .xs
+            } else if let Some(xs) = xs {
+                match xs.read(&format!("{dom}/vm"))? {
+                    Some(vm) => xs
                         .read(&format!("{vm}/start_time"))?
                         .and_then(|t| t.parse::<f64>().ok())
                         .map(|start| now - start),
                     None => None,
                 }
+            } else {
+                None
             };
             Ok(Listed {
                 domid: info.domid,

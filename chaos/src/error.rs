@@ -32,6 +32,12 @@ pub enum Error {
         source: io::Error,
         hint: &'static str,
     },
+    /// Something needed Xenstore and xenstored is not running (or refused chaos).
+    #[error(
+        "this needs Xenstore, which is not available: {0} (NoXS guests, \"xen\": \
+         {{\"dev_method\": \"noxs\"}}, do without it)"
+    )]
+    NoXenstore(String),
     /// xendevd refused or could not be asked.
     #[error("xendevd: {0}")]
     Xendevd(String),

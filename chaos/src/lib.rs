@@ -7,9 +7,11 @@
 //! - [`layout`]: the Xenstore nodes of a domain and its devices, as libxl writes them
 //!   (pure, unit-tested);
 //! - [`domain`]: create, destroy, shut down, wait for the end, list;
-//! - [`device`]: how a guest gets its devices ([`device::DeviceMethod`]; Xenstore now,
-//!   NoXS next);
-//! - [`console`]: the guest's console through xenconsoled's pty;
+//! - [`device`]: how a guest gets its devices ([`device::DeviceMethod`]): through
+//!   Xenstore, or [`noxs`] (a device block in start_info, xendevd as every back end,
+//!   no Xenstore at all);
+//! - [`console`]: the guest's console through xenconsoled's pty, or xendevd's stream
+//!   for NoXS guests;
 //! - the C interfaces, each behind a safe wrapper that owns its handle: [`xc`]
 //!   (libxenctrl), [`xcdom`] (libxenguest's domain builder), [`xs`] (libxenstore);
 //! - [`uuid`] (random handles that never wait for entropy), [`elf`] (is the kernel a
@@ -23,6 +25,7 @@ pub mod elf;
 pub mod error;
 pub mod host;
 pub mod layout;
+pub mod noxs;
 pub mod signal;
 pub mod uuid;
 pub mod vdev;

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 
+use chaos::config::DevMethod;
 use chaos::console::{self, Stopped};
 use chaos::domain::{self, Ending};
 use chaos::xc::ShutdownReason;
-use chaos::xs::Store;
 use chaos::{Error, Host, Options, signal};
 
 const AFTER_HELP: &str = "\
@@ -35,6 +35,15 @@ Exit status:
   6    create --wait/--console: the guest was destroyed from outside
   130, 143, 129  interrupted by SIGINT, SIGTERM, SIGHUP (a guest chaos waits for is destroyed)
 
+What each device method needs (\"xen\": {\"dev_method\": …} in the configuration):
+  xenstore  xenstored for every command on such a guest, xenconsoled for its console;
+            xendevd for its vifs (bridge hotplug) and file-backed disks
+  noxs      xendevd only (the back end of all its devices and of its console, and the
+            keeper of its name): create, console, shutdown and destroy ask it; no
+            xenstored or xenconsoled needed
+  chaos list shows what is there: Xenstore names if xenstored runs, NoXS names if
+  xendevd runs.
+
 Environment: CHAOS_XC_LOG=1 prints libxc's and libxenguest's own messages.";
 
 const CREATE_HELP: &str = "\
@@ -46,12 +55,18 @@ Configuration keys:
   memory    (required) MiB, at least 4
   vcpus     (required) 1 to 128
   vifs      network interfaces: [{\"mac\": \"00:16:3e:…\" (default: random),
-            \"ip\": \"10.0.2.16\" (for the back end's records), \"bridge\": \"xenbr0\" (default)}]
-            — xendevd puts each on its bridge
+            \"ip\": \"10.0.2.16\" or \"10.0.2.16/24\" (prefix 24 if not given),
+            \"gateway\": \"10.0.2.2\" (NoXS only), \"bridge\": \"xenbr0\" (default)}]
+            — xendevd puts each on its bridge. A NoXS guest gets ip/prefix and gateway
+            in its vif's control page (without \"ip\" it asks DHCP); under Xenstore
+            \"ip\" is only for the back end's records (the guest takes ip= and gw= from
+            its command line)
   vbds      disks: [{\"target\": PATH, \"type\": \"file\"|\"phy\", \"vdev\": \"xvda\",
             \"access\": \"r\"|\"w\" (default w)}] — a file gets a loop device from xendevd
   paused    true: leave the guest paused (default false)
-  xen       {\"dev_method\": \"xenstore\"} (the only method yet)
+  xen       {\"dev_method\": \"xenstore\"} (default: devices through Xenstore) or
+            {\"dev_method\": \"noxs\"} (NoXS: a device block in the guest's start_info,
+            xendevd as the back end of every device and of the console; no Xenstore)
 Unknown keys are errors.
 
 A guest that ends by itself stays (shut down: `s` or `c` in `chaos list`) until
@@ -82,7 +97,8 @@ enum Command {
     Shutdown(ShutdownArgs),
     /// List the domains: id, name, memory, vCPUs, state (as xl's), uptime.
     List,
-    /// Show a guest's console (xenconsoled's pty) until the guest ends; Ctrl-] detaches.
+    /// Show a guest's console until the guest ends: xenconsoled's pty (Ctrl-]
+    /// detaches), or for a NoXS guest xendevd's log of it, output only (Ctrl-C leaves).
     Console(TargetArgs),
 }
 
@@ -128,7 +144,8 @@ struct ShutdownArgs {
     /// Ask for a reboot instead (chaos does not restart it: it ends with "reboot").
     #[arg(long)]
     reboot: bool,
-    /// With -w: give up after S seconds (exit 1; the guest stays).
+    /// With -w: give up after S seconds (exit 1; the guest stays). A NoXS guest must
+    /// also acknowledge the request within S seconds.
     #[arg(long, value_name = "S", default_value_t = 60)]
     timeout: u64,
 }
@@ -178,14 +195,7 @@ fn open(cli: &Cli, device_timeout: Duration) -> Result<Host, Failure> {
         trace: cli.verbose,
         ..Options::default()
     })?;
-    trace(
-        cli,
-        &format!(
-            "open libxenctrl, Xenstore (writes {})",
-            host.xenstore_writer()
-        ),
-        started,
-    );
+    trace(cli, "open libxenctrl", started);
     Ok(host)
 }
 
@@ -261,8 +271,25 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
         Command::Console(args) => {
             let host = open(cli, Options::default().device_timeout)?;
             let domid = domain::resolve(&host, &args.domain)?;
-            let mut tty = console::open(&host, domid, host.options.console_timeout)?;
             let mut out = std::io::stdout().lock();
+            if domain::dev_method_of(&host, domid)? == DevMethod::Noxs {
+                let (mut stream, pending) = console::open_noxs(&host, domid)?;
+                let stopped =
+                    console::relay_stream(&host, domid, None, &mut stream, &pending, &mut out)?;
+                return Ok(match stopped {
+                    Stopped::Ended(_) | Stopped::Closed | Stopped::Detached => {
+                        console::drain(
+                            &mut stream,
+                            &mut out,
+                            Duration::from_millis(200),
+                            Duration::from_secs(2),
+                        );
+                        0
+                    }
+                    Stopped::Interrupted(signal) => signal::exit_status(signal),
+                });
+            }
+            let mut tty = console::open(&host, domid, host.options.console_timeout)?;
             match console::relay(&host, domid, None, &mut tty, &mut out)? {
                 Stopped::Ended(_) | Stopped::Closed => {
                     console::drain(
@@ -345,14 +372,15 @@ fn create(cli: &Cli, args: &CreateArgs) -> Result<u8, Failure> {
     let outcome = if args.console {
         watch_console(&host, made, config.paused)
     } else {
-        domain::wait_for_end(&host, domid, Some(&made.uuid), None)
+        domain::wait_for_end(&host, domid, Some(&made.uuid), None, made.dev_method)
             .map(|ending| ending.map_or(Watched::Interrupted("a signal"), Watched::Ended))
     };
+    let destroy = || domain::destroy_known(&host, domid, Some(&made.uuid), made.dev_method);
     let outcome = match outcome {
         Ok(outcome) => outcome,
         Err(Error::Interrupted(signal)) => Watched::Interrupted(signal),
         Err(err) => {
-            let _ = domain::destroy_domain(&host, domid, Some(&made.uuid));
+            let _ = destroy();
             return Err(err.into());
         }
     };
@@ -363,7 +391,7 @@ fn create(cli: &Cli, args: &CreateArgs) -> Result<u8, Failure> {
         );
         return Ok(0);
     }
-    domain::destroy_domain(&host, domid, Some(&made.uuid))?;
+    destroy()?;
     match outcome {
         Watched::Ended(ending) => {
             eprintln!("chaos: {}", describe(&made.name, domid, ending));
@@ -389,19 +417,45 @@ enum Watched {
 /// configuration keeps it paused), relay until it ends.
 fn watch_console(host: &Host, made: &domain::Created, stay_paused: bool) -> Result<Watched, Error> {
     let domid = made.domid;
-    let mut tty = console::open(host, domid, host.options.console_timeout)?;
-    if !stay_paused {
-        host.timed("xc_domain_unpause", || host.xc.domain_unpause(domid))?;
-    }
     let mut out = std::io::stdout().lock();
-    let stopped = console::relay(host, domid, Some(&made.uuid), &mut tty, &mut out)?;
-    // The last lines: xenconsoled may still be copying the ring when the end is seen.
-    console::drain(
-        &mut tty,
-        &mut out,
-        Duration::from_millis(150),
-        Duration::from_secs(1),
-    );
+    let unpause = || {
+        if stay_paused {
+            return Ok(());
+        }
+        host.timed("xc_domain_unpause", || host.xc.domain_unpause(domid))
+    };
+    let stopped = if made.dev_method == DevMethod::Noxs {
+        let (mut stream, pending) = console::open_noxs(host, domid)?;
+        unpause()?;
+        let stopped = console::relay_stream(
+            host,
+            domid,
+            Some(&made.uuid),
+            &mut stream,
+            &pending,
+            &mut out,
+        )?;
+        // The last lines: xendevd may still be copying the ring when the end is seen.
+        console::drain(
+            &mut stream,
+            &mut out,
+            Duration::from_millis(150),
+            Duration::from_secs(1),
+        );
+        stopped
+    } else {
+        let mut tty = console::open(host, domid, host.options.console_timeout)?;
+        unpause()?;
+        let stopped = console::relay(host, domid, Some(&made.uuid), &mut tty, &mut out)?;
+        // The last lines: xenconsoled may still be copying the ring when the end is seen.
+        console::drain(
+            &mut tty,
+            &mut out,
+            Duration::from_millis(150),
+            Duration::from_secs(1),
+        );
+        stopped
+    };
     match stopped {
         Stopped::Ended(ending) => Ok(Watched::Ended(ending)),
         Stopped::Closed => Ok(Watched::Ended(
@@ -430,27 +484,36 @@ fn prefix_config(path: &std::path::Path, err: Error) -> Error {
 fn shutdown(cli: &Cli, args: &ShutdownArgs) -> Result<u8, Failure> {
     let host = open(cli, Options::default().device_timeout)?;
     let domid = domain::resolve(&host, &args.domain)?;
-    let name = host
-        .xs
-        .read(&format!("/local/domain/{domid}/name"))
+    let dev_method = domain::dev_method_of(&host, domid)?;
+    let name = domain::name_of(&host, domid)
         .ok()
         .flatten()
         .unwrap_or_else(|| args.domain.clone());
     let uuid = host.xc.domain_info(domid)?.map(|info| info.handle);
-    domain::request_shutdown(&host, domid, args.reboot)?;
+    let timeout = Duration::from_secs(args.timeout);
+    let asked = Instant::now();
+    domain::request_shutdown(&host, domid, args.reboot, dev_method, timeout)?;
     if !args.wait {
         return Ok(0);
     }
-    let timeout = Duration::from_secs(args.timeout);
-    let Some(ending) = domain::wait_for_end(&host, domid, uuid.as_ref(), Some(timeout))? else {
-        return Err(Failure::Failed(format!(
-            "{name} (domain {domid}) did not shut down within {} s of control/shutdown = {} \
-             (does the guest watch control/shutdown?); it is still there",
-            args.timeout,
-            if args.reboot { "reboot" } else { "poweroff" }
-        )));
+    let left = timeout.saturating_sub(asked.elapsed());
+    let Some(ending) = domain::wait_for_end(&host, domid, uuid.as_ref(), Some(left), dev_method)?
+    else {
+        let action = if args.reboot { "reboot" } else { "poweroff" };
+        return Err(Failure::Failed(match dev_method {
+            DevMethod::Xenstore => format!(
+                "{name} (domain {domid}) did not shut down within {} s of control/shutdown = \
+                 {action} (does the guest watch control/shutdown?); it is still there",
+                args.timeout
+            ),
+            DevMethod::Noxs => format!(
+                "{name} (domain {domid}) acknowledged the {action} request but did not shut \
+                 down within {} s; it is still there",
+                args.timeout
+            ),
+        }));
     };
-    domain::destroy_domain(&host, domid, uuid.as_ref())?;
+    domain::destroy_known(&host, domid, uuid.as_ref(), dev_method)?;
     eprintln!("chaos: {}", describe(&name, domid, ending));
     let wanted = if args.reboot {
         ShutdownReason::Reboot

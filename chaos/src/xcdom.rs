@@ -14,6 +14,8 @@ use crate::xc::Xc;
 
 /// `INVALID_MFN` as xenguest.h's `xc_dom_p2m` returns it.
 const INVALID_MFN: u64 = !0;
+/// The size of a guest page on x86 (`XC_DOM_PAGE_SIZE`).
+pub const START_INFO_PAGE: usize = 4096;
 
 /// One domain image being built, bound to the [`Xc`] it was allocated with.
 #[derive(Debug)]
@@ -160,6 +162,24 @@ impl<'xc> DomImage<'xc> {
         }
         // SAFETY: `pfn < total_pages`, the length of `pv_p2m`.
         unsafe { *dom.pv_p2m.add(pfn as usize) }
+    }
+
+    /// The guest's start_info page, for the toolstack's own additions (NoXS's device
+    /// block) before the guest first runs: `xc_dom_pfn_to_ptr` gives the builder's
+    /// mapping of it, mapping it afresh if the build already unmapped it; the mapping
+    /// goes with the image.
+    pub fn start_info_page(&mut self) -> Result<&mut [u8; START_INFO_PAGE]> {
+        // SAFETY: the image is live.
+        let pfn = unsafe { self.dom.as_ref() }.start_info_pfn;
+        // SAFETY: the image is live and built; one page.
+        let ptr = unsafe { ffi::xc_dom_pfn_to_ptr(self.raw(), pfn, 1) };
+        if ptr.is_null() {
+            return Err(self.xc.error("xc_dom_pfn_to_ptr (start_info)"));
+        }
+        // SAFETY: a non-null result maps the whole page (x86 pages are 4 KiB) read-write
+        // until `xc_dom_release`, which needs `&mut self` (drop) and so cannot run while
+        // the returned borrow lives; the domain has not run, so no one else writes it.
+        Ok(unsafe { &mut *ptr.cast::<[u8; START_INFO_PAGE]>() })
     }
 
     /// The console ring's machine frame (what `console/ring-ref` says).

@@ -189,7 +189,10 @@ impl Store for Xs {
 }
 
 impl Xs {
-    /// Connect to xenstored (its socket, or the kernel's xenbus device).
+    /// Connect to xenstored (its socket, or the kernel's xenbus device). Only when
+    /// xenstored is known to run: through the xenbus device, requests to a dom0 without
+    /// xenstored wait forever (and `XS_OPEN_SOCKETONLY` does not prevent that: Xen 4.15
+    /// made libxenstore fall back to the device whatever the flags).
     pub fn open() -> Result<Self> {
         // SAFETY: no arguments beyond flags.
         let handle = unsafe { ffi::xs_open(0) };

@@ -27,7 +27,7 @@ use crate::layout::Node;
 
 /// Where xenstored listens, in libxenstore's order: `XENSTORED_PATH`, then the run
 /// directory (`/run` and its older name `/var/run`).
-fn socket_paths() -> Vec<PathBuf> {
+pub fn socket_paths() -> Vec<PathBuf> {
     let mut paths = Vec::new();
     if let Some(path) = std::env::var_os("XENSTORED_PATH") {
         paths.push(PathBuf::from(path));

@@ -1,0 +1,575 @@
+//! The NoXS device method (`shared/design/noxs-v1.md`): no Xenstore at all. xendevd is
+//! the back end of every device of the guest, its console included; chaos asks it for
+//! the devices once the domain is built ([`xendevd::api::Request::NoxsCreate`]), and
+//! writes the entries of its answer as a [`xenproto::noxs::Block`] into the guest's
+//! start_info page, at [`BLOCK_OFFSET`], before the guest first runs.
+//!
+//! What chaos asks for, in the block's order: the sysctl device (power control) first,
+//! then the vifs (vif N is `vifs[N]`, with its address, prefix and gateway), then the
+//! vbds (vbd N is `vbds[N]`). xendevd's answer is checked against that list before it
+//! reaches the guest: one entry per device asked for, nothing else.
+//!
+//! Later commands know a NoXS domain by xendevd's [`Query`](xendevd::api::Request::Query),
+//! which lists the domains it serves (chaos keeps no state of its own): power requests,
+//! the console and the release of the back ends go through xendevd too.
+
+use std::time::Duration;
+
+use xendevd::api::{NoxsDevice, NoxsDomain, NoxsEntry, NoxsKind, PowerAction, Request, Response};
+use xendevd::client::{self, ClientError};
+use xenproto::noxs::{BLOCK_LEN, BLOCK_OFFSET, Block, Entry, Kind, MAX_ENTRIES};
+
+use crate::config::{Access, Config, DEFAULT_PREFIX_LEN, Mac};
+use crate::device::{Built, DeviceMethod, NewDomain};
+use crate::error::{Error, Result};
+use crate::host::Host;
+use crate::uuid::{Uuid, random_bytes};
+use crate::xcdom::START_INFO_PAGE;
+
+/// `DOMID_FIRST_RESERVED`: a back end's id must be below.
+const DOMID_FIRST_RESERVED: u32 = 0x7ff0;
+
+/// The NoXS method: devices from xendevd, announced in start_info.
+#[derive(Debug, Default)]
+pub struct NoxsMethod {
+    devices: Vec<NoxsDevice>,
+    macs: Vec<Mac>,
+}
+
+impl NoxsMethod {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The devices asked of xendevd, once prepared.
+    pub fn devices(&self) -> &[NoxsDevice] {
+        &self.devices
+    }
+}
+
+/// The devices of a configuration, as xendevd's `NoxsCreate` takes them: sysctl, the
+/// vifs, the vbds. `random_mac` gives a vif without a configured MAC its address.
+pub fn devices_for(
+    config: &Config,
+    mut random_mac: impl FnMut() -> Mac,
+) -> (Vec<NoxsDevice>, Vec<Mac>) {
+    let mut devices = vec![NoxsDevice::Sysctl];
+    let mut macs = Vec::new();
+    for (devid, vif) in (0u32..).zip(&config.vifs) {
+        let mac = vif.mac.unwrap_or_else(&mut random_mac);
+        macs.push(mac);
+        devices.push(NoxsDevice::Vif {
+            devid,
+            mac: mac.to_string(),
+            bridge: vif.bridge.clone(),
+            ip: vif.ip,
+            prefix_len: vif.ip.map(|_| vif.prefix_len.unwrap_or(DEFAULT_PREFIX_LEN)),
+            gateway: vif.gateway,
+        });
+    }
+    for (devid, vbd) in (0u32..).zip(&config.vbds) {
+        devices.push(NoxsDevice::Vbd {
+            devid,
+            target: vbd.target.to_string_lossy().into_owned(),
+            readonly: vbd.access == Access::Read,
+        });
+    }
+    (devices, macs)
+}
+
+fn kind_and_devid(device: &NoxsDevice) -> (NoxsKind, u32) {
+    match device {
+        NoxsDevice::Sysctl => (NoxsKind::Sysctl, 0),
+        NoxsDevice::Vif { devid, .. } => (NoxsKind::Vif, *devid),
+        NoxsDevice::Vbd { devid, .. } => (NoxsKind::Vbd, *devid),
+    }
+}
+
+fn wire_kind(kind: NoxsKind) -> Kind {
+    match kind {
+        NoxsKind::Sysctl => Kind::Sysctl,
+        NoxsKind::Vif => Kind::Vif,
+        NoxsKind::Vbd => Kind::Vbd,
+    }
+}
+
+fn describe(kind: NoxsKind, devid: u32) -> String {
+    match kind {
+        NoxsKind::Sysctl => "sysctl".into(),
+        NoxsKind::Vif => format!("vif {devid}"),
+        NoxsKind::Vbd => format!("vbd {devid}"),
+    }
+}
+
+/// The block for domain `domid` from xendevd's answer to `NoxsCreate` of `asked`:
+/// exactly one entry per device asked for (in the order asked), from a back end that
+/// is a real domain other than the guest, with a usable event channel. Anything else
+/// is an error naming the entry.
+pub fn block_for(asked: &[NoxsDevice], answer: &NoxsDomain, domid: u32) -> Result<Block, String> {
+    if answer.domid != domid {
+        return Err(format!(
+            "the answer is for domain {}, not {domid}",
+            answer.domid
+        ));
+    }
+    if asked.len() > MAX_ENTRIES {
+        return Err(format!(
+            "{} devices asked for, but a NoXS block holds at most {MAX_ENTRIES}",
+            asked.len()
+        ));
+    }
+    for (index, entry) in answer.entries.iter().enumerate() {
+        let what = describe(entry.kind, entry.devid);
+        if !asked
+            .iter()
+            .any(|device| kind_and_devid(device) == (entry.kind, entry.devid))
+        {
+            return Err(format!(
+                "entries[{index}] is for {what}, which was not asked for"
+            ));
+        }
+        if answer.entries[..index]
+            .iter()
+            .any(|other| (other.kind, other.devid) == (entry.kind, entry.devid))
+        {
+            return Err(format!("entries[{index}]: {what} has two entries"));
+        }
+        if u32::from(entry.backend) >= DOMID_FIRST_RESERVED || u32::from(entry.backend) == domid {
+            return Err(format!(
+                "entries[{index}] ({what}): back end domain {} cannot serve domain {domid}",
+                entry.backend
+            ));
+        }
+        if entry.ctrl_port == 0 {
+            return Err(format!(
+                "entries[{index}] ({what}): event channel port 0 is never a bound port"
+            ));
+        }
+    }
+    let entries = asked
+        .iter()
+        .map(|device| {
+            let (kind, devid) = kind_and_devid(device);
+            let entry: &NoxsEntry = answer
+                .entries
+                .iter()
+                .find(|entry| (entry.kind, entry.devid) == (kind, devid))
+                .ok_or_else(|| format!("no entry for {}", describe(kind, devid)))?;
+            Ok(Entry {
+                kind: wire_kind(kind),
+                backend: entry.backend,
+                devid,
+                ctrl_gref: entry.ctrl_gref,
+                ctrl_port: entry.ctrl_port,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(Block { entries })
+}
+
+/// Write `block` into a start_info page at [`BLOCK_OFFSET`]. The builder leaves that
+/// part of the page zero; anything else there means start_info grew into it, and
+/// nothing is written.
+pub fn write_block(page: &mut [u8; START_INFO_PAGE], block: &Block) -> Result<(), String> {
+    let area = &mut page[BLOCK_OFFSET..BLOCK_OFFSET + BLOCK_LEN];
+    if let Some(at) = area.iter().position(|&byte| byte != 0) {
+        return Err(format!(
+            "the start_info page holds data at offset {:#x}, where the NoXS block goes \
+             ({BLOCK_OFFSET:#x}..{:#x})",
+            BLOCK_OFFSET + at,
+            BLOCK_OFFSET + BLOCK_LEN
+        ));
+    }
+    block
+        .encode(area)
+        .map_err(|err| format!("encoding the NoXS block: {err}"))
+}
+
+/// Ask xendevd; a failure to reach it is an error saying `what` needed it.
+fn ask(host: &Host, request: &Request, what: &str) -> Result<Response> {
+    client::call(
+        &host.options.xendevd_socket,
+        request,
+        host.options.device_timeout,
+    )
+    .map_err(|err| Error::Xendevd(format!("{what}: {err}")))
+}
+
+impl DeviceMethod for NoxsMethod {
+    fn name(&self) -> &'static str {
+        "noxs"
+    }
+
+    fn uses_xenstore(&self) -> bool {
+        false
+    }
+
+    fn prepare(&mut self, _host: &Host, domain: &NewDomain<'_>) -> Result<()> {
+        (self.devices, self.macs) = devices_for(domain.config, || {
+            let mut bytes = [0u8; 3];
+            random_bytes(&mut bytes);
+            Mac::random(bytes)
+        });
+        Ok(())
+    }
+
+    fn finish(
+        &mut self,
+        host: &Host,
+        domain: &NewDomain<'_>,
+        built: &Built,
+        start_info: &mut [u8; START_INFO_PAGE],
+    ) -> Result<()> {
+        let domid = domain.domid;
+        let request = Request::NoxsCreate {
+            domid,
+            name: domain.config.name.clone(),
+            console_port: built.nodes.console_port,
+            devices: self.devices.clone(),
+        };
+        let answer = host.timed("xendevd noxs_create", || {
+            ask(
+                host,
+                &request,
+                "a NoXS domain needs xendevd as its back end",
+            )
+        })?;
+        let served = match answer {
+            Response::Noxs(served) => served,
+            Response::Error(message) => {
+                return Err(Error::Xendevd(format!(
+                    "cannot be the back end of domain {domid}: {message}"
+                )));
+            }
+            other => {
+                return Err(Error::Xendevd(format!(
+                    "answered NoxsCreate for domain {domid} with {other:?}"
+                )));
+            }
+        };
+        let block = block_for(&self.devices, &served, domid).map_err(|why| {
+            Error::Xendevd(format!("its NoxsCreate answer for domain {domid}: {why}"))
+        })?;
+        host.timed("start_info: NoXS block", || {
+            write_block(start_info, &block).map_err(|why| Error::Device {
+                device: format!("domain {domid}'s start_info page"),
+                message: why,
+            })
+        })
+    }
+
+    fn macs(&self) -> Vec<String> {
+        self.macs.iter().map(Mac::to_string).collect()
+    }
+
+    fn teardown(&self, host: &Host, domid: u32, _uuid: Option<&Uuid>) -> Result<()> {
+        release(host, domid)
+    }
+}
+
+/// Have xendevd release everything it holds for `domid` (back ends, console, loop
+/// devices). xendevd must answer: it is the only one that can.
+pub fn release(host: &Host, domid: u32) -> Result<()> {
+    let answer = host.timed("xendevd release", || {
+        ask(
+            host,
+            &Request::ReleaseDomain { domid },
+            &format!("domain {domid} is a NoXS domain, whose back ends only xendevd can release"),
+        )
+    })?;
+    match answer {
+        Response::Done => Ok(()),
+        Response::Error(message) => Err(Error::Xendevd(format!(
+            "cannot release domain {domid}: {message}"
+        ))),
+        other => Err(Error::Xendevd(format!(
+            "answered ReleaseDomain {domid} with {other:?}"
+        ))),
+    }
+}
+
+/// The NoXS domains xendevd serves; `None` when no xendevd listens (then there are
+/// none: their back ends would have gone with it).
+pub fn served(host: &Host) -> Result<Option<Vec<NoxsDomain>>> {
+    let socket = &host.options.xendevd_socket;
+    if !socket.exists() {
+        return Ok(None);
+    }
+    let answer = match client::call(socket, &Request::Query, host.options.device_timeout) {
+        Ok(answer) => answer,
+        Err(ClientError::Connect { .. }) => return Ok(None),
+        Err(err) => return Err(Error::Xendevd(format!("asking what it serves: {err}"))),
+    };
+    match answer {
+        Response::State(state) => Ok(Some(state.domains)),
+        Response::Error(message) => Err(Error::Xendevd(format!(
+            "cannot say what it serves: {message}"
+        ))),
+        other => Err(Error::Xendevd(format!("answered Query with {other:?}"))),
+    }
+}
+
+/// xendevd's record of domain `domid`, if it is a NoXS domain it serves.
+pub fn served_domain(host: &Host, domid: u32) -> Result<Option<NoxsDomain>> {
+    Ok(served(host)?.and_then(|domains| domains.into_iter().find(|d| d.domid == domid)))
+}
+
+/// Ask NoXS domain `domid` to power off, reboot, suspend or crash (through its sysctl
+/// device); returns once the guest acknowledged, an error if it did not within
+/// `timeout`.
+pub fn power(host: &Host, domid: u32, action: PowerAction, timeout: Duration) -> Result<()> {
+    let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+    let request = Request::Power {
+        domid,
+        action,
+        timeout_ms,
+    };
+    // xendevd answers after the guest's acknowledgement, at most `timeout` from now.
+    let answer = client::call(
+        &host.options.xendevd_socket,
+        &request,
+        timeout + host.options.device_timeout,
+    )
+    .map_err(|err| Error::Xendevd(format!("a NoXS power request goes through xendevd: {err}")))?;
+    match answer {
+        Response::Done => Ok(()),
+        Response::Error(message) => Err(Error::Xendevd(format!(
+            "power request {action:?} to domain {domid}: {message}"
+        ))),
+        other => Err(Error::Xendevd(format!(
+            "answered Power for domain {domid} with {other:?}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn config(text: &str) -> Config {
+        Config::parse(text).unwrap()
+    }
+
+    fn entry(kind: NoxsKind, devid: u32, gref: u32, port: u32) -> NoxsEntry {
+        NoxsEntry {
+            kind,
+            devid,
+            backend: 0,
+            ctrl_gref: gref,
+            ctrl_port: port,
+        }
+    }
+
+    const DAYTIME: &str = r#"{"name": "daytime", "kernel": "/apps/daytime", "memory": 8,
+        "vcpus": 1, "xen": {"dev_method": "noxs"},
+        "vifs": [{"ip": "10.0.2.16", "gateway": "10.0.2.2", "mac": "00:16:3e:0a:00:10"},
+                 {"bridge": "br1"}],
+        "vbds": [{"target": "/disk.img", "type": "file", "vdev": "xvda", "access": "r"},
+                 {"target": "/dev/vdb", "type": "phy", "vdev": "xvdb"}]}"#;
+
+    #[test]
+    fn devices_are_sysctl_then_vifs_then_vbds() {
+        let (devices, macs) = devices_for(&config(DAYTIME), || Mac::random([1, 2, 3]));
+        assert_eq!(
+            devices,
+            [
+                NoxsDevice::Sysctl,
+                NoxsDevice::Vif {
+                    devid: 0,
+                    mac: "00:16:3e:0a:00:10".into(),
+                    bridge: "xenbr0".into(),
+                    ip: Some(Ipv4Addr::new(10, 0, 2, 16)),
+                    prefix_len: Some(24),
+                    gateway: Some(Ipv4Addr::new(10, 0, 2, 2)),
+                },
+                NoxsDevice::Vif {
+                    devid: 1,
+                    mac: "00:16:3e:01:02:03".into(),
+                    bridge: "br1".into(),
+                    ip: None,
+                    prefix_len: None,
+                    gateway: None,
+                },
+                NoxsDevice::Vbd {
+                    devid: 0,
+                    target: "/disk.img".into(),
+                    readonly: true,
+                },
+                NoxsDevice::Vbd {
+                    devid: 1,
+                    target: "/dev/vdb".into(),
+                    readonly: false,
+                },
+            ]
+        );
+        assert_eq!(
+            macs.iter().map(Mac::to_string).collect::<Vec<_>>(),
+            ["00:16:3e:0a:00:10", "00:16:3e:01:02:03"]
+        );
+        let (devices, _) = devices_for(
+            &config(
+                r#"{"name": "d", "kernel": "/k", "memory": 8, "vcpus": 1,
+                    "xen": {"dev_method": "noxs"}, "vifs": [{"ip": "10.0.0.5/8"}]}"#,
+            ),
+            || Mac::random([9, 9, 9]),
+        );
+        let NoxsDevice::Vif {
+            mac, prefix_len, ..
+        } = &devices[1]
+        else {
+            panic!("{devices:?}");
+        };
+        assert_eq!(*prefix_len, Some(8));
+        assert_eq!(mac, "00:16:3e:09:09:09");
+    }
+
+    fn daytime_answer() -> (Vec<NoxsDevice>, NoxsDomain) {
+        let (devices, _) = devices_for(&config(DAYTIME), || Mac::random([1, 2, 3]));
+        // xendevd may answer in any order.
+        let answer = NoxsDomain {
+            domid: 7,
+            name: "daytime".into(),
+            entries: vec![
+                entry(NoxsKind::Vbd, 1, 14, 9),
+                entry(NoxsKind::Vif, 0, 10, 5),
+                entry(NoxsKind::Sysctl, 0, 9, 4),
+                entry(NoxsKind::Vif, 1, 11, 6),
+                entry(NoxsKind::Vbd, 0, 13, 8),
+            ],
+            states: Vec::new(),
+        };
+        (devices, answer)
+    }
+
+    /// What chaos writes is what the guest reads: the page, decoded as the guest's
+    /// kernel does (`xenproto::noxs::Block::decode` of the page from 0x800 on).
+    #[test]
+    fn the_block_written_is_the_block_the_guest_reads() {
+        let (devices, answer) = daytime_answer();
+        let block = block_for(&devices, &answer, 7).unwrap();
+        let kinds: Vec<_> = block.entries.iter().map(|e| (e.kind, e.devid)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (Kind::Sysctl, 0),
+                (Kind::Vif, 0),
+                (Kind::Vif, 1),
+                (Kind::Vbd, 0),
+                (Kind::Vbd, 1)
+            ]
+        );
+        assert_eq!(
+            block.entries[1],
+            Entry {
+                kind: Kind::Vif,
+                backend: 0,
+                devid: 0,
+                ctrl_gref: 10,
+                ctrl_port: 5
+            }
+        );
+        let mut page = [0u8; START_INFO_PAGE];
+        // start_info's own fields stay as the builder wrote them.
+        page[..0x4c0].fill(0xa5);
+        write_block(&mut page, &block).unwrap();
+        assert!(page[..0x4c0].iter().all(|&b| b == 0xa5));
+        assert!(page[0x4c0..BLOCK_OFFSET].iter().all(|&b| b == 0));
+        // The header: "NOXS", version 1, 5 entries, reserved 0.
+        assert_eq!(&page[0x800..0x804], b"NOXS");
+        assert_eq!(&page[0x804..0x810], &[1, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        // The first entry: kind 1 (sysctl), back end 0, devid 0, gref 9, port 4.
+        assert_eq!(
+            &page[0x810..0x828],
+            &[
+                1, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+            ]
+        );
+        let decoded = Block::decode(&page[BLOCK_OFFSET..]).unwrap().unwrap();
+        assert_eq!(decoded, block);
+        // Nothing past the entries.
+        assert!(page[0x810 + 5 * 24..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn a_device_less_guest_gets_sysctl_only() {
+        let config = config(
+            r#"{"name": "noop", "kernel": "/k", "memory": 4, "vcpus": 1,
+                "xen": {"dev_method": "noxs"}}"#,
+        );
+        let (devices, macs) = devices_for(&config, || unreachable!());
+        assert_eq!(devices, [NoxsDevice::Sysctl]);
+        assert!(macs.is_empty());
+        let answer = NoxsDomain {
+            domid: 3,
+            name: "noop".into(),
+            entries: vec![entry(NoxsKind::Sysctl, 0, 8, 3)],
+            states: Vec::new(),
+        };
+        let mut page = [0u8; START_INFO_PAGE];
+        write_block(&mut page, &block_for(&devices, &answer, 3).unwrap()).unwrap();
+        let decoded = Block::decode(&page[BLOCK_OFFSET..]).unwrap().unwrap();
+        assert_eq!(decoded.entries.len(), 1);
+        assert_eq!(decoded.of_kind(Kind::Sysctl).count(), 1);
+    }
+
+    #[test]
+    fn bad_answers_are_refused_by_entry() {
+        let (devices, good) = daytime_answer();
+        type Spoil = Box<dyn Fn(&mut NoxsDomain)>;
+        let cases: Vec<(Spoil, &str)> = vec![
+            (
+                Box::new(|a| a.domid = 8),
+                "the answer is for domain 8, not 7",
+            ),
+            (
+                Box::new(|a| {
+                    a.entries.remove(3);
+                }),
+                "no entry for vif 1",
+            ),
+            (
+                Box::new(|a| a.entries.push(entry(NoxsKind::Vif, 2, 1, 1))),
+                "entries[5] is for vif 2, which was not asked for",
+            ),
+            (
+                Box::new(|a| a.entries.push(entry(NoxsKind::Sysctl, 0, 1, 1))),
+                "entries[5]: sysctl has two entries",
+            ),
+            (
+                Box::new(|a| a.entries[0].backend = 7),
+                "entries[0] (vbd 1): back end domain 7 cannot serve domain 7",
+            ),
+            (
+                Box::new(|a| a.entries[2].backend = 0x7ff2),
+                "entries[2] (sysctl): back end domain 32754",
+            ),
+            (
+                Box::new(|a| a.entries[1].ctrl_port = 0),
+                "entries[1] (vif 0): event channel port 0",
+            ),
+        ];
+        for (spoil, why) in cases {
+            let mut answer = good.clone();
+            spoil(&mut answer);
+            let err = block_for(&devices, &answer, 7).unwrap_err();
+            assert!(err.contains(why), "{err} (wanted {why})");
+        }
+        let too_many = vec![NoxsDevice::Sysctl; MAX_ENTRIES + 1];
+        assert!(
+            block_for(&too_many, &good, 7)
+                .unwrap_err()
+                .contains("at most 64")
+        );
+    }
+
+    #[test]
+    fn a_page_with_data_where_the_block_goes_is_left_alone() {
+        let mut page = [0u8; START_INFO_PAGE];
+        page[0x900] = 1;
+        let before = page;
+        let err = write_block(&mut page, &Block::default()).unwrap_err();
+        assert!(err.contains("data at offset 0x900"), "{err}");
+        assert_eq!(page, before);
+    }
+}
