@@ -3,24 +3,11 @@
 #   CHECK NAME ok|fail DETAIL
 #   BAD NAME STATUS LINES STDERR            (a malformed config: status, stderr lines, stderr)
 #   COUNT WHAT BEFORE AFTER                 (leak counts around the create/destroy cycles)
-# Everything else (command output) is for the log.
+# check and wait_for come from lab-checks.sh. Everything else (command output) is for
+# the log.
 set -u
 CYCLES=${CYCLES:-100}
 GUEST=10.0.2.16
-
-check() { # NAME CONDITION-STATUS DETAIL
-	if [ "$2" -eq 0 ]; then echo "CHECK $1 ok $3"; else echo "CHECK $1 fail $3"; fi
-}
-
-# Wait up to $2 tenths of a second for a line with $1 in file $3.
-wait_for() {
-	i=0
-	until grep -q "$1" "$3" 2>/dev/null; do
-		i=$((i + 1))
-		[ $i -gt "$2" ] && return 1
-		sleep 0.1
-	done
-}
 
 domains() { xl list | awk 'NR > 2' | wc -l; }
 loops() { ls /sys/block/loop*/loop/backing_file 2>/dev/null | wc -l; }

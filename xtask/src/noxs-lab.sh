@@ -4,23 +4,9 @@
 # honest guests. Prints one line per check, which the host judges (test.rs,
 # `noxs_lab`):
 #   CHECK NAME ok|fail DETAIL
-# Everything else (consoles, xendevd's log) is for the log.
+# check and wait_for come from lab-checks.sh. Everything else (consoles, xendevd's log) is for the log.
 set -u
 GUEST=10.0.2.16
-
-check() { # NAME CONDITION-STATUS DETAIL
-	if [ "$2" -eq 0 ]; then echo "CHECK $1 ok $3"; else echo "CHECK $1 fail $3"; fi
-}
-
-# Wait up to $2 tenths of a second for a line with $1 in file $3.
-wait_for() {
-	i=0
-	until grep -q "$1" "$3" 2>/dev/null; do
-		i=$((i + 1))
-		[ $i -gt "$2" ] && return 1
-		sleep 0.1
-	done
-}
 
 daytime_answers() {
 	nc -w 10 $GUEST 13 </dev/null 2>&1 |

@@ -175,7 +175,7 @@ fn chaos_commands(images: &[GuestImage]) -> Result<()> {
     };
     let mut output = Vec::new();
     let end = lab::exec(
-        include_str!("chaos-lab.sh"),
+        concat!(include_str!("lab-checks.sh"), include_str!("chaos-lab.sh")),
         images,
         &options,
         &mut |line| {
@@ -319,7 +319,8 @@ fn noxs_lab(images: &[GuestImage]) -> Result<()> {
         noxs: true,
     };
     let mut output = Vec::new();
-    let end = lab::exec(include_str!("noxs-lab.sh"), images, &options, &mut |line| {
+    let job = concat!(include_str!("lab-checks.sh"), include_str!("noxs-lab.sh"));
+    let end = lab::exec(job, images, &options, &mut |line| {
         if let lab::Line::Stdout(text) | lab::Line::Stderr(text) = line {
             output.push(text.to_owned());
         }
@@ -528,8 +529,9 @@ struct Case {
     disk: Option<DiskCase>,
     /// Which toolstack creates the guest.
     toolstack: Toolstack,
-    /// With chaos: the NoXS method, in a lab of its own without Xenstore.
-    noxs: bool,
+    /// A chaos case that also runs with the NoXS method, in a lab of its own without
+    /// Xenstore, as "chaos NoXS: …".
+    noxs_too: bool,
 }
 
 /// A case's disk: a fresh sparse image of `mib` MiB (its first `filled_mib` MiB holding
@@ -577,7 +579,7 @@ const CASES: &[Case] = &[
         client: None,
         disk: None,
         toolstack: Toolstack::Xl,
-        noxs: false,
+        noxs_too: false,
     },
     Case {
         name: "hello as dom0",
@@ -591,7 +593,7 @@ const CASES: &[Case] = &[
         client: None,
         disk: None,
         toolstack: Toolstack::Xl,
-        noxs: false,
+        noxs_too: false,
     },
     Case {
         name: "hello under xl",
@@ -605,7 +607,7 @@ const CASES: &[Case] = &[
         client: None,
         disk: None,
         toolstack: Toolstack::Xl,
-        noxs: false,
+        noxs_too: false,
     },
     Case {
         name: "hello panic",
@@ -622,7 +624,7 @@ const CASES: &[Case] = &[
         client: None,
         disk: None,
         toolstack: Toolstack::Xl,
-        noxs: false,
+        noxs_too: false,
     },
     Case {
         name: "hello fault",
@@ -644,7 +646,7 @@ const CASES: &[Case] = &[
         client: None,
         disk: None,
         toolstack: Toolstack::Xl,
-        noxs: false,
+        noxs_too: false,
     },
     Case {
         name: "hello sleep=500",
@@ -665,7 +667,7 @@ const CASES: &[Case] = &[
         client: None,
         disk: None,
         toolstack: Toolstack::Xl,
-        noxs: false,
+        noxs_too: false,
     },
     Case {
         name: "hello in 4 MiB",
@@ -686,7 +688,7 @@ const CASES: &[Case] = &[
         client: None,
         disk: None,
         toolstack: Toolstack::Xl,
-        noxs: false,
+        noxs_too: false,
     },
     Case {
         name: "a guest that outlives its timeout is destroyed",
@@ -700,7 +702,7 @@ const CASES: &[Case] = &[
         client: None,
         disk: None,
         toolstack: Toolstack::Xl,
-        noxs: false,
+        noxs_too: false,
     },
     Case {
         name: "selftest under xl",
@@ -714,7 +716,7 @@ const CASES: &[Case] = &[
         client: None,
         disk: None,
         toolstack: Toolstack::Xl,
-        noxs: false,
+        noxs_too: false,
     },
     Case {
         name: "a client runs once the guest is ready, then the guest is destroyed",
@@ -744,7 +746,7 @@ const CASES: &[Case] = &[
         }),
         disk: None,
         toolstack: Toolstack::Xl,
-        noxs: false,
+        noxs_too: false,
     },
     Case {
         name: "a guest that ends before its ready line fails its client",
@@ -767,7 +769,7 @@ const CASES: &[Case] = &[
         }),
         disk: None,
         toolstack: Toolstack::Xl,
-        noxs: false,
+        noxs_too: false,
     },
     Case {
         name: "a guest without its ready line in time is destroyed",
@@ -790,7 +792,7 @@ const CASES: &[Case] = &[
         }),
         disk: None,
         toolstack: Toolstack::Xl,
-        noxs: false,
+        noxs_too: false,
     },
     Case {
         name: "daytime answers TCP and UDP clients on the host (static address)",
@@ -816,7 +818,7 @@ const CASES: &[Case] = &[
         }),
         disk: None,
         toolstack: Toolstack::Xl,
-        noxs: false,
+        noxs_too: false,
     },
     Case {
         name: "daytime answers a TCP client on the host (DHCP)",
@@ -839,7 +841,7 @@ const CASES: &[Case] = &[
         }),
         disk: None,
         toolstack: Toolstack::Xl,
-        noxs: false,
+        noxs_too: false,
     },
     Case {
         name: "daytime powers off on xl shutdown",
@@ -863,7 +865,7 @@ const CASES: &[Case] = &[
         }),
         disk: None,
         toolstack: Toolstack::Xl,
-        noxs: false,
+        noxs_too: false,
     },
     Case {
         name: "daytime reboots on xl reboot",
@@ -886,7 +888,7 @@ const CASES: &[Case] = &[
         }),
         disk: None,
         toolstack: Toolstack::Xl,
-        noxs: false,
+        noxs_too: false,
     },
     Case {
         name: "blkcheck on a 64 MiB disk; the host reads its pattern from the image file",
@@ -911,7 +913,7 @@ const CASES: &[Case] = &[
             check: |image| image.holds_blkcheck_pattern(),
         }),
         toolstack: Toolstack::Xl,
-        noxs: false,
+        noxs_too: false,
     },
     Case {
         name: "blkcheck on a read-only disk: the write is refused, the image unchanged",
@@ -937,7 +939,7 @@ const CASES: &[Case] = &[
             check: TestImage::unchanged,
         }),
         toolstack: Toolstack::Xl,
-        noxs: false,
+        noxs_too: false,
     },
     Case {
         name: "chaos: hello greets and powers off",
@@ -951,7 +953,7 @@ const CASES: &[Case] = &[
         client: None,
         disk: None,
         toolstack: Toolstack::Chaos,
-        noxs: false,
+        noxs_too: true,
     },
     Case {
         name: "chaos: a panicking hello ends as a crash",
@@ -965,7 +967,7 @@ const CASES: &[Case] = &[
         client: None,
         disk: None,
         toolstack: Toolstack::Chaos,
-        noxs: false,
+        noxs_too: false,
     },
     Case {
         name: "chaos: a guest that outlives its timeout is destroyed",
@@ -979,7 +981,7 @@ const CASES: &[Case] = &[
         client: None,
         disk: None,
         toolstack: Toolstack::Chaos,
-        noxs: false,
+        noxs_too: false,
     },
     Case {
         name: "chaos: daytime answers TCP and UDP clients on the host, powers off on chaos shutdown",
@@ -1005,7 +1007,7 @@ const CASES: &[Case] = &[
         }),
         disk: None,
         toolstack: Toolstack::Chaos,
-        noxs: false,
+        noxs_too: true,
     },
     Case {
         name: "chaos: daytime (DHCP) answers a TCP client on the host, then chaos destroy",
@@ -1028,7 +1030,7 @@ const CASES: &[Case] = &[
         }),
         disk: None,
         toolstack: Toolstack::Chaos,
-        noxs: false,
+        noxs_too: true,
     },
     Case {
         name: "chaos: daytime reboots on chaos shutdown --reboot",
@@ -1051,10 +1053,10 @@ const CASES: &[Case] = &[
         }),
         disk: None,
         toolstack: Toolstack::Chaos,
-        noxs: false,
+        noxs_too: true,
     },
     Case {
-        name: "chaos: blkcheck on a file-backed 64 MiB disk (xendevd's loop device); the host reads its pattern",
+        name: "chaos: blkcheck on a file-backed 64 MiB disk (xendevd's loop device, or its NoXS back end); the host reads its pattern",
         app: "blkcheck",
         args: &[],
         mem_mib: 32,
@@ -1077,7 +1079,7 @@ const CASES: &[Case] = &[
             check: |image| image.holds_blkcheck_pattern(),
         }),
         toolstack: Toolstack::Chaos,
-        noxs: false,
+        noxs_too: true,
     },
     Case {
         name: "chaos: blkcheck on a read-only file-backed disk: the write is refused, the image unchanged",
@@ -1103,147 +1105,7 @@ const CASES: &[Case] = &[
             check: TestImage::unchanged,
         }),
         toolstack: Toolstack::Chaos,
-        noxs: false,
-    },
-    // NoXS: the same images, devices through chaos's NoXS method and xendevd's back
-    // ends, in a lab where xenstored and xenconsoled do not run.
-    Case {
-        name: "chaos NoXS: hello greets and powers off (console through xendevd)",
-        app: "hello",
-        args: &["alpha", "beta"],
-        mem_mib: 8,
-        dom0: false,
-        timeout_secs: 60,
-        exit: GuestExit::Poweroff,
-        check: hello_greets,
-        client: None,
-        disk: None,
-        toolstack: Toolstack::Chaos,
-        noxs: true,
-    },
-    Case {
-        name: "chaos NoXS: daytime answers TCP and UDP clients on the host, powers off on chaos shutdown",
-        app: "daytime",
-        args: &[],
-        mem_mib: 32,
-        dom0: false,
-        timeout_secs: 120,
-        exit: GuestExit::Poweroff,
-        check: daytime_closes_down,
-        client: Some(ClientCase {
-            ready: "daytime: listening",
-            ready_timeout_secs: 60,
-            forwards: &[13],
-            net: GuestNet::Static(run::Ipv4Cidr::LAB_GUEST),
-            talk: |ports| {
-                daytime_tcp(ports)?;
-                daytime_udp(ports)
-            },
-            fails_with: None,
-            stop: Stop::Shutdown,
-            stop_limit_secs: SHUTDOWN_LIMIT_SECS,
-        }),
-        disk: None,
-        toolstack: Toolstack::Chaos,
-        noxs: true,
-    },
-    Case {
-        name: "chaos NoXS: daytime (DHCP) answers a TCP client on the host, then chaos destroy",
-        app: "daytime",
-        args: &[],
-        mem_mib: 32,
-        dom0: false,
-        timeout_secs: 120,
-        exit: GuestExit::Destroyed,
-        check: |console| expect_line(console, "daytime: listening on 10.0.2.16:13"),
-        client: Some(ClientCase {
-            ready: "daytime: listening",
-            ready_timeout_secs: 60,
-            forwards: &[13],
-            net: GuestNet::Dhcp,
-            talk: daytime_tcp,
-            fails_with: None,
-            stop: Stop::Destroy,
-            stop_limit_secs: DESTROY_LIMIT_SECS,
-        }),
-        disk: None,
-        toolstack: Toolstack::Chaos,
-        noxs: true,
-    },
-    Case {
-        name: "chaos NoXS: daytime reboots on chaos shutdown --reboot",
-        app: "daytime",
-        args: &[],
-        mem_mib: 32,
-        dom0: false,
-        timeout_secs: 120,
-        exit: GuestExit::Reboot,
-        check: daytime_closes_down,
-        client: Some(ClientCase {
-            ready: "daytime: listening",
-            ready_timeout_secs: 60,
-            forwards: &[],
-            net: GuestNet::Static(run::Ipv4Cidr::LAB_GUEST),
-            talk: |_| Ok(()),
-            fails_with: None,
-            stop: Stop::Reboot,
-            stop_limit_secs: SHUTDOWN_LIMIT_SECS,
-        }),
-        disk: None,
-        toolstack: Toolstack::Chaos,
-        noxs: true,
-    },
-    Case {
-        name: "chaos NoXS: blkcheck on a file-backed 64 MiB disk (xendevd's back end); the host reads its pattern",
-        app: "blkcheck",
-        args: &[],
-        mem_mib: 32,
-        dom0: false,
-        timeout_secs: 180,
-        exit: GuestExit::Poweroff,
-        check: |console| {
-            expect_line(console, "blkcheck: disk xvda of 64 MiB")?;
-            ensure!(
-                console.lines().any(|line| line.starts_with("blkcheck: ok")),
-                "no line starting with \"blkcheck: ok\""
-            );
-            Ok(())
-        },
-        client: None,
-        disk: Some(DiskCase {
-            mib: 64,
-            filled_mib: 0,
-            read_only: false,
-            check: |image| image.holds_blkcheck_pattern(),
-        }),
-        toolstack: Toolstack::Chaos,
-        noxs: true,
-    },
-    Case {
-        name: "chaos NoXS: blkcheck on a read-only disk: the write is refused, the image unchanged",
-        app: "blkcheck",
-        args: &[],
-        mem_mib: 32,
-        dom0: false,
-        timeout_secs: 180,
-        exit: GuestExit::Poweroff,
-        check: |console| {
-            expect_line(console, "blkcheck: read-only disk: write refused: ")?;
-            ensure!(
-                console.lines().any(|line| line.starts_with("blkcheck: ok")),
-                "no line starting with \"blkcheck: ok\""
-            );
-            Ok(())
-        },
-        client: None,
-        disk: Some(DiskCase {
-            mib: 64,
-            filled_mib: 1,
-            read_only: true,
-            check: TestImage::unchanged,
-        }),
-        toolstack: Toolstack::Chaos,
-        noxs: true,
+        noxs_too: true,
     },
 ];
 
@@ -1531,8 +1393,36 @@ fn field<'a>(console: &'a str, prefix: &str) -> Result<&'a str> {
     }
 }
 
+/// A case as it runs: its name, and whether with NoXS.
+struct CaseRun<'a> {
+    name: String,
+    case: &'a Case,
+    noxs: bool,
+}
+
+/// Every case, and the NoXS run of each `noxs_too` case, that `wanted` keeps.
+fn case_runs(wanted: &dyn Fn(&str) -> bool) -> Vec<CaseRun<'static>> {
+    CASES
+        .iter()
+        .flat_map(|case| {
+            let noxs = case.noxs_too.then(|| CaseRun {
+                name: case.name.replacen("chaos:", "chaos NoXS:", 1),
+                case,
+                noxs: true,
+            });
+            std::iter::once(CaseRun {
+                name: case.name.to_owned(),
+                case,
+                noxs: false,
+            })
+            .chain(noxs)
+        })
+        .filter(|run| wanted(&run.name))
+        .collect()
+}
+
 fn lab_tests(images: &[GuestImage], wanted: &dyn Fn(&str) -> bool) -> Result<()> {
-    let cases: Vec<&Case> = CASES.iter().filter(|case| wanted(case.name)).collect();
+    let cases = case_runs(wanted);
     if cases.is_empty() {
         return Ok(());
     }
@@ -1540,7 +1430,7 @@ fn lab_tests(images: &[GuestImage], wanted: &dyn Fn(&str) -> bool) -> Result<()>
     let disks = cases
         .iter()
         .enumerate()
-        .map(|(index, case)| {
+        .map(|(index, CaseRun { case, .. })| {
             case.disk
                 .as_ref()
                 .map(|disk| TestImage::create(&format!("case-{index}"), disk.mib, disk.filled_mib))
@@ -1550,7 +1440,7 @@ fn lab_tests(images: &[GuestImage], wanted: &dyn Fn(&str) -> bool) -> Result<()>
     let sessions: Vec<Session<'_>> = cases
         .iter()
         .zip(&disks)
-        .map(|(case, image)| {
+        .map(|(CaseRun { case, noxs, .. }, image)| {
             let app = images
                 .iter()
                 .find(|app| app.name == case.app)
@@ -1562,7 +1452,7 @@ fn lab_tests(images: &[GuestImage], wanted: &dyn Fn(&str) -> bool) -> Result<()>
                 timeout: Duration::from_secs(case.timeout_secs),
                 dom0: case.dom0,
                 toolstack: case.toolstack,
-                noxs: case.noxs,
+                noxs: *noxs,
                 ..GuestRun::new(app)
             };
             if let (Some(disk), Some(image)) = (&case.disk, image) {
@@ -1588,10 +1478,10 @@ fn lab_tests(images: &[GuestImage], wanted: &dyn Fn(&str) -> bool) -> Result<()>
     eprintln!("lab: {} guest runs", sessions.len());
     let outcomes = run::run_sessions(sessions);
     let mut failures = 0;
-    for ((case, outcome), image) in cases.iter().zip(outcomes).zip(&disks) {
+    for ((CaseRun { name, case, .. }, outcome), image) in cases.iter().zip(outcomes).zip(&disks) {
         let verdict = outcome.and_then(|outcome| {
             let result = judge(case, &outcome.guest)
-                .and_then(|()| judge_client(case, outcome.client, outcome.guest.stop_latency))
+                .and_then(|()| judge_client(name, case, outcome.client, outcome.guest.stop_latency))
                 .and_then(|()| judge_disk(case, image.as_ref()));
             match result {
                 Ok(()) => Ok(()),
@@ -1599,13 +1489,13 @@ fn lab_tests(images: &[GuestImage], wanted: &dyn Fn(&str) -> bool) -> Result<()>
             }
         });
         match verdict {
-            Ok(()) => eprintln!("PASS {}", case.name),
+            Ok(()) => eprintln!("PASS {name}"),
             Err(err) => {
                 failures += 1;
                 // The reason first, then what the guest printed.
                 let mut chain = err.chain().collect::<Vec<_>>();
                 chain.reverse();
-                eprintln!("FAIL {}:", case.name);
+                eprintln!("FAIL {name}:");
                 for part in chain {
                     eprintln!("  {part}");
                 }
@@ -1626,6 +1516,7 @@ fn judge(case: &Case, outcome: &GuestOutcome) -> Result<()> {
 }
 
 fn judge_client(
+    name: &str,
     case: &Case,
     result: Option<Result<()>>,
     stop_latency: Option<Duration>,
@@ -1661,8 +1552,7 @@ fn judge_client(
             );
         }
         eprintln!(
-            "     {}: gone {:.2} s after `{command}`",
-            case.name,
+            "     {name}: gone {:.2} s after `{command}`",
             latency.as_secs_f64()
         );
     }
