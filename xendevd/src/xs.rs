@@ -59,8 +59,24 @@ pub struct Xenstore {
 
 impl Xenstore {
     /// Connect to xenstored's socket. Not `/dev/xen/xenbus`: without xenstored, calls
-    /// through it would wait forever.
+    /// through it would wait forever. `XS_OPEN_SOCKETONLY` alone does not prevent that
+    /// (since Xen 4.15 libxenstore falls back to the device whatever the flags), so
+    /// first a socket must accept a connection.
     pub fn open() -> Result<Self, XsError> {
+        let mut sockets: Vec<std::path::PathBuf> = std::env::var_os("XENSTORED_PATH")
+            .map(Into::into)
+            .into_iter()
+            .collect();
+        sockets.extend([
+            "/run/xenstored/socket".into(),
+            "/var/run/xenstored/socket".into(),
+        ]);
+        if !sockets
+            .iter()
+            .any(|path| std::os::unix::net::UnixStream::connect(path).is_ok())
+        {
+            return Err(XsError::Open(Errno::ECONNREFUSED));
+        }
         // SAFETY: xs_open takes flags only and returns an owned handle or NULL.
         let handle = unsafe { ffi::xs_open(ffi::XS_OPEN_SOCKETONLY.into()) };
         NonNull::new(handle)
