@@ -3,7 +3,9 @@
 //! - vif hotplug: on netback's `online` uevent for a vif whose backend directory says
 //!   `toolstack = "chaos"`, put it on the bridge named in `<backend>/bridge`, bring it
 //!   up and write `hotplug-status = connected` (or `hotplug-error` and `error`);
-//! - loop devices for file-backed disks, over the API of `xendevd::api` on a Unix socket.
+//! - loop devices for file-backed disks, over the API of `xendevd::api` on a Unix socket;
+//! - every back end of chaos's NoXS guests (`noxs/`): console, power control, vifs
+//!   through taps, vbds from files or block devices — no Xenstore involved.
 //!
 //! The same binary is also a small client of that API (`query`, `attach`, …, `send`)
 //! and a uevent monitor (`monitor`), for operators and the lab's tests.
@@ -39,10 +41,12 @@ use crate::api::{Request, Response};
 /// file-backed disks.
 ///
 /// Without a command, runs the daemon: it listens on SOCKET for newline-delimited JSON
-/// requests (attach_disk, detach_disk, release_domain, query) and watches the kernel's
-/// uevents for vifs whose Xenstore backend says toolstack = "chaos". It daemonizes and
-/// logs to syslog unless --foreground. SIGTERM or SIGINT stop it cleanly: the socket file
-/// goes, loop devices of running domains stay (and are logged).
+/// requests (attach_disk, detach_disk, release_domain, query, and for NoXS guests
+/// noxs_create, power, console) and, when xenstored runs, watches the kernel's uevents
+/// for vifs whose Xenstore backend says toolstack = "chaos". Without xenstored it serves
+/// NoXS guests only (the log says which mode it runs in). It daemonizes and logs to
+/// syslog unless --foreground. SIGTERM or SIGINT stop it cleanly: the socket file goes,
+/// loop devices of running domains stay (and are logged), NoXS back ends are closed.
 ///
 /// Exit status: 0 success, 1 the daemon could not start or the request failed (its
 /// answer is printed), 2 the daemon could not be reached or answered nonsense.

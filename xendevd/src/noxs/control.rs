@@ -32,7 +32,9 @@ pub fn step(backend: XenbusState, frontend: XenbusState) -> Step {
         (InitWait, Initialised | Connected) => Step::Connect,
         (Connected, Initialised | Connected) => Step::Nothing,
         (Connected, _) => Step::Disconnect,
-        (Closed, Closed | Initialising | Unknown) => Step::Reopen,
+        // After either end closed, a front end that closed (or starts over) may have
+        // the device again.
+        (Closed | Closing, Closed | Initialising | Unknown) => Step::Reopen,
         _ => Step::Nothing,
     }
 }
@@ -124,9 +126,15 @@ impl Control {
         Ok(header)
     }
 
-    /// The front end's state word alone; an invalid one reads as `None`.
+    /// The front end's state word, checked.
     pub fn frontend_state(&self) -> Result<XenbusState, NoxsError> {
         self.header().map(|h| h.fe_state)
+    }
+
+    /// The front end's state word as it is, valid or not (for reports).
+    pub fn frontend_word(&self) -> u32 {
+        let bytes = self.read(header::FE_STATE..header::FE_STATE + 4);
+        u32::from_le_bytes(bytes.try_into().expect("4 bytes"))
     }
 
     /// One copy of the front end's area.
@@ -174,7 +182,8 @@ mod tests {
             (Closed, Closed, Step::Reopen),
             (Closed, Initialising, Step::Reopen),
             (Closing, Connected, Step::Nothing),
-            (Closing, Closed, Step::Nothing),
+            (Closing, Closed, Step::Reopen),
+            (Closing, Initialised, Step::Nothing),
         ] {
             assert_eq!(
                 step(backend, frontend),

@@ -1084,10 +1084,7 @@ fn describe(domid: u32, domain: &Domain) -> NoxsDomain {
             .map(|device| {
                 (
                     device.control.state() as u32,
-                    device
-                        .control
-                        .frontend_state()
-                        .map_or(u32::MAX, |s| s as u32),
+                    device.control.frontend_word(),
                 )
             })
             .collect(),
