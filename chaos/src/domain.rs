@@ -86,10 +86,17 @@ struct Guard<'a> {
 }
 
 impl Guard<'_> {
-    /// Destroy now, reporting how it went.
-    fn destroy(mut self) -> Result<()> {
+    /// Destroy now with `method`, the one that made the devices (it knows what it
+    /// made), reporting how it went.
+    fn destroy(mut self, method: &dyn DeviceMethod) -> Result<()> {
         self.armed = false;
-        destroy_known(self.host, self.domid, Some(&self.uuid), self.dev_method)
+        destroy_with(
+            self.host,
+            self.domid,
+            Some(&self.uuid),
+            self.dev_method,
+            method,
+        )
     }
 }
 
@@ -162,7 +169,7 @@ pub fn create(host: &Host, config: &Config, force_paused: bool) -> Result<Create
             guard.armed = false;
             Ok(created)
         }
-        Err(err) => match guard.destroy() {
+        Err(err) => match guard.destroy(method.as_ref()) {
             Ok(()) => Err(Error::CreateFailed {
                 domid,
                 source: Box::new(err),
@@ -384,6 +391,23 @@ pub fn destroy_known(
     uuid: Option<&Uuid>,
     dev_method: DevMethod,
 ) -> Result<()> {
+    destroy_with(
+        host,
+        domid,
+        uuid,
+        dev_method,
+        method_for(dev_method).as_ref(),
+    )
+}
+
+/// [`destroy_known`], the devices torn down by `method`.
+fn destroy_with(
+    host: &Host,
+    domid: u32,
+    uuid: Option<&Uuid>,
+    dev_method: DevMethod,
+    method: &dyn DeviceMethod,
+) -> Result<()> {
     if domid == 0 {
         return Err(Error::NoSuchDomain("0: dom0 cannot be destroyed".into()));
     }
@@ -406,7 +430,7 @@ pub fn destroy_known(
     if info.is_some() {
         host.timed("xc_domain_destroy", || host.xc.domain_destroy(domid))?;
     }
-    method_for(dev_method).teardown(host, domid, uuid.as_ref())?;
+    method.teardown(host, domid, uuid.as_ref())?;
     if dev_method == DevMethod::Xenstore
         && let Some(xs) = host.xenstore()
     {

@@ -30,10 +30,24 @@ use crate::xcdom::START_INFO_PAGE;
 const DOMID_FIRST_RESERVED: u32 = 0x7ff0;
 
 /// The NoXS method: devices from xendevd, announced in start_info.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct NoxsMethod {
     devices: Vec<NoxsDevice>,
     macs: Vec<Mac>,
+    /// Whether xendevd may hold something of the domain: false only while this
+    /// method's `NoxsCreate` has not reached it (a teardown then has nothing to ask of
+    /// a xendevd that does not run). A method made for a teardown alone assumes so.
+    reached_xendevd: bool,
+}
+
+impl Default for NoxsMethod {
+    fn default() -> Self {
+        Self {
+            devices: Vec::new(),
+            macs: Vec::new(),
+            reached_xendevd: true,
+        }
+    }
 }
 
 impl NoxsMethod {
@@ -205,6 +219,7 @@ impl DeviceMethod for NoxsMethod {
     }
 
     fn prepare(&mut self, _host: &Host, domain: &NewDomain<'_>) -> Result<()> {
+        self.reached_xendevd = false;
         (self.devices, self.macs) = devices_for(domain.config, || {
             let mut bytes = [0u8; 3];
             random_bytes(&mut bytes);
@@ -228,11 +243,17 @@ impl DeviceMethod for NoxsMethod {
             devices: self.devices.clone(),
         };
         let answer = host.timed("xendevd noxs_create", || {
-            ask(
-                host,
+            let answer = client::call(
+                &host.options.xendevd_socket,
                 &request,
-                "a NoXS domain needs xendevd as its back end",
-            )
+                host.options.device_timeout,
+            );
+            self.reached_xendevd = !matches!(answer, Err(ClientError::Connect { .. }));
+            answer.map_err(|err| {
+                Error::Xendevd(format!(
+                    "a NoXS domain needs xendevd as its back end: {err}"
+                ))
+            })
         })?;
         let served = match answer {
             Response::Noxs(served) => served,
@@ -263,6 +284,9 @@ impl DeviceMethod for NoxsMethod {
     }
 
     fn teardown(&self, host: &Host, domid: u32, _uuid: Option<&Uuid>) -> Result<()> {
+        if !self.reached_xendevd {
+            return Ok(());
+        }
         release(host, domid)
     }
 }
