@@ -1471,7 +1471,9 @@ leftovers() {
 					grep -o '"domid":[0-9]*' | sed 's/^"domid":/xendevd serves domain /'
 			fi
 			ls /sys/class/net/xenbr0/brif 2>/dev/null | grep -vx eth0 | sed 's/^/bridge port /'
-			xenstore-list /local/domain/0/backend 2>/dev/null | sed 's|^|Xenstore /local/domain/0/backend/|'
+			# Without xenstored, xenstore-list falls back to /dev/xen/xenbus and never returns.
+			[ -e /run/xenstored.pid ] &&
+				xenstore-list /local/domain/0/backend 2>/dev/null | sed 's|^|Xenstore /local/domain/0/backend/|'
 			for file in /sys/block/loop*/loop/backing_file; do
 				[ -e "$file" ] && echo "loop device $(echo "$file" | cut -d/ -f4) on $(cat "$file")"
 			done
