@@ -152,8 +152,8 @@ pub struct Vif {
 pub struct State {
     pub disks: Vec<Disk>,
     pub vifs: Vec<Vif>,
-    /// The NoXS domains served.
-    #[serde(default)]
+    /// The NoXS domains served (absent when none: the shape older clients know).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub domains: Vec<NoxsDomain>,
 }
 
@@ -197,6 +197,10 @@ mod tests {
             r#"{"op":"query"}"#
         );
         assert_eq!(serde_json::to_string(&Response::Done).unwrap(), r#""done""#);
+        assert_eq!(
+            serde_json::to_string(&Response::State(State::default())).unwrap(),
+            r#"{"state":{"disks":[],"vifs":[]}}"#
+        );
         let create = Request::NoxsCreate {
             domid: 7,
             name: "daytime".into(),
