@@ -62,7 +62,8 @@ Configuration keys:
             \"ip\" is only for the back end's records (the guest takes ip= and gw= from
             its command line)
   vbds      disks: [{\"target\": PATH, \"type\": \"file\"|\"phy\", \"vdev\": \"xvda\",
-            \"access\": \"r\"|\"w\" (default w)}] — a file gets a loop device from xendevd
+            \"access\": \"r\"|\"w\" (default w)}] — under Xenstore a file gets a loop
+            device from xendevd; a NoXS guest's xendevd serves the file or device itself
   paused    true: leave the guest paused (default false)
   xen       {\"dev_method\": \"xenstore\"} (default: devices through Xenstore) or
             {\"dev_method\": \"noxs\"} (NoXS: a device block in the guest's start_info,
