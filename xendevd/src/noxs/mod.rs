@@ -48,8 +48,13 @@ use xendevd::engine::netback::{Delivered, Netback};
 
 /// Requests or packets one device may have served per loop turn.
 pub const BUDGET: usize = 64;
-/// How often domains are checked for death when no notification says so.
-const CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// How often served domains are checked for death when `VIRQ_DOM_EXC` is ours (a
+/// backstop only).
+const CHECK_INTERVAL_VIRQ: Duration = Duration::from_secs(5);
+/// How often otherwise: xenstored fires `@releaseDomain` only for domains introduced to
+/// it, never for NoXS domains, so this is what finds their deaths (a dying domain stays
+/// a zombie while we map its pages).
+const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// `VIRQ_DOM_EXC`: a domain shut down or died.
 const VIRQ_DOM_EXC: u32 = xenffi::VIRQ_DOM_EXC;
 /// The Ethernet MTU offered to vifs.
@@ -311,8 +316,10 @@ impl Backends {
             Err(virq_err) => match XsWatch::open("@releaseDomain") {
                 Ok(watch) => {
                     info!(
-                        "NoXS: domain deaths come as Xenstore's @releaseDomain \
-                         (VIRQ_DOM_EXC: {virq_err}: xenstored holds it)"
+                        "NoXS: domain deaths come as Xenstore's @releaseDomain and a check \
+                         every {} s (VIRQ_DOM_EXC: {virq_err}: xenstored holds it, and fires \
+                         @releaseDomain only for domains introduced to it)",
+                        CHECK_INTERVAL.as_secs()
                     );
                     DeathWatch::Xenstore(watch)
                 }
@@ -439,9 +446,16 @@ impl Backends {
         }
     }
 
+    fn check_interval(&self) -> Duration {
+        match self.death {
+            DeathWatch::Virq { .. } => CHECK_INTERVAL_VIRQ,
+            DeathWatch::Xenstore(_) | DeathWatch::Polling => CHECK_INTERVAL,
+        }
+    }
+
     /// Release every served domain that is dying or gone.
     pub fn check_domains(&mut self, why: &str) {
-        self.next_check = Instant::now() + CHECK_INTERVAL;
+        self.next_check = Instant::now() + self.check_interval();
         if self.domains.is_empty() {
             return;
         }
@@ -975,6 +989,17 @@ impl Backends {
                 action_name(action)
             ));
         }
+        // A guest that has shut down acknowledges nothing: say so now, not at the timeout.
+        if let Ok(infos) = self.xc.domains()
+            && let Some(info) = infos.iter().find(|i| i.domid == domid)
+            && (info.shutdown || info.dying)
+        {
+            return Err(format!(
+                "domain {domid} ({}) has shut down already: it cannot be asked to {}",
+                domain.name,
+                action_name(action)
+            ));
+        }
         Ok(PowerWait {
             domid,
             action,
@@ -1033,10 +1058,13 @@ impl Backends {
                 }
                 None if now >= wait.deadline => Some(Err(format!(
                     "domain {} ({name}): its power control (sysctl) did not connect within {} ms \
-                     (front end state {:?})",
+                     (front end state {})",
                     wait.domid,
                     wait.timeout_ms,
-                    device.control.frontend_state()
+                    match device.control.frontend_state() {
+                        Ok(state) => format!("{state:?}"),
+                        Err(err) => err.to_string(),
+                    }
                 ))),
                 None => None,
             },
