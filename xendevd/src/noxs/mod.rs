@@ -511,15 +511,24 @@ impl Backends {
                 log_path.display()
             )
         })?;
-        let console = Console::connect(&self.gnttab, &self.evtchn, domid, console_port, log)?;
-        let mut domain = Domain {
-            name: name.to_owned(),
-            console,
-            devices: Vec::new(),
-        };
-        for plan in &plans {
-            domain.devices.push(self.make_device(domid, plan)?);
-        }
+        let made = Console::connect(&self.gnttab, &self.evtchn, domid, console_port, log).and_then(
+            |console| {
+                let mut domain = Domain {
+                    name: name.to_owned(),
+                    console,
+                    devices: Vec::new(),
+                };
+                for plan in &plans {
+                    domain.devices.push(self.make_device(domid, plan)?);
+                }
+                Ok(domain)
+            },
+        );
+        // What was made is dropped (unmapped, unbound, unshared, taps gone); the empty
+        // log goes too.
+        let domain = made.inspect_err(|_| {
+            let _ = std::fs::remove_file(&log_path);
+        })?;
         // Everything is made: only now do its ports route to it.
         self.ports
             .insert(domain.console.port(), PortUse::Console(domid));
@@ -572,6 +581,13 @@ impl Backends {
             }
             DevicePlan::Vif(plan) => {
                 let what = format!("vif {}", plan.devid);
+                if crate::bridge::exists(&plan.tap) {
+                    return Err(format!(
+                        "{what}: a network device named {} exists already (a vif of a domain gone \
+                         wrong, or someone else's)",
+                        plan.tap
+                    ));
+                }
                 let tap = Tap::create(&plan.tap)
                     .map_err(|err| format!("{what}: cannot create tap {}: {err}", plan.tap))?;
                 self.net
