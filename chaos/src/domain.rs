@@ -550,7 +550,8 @@ pub struct Listed {
     pub memory_mib: u64,
     pub vcpus: u32,
     pub state: String,
-    /// Since it was created, if known (`/vm/UUID/start_time`; dom0: `/proc/uptime`).
+    /// Since it was created, if known (`/vm/UUID/start_time`; NoXS: when xendevd set it
+    /// up; dom0: `/proc/uptime`).
     pub uptime: Option<Duration>,
 }
 
@@ -568,10 +569,8 @@ pub fn list(host: &Host) -> Result<Vec<Listed>> {
         .into_iter()
         .map(|info| {
             let dom = layout::dom_path(info.domid);
-            let noxs_name = served
-                .iter()
-                .find(|served| served.domid == info.domid)
-                .map(|served| served.name.clone());
+            let noxs = served.iter().find(|served| served.domid == info.domid);
+            let noxs_name = noxs.map(|served| served.name.clone());
             let xenstore_name = match (xs, &noxs_name) {
                 (Some(xs), None) => xs.read(&format!("{dom}/name"))?,
                 _ => None,
@@ -584,6 +583,8 @@ pub fn list(host: &Host) -> Result<Vec<Listed>> {
                 std::fs::read_to_string("/proc/uptime")
                     .ok()
                     .and_then(|text| text.split_whitespace().next()?.parse::<f64>().ok())
+            } else if let Some(noxs) = noxs.filter(|noxs| noxs.created_ms > 0) {
+                Some(now - noxs.created_ms as f64 / 1000.0)
             } else if let Some(xs) = xs {
                 match xs.read(&format!("{dom}/vm"))? {
                     Some(vm) => xs

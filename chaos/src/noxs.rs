@@ -462,6 +462,7 @@ mod tests {
                 entry(NoxsKind::Vbd, 0, 13, 8),
             ],
             states: Vec::new(),
+            created_ms: 0,
         };
         (devices, answer)
     }
@@ -529,6 +530,7 @@ mod tests {
             name: "noop".into(),
             entries: vec![entry(NoxsKind::Sysctl, 0, 8, 3)],
             states: Vec::new(),
+            created_ms: 0,
         };
         let mut page = [0u8; START_INFO_PAGE];
         write_block(&mut page, &block_for(&devices, &answer, 3).unwrap()).unwrap();

@@ -120,6 +120,11 @@ pub struct NoxsDomain {
     /// values.
     #[serde(default)]
     pub states: Vec<(u32, u32)>,
+    /// When xendevd set the domain's back ends up (just before the toolstack unpaused
+    /// it), in milliseconds since the Unix epoch: Xen keeps no creation time, and
+    /// without Xenstore there is no `/vm/UUID/start_time` either.
+    #[serde(default)]
+    pub created_ms: u64,
 }
 
 /// A loop device the daemon attached.

@@ -170,6 +170,8 @@ struct Domain {
     name: String,
     console: Console,
     devices: Vec<Device>,
+    /// For `NoxsDomain::created_ms`.
+    created: std::time::SystemTime,
 }
 
 /// A `power` request waiting for the guest.
@@ -517,6 +519,7 @@ impl Backends {
                     name: name.to_owned(),
                     console,
                     devices: Vec::new(),
+                    created: std::time::SystemTime::now(),
                 };
                 for plan in &plans {
                     domain.devices.push(self.make_device(domid, plan)?);
@@ -1132,5 +1135,9 @@ fn describe(domid: u32, domain: &Domain) -> NoxsDomain {
                 )
             })
             .collect(),
+        created_ms: domain
+            .created
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64),
     }
 }
