@@ -124,7 +124,7 @@ fn slot() -> impl Strategy<Value = Vec<u8>> {
             }
             req
         });
-    prop_oneof![8 => shaped, 1 => prop::collection::vec(any::<u8>(), 112)]
+    prop_oneof![8 => shaped, 1 => crate::sim::noise(112)]
 }
 
 #[derive(Debug, Clone)]

@@ -2,13 +2,14 @@
 //!
 //! Each target is a property over generated input (proptest): bytes of a shared page
 //! shaped like the real thing, then mutated — so most inputs get past the first
-//! checks — and must never make the parser panic, overflow (the `fuzz` profile keeps
-//! overflow checks), or break the invariants the target states. A target runs batches
-//! of fresh random cases until its time is up; a failure is shrunk to a minimal input
-//! and printed, and the exit status is 1.
+//! checks — and must never make the parser panic, overflow (build with overflow
+//! checks: the dev profile), or break the invariants the target states. A target runs
+//! batches of fresh random cases until its time is up; a failure is shrunk to a
+//! minimal input and printed, and the exit status is 1. The targets run side by side,
+//! each on a thread of its own.
 //!
-//! `cargo xtask fuzz [--seconds S] [TARGET...]` builds this with the `fuzz` profile
-//! and runs it; `cargo xtask test` runs every target for a minute.
+//! `cargo xtask fuzz [--seconds S] [TARGET...]` builds and runs this; `cargo xtask
+//! test` runs every target for a minute.
 
 mod blkback;
 mod netback;
@@ -86,14 +87,36 @@ fn main() -> ExitCode {
     if chosen.is_empty() {
         chosen = TARGETS.iter().collect();
     }
+    let time = Duration::from_secs(cli.seconds);
+    let results: Vec<(&Target, Result<u64, String>, Duration)> = std::thread::scope(|scope| {
+        let running: Vec<_> = chosen
+            .into_iter()
+            .map(|target| {
+                let thread = scope.spawn(move || {
+                    let started = Instant::now();
+                    let result = (target.run)(time);
+                    (result, started.elapsed())
+                });
+                (target, thread)
+            })
+            .collect();
+        running
+            .into_iter()
+            .map(|(target, thread)| {
+                let (result, took) = thread
+                    .join()
+                    .unwrap_or_else(|_| (Err("the runner itself panicked".into()), time));
+                (target, result, took)
+            })
+            .collect()
+    });
     let mut failed = false;
-    for target in chosen {
-        let started = Instant::now();
-        match (target.run)(Duration::from_secs(cli.seconds)) {
+    for (target, result, took) in results {
+        match result {
             Ok(cases) => println!(
                 "fuzz: {}: {cases} cases in {:.0} s, no failure",
                 target.name,
-                started.elapsed().as_secs_f64()
+                took.as_secs_f64()
             ),
             Err(failure) => {
                 println!("fuzz: {}: FAILED: {failure}", target.name);

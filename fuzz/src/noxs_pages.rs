@@ -48,7 +48,7 @@ fn mutations(len: usize) -> impl Strategy<Value = Vec<(usize, u8)>> {
 fn block_bytes() -> impl Strategy<Value = Vec<u8>> {
     (
         prop::collection::vec(entry(), 0..70),
-        prop::collection::vec(any::<u8>(), BLOCK_BYTES),
+        crate::sim::noise(BLOCK_BYTES),
         mutations(BLOCK_BYTES),
     )
         .prop_map(|(entries, mut bytes, mutations)| {
@@ -66,7 +66,7 @@ fn control_page() -> impl Strategy<Value = Vec<u8>> {
         kind(),
         0u32..10,
         0u32..10,
-        prop::collection::vec(any::<u8>(), 4096),
+        crate::sim::noise(4096),
         mutations(4096),
     )
         .prop_map(|(kind, be, fe, mut page, mutations)| {

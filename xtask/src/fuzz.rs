@@ -1,8 +1,10 @@
 //! `cargo xtask fuzz [--seconds S] [TARGET…]`: the fuzz targets of the `fuzz` crate —
-//! what a guest can write, fed to the code that parses it — for S seconds each.
+//! what a guest can write, fed to the code that parses it — for S seconds each, side by
+//! side.
 //!
-//! Built with the `fuzz` profile: optimised, but with overflow checks and unwinding
-//! panics, so an arithmetic slip fails a case and proptest can shrink it.
+//! Built with the dev profile: overflow checks and debug assertions make an arithmetic
+//! slip fail a case, panics unwind so proptest can shrink it, and the dependencies are
+//! those `cargo test` built already (no second build of the tree for fuzzing).
 
 use anyhow::Result;
 use clap::Args;
@@ -31,7 +33,7 @@ impl FuzzArgs {
 /// Run `targets` (all if empty) for `seconds` each; fail if one finds a failure.
 pub fn fuzz(seconds: u64, list: bool, targets: &[String]) -> Result<()> {
     let mut cmd = util::cargo();
-    cmd.args(["run", "--quiet", "--profile", "fuzz", "-p", "fuzz", "--"]);
+    cmd.args(["run", "--quiet", "-p", "fuzz", "--"]);
     if list {
         cmd.arg("--list");
     } else {
