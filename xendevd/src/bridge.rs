@@ -11,8 +11,9 @@ use std::path::Path;
 use nix::errno::Errno;
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
 
-/// The structure and requests of `linux/if.h` and `linux/sockios.h`.
-mod sys {
+/// The structure and requests of `linux/if.h` and `linux/sockios.h` (the taps of NoXS
+/// vifs use `IfReq` too).
+pub mod sys {
     use std::ffi::{c_int, c_short, c_ulong};
 
     /// `IFNAMSIZ`: an interface name and its NUL.
@@ -26,7 +27,7 @@ mod sys {
     pub const IFF_UP: c_short = 0x1;
 
     /// `struct ifreq` (`linux/if.h`): a name and a 24-byte union, of which xendevd uses
-    /// the index and the flags.
+    /// the index, the flags and the hardware address.
     #[repr(C)]
     #[derive(Clone, Copy)]
     pub struct IfReq {
@@ -39,8 +40,17 @@ mod sys {
     pub union IfReqData {
         pub ifindex: c_int,
         pub flags: c_short,
+        pub hwaddr: SockAddr,
         /// The union's size: `struct ifmap`, the largest member, is 24 bytes.
         pub pad: [u8; 24],
+    }
+
+    /// `struct sockaddr`.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct SockAddr {
+        pub family: u16,
+        pub data: [u8; 14],
     }
 
     nix::ioctl_readwrite_bad!(
@@ -152,7 +162,8 @@ pub struct NetControl {
     socket: OwnedFd,
 }
 
-fn ifreq(name: &str) -> sys::IfReq {
+/// An `ifreq` for the interface `name` (cut to `IFNAMSIZ - 1` bytes), union zeroed.
+pub fn ifreq(name: &str) -> sys::IfReq {
     let mut request = sys::IfReq {
         name: [0; sys::IFNAMSIZ],
         data: sys::IfReqData { pad: [0; 24] },

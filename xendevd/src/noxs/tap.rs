@@ -8,39 +8,19 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use nix::errno::Errno;
 
-/// `linux/if_tun.h` and `linux/if.h`.
+use crate::bridge::ifreq;
+
+/// `linux/if_tun.h`, `linux/if_arp.h` and `linux/sockios.h`; `struct ifreq` is the
+/// bridge code's.
 mod sys {
     use std::ffi::c_short;
 
-    pub const IFNAMSIZ: usize = 16;
+    pub use crate::bridge::sys::{IfReq, SockAddr};
+
     pub const IFF_TAP: c_short = 0x0002;
     pub const IFF_NO_PI: c_short = 0x1000;
     /// `ARPHRD_ETHER`.
     pub const ARPHRD_ETHER: u16 = 1;
-
-    /// `struct ifreq` with the members we use: flags, or a hardware address.
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    pub struct IfReq {
-        pub name: [u8; IFNAMSIZ],
-        pub data: IfReqData,
-    }
-
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    pub union IfReqData {
-        pub flags: c_short,
-        pub hwaddr: SockAddr,
-        pub pad: [u8; 24],
-    }
-
-    /// `struct sockaddr`.
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    pub struct SockAddr {
-        pub family: u16,
-        pub data: [u8; 14],
-    }
 
     // TUNSETIFF = _IOW('T', 202, int).
     nix::ioctl_write_ptr_bad!(
@@ -55,16 +35,6 @@ mod sys {
 /// The tap's own MAC: `fe:ff:ff:ff:ff:ff`, as Xen's vif scripts give netback's vifs, so
 /// the bridge never takes it as its address.
 const HOST_MAC: [u8; 6] = [0xfe, 0xff, 0xff, 0xff, 0xff, 0xff];
-
-fn ifreq(name: &str) -> sys::IfReq {
-    let mut req = sys::IfReq {
-        name: [0; sys::IFNAMSIZ],
-        data: sys::IfReqData { pad: [0; 24] },
-    };
-    let len = name.len().min(sys::IFNAMSIZ - 1);
-    req.name[..len].copy_from_slice(&name.as_bytes()[..len]);
-    req
-}
 
 /// A tap device, removed when dropped.
 #[derive(Debug)]
