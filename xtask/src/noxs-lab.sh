@@ -114,8 +114,9 @@ for n in $(seq 1 ${CYCLES:-20}); do
 	chaos create cycle.json >/dev/null 2>>cycle.err || failed=$((failed + 1))
 	chaos destroy cycle 2>>cycle.err || failed=$((failed + 1))
 done
+errors=$(head -c 300 cycle.err)
 [ $failed -eq 0 ]
-check cycles-succeed $? "$failed failed commands in ${CYCLES:-20} cycles, $(($(date +%s) - started)) s; $(head -c 300 cycle.err)"
+check cycles-succeed $? "$failed failed commands in ${CYCLES:-20} cycles, $(($(date +%s) - started)) s${errors:+: $errors}"
 sleep 1
 n=$(served)
 [ "$n" -eq 0 ]
