@@ -13,6 +13,7 @@
 
 mod blkback;
 mod netback;
+mod netback_rx;
 mod noxs_pages;
 mod sim;
 
@@ -45,6 +46,11 @@ const TARGETS: &[Target] = &[
         name: "netback-tx",
         about: "xendevd's vif engine taking packets off a transmit ring page of arbitrary slots, copying from a simulated guest",
         run: netback::run,
+    },
+    Target {
+        name: "netback-rx",
+        about: "xendevd's vif engine delivering frames into receive buffers posted on a ring page of arbitrary slots",
+        run: netback_rx::run,
     },
 ];
 

@@ -434,6 +434,44 @@ pub fn transmit_snapshot(
     Ok((frames, progress.packets))
 }
 
+/// Fuzzing entry point: offer `frames` to the guest through a copy of a receive ring
+/// page, as the daemon would, then publish. Returns what became of each frame and the
+/// responses written, or the protocol error.
+pub fn receive_snapshot(
+    rx_page: &[u8; PAGE_SIZE],
+    memory: &mut impl GuestMemory,
+    frames: &[Vec<u8>],
+) -> Result<(Vec<Delivered>, Vec<RxResponse>), NetbackError> {
+    let mut tx = Box::new(Page([0; PAGE_SIZE]));
+    let mut rx = Box::new(Page(*rx_page));
+    // rsp_prod is the back end's to write (the engine never reads it); zero, so that
+    // what it says afterwards is what the engine produced.
+    rx.0[8..12].fill(0);
+    // SAFETY: both pages are ours, aligned, and outlive the engine.
+    let mut engine = unsafe { Netback::new(tx.0.as_mut_ptr(), rx.0.as_mut_ptr()) };
+    let mut delivered = Vec::new();
+    for frame in frames {
+        delivered.push(engine.receive(memory, frame)?);
+    }
+    engine.push_rx();
+    drop(engine);
+    let produced = u32::from_le_bytes(rx.0[8..12].try_into().expect("4 bytes"));
+    let slots = BackRing::<RxRequest, RxResponse>::SIZE;
+    let responses = (0..produced.min(slots))
+        .map(|index| {
+            let at = 64 + index as usize * size_of::<RxResponse>();
+            let bytes = &rx.0[at..at + 8];
+            RxResponse {
+                id: u16::from_le_bytes([bytes[0], bytes[1]]),
+                offset: u16::from_le_bytes([bytes[2], bytes[3]]),
+                flags: u16::from_le_bytes([bytes[4], bytes[5]]),
+                status: i16::from_le_bytes([bytes[6], bytes[7]]),
+            }
+        })
+        .collect();
+    Ok((delivered, responses))
+}
+
 #[cfg(test)]
 mod tests {
     use xenproto::netif::{RxFront, TxFront};
