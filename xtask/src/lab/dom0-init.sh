@@ -58,7 +58,8 @@ else
 	xenconsoled --pid-file=/run/xenconsoled.pid --log=guest --log-dir=/var/log/xen/console
 	echo "lab: xenconsoled started"
 fi
-# Our device daemon, when the lab carries it (chaos's vif hotplug and loop devices).
+# Our device daemon, when the lab carries it: vif hotplug and loop devices for chaos's
+# Xenstore method, every back end of its NoXS guests.
 if [ -x /usr/local/bin/xendevd ]; then
 	xendevd --foreground >/var/log/xendevd.log 2>&1 &
 	echo "lab: xendevd started"
