@@ -165,24 +165,11 @@ const CHAOS_CHECKS: [&str; 20] = [
 /// 100 create/destroy cycles of a paused guest with a vif and a file-backed disk that
 /// must leave no domain, loop device, vif or Xenstore node behind.
 fn chaos_commands(images: &[GuestImage]) -> Result<()> {
-    let options = lab::ExecOptions {
-        timeout: Duration::from_secs(900),
-        verbose: false,
-        forwards: Vec::new(),
-        disks: Vec::new(),
-        control: None,
-        noxs: false,
-    };
-    let mut output = Vec::new();
-    let end = lab::exec(
+    let (end, output) = lab_job(
         concat!(include_str!("lab-checks.sh"), include_str!("chaos-lab.sh")),
         images,
-        &options,
-        &mut |line| {
-            if let lab::Line::Stdout(text) | lab::Line::Stderr(text) = line {
-                output.push(text.to_owned());
-            }
-        },
+        900,
+        false,
     )?;
     let verdict = judge_chaos_lab(&output).and_then(|summary| match end {
         lab::ExecEnd::Exited(0) => Ok(summary),
@@ -310,21 +297,12 @@ const NOXS_CHECKS: [&str; 27] = [
 /// blkcheck runs: xendevd must survive, the honest guests keep working, and destroying
 /// the attacker releases everything.
 fn noxs_lab(images: &[GuestImage]) -> Result<()> {
-    let options = lab::ExecOptions {
-        timeout: Duration::from_secs(600),
-        verbose: false,
-        forwards: Vec::new(),
-        disks: Vec::new(),
-        control: None,
-        noxs: true,
-    };
-    let mut output = Vec::new();
-    let job = concat!(include_str!("lab-checks.sh"), include_str!("noxs-lab.sh"));
-    let end = lab::exec(job, images, &options, &mut |line| {
-        if let lab::Line::Stdout(text) | lab::Line::Stderr(text) = line {
-            output.push(text.to_owned());
-        }
-    })?;
+    let (end, output) = lab_job(
+        concat!(include_str!("lab-checks.sh"), include_str!("noxs-lab.sh")),
+        images,
+        600,
+        true,
+    )?;
     let attacks = output
         .iter()
         .filter(|line| line.starts_with("misbehave: vbd: ") || line.starts_with("misbehave: vif: "))
@@ -391,6 +369,31 @@ fn noxs_lab(images: &[GuestImage]) -> Result<()> {
     }
 }
 
+/// Run `job` in a fresh lab (without Xenstore if `noxs`), for `timeout_secs` at most;
+/// how it ended and every line it printed.
+fn lab_job(
+    job: &str,
+    images: &[GuestImage],
+    timeout_secs: u64,
+    noxs: bool,
+) -> Result<(lab::ExecEnd, Vec<String>)> {
+    let options = lab::ExecOptions {
+        timeout: Duration::from_secs(timeout_secs),
+        verbose: false,
+        forwards: Vec::new(),
+        disks: Vec::new(),
+        control: None,
+        noxs,
+    };
+    let mut output = Vec::new();
+    let end = lab::exec(job, images, &options, &mut |line| {
+        if let lab::Line::Stdout(text) | lab::Line::Stderr(text) = line {
+            output.push(text.to_owned());
+        }
+    })?;
+    Ok((end, output))
+}
+
 /// The name `--filter` matches for [`concurrent_daytime_clients`].
 const CONCURRENT_DAYTIME: &str = "100 TCP clients at once";
 
@@ -398,25 +401,7 @@ const CONCURRENT_DAYTIME: &str = "100 TCP clients at once";
 /// run in the lab's dom0 (busybox `nc`), reaching the guest over the bridge and netback:
 /// QEMU's port forwarding cannot take more than a few connections at once.
 fn concurrent_daytime_clients(images: &[GuestImage]) -> Result<()> {
-    let options = lab::ExecOptions {
-        timeout: Duration::from_secs(300),
-        verbose: false,
-        forwards: Vec::new(),
-        disks: Vec::new(),
-        control: None,
-        noxs: false,
-    };
-    let mut output = Vec::new();
-    let end = lab::exec(
-        include_str!("daytime-clients.sh"),
-        images,
-        &options,
-        &mut |line| {
-            if let lab::Line::Stdout(text) | lab::Line::Stderr(text) = line {
-                output.push(text.to_owned());
-            }
-        },
-    )?;
+    let (end, output) = lab_job(include_str!("daytime-clients.sh"), images, 300, false)?;
     let summary = output
         .iter()
         .find(|line| line.starts_with("daytime clients:"));
@@ -443,25 +428,7 @@ const XENDEVD_IN_DOM0: &str = "xendevd in dom0: malformed requests, loop devices
 /// alone; SIGTERM, daemonizing, a restart that takes back loop devices and vifs; and the
 /// time from `online` uevent to `hotplug-status = connected`, next to xl's script's.
 fn xendevd_in_dom0(images: &[GuestImage]) -> Result<()> {
-    let options = lab::ExecOptions {
-        timeout: Duration::from_secs(400),
-        verbose: false,
-        forwards: Vec::new(),
-        disks: Vec::new(),
-        control: None,
-        noxs: false,
-    };
-    let mut output = Vec::new();
-    let end = lab::exec(
-        include_str!("xendevd-checks.sh"),
-        images,
-        &options,
-        &mut |line| {
-            if let lab::Line::Stdout(text) | lab::Line::Stderr(text) = line {
-                output.push(text.to_owned());
-            }
-        },
-    )?;
+    let (end, output) = lab_job(include_str!("xendevd-checks.sh"), images, 400, false)?;
     let summary = output
         .iter()
         .find(|line| line.starts_with("xendevd checks:"));
