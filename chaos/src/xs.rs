@@ -46,6 +46,12 @@ fn is_enoent(err: &Error) -> bool {
     matches!(err, Error::Xs { source, .. } if source.raw_os_error() == Some(libc::ENOENT))
 }
 
+/// What xenstored answers inside a transaction that another one got in the way of.
+fn is_conflict(err: &Error) -> bool {
+    matches!(err, Error::Xs { source, .. }
+        if matches!(source.raw_os_error(), Some(libc::EIO | libc::EAGAIN)))
+}
+
 /// Take ownership of a malloc'ed buffer from libxenstore as a string.
 ///
 /// # Safety
@@ -222,27 +228,39 @@ impl Xs {
         })
     }
 
-    /// Run `body` in a transaction and commit, again from the start while xenstored
-    /// says another transaction got in the way (EAGAIN), at most 50 times.
+    /// Run `body` in a transaction and commit, again from the start while another
+    /// transaction got in the way, at most 50 times. xenstored says so with EAGAIN at
+    /// commit, or with EIO inside the transaction: its transactions read nodes they
+    /// have not written from the live store, so removing a node another transaction
+    /// removed meanwhile finds it missing from its parent ("Can't find child", seen
+    /// with two `chaos destroy`s of one domain).
     pub fn in_transaction<T>(
         &self,
         mut body: impl FnMut(&Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
+        let mut conflict = None;
         for _ in 0..50 {
             let tx = self.transaction()?;
-            let value = body(&tx)?;
+            let value = match body(&tx) {
+                // `tx` aborts as it drops.
+                Err(err) if is_conflict(&err) => {
+                    conflict = Some(err);
+                    continue;
+                }
+                other => other?,
+            };
             if tx.commit()? {
                 return Ok(value);
             }
         }
-        Err(Error::Xs {
+        Err(conflict.unwrap_or_else(|| Error::Xs {
             op: "transaction_end",
             path: "/".into(),
             source: io::Error::new(
                 io::ErrorKind::WouldBlock,
                 "50 conflicting transactions in a row",
             ),
-        })
+        }))
     }
 
     /// Watch `path` (and everything under it) until the [`Watch`] drops. xenstored

@@ -81,6 +81,24 @@ status=$?
 [ $status -eq 1 ] && grep -q 'no domain named "chaos-daytime"' destroy.err
 check destroy-unknown-fails $? "status $status: $(cat destroy.err)"
 
+# --- one guest, two chaos tearing it down: `create --console` watching, `destroy` ----
+# Both remove the domain's Xenstore nodes at once; each must succeed.
+failed=0
+for n in 1 2 3 4 5; do
+	chaos create --console daytime.json >race.out 2>race.err &
+	creator=$!
+	wait_for "daytime: listening" 300 race.out
+	chaos destroy chaos-daytime 2>>race.err
+	destroyed=$?
+	wait $creator
+	created=$?
+	if [ $created -ne 6 ] || [ $destroyed -ne 0 ]; then
+		failed=$((failed + 1))
+		echo "round $n: create --console $created (6 wanted), destroy $destroyed: $(tr '\n' '|' <race.err)"
+	fi
+done
+check destroy-while-watched "$failed" "$failed of 5 rounds failed"
+
 # --- malformed configurations: status 2, one line naming the field, no domain --------
 truncate -s 8M disk.img
 printf 'not a kernel\n' >notakernel

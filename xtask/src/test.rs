@@ -136,7 +136,7 @@ const BAD_CONFIGS: [(&str, &str); 15] = [
 ];
 
 /// The checks `chaos-lab.sh` must report, each `ok`.
-const CHAOS_CHECKS: [&str; 20] = [
+const CHAOS_CHECKS: [&str; 21] = [
     "create",
     "create-prints-domid",
     "list-shows-it",
@@ -153,6 +153,7 @@ const CHAOS_CHECKS: [&str; 20] = [
     "destroy",
     "gone-after-destroy",
     "destroy-unknown-fails",
+    "destroy-while-watched",
     "dup-exists",
     "dup-destroyed",
     "cycles-succeed",
@@ -160,7 +161,8 @@ const CHAOS_CHECKS: [&str; 20] = [
 ];
 
 /// chaos's commands on real Xen (`chaos-lab.sh`): create, list (and xl list), console,
-/// shutdown -w, destroy of daytime with its vif; fifteen malformed configurations,
+/// shutdown -w, destroy of daytime with its vif; a destroy while `create --console`
+/// watches, each of the two ending well; fifteen malformed configurations,
 /// each refused with status 2 and one line naming the field, leaving no domain; and
 /// 100 create/destroy cycles of a paused guest with a vif and a file-backed disk that
 /// must leave no domain, loop device, vif or Xenstore node behind.
