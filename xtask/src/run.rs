@@ -1292,6 +1292,8 @@ fn run_in_lab(sessions: Vec<Session<'_>>) -> Result<Vec<Result<SessionOutcome>>>
     let mut ended_at: Vec<Option<Instant>> = vec![None; count];
     // Xen's remarks while a guest runs explain a crash; they are shown then.
     let mut xen_lines: Vec<Vec<String>> = vec![Vec::new(); count];
+    // The script's last words name the cause when it fails (status 1).
+    let mut last_stderr: Vec<Vec<String>> = vec![Vec::new(); count];
     let many = runs.len() > 1;
     let names: Vec<String> = prepared
         .iter()
@@ -1375,10 +1377,19 @@ fn run_in_lab(sessions: Vec<Session<'_>>) -> Result<Vec<Result<SessionOutcome>>>
                     _ => {}
                 }
             }
-            Line::Stderr(text) => match current {
-                Some(index) if many => eprintln!("[{} #{index}] {text}", names[index]),
-                _ => eprintln!("{text}"),
-            },
+            Line::Stderr(text) => {
+                match current {
+                    Some(index) if many => eprintln!("[{} #{index}] {text}", names[index]),
+                    _ => eprintln!("{text}"),
+                }
+                if let Some(index) = current {
+                    let last = &mut last_stderr[index];
+                    if last.len() == 5 {
+                        last.remove(0);
+                    }
+                    last.push(text.to_owned());
+                }
+            }
             Line::Xen(text) => {
                 if let Some(index) = current {
                     xen_lines[index].push(text.to_owned());
@@ -1409,8 +1420,15 @@ fn run_in_lab(sessions: Vec<Session<'_>>) -> Result<Vec<Result<SessionOutcome>>>
         let exit = match statuses[index] {
             // busybox timeout's SIGTERM: run-guest.sh destroyed the guest and exited 143.
             Some(143) | None => Ok(GuestExit::Timeout),
-            Some(status) => GuestExit::from_script(status)
-                .with_context(|| format!("run-guest.sh failed for {name} (status {status})")),
+            Some(status) => GuestExit::from_script(status).with_context(|| {
+                let said = &last_stderr[index];
+                let said = if said.is_empty() {
+                    String::new()
+                } else {
+                    format!(":\n  {}", said.join("\n  "))
+                };
+                format!("run-guest.sh failed for {name} (status {status}){said}")
+            }),
         };
         if let Ok(GuestExit::Crash) = exit
             && !options.verbose
