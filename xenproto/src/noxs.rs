@@ -139,6 +139,18 @@ fn u32_at(bytes: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
 }
 
+/// `N` consecutive little-endian words from `at`.
+fn u32s_at<const N: usize>(bytes: &[u8], at: usize) -> [u32; N] {
+    core::array::from_fn(|i| u32_at(bytes, at + 4 * i))
+}
+
+/// Write `words` little-endian from `at`.
+fn put_u32s(out: &mut [u8], at: usize, words: &[u32]) {
+    for (chunk, word) in out[at..at + 4 * words.len()].chunks_exact_mut(4).zip(words) {
+        chunk.copy_from_slice(&word.to_le_bytes());
+    }
+}
+
 fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
 }
@@ -367,27 +379,24 @@ impl VifFrontend {
 
     pub fn encode(&self, out: &mut [u8]) -> Result<(), NoxsError> {
         need(out, Self::LEN)?;
-        for (i, word) in [
+        let words = [
             self.tx_ring_ref,
             self.rx_ring_ref,
             self.data_port,
             self.features,
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            out[i * 4..i * 4 + 4].copy_from_slice(&word.to_le_bytes());
-        }
+        ];
+        put_u32s(out, 0, &words);
         Ok(())
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, NoxsError> {
         need(bytes, Self::LEN)?;
+        let [tx_ring_ref, rx_ring_ref, data_port, features] = u32s_at(bytes, 0);
         Ok(Self {
-            tx_ring_ref: u32_at(bytes, 0),
-            rx_ring_ref: u32_at(bytes, 4),
-            data_port: u32_at(bytes, 8),
-            features: u32_at(bytes, 12),
+            tx_ring_ref,
+            rx_ring_ref,
+            data_port,
+            features,
         })
     }
 }
@@ -420,28 +429,25 @@ impl VbdBackend {
     pub fn encode(&self, out: &mut [u8]) -> Result<(), NoxsError> {
         need(out, Self::LEN)?;
         out[0..8].copy_from_slice(&self.sectors.to_le_bytes());
-        for (i, word) in [
+        let words = [
             self.sector_size,
             self.info,
             self.features,
             self.max_indirect_segments,
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            out[8 + i * 4..12 + i * 4].copy_from_slice(&word.to_le_bytes());
-        }
+        ];
+        put_u32s(out, 8, &words);
         Ok(())
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, NoxsError> {
         need(bytes, Self::LEN)?;
+        let [sector_size, info, features, max_indirect_segments] = u32s_at(bytes, 8);
         let area = Self {
             sectors: u64_at(bytes, 0),
-            sector_size: u32_at(bytes, 8),
-            info: u32_at(bytes, 12),
-            features: u32_at(bytes, 16),
-            max_indirect_segments: u32_at(bytes, 20),
+            sector_size,
+            info,
+            features,
+            max_indirect_segments,
         };
         if area.sector_size == 0 || !area.sector_size.is_multiple_of(512) || area.sector_size > 4096
         {
@@ -470,22 +476,19 @@ impl VbdFrontend {
 
     pub fn encode(&self, out: &mut [u8]) -> Result<(), NoxsError> {
         need(out, Self::LEN)?;
-        for (i, word) in [self.ring_ref, self.data_port, self.protocol, self.features]
-            .into_iter()
-            .enumerate()
-        {
-            out[i * 4..i * 4 + 4].copy_from_slice(&word.to_le_bytes());
-        }
+        let words = [self.ring_ref, self.data_port, self.protocol, self.features];
+        put_u32s(out, 0, &words);
         Ok(())
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, NoxsError> {
         need(bytes, Self::LEN)?;
+        let [ring_ref, data_port, protocol, features] = u32s_at(bytes, 0);
         let area = Self {
-            ring_ref: u32_at(bytes, 0),
-            data_port: u32_at(bytes, 4),
-            protocol: u32_at(bytes, 8),
-            features: u32_at(bytes, 12),
+            ring_ref,
+            data_port,
+            protocol,
+            features,
         };
         if area.protocol != Self::PROTOCOL_X86_64 {
             return Err(NoxsError::BadField("vbd protocol"));
@@ -516,8 +519,8 @@ impl SysctlBackend {
 
     pub fn encode(&self, out: &mut [u8]) -> Result<(), NoxsError> {
         need(out, Self::LEN)?;
-        out[0..4].copy_from_slice(&self.request.map_or(0u32, |r| r as u32).to_le_bytes());
-        out[4..8].copy_from_slice(&self.request_seq.to_le_bytes());
+        let request = self.request.map_or(0, |r| r as u32);
+        put_u32s(out, 0, &[request, self.request_seq]);
         Ok(())
     }
 
@@ -551,17 +554,14 @@ impl SysctlFrontend {
 
     pub fn encode(&self, out: &mut [u8]) -> Result<(), NoxsError> {
         need(out, Self::LEN)?;
-        out[0..4].copy_from_slice(&self.ack_seq.to_le_bytes());
-        out[4..8].copy_from_slice(&self.supported.to_le_bytes());
+        put_u32s(out, 0, &[self.ack_seq, self.supported]);
         Ok(())
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, NoxsError> {
         need(bytes, Self::LEN)?;
-        Ok(Self {
-            ack_seq: u32_at(bytes, 0),
-            supported: u32_at(bytes, 4),
-        })
+        let [ack_seq, supported] = u32s_at(bytes, 0);
+        Ok(Self { ack_seq, supported })
     }
 }
 
