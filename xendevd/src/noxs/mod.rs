@@ -566,21 +566,15 @@ impl Backends {
     }
 
     fn make_device(&mut self, domid: u32, plan: &DevicePlan) -> Result<Device, String> {
-        let control = |kind: Kind, area: &[u8], what: &str| {
-            Control::create(&self.gntshr, &self.evtchn, domid, kind, area).map_err(|err| {
-                format!("{what}: cannot grant its control page or reserve its event channel: {err}")
-            })
-        };
-        Ok(match plan {
+        // What each kind needs before its control page: the back-end area the page
+        // carries, and the back end itself (a vif's tap is on its bridge by then).
+        // Room for the largest area (24 bytes); the rest is zero, as the page was.
+        let mut area = [0u8; 32];
+        let (kind, devid, what, backend) = match plan {
             DevicePlan::Sysctl => {
-                let mut area = [0u8; SysctlBackend::LEN];
                 SysctlBackend::default().encode(&mut area).expect("fits");
-                Device {
-                    devid: 0,
-                    control: control(Kind::Sysctl, &area, "sysctl")?,
-                    backend: Backend::Sysctl(SysctlDevice::default()),
-                    complained: false,
-                }
+                let backend = Backend::Sysctl(SysctlDevice::default());
+                (Kind::Sysctl, 0, "sysctl".to_owned(), backend)
             }
             DevicePlan::Vif(plan) => {
                 let what = format!("vif {}", plan.devid);
@@ -600,7 +594,6 @@ impl Backends {
                 let (ipv4, prefix_len) = plan
                     .ipv4
                     .map_or(([0; 4], 0), |(ip, prefix)| (ip.octets(), prefix));
-                let mut area = [0u8; VifBackend::LEN];
                 VifBackend {
                     mac: plan.mac,
                     mtu: MTU,
@@ -611,16 +604,12 @@ impl Backends {
                 }
                 .encode(&mut area)
                 .expect("fits");
-                Device {
-                    devid: plan.devid,
-                    control: control(Kind::Vif, &area, &what)?,
-                    backend: Backend::Vif(Box::new(VifDevice {
-                        plan: plan.clone(),
-                        tap,
-                        connection: None,
-                    })),
-                    complained: false,
-                }
+                let backend = Backend::Vif(Box::new(VifDevice {
+                    plan: plan.clone(),
+                    tap,
+                    connection: None,
+                }));
+                (Kind::Vif, plan.devid, what, backend)
             }
             DevicePlan::Vbd(plan) => {
                 let what = format!("vbd {}", plan.devid);
@@ -630,17 +619,13 @@ impl Backends {
                     .custom_flags(nix::libc::O_CLOEXEC)
                     .open(&plan.target)
                     .map_err(|err| {
-                        format!(
-                            "{what}: cannot open {} {}: {err}",
-                            plan.target,
-                            if plan.readonly {
-                                "read-only"
-                            } else {
-                                "read-write"
-                            }
-                        )
+                        let mode = if plan.readonly {
+                            "read-only"
+                        } else {
+                            "read-write"
+                        };
+                        format!("{what}: cannot open {} {mode}: {err}", plan.target)
                     })?;
-                let mut area = [0u8; VbdBackend::LEN];
                 VbdBackend {
                     sectors: plan.sectors,
                     sector_size: 512,
@@ -654,17 +639,23 @@ impl Backends {
                 }
                 .encode(&mut area)
                 .expect("fits");
-                Device {
-                    devid: plan.devid,
-                    control: control(Kind::Vbd, &area, &what)?,
-                    backend: Backend::Vbd(Box::new(VbdDevice {
-                        plan: plan.clone(),
-                        disk,
-                        connection: None,
-                    })),
-                    complained: false,
-                }
+                let backend = Backend::Vbd(Box::new(VbdDevice {
+                    plan: plan.clone(),
+                    disk,
+                    connection: None,
+                }));
+                (Kind::Vbd, plan.devid, what, backend)
             }
+        };
+        let control =
+            Control::create(&self.gntshr, &self.evtchn, domid, kind, &area).map_err(|err| {
+                format!("{what}: cannot grant its control page or reserve its event channel: {err}")
+            })?;
+        Ok(Device {
+            devid,
+            control,
+            backend,
+            complained: false,
         })
     }
 
@@ -724,11 +715,7 @@ impl Backends {
 
     /// The control page of a device changed (or the guest acknowledged something).
     fn on_control(&mut self, domid: u32, index: usize) {
-        let Some(device) = self
-            .domains
-            .get_mut(&domid)
-            .and_then(|domain| domain.devices.get_mut(index))
-        else {
+        let Some(device) = device_mut(&mut self.domains, domid, index) else {
             return;
         };
         let frontend = match device.control.frontend_state() {
@@ -860,34 +847,22 @@ impl Backends {
 
     /// Serve a device's rings (a data event, or work left from the last turn).
     fn serve(&mut self, domid: u32, index: usize) {
-        let Some(device) = self
-            .domains
-            .get_mut(&domid)
-            .and_then(|domain| domain.devices.get_mut(index))
-        else {
+        let Some(device) = device_mut(&mut self.domains, domid, index) else {
             return;
         };
-        let broken = match &mut device.backend {
-            Backend::Sysctl(_) => None,
+        // (whether to notify the guest, whether work is left), or why the ring broke.
+        let (served, port) = match &mut device.backend {
+            Backend::Sysctl(_) => return,
             Backend::Vbd(vbd) => {
                 let Some(connection) = &mut vbd.connection else {
                     return;
                 };
-                match connection
+                let served = connection
                     .engine
                     .serve(&mut connection.memory, &mut vbd.disk, BUDGET)
-                {
-                    Ok(progress) => {
-                        if progress.notify {
-                            let _ = connection.port.notify();
-                        }
-                        if progress.more {
-                            self.pending.insert((domid, index));
-                        }
-                        None
-                    }
-                    Err(err) => Some(err.to_string()),
-                }
+                    .map(|progress| (progress.notify, progress.more))
+                    .map_err(|err| err.to_string());
+                (served, &connection.port)
             }
             Backend::Vif(vif) => {
                 let Some(connection) = &mut vif.connection else {
@@ -899,22 +874,25 @@ impl Backends {
                         debug!("{}: {err}", tap.name());
                     }
                 };
-                match connection
+                let served = connection
                     .engine
                     .transmit(&mut connection.memory, &mut send, BUDGET)
-                {
-                    Ok(progress) => {
-                        if progress.notify {
-                            let _ = connection.port.notify();
-                        }
-                        if progress.more {
-                            self.pending.insert((domid, index));
-                        }
-                        None
-                    }
-                    Err(err) => Some(err.to_string()),
-                }
+                    .map(|progress| (progress.notify, progress.more))
+                    .map_err(|err| err.to_string());
+                (served, &connection.port)
             }
+        };
+        let broken = match served {
+            Ok((notify, more)) => {
+                if notify {
+                    let _ = port.notify();
+                }
+                if more {
+                    self.pending.insert((domid, index));
+                }
+                None
+            }
+            Err(why) => Some(why),
         };
         if let Some(why) = broken {
             self.break_device(domid, index, &why);
@@ -923,11 +901,7 @@ impl Backends {
 
     /// A guest broke a device's protocol: disconnect that device only.
     fn break_device(&mut self, domid: u32, index: usize, why: &str) {
-        let Some(device) = self
-            .domains
-            .get_mut(&domid)
-            .and_then(|domain| domain.devices.get_mut(index))
-        else {
+        let Some(device) = device_mut(&mut self.domains, domid, index) else {
             return;
         };
         if let Some(port) = device.data_port() {
@@ -944,11 +918,7 @@ impl Backends {
 
     /// Frames from a vif's tap for the guest.
     pub fn on_tap(&mut self, domid: u32, index: usize) {
-        let Some(device) = self
-            .domains
-            .get_mut(&domid)
-            .and_then(|domain| domain.devices.get_mut(index))
-        else {
+        let Some(device) = device_mut(&mut self.domains, domid, index) else {
             return;
         };
         let Backend::Vif(vif) = &mut device.backend else {
@@ -1110,6 +1080,16 @@ impl Backends {
 }
 
 /// A served domain as the API shows it.
+/// Device `index` of served domain `domid`. (A function of the map, not of
+/// [`Backends`], so the caller may still use the other fields.)
+fn device_mut(
+    domains: &mut BTreeMap<u32, Domain>,
+    domid: u32,
+    index: usize,
+) -> Option<&mut Device> {
+    domains.get_mut(&domid)?.devices.get_mut(index)
+}
+
 fn describe(domid: u32, domain: &Domain) -> NoxsDomain {
     NoxsDomain {
         domid,
