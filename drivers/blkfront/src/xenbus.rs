@@ -50,14 +50,10 @@ impl From<xenstore::Error> for ConnectError {
 }
 
 async fn backend_state(path: &str, wanted: XenbusState) -> Result<(), ConnectError> {
-    let value = xenstore::wait_for(&format!("{path}/state"), |value| {
-        let state = value.and_then(XenbusState::parse);
-        state == Some(wanted) || matches!(state, Some(XenbusState::Closing | XenbusState::Closed))
-    })
-    .await?;
-    match value.as_deref().and_then(XenbusState::parse) {
-        Some(state) if state == wanted => Ok(()),
-        _ => Err(ConnectError::BackendClosed(path.into())),
+    if xenstore::wait_for_state(path, wanted).await? {
+        Ok(())
+    } else {
+        Err(ConnectError::BackendClosed(path.into()))
     }
 }
 

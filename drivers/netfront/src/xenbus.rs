@@ -58,15 +58,10 @@ fn bad(key: &str, value: &str) -> ConnectError {
 }
 
 async fn backend_state(path: &str, wanted: XenbusState) -> Result<(), ConnectError> {
-    let state_path = format!("{path}/state");
-    let value = xenstore::wait_for(&state_path, |value| {
-        let state = value.and_then(XenbusState::parse);
-        state == Some(wanted) || matches!(state, Some(XenbusState::Closing | XenbusState::Closed))
-    })
-    .await?;
-    match value.as_deref().and_then(XenbusState::parse) {
-        Some(state) if state == wanted => Ok(()),
-        _ => Err(ConnectError::BackendClosed(path.into())),
+    if xenstore::wait_for_state(path, wanted).await? {
+        Ok(())
+    } else {
+        Err(ConnectError::BackendClosed(path.into()))
     }
 }
 
