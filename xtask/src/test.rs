@@ -64,17 +64,8 @@ impl TestArgs {
         if !self.no_lab {
             let wanted = |name: &str| self.filter.as_deref().is_none_or(|f| name.contains(f));
             lab_tests(&images, &wanted)?;
-            if wanted(CONCURRENT_DAYTIME) {
-                concurrent_daytime_clients(&images)?;
-            }
-            if wanted(CHAOS_COMMANDS) {
-                chaos_commands(&images)?;
-            }
-            if wanted(XENDEVD_IN_DOM0) {
-                xendevd_in_dom0(&images)?;
-            }
-            if wanted(NOXS_LAB) {
-                noxs_lab(&images)?;
+            for test in JOB_TESTS.iter().filter(|test| wanted(test.name)) {
+                test.run(&images)?;
             }
         }
         eprintln!(
@@ -85,8 +76,122 @@ impl TestArgs {
     }
 }
 
-/// The name `--filter` matches for [`chaos_commands`].
-const CHAOS_COMMANDS: &str = "chaos commands, malformed configs, create/destroy cycles";
+/// A lab test that is one shell job in dom0, judged by the lines it prints.
+struct JobTest {
+    /// What `--filter` matches; the PASS or FAIL line names it.
+    name: &'static str,
+    job: &'static str,
+    timeout_secs: u64,
+    /// In a lab without Xenstore.
+    noxs: bool,
+    /// The verdict on the job's lines.
+    judge: fn(&[String]) -> Result<Judged>,
+}
+
+/// A passed job's summary for its PASS line, and lines to show under it.
+type Judged = (String, Vec<String>);
+
+const JOB_TESTS: [JobTest; 4] = [
+    // 100 TCP clients connect to daytime at the same moment and each gets its line.
+    // They run in the lab's dom0 (busybox `nc`), reaching the guest over the bridge
+    // and netback: QEMU's port forwarding cannot take more than a few connections at
+    // once.
+    JobTest {
+        name: "100 TCP clients at once",
+        job: include_str!("daytime-clients.sh"),
+        timeout_secs: 300,
+        noxs: false,
+        judge: |output| {
+            let summary = output
+                .iter()
+                .find(|line| line.starts_with("daytime clients:"))
+                .context("no line \"daytime clients: …\"")?;
+            Ok((summary.clone(), Vec::new()))
+        },
+    },
+    // chaos's commands on real Xen (`chaos-lab.sh`): create, list (and xl list),
+    // console, shutdown -w, destroy of daytime with its vif; a destroy while `create
+    // --console` watches, each of the two ending well; fifteen malformed
+    // configurations, each refused with status 2 and one line naming the field,
+    // leaving no domain; and 100 create/destroy cycles of a paused guest with a vif and
+    // a file-backed disk that must leave no domain, loop device, vif or Xenstore node
+    // behind.
+    JobTest {
+        name: "chaos commands, malformed configs, create/destroy cycles",
+        job: concat!(include_str!("lab-checks.sh"), include_str!("chaos-lab.sh")),
+        timeout_secs: 900,
+        noxs: false,
+        judge: |output| Ok((judge_chaos_lab(output)?, Vec::new())),
+    },
+    // xendevd as dom0 runs it (`xendevd-checks.sh`): malformed, partial and stalled
+    // requests among concurrent clients; loop devices attached, refused, shared
+    // read-only, detached and released, one under a blkcheck guest; vifs whose back
+    // end says `toolstack = chaos` put on their bridge (a daytime guest answers through
+    // one), one on a missing bridge failing with `hotplug-error`, one without the
+    // marker left alone; SIGTERM, daemonizing, a restart that takes back loop devices
+    // and vifs; and the time from `online` uevent to `hotplug-status = connected`, next
+    // to xl's script's.
+    JobTest {
+        name: "xendevd in dom0: malformed requests, loop devices, chaos vifs",
+        job: include_str!("xendevd-checks.sh"),
+        timeout_secs: 400,
+        noxs: false,
+        judge: |output| {
+            // A check that failed where its count was lost (a subshell) still printed
+            // FAIL.
+            if let Some(failed) = output.iter().find(|line| line.starts_with("FAIL")) {
+                bail!("{failed}");
+            }
+            let summary = output
+                .iter()
+                .find(|line| line.starts_with("xendevd checks:"))
+                .context("no line \"xendevd checks: …\"")?;
+            let measures = output
+                .iter()
+                .filter(|line| line.starts_with("measure: "))
+                .cloned()
+                .collect();
+            Ok((summary.clone(), measures))
+        },
+    },
+    // In a NoXS lab (`noxs-lab.sh`): chaos's list, console, shutdown -w and destroy of
+    // a NoXS daytime, create/destroy cycles that leak nothing; and `apps/misbehave`
+    // attacking its vbd, vif and sysctl back ends while the honest daytime serves and
+    // a blkcheck runs: xendevd must survive, the honest guests keep working, and
+    // destroying the attacker releases everything.
+    JobTest {
+        name: "chaos NoXS: commands without Xenstore, cycles, a guest attacking its back ends",
+        job: concat!(include_str!("lab-checks.sh"), include_str!("noxs-lab.sh")),
+        timeout_secs: 600,
+        noxs: true,
+        judge: |output| Ok((judge_noxs_lab(output)?, Vec::new())),
+    },
+];
+
+impl JobTest {
+    fn run(&self, images: &[GuestImage]) -> Result<()> {
+        let (end, output) = lab_job(self.job, images, self.timeout_secs, self.noxs)?;
+        let verdict = (self.judge)(&output).and_then(|judged| match end {
+            lab::ExecEnd::Exited(0) => Ok(judged),
+            other => bail!("the job ended with {other:?}"),
+        });
+        match verdict {
+            Ok((summary, notes)) => {
+                eprintln!("PASS {} ({summary})", self.name);
+                for note in notes {
+                    eprintln!("     {note}");
+                }
+                Ok(())
+            }
+            // The output first, so that the reason ends the log (CI may show only
+            // its end).
+            Err(err) => {
+                eprintln!("{}: job output:\n  {}", self.name, output.join("\n  "));
+                bail!("FAIL {}: {err:#}", self.name)
+            }
+        }
+    }
+}
 
 /// Each malformed configuration of `chaos-lab.sh` and what chaos's one line of stderr
 /// must say (after `chaos: bad-NAME.json: `).
@@ -160,35 +265,6 @@ const CHAOS_CHECKS: [&str; 21] = [
     "cycles-counted",
 ];
 
-/// chaos's commands on real Xen (`chaos-lab.sh`): create, list (and xl list), console,
-/// shutdown -w, destroy of daytime with its vif; a destroy while `create --console`
-/// watches, each of the two ending well; fifteen malformed configurations,
-/// each refused with status 2 and one line naming the field, leaving no domain; and
-/// 100 create/destroy cycles of a paused guest with a vif and a file-backed disk that
-/// must leave no domain, loop device, vif or Xenstore node behind.
-fn chaos_commands(images: &[GuestImage]) -> Result<()> {
-    let (end, output) = lab_job(
-        concat!(include_str!("lab-checks.sh"), include_str!("chaos-lab.sh")),
-        images,
-        900,
-        false,
-    )?;
-    let verdict = judge_chaos_lab(&output).and_then(|summary| match end {
-        lab::ExecEnd::Exited(0) => Ok(summary),
-        other => bail!("the job ended with {other:?}"),
-    });
-    match verdict {
-        Ok(summary) => {
-            eprintln!("PASS {CHAOS_COMMANDS} ({summary})");
-            Ok(())
-        }
-        Err(err) => bail!(
-            "FAIL {CHAOS_COMMANDS}: {err:#}\n  job output:\n  {}",
-            output.join("\n  ")
-        ),
-    }
-}
-
 /// Judge `chaos-lab.sh`'s lines; a summary on success.
 fn judge_chaos_lab(output: &[String]) -> Result<String> {
     let mut problems = Vec::new();
@@ -258,10 +334,6 @@ fn judge_chaos_lab(output: &[String]) -> Result<String> {
     ))
 }
 
-/// The name `--filter` matches for [`noxs_lab`].
-const NOXS_LAB: &str =
-    "chaos NoXS: commands without Xenstore, cycles, a guest attacking its back ends";
-
 /// The checks `noxs-lab.sh` must report, each `ok`.
 const NOXS_CHECKS: [&str; 27] = [
     "no-xenstored",
@@ -293,18 +365,8 @@ const NOXS_CHECKS: [&str; 27] = [
     "misbehave-vif-attacks-answered",
 ];
 
-/// In a NoXS lab (`noxs-lab.sh`): chaos's list, console, shutdown -w and destroy of a
-/// NoXS daytime, create/destroy cycles that leak nothing; and `apps/misbehave`
-/// attacking its vbd, vif and sysctl back ends while the honest daytime serves and a
-/// blkcheck runs: xendevd must survive, the honest guests keep working, and destroying
-/// the attacker releases everything.
-fn noxs_lab(images: &[GuestImage]) -> Result<()> {
-    let (end, output) = lab_job(
-        concat!(include_str!("lab-checks.sh"), include_str!("noxs-lab.sh")),
-        images,
-        600,
-        true,
-    )?;
+/// Judge `noxs-lab.sh`'s lines; a summary on success.
+fn judge_noxs_lab(output: &[String]) -> Result<String> {
     let attacks = output
         .iter()
         .filter(|line| line.starts_with("misbehave: vbd: ") || line.starts_with("misbehave: vif: "))
@@ -352,23 +414,12 @@ fn noxs_lab(images: &[GuestImage]) -> Result<()> {
             problems.push(format!("{check}: {why}"));
         }
     }
-    if !matches!(end, lab::ExecEnd::Exited(0)) {
-        problems.push(format!("the job ended with {end:?}"));
-    }
-    if problems.is_empty() {
-        let cycles = output
-            .iter()
-            .find_map(|line| line.strip_prefix("CHECK cycles-succeed ok "))
-            .unwrap_or_default();
-        eprintln!("PASS {NOXS_LAB} ({attacks} attacks reported; {cycles})");
-        Ok(())
-    } else {
-        bail!(
-            "FAIL {NOXS_LAB}: {}\n  job output:\n  {}",
-            problems.join("; "),
-            output.join("\n  ")
-        )
-    }
+    ensure!(problems.is_empty(), "{}", problems.join("; "));
+    let cycles = output
+        .iter()
+        .find_map(|line| line.strip_prefix("CHECK cycles-succeed ok "))
+        .unwrap_or_default();
+    Ok(format!("{attacks} attacks reported; {cycles}"))
 }
 
 /// Run `job` in a fresh lab (without Xenstore if `noxs`), for `timeout_secs` at most;
@@ -394,61 +445,6 @@ fn lab_job(
         }
     })?;
     Ok((end, output))
-}
-
-/// The name `--filter` matches for [`concurrent_daytime_clients`].
-const CONCURRENT_DAYTIME: &str = "100 TCP clients at once";
-
-/// 100 TCP clients connect to daytime at the same moment and each gets its line. They
-/// run in the lab's dom0 (busybox `nc`), reaching the guest over the bridge and netback:
-/// QEMU's port forwarding cannot take more than a few connections at once.
-fn concurrent_daytime_clients(images: &[GuestImage]) -> Result<()> {
-    let (end, output) = lab_job(include_str!("daytime-clients.sh"), images, 300, false)?;
-    let summary = output
-        .iter()
-        .find(|line| line.starts_with("daytime clients:"));
-    match (end, summary) {
-        (lab::ExecEnd::Exited(0), Some(summary)) => {
-            eprintln!("PASS {CONCURRENT_DAYTIME} ({summary})");
-            Ok(())
-        }
-        (end, _) => bail!(
-            "FAIL {CONCURRENT_DAYTIME} ({end:?}):\n  {}",
-            output.join("\n  ")
-        ),
-    }
-}
-
-/// The name `--filter` matches for [`xendevd_in_dom0`].
-const XENDEVD_IN_DOM0: &str = "xendevd in dom0: malformed requests, loop devices, chaos vifs";
-
-/// xendevd as dom0 runs it (`xendevd-checks.sh`): malformed, partial and stalled
-/// requests among concurrent clients; loop devices attached, refused, shared read-only,
-/// detached and released, one under a blkcheck guest; vifs whose back end says
-/// `toolstack = chaos` put on their bridge (a daytime guest answers through one), one
-/// on a missing bridge failing with `hotplug-error`, one without the marker left
-/// alone; SIGTERM, daemonizing, a restart that takes back loop devices and vifs; and the
-/// time from `online` uevent to `hotplug-status = connected`, next to xl's script's.
-fn xendevd_in_dom0(images: &[GuestImage]) -> Result<()> {
-    let (end, output) = lab_job(include_str!("xendevd-checks.sh"), images, 400, false)?;
-    let summary = output
-        .iter()
-        .find(|line| line.starts_with("xendevd checks:"));
-    // A check that failed where its count was lost (a subshell) still printed FAIL.
-    let failed = output.iter().any(|line| line.starts_with("FAIL"));
-    match (end, summary) {
-        (lab::ExecEnd::Exited(0), Some(summary)) if !failed => {
-            eprintln!("PASS {XENDEVD_IN_DOM0} ({summary})");
-            for line in output.iter().filter(|line| line.starts_with("measure: ")) {
-                eprintln!("     {line}");
-            }
-            Ok(())
-        }
-        (end, _) => bail!(
-            "FAIL {XENDEVD_IN_DOM0} ({end:?}):\n  {}",
-            output.join("\n  ")
-        ),
-    }
 }
 
 fn static_checks() -> Result<()> {
