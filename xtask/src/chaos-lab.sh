@@ -85,6 +85,9 @@ check destroy-unknown-fails $? "status $status: $(cat destroy.err)"
 # Both remove the domain's Xenstore nodes at once; each must succeed.
 failed=0
 for n in 1 2 3 4 5; do
+	# Emptied here, not by the redirection below: that happens in the child, maybe
+	# after wait_for has read the last round's line.
+	: >race.out
 	chaos create --console daytime.json >race.out 2>race.err &
 	creator=$!
 	wait_for "daytime: listening" 300 race.out
@@ -97,7 +100,14 @@ for n in 1 2 3 4 5; do
 		echo "round $n: create --console $created (6 wanted), destroy $destroyed: $(tr '\n' '|' <race.err)"
 	fi
 done
-check destroy-while-watched "$failed" "$failed of 5 rounds failed"
+# Both ended; so must the domain (at most 10 s for the back ends to let go of it).
+i=0
+while [ "$(domains)" -ne 0 ] && [ $i -lt 100 ]; do
+	i=$((i + 1))
+	sleep 0.1
+done
+[ "$(domains)" -eq 0 ] || failed=$((failed + 1))
+check destroy-while-watched "$failed" "$failed of 5 rounds failed; domains left: $(domains) after $i tenths of a second"
 
 # --- malformed configurations: status 2, one line naming the field, no domain --------
 truncate -s 8M disk.img
