@@ -10,6 +10,9 @@
 //! - `codegen [--check]`: regenerate (or check) the checked-in Xen library bindings.
 //! - `bench boot`: boot times per toolstack in the lab, with ratios to xl.
 //! - `fuzz [--seconds S] [TARGET…]`: the fuzz targets (what guests write, parsed).
+//! - `doctor`: what the workflows need from the machine, and what of it is missing.
+//!
+//! Each command first makes sure the machine has what it needs ([`prereq`]).
 
 mod bench;
 mod build;
@@ -19,6 +22,7 @@ mod elf;
 mod fuzz;
 mod lab;
 mod new;
+mod prereq;
 mod run;
 mod test;
 mod util;
@@ -50,10 +54,33 @@ enum Cli {
     /// Fuzz what guests write against the code that parses it (NoXS pages, back-end
     /// rings), for a given time per target.
     Fuzz(fuzz::FuzzArgs),
+    /// What the workflows need from this machine (toolchain parts, Debian packages) and
+    /// what of it is missing; exit 1 if something is.
+    Doctor(prereq::DoctorArgs),
+}
+
+impl Cli {
+    /// What the command needs from the machine before it starts.
+    fn needs(&self) -> Vec<prereq::Need> {
+        use prereq::{LAB_RUN, Need};
+        match self {
+            Cli::Build(_) => vec![Need::Guests],
+            Cli::Run(args) => args.needs(),
+            Cli::New(_) | Cli::Doctor(_) => vec![],
+            Cli::Lab(lab::LabCmd::Prepare) => vec![Need::Lab],
+            Cli::Lab(_) | Cli::Bench(_) => LAB_RUN.to_vec(),
+            Cli::Test(args) => args.needs(),
+            Cli::Codegen(_) | Cli::Fuzz(_) => vec![Need::HostTools],
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(err) = prereq::ensure(&cli.needs()) {
+        eprintln!("error: {err:#}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli {
         Cli::Build(args) => args.run().map(|_| ExitCode::SUCCESS),
         Cli::Run(args) => args.run(),
@@ -63,6 +90,7 @@ fn main() -> ExitCode {
         Cli::Codegen(args) => args.run().map(|()| ExitCode::SUCCESS),
         Cli::Bench(cmd) => cmd.run().map(|()| ExitCode::SUCCESS),
         Cli::Fuzz(args) => args.run().map(|()| ExitCode::SUCCESS),
+        Cli::Doctor(args) => args.run(),
     };
     match result {
         Ok(code) => code,

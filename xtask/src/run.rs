@@ -25,6 +25,7 @@ use crate::build::{self, GuestImage};
 use crate::disk::{self, Disk, LoopDevice};
 use crate::lab::process::{ChildGuard, read_lines};
 use crate::lab::{self, Dom0End, ExecEnd, ExecOptions, HostForward, LabControl, Line};
+use crate::prereq::{self, Need};
 use crate::util;
 
 const RUN_HELP: &str = "\
@@ -117,6 +118,22 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// As dom0 only QEMU and Xen; natively only what the toolstack needs; else the lab.
+    pub fn needs(&self) -> Vec<Need> {
+        if self.dom0 {
+            vec![Need::Guests, Need::Lab]
+        } else if is_xen_dom0() {
+            let chaos = self.noxs || self.toolstack == Some(Toolstack::Chaos);
+            let mut needs = vec![Need::Guests];
+            if chaos {
+                needs.push(Need::HostTools);
+            }
+            needs
+        } else {
+            prereq::LAB_RUN.to_vec()
+        }
+    }
+
     pub fn run(&self) -> Result<ExitCode> {
         if let Some(forward) = self.forwards.first()
             && !self.dom0

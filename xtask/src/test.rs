@@ -24,6 +24,7 @@ use clap::Args;
 use crate::build::{self, GUEST_RUSTFLAGS, GUEST_TARGET, GuestImage};
 use crate::disk::{Disk, SECTOR};
 use crate::lab::process;
+use crate::prereq::{self, Need};
 use crate::run::{
     self, Client, Forward, GuestExit, GuestNet, GuestOutcome, GuestRun, Ports, Session, Stop,
     Toolstack,
@@ -47,6 +48,17 @@ pub struct TestArgs {
 }
 
 impl TestArgs {
+    pub fn needs(&self) -> Vec<Need> {
+        let mut needs = prereq::LAB_RUN.to_vec();
+        if self.no_lab {
+            needs.retain(|need| *need != Need::Lab);
+        }
+        if !self.lab_only {
+            needs.push(Need::Lints);
+        }
+        needs
+    }
+
     pub fn run(&self) -> Result<()> {
         let started = Instant::now();
         if !self.lab_only {

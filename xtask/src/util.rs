@@ -26,7 +26,12 @@ pub fn target_dir() -> PathBuf {
 /// nested build sees neither its toolchain variables nor its flags.
 pub fn cargo() -> Command {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
+    cargo_env(Command::new(cargo))
+}
+
+/// `cmd` in the project root without the outer cargo's variables and flags: rustup's
+/// proxies (`rustc`, `rustup`) then pick the toolchain of `rust-toolchain.toml`.
+pub fn cargo_env(mut cmd: Command) -> Command {
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy();
         let inherited = key.starts_with("CARGO_") && key != "CARGO_HOME"
@@ -61,26 +66,6 @@ pub fn display(cmd: &Command) -> String {
         line.push_str(&arg.to_string_lossy());
     }
     line
-}
-
-/// Make sure `program` is on PATH. If it is missing, install the Debian `package`
-/// that provides it when running as root; otherwise stop with the command to run.
-pub fn ensure_tool(program: &str, package: &str) -> Result<()> {
-    if which(program).is_some() {
-        return Ok(());
-    }
-    if !is_root() {
-        bail!(
-            "`{program}` is not installed; install it with:\n    sudo apt-get install -y {package}"
-        );
-    }
-    eprintln!("`{program}` is missing: installing the Debian package {package}");
-    run(Command::new("apt-get").args(["install", "-y", "--no-install-recommends", package]))
-        .with_context(|| format!("installing {package}"))?;
-    if which(program).is_none() {
-        bail!("installed {package}, but `{program}` is still not on PATH");
-    }
-    Ok(())
 }
 
 /// The full path of `program` if it is on PATH.

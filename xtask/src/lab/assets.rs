@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail, ensure};
 
 use super::progress::Progress;
 use crate::elf::{self, Elf};
+use crate::prereq::{self, Need};
 use crate::util::{self, target_dir};
 
 /// Packages the lab needs by name. The kernel comes from `KERNEL_META`'s dependency, and
@@ -132,8 +133,7 @@ pub fn lab_dir() -> PathBuf {
 
 /// Make sure every asset exists and is current; cheap when nothing changed.
 pub fn prepare() -> Result<Assets> {
-    util::ensure_tool("qemu-system-x86_64", "qemu-system-x86")?;
-    util::ensure_tool("cpio", "cpio")?;
+    prereq::ensure(&[Need::Lab])?;
     let dir = lab_dir();
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     // Parallel runs (e.g. tests) may all get here; one prepares, the others wait.
@@ -177,7 +177,6 @@ pub fn prepare() -> Result<Assets> {
 /// The ELF kernel inside a bzImage: its payload (offset and length in the setup
 /// header, x86 boot protocol 2.08+) is an xz stream.
 fn extract_vmlinux(bzimage: &Path, out: &Path) -> Result<()> {
-    util::ensure_tool("xz", "xz-utils")?;
     let data = fs::read(bzimage).with_context(|| format!("reading {}", bzimage.display()))?;
     ensure!(
         data.len() > 0x250 && &data[0x202..0x206] == b"HdrS",
