@@ -11,7 +11,7 @@ use smoltcp::wire::IpEndpoint;
 use crate::SocketError;
 use crate::stack::{kick, with_stack};
 
-/// Datagrams queued per direction, and their total bytes.
+/// Datagrams [`UdpSocket::bind`] queues per direction, and their total bytes.
 const PACKETS: usize = 16;
 const BYTES: usize = 16 * 1024;
 
@@ -22,13 +22,25 @@ pub struct UdpSocket {
 }
 
 impl UdpSocket {
-    /// Bind to `port` on every address of the interface.
+    /// Bind to `port` on every address of the interface, with room for 16 datagrams
+    /// (16 KiB) waiting in each direction.
     pub fn bind(port: u16) -> Result<Self, SocketError> {
+        Self::with_queue(port, PACKETS, BYTES)
+    }
+
+    /// Bind to `port` with room for `datagrams` datagrams, `bytes` in all, waiting in
+    /// each direction: what arrives while the queue is full is dropped, so a server
+    /// that many clients may ask at once wants a queue as deep as its TCP backlog.
+    pub fn with_queue(port: u16, datagrams: usize, bytes: usize) -> Result<Self, SocketError> {
         if port == 0 {
             return Err(SocketError::InvalidPort);
         }
-        let buffer =
-            || udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; PACKETS], vec![0; BYTES]);
+        let buffer = || {
+            udp::PacketBuffer::new(
+                vec![udp::PacketMetadata::EMPTY; datagrams.max(1)],
+                vec![0; bytes],
+            )
+        };
         let mut socket = udp::Socket::new(buffer(), buffer());
         socket.bind(port).map_err(|_| SocketError::InvalidPort)?;
         Ok(Self {

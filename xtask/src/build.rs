@@ -202,8 +202,8 @@ fn guest_cargo() -> std::process::Command {
 }
 
 /// Host programs that run in dom0 (the toolstack, the device daemon, the boot-time
-/// meter): each a crate directory with a binary of the same name.
-const HOST_TOOLS: [&str; 3] = ["chaos", "xendevd", "bootbench"];
+/// meter, the relay's dom0 end): each a crate directory with a binary of the same name.
+const HOST_TOOLS: [&str; 4] = ["chaos", "xendevd", "bootbench", "labrelay"];
 
 /// Build the host tools that exist in the workspace (release, for this machine, which
 /// runs the same Debian as the lab's dom0). Returns their binaries.

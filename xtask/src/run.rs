@@ -1102,9 +1102,8 @@ fn lab_ports(run: &GuestRun, forwards: &mut Vec<HostForward>) -> Result<Ports> {
     let mut ports = Ports::default();
     for forward in &run.forwards {
         ensure!(forward.guest != 0, "guest port 0 cannot be forwarded");
-        let same_target = |known: &HostForward| {
-            known.guest_addr == guest_addr && known.guest_port == forward.guest
-        };
+        let to = SocketAddrV4::new(guest_addr, forward.guest);
+        let same_target = |known: &HostForward| known.to == to;
         let host_port = if forward.host == 0 {
             match forwards.iter().find(|known| same_target(known)) {
                 Some(known) => known.host_port,
@@ -1117,10 +1116,9 @@ fn lab_ports(run: &GuestRun, forwards: &mut Vec<HostForward>) -> Result<Ports> {
             {
                 Some(known) if same_target(known) => forward.host,
                 Some(known) => bail!(
-                    "host port {} leads to {}:{} already (another guest of this lab boot)",
+                    "host port {} leads to {} already (another guest of this lab boot)",
                     forward.host,
-                    known.guest_addr,
-                    known.guest_port
+                    known.to
                 ),
                 None => {
                     check_host_port_free(forward.host)?;
@@ -1128,11 +1126,7 @@ fn lab_ports(run: &GuestRun, forwards: &mut Vec<HostForward>) -> Result<Ports> {
                 }
             }
         };
-        let host_forward = HostForward {
-            host_port,
-            guest_addr,
-            guest_port: forward.guest,
-        };
+        let host_forward = HostForward { host_port, to };
         if !forwards.contains(&host_forward) {
             forwards.push(host_forward);
         }
@@ -1144,7 +1138,7 @@ fn lab_ports(run: &GuestRun, forwards: &mut Vec<HostForward>) -> Result<Ports> {
     Ok(ports)
 }
 
-/// Fail unless `port` is free on 127.0.0.1 for TCP and UDP (QEMU binds both).
+/// Fail unless `port` is free on 127.0.0.1 for TCP and UDP (the relay binds both).
 fn check_host_port_free(port: u16) -> Result<()> {
     let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
     TcpListener::bind(addr)

@@ -27,8 +27,11 @@ use sysctl::{PowerControl, PowerRequest};
 
 kernel::main!(main);
 
-/// Listening sockets kept ready: this many clients can connect at the same instant.
+/// Listening sockets kept ready: this many clients can connect at the same instant;
+/// as many datagrams can wait for their answer.
 const BACKLOG: usize = 128;
+/// Bytes of the datagrams waiting each way (a question and its answer are tens of bytes).
+const UDP_QUEUE_BYTES: usize = BACKLOG * 128;
 /// A client that does not take its line within this time is dropped.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -48,7 +51,8 @@ fn main(args: kernel::Args) -> Result<ShutdownReason, String> {
             .map_err(|err| format!("power control: {err}"))?;
         let mut listener =
             TcpListener::bind(port, BACKLOG).map_err(|err| format!("tcp port {port}: {err}"))?;
-        let udp = UdpSocket::bind(port).map_err(|err| format!("udp port {port}: {err}"))?;
+        let udp = UdpSocket::with_queue(port, BACKLOG, UDP_QUEUE_BYTES)
+            .map_err(|err| format!("udp port {port}: {err}"))?;
         let boot = since_boot();
         println!(
             "daytime: listening on {}:{port} (tcp, udp), {}.{:03} ms after boot",

@@ -72,8 +72,9 @@ const XENSTORE_NAMES: &[&str] = &[
 const DLOPENED: &[&str] = &["libgcc_s.so.1"];
 
 /// Kernel modules dom0 loads (their dependencies are added): Xen device and backend
-/// drivers, networking for guests, the lab NIC, virtio-rng for entropy and virtio-blk
-/// for the disks xtask attaches (`--disk`).
+/// drivers, networking for guests, the lab NIC, virtio-rng for entropy, virtio-blk
+/// for the disks xtask attaches (`--disk`) and virtio-console for the relay's channel
+/// (`--forward`).
 const MODULES: &[&str] = &[
     "xen-evtchn",
     "xen-gntdev",
@@ -95,6 +96,7 @@ const MODULES: &[&str] = &[
     "virtio_pci",
     "virtio-rng",
     "virtio_blk",
+    "virtio_console",
 ];
 
 const INIT: &str = include_str!("dom0-init.sh");

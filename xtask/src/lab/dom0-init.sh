@@ -82,6 +82,12 @@ if brctl addbr xenbr0 &&
 else
 	echo "lab: network set-up failed: guests get no network"
 fi
+# The relay's dom0 end (`--forward`): the host's connections and UDP clients come in
+# over a virtio-serial port and go out to the guest over xenbr0.
+if [ "${LAB_RELAY:-0}" = 1 ]; then
+	labrelay >/run/labrelay.log 2>&1 &
+	echo "lab: labrelay started"
+fi
 cd /
 
 case "$LAB_MODE" in

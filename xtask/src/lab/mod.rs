@@ -11,7 +11,10 @@
 //! Network: QEMU's user network (slirp, 10.0.2.0/24) on an e1000, bridged in dom0 as
 //! `xenbr0` with dom0 at 10.0.2.15; a guest's vif joins the bridge through xl's default
 //! hotplug script (`vif-bridge.sh`), and QEMU's DHCP hands out 10.0.2.16 first. Guest
-//! ports reach the host through QEMU's `hostfwd` ([`ExecOptions::forwards`]).
+//! ports reach the host through the lab relay ([`ExecOptions::forwards`]): xtask
+//! listens on the host ports and carries each connection and UDP client over a
+//! virtio-serial channel to `labrelay` in dom0, which connects to the guest (QEMU's
+//! own `hostfwd` listens with a backlog of one, and bursts of clients time out).
 //!
 //! Disks: image files of the host become virtio disks of dom0 ([`ExecOptions::disks`]),
 //! which the init links as `/dev/lab/disk-N`; xl hands them to guests as `phy:` disks
@@ -30,6 +33,8 @@ use std::ffi::OsString;
 use std::fs;
 use std::io::Write;
 use std::net::Ipv4Addr;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, ExitCode, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
@@ -81,14 +86,9 @@ pub const GUEST_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 16);
 /// however many guests ran before it in the same lab (they run one at a time).
 pub const GUEST_MAC: &str = "00:16:3e:0a:00:10";
 
-/// A port of a guest exposed on the host by QEMU: `127.0.0.1:host_port` to
-/// `guest_addr:guest_port`, for TCP and for UDP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HostForward {
-    pub host_port: u16,
-    pub guest_addr: Ipv4Addr,
-    pub guest_port: u16,
-}
+/// A port of a guest reachable on the host: `127.0.0.1:host_port` leads to the guest's
+/// address and port, for TCP and for UDP, through the lab relay.
+pub use labrelay::host::Forward as HostForward;
 
 #[derive(Debug, Subcommand)]
 pub enum LabCmd {
@@ -201,7 +201,7 @@ pub struct ExecOptions {
     pub timeout: Duration,
     /// Show boot messages on stderr as they come.
     pub verbose: bool,
-    /// Guest ports QEMU exposes on the host while the lab runs.
+    /// Guest ports the lab relay exposes on the host while the lab runs.
     pub forwards: Vec<HostForward>,
     /// Image files of the host that dom0 gets as virtio disks: the Nth is
     /// `/dev/lab/disk-N` in dom0 (a link to its `/dev/vdX`).
@@ -341,22 +341,42 @@ pub fn exec(
     let nonce = nonce();
     let markers = Markers::new(&nonce);
     let run = RunDir::new(&nonce)?;
+    // Bound before the boot: a host port that is taken fails now.
+    let listeners = if options.forwards.is_empty() {
+        None
+    } else {
+        Some(labrelay::host::Listeners::bind(&options.forwards).context("--forward")?)
+    };
     let env = format!(
-        "LAB_MODE=exec\nLAB_VERBOSE={}\nLAB_NOXS={}\nLAB_BEGIN='{}'\nLAB_END='{}'\n\
+        "LAB_MODE=exec\nLAB_VERBOSE={}\nLAB_NOXS={}\nLAB_RELAY={}\nLAB_BEGIN='{}'\nLAB_END='{}'\n\
          LAB_ERR_TAG='{}'\nLAB_CTL_TAG='{}'\n",
         u8::from(options.verbose),
         u8::from(options.noxs),
+        u8::from(listeners.is_some()),
         markers.begin,
         markers.end,
         markers.err_tag,
         markers.ctl_tag,
     );
     let initrd = run.initrd(&assets, &env, script, apps)?;
-    let mut qemu = lab_qemu(&assets, &initrd, &options.forwards, &options.disks)?;
+    let mut qemu = lab_qemu(&assets, &initrd, &options.disks)?;
+    let relay_socket = format!("lightvm-lab-{nonce}-relay");
+    if listeners.is_some() {
+        qemu.args(relay_args(&relay_socket));
+    }
     qemu.args(["-serial", "stdio"]);
 
     let started = Instant::now();
     let mut serial = Serial::spawn(qemu, &nonce, options.timeout)?;
+    // Relays until this function returns (the lab is gone then).
+    let _relay = match listeners {
+        Some(listeners) => Some(
+            listeners
+                .start(connect_relay(&relay_socket, &serial)?)
+                .context("starting the lab relay")?,
+        ),
+        None => None,
+    };
     let _attached = Attached(options.control.as_ref());
     match (&options.control, serial.child.take_stdin()) {
         (Some(control), Some(stdin)) => control.attach(stdin, &markers.ctl_tag),
@@ -452,7 +472,7 @@ pub fn shell(apps: &[GuestImage], disks: &[Disk]) -> Result<ExitCode> {
     let nonce = nonce();
     let run = RunDir::new(&nonce)?;
     let initrd = run.initrd(&assets, "LAB_MODE=shell\n", "", apps)?;
-    let mut qemu = lab_qemu(&assets, &initrd, &[], disks)?;
+    let mut qemu = lab_qemu(&assets, &initrd, disks)?;
     // The QEMU monitor shares the terminal: Ctrl-A C switches, Ctrl-A X quits.
     qemu.args(["-serial", "mon:stdio"]);
     eprintln!("lab: booting Xen + dom0; Ctrl-A X quits QEMU");
@@ -503,7 +523,7 @@ pub fn boot_as_dom0(
         "console=com1 com1=115200,8n1 dom0_mem={mem_mib}M,max:{mem_mib}M dom0_max_vcpus=1 \
          noreboot loglvl=all guest_loglvl=all"
     );
-    let mut qemu = qemu(&xen, &xen_cmdline, &[]);
+    let mut qemu = qemu(&xen, &xen_cmdline);
     qemu.arg("-initrd")
         .arg(multiboot_modules(&[(image, cmdline)])?);
     qemu.args(["-serial", "stdio"]);
@@ -557,13 +577,8 @@ const DOM0_CMDLINE: &str = "console=hvc0 quiet rdinit=/init";
 
 /// QEMU booting Xen with Debian's kernel as dom0 and `initrd`, with `disks` (serial not
 /// yet chosen).
-fn lab_qemu(
-    assets: &Assets,
-    initrd: &Path,
-    forwards: &[HostForward],
-    disks: &[Disk],
-) -> Result<Command> {
-    let mut qemu = qemu(&assets.xen, LAB_XEN_CMDLINE, forwards);
+fn lab_qemu(assets: &Assets, initrd: &Path, disks: &[Disk]) -> Result<Command> {
+    let mut qemu = qemu(&assets.xen, LAB_XEN_CMDLINE);
     qemu.args(disk_args(disks)?);
     qemu.arg("-initrd").arg(multiboot_modules(&[
         (&assets.vmlinux, DOM0_CMDLINE),
@@ -636,15 +651,14 @@ const LAB_XEN_CMDLINE: &str = "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1
 
 /// QEMU for Xen under TCG: `-cpu qemu64` (dom0 Linux faults early with `-cpu max`, and
 /// KVM cannot run this Xen), Xen as the multiboot kernel, virtio-rng for dom0's
-/// entropy, an e1000 NIC on user networking with `forwards`. Serial and initrd are
-/// added by the caller.
-fn qemu(xen: &Path, xen_cmdline: &str, forwards: &[HostForward]) -> Command {
+/// entropy, an e1000 NIC on user networking. Serial and initrd are added by the caller.
+fn qemu(xen: &Path, xen_cmdline: &str) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-accel", "tcg", "-cpu", "qemu64", "-m", "2048", "-smp", "2"])
         .args(["-nodefaults", "-display", "none", "-no-reboot"])
         .args(["-device", "virtio-rng-pci"])
         .arg("-netdev")
-        .arg(user_netdev(forwards))
+        .arg(user_netdev())
         .args(["-device", "e1000,netdev=n0"]);
     // For diagnosis: LAB_PCAP=FILE records every frame between dom0's NIC and QEMU's
     // user network (wireshark or tcpdump -r reads it).
@@ -658,18 +672,41 @@ fn qemu(xen: &Path, xen_cmdline: &str, forwards: &[HostForward]) -> Command {
 }
 
 /// QEMU's user network: the lab's addresses, DHCP from [`GUEST_ADDR`] on (dom0 keeps
-/// its static address below it), and each forward for TCP and UDP.
-fn user_netdev(forwards: &[HostForward]) -> String {
-    let mut netdev = format!("user,id=n0,net={NET_ADDR}/{NET_PREFIX},dhcpstart={GUEST_ADDR}");
-    for forward in forwards {
-        for proto in ["tcp", "udp"] {
-            netdev.push_str(&format!(
-                ",hostfwd={proto}:127.0.0.1:{}-{}:{}",
-                forward.host_port, forward.guest_addr, forward.guest_port
-            ));
+/// its static address below it).
+fn user_netdev() -> String {
+    format!("user,id=n0,net={NET_ADDR}/{NET_PREFIX},dhcpstart={GUEST_ADDR}")
+}
+
+/// The relay's channel: a virtio-serial port named `lab.relay` in dom0 (where
+/// `labrelay` opens it), a listening socket in the abstract namespace `name` on the
+/// host (no file to clean up, no path length limit to meet).
+fn relay_args(name: &str) -> [String; 6] {
+    [
+        "-device".into(),
+        "virtio-serial-pci,id=relay".into(),
+        "-chardev".into(),
+        format!("socket,id=relaychr,path={name},abstract=on,server=on,wait=off"),
+        "-device".into(),
+        "virtserialport,bus=relay.0,chardev=relaychr,name=lab.relay".into(),
+    ]
+}
+
+/// Connect to the relay's channel once QEMU listens on it.
+fn connect_relay(name: &str, serial: &Serial) -> Result<UnixStream> {
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+    let started = Instant::now();
+    loop {
+        match UnixStream::connect_addr(&addr) {
+            Ok(stream) => return Ok(stream),
+            Err(err) if started.elapsed() > Duration::from_secs(10) => {
+                bail!(
+                    "QEMU did not open the relay's channel @{name} within 10 s: {err}\n{}",
+                    serial.tail()
+                )
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
     }
-    netdev
 }
 
 /// QEMU's `-initrd` for a multiboot kernel: modules separated by commas, each a path
