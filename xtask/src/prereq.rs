@@ -291,28 +291,39 @@ pub fn ensure(needs: &[Need]) -> Result<()> {
 }
 
 /// Run one set-up command with a progress line; its output is shown only if it fails.
-/// An apt-get install that fails is tried once more after `apt-get update` (a fresh
-/// machine may have no package lists, or stale ones).
 fn run_step(label: &str, step: &[String]) -> Result<()> {
     let line = step.join(" ");
     eprintln!("setup {label}: {line}");
     let started = Instant::now();
-    if let Err(first) = run_quietly(step) {
-        if step[0] != "apt-get" {
-            return Err(first.context(format!("`{line}` failed")));
-        }
-        eprintln!("setup {label}: that failed; apt-get update, then once more");
-        run_quietly(&["apt-get".into(), "update".into()])
-            .and_then(|()| run_quietly(step))
-            .with_context(|| {
-                format!("`{line}` failed, also after apt-get update (at first: {first:#})")
-            })?;
+    if step[0] == "apt-get" {
+        with_fresh_apt_lists(|| run_quietly(step))
+    } else {
+        run_quietly(step)
     }
+    .with_context(|| format!("`{line}` failed"))?;
     eprintln!(
         "setup {label}: done in {:.1} s",
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Run `apt_work`; if it fails, refresh apt's package lists (as root; a fresh machine
+/// may have none, an old one stale ones) and run it once more.
+pub fn with_fresh_apt_lists<T>(mut apt_work: impl FnMut() -> Result<T>) -> Result<T> {
+    let first = match apt_work() {
+        Ok(done) => return Ok(done),
+        Err(err) => err,
+    };
+    if !util::is_root() {
+        return Err(
+            first.context("apt's package lists may be missing or old: `sudo apt-get update`")
+        );
+    }
+    eprintln!("setup: that failed; apt-get update, then once more");
+    run_quietly(&["apt-get".into(), "update".into()])
+        .and_then(|()| apt_work())
+        .with_context(|| format!("also after apt-get update (at first: {first:#})"))
 }
 
 /// Run `cmd` (in the project root, the toolchain's environment cleaned as for cargo)

@@ -4,7 +4,7 @@
 //! The same as a library, for `cargo xtask test`: [`run_guest`] and [`run_guests`] boot
 //! guests and wait for them to end; [`run_guest_while`] and [`run_sessions`] also run a
 //! host-side client against a guest once its console says it is ready (through ports
-//! QEMU forwards to the host), then destroy the guest (or ask it to shut down or
+//! the lab relay forwards to the host), then destroy the guest (or ask it to shut down or
 //! reboot, [`Stop`]) and report both. A guest's disks are image files of the host
 //! ([`GuestRun::disks`]).
 
@@ -87,7 +87,7 @@ pub struct RunArgs {
     #[arg(long, conflicts_with_all = ["forwards", "ip", "dhcp", "disks"])]
     pub dom0: bool,
     /// Make the guest's port GUESTPORT reachable on the host at 127.0.0.1:HOSTPORT, for
-    /// TCP and UDP (QEMU port forwarding, so in the lab only). Repeatable.
+    /// TCP and UDP (through the lab relay, so in the lab only). Repeatable.
     #[arg(long = "forward", value_name = "HOSTPORT:GUESTPORT")]
     pub forwards: Vec<Forward>,
     /// The guest's static address: `ip=ADDR/PREFIX gw=10.0.2.2` goes before its
@@ -394,7 +394,7 @@ pub struct GuestRun {
     pub echo: bool,
     /// Show Xen's and dom0's messages on stderr.
     pub verbose: bool,
-    /// Guest ports made reachable from the host (QEMU forwarding in the lab; natively a
+    /// Guest ports made reachable from the host (the lab relay in the lab; natively a
     /// client reaches the guest's own address, see [`Ports`]).
     pub forwards: Vec<Forward>,
     /// How the guest gets its address.
@@ -1091,8 +1091,8 @@ fn domain_name(app: &str, nonce: &str, index: usize) -> String {
     format!("xtask-{app}-{}-{index}", &nonce[..8])
 }
 
-/// Choose host ports and QEMU forwards for a lab guest. Forwards of different guests of
-/// one lab boot share QEMU (they run one at a time): one host port leads to one guest
+/// Choose host ports and forwards for a lab guest. Forwards of different guests of one
+/// lab boot share the relay (they run one at a time): one host port leads to one guest
 /// address and port.
 fn lab_ports(run: &GuestRun, forwards: &mut Vec<HostForward>) -> Result<Ports> {
     if let GuestNet::Static(cidr) = run.net {

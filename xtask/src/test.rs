@@ -7,7 +7,7 @@
 //! 5. lab integration tests: real guests on real Xen, as dom0 (quick) and as domUs
 //!    under xl in one lab boot, each checked on its exit reason and its console; a
 //!    case with a client also has host code talk to the guest once it is ready (real
-//!    sockets on 127.0.0.1, through QEMU's forwards), after which the guest is destroyed
+//!    sockets on 127.0.0.1, through the lab relay's forwards), after which the guest is destroyed
 //!    or asked to shut down or reboot; a case with a disk gets a fresh image file, which
 //!    the host checks after the guest has ended.
 

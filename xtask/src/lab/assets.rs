@@ -258,7 +258,7 @@ fn packages(cache: &Path, root: &Path) -> Result<Vec<Deb>> {
     }
     fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
     let mut names: Vec<String> = PACKAGES.iter().map(|&name| name.to_owned()).collect();
-    names.push(kernel_package()?);
+    names.push(prereq::with_fresh_apt_lists(kernel_package)?);
     // The packages are unpacked from scratch while the closure is resolved.
     if root.exists() {
         fs::remove_dir_all(root).with_context(|| format!("removing {}", root.display()))?;
@@ -270,7 +270,7 @@ fn packages(cache: &Path, root: &Path) -> Result<Vec<Deb>> {
             .filter(|name| !debs.iter().any(|deb| &deb.name == *name))
             .cloned()
             .collect();
-        let fetched = download(cache, &new)?;
+        let fetched = prereq::with_fresh_apt_lists(|| download(cache, &new))?;
         unpack(&fetched, root)?;
         debs.extend(fetched);
         let missing = missing_libraries(root)?;
