@@ -25,6 +25,14 @@ fn tcp_and_udp() -> (TcpListener, UdpSocket) {
     }
 }
 
+/// The IPv4 address a listener on 127.0.0.1 got.
+fn local_v4(listener: &TcpListener) -> SocketAddrV4 {
+    match listener.local_addr().unwrap() {
+        std::net::SocketAddr::V4(addr) => addr,
+        other => panic!("{other} is not IPv4"),
+    }
+}
+
 fn free_port() -> u16 {
     let (tcp, _udp) = tcp_and_udp();
     tcp.local_addr().unwrap().port()
@@ -56,10 +64,7 @@ fn relay_to(to: SocketAddrV4) -> (HostRelay, SocketAddrV4) {
 /// each datagram gets the line back.
 fn line_server() -> SocketAddrV4 {
     let (tcp, udp) = tcp_and_udp();
-    let addr = match tcp.local_addr().unwrap() {
-        std::net::SocketAddr::V4(addr) => addr,
-        other => panic!("{other}"),
-    };
+    let addr = local_v4(&tcp);
     thread::spawn(move || {
         for client in tcp.incoming() {
             let mut client = client.unwrap();
@@ -132,10 +137,7 @@ fn megabytes_each_way_arrive_intact_past_the_window() {
     // An echo server that reads everything before it answers: the client's data must
     // get through while nothing comes back, then all of it must come back, in order.
     let server = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let to = match server.local_addr().unwrap() {
-        std::net::SocketAddr::V4(addr) => addr,
-        other => panic!("{other}"),
-    };
+    let to = local_v4(&server);
     thread::spawn(move || {
         let (mut client, _) = server.accept().unwrap();
         let mut all = Vec::new();
@@ -180,10 +182,7 @@ fn a_refused_connection_is_reset_at_once() {
 fn dropping_the_relay_ends_its_clients_and_frees_the_port() {
     // A server that accepts and never answers: the client waits until the relay goes.
     let silent = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let to = match silent.local_addr().unwrap() {
-        std::net::SocketAddr::V4(addr) => addr,
-        other => panic!("{other}"),
-    };
+    let to = local_v4(&silent);
     let (relay, addr) = relay_to(to);
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();

@@ -175,7 +175,8 @@ impl Requirement {
 pub struct Plan {
     /// Commands to run, in order.
     pub steps: Vec<Vec<String>>,
-    /// Why xtask cannot go on (with the command to run), if it cannot.
+    /// Why xtask cannot go on (with the command to run), if it cannot: then it runs
+    /// none of the steps.
     pub stop: Option<String>,
 }
 
@@ -193,8 +194,9 @@ fn apt_install(packages: &[&str], root: bool) -> Vec<String> {
 }
 
 /// Decide what to do about `missing`, as `root` or not, with rustup on PATH or not.
-/// rustup needs no root, so its steps run either way; Debian packages are installed
-/// only by root, and otherwise xtask stops before doing any work, naming the command.
+/// rustup needs no root, so its steps are planned either way; Debian packages are
+/// installed only by root, and otherwise xtask stops before doing anything, naming
+/// the command to run.
 pub fn plan(missing: &[&Requirement], root: bool, rustup: bool) -> Plan {
     let names = |source: Source| -> Vec<&str> {
         missing
@@ -268,17 +270,12 @@ pub fn ensure(needs: &[Need]) -> Result<()> {
         return Ok(());
     }
     let plan = plan(&missing, util::is_root(), util::which("rustup").is_some());
-    if let Some(stop) = &plan.stop
-        && plan.steps.is_empty()
-    {
+    if let Some(stop) = plan.stop {
         bail!("{stop}");
     }
     let count = plan.steps.len();
     for (index, step) in plan.steps.iter().enumerate() {
         run_step(&format!("[{}/{count}]", index + 1), step)?;
-    }
-    if let Some(stop) = plan.stop {
-        bail!("{stop}");
     }
     let still: Vec<&str> = self::missing(needs)?.iter().map(|req| req.name).collect();
     if !still.is_empty() {
@@ -388,20 +385,14 @@ impl DoctorArgs {
             return Ok(ExitCode::SUCCESS);
         }
         let plan = plan(&missing, util::is_root(), util::which("rustup").is_some());
-        println!(
-            "{} missing. Every command adds what it needs before it starts{}:",
-            missing.len(),
-            if plan.stop.is_some() {
-                ", but not all of it here"
-            } else {
-                ""
-            }
-        );
+        println!("{} missing.", missing.len());
+        match plan.stop {
+            Some(stop) if plan.steps.is_empty() => println!("{stop}"),
+            Some(stop) => println!("{stop}\nThen each command adds the rest itself:"),
+            None => println!("Each command adds what it needs before it starts:"),
+        }
         for step in &plan.steps {
             println!("    {}", step.join(" "));
-        }
-        if let Some(stop) = plan.stop {
-            println!("{stop}");
         }
         Ok(ExitCode::FAILURE)
     }
@@ -422,7 +413,7 @@ mod tests {
     fn a_user_is_told_the_one_command_and_nothing_runs_as_root() {
         let missing = [req(GUEST_TARGET), req("libxen-dev"), req("qemu-system-x86")];
         let plan = plan(&missing, false, true);
-        // rustup needs no root: the target is added anyway.
+        // rustup needs no root: once the packages are there, xtask adds the target.
         assert_eq!(
             plan.steps,
             vec![vec!["rustup", "target", "add", "x86_64-unknown-none"]]
