@@ -345,8 +345,9 @@ check "after the restart, query lists $dev_k (taken back, not $gone) and vif$D.0
 	[ "$state" = "{\"state\":{\"disks\":[$(echo "$k" | sed 's/^{"disk":\(.*\)}$/\1/')],\"vifs\":[{\"name\":\"vif$D.0\",\"bridge\":\"xenbr0\",\"domid\":$D}]}}" ]
 check "the restarted xendevd detaches $dev_k" [ "$(xendevd release "$D")" = '"done"' -a ! -e /sys/block/${dev_k#/dev/}/loop ]
 kill -TERM "$pid"
+# It removes its socket, then exits: wait for both (the socket alone can go first).
 i=0
-while [ -e /run/xendevd.sock ] && [ $i -lt 50 ]; do
+while { [ -e /run/xendevd.sock ] || kill -0 "$pid" 2>/dev/null; } && [ $i -lt 50 ]; do
 	i=$((i + 1))
 	sleep 0.1
 done
