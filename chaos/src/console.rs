@@ -29,7 +29,7 @@ use crate::host::Host;
 use crate::layout;
 use crate::signal;
 use crate::uuid::Uuid;
-use crate::xs::Store;
+use xenhost::xs::Store;
 
 /// Ctrl-]: detaches an interactive console (xenconsole's escape character too).
 pub const ESCAPE: u8 = 0x1d;
@@ -77,8 +77,7 @@ pub fn open(host: &Host, domid: u32, timeout: Duration) -> Result<File> {
     let tty = xs.wait_until(
         deadline,
         Duration::from_millis(100),
-        &signal::caught,
-        || Ok(xs.read(&path)?.filter(|tty| !tty.is_empty())),
+        signal::or_interrupted(|| Ok(xs.read(&path)?.filter(|tty| !tty.is_empty()))),
     )?;
     let Some(tty) = tty else {
         return Err(Error::Timeout {

@@ -26,8 +26,8 @@ use crate::host::Host;
 use crate::layout::{self, Kind};
 use crate::signal;
 use crate::uuid::{Uuid, random_bytes};
-use crate::xcdom::START_INFO_PAGE;
-use crate::xs::Store;
+use xenhost::xcdom::START_INFO_PAGE;
+use xenhost::xs::{Store, Xs};
 
 /// A domain being created, as the device method sees it.
 #[derive(Debug, Clone, Copy)]
@@ -268,7 +268,7 @@ impl XenstoreMethod {
     reason = "one check, spelled out at its two callers"
 )]
 fn check_backend_state(
-    xs: &crate::xs::Xs,
+    xs: &Xs,
     back: &str,
     kind: Kind,
     domid: u32,
@@ -357,7 +357,7 @@ impl DeviceMethod for XenstoreMethod {
         }
         host.timed("xenstore: rings, console", || host.write_nodes(&nodes))?;
         host.timed("xs_introduce_domain", || {
-            xs.introduce_domain(domid, built.nodes.store_mfn, built.nodes.store_port)
+            Ok(xs.introduce_domain(domid, built.nodes.store_mfn, built.nodes.store_port)?)
         })?;
         if self.vifs.is_empty() && self.vbds.is_empty() {
             return Ok(());
@@ -373,13 +373,12 @@ impl DeviceMethod for XenstoreMethod {
                         .map(|vbd| layout::backend_path(Kind::Vbd, domid, vbd.devid)),
                 )
                 .map(|path| xs.watch(&path, "chaos-device"))
-                .collect::<Result<Vec<_>>>()?;
+                .collect::<xenhost::Result<Vec<_>>>()?;
             let deadline = Instant::now() + host.options.device_timeout;
             let ready = xs.wait_until(
                 deadline,
                 Duration::from_millis(250),
-                &signal::caught,
-                || self.devices_ready(host, domid),
+                signal::or_interrupted(|| self.devices_ready(host, domid)),
             )?;
             drop(watches);
             ready.ok_or_else(|| Error::Timeout {
@@ -411,7 +410,7 @@ impl DeviceMethod for XenstoreMethod {
         }
         let paths = layout::teardown(domid, uuid);
         host.timed("xenstore: remove", || {
-            xs.in_transaction(|tx| {
+            Ok(xs.in_transaction(|tx| {
                 for path in &paths {
                     tx.rm(path)?;
                 }
@@ -424,7 +423,7 @@ impl DeviceMethod for XenstoreMethod {
                     }
                 }
                 Ok(())
-            })
+            })?)
         })?;
         // Loop devices: xendevd releases what it holds for the domain. Ask whenever it
         // listens; without it, only a domain that had file-backed disks is a problem.

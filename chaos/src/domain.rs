@@ -33,9 +33,9 @@ use crate::layout;
 use crate::noxs::{self, NoxsMethod};
 use crate::signal;
 use crate::uuid::Uuid;
-use crate::xc::{DomainInfo, ShutdownReason};
-use crate::xcdom::DomImage;
-use crate::xs::Store;
+use xenhost::xc::{DomainInfo, ShutdownReason};
+use xenhost::xcdom::DomImage;
+use xenhost::xs::Store;
 
 /// libxl's `LIBXL_MAXMEM_CONSTANT`: Xen's memory limit of a domain is its size plus this.
 const MAXMEM_SLACK_KIB: u64 = 1024;
@@ -132,7 +132,7 @@ pub fn create(host: &Host, config: &Config, force_paused: bool) -> Result<Create
         }
         Ok(())
     })?;
-    let physinfo = host.timed("xc_physinfo", || host.xc.physinfo())?;
+    let physinfo = host.timed("xc_physinfo", || Ok(host.xc.physinfo()?))?;
     let free_mib = physinfo.free_pages / 256;
     if u64::from(config.memory_mib) > free_mib {
         return Err(ConfigError::new(
@@ -144,16 +144,12 @@ pub fn create(host: &Host, config: &Config, force_paused: bool) -> Result<Create
         )
         .into());
     }
-    let grant_version = if physinfo.capabilities & xenffi::XEN_SYSCTL_PHYSCAP_gnttab_v2 != 0 {
-        2
-    } else {
-        1
-    };
+    let grant_version = if physinfo.gnttab_v2() { 2 } else { 1 };
 
     // 2. The domain.
     let uuid = Uuid::random();
     let domid = host.timed("xc_domain_create", || {
-        host.xc.domain_create(&uuid, config.vcpus, grant_version)
+        Ok(host.xc.domain_create(uuid.0, config.vcpus, grant_version)?)
     })?;
     let guard = Guard {
         host,
@@ -183,13 +179,6 @@ pub fn create(host: &Host, config: &Config, force_paused: bool) -> Result<Create
     }
 }
 
-fn interrupted() -> Result<()> {
-    match signal::caught() {
-        Some(signal) => Err(Error::Interrupted(signal)),
-        None => Ok(()),
-    }
-}
-
 /// Steps 2-6 once the domain exists.
 fn build(
     host: &Host,
@@ -206,7 +195,7 @@ fn build(
         xc.domain_setmaxmem(domid, memory_kib + MAXMEM_SLACK_KIB)?;
         xc.domain_set_memmap_limit(domid, memory_kib)?;
         xc.domain_set_tsc_default(domid)?;
-        xc.cpuid_apply_default(domid)
+        Ok(xc.cpuid_apply_default(domid)?)
     })?;
     let uses_xenstore = method.uses_xenstore();
     let (store_port, console_port) = host.timed("xc_evtchn_alloc_unbound", || {
@@ -218,7 +207,7 @@ fn build(
         };
         Ok((store_port, xc.evtchn_alloc_unbound(domid, SERVICE_DOMID)?))
     })?;
-    interrupted()?;
+    signal::check()?;
 
     // 3. Devices: the back ends probe while the build runs.
     let domain = NewDomain {
@@ -227,7 +216,7 @@ fn build(
         config,
     };
     method.prepare(host, &domain)?;
-    interrupted()?;
+    signal::check()?;
 
     // 4. The PV build. The image stays until the method has finished: NoXS writes into
     // its start_info page.
@@ -253,7 +242,7 @@ fn build(
         image.gnttab_init()?;
         Ok(image)
     })?;
-    interrupted()?;
+    signal::check()?;
 
     // 5. Rings, console, devices ready.
     let built = device::Built {
@@ -276,12 +265,12 @@ fn build(
     };
     method.finish(host, &domain, &built, image.start_info_page()?)?;
     drop(image);
-    interrupted()?;
+    signal::check()?;
 
     // 6. Run.
     let paused = config.paused || force_paused;
     if !paused {
-        host.timed("xc_domain_unpause", || xc.domain_unpause(domid))?;
+        host.timed("xc_domain_unpause", || Ok(xc.domain_unpause(domid)?))?;
     }
     Ok(Created {
         domid,
@@ -417,7 +406,7 @@ fn destroy_with(
         DevMethod::Noxs => None,
     };
     if let Some(expected) = uuid {
-        if info.is_some_and(|info| info.handle != *expected) {
+        if info.is_some_and(|info| info.handle != expected.0) {
             // The id belongs to another domain now: ours is long gone, and so are its
             // records (they were the other domain's to replace).
             return Ok(());
@@ -426,15 +415,18 @@ fn destroy_with(
             return Ok(());
         }
     }
-    let uuid = uuid.copied().or(recorded).or(info.map(|info| info.handle));
+    let uuid = uuid
+        .copied()
+        .or(recorded)
+        .or(info.map(|info| Uuid(info.handle)));
     if info.is_some() {
-        host.timed("xc_domain_destroy", || host.xc.domain_destroy(domid))?;
+        host.timed("xc_domain_destroy", || Ok(host.xc.domain_destroy(domid)?))?;
     }
     method.teardown(host, domid, uuid.as_ref())?;
     if dev_method == DevMethod::Xenstore
         && let Some(xs) = host.xenstore()
     {
-        host.timed("xs_release_domain", || xs.release_domain(domid))?;
+        host.timed("xs_release_domain", || Ok(xs.release_domain(domid)?))?;
     }
     Ok(())
 }
@@ -467,7 +459,7 @@ pub fn request_shutdown(
             layout::dom_path(domid)
         )));
     }
-    xs.write(&path, if reboot { "reboot" } else { "poweroff" })
+    Ok(xs.write(&path, if reboot { "reboot" } else { "poweroff" })?)
 }
 
 /// How a domain ended.
@@ -484,13 +476,13 @@ fn ending_of(info: Option<DomainInfo>, uuid: Option<&Uuid>) -> Option<Ending> {
     let Some(info) = info else {
         return Some(Ending::Destroyed);
     };
-    if uuid.is_some_and(|uuid| info.handle != *uuid) {
+    if uuid.is_some_and(|uuid| info.handle != uuid.0) {
         return Some(Ending::Destroyed);
     }
-    if let Some(reason) = info.shutdown() {
+    if let Some(reason) = info.shutdown {
         return Some(Ending::Shutdown(reason));
     }
-    info.dying().then_some(Ending::Destroyed)
+    info.dying.then_some(Ending::Destroyed)
 }
 
 /// Whether domain `domid` has ended, without waiting.
@@ -518,9 +510,11 @@ pub fn wait_for_end(
         && let Some(xs) = host.xenstore()
     {
         let _watch = xs.watch("@releaseDomain", "chaos-end")?;
-        return xs.wait_until(deadline, Duration::from_secs(1), &signal::caught, || {
-            check_ending(host, domid, uuid)
-        });
+        return xs.wait_until(
+            deadline,
+            Duration::from_secs(1),
+            signal::or_interrupted(|| check_ending(host, domid, uuid)),
+        );
     }
     loop {
         if let Some(ending) = check_ending(host, domid, uuid)? {
@@ -624,15 +618,21 @@ pub fn load_config(path: &Path) -> Result<Config> {
 mod tests {
     use super::*;
 
-    fn info(domid: u32, flags: u32, handle: u8) -> DomainInfo {
+    /// A domain as Xen describes it: shut down for `shutdown`, dying or not, with
+    /// handle `[handle; 16]`.
+    fn info(shutdown: Option<ShutdownReason>, dying: bool, handle: u8) -> DomainInfo {
         DomainInfo {
-            domid,
-            flags,
+            domid: 3,
+            dying,
+            paused: false,
+            running: false,
+            blocked: true,
+            shutdown,
             tot_pages: 0,
             max_pages: 0,
             cpu_time_ns: 0,
             online_vcpus: 1,
-            handle: Uuid([handle; 16]),
+            handle: [handle; 16],
         }
     }
 
@@ -640,28 +640,24 @@ mod tests {
     fn endings() {
         let ours = Uuid([1; 16]);
         assert_eq!(ending_of(None, Some(&ours)), Some(Ending::Destroyed));
-        assert_eq!(ending_of(Some(info(3, 0, 1)), Some(&ours)), None);
-        let crashed = xenffi::XEN_DOMINF_shutdown
-            | (xenffi::SHUTDOWN_crash << xenffi::XEN_DOMINF_shutdownshift);
+        assert_eq!(ending_of(Some(info(None, false, 1)), Some(&ours)), None);
+        let crashed = Some(ShutdownReason::Crash);
         assert_eq!(
-            ending_of(Some(info(3, crashed, 1)), Some(&ours)),
+            ending_of(Some(info(crashed, false, 1)), Some(&ours)),
             Some(Ending::Shutdown(ShutdownReason::Crash))
         );
         // Shut down, then destroyed by someone else: the reason still shows.
         assert_eq!(
-            ending_of(
-                Some(info(3, crashed | xenffi::XEN_DOMINF_dying, 1)),
-                Some(&ours)
-            ),
+            ending_of(Some(info(crashed, true, 1)), Some(&ours)),
             Some(Ending::Shutdown(ShutdownReason::Crash))
         );
         assert_eq!(
-            ending_of(Some(info(3, xenffi::XEN_DOMINF_dying, 1)), Some(&ours)),
+            ending_of(Some(info(None, true, 1)), Some(&ours)),
             Some(Ending::Destroyed)
         );
         // The id now belongs to another domain.
         assert_eq!(
-            ending_of(Some(info(3, 0, 2)), Some(&ours)),
+            ending_of(Some(info(None, false, 2)), Some(&ours)),
             Some(Ending::Destroyed)
         );
     }

@@ -1,6 +1,5 @@
 //! chaos's errors: one enum for the library, each variant carrying what failed and why.
 
-use std::io;
 use std::time::Duration;
 
 use crate::config::ConfigError;
@@ -11,27 +10,10 @@ pub enum Error {
     /// The configuration is wrong: nothing was touched (the CLI exits with status 2).
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// A call into libxenctrl or libxenguest failed; `detail` is libxc's own message.
-    #[error("{call}: {source}{}", detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
-    Xc {
-        call: &'static str,
-        source: io::Error,
-        detail: Option<String>,
-    },
-    /// A Xenstore operation failed.
-    #[error("Xenstore {op} {path}: {source}")]
-    Xs {
-        op: &'static str,
-        path: String,
-        source: io::Error,
-    },
-    /// A handle could not be opened (no Xen, no xenstored, not root).
-    #[error("cannot open {what}: {source} ({hint})")]
-    Open {
-        what: &'static str,
-        source: io::Error,
-        hint: &'static str,
-    },
+    /// A call into Xen's libraries (libxenctrl, libxenguest, libxenstore) or onto
+    /// xenstored's socket failed, or a handle could not be opened.
+    #[error(transparent)]
+    Xen(#[from] xenhost::Error),
     /// Something needed Xenstore and xenstored is not running (or refused chaos).
     #[error(
         "this needs Xenstore, which is not available: {0} (NoXS guests, \"xen\": \

@@ -13,11 +13,11 @@ use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use xenhost::xc::Xc;
+use xenhost::xs::wire::Wire;
+use xenhost::xs::{Node, Xs};
+
 use crate::error::{Error, Result};
-use crate::layout::Node;
-use crate::xc::Xc;
-use crate::xs::{Store, Xs};
-use crate::xswire::{self, Wire};
 
 /// Settings of a chaos run.
 #[derive(Debug, Clone)]
@@ -63,10 +63,16 @@ pub struct Host {
 }
 
 impl Host {
-    /// Open libxenctrl; Xenstore waits until something needs it.
+    /// Open libxenctrl; Xenstore waits until something needs it. `CHAOS_XC_LOG=1`
+    /// prints libxc's and libxenguest's own messages.
     pub fn open(options: Options) -> Result<Self> {
+        let xc = if std::env::var_os("CHAOS_XC_LOG").is_some_and(|v| v == "1") {
+            Xc::open_echoing("chaos")?
+        } else {
+            Xc::open()?
+        };
         Ok(Self {
-            xc: Xc::open()?,
+            xc,
             options,
             xs: OnceCell::new(),
             wire: Mutex::new(None),
@@ -77,26 +83,16 @@ impl Host {
     fn connect_xenstore(&self) -> &std::result::Result<Xs, String> {
         self.xs.get_or_init(|| {
             self.timed("open Xenstore", || {
-                let Some(wire) = Wire::connect() else {
-                    return Err(Error::NoXenstore(format!(
-                        "xenstored is not running (no socket of it accepts a connection: {})",
-                        xswire::socket_paths()
-                            .iter()
-                            .map(|path| path.display().to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )));
-                };
                 let xs = Xs::open()?;
                 if self.options.batch_xenstore {
-                    *self.wire.lock().unwrap_or_else(PoisonError::into_inner) = Some(wire);
+                    // Without it (xenstored just went), writes go through libxenstore
+                    // and fail there if they must.
+                    *self.wire.lock().unwrap_or_else(PoisonError::into_inner) =
+                        Wire::connect().ok();
                 }
                 Ok(xs)
             })
-            .map_err(|err| match err {
-                Error::NoXenstore(why) => why,
-                other => other.to_string(),
-            })
+            .map_err(|err| err.to_string())
         })
     }
 
@@ -119,18 +115,10 @@ impl Host {
     pub fn write_nodes(&self, nodes: &[Node]) -> Result<()> {
         let xs = self.xs()?;
         let mut wire = self.wire.lock().unwrap_or_else(PoisonError::into_inner);
-        match wire.as_mut() {
+        Ok(match wire.as_mut() {
             Some(wire) => wire.write_nodes(nodes),
-            None => xs.in_transaction(|tx| {
-                for node in nodes {
-                    tx.write(&node.path, &node.value)?;
-                    if let Some(perms) = &node.perms {
-                        tx.set_perms(&node.path, perms)?;
-                    }
-                }
-                Ok(())
-            }),
-        }
+            None => xs.write_nodes_at_once(nodes),
+        }?)
     }
 
     /// Run `step`, recording (and with `trace`, printing) how long it took.

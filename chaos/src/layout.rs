@@ -17,8 +17,9 @@
 //! domain config; chaos keeps none, so `xl destroy` of a chaos domain removes the domain
 //! but not its back ends: use `chaos destroy`).
 
-use std::fmt;
 use std::net::Ipv4Addr;
+
+pub use xenhost::xs::{Node, Perm};
 
 use crate::config::{Access, Mac};
 use crate::uuid::Uuid;
@@ -31,60 +32,6 @@ pub const CONSOLE_LIMIT: u32 = 1 << 20;
 pub const MTU: u32 = 1500;
 /// `XenbusStateInitialising`.
 pub const STATE_INITIALISING: u32 = 1;
-
-/// One permission entry as `xenstore-ls -p` shows it: `n0` (none), `r1`, `w1`, `b1`
-/// (both). The first entry of a node's list is its owner, and its letter is what every
-/// domain not listed gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Perm {
-    pub domid: u32,
-    pub read: bool,
-    pub write: bool,
-}
-
-impl Perm {
-    pub const fn none(domid: u32) -> Self {
-        Self {
-            domid,
-            read: false,
-            write: false,
-        }
-    }
-
-    pub const fn read(domid: u32) -> Self {
-        Self {
-            domid,
-            read: true,
-            write: false,
-        }
-    }
-
-    /// `XS_PERM_*` bits.
-    pub fn bits(self) -> u32 {
-        u32::from(self.read) | (u32::from(self.write) << 1)
-    }
-}
-
-impl fmt::Display for Perm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let letter = match (self.read, self.write) {
-            (false, false) => 'n',
-            (true, false) => 'r',
-            (false, true) => 'w',
-            (true, true) => 'b',
-        };
-        write!(f, "{letter}{}", self.domid)
-    }
-}
-
-/// A node to write: its value ("" for a directory) and, where they differ from its
-/// parent's, its permissions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Node {
-    pub path: String,
-    pub value: String,
-    pub perms: Option<Vec<Perm>>,
-}
 
 fn node(path: impl Into<String>, value: impl Into<String>) -> Node {
     Node {

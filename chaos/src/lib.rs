@@ -1,6 +1,7 @@
 //! chaos: the toolstack for our PV guests, replacing `xl` (LightVM's chaos and its
 //! libh2, rewritten). It talks to Xen through Debian's libxenctrl, libxenguest and
-//! libxenstore (the `xenffi` bindings) and to the device daemon xendevd.
+//! libxenstore (the safe handles of `xenhost`) and to the device daemon xendevd
+//! (`xendevd::client`).
 //!
 //! One module per concern:
 //! - [`config`]: LightVM's JSON configuration, checked before anything is touched;
@@ -12,10 +13,10 @@
 //!   no Xenstore at all);
 //! - [`console`]: the guest's console through xenconsoled's pty, or xendevd's stream
 //!   for NoXS guests;
-//! - the C interfaces, each behind a safe wrapper that owns its handle: [`xc`]
-//!   (libxenctrl), [`xcdom`] (libxenguest's domain builder), [`xs`] (libxenstore);
+//! - [`host`]: the handles of one run (`xenhost`'s libxenctrl and Xenstore) and its
+//!   step timings;
 //! - [`uuid`] (random handles that never wait for entropy), [`elf`] (is the kernel a
-//!   PV kernel?), [`vdev`] (disk names), [`signal`], [`host`], [`error`].
+//!   PV kernel?), [`vdev`] (disk names), [`signal`], [`error`].
 
 pub mod config;
 pub mod console;
@@ -29,10 +30,6 @@ pub mod noxs;
 pub mod signal;
 pub mod uuid;
 pub mod vdev;
-pub mod xc;
-pub mod xcdom;
-pub mod xs;
-pub mod xswire;
 
 pub use config::{Config, ConfigError};
 pub use error::{Error, Result};

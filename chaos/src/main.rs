@@ -16,8 +16,8 @@ use clap::{Args, Parser, Subcommand};
 use chaos::config::DevMethod;
 use chaos::console::{self, Stopped};
 use chaos::domain::{self, Ending};
-use chaos::xc::ShutdownReason;
 use chaos::{Error, Host, Options, signal};
+use xenhost::xc::ShutdownReason;
 
 const AFTER_HELP: &str = "\
 Configuration (JSON; `chaos create --help` has the keys):
@@ -423,7 +423,7 @@ fn watch_console(host: &Host, made: &domain::Created, stay_paused: bool) -> Resu
         if stay_paused {
             return Ok(());
         }
-        host.timed("xc_domain_unpause", || host.xc.domain_unpause(domid))
+        host.timed("xc_domain_unpause", || Ok(host.xc.domain_unpause(domid)?))
     };
     let stopped = if made.dev_method == DevMethod::Noxs {
         let (mut stream, pending) = console::open_noxs(host, domid)?;
@@ -490,7 +490,11 @@ fn shutdown(cli: &Cli, args: &ShutdownArgs) -> Result<u8, Failure> {
         .ok()
         .flatten()
         .unwrap_or_else(|| args.domain.clone());
-    let uuid = host.xc.domain_info(domid)?.map(|info| info.handle);
+    let uuid = host
+        .xc
+        .domain_info(domid)
+        .map_err(Error::from)?
+        .map(|info| chaos::uuid::Uuid(info.handle));
     let timeout = Duration::from_secs(args.timeout);
     let asked = Instant::now();
     domain::request_shutdown(&host, domid, args.reboot, dev_method, timeout)?;

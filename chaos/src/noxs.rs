@@ -24,7 +24,7 @@ use crate::device::{Built, DeviceMethod, NewDomain};
 use crate::error::{Error, Result};
 use crate::host::Host;
 use crate::uuid::{Uuid, random_bytes};
-use crate::xcdom::START_INFO_PAGE;
+use xenhost::xcdom::START_INFO_PAGE;
 
 /// `DOMID_FIRST_RESERVED`: a back end's id must be below.
 const DOMID_FIRST_RESERVED: u32 = 0x7ff0;

@@ -5,6 +5,8 @@
 
 use std::sync::atomic::{AtomicI32, Ordering};
 
+use crate::error::{Error, Result};
+
 static CAUGHT: AtomicI32 = AtomicI32::new(0);
 
 extern "C" fn on_signal(signal: libc::c_int) {
@@ -34,6 +36,28 @@ pub fn caught() -> Option<&'static str> {
         libc::SIGTERM => Some("SIGTERM"),
         libc::SIGHUP => Some("SIGHUP"),
         _ => Some("a signal"),
+    }
+}
+
+/// An error if a signal was caught: for long steps to check between their parts.
+pub fn check() -> Result<()> {
+    match caught() {
+        Some(signal) => Err(Error::Interrupted(signal)),
+        None => Ok(()),
+    }
+}
+
+/// `done`, and an interruption as an error while it says no: the check of a wait that
+/// re-checks on events (`Xs::wait_until`).
+pub fn or_interrupted<T>(
+    mut done: impl FnMut() -> Result<Option<T>>,
+) -> impl FnMut() -> Result<Option<T>> {
+    move || {
+        let value = done()?;
+        if value.is_none() {
+            check()?;
+        }
+        Ok(value)
     }
 }
 

@@ -29,7 +29,7 @@ use crate::netlink::{self, Received, UeventSocket};
 use crate::noxs::{Backends, Event, PowerWait};
 use crate::uevent::{self, Relevant, Uevent, VifAction, VifEvent};
 use crate::vif::{self, BackendFacts, OnlinePlan, VifBook, node};
-use crate::xs::{Xenstore, XsError};
+use xenhost::xs::{Store, Xs};
 
 /// More clients than this at once are turned away with an error.
 const MAX_CLIENTS: usize = 256;
@@ -605,7 +605,7 @@ struct Devices {
     vifs: VifBook,
     loop_method: Method,
     /// Opened on first use, dropped (and reopened later) when the connection breaks.
-    xenstore: Option<Xenstore>,
+    xenstore: Option<Xs>,
     net: Option<NetControl>,
     /// The state file (`None` in tests).
     state_path: Option<PathBuf>,
@@ -636,7 +636,7 @@ impl Devices {
     /// the Xen devices of the NoXS back ends. Either may be missing; the log says which
     /// mode xendevd runs in.
     fn start(&mut self, console_dir: &Path) {
-        self.xenstore_mode = match Xenstore::open() {
+        self.xenstore_mode = match Xs::open() {
             Ok(xs) => {
                 self.xenstore = Some(xs);
                 info!("xenstored runs: vif hotplug for chaos's Xenstore guests is on");
@@ -939,15 +939,15 @@ impl Devices {
         }
     }
 
-    fn xenstore(&mut self) -> Result<&Xenstore, XsError> {
+    fn xenstore(&mut self) -> Result<&Xs, xenhost::Error> {
         if self.xenstore.is_none() {
-            self.xenstore = Some(Xenstore::open()?);
+            self.xenstore = Some(Xs::open()?);
         }
         Ok(self.xenstore.as_ref().expect("just opened"))
     }
 
     /// Forget a broken Xenstore connection, so the next access reconnects.
-    fn xenstore_failed(&mut self, err: &XsError) {
+    fn xenstore_failed(&mut self, err: &xenhost::Error) {
         if err.is_connection_lost() {
             self.xenstore = None;
         }
@@ -987,7 +987,7 @@ impl Devices {
         }
     }
 
-    fn backend_facts(&mut self, backend: &str) -> Result<BackendFacts, XsError> {
+    fn backend_facts(&mut self, backend: &str) -> Result<BackendFacts, xenhost::Error> {
         let xs = self.xenstore()?;
         let toolstack = xs.read(&format!("{backend}/{}", node::TOOLSTACK))?;
         // Another toolstack's vif: one round trip is enough.
@@ -1086,10 +1086,10 @@ impl Devices {
         let error_node = format!("{}/{}", event.backend, node::HOTPLUG_ERROR);
         let status_node = format!("{}/{}", event.backend, node::HOTPLUG_STATUS);
         let written = self.xenstore().and_then(|xs| {
-            xs.write_all(&[
-                (error_node.as_str(), message),
-                (status_node.as_str(), node::ERROR),
-            ])
+            xs.in_transaction(|tx| {
+                tx.write(&error_node, message)?;
+                tx.write(&status_node, node::ERROR)
+            })
         });
         if let Err(err) = written {
             error!(
@@ -1167,7 +1167,7 @@ impl Devices {
 
     /// Every vif backend with `toolstack = chaos`, as an online event, with its
     /// `hotplug-status`.
-    fn scan_backends(&mut self) -> Result<Vec<(VifEvent, Option<String>)>, XsError> {
+    fn scan_backends(&mut self) -> Result<Vec<(VifEvent, Option<String>)>, xenhost::Error> {
         let xs = self.xenstore()?;
         let mut found = Vec::new();
         for domain in xs.directory("backend/vif")?.unwrap_or_default() {

@@ -20,8 +20,6 @@ mod netlink;
 mod noxs;
 mod uevent;
 mod vif;
-mod xen;
-mod xs;
 
 use xendevd::api;
 

@@ -8,8 +8,8 @@ use std::rc::Rc;
 
 use xenproto::console::ConsoleInterface;
 
-use crate::xen::evtchn::{Evtchn, Port};
-use crate::xen::gnttab::{Gnttab, Mapping};
+use xenhost::evtchn::{Evtchn, Port};
+use xenhost::gnttab::{Gnttab, Mapping};
 
 /// A console log holds this much at most; later output goes to followers only.
 pub const LOG_LIMIT: u64 = 1 << 20;

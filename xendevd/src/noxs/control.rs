@@ -10,8 +10,8 @@ use std::sync::atomic::{Ordering, fence};
 use xenproto::noxs::{BACKEND_AREA, FRONTEND_AREA, Header, Kind, NoxsError, PAGE_SIZE, header};
 use xenproto::xenstore::XenbusState;
 
-use crate::xen::evtchn::{Evtchn, Port};
-use crate::xen::gntshr::{Gntshr, SharedPage};
+use xenhost::evtchn::{Evtchn, Port};
+use xenhost::gntshr::{Gntshr, SharedPage};
 
 /// What the back end does about the state words it sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +58,7 @@ impl Control {
         domid: u32,
         kind: Kind,
         area: &[u8],
-    ) -> std::io::Result<Self> {
+    ) -> xenhost::Result<Self> {
         assert!(area.len() <= BACKEND_AREA.len(), "backend area overflow");
         let page = gntshr.share(domid, true)?;
         let port = evtchn.bind_unbound(domid)?;

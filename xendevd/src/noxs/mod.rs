@@ -32,15 +32,15 @@ use xenproto::xenstore::XenbusState;
 
 use crate::api::{NoxsDevice, NoxsDomain, NoxsEntry, NoxsKind, PowerAction};
 use crate::bridge::NetControl;
-use crate::xen::evtchn::{Evtchn, Port};
-use crate::xen::gntshr::Gntshr;
-use crate::xen::gnttab::{Gnttab, Mapping};
-use crate::xen::xc::Xc;
-use crate::xs::XsWatch;
+use xenhost::evtchn::{Evtchn, Port, VIRQ_DOM_EXC};
+use xenhost::gntshr::Gntshr;
+use xenhost::gnttab::{Gnttab, Mapping};
+use xenhost::xc::Xc;
+use xenhost::xs::{Watch, Xs};
 
 use console::{Console, ConsoleLog, LOG_LIMIT};
 use control::{Control, Step};
-use copier::GrantCopier;
+use copier::Copier;
 use request::{DevicePlan, Host, VbdPlan, VifPlan};
 use tap::Tap;
 use xendevd::engine::blkback::{Blkback, Geometry, MAX_INDIRECT_SEGMENTS};
@@ -55,8 +55,6 @@ const CHECK_INTERVAL_VIRQ: Duration = Duration::from_secs(5);
 /// it, never for NoXS domains, so this is what finds their deaths (a dying domain stays
 /// a zombie while we map its pages).
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
-/// `VIRQ_DOM_EXC`: a domain shut down or died.
-const VIRQ_DOM_EXC: u32 = xenffi::VIRQ_DOM_EXC;
 /// The Ethernet MTU offered to vifs.
 const MTU: u16 = 1500;
 
@@ -83,7 +81,7 @@ enum PortUse {
 #[derive(Debug)]
 struct VifConnection {
     engine: Netback,
-    memory: GrantCopier,
+    memory: Copier,
     port: Port,
     _rings: Mapping,
 }
@@ -99,7 +97,7 @@ struct VifDevice {
 #[derive(Debug)]
 struct VbdConnection {
     engine: Blkback,
-    memory: GrantCopier,
+    memory: Copier,
     port: Port,
     _ring: Mapping,
 }
@@ -198,7 +196,7 @@ enum DeathWatch {
     Virq {
         _port: Port,
     },
-    Xenstore(XsWatch),
+    Xenstore(Watch<Xs>),
     Polling,
 }
 
@@ -294,10 +292,10 @@ impl Backends {
     /// Open the Xen devices; learn domain deaths by `VIRQ_DOM_EXC` if we can bind it,
     /// else by Xenstore's `@releaseDomain` if xenstored runs, and by polling always.
     pub fn open(console_dir: PathBuf) -> io::Result<Self> {
-        let evtchn = Evtchn::open()?;
-        let gnttab = Gnttab::open()?;
-        let gntshr = Gntshr::open()?;
-        let xc = Xc::open()?;
+        let evtchn = Evtchn::open().map_err(io::Error::other)?;
+        let gnttab = Gnttab::open().map_err(io::Error::other)?;
+        let gntshr = Gntshr::open().map_err(io::Error::other)?;
+        let xc = Xc::open().map_err(io::Error::other)?;
         let net = NetControl::open().map_err(|err| io::Error::other(err.to_string()))?;
         if let Err(err) = std::fs::create_dir_all(&console_dir) {
             warn!(
@@ -315,25 +313,27 @@ impl Backends {
                 ports.insert(port.local(), PortUse::DomainDeath);
                 DeathWatch::Virq { _port: port }
             }
-            Err(virq_err) => match XsWatch::open("@releaseDomain") {
-                Ok(watch) => {
-                    info!(
-                        "NoXS: domain deaths come as Xenstore's @releaseDomain and a check \
+            Err(virq_err) => {
+                match Xs::open().and_then(|xs| xs.into_watch("@releaseDomain", "xendevd")) {
+                    Ok(watch) => {
+                        info!(
+                            "NoXS: domain deaths come as Xenstore's @releaseDomain and a check \
                          every {} s (VIRQ_DOM_EXC: {virq_err}: xenstored holds it, and fires \
                          @releaseDomain only for domains introduced to it)",
-                        CHECK_INTERVAL.as_secs()
-                    );
-                    DeathWatch::Xenstore(watch)
-                }
-                Err(xs_err) => {
-                    warn!(
-                        "NoXS: no VIRQ_DOM_EXC ({virq_err}) and no Xenstore ({xs_err}): \
+                            CHECK_INTERVAL.as_secs()
+                        );
+                        DeathWatch::Xenstore(watch)
+                    }
+                    Err(xs_err) => {
+                        warn!(
+                            "NoXS: no VIRQ_DOM_EXC ({virq_err}) and no Xenstore ({xs_err}): \
                          domain deaths are found by polling every {} s",
-                        CHECK_INTERVAL.as_secs()
-                    );
-                    DeathWatch::Polling
+                            CHECK_INTERVAL.as_secs()
+                        );
+                        DeathWatch::Polling
+                    }
                 }
-            },
+            }
         };
         Ok(Self {
             evtchn,
@@ -360,7 +360,7 @@ impl Backends {
     /// Xenstore's watch fd, when deaths come that way.
     pub fn watch_fd(&self) -> Option<BorrowedFd<'_>> {
         match &self.death {
-            DeathWatch::Xenstore(watch) => Some(watch.fd()),
+            DeathWatch::Xenstore(watch) => watch.xs().fd().ok(),
             DeathWatch::Virq { .. } | DeathWatch::Polling => None,
         }
     }
@@ -426,7 +426,7 @@ impl Backends {
     /// Xenstore's watch fired.
     pub fn on_watch(&mut self) {
         if let DeathWatch::Xenstore(watch) = &self.death {
-            match watch.drain() {
+            match watch.xs().drain_events() {
                 Ok(0) => return,
                 Ok(_) => {}
                 Err(err) => {
@@ -806,7 +806,7 @@ impl Backends {
                 self.ports.insert(port.local(), PortUse::Data(domid, index));
                 vif.connection = Some(VifConnection {
                     engine,
-                    memory: GrantCopier::new(Rc::clone(&self.gnttab), guest),
+                    memory: Copier::new(Rc::clone(&self.gnttab), guest),
                     port,
                     _rings: rings,
                 });
@@ -836,7 +836,7 @@ impl Backends {
                 self.ports.insert(port.local(), PortUse::Data(domid, index));
                 vbd.connection = Some(VbdConnection {
                     engine,
-                    memory: GrantCopier::new(Rc::clone(&self.gnttab), guest),
+                    memory: Copier::new(Rc::clone(&self.gnttab), guest),
                     port,
                     _ring: ring,
                 });
@@ -981,7 +981,7 @@ impl Backends {
         // A guest that has shut down acknowledges nothing: say so now, not at the timeout.
         if let Ok(infos) = self.xc.domains()
             && let Some(info) = infos.iter().find(|i| i.domid == domid)
-            && (info.shutdown || info.dying)
+            && (info.shutdown.is_some() || info.dying)
         {
             return Err(format!(
                 "domain {domid} ({}) has shut down already: it cannot be asked to {}",

@@ -5,13 +5,14 @@
 //! libxenstore sends a request and waits for its reply before the next, so writing a
 //! domain's ~70 nodes is ~70 round trips, each two context switches on dom0's vCPU
 //! (about 1.5 ms each under TCG in the lab, which made Xenstore the largest part of
-//! `chaos create`). xenstored answers a connection's requests in order, so chaos sends
-//! the transaction's whole batch of `WRITE`s and `SET_PERMS` at once and then reads
-//! the replies: three round trips (start, batch, end) instead of one per node.
+//! `chaos create`). xenstored answers a connection's requests in order, so [`Wire`]
+//! sends the transaction's whole batch of `WRITE`s and `SET_PERMS` at once and then
+//! reads the replies: three round trips (start, batch, end) instead of one per node.
 //!
 //! Only for that: reads, watches, introductions and the rest stay with libxenstore
-//! ([`crate::xs`]). Without the socket (xenstored in a stub domain, reachable only
-//! through `/dev/xen/xenbus`) chaos writes through libxenstore as before.
+//! ([`super::Xs`]). Without the socket (xenstored in a stub domain, reachable only
+//! through `/dev/xen/xenbus`) a caller writes through libxenstore instead
+//! ([`super::Xs::write_nodes_at_once`]).
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -22,20 +23,8 @@ use std::time::Duration;
 use xenproto::xenstore::Decoder;
 use xenproto::xenstore::{self as wire, Header, Message, MsgType, XsError};
 
+use super::{MAX_ATTEMPTS, Node, connect_socket, too_many_conflicts};
 use crate::error::{Error, Result};
-use crate::layout::Node;
-
-/// Where xenstored listens, in libxenstore's order: `XENSTORED_PATH`, then the run
-/// directory (`/run` and its older name `/var/run`).
-pub fn socket_paths() -> Vec<PathBuf> {
-    let mut paths = Vec::new();
-    if let Some(path) = std::env::var_os("XENSTORED_PATH") {
-        paths.push(PathBuf::from(path));
-    }
-    paths.push("/run/xenstored/socket".into());
-    paths.push("/var/run/xenstored/socket".into());
-    paths
-}
 
 /// How long xenstored may take to answer.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -77,25 +66,19 @@ fn errno(err: &XsError) -> io::Error {
 }
 
 fn wire_error(op: &'static str, path: &str, err: wire::WireError) -> Error {
-    Error::Xs {
+    Error::xs(
         op,
-        path: path.to_owned(),
-        source: io::Error::new(io::ErrorKind::InvalidData, err.to_string()),
-    }
+        path,
+        io::Error::new(io::ErrorKind::InvalidData, err.to_string()),
+    )
 }
 
 impl Wire {
-    /// Connect to xenstored's socket, if it has one.
-    pub fn connect() -> Option<Self> {
-        socket_paths()
-            .into_iter()
-            .find_map(|path| Self::connect_to(&path).ok())
-    }
-
-    /// Connect to the socket at `path`.
-    pub fn connect_to(path: &Path) -> io::Result<Self> {
-        let stream = UnixStream::connect(path)?;
-        Self::over(stream, path)
+    /// Connect to xenstored's socket ([`Error::NoXenstored`] if none accepts).
+    pub fn connect() -> Result<Self> {
+        let (stream, path) = connect_socket()?;
+        Self::over(stream, &path)
+            .map_err(|err| Error::xs("connect", &path.display().to_string(), err))
     }
 
     fn over(stream: UnixStream, path: &Path) -> io::Result<Self> {
@@ -110,11 +93,7 @@ impl Wire {
     }
 
     fn io_error(&self, op: &'static str, source: io::Error) -> Error {
-        Error::Xs {
-            op,
-            path: self.path.display().to_string(),
-            source,
-        }
+        Error::xs(op, &self.path.display().to_string(), source)
     }
 
     /// Append a request; its id.
@@ -203,13 +182,7 @@ impl Wire {
         let tx = match self.reply(id)? {
             Ok(payload) => wire::parse_transaction_id(&payload)
                 .map_err(|err| wire_error("transaction_start", "/", err))?,
-            Err(err) => {
-                return Err(Error::Xs {
-                    op: "transaction_start",
-                    path: "/".into(),
-                    source: errno(&err),
-                });
-            }
+            Err(err) => return Err(Error::xs("transaction_start", "/", errno(&err))),
         };
         out.clear();
         // (request id, operation, path) of each request of the batch.
@@ -238,11 +211,7 @@ impl Wire {
             if let Err(err) = self.reply(id)?
                 && first_error.is_none()
             {
-                first_error = Some(Error::Xs {
-                    op,
-                    path: path.to_owned(),
-                    source: errno(&err),
-                });
+                first_error = Some(Error::xs(op, path, errno(&err)));
             }
         }
         out.clear();
@@ -256,37 +225,26 @@ impl Wire {
         match end {
             Ok(_) => Ok(true),
             Err(XsError::Eagain) => Ok(false),
-            Err(err) => Err(Error::Xs {
-                op: "transaction_end",
-                path: "/".into(),
-                source: errno(&err),
-            }),
+            Err(err) => Err(Error::xs("transaction_end", "/", errno(&err))),
         }
     }
 
     /// [`Self::write_nodes_once`] again while another transaction gets in the way, at
-    /// most 50 times.
+    /// most [`MAX_ATTEMPTS`] times.
     pub fn write_nodes(&mut self, nodes: &[Node]) -> Result<()> {
-        for _ in 0..50 {
+        for _ in 0..MAX_ATTEMPTS {
             if self.write_nodes_once(nodes)? {
                 return Ok(());
             }
         }
-        Err(Error::Xs {
-            op: "transaction_end",
-            path: "/".into(),
-            source: io::Error::new(
-                io::ErrorKind::WouldBlock,
-                "50 conflicting transactions in a row",
-            ),
-        })
+        Err(too_many_conflicts())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::Perm;
+    use crate::xs::Perm;
 
     /// A stand-in xenstored on one end of a socket pair: it reads every request,
     /// records it (type, transaction, payload) and answers like xenstored, failing

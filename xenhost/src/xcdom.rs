@@ -27,7 +27,7 @@ pub struct DomImage<'xc> {
 }
 
 fn c_path(path: &Path) -> Result<CString> {
-    CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| Error::Xc {
+    CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| Error::Call {
         call: "xc_dom_*",
         source: std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -40,7 +40,7 @@ fn c_path(path: &Path) -> Result<CString> {
 impl<'xc> DomImage<'xc> {
     /// `xc_dom_allocate` with the guest's command line.
     pub fn allocate(xc: &'xc Xc, cmdline: &str) -> Result<Self> {
-        let cmdline = CString::new(cmdline).map_err(|_| Error::Xc {
+        let cmdline = CString::new(cmdline).map_err(|_| Error::Call {
             call: "xc_dom_allocate",
             source: std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,

@@ -1,9 +1,11 @@
-//! libxenctrl: a safe handle ([`Xc`]) for the domain control calls chaos makes.
+//! libxenctrl: a safe handle ([`Xc`]) for the domain control calls of chaos and
+//! xendevd — create, set up, pause, unpause, destroy, look at one domain or all of
+//! them — and what Xen says about the host.
 //!
-//! libxc reports through a `xentoollog` logger; chaos passes its own, which keeps the
-//! last error messages so they end up in chaos's errors (and prints everything from
-//! libxc and libxenguest on stderr with `CHAOS_XC_LOG=1`). The same logger serves the
-//! domain builder ([`crate::xcdom`]).
+//! libxc reports through a `xentoollog` logger; the handle passes its own, which keeps
+//! the last error messages so they end up in [`Error::Call`]'s detail (and, opened
+//! with [`Xc::open_echoing`], prints every message of libxc and libxenguest on
+//! stderr). The same logger serves the domain builder ([`crate::xcdom`]).
 
 use std::ffi::{CStr, c_char, c_int, c_ulong};
 use std::io;
@@ -12,8 +14,7 @@ use std::sync::{Mutex, PoisonError};
 
 use xenffi as ffi;
 
-use crate::error::{Error, Result};
-use crate::uuid::Uuid;
+use crate::error::{Error, Result, program};
 
 unsafe extern "C" {
     /// C's `vsnprintf`, to format libxc's messages (their `va_list` is passed through
@@ -26,12 +27,13 @@ unsafe extern "C" {
     ) -> c_int;
 }
 
-/// A `xentoollog_logger` whose messages chaos keeps. `repr(C)` with the C struct first,
-/// so the pointer libxc hands back to the callbacks is a pointer to this.
+/// A `xentoollog_logger` whose messages the handle keeps. `repr(C)` with the C struct
+/// first, so the pointer libxc hands back to the callbacks is a pointer to this.
 #[repr(C)]
 struct Logger {
     vtable: ffi::xentoollog_logger,
-    echo: bool,
+    /// Print every message on stderr after this prefix.
+    echo: Option<&'static str>,
     /// Error-level messages since the last [`Xc::take_log`], oldest first.
     errors: Mutex<Vec<String>>,
 }
@@ -72,10 +74,11 @@ unsafe extern "C" fn log_message(
         message.push_str(&format!(" ({})", io::Error::from_raw_os_error(errnoval)));
     }
     // SAFETY: libxc passes back the logger we registered, which is the first field of a
-    // live `Logger` (see `Xc::open`, which keeps it boxed for the handle's lifetime).
+    // live `Logger` (see `Xc::open_with`, which keeps it boxed for the handle's
+    // lifetime).
     let logger = unsafe { &*logger.cast::<Logger>() };
-    if logger.echo {
-        eprintln!("chaos: libxc: {message}");
+    if let Some(prefix) = logger.echo {
+        eprintln!("{prefix}: libxc: {message}");
     }
     if level >= ffi::xentoollog_level_XTL_ERROR {
         let mut errors = logger.errors.lock().unwrap_or_else(PoisonError::into_inner);
@@ -99,18 +102,6 @@ unsafe extern "C" fn log_progress(
 
 /// `destroy` of our logger: the `Box` in [`Xc`] owns it.
 unsafe extern "C" fn log_destroy(_logger: *mut ffi::xentoollog_logger) {}
-
-/// What `xc_domain_getinfolist` says about a domain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DomainInfo {
-    pub domid: u32,
-    pub flags: u32,
-    pub tot_pages: u64,
-    pub max_pages: u64,
-    pub cpu_time_ns: u64,
-    pub online_vcpus: u32,
-    pub handle: Uuid,
-}
 
 /// Why a domain shut down (`SHUTDOWN_*`, `xen/include/public/sched.h`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,54 +153,57 @@ impl ShutdownReason {
     }
 }
 
+/// What `xc_domain_getinfolist` says about a domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DomainInfo {
+    pub domid: u32,
+    /// Being destroyed (its pages go once nobody maps them).
+    pub dying: bool,
+    pub paused: bool,
+    pub running: bool,
+    pub blocked: bool,
+    /// Why it shut down, if it has (and is not yet destroyed).
+    pub shutdown: Option<ShutdownReason>,
+    pub tot_pages: u64,
+    pub max_pages: u64,
+    pub cpu_time_ns: u64,
+    pub online_vcpus: u32,
+    /// The handle (UUID) given at creation.
+    pub handle: [u8; 16],
+}
+
 impl DomainInfo {
     fn from_raw(raw: &ffi::xc_domaininfo_t) -> Self {
+        let flag = |bit: u32| raw.flags & bit != 0;
         Self {
             domid: u32::from(raw.domain),
-            flags: raw.flags,
+            dying: flag(ffi::XEN_DOMINF_dying),
+            paused: flag(ffi::XEN_DOMINF_paused),
+            running: flag(ffi::XEN_DOMINF_running),
+            blocked: flag(ffi::XEN_DOMINF_blocked),
+            shutdown: flag(ffi::XEN_DOMINF_shutdown).then(|| {
+                ShutdownReason::from_code(
+                    (raw.flags >> ffi::XEN_DOMINF_shutdownshift) & ffi::XEN_DOMINF_shutdownmask,
+                )
+            }),
             tot_pages: raw.tot_pages,
             max_pages: raw.max_pages,
             cpu_time_ns: raw.cpu_time,
             online_vcpus: raw.nr_online_vcpus,
-            handle: Uuid(raw.handle),
+            handle: raw.handle,
         }
-    }
-
-    pub fn dying(&self) -> bool {
-        self.flags & ffi::XEN_DOMINF_dying != 0
-    }
-
-    pub fn paused(&self) -> bool {
-        self.flags & ffi::XEN_DOMINF_paused != 0
-    }
-
-    pub fn running(&self) -> bool {
-        self.flags & ffi::XEN_DOMINF_running != 0
-    }
-
-    pub fn blocked(&self) -> bool {
-        self.flags & ffi::XEN_DOMINF_blocked != 0
-    }
-
-    /// The reason, if the domain has shut down (and is not yet destroyed).
-    pub fn shutdown(&self) -> Option<ShutdownReason> {
-        (self.flags & ffi::XEN_DOMINF_shutdown != 0).then(|| {
-            ShutdownReason::from_code(
-                (self.flags >> ffi::XEN_DOMINF_shutdownshift) & ffi::XEN_DOMINF_shutdownmask,
-            )
-        })
     }
 
     /// xl's six state letters: running, blocked, paused, shut down, crashed, dying.
     pub fn state_letters(&self) -> String {
-        let shutdown = self.shutdown();
+        let crashed = self.shutdown == Some(ShutdownReason::Crash);
         [
-            (self.running(), 'r'),
-            (self.blocked(), 'b'),
-            (self.paused(), 'p'),
-            (shutdown.is_some_and(|r| r != ShutdownReason::Crash), 's'),
-            (shutdown == Some(ShutdownReason::Crash), 'c'),
-            (self.dying(), 'd'),
+            (self.running, 'r'),
+            (self.blocked, 'b'),
+            (self.paused, 'p'),
+            (self.shutdown.is_some() && !crashed, 's'),
+            (crashed, 'c'),
+            (self.dying, 'd'),
         ]
         .iter()
         .map(|&(on, letter)| if on { letter } else { '-' })
@@ -217,13 +211,21 @@ impl DomainInfo {
     }
 }
 
-/// What `xc_physinfo` says about the host, as far as chaos needs it.
+/// What `xc_physinfo` says about the host, as far as the tools need it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PhysInfo {
     pub free_pages: u64,
     pub total_pages: u64,
     pub nr_cpus: u32,
+    /// `XEN_SYSCTL_PHYSCAP_*` bits.
     pub capabilities: u32,
+}
+
+impl PhysInfo {
+    /// Whether Xen offers grant tables of version 2 to guests.
+    pub fn gnttab_v2(&self) -> bool {
+        self.capabilities & ffi::XEN_SYSCTL_PHYSCAP_gnttab_v2 != 0
+    }
 }
 
 /// A libxenctrl handle (`xc_interface_open`), closed on drop.
@@ -237,20 +239,27 @@ pub struct Xc {
 // not `Sync`, so `&Xc` never reaches two threads at once.
 unsafe impl Send for Xc {}
 
-fn last_os_error() -> io::Error {
-    io::Error::last_os_error()
-}
-
 impl Xc {
-    /// Open libxenctrl (needs `/dev/xen/privcmd`, i.e. root in a Xen dom0).
+    /// Open libxenctrl (needs `/dev/xen/privcmd`, i.e. root in a Xen dom0). libxc's
+    /// messages are kept for the errors they explain.
     pub fn open() -> Result<Self> {
+        Self::open_with(None)
+    }
+
+    /// [`Xc::open`], and print every message of libxc and libxenguest on stderr as
+    /// `PREFIX: libxc: …`.
+    pub fn open_echoing(prefix: &'static str) -> Result<Self> {
+        Self::open_with(Some(prefix))
+    }
+
+    fn open_with(echo: Option<&'static str>) -> Result<Self> {
         let mut logger = Box::new(Logger {
             vtable: ffi::xentoollog_logger {
                 vmessage: Some(log_message),
                 progress: Some(log_progress),
                 destroy: Some(log_destroy),
             },
-            echo: std::env::var_os("CHAOS_XC_LOG").is_some_and(|v| v == "1"),
+            echo,
             errors: Mutex::new(Vec::new()),
         });
         let logger_ptr: *mut ffi::xentoollog_logger = &raw mut logger.vtable;
@@ -259,8 +268,8 @@ impl Xc {
         let handle = unsafe { ffi::xc_interface_open(logger_ptr, logger_ptr, 0) };
         let handle = NonNull::new(handle).ok_or_else(|| Error::Open {
             what: "libxenctrl (xc_interface_open)",
-            source: last_os_error(),
-            hint: "is this a Xen dom0, and is chaos running as root?",
+            source: io::Error::last_os_error(),
+            hint: format!("is this a Xen dom0, and is {} running as root?", program()),
         })?;
         Ok(Self { handle, logger })
     }
@@ -284,8 +293,8 @@ impl Xc {
 
     /// An error for `call`, with errno and whatever libxc logged.
     pub(crate) fn error(&self, call: &'static str) -> Error {
-        let source = last_os_error();
-        Error::Xc {
+        let source = io::Error::last_os_error();
+        Error::Call {
             call,
             source,
             detail: self.take_log(),
@@ -300,11 +309,11 @@ impl Xc {
         Ok(())
     }
 
-    /// Create a paused PV domain; Xen picks its id.
-    pub fn domain_create(&self, handle: &Uuid, vcpus: u32, grant_version: u32) -> Result<u32> {
+    /// Create a paused PV domain with handle `handle`; Xen picks its id.
+    pub fn domain_create(&self, handle: [u8; 16], vcpus: u32, grant_version: u32) -> Result<u32> {
         let mut config = ffi::xen_domctl_createdomain {
             ssidref: 0,
-            handle: handle.0,
+            handle,
             flags: 0,
             iommu_opts: 0,
             max_vcpus: vcpus,
@@ -399,9 +408,7 @@ impl Xc {
         let rc = unsafe { ffi::xc_domain_destroy(self.raw(), domid) };
         if rc < 0 {
             let err = self.error("xc_domain_destroy");
-            if let Error::Xc { source, .. } = &err
-                && source.raw_os_error() == Some(libc::ESRCH)
-            {
+            if err.errno() == Some(libc::ESRCH) {
                 return Ok(false);
             }
             return Err(err);
@@ -422,19 +429,20 @@ impl Xc {
 
     /// Every domain, by id.
     pub fn domains(&self) -> Result<Vec<DomainInfo>> {
+        const BATCH: usize = 256;
         let mut all = Vec::new();
         let mut next = 0u32;
         loop {
             // SAFETY: see `domain_info`.
-            let mut batch: Vec<ffi::xc_domaininfo_t> = vec![unsafe { std::mem::zeroed() }; 256];
-            // SAFETY: room for `batch.len()` entries, as the count says.
+            let mut batch: Vec<ffi::xc_domaininfo_t> = vec![unsafe { std::mem::zeroed() }; BATCH];
+            // SAFETY: room for `BATCH` entries, as the count says.
             let n = unsafe {
-                ffi::xc_domain_getinfolist(self.raw(), next, batch.len() as u32, batch.as_mut_ptr())
+                ffi::xc_domain_getinfolist(self.raw(), next, BATCH as u32, batch.as_mut_ptr())
             };
             self.check("xc_domain_getinfolist", n)?;
-            let n = usize::try_from(n).expect("checked non-negative");
+            let n = usize::try_from(n).expect("checked non-negative").min(BATCH);
             all.extend(batch[..n].iter().map(DomainInfo::from_raw));
-            if n < batch.len() {
+            if n < BATCH {
                 return Ok(all);
             }
             next = all.last().map_or(0, |d| d.domid + 1);
@@ -469,15 +477,11 @@ mod tests {
     use super::*;
 
     fn info(flags: u32) -> DomainInfo {
-        DomainInfo {
-            domid: 1,
-            flags,
-            tot_pages: 0,
-            max_pages: 0,
-            cpu_time_ns: 0,
-            online_vcpus: 1,
-            handle: Uuid([0; 16]),
-        }
+        // SAFETY: an all-zero getdomaininfo is a valid value of the plain C struct.
+        let mut raw: ffi::xc_domaininfo_t = unsafe { std::mem::zeroed() };
+        raw.domain = 1;
+        raw.flags = flags;
+        DomainInfo::from_raw(&raw)
     }
 
     #[test]
@@ -488,12 +492,13 @@ mod tests {
         let crashed =
             ffi::XEN_DOMINF_shutdown | (ffi::SHUTDOWN_crash << ffi::XEN_DOMINF_shutdownshift);
         assert_eq!(info(crashed).state_letters(), "----c-");
-        assert_eq!(info(crashed).shutdown(), Some(ShutdownReason::Crash));
+        assert_eq!(info(crashed).shutdown, Some(ShutdownReason::Crash));
         let off = ffi::XEN_DOMINF_shutdown;
         assert_eq!(info(off).state_letters(), "---s--");
-        assert_eq!(info(off).shutdown(), Some(ShutdownReason::Poweroff));
+        assert_eq!(info(off).shutdown, Some(ShutdownReason::Poweroff));
         assert_eq!(info(ffi::XEN_DOMINF_dying).state_letters(), "-----d");
-        assert_eq!(info(0).shutdown(), None);
+        assert!(info(ffi::XEN_DOMINF_dying).dying);
+        assert_eq!(info(0).shutdown, None);
     }
 
     #[test]
@@ -502,5 +507,17 @@ mod tests {
             assert_eq!(ShutdownReason::from_code(code).code(), code);
         }
         assert_eq!(ShutdownReason::from_code(1).name(), "reboot");
+    }
+
+    #[test]
+    fn grant_v2_capability() {
+        let host = |capabilities| PhysInfo {
+            free_pages: 0,
+            total_pages: 0,
+            nr_cpus: 1,
+            capabilities,
+        };
+        assert!(host(ffi::XEN_SYSCTL_PHYSCAP_gnttab_v2).gnttab_v2());
+        assert!(!host(0).gnttab_v2());
     }
 }

@@ -1,14 +1,16 @@
-//! Granting our own pages to a domain through `libxengnttab`'s `xengntshr_*`
+//! Granting our own pages to a domain through libxengnttab's `xengntshr_*`
 //! (`/dev/xen/gntalloc`). A [`SharedPage`] is unshared on drop; the kernel ends the
 //! grant once the other domain has unmapped it.
+//!
+//! The handle is shared by its pages through `Rc`: a back end is one thread, and a page
+//! must outlive nothing but its handle.
 
-use std::io;
 use std::ptr::NonNull;
 use std::rc::Rc;
 
 use xenffi as ffi;
 
-use super::last_error;
+use crate::error::{Error, Result};
 
 /// An open `/dev/xen/gntalloc`.
 #[derive(Debug)]
@@ -17,16 +19,16 @@ pub struct Gntshr {
 }
 
 impl Gntshr {
-    pub fn open() -> io::Result<Rc<Self>> {
+    pub fn open() -> Result<Rc<Self>> {
         // SAFETY: a NULL logger selects the default; no flags.
         let handle = unsafe { ffi::xengntshr_open(std::ptr::null_mut(), 0) };
         NonNull::new(handle)
             .map(|handle| Rc::new(Self { handle }))
-            .ok_or_else(last_error)
+            .ok_or_else(|| Error::last("xengntshr_open"))
     }
 
     /// A fresh zeroed page of ours, granted to `domid` (read-write if `writable`).
-    pub fn share(self: &Rc<Self>, domid: u32, writable: bool) -> io::Result<SharedPage> {
+    pub fn share(self: &Rc<Self>, domid: u32, writable: bool) -> Result<SharedPage> {
         let mut gref = 0u32;
         // SAFETY: the handle is open; `gref` receives one reference.
         let addr = unsafe {
@@ -38,7 +40,8 @@ impl Gntshr {
                 i32::from(writable),
             )
         };
-        let addr = NonNull::new(addr.cast::<u8>()).ok_or_else(last_error)?;
+        let addr =
+            NonNull::new(addr.cast::<u8>()).ok_or_else(|| Error::last("xengntshr_share_pages"))?;
         Ok(SharedPage {
             gntshr: Rc::clone(self),
             addr,
@@ -81,7 +84,11 @@ impl Drop for SharedPage {
             ffi::xengntshr_unshare(self.gntshr.handle.as_ptr(), self.addr.as_ptr().cast(), 1)
         };
         if result < 0 {
-            log::error!("unsharing grant {}: {}", self.gref, last_error());
+            log::error!(
+                "unsharing grant {}: {}",
+                self.gref,
+                Error::last("xengntshr_unshare")
+            );
         }
     }
 }
