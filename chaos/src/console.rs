@@ -261,17 +261,8 @@ const NOXS_POLL: Duration = Duration::from_millis(20);
 /// follows; the returned stream is non-blocking, and `pending` holds what came with
 /// xendevd's answer.
 pub fn open_noxs(host: &Host, domid: u32) -> Result<(UnixStream, Vec<u8>)> {
-    let request = xendevd::api::Request::Console {
-        domid,
-        follow: true,
-    };
     let streaming = host.timed("xendevd console", || {
-        xendevd::client::call_streaming(
-            &host.options.xendevd_socket,
-            &request,
-            host.options.device_timeout,
-        )
-        .map_err(|err| {
+        host.xendevd.console(domid, true).map_err(|err| {
             Error::Xendevd(format!(
                 "domain {domid}'s console (a NoXS console comes from xendevd): {err}"
             ))

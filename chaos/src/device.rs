@@ -1,6 +1,6 @@
-//! How a guest gets its devices: the [`DeviceMethod`] trait, its Xenstore
-//! implementation ([`XenstoreMethod`]) and NoXS ([`crate::noxs::NoxsMethod`]: a device
-//! block in the guest's start_info, `shared/design/noxs-v1.md`); the domain builder
+//! How a guest gets its devices: the [`DeviceMethod`] trait and its Xenstore
+//! implementation ([`XenstoreMethod`]); NoXS (a device block in the guest's start_info,
+//! `shared/design/noxs-v1.md`) implements it in `noxs.rs`. The domain builder
 //! ([`crate::domain`]) only talks to the trait.
 //!
 //! Xenstore method, per device:
@@ -20,7 +20,9 @@
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, Mac, VbdKind};
+use xendevd::client::ClientError;
+
+use crate::config::{Access, Config, Mac, VbdKind, random_mac};
 use crate::error::{Error, Result};
 use crate::host::Host;
 use crate::layout::{self, Kind};
@@ -62,7 +64,7 @@ pub trait DeviceMethod {
     ) -> Result<()>;
 
     /// The vifs' MAC addresses, in order (random ones included), once prepared.
-    fn macs(&self) -> Vec<String>;
+    fn macs(&self) -> Vec<Mac>;
 
     /// Remove everything this method made for `domid` (whose handle is `uuid`, if
     /// known). Idempotent: parts already gone are skipped, so it also cleans up after a
@@ -123,36 +125,23 @@ impl XenstoreMethod {
                     (target.clone(), libc::major(rdev), libc::minor(rdev))
                 }
                 VbdKind::File => {
-                    let request = xendevd::api::Request::AttachDisk {
-                        path: target.clone(),
-                        readonly: vbd.access == crate::config::Access::Read,
-                        domid: domain.domid,
-                    };
-                    let answer = host.timed(&format!("xendevd attach {target}"), || {
-                        xendevd::client::call(
-                            &host.options.xendevd_socket,
-                            &request,
-                            host.options.device_timeout,
-                        )
-                        .map_err(|err| Error::Device {
-                            device: format!("vbds[{index}] ({})", vbd.vdev),
-                            message: format!("a file-backed disk needs xendevd: {err}"),
-                        })
+                    let device = || format!("vbds[{index}] ({})", vbd.vdev);
+                    let disk = host.timed(&format!("xendevd attach {target}"), || {
+                        host.xendevd
+                            .attach_disk(&target, vbd.access == Access::Read, domain.domid)
+                            .map_err(|err| Error::Device {
+                                device: device(),
+                                message: match err {
+                                    ClientError::Refused(message) => {
+                                        format!("xendevd cannot attach {target}: {message}")
+                                    }
+                                    other => {
+                                        format!("a file-backed disk needs xendevd: {other}")
+                                    }
+                                },
+                            })
                     })?;
-                    match answer {
-                        xendevd::api::Response::Disk(disk) => (disk.device, disk.major, disk.minor),
-                        xendevd::api::Response::Error(message) => {
-                            return Err(Error::Device {
-                                device: format!("vbds[{index}] ({})", vbd.vdev),
-                                message: format!("xendevd cannot attach {target}: {message}"),
-                            });
-                        }
-                        other => {
-                            return Err(Error::Xendevd(format!(
-                                "answered AttachDisk {target} with {other:?}"
-                            )));
-                        }
-                    }
+                    (disk.device, disk.major, disk.minor)
                 }
             };
             self.vbds.push(layout::VbdSpec {
@@ -309,8 +298,8 @@ impl DeviceMethod for XenstoreMethod {
         true
     }
 
-    fn macs(&self) -> Vec<String> {
-        self.vifs.iter().map(|vif| vif.mac.to_string()).collect()
+    fn macs(&self) -> Vec<Mac> {
+        self.vifs.iter().map(|vif| vif.mac).collect()
     }
 
     fn prepare(&mut self, host: &Host, domain: &NewDomain<'_>) -> Result<()> {
@@ -324,7 +313,7 @@ impl DeviceMethod for XenstoreMethod {
                 mac: vif.mac.unwrap_or_else(|| {
                     let mut bytes = [0u8; 3];
                     random_bytes(&mut bytes);
-                    Mac::random(bytes)
+                    random_mac(bytes)
                 }),
                 ip: vif.ip,
                 bridge: vif.bridge.clone(),
@@ -389,12 +378,12 @@ impl DeviceMethod for XenstoreMethod {
     }
 
     fn teardown(&self, host: &Host, domid: u32, uuid: Option<&Uuid>) -> Result<()> {
-        let socket = &host.options.xendevd_socket;
+        let listening = host.xendevd.socket().exists();
         let Some(xs) = host.xenstore() else {
             // No xenstored: no nodes to remove, no record of the disks; xendevd still
             // holds the loop devices it attached for the domain, if any.
-            if socket.exists() {
-                crate::noxs::release(host, domid)?;
+            if listening {
+                release_loop_devices(host, domid, None)?;
             }
             return Ok(());
         };
@@ -427,35 +416,30 @@ impl DeviceMethod for XenstoreMethod {
         })?;
         // Loop devices: xendevd releases what it holds for the domain. Ask whenever it
         // listens; without it, only a domain that had file-backed disks is a problem.
-        if file_disks || socket.exists() {
-            let answer = host.timed("xendevd release", || {
-                Ok(xendevd::client::call(
-                    socket,
-                    &xendevd::api::Request::ReleaseDomain { domid },
-                    host.options.device_timeout,
-                ))
-            })?;
-            match answer {
-                Ok(xendevd::api::Response::Done) => {}
-                Ok(xendevd::api::Response::Error(message)) => {
-                    return Err(Error::Xendevd(format!(
-                        "cannot release domain {domid}'s loop devices: {message}"
-                    )));
-                }
-                Ok(other) => {
-                    return Err(Error::Xendevd(format!(
-                        "answered ReleaseDomain {domid} with {other:?}"
-                    )));
-                }
-                Err(err) if file_disks => {
-                    return Err(Error::Xendevd(format!(
-                        "domain {domid} had file-backed disks, but {err}: its loop devices \
-                         stay attached (losetup -d them)"
-                    )));
-                }
-                Err(_) => {}
-            }
+        if file_disks || listening {
+            release_loop_devices(host, domid, Some(file_disks))?;
         }
         Ok(())
+    }
+}
+
+/// Have xendevd release the loop devices it attached for `domid`. `file_disks`: whether
+/// the domain had file-backed disks (`None`: not known); only then must xendevd answer.
+fn release_loop_devices(host: &Host, domid: u32, file_disks: Option<bool>) -> Result<()> {
+    let released = host.timed("xendevd release", || Ok(host.xendevd.release_domain(domid)))?;
+    match released {
+        Ok(()) => Ok(()),
+        Err(ClientError::Refused(message)) => Err(Error::Xendevd(format!(
+            "cannot release domain {domid}'s loop devices: {message}"
+        ))),
+        Err(err) if file_disks != Some(false) => Err(Error::Xendevd(format!(
+            "domain {domid} {}, but {err}: its loop devices stay attached (losetup -d them)",
+            if file_disks.is_some() {
+                "had file-backed disks"
+            } else {
+                "may hold loop devices of xendevd"
+            }
+        ))),
+        Err(_) => Ok(()),
     }
 }

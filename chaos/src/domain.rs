@@ -53,7 +53,7 @@ pub struct Created {
     /// Whether it was left paused.
     pub paused: bool,
     /// The vifs' MAC addresses, in order (random ones included).
-    pub macs: Vec<String>,
+    pub macs: Vec<crate::config::Mac>,
     pub dev_method: DevMethod,
 }
 
@@ -443,9 +443,9 @@ pub fn request_shutdown(
 ) -> Result<()> {
     if dev_method == DevMethod::Noxs {
         let action = if reboot {
-            xendevd::api::PowerAction::Reboot
+            xenproto::noxs::Request::Reboot
         } else {
-            xendevd::api::PowerAction::Poweroff
+            xenproto::noxs::Request::Poweroff
         };
         return host.timed("xendevd power", || {
             noxs::power(host, domid, action, timeout)

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use xendevd::client::Client;
 use xenhost::xc::Xc;
 use xenhost::xs::wire::Wire;
 use xenhost::xs::{Node, Xs};
@@ -53,6 +54,9 @@ impl Default for Options {
 #[derive(Debug)]
 pub struct Host {
     pub xc: Xc,
+    /// xendevd at [`Options::xendevd_socket`], answering within
+    /// [`Options::device_timeout`].
+    pub xendevd: Client,
     pub options: Options,
     /// Xenstore once asked for: the connection, or why there is none.
     xs: OnceCell<std::result::Result<Xs, String>>,
@@ -73,6 +77,7 @@ impl Host {
         };
         Ok(Self {
             xc,
+            xendevd: Client::new(&options.xendevd_socket, options.device_timeout),
             options,
             xs: OnceCell::new(),
             wire: Mutex::new(None),

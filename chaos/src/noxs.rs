@@ -15,11 +15,11 @@
 
 use std::time::Duration;
 
-use xendevd::api::{NoxsDevice, NoxsDomain, NoxsEntry, NoxsKind, PowerAction, Request, Response};
-use xendevd::client::{self, ClientError};
-use xenproto::noxs::{BLOCK_LEN, BLOCK_OFFSET, Block, Entry, Kind, MAX_ENTRIES};
+use xendevd::api::{NoxsDevice, NoxsDomain};
+use xendevd::client::ClientError;
+use xenproto::noxs::{self, BLOCK_LEN, BLOCK_OFFSET, Block, Kind, MAX_ENTRIES};
 
-use crate::config::{Access, Config, DEFAULT_PREFIX_LEN, Mac};
+use crate::config::{Access, Config, DEFAULT_PREFIX_LEN, Mac, random_mac};
 use crate::device::{Built, DeviceMethod, NewDomain};
 use crate::error::{Error, Result};
 use crate::host::Host;
@@ -74,7 +74,7 @@ pub fn devices_for(
         macs.push(mac);
         devices.push(NoxsDevice::Vif {
             devid,
-            mac: mac.to_string(),
+            mac,
             bridge: vif.bridge.clone(),
             ip: vif.ip,
             prefix_len: vif.ip.map(|_| vif.prefix_len.unwrap_or(DEFAULT_PREFIX_LEN)),
@@ -91,27 +91,20 @@ pub fn devices_for(
     (devices, macs)
 }
 
-fn kind_and_devid(device: &NoxsDevice) -> (NoxsKind, u32) {
+fn kind_and_devid(device: &NoxsDevice) -> (Kind, u32) {
     match device {
-        NoxsDevice::Sysctl => (NoxsKind::Sysctl, 0),
-        NoxsDevice::Vif { devid, .. } => (NoxsKind::Vif, *devid),
-        NoxsDevice::Vbd { devid, .. } => (NoxsKind::Vbd, *devid),
+        NoxsDevice::Sysctl => (Kind::Sysctl, 0),
+        NoxsDevice::Vif { devid, .. } => (Kind::Vif, *devid),
+        NoxsDevice::Vbd { devid, .. } => (Kind::Vbd, *devid),
     }
 }
 
-fn wire_kind(kind: NoxsKind) -> Kind {
+fn describe(kind: Kind, devid: u32) -> String {
     match kind {
-        NoxsKind::Sysctl => Kind::Sysctl,
-        NoxsKind::Vif => Kind::Vif,
-        NoxsKind::Vbd => Kind::Vbd,
-    }
-}
-
-fn describe(kind: NoxsKind, devid: u32) -> String {
-    match kind {
-        NoxsKind::Sysctl => "sysctl".into(),
-        NoxsKind::Vif => format!("vif {devid}"),
-        NoxsKind::Vbd => format!("vbd {devid}"),
+        Kind::Sysctl => "sysctl".into(),
+        Kind::Console => "console".into(),
+        Kind::Vif => format!("vif {devid}"),
+        Kind::Vbd => format!("vbd {devid}"),
     }
 }
 
@@ -164,18 +157,12 @@ pub fn block_for(asked: &[NoxsDevice], answer: &NoxsDomain, domid: u32) -> Resul
         .iter()
         .map(|device| {
             let (kind, devid) = kind_and_devid(device);
-            let entry: &NoxsEntry = answer
+            answer
                 .entries
                 .iter()
                 .find(|entry| (entry.kind, entry.devid) == (kind, devid))
-                .ok_or_else(|| format!("no entry for {}", describe(kind, devid)))?;
-            Ok(Entry {
-                kind: wire_kind(kind),
-                backend: entry.backend,
-                devid,
-                ctrl_gref: entry.ctrl_gref,
-                ctrl_port: entry.ctrl_port,
-            })
+                .copied()
+                .ok_or_else(|| format!("no entry for {}", describe(kind, devid)))
         })
         .collect::<Result<Vec<_>, String>>()?;
     Ok(Block { entries })
@@ -199,16 +186,6 @@ pub fn write_block(page: &mut [u8; START_INFO_PAGE], block: &Block) -> Result<()
         .map_err(|err| format!("encoding the NoXS block: {err}"))
 }
 
-/// Ask xendevd; a failure to reach it is an error saying `what` needed it.
-fn ask(host: &Host, request: &Request, what: &str) -> Result<Response> {
-    client::call(
-        &host.options.xendevd_socket,
-        request,
-        host.options.device_timeout,
-    )
-    .map_err(|err| Error::Xendevd(format!("{what}: {err}")))
-}
-
 impl DeviceMethod for NoxsMethod {
     fn name(&self) -> &'static str {
         "noxs"
@@ -223,7 +200,7 @@ impl DeviceMethod for NoxsMethod {
         (self.devices, self.macs) = devices_for(domain.config, || {
             let mut bytes = [0u8; 3];
             random_bytes(&mut bytes);
-            Mac::random(bytes)
+            random_mac(bytes)
         });
         Ok(())
     }
@@ -236,38 +213,23 @@ impl DeviceMethod for NoxsMethod {
         start_info: &mut [u8; START_INFO_PAGE],
     ) -> Result<()> {
         let domid = domain.domid;
-        let request = Request::NoxsCreate {
-            domid,
-            name: domain.config.name.clone(),
-            console_port: built.nodes.console_port,
-            devices: self.devices.clone(),
-        };
-        let answer = host.timed("xendevd noxs_create", || {
-            let answer = client::call(
-                &host.options.xendevd_socket,
-                &request,
-                host.options.device_timeout,
+        let served = host.timed("xendevd noxs_create", || {
+            let answer = host.xendevd.noxs_create(
+                domid,
+                &domain.config.name,
+                built.nodes.console_port,
+                &self.devices,
             );
-            self.reached_xendevd = !matches!(answer, Err(ClientError::Connect { .. }));
-            answer.map_err(|err| {
-                Error::Xendevd(format!(
-                    "a NoXS domain needs xendevd as its back end: {err}"
-                ))
+            self.reached_xendevd = !matches!(&answer, Err(err) if err.is_unreachable());
+            answer.map_err(|err| match err {
+                ClientError::Refused(message) => Error::Xendevd(format!(
+                    "cannot be the back end of domain {domid}: {message}"
+                )),
+                other => Error::Xendevd(format!(
+                    "a NoXS domain needs xendevd as its back end: {other}"
+                )),
             })
         })?;
-        let served = match answer {
-            Response::Noxs(served) => served,
-            Response::Error(message) => {
-                return Err(Error::Xendevd(format!(
-                    "cannot be the back end of domain {domid}: {message}"
-                )));
-            }
-            other => {
-                return Err(Error::Xendevd(format!(
-                    "answered NoxsCreate for domain {domid} with {other:?}"
-                )));
-            }
-        };
         let block = block_for(&self.devices, &served, domid).map_err(|why| {
             Error::Xendevd(format!("its NoxsCreate answer for domain {domid}: {why}"))
         })?;
@@ -279,8 +241,8 @@ impl DeviceMethod for NoxsMethod {
         })
     }
 
-    fn macs(&self) -> Vec<String> {
-        self.macs.iter().map(Mac::to_string).collect()
+    fn macs(&self) -> Vec<Mac> {
+        self.macs.clone()
     }
 
     fn teardown(&self, host: &Host, domid: u32, _uuid: Option<&Uuid>) -> Result<()> {
@@ -294,42 +256,32 @@ impl DeviceMethod for NoxsMethod {
 /// Have xendevd release everything it holds for `domid` (back ends, console, loop
 /// devices). xendevd must answer: it is the only one that can.
 pub fn release(host: &Host, domid: u32) -> Result<()> {
-    let answer = host.timed("xendevd release", || {
-        ask(
-            host,
-            &Request::ReleaseDomain { domid },
-            &format!("domain {domid} is a NoXS domain, whose back ends only xendevd can release"),
-        )
-    })?;
-    match answer {
-        Response::Done => Ok(()),
-        Response::Error(message) => Err(Error::Xendevd(format!(
-            "cannot release domain {domid}: {message}"
-        ))),
-        other => Err(Error::Xendevd(format!(
-            "answered ReleaseDomain {domid} with {other:?}"
-        ))),
-    }
+    host.timed("xendevd release", || {
+        host.xendevd.release_domain(domid).map_err(|err| match err {
+            ClientError::Refused(message) => {
+                Error::Xendevd(format!("cannot release domain {domid}: {message}"))
+            }
+            other => Error::Xendevd(format!(
+                "domain {domid} is a NoXS domain, whose back ends only xendevd can \
+                     release: {other}"
+            )),
+        })
+    })
 }
 
 /// The NoXS domains xendevd serves; `None` when no xendevd listens (then there are
 /// none: their back ends would have gone with it).
 pub fn served(host: &Host) -> Result<Option<Vec<NoxsDomain>>> {
-    let socket = &host.options.xendevd_socket;
-    if !socket.exists() {
+    if !host.xendevd.socket().exists() {
         return Ok(None);
     }
-    let answer = match client::call(socket, &Request::Query, host.options.device_timeout) {
-        Ok(answer) => answer,
-        Err(ClientError::Connect { .. }) => return Ok(None),
-        Err(err) => return Err(Error::Xendevd(format!("asking what it serves: {err}"))),
-    };
-    match answer {
-        Response::State(state) => Ok(Some(state.domains)),
-        Response::Error(message) => Err(Error::Xendevd(format!(
+    match host.xendevd.query() {
+        Ok(state) => Ok(Some(state.domains)),
+        Err(err) if err.is_unreachable() => Ok(None),
+        Err(ClientError::Refused(message)) => Err(Error::Xendevd(format!(
             "cannot say what it serves: {message}"
         ))),
-        other => Err(Error::Xendevd(format!("answered Query with {other:?}"))),
+        Err(err) => Err(Error::Xendevd(format!("asking what it serves: {err}"))),
     }
 }
 
@@ -341,29 +293,17 @@ pub fn served_domain(host: &Host, domid: u32) -> Result<Option<NoxsDomain>> {
 /// Ask NoXS domain `domid` to power off, reboot, suspend or crash (through its sysctl
 /// device); returns once the guest acknowledged, an error if it did not within
 /// `timeout`.
-pub fn power(host: &Host, domid: u32, action: PowerAction, timeout: Duration) -> Result<()> {
-    let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
-    let request = Request::Power {
-        domid,
-        action,
-        timeout_ms,
-    };
-    // xendevd answers after the guest's acknowledgement, at most `timeout` from now.
-    let answer = client::call(
-        &host.options.xendevd_socket,
-        &request,
-        timeout + host.options.device_timeout,
-    )
-    .map_err(|err| Error::Xendevd(format!("a NoXS power request goes through xendevd: {err}")))?;
-    match answer {
-        Response::Done => Ok(()),
-        Response::Error(message) => Err(Error::Xendevd(format!(
-            "power request {action:?} to domain {domid}: {message}"
-        ))),
-        other => Err(Error::Xendevd(format!(
-            "answered Power for domain {domid} with {other:?}"
-        ))),
-    }
+pub fn power(host: &Host, domid: u32, action: noxs::Request, timeout: Duration) -> Result<()> {
+    host.xendevd
+        .power(domid, action, timeout)
+        .map_err(|err| match err {
+            ClientError::Refused(message) => Error::Xendevd(format!(
+                "power request {action:?} to domain {domid}: {message}"
+            )),
+            other => Error::Xendevd(format!(
+                "a NoXS power request goes through xendevd: {other}"
+            )),
+        })
 }
 
 #[cfg(test)]
@@ -375,8 +315,8 @@ mod tests {
         Config::parse(text).unwrap()
     }
 
-    fn entry(kind: NoxsKind, devid: u32, gref: u32, port: u32) -> NoxsEntry {
-        NoxsEntry {
+    fn entry(kind: Kind, devid: u32, gref: u32, port: u32) -> noxs::Entry {
+        noxs::Entry {
             kind,
             devid,
             backend: 0,
@@ -394,14 +334,14 @@ mod tests {
 
     #[test]
     fn devices_are_sysctl_then_vifs_then_vbds() {
-        let (devices, macs) = devices_for(&config(DAYTIME), || Mac::random([1, 2, 3]));
+        let (devices, macs) = devices_for(&config(DAYTIME), || random_mac([1, 2, 3]));
         assert_eq!(
             devices,
             [
                 NoxsDevice::Sysctl,
                 NoxsDevice::Vif {
                     devid: 0,
-                    mac: "00:16:3e:0a:00:10".into(),
+                    mac: "00:16:3e:0a:00:10".parse().unwrap(),
                     bridge: "xenbr0".into(),
                     ip: Some(Ipv4Addr::new(10, 0, 2, 16)),
                     prefix_len: Some(24),
@@ -409,7 +349,7 @@ mod tests {
                 },
                 NoxsDevice::Vif {
                     devid: 1,
-                    mac: "00:16:3e:01:02:03".into(),
+                    mac: "00:16:3e:01:02:03".parse().unwrap(),
                     bridge: "br1".into(),
                     ip: None,
                     prefix_len: None,
@@ -436,7 +376,7 @@ mod tests {
                 r#"{"name": "d", "kernel": "/k", "memory": 8, "vcpus": 1,
                     "xen": {"dev_method": "noxs"}, "vifs": [{"ip": "10.0.0.5/8"}]}"#,
             ),
-            || Mac::random([9, 9, 9]),
+            || random_mac([9, 9, 9]),
         );
         let NoxsDevice::Vif {
             mac, prefix_len, ..
@@ -445,21 +385,21 @@ mod tests {
             panic!("{devices:?}");
         };
         assert_eq!(*prefix_len, Some(8));
-        assert_eq!(mac, "00:16:3e:09:09:09");
+        assert_eq!(mac.to_string(), "00:16:3e:09:09:09");
     }
 
     fn daytime_answer() -> (Vec<NoxsDevice>, NoxsDomain) {
-        let (devices, _) = devices_for(&config(DAYTIME), || Mac::random([1, 2, 3]));
+        let (devices, _) = devices_for(&config(DAYTIME), || random_mac([1, 2, 3]));
         // xendevd may answer in any order.
         let answer = NoxsDomain {
             domid: 7,
             name: "daytime".into(),
             entries: vec![
-                entry(NoxsKind::Vbd, 1, 14, 9),
-                entry(NoxsKind::Vif, 0, 10, 5),
-                entry(NoxsKind::Sysctl, 0, 9, 4),
-                entry(NoxsKind::Vif, 1, 11, 6),
-                entry(NoxsKind::Vbd, 0, 13, 8),
+                entry(Kind::Vbd, 1, 14, 9),
+                entry(Kind::Vif, 0, 10, 5),
+                entry(Kind::Sysctl, 0, 9, 4),
+                entry(Kind::Vif, 1, 11, 6),
+                entry(Kind::Vbd, 0, 13, 8),
             ],
             states: Vec::new(),
             created_ms: 0,
@@ -486,7 +426,7 @@ mod tests {
         );
         assert_eq!(
             block.entries[1],
-            Entry {
+            noxs::Entry {
                 kind: Kind::Vif,
                 backend: 0,
                 devid: 0,
@@ -528,7 +468,7 @@ mod tests {
         let answer = NoxsDomain {
             domid: 3,
             name: "noop".into(),
-            entries: vec![entry(NoxsKind::Sysctl, 0, 8, 3)],
+            entries: vec![entry(Kind::Sysctl, 0, 8, 3)],
             states: Vec::new(),
             created_ms: 0,
         };
@@ -555,11 +495,11 @@ mod tests {
                 "no entry for vif 1",
             ),
             (
-                Box::new(|a| a.entries.push(entry(NoxsKind::Vif, 2, 1, 1))),
+                Box::new(|a| a.entries.push(entry(Kind::Vif, 2, 1, 1))),
                 "entries[5] is for vif 2, which was not asked for",
             ),
             (
-                Box::new(|a| a.entries.push(entry(NoxsKind::Sysctl, 0, 1, 1))),
+                Box::new(|a| a.entries.push(entry(Kind::Sysctl, 0, 1, 1))),
                 "entries[5]: sysctl has two entries",
             ),
             (

@@ -3,10 +3,17 @@
 //! The NoXS requests (`noxs_create`, `power`, `console`) serve chaos's NoXS device
 //! method (`shared/design/noxs-v1.md` §3): xendevd is the back end of every device of
 //! such a domain, console included, and no Xenstore is involved.
+//!
+//! The NoXS words are xenproto's, the guest's own: a device's [`noxs::Kind`], its
+//! block [`noxs::Entry`], a power request ([`noxs::Request`]) and a vif's [`Mac`]
+//! (through xenproto's `serde` feature), so chaos, xendevd and the guest share one
+//! vocabulary.
 
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
+pub use xenproto::netif::Mac;
+use xenproto::noxs;
 
 /// What a client asks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,7 +50,7 @@ pub enum Request {
     /// caller's part.
     Power {
         domid: u32,
-        action: PowerAction,
+        action: noxs::Request,
         timeout_ms: u32,
     },
     /// A NoXS domain's console: answered with `Response::Streaming`, then the
@@ -62,8 +69,8 @@ pub enum NoxsDevice {
     /// A network interface: a tap device on `bridge`.
     Vif {
         devid: u32,
-        /// `00:16:3e:xx:xx:xx`.
-        mac: String,
+        /// `00:16:3e:xx:xx:xx`: a unicast address ([`station_mac`]).
+        mac: Mac,
         bridge: String,
         /// The guest's address, given to it in the control page; none: it asks DHCP.
         ip: Option<Ipv4Addr>,
@@ -78,35 +85,24 @@ pub enum NoxsDevice {
     },
 }
 
-/// A power request (`noxs-v1.md`, sysctl).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PowerAction {
-    Poweroff,
-    Reboot,
-    Suspend,
-    Crash,
+/// Why a MAC address cannot be a vif's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StationMacError {
+    #[error("{0} is a multicast address (the first byte is odd): a vif needs a unicast one")]
+    Multicast(Mac),
+    #[error("{0} is not a usable MAC address")]
+    Zero(Mac),
 }
 
-/// Which kind of NoXS device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NoxsKind {
-    Sysctl,
-    Vif,
-    Vbd,
-}
-
-/// One device's entry for the start_info block (`xenproto::noxs::Entry`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NoxsEntry {
-    pub kind: NoxsKind,
-    pub devid: u32,
-    /// The back end's domain (xendevd's: 0).
-    pub backend: u16,
-    pub ctrl_gref: u32,
-    pub ctrl_port: u32,
+/// `mac`, if it can be a station's (a vif's) address: unicast, not all zeros.
+pub fn station_mac(mac: Mac) -> Result<Mac, StationMacError> {
+    if mac.0[0] & 1 != 0 {
+        Err(StationMacError::Multicast(mac))
+    } else if mac.0 == [0; 6] {
+        Err(StationMacError::Zero(mac))
+    } else {
+        Ok(mac)
+    }
 }
 
 /// A NoXS domain the daemon serves.
@@ -115,7 +111,8 @@ pub struct NoxsEntry {
 pub struct NoxsDomain {
     pub domid: u32,
     pub name: String,
-    pub entries: Vec<NoxsEntry>,
+    /// One per device, for the start_info block (`backend`: xendevd's domain, 0).
+    pub entries: Vec<noxs::Entry>,
     /// Each device's state words, in `entries`' order: (back end, front end), Xenbus
     /// values.
     #[serde(default)]
@@ -214,7 +211,7 @@ mod tests {
                 NoxsDevice::Sysctl,
                 NoxsDevice::Vif {
                     devid: 0,
-                    mac: "00:16:3e:00:00:01".into(),
+                    mac: Mac([0x00, 0x16, 0x3e, 0, 0, 1]),
                     bridge: "xenbr0".into(),
                     ip: Some(Ipv4Addr::new(10, 0, 2, 16)),
                     prefix_len: Some(24),
@@ -231,7 +228,7 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&Request::Power {
                 domid: 7,
-                action: PowerAction::Poweroff,
+                action: noxs::Request::Poweroff,
                 timeout_ms: 5000
             })
             .unwrap(),
@@ -260,8 +257,85 @@ mod tests {
             r#"{"op":"power","domid":1,"action":"halt","timeout_ms":1}"#,
             r#"{"op":"noxs_create","domid":1,"name":"x","console_port":1,"devices":[{"kind":"tape"}]}"#,
             r#"{"op":"noxs_create","domid":1,"name":"x","console_port":1,"devices":[{"kind":"vbd","devid":0,"target":"/i","readonly":false,"x":1}]}"#,
+            r#"{"op":"noxs_create","domid":1,"name":"x","console_port":1,"devices":[{"kind":"vif","devid":0,"mac":"00:16:3e:zz:00:10","bridge":"xenbr0","ip":null,"prefix_len":null,"gateway":null}]}"#,
+            r#"{"op":"noxs_create","domid":1,"name":"x","console_port":1,"devices":[{"kind":"vif","devid":0,"mac":"00:16:3e:0a:00","bridge":"xenbr0","ip":null,"prefix_len":null,"gateway":null}]}"#,
         ] {
             assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
         }
+        let err = serde_json::from_str::<Mac>(r#""00-16-3e-0a-00-10""#).unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "invalid value: string \"00-16-3e-0a-00-10\", expected a MAC address (six hex pairs"
+            ),
+            "{err}"
+        );
+    }
+
+    /// The answer chaos writes into the guest's block, byte for byte as before the
+    /// entries were xenproto's own type.
+    #[test]
+    fn noxs_answers_are_stable() {
+        let entry = |kind, devid, gref, port| noxs::Entry {
+            kind,
+            backend: 0,
+            devid,
+            ctrl_gref: gref,
+            ctrl_port: port,
+        };
+        let answer = Response::Noxs(NoxsDomain {
+            domid: 7,
+            name: "daytime".into(),
+            entries: vec![
+                entry(noxs::Kind::Sysctl, 0, 9, 4),
+                entry(noxs::Kind::Vif, 0, 10, 5),
+                entry(noxs::Kind::Vbd, 1, 14, 9),
+            ],
+            states: vec![(2, 0), (4, 4), (2, 1)],
+            created_ms: 1_700_000_000_123,
+        });
+        let line = serde_json::to_string(&answer).unwrap();
+        assert_eq!(
+            line,
+            r#"{"noxs":{"domid":7,"name":"daytime","entries":[{"kind":"sysctl","devid":0,"backend":0,"ctrl_gref":9,"ctrl_port":4},{"kind":"vif","devid":0,"backend":0,"ctrl_gref":10,"ctrl_port":5},{"kind":"vbd","devid":1,"backend":0,"ctrl_gref":14,"ctrl_port":9}],"states":[[2,0],[4,4],[2,1]],"created_ms":1700000000123}}"#
+        );
+        assert_eq!(serde_json::from_str::<Response>(&line).unwrap(), answer);
+        for bad in [
+            r#"{"kind":"tape","devid":0,"backend":0,"ctrl_gref":9,"ctrl_port":4}"#,
+            r#"{"kind":"vif","devid":0,"backend":0,"ctrl_gref":9}"#,
+            r#"{"kind":"vif","devid":0,"backend":0,"ctrl_gref":9,"ctrl_port":4,"x":1}"#,
+        ] {
+            assert!(serde_json::from_str::<noxs::Entry>(bad).is_err(), "{bad}");
+        }
+        for (action, name) in [
+            (noxs::Request::Poweroff, "poweroff"),
+            (noxs::Request::Reboot, "reboot"),
+            (noxs::Request::Suspend, "suspend"),
+            (noxs::Request::Crash, "crash"),
+        ] {
+            assert_eq!(
+                serde_json::to_string(&action).unwrap(),
+                format!("\"{name}\"")
+            );
+        }
+    }
+
+    #[test]
+    fn station_macs() {
+        let mac = |text: &str| text.parse::<Mac>().unwrap();
+        assert_eq!(
+            station_mac(mac("00:16:3E:0a:00:10")).unwrap().to_string(),
+            "00:16:3e:0a:00:10"
+        );
+        assert_eq!(
+            station_mac(mac("01:16:3e:0a:00:10"))
+                .unwrap_err()
+                .to_string(),
+            "01:16:3e:0a:00:10 is a multicast address (the first byte is odd): a vif needs a \
+             unicast one"
+        );
+        assert_eq!(
+            station_mac(mac("00:00:00:00:00:00")).unwrap_err(),
+            StationMacError::Zero(Mac([0; 6]))
+        );
     }
 }

@@ -1,13 +1,17 @@
-//! A blocking client for the daemon's socket.
+//! The caller's side of xendevd's API: a blocking [`Client`] with one method per
+//! request, each answer checked against what the request expects, so a caller sees
+//! values and errors, never raw [`Response`]s.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::api::{Request, Response};
+use xenproto::noxs;
 
-/// Talking to the daemon failed.
+use crate::api::{Disk, NoxsDevice, NoxsDomain, Request, Response, State};
+
+/// Talking to the daemon failed, or it refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot reach xendevd at {path}: {source} (is xendevd running?)")]
@@ -21,18 +25,29 @@ pub enum ClientError {
     BadAnswer(#[from] serde_json::Error),
     #[error("xendevd closed the connection without answering")]
     NoAnswer,
-    /// A request meant to stream was answered otherwise (`Error` carries xendevd's
-    /// reason).
+    /// xendevd answered with an error: its reason.
     #[error("xendevd refused: {0}")]
     Refused(String),
-    #[error("xendevd answered {0:?} where a stream was to begin")]
-    NotStreaming(Box<Response>),
+    /// xendevd answered, but not as the request expects.
+    #[error("xendevd answered {request} with {answer:?}")]
+    Unexpected {
+        request: &'static str,
+        answer: Box<Response>,
+    },
 }
 
-/// Send one request and wait (at most `timeout`) for its response.
-pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Response, ClientError> {
-    let (response, _) = exchange(socket, request, timeout)?;
-    Ok(response)
+impl ClientError {
+    /// Whether xendevd could not be reached at all (nothing was asked of it).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Self::Connect { .. })
+    }
+}
+
+/// xendevd at its socket; each request is one connection, answered within `timeout`.
+#[derive(Debug, Clone)]
+pub struct Client {
+    socket: PathBuf,
+    timeout: Duration,
 }
 
 /// A connection whose answer was [`Response::Streaming`]: raw bytes follow until
@@ -52,50 +67,164 @@ impl Streaming {
     }
 }
 
-/// Send a request answered with a stream (`Console`); wait at most `timeout` for the
-/// answer. Any other answer is an error: [`ClientError::Refused`] with xendevd's
-/// reason, or [`ClientError::NotStreaming`].
-pub fn call_streaming(
-    socket: &Path,
-    request: &Request,
-    timeout: Duration,
-) -> Result<Streaming, ClientError> {
-    let (response, reader) = exchange(socket, request, timeout)?;
-    match response {
-        Response::Streaming => {
-            let pending = reader.buffer().to_vec();
-            let stream = reader.into_inner();
-            stream.set_read_timeout(None)?;
-            stream.set_write_timeout(None)?;
-            Ok(Streaming { stream, pending })
-        }
+/// `answer`, unless it is xendevd's refusal or not what `request` expects.
+fn expect<T>(
+    request: &'static str,
+    answer: Response,
+    wanted: impl FnOnce(Response) -> Result<T, Response>,
+) -> Result<T, ClientError> {
+    match answer {
         Response::Error(message) => Err(ClientError::Refused(message)),
-        other => Err(ClientError::NotStreaming(Box::new(other))),
+        answer => wanted(answer).map_err(|answer| ClientError::Unexpected {
+            request,
+            answer: Box::new(answer),
+        }),
     }
 }
 
-/// Connect, send `request`, read the answer line; the reader holds whatever came after
-/// it.
-fn exchange(
-    socket: &Path,
-    request: &Request,
-    timeout: Duration,
-) -> Result<(Response, BufReader<UnixStream>), ClientError> {
-    let stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
-        path: socket.display().to_string(),
-        source,
-    })?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    let mut line = serde_json::to_string(request)?;
-    line.push('\n');
-    (&stream).write_all(line.as_bytes())?;
-    let mut reader = BufReader::new(stream);
-    let mut answer = String::new();
-    if reader.read_line(&mut answer)? == 0 {
-        return Err(ClientError::NoAnswer);
+/// `Done`, as most requests are answered.
+fn done(answer: Response) -> Result<(), Response> {
+    match answer {
+        Response::Done => Ok(()),
+        other => Err(other),
     }
-    Ok((serde_json::from_str(answer.trim_end())?, reader))
+}
+
+impl Client {
+    pub fn new(socket: impl Into<PathBuf>, timeout: Duration) -> Self {
+        Self {
+            socket: socket.into(),
+            timeout,
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Send one request and wait for its answer, whatever it is (for tools that print
+    /// it).
+    pub fn call(&self, request: &Request) -> Result<Response, ClientError> {
+        let (response, _) = self.exchange(request, self.timeout)?;
+        Ok(response)
+    }
+
+    /// Put a loop device in front of image `path` for domain `domid`.
+    pub fn attach_disk(&self, path: &str, readonly: bool, domid: u32) -> Result<Disk, ClientError> {
+        let request = Request::AttachDisk {
+            path: path.to_owned(),
+            readonly,
+            domid,
+        };
+        expect("attach_disk", self.call(&request)?, |answer| match answer {
+            Response::Disk(disk) => Ok(disk),
+            other => Err(other),
+        })
+    }
+
+    /// Detach a loop device attached with [`Client::attach_disk`].
+    pub fn detach_disk(&self, device: &str) -> Result<(), ClientError> {
+        let request = Request::DetachDisk {
+            device: device.to_owned(),
+        };
+        expect("detach_disk", self.call(&request)?, done)
+    }
+
+    /// Release everything held for `domid`: loop devices, NoXS back ends, console.
+    pub fn release_domain(&self, domid: u32) -> Result<(), ClientError> {
+        let answer = self.call(&Request::ReleaseDomain { domid })?;
+        expect("release_domain", answer, done)
+    }
+
+    /// What the daemon holds: loop devices, vifs, NoXS domains.
+    pub fn query(&self) -> Result<State, ClientError> {
+        expect(
+            "query",
+            self.call(&Request::Query)?,
+            |answer| match answer {
+                Response::State(state) => Ok(state),
+                other => Err(other),
+            },
+        )
+    }
+
+    /// Be the back end of NoXS domain `domid` (built, still paused): its entries for
+    /// the start_info block.
+    pub fn noxs_create(
+        &self,
+        domid: u32,
+        name: &str,
+        console_port: u32,
+        devices: &[NoxsDevice],
+    ) -> Result<NoxsDomain, ClientError> {
+        let request = Request::NoxsCreate {
+            domid,
+            name: name.to_owned(),
+            console_port,
+            devices: devices.to_vec(),
+        };
+        expect("noxs_create", self.call(&request)?, |answer| match answer {
+            Response::Noxs(served) => Ok(served),
+            other => Err(other),
+        })
+    }
+
+    /// Ask NoXS domain `domid` to power off, reboot, suspend or crash; returns once the
+    /// guest acknowledged, a refusal if it did not within `timeout` (the answer may
+    /// take that long, and this client's own timeout on top).
+    pub fn power(
+        &self,
+        domid: u32,
+        action: noxs::Request,
+        timeout: Duration,
+    ) -> Result<(), ClientError> {
+        let request = Request::Power {
+            domid,
+            action,
+            timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+        };
+        let (answer, _) = self.exchange(&request, timeout + self.timeout)?;
+        expect("power", answer, done)
+    }
+
+    /// NoXS domain `domid`'s console: what its log holds, then (with `follow`) its new
+    /// output, until the log is done (without `follow`) or the domain is gone.
+    pub fn console(&self, domid: u32, follow: bool) -> Result<Streaming, ClientError> {
+        let (answer, reader) = self.exchange(&Request::Console { domid, follow }, self.timeout)?;
+        expect("console", answer, |answer| match answer {
+            Response::Streaming => Ok(()),
+            other => Err(other),
+        })?;
+        let pending = reader.buffer().to_vec();
+        let stream = reader.into_inner();
+        stream.set_read_timeout(None)?;
+        stream.set_write_timeout(None)?;
+        Ok(Streaming { stream, pending })
+    }
+
+    /// Connect, send `request`, read the answer line (waiting at most `timeout`); the
+    /// reader holds whatever came after it.
+    fn exchange(
+        &self,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<(Response, BufReader<UnixStream>), ClientError> {
+        let stream = UnixStream::connect(&self.socket).map_err(|source| ClientError::Connect {
+            path: self.socket.display().to_string(),
+            source,
+        })?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let mut line = serde_json::to_string(request)?;
+        line.push('\n');
+        (&stream).write_all(line.as_bytes())?;
+        let mut reader = BufReader::new(stream);
+        let mut answer = String::new();
+        if reader.read_line(&mut answer)? == 0 {
+            return Err(ClientError::NoAnswer);
+        }
+        Ok((serde_json::from_str(answer.trim_end())?, reader))
+    }
 }
 
 #[cfg(test)]
@@ -105,10 +234,7 @@ mod tests {
     use std::os::unix::net::UnixListener;
 
     /// A one-connection server answering with `reply` (bytes as given).
-    fn serve_once(
-        test: &str,
-        reply: &'static [u8],
-    ) -> (std::path::PathBuf, std::thread::JoinHandle<String>) {
+    fn serve_once(test: &str, reply: &'static [u8]) -> (PathBuf, std::thread::JoinHandle<String>) {
         let dir = std::env::temp_dir().join(format!("xendevd-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -127,11 +253,8 @@ mod tests {
     #[test]
     fn a_stream_keeps_the_bytes_that_came_with_the_answer() {
         let (path, server) = serve_once("stream", b"\"streaming\"\nhello, console\nmore");
-        let request = Request::Console {
-            domid: 4,
-            follow: false,
-        };
-        let streaming = call_streaming(&path, &request, Duration::from_secs(5)).unwrap();
+        let client = Client::new(&path, Duration::from_secs(5));
+        let streaming = client.console(4, false).unwrap();
         let request_line = server.join().unwrap();
         assert_eq!(
             request_line,
@@ -146,13 +269,45 @@ mod tests {
     #[test]
     fn a_refusal_is_no_stream() {
         let (path, server) = serve_once("refusal", b"{\"error\":\"no NoXS domain 9\"}\n");
-        let request = Request::Console {
-            domid: 9,
-            follow: true,
-        };
-        let err = call_streaming(&path, &request, Duration::from_secs(5)).unwrap_err();
+        let client = Client::new(&path, Duration::from_secs(5));
+        let err = client.console(9, true).unwrap_err();
         server.join().unwrap();
         assert_eq!(err.to_string(), "xendevd refused: no NoXS domain 9");
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn answers_are_checked_against_the_request() {
+        let (path, server) = serve_once("release", b"\"done\"\n");
+        let client = Client::new(&path, Duration::from_secs(5));
+        client.release_domain(3).unwrap();
+        assert_eq!(
+            server.join().unwrap(),
+            "{\"op\":\"release_domain\",\"domid\":3}\n"
+        );
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+        let (path, server) = serve_once("unexpected", b"\"done\"\n");
+        let client = Client::new(&path, Duration::from_secs(5));
+        let err = client.query().unwrap_err();
+        server.join().unwrap();
+        assert_eq!(err.to_string(), "xendevd answered query with Done");
+        assert!(!err.is_unreachable());
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+        let (path, server) = serve_once(
+            "power",
+            b"{\"error\":\"domain 5 (d) does not handle crash requests\"}\n",
+        );
+        let client = Client::new(&path, Duration::from_secs(5));
+        let err = client
+            .power(5, noxs::Request::Crash, Duration::from_millis(1500))
+            .unwrap_err();
+        assert_eq!(
+            server.join().unwrap(),
+            "{\"op\":\"power\",\"domid\":5,\"action\":\"crash\",\"timeout_ms\":1500}\n"
+        );
+        assert!(matches!(err, ClientError::Refused(why) if why.ends_with("crash requests")));
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+        let nowhere = Client::new("/nonexistent/xendevd.sock", Duration::from_secs(1));
+        assert!(nowhere.query().unwrap_err().is_unreachable());
     }
 }

@@ -1335,7 +1335,7 @@ mod tests {
             Answer::Now(Ok(Response::State(state))) if state == State::default()
         ));
         assert!(matches!(
-            devices.handle(Request::Power { domid: 3, action: crate::api::PowerAction::Poweroff, timeout_ms: 10 }),
+            devices.handle(Request::Power { domid: 3, action: xenproto::noxs::Request::Poweroff, timeout_ms: 10 }),
             Answer::Now(Err(err)) if err.contains("no NoXS back ends")
         ));
         fs::remove_dir_all(&dir).unwrap();

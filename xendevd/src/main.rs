@@ -214,7 +214,8 @@ fn request(socket: &Path, command: &Command) -> Result<ExitCode> {
         Command::Release { domid } => Request::ReleaseDomain { domid: *domid },
         Command::Send { .. } | Command::Monitor { .. } => unreachable!("handled in main"),
     };
-    let response = match xendevd::client::call(socket, &request, Duration::from_secs(30)) {
+    let client = xendevd::client::Client::new(socket, Duration::from_secs(30));
+    let response = match client.call(&request) {
         Ok(response) => response,
         Err(err) => {
             eprintln!("xendevd: {err}");

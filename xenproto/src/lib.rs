@@ -16,4 +16,6 @@ pub mod console;
 pub mod netif;
 pub mod noxs;
 pub mod ring;
+#[cfg(feature = "serde")]
+mod serde_impls;
 pub mod xenstore;

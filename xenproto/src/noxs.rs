@@ -46,6 +46,11 @@ pub mod header {
 
 /// What kind of device an entry describes (LightVM's numbering).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
 #[repr(u16)]
 pub enum Kind {
     Sysctl = 1,
@@ -69,6 +74,12 @@ impl Kind {
 
 /// One device of the block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// Serialize is written out in `serde_impls.rs`, in the field order of xendevd's JSON.
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize),
+    serde(deny_unknown_fields)
+)]
 pub struct Entry {
     pub kind: Kind,
     /// The backend's domain id.
@@ -499,6 +510,11 @@ impl VbdFrontend {
 
 /// A power request in the sysctl backend area.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum Request {
     Poweroff = 1,
     Reboot = 2,

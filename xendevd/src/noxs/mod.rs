@@ -30,7 +30,7 @@ use xenproto::noxs::{
 };
 use xenproto::xenstore::XenbusState;
 
-use crate::api::{NoxsDevice, NoxsDomain, NoxsEntry, NoxsKind, PowerAction};
+use crate::api::{NoxsDevice, NoxsDomain};
 use crate::bridge::NetControl;
 use xenhost::evtchn::{Evtchn, Port, VIRQ_DOM_EXC};
 use xenhost::gntshr::Gntshr;
@@ -133,11 +133,11 @@ struct Device {
 }
 
 impl Device {
-    fn kind(&self) -> NoxsKind {
+    fn kind(&self) -> Kind {
         match self.backend {
-            Backend::Sysctl(_) => NoxsKind::Sysctl,
-            Backend::Vif(_) => NoxsKind::Vif,
-            Backend::Vbd(_) => NoxsKind::Vbd,
+            Backend::Sysctl(_) => Kind::Sysctl,
+            Backend::Vif(_) => Kind::Vif,
+            Backend::Vbd(_) => Kind::Vbd,
         }
     }
 
@@ -176,7 +176,7 @@ struct Domain {
 #[derive(Debug, Clone)]
 pub struct PowerWait {
     pub domid: u32,
-    action: PowerAction,
+    action: noxs::Request,
     timeout_ms: u32,
     deadline: Instant,
     /// The sequence number sent, once sent.
@@ -251,34 +251,25 @@ impl Host for Dom0 {
     }
 }
 
-fn action_request(action: PowerAction) -> noxs::Request {
+fn action_name(action: noxs::Request) -> &'static str {
     match action {
-        PowerAction::Poweroff => noxs::Request::Poweroff,
-        PowerAction::Reboot => noxs::Request::Reboot,
-        PowerAction::Suspend => noxs::Request::Suspend,
-        PowerAction::Crash => noxs::Request::Crash,
-    }
-}
-
-fn action_name(action: PowerAction) -> &'static str {
-    match action {
-        PowerAction::Poweroff => "poweroff",
-        PowerAction::Reboot => "reboot",
-        PowerAction::Suspend => "suspend",
-        PowerAction::Crash => "crash",
+        noxs::Request::Poweroff => "poweroff",
+        noxs::Request::Reboot => "reboot",
+        noxs::Request::Suspend => "suspend",
+        noxs::Request::Crash => "crash",
     }
 }
 
 /// The names of the requests in a `supported` word.
 fn supported_names(supported: u32) -> String {
     let names: Vec<&str> = [
-        PowerAction::Poweroff,
-        PowerAction::Reboot,
-        PowerAction::Suspend,
-        PowerAction::Crash,
+        noxs::Request::Poweroff,
+        noxs::Request::Reboot,
+        noxs::Request::Suspend,
+        noxs::Request::Crash,
     ]
     .into_iter()
-    .filter(|a| supported & (1 << action_request(*a) as u32) != 0)
+    .filter(|a| supported & (1 << *a as u32) != 0)
     .map(action_name)
     .collect();
     if names.is_empty() {
@@ -960,7 +951,7 @@ impl Backends {
     pub fn power(
         &mut self,
         domid: u32,
-        action: PowerAction,
+        action: noxs::Request,
         timeout_ms: u32,
     ) -> Result<PowerWait, String> {
         let domain = self
@@ -1019,7 +1010,7 @@ impl Backends {
         match wait.sent {
             None => match sysctl.supported {
                 Some(supported) => {
-                    let bit = 1 << action_request(wait.action) as u32;
+                    let bit = 1 << wait.action as u32;
                     if supported & bit == 0 {
                         return Some(Err(format!(
                             "domain {} ({name}) does not handle {action} requests (its power \
@@ -1031,7 +1022,7 @@ impl Backends {
                     sysctl.request_seq = sysctl.request_seq.wrapping_add(1);
                     let mut area = [0u8; SysctlBackend::LEN];
                     SysctlBackend {
-                        request: Some(action_request(wait.action)),
+                        request: Some(wait.action),
                         request_seq: sysctl.request_seq,
                     }
                     .encode(&mut area)
@@ -1097,7 +1088,7 @@ fn describe(domid: u32, domain: &Domain) -> NoxsDomain {
         entries: domain
             .devices
             .iter()
-            .map(|device| NoxsEntry {
+            .map(|device| noxs::Entry {
                 kind: device.kind(),
                 devid: device.devid,
                 backend: 0,
