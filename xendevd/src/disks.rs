@@ -244,13 +244,10 @@ impl DiskBook {
     }
 
     /// The entries of a state file written by [`DiskBook::save`].
-    pub fn load(text: &str) -> Result<Vec<Entry>, String> {
-        let saved: Saved = serde_json::from_str(text).map_err(|err| err.to_string())?;
+    pub fn load(text: &str) -> Result<Vec<Entry>, StateFileError> {
+        let saved: Saved = serde_json::from_str(text)?;
         if saved.version != SAVED_VERSION {
-            return Err(format!(
-                "version {} (this xendevd reads version {SAVED_VERSION})",
-                saved.version
-            ));
+            return Err(StateFileError::Version(saved.version));
         }
         Ok(saved.disks)
     }
@@ -267,6 +264,15 @@ impl DiskBook {
 
 /// The state file's layout version.
 const SAVED_VERSION: u32 = 1;
+
+/// A state file this xendevd cannot read.
+#[derive(Debug, thiserror::Error)]
+pub enum StateFileError {
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("version {0} (this xendevd reads version {SAVED_VERSION})")]
+    Version(u32),
+}
 
 /// The state file: `{"version": 1, "disks": [{"disk": {…}, "dev": …, "ino": …}, …]}`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -408,7 +414,7 @@ mod tests {
             (r#"{"version":1,"disks":[],"x":0}"#, "unknown field `x`"),
             (r#"{"version":1,"disks":[{"disk":{}}]}"#, "missing field"),
         ] {
-            let err = DiskBook::load(bad).unwrap_err();
+            let err = DiskBook::load(bad).unwrap_err().to_string();
             assert!(err.contains(why), "{bad}: {err}");
         }
     }

@@ -11,13 +11,13 @@
 //! and a uevent monitor (`monitor`), for operators and the lab's tests.
 
 mod bridge;
-mod conn;
 mod daemon;
 mod disks;
 mod logging;
 mod loopdev;
 mod netlink;
 mod noxs;
+mod session;
 mod uevent;
 mod vif;
 
@@ -146,9 +146,9 @@ fn run_daemon(cli: &Cli) -> Result<()> {
     let options = daemon::Options {
         socket: cli.socket.clone(),
         state: cli.state.clone(),
-        limits: conn::Limits {
+        limits: session::Limits {
             request_timeout: Duration::from_secs(cli.request_timeout.max(1)),
-            ..conn::Limits::default()
+            ..session::Limits::default()
         },
         loop_method: if cli.classic_loop {
             loopdev::Method::Classic

@@ -1,5 +1,5 @@
 //! vif hotplug decisions: whether a vif is ours, which bridge it joins, what to write
-//! back. Pure code; `daemon.rs` reads Xenstore and runs the bridge ioctls.
+//! back. Pure code; `daemon/hotplug.rs` reads Xenstore and runs the bridge ioctls.
 //!
 //! A vif is ours when its backend directory holds `toolstack = "chaos"` (LightVM's
 //! marker): chaos writes it in the same transaction as the rest of the backend
@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use crate::api::Vif;
+use crate::bridge::NetError;
 use crate::uevent::VifEvent;
 
 /// The value of `<backend>/toolstack` that makes a vif ours.
@@ -40,7 +41,38 @@ pub enum OnlinePlan {
     /// Add it to `bridge`, bring it up, write `hotplug-status = connected`.
     Attach { bridge: String },
     /// Ours, but it cannot work: write `hotplug-error = error` and `hotplug-status = error`.
-    Fail { error: String },
+    Fail(HotplugError),
+}
+
+/// Why one of chaos's vifs cannot be set up; the message goes to `hotplug-error`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HotplugError {
+    #[error(
+        "no bridge: {backend}/{} is absent (chaos names the bridge there)",
+        node::BRIDGE
+    )]
+    NoBridgeNode { backend: String },
+    #[error("bridge {bridge:?} in {backend}: {why}")]
+    BadBridge {
+        bridge: String,
+        backend: String,
+        why: IfnameError,
+    },
+    #[error(transparent)]
+    Net(#[from] NetError),
+}
+
+/// Why a name cannot be a Linux network interface's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IfnameError {
+    #[error("an interface name cannot be empty")]
+    Empty,
+    #[error("an interface name has at most 15 bytes, this has {0}")]
+    TooLong(usize),
+    #[error("an interface name cannot be . or ..")]
+    Dots,
+    #[error("an interface name cannot hold {0:?}")]
+    Character(char),
 }
 
 /// Decide what an `online` asks for.
@@ -59,44 +91,39 @@ pub fn plan_online(event: &VifEvent, facts: &BackendFacts) -> OnlinePlan {
         }
     }
     match facts.bridge.as_deref() {
-        None => OnlinePlan::Fail {
-            error: format!(
-                "no bridge: {}/{} is absent (chaos names the bridge there)",
-                event.backend,
-                node::BRIDGE
-            ),
-        },
+        None => OnlinePlan::Fail(HotplugError::NoBridgeNode {
+            backend: event.backend.clone(),
+        }),
         Some(bridge) => match check_ifname(bridge) {
             Ok(()) => OnlinePlan::Attach {
                 bridge: bridge.to_owned(),
             },
-            Err(why) => OnlinePlan::Fail {
-                error: format!("bridge {bridge:?} in {}: {why}", event.backend),
-            },
+            Err(why) => OnlinePlan::Fail(HotplugError::BadBridge {
+                bridge: bridge.to_owned(),
+                backend: event.backend.clone(),
+                why,
+            }),
         },
     }
 }
 
 /// Whether `name` can be a Linux network interface name (`dev_valid_name`): 1 to 15
 /// bytes, not `.` or `..`, no `/`, `:` or white space.
-pub fn check_ifname(name: &str) -> Result<(), String> {
+pub fn check_ifname(name: &str) -> Result<(), IfnameError> {
     if name.is_empty() {
-        return Err("an interface name cannot be empty".into());
+        return Err(IfnameError::Empty);
     }
     if name.len() > 15 {
-        return Err(format!(
-            "an interface name has at most 15 bytes, this has {}",
-            name.len()
-        ));
+        return Err(IfnameError::TooLong(name.len()));
     }
     if name == "." || name == ".." {
-        return Err("an interface name cannot be . or ..".into());
+        return Err(IfnameError::Dots);
     }
     if let Some(bad) = name
         .chars()
         .find(|c| *c == '/' || *c == ':' || c.is_whitespace() || c.is_control())
     {
-        return Err(format!("an interface name cannot hold {bad:?}"));
+        return Err(IfnameError::Character(bad));
     }
     Ok(())
 }
@@ -180,11 +207,11 @@ mod tests {
     #[test]
     fn a_chaos_vif_without_a_usable_bridge_fails() {
         let event = online();
-        let OnlinePlan::Fail { error } = plan_online(&event, &facts(Some("chaos"), None)) else {
+        let OnlinePlan::Fail(error) = plan_online(&event, &facts(Some("chaos"), None)) else {
             panic!("no bridge must fail");
         };
         assert_eq!(
-            error,
+            error.to_string(),
             "no bridge: backend/vif/1/0/bridge is absent (chaos names the bridge there)"
         );
         for (bridge, why) in [
@@ -194,11 +221,11 @@ mod tests {
             ("../x", "cannot hold '/'"),
             ("..", "cannot be . or .."),
         ] {
-            let OnlinePlan::Fail { error } =
-                plan_online(&event, &facts(Some("chaos"), Some(bridge)))
+            let OnlinePlan::Fail(error) = plan_online(&event, &facts(Some("chaos"), Some(bridge)))
             else {
                 panic!("{bridge:?} must fail");
             };
+            let error = error.to_string();
             assert!(error.contains(why), "{bridge:?}: {error}");
             assert!(error.contains("in backend/vif/1/0"), "{error}");
         }

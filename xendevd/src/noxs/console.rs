@@ -1,15 +1,33 @@
-//! A NoXS guest's console: its ring (`xencons_interface`, grant entry 0, seeded by the
-//! domain builder for dom0) drained into a log file per guest, and handed to followers.
+//! A NoXS guest's console back end: its ring (`xencons_interface`, grant entry 0,
+//! seeded by the domain builder for dom0) drained into a log file per guest, and handed
+//! to followers. Made with the domain, released with it; it needs no control page.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+use xenproto::byte_ring::RingCorrupt;
 use xenproto::console::ConsoleInterface;
 
 use xenhost::evtchn::{Evtchn, Port};
 use xenhost::gnttab::{Gnttab, Mapping};
+
+/// The console could not be connected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    #[error(
+        "cannot map domain {domid}'s console ring (grant {CONSOLE_GREF}, which the domain \
+         builder seeds for dom0): {source}"
+    )]
+    Ring { domid: u32, source: xenhost::Error },
+    #[error("cannot bind domain {domid}'s console port {port}: {source}")]
+    Port {
+        domid: u32,
+        port: u32,
+        source: xenhost::Error,
+    },
+}
 
 /// A console log holds this much at most; later output goes to followers only.
 pub const LOG_LIMIT: u64 = 1 << 20;
@@ -87,16 +105,17 @@ impl Console {
         domid: u32,
         remote_port: u32,
         log: ConsoleLog,
-    ) -> Result<Self, String> {
-        let ring = gnttab.map(domid, &[CONSOLE_GREF], true).map_err(|err| {
-            format!(
-                "cannot map domain {domid}'s console ring (grant {CONSOLE_GREF}, which the \
-                 domain builder seeds for dom0): {err}"
-            )
-        })?;
-        let port = evtchn.bind_interdomain(domid, remote_port).map_err(|err| {
-            format!("cannot bind domain {domid}'s console port {remote_port}: {err}")
-        })?;
+    ) -> Result<Self, ConsoleError> {
+        let ring = gnttab
+            .map(domid, &[CONSOLE_GREF], true)
+            .map_err(|source| ConsoleError::Ring { domid, source })?;
+        let port = evtchn
+            .bind_interdomain(domid, remote_port)
+            .map_err(|source| ConsoleError::Port {
+                domid,
+                port: remote_port,
+                source,
+            })?;
         Ok(Self { ring, port, log })
     }
 
@@ -106,7 +125,7 @@ impl Console {
 
     /// Take everything the guest wrote; log it and return it. A corrupt ring yields an
     /// error (the console stays, the guest may repair it).
-    pub fn drain(&mut self) -> Result<Vec<u8>, String> {
+    pub fn drain(&mut self) -> Result<Vec<u8>, RingCorrupt> {
         // SAFETY: the mapping is a live page holding the ring; the interface's fields
         // are bytes and atomics the guest may write concurrently.
         let interface = unsafe { ConsoleInterface::from_page(self.ring.as_ptr()) };
@@ -114,7 +133,7 @@ impl Console {
         let mut out = Vec::new();
         let mut buf = [0u8; 2048];
         loop {
-            let n = output.consume(&mut buf).map_err(|err| err.to_string())?;
+            let n = output.consume(&mut buf)?;
             if n == 0 {
                 break;
             }

@@ -3,6 +3,13 @@
 //! block devices — through control pages it grants and event channels it binds, with
 //! no Xenstore involved.
 //!
+//! One module per kind of device — [`sysctl`], [`vif`], [`vbd`], and the [`console`]
+//! that every domain has — each making its back end, connecting its data path once
+//! the guest published its half of the control page, serving it and dropping it
+//! ([`DeviceBackend`]). This module keeps the table of served domains, routes each
+//! event-channel port to what it belongs to, runs the control-page handshake
+//! ([`control`]) and releases domains that died.
+//!
 //! Everything runs in the daemon's poll loop: one event-channel fd for every port, one
 //! fd per connected vif's tap. Ring work is bounded per turn ([`BUDGET`]) so that one
 //! busy or hostile guest cannot hold up the others; a guest that breaks a ring loses
@@ -11,40 +18,41 @@
 pub mod console;
 pub mod control;
 pub mod copier;
+pub mod error;
 pub mod request;
+pub mod sysctl;
 pub mod tap;
+pub mod vbd;
+pub mod vif;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::{File, OpenOptions};
-use std::io::{self, Seek, SeekFrom};
-use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::fmt;
+use std::os::fd::BorrowedFd;
+use std::path::PathBuf;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use log::{debug, error, info, warn};
-use xenproto::noxs::{
-    self, Kind, SysctlBackend, SysctlFrontend, VbdBackend, VbdFrontend, VifBackend, VifFrontend,
-    vbd_features, vif_features,
-};
-use xenproto::xenstore::XenbusState;
-
-use crate::api::{NoxsDevice, NoxsDomain};
-use crate::bridge::NetControl;
 use xenhost::evtchn::{Evtchn, Port, VIRQ_DOM_EXC};
 use xenhost::gntshr::Gntshr;
 use xenhost::gnttab::{Gnttab, Mapping};
 use xenhost::xc::Xc;
 use xenhost::xs::{Watch, Xs};
+use xenproto::noxs::{self, Kind};
+use xenproto::xenstore::XenbusState;
+
+use crate::api::{NoxsDevice, NoxsDomain};
+use crate::bridge::NetControl;
 
 use console::{Console, ConsoleLog, LOG_LIMIT};
 use control::{Control, Step};
 use copier::Copier;
-use request::{DevicePlan, Host, VbdPlan, VifPlan};
-use tap::Tap;
-use xendevd::engine::blkback::{Blkback, Geometry, MAX_INDIRECT_SEGMENTS};
-use xendevd::engine::netback::{Delivered, Netback};
+pub use error::{DeviceError, Error, OpenError};
+use request::{DevicePlan, Dom0};
+pub use sysctl::PowerWait;
+use sysctl::Sysctl;
+use vbd::Vbd;
+use vif::Vif;
 
 /// Requests or packets one device may have served per loop turn.
 pub const BUDGET: usize = 64;
@@ -55,8 +63,6 @@ const CHECK_INTERVAL_VIRQ: Duration = Duration::from_secs(5);
 /// it, never for NoXS domains, so this is what finds their deaths (a dying domain stays
 /// a zombie while we map its pages).
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
-/// The Ethernet MTU offered to vifs.
-const MTU: u16 = 1500;
 
 /// What happened that the daemon's clients may care about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,62 +73,147 @@ pub enum Event {
     Released { domid: u32 },
 }
 
-/// What a port is for.
+/// A device of a served domain, for messages: `sysctl`, `vif 0`, `vbd 1`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PortUse {
-    Console(u32),
-    Control(u32, usize),
-    Data(u32, usize),
-    DomainDeath,
+pub struct DeviceId {
+    pub kind: Kind,
+    pub devid: u32,
 }
 
-/// A connected vif's data path. The engine goes first: fields drop in order, and it
-/// refers to the mapped rings.
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            Kind::Sysctl => f.write_str("sysctl"),
+            Kind::Console => f.write_str("console"),
+            Kind::Vif => write!(f, "vif {}", self.devid),
+            Kind::Vbd => write!(f, "vbd {}", self.devid),
+        }
+    }
+}
+
+/// The guest a device connects to, and the Xen devices its data path needs.
 #[derive(Debug)]
-struct VifConnection {
-    engine: Netback,
-    memory: Copier,
+pub struct Guest<'a> {
+    pub domid: u32,
+    pub gnttab: &'a Rc<Gnttab>,
+    pub evtchn: &'a Rc<Evtchn>,
+}
+
+impl Guest<'_> {
+    /// The domain id as grant operations take it (checked below 0x7ff0 at create).
+    pub fn id(&self) -> u16 {
+        u16::try_from(self.domid).expect("checked at create")
+    }
+}
+
+/// What every kind of device back end does; each kind implements it in its module.
+pub trait DeviceBackend {
+    /// Validate the copy of the front end's area and connect the data path (map the
+    /// rings, bind the data port).
+    fn connect(&mut self, guest: &Guest<'_>, frontend: &[u8]) -> Result<(), DeviceError>;
+    /// Drop the data path (rings unmapped, port unbound).
+    fn disconnect(&mut self);
+    /// Our port of the data path's event channel, while connected.
+    fn data_port(&self) -> Option<u32> {
+        None
+    }
+    /// Serve the rings, at most [`BUDGET`] requests: whether work is left.
+    fn serve(&mut self) -> Result<bool, DeviceError> {
+        Ok(false)
+    }
+    /// The device as the log shows it when the domain is set up.
+    fn summary(&self) -> String;
+}
+
+/// A connected device's data path: the engine serving the guest's rings, its grant
+/// copies, our end of the data event channel, and the guest's rings mapped. The engine
+/// goes first: fields drop in order, and it refers to the mapped rings.
+#[derive(Debug)]
+pub struct DataPath<E> {
+    pub engine: E,
+    pub memory: Copier,
     port: Port,
     _rings: Mapping,
 }
 
-#[derive(Debug)]
-struct VifDevice {
-    plan: VifPlan,
-    tap: Tap,
-    connection: Option<VifConnection>,
+impl<E> DataPath<E> {
+    /// Map the guest's ring pages `grefs` (contiguously, read-write), bind its data
+    /// port, and start the engine on the mapping: `start` gets its first byte and
+    /// answers for how it uses the `grefs.len()` pages there.
+    pub fn connect(
+        guest: &Guest<'_>,
+        grefs: &[u32],
+        data_port: u32,
+        map_failed: impl FnOnce(xenhost::Error) -> DeviceError,
+        start: impl FnOnce(*mut u8) -> E,
+    ) -> Result<Self, DeviceError> {
+        let rings = guest
+            .gnttab
+            .map(guest.domid, grefs, true)
+            .map_err(map_failed)?;
+        let port = guest
+            .evtchn
+            .bind_interdomain(guest.domid, data_port)
+            .map_err(|source| DeviceError::BindPort {
+                port: data_port,
+                source,
+            })?;
+        Ok(Self {
+            engine: start(rings.as_ptr()),
+            memory: Copier::new(Rc::clone(guest.gnttab), guest.id()),
+            port,
+            _rings: rings,
+        })
+    }
+
+    /// Our port of the data event channel.
+    pub fn port(&self) -> u32 {
+        self.port.local()
+    }
+
+    /// Tell the guest to look at its rings (when the engine says it should).
+    pub fn notify_if(&self, needed: bool) {
+        if needed {
+            let _ = self.port.notify();
+        }
+    }
 }
 
-/// A connected vbd's data path (the engine first, as for vifs).
-#[derive(Debug)]
-struct VbdConnection {
-    engine: Blkback,
-    memory: Copier,
-    port: Port,
-    _ring: Mapping,
-}
-
-#[derive(Debug)]
-struct VbdDevice {
-    plan: VbdPlan,
-    disk: File,
-    connection: Option<VbdConnection>,
-}
-
-#[derive(Debug, Default)]
-struct SysctlDevice {
-    /// What the front end handles (bit N: request N), once it connected.
-    supported: Option<u32>,
-    request_seq: u32,
-}
-
+/// A device's back end, by kind.
 #[derive(Debug)]
 enum Backend {
-    Sysctl(SysctlDevice),
-    Vif(Box<VifDevice>),
-    Vbd(Box<VbdDevice>),
+    Sysctl(Sysctl),
+    Vif(Box<Vif>),
+    Vbd(Box<Vbd>),
 }
 
+impl Backend {
+    fn kind(&self) -> Kind {
+        match self {
+            Self::Sysctl(_) => Kind::Sysctl,
+            Self::Vif(_) => Kind::Vif,
+            Self::Vbd(_) => Kind::Vbd,
+        }
+    }
+
+    fn get(&self) -> &dyn DeviceBackend {
+        match self {
+            Self::Sysctl(sysctl) => sysctl,
+            Self::Vif(vif) => vif.as_ref(),
+            Self::Vbd(vbd) => vbd.as_ref(),
+        }
+    }
+
+    fn get_mut(&mut self) -> &mut dyn DeviceBackend {
+        match self {
+            Self::Sysctl(sysctl) => sysctl,
+            Self::Vif(vif) => vif.as_mut(),
+            Self::Vbd(vbd) => vbd.as_mut(),
+        }
+    }
+}
+
+/// One device of a served domain: its back end and its control page.
 #[derive(Debug)]
 struct Device {
     devid: u32,
@@ -133,33 +224,11 @@ struct Device {
 }
 
 impl Device {
-    fn kind(&self) -> Kind {
-        match self.backend {
-            Backend::Sysctl(_) => Kind::Sysctl,
-            Backend::Vif(_) => Kind::Vif,
-            Backend::Vbd(_) => Kind::Vbd,
+    fn id(&self) -> DeviceId {
+        DeviceId {
+            kind: self.backend.kind(),
+            devid: self.devid,
         }
-    }
-
-    fn data_port(&self) -> Option<u32> {
-        match &self.backend {
-            Backend::Sysctl(_) => None,
-            Backend::Vif(vif) => vif.connection.as_ref().map(|c| c.port.local()),
-            Backend::Vbd(vbd) => vbd.connection.as_ref().map(|c| c.port.local()),
-        }
-    }
-
-    /// Drop the data path (rings unmapped, port unbound).
-    fn disconnect(&mut self) {
-        match &mut self.backend {
-            Backend::Sysctl(sysctl) => sysctl.supported = None,
-            Backend::Vif(vif) => vif.connection = None,
-            Backend::Vbd(vbd) => vbd.connection = None,
-        }
-    }
-
-    fn name(&self, domid: u32) -> String {
-        format!("domain {domid} {:?} {}", self.kind(), self.devid).to_lowercase()
     }
 }
 
@@ -169,24 +238,30 @@ struct Domain {
     console: Console,
     devices: Vec<Device>,
     /// For `NoxsDomain::created_ms`.
-    created: std::time::SystemTime,
+    created: SystemTime,
 }
 
-/// A `power` request waiting for the guest.
-#[derive(Debug, Clone)]
-pub struct PowerWait {
-    pub domid: u32,
-    action: noxs::Request,
-    timeout_ms: u32,
-    deadline: Instant,
-    /// The sequence number sent, once sent.
-    sent: Option<u32>,
-}
-
-impl PowerWait {
-    pub fn deadline(&self) -> Instant {
-        self.deadline
+impl Domain {
+    /// The sysctl device's back end and control page, if the domain has one.
+    fn sysctl_mut(&mut self) -> Option<(&mut Sysctl, &Control)> {
+        self.devices.iter_mut().find_map(|device| match device {
+            Device {
+                backend: Backend::Sysctl(sysctl),
+                control,
+                ..
+            } => Some((sysctl, &*control)),
+            _ => None,
+        })
     }
+}
+
+/// What a port is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PortUse {
+    Console(u32),
+    Control(u32, usize),
+    Data(u32, usize),
+    DomainDeath,
 }
 
 /// How xendevd learns of domain deaths.
@@ -219,75 +294,15 @@ pub struct Backends {
     frame: Vec<u8>,
 }
 
-/// dom0 as the request checks see it.
-struct Dom0;
-
-impl Host for Dom0 {
-    fn is_bridge(&self, name: &str) -> bool {
-        Path::new("/sys/class/net")
-            .join(name)
-            .join("bridge")
-            .is_dir()
-    }
-
-    fn disk(&self, path: &str) -> Result<u64, String> {
-        let meta = std::fs::metadata(path).map_err(|err| match err.kind() {
-            io::ErrorKind::NotFound => format!("{path} does not exist"),
-            _ => format!("{path}: {err}"),
-        })?;
-        let kind = meta.file_type();
-        if kind.is_file() {
-            Ok(meta.len())
-        } else if kind.is_block_device() {
-            let mut device = File::open(path).map_err(|err| format!("{path}: {err}"))?;
-            device
-                .seek(SeekFrom::End(0))
-                .map_err(|err| format!("{path}: cannot learn its size: {err}"))
-        } else {
-            Err(format!(
-                "{path} is neither a regular file nor a block device"
-            ))
-        }
-    }
-}
-
-fn action_name(action: noxs::Request) -> &'static str {
-    match action {
-        noxs::Request::Poweroff => "poweroff",
-        noxs::Request::Reboot => "reboot",
-        noxs::Request::Suspend => "suspend",
-        noxs::Request::Crash => "crash",
-    }
-}
-
-/// The names of the requests in a `supported` word.
-fn supported_names(supported: u32) -> String {
-    let names: Vec<&str> = [
-        noxs::Request::Poweroff,
-        noxs::Request::Reboot,
-        noxs::Request::Suspend,
-        noxs::Request::Crash,
-    ]
-    .into_iter()
-    .filter(|a| supported & (1 << *a as u32) != 0)
-    .map(action_name)
-    .collect();
-    if names.is_empty() {
-        "none".into()
-    } else {
-        names.join(", ")
-    }
-}
-
 impl Backends {
     /// Open the Xen devices; learn domain deaths by `VIRQ_DOM_EXC` if we can bind it,
     /// else by Xenstore's `@releaseDomain` if xenstored runs, and by polling always.
-    pub fn open(console_dir: PathBuf) -> io::Result<Self> {
-        let evtchn = Evtchn::open().map_err(io::Error::other)?;
-        let gnttab = Gnttab::open().map_err(io::Error::other)?;
-        let gntshr = Gntshr::open().map_err(io::Error::other)?;
-        let xc = Xc::open().map_err(io::Error::other)?;
-        let net = NetControl::open().map_err(|err| io::Error::other(err.to_string()))?;
+    pub fn open(console_dir: PathBuf) -> Result<Self, OpenError> {
+        let evtchn = Evtchn::open()?;
+        let gnttab = Gnttab::open()?;
+        let gntshr = Gntshr::open()?;
+        let xc = Xc::open()?;
+        let net = NetControl::open()?;
         if let Err(err) = std::fs::create_dir_all(&console_dir) {
             warn!(
                 "cannot create {}: {err} (NoXS consoles will fail)",
@@ -309,8 +324,8 @@ impl Backends {
                     Ok(watch) => {
                         info!(
                             "NoXS: domain deaths come as Xenstore's @releaseDomain and a check \
-                         every {} s (VIRQ_DOM_EXC: {virq_err}: xenstored holds it, and fires \
-                         @releaseDomain only for domains introduced to it)",
+                             every {} s (VIRQ_DOM_EXC: {virq_err}: xenstored holds it, and \
+                             fires @releaseDomain only for domains introduced to it)",
                             CHECK_INTERVAL.as_secs()
                         );
                         DeathWatch::Xenstore(watch)
@@ -318,7 +333,7 @@ impl Backends {
                     Err(xs_err) => {
                         warn!(
                             "NoXS: no VIRQ_DOM_EXC ({virq_err}) and no Xenstore ({xs_err}): \
-                         domain deaths are found by polling every {} s",
+                             domain deaths are found by polling every {} s",
                             CHECK_INTERVAL.as_secs()
                         );
                         DeathWatch::Polling
@@ -362,9 +377,9 @@ impl Backends {
         for (&domid, domain) in &self.domains {
             for (index, device) in domain.devices.iter().enumerate() {
                 if let Backend::Vif(vif) = &device.backend
-                    && vif.connection.is_some()
+                    && let Some(tap) = vif.tap()
                 {
-                    taps.push(((domid, index), vif.tap.as_fd()));
+                    taps.push(((domid, index), tap));
                 }
             }
         }
@@ -384,11 +399,11 @@ impl Backends {
     }
 
     /// Where a served domain's console log is.
-    pub fn console_log(&self, domid: u32) -> Result<PathBuf, String> {
+    pub fn console_log(&self, domid: u32) -> Result<PathBuf, Error> {
         self.domains
             .get(&domid)
             .map(|domain| domain.console.log.path().to_owned())
-            .ok_or_else(|| format!("domain {domid} is not a NoXS domain xendevd serves"))
+            .ok_or(Error::NotServed(domid))
     }
 
     /// Every port that fired: handle it, then unmask it.
@@ -480,44 +495,39 @@ impl Backends {
         name: &str,
         console_port: u32,
         devices: &[NoxsDevice],
-    ) -> Result<NoxsDomain, String> {
+    ) -> Result<NoxsDomain, Error> {
         let plans = request::check(domid, name, console_port, devices, &Dom0)?;
         if let Some(domain) = self.domains.get(&domid) {
-            return Err(format!(
-                "domain {domid} is served already (as {}): release it first",
-                domain.name
-            ));
+            return Err(Error::Served {
+                domid,
+                name: domain.name.clone(),
+            });
         }
-        match self.xc.domains() {
-            Ok(infos) => match infos.iter().find(|i| i.domid == domid) {
-                None => return Err(format!("domain {domid} does not exist")),
-                Some(info) if info.dying => return Err(format!("domain {domid} is dying")),
-                Some(_) => {}
-            },
-            Err(err) => return Err(format!("cannot list domains: {err}")),
+        match self.xc.domain_info(domid).map_err(Error::ListDomains)? {
+            None => return Err(Error::NoSuchDomain(domid)),
+            Some(info) if info.dying => return Err(Error::Dying(domid)),
+            Some(_) => {}
         }
         let started = Instant::now();
         let log_path = self.console_dir.join(format!("{name}-{domid}.log"));
-        let log = ConsoleLog::create(&log_path, LOG_LIMIT).map_err(|err| {
-            format!(
-                "cannot create the console log {}: {err}",
-                log_path.display()
-            )
+        let log = ConsoleLog::create(&log_path, LOG_LIMIT).map_err(|source| Error::ConsoleLog {
+            path: log_path.clone(),
+            source,
         })?;
-        let made = Console::connect(&self.gnttab, &self.evtchn, domid, console_port, log).and_then(
-            |console| {
+        let made = Console::connect(&self.gnttab, &self.evtchn, domid, console_port, log)
+            .map_err(Error::from)
+            .and_then(|console| {
                 let mut domain = Domain {
                     name: name.to_owned(),
                     console,
                     devices: Vec::new(),
-                    created: std::time::SystemTime::now(),
+                    created: SystemTime::now(),
                 };
                 for plan in &plans {
                     domain.devices.push(self.make_device(domid, plan)?);
                 }
                 Ok(domain)
-            },
-        );
+            });
         // What was made is dropped (unmapped, unbound, unshared, taps gone); the empty
         // log goes too.
         let domain = made.inspect_err(|_| {
@@ -536,17 +546,7 @@ impl Backends {
             domain
                 .devices
                 .iter()
-                .map(|d| match &d.backend {
-                    Backend::Sysctl(_) => "sysctl".to_owned(),
-                    Backend::Vif(vif) =>
-                        format!("vif {} ({} on {})", d.devid, vif.plan.tap, vif.plan.bridge),
-                    Backend::Vbd(vbd) => format!(
-                        "vbd {} ({}{})",
-                        d.devid,
-                        vbd.plan.target,
-                        if vbd.plan.readonly { ", read-only" } else { "" }
-                    ),
-                })
+                .map(|device| device.backend.get().summary())
                 .collect::<Vec<_>>()
                 .join(", "),
             started.elapsed().as_secs_f64() * 1e3,
@@ -556,96 +556,47 @@ impl Backends {
         Ok(answer)
     }
 
-    fn make_device(&mut self, domid: u32, plan: &DevicePlan) -> Result<Device, String> {
-        // What each kind needs before its control page: the back-end area the page
-        // carries, and the back end itself (a vif's tap is on its bridge by then).
-        // Room for the largest area (24 bytes); the rest is zero, as the page was.
-        let mut area = [0u8; 32];
-        let (kind, devid, what, backend) = match plan {
+    /// A device's back end (a vif's tap is on its bridge by then), then its control
+    /// page carrying the back end's area.
+    fn make_device(&self, domid: u32, plan: &DevicePlan) -> Result<Device, Error> {
+        let id = match plan {
+            DevicePlan::Sysctl => DeviceId {
+                kind: Kind::Sysctl,
+                devid: 0,
+            },
+            DevicePlan::Vif(plan) => DeviceId {
+                kind: Kind::Vif,
+                devid: plan.devid,
+            },
+            DevicePlan::Vbd(plan) => DeviceId {
+                kind: Kind::Vbd,
+                devid: plan.devid,
+            },
+        };
+        let failed = |problem| Error::Device {
+            device: id,
+            problem,
+        };
+        let (backend, area) = match plan {
             DevicePlan::Sysctl => {
-                SysctlBackend::default().encode(&mut area).expect("fits");
-                let backend = Backend::Sysctl(SysctlDevice::default());
-                (Kind::Sysctl, 0, "sysctl".to_owned(), backend)
+                let (sysctl, area) = Sysctl::create();
+                (Backend::Sysctl(sysctl), area)
             }
             DevicePlan::Vif(plan) => {
-                let what = format!("vif {}", plan.devid);
-                if crate::bridge::exists(&plan.tap) {
-                    return Err(format!(
-                        "{what}: a network device named {} exists already (a vif of a domain gone \
-                         wrong, or someone else's)",
-                        plan.tap
-                    ));
-                }
-                let tap = Tap::create(&plan.tap)
-                    .map_err(|err| format!("{what}: cannot create tap {}: {err}", plan.tap))?;
-                self.net
-                    .add_port(&plan.bridge, &plan.tap)
-                    .and_then(|_| self.net.set_up(&plan.tap))
-                    .map_err(|err| format!("{what}: {err}"))?;
-                let (ipv4, prefix_len) = plan
-                    .ipv4
-                    .map_or(([0; 4], 0), |(ip, prefix)| (ip.octets(), prefix));
-                VifBackend {
-                    mac: plan.mac,
-                    mtu: MTU,
-                    features: vif_features::RX_COPY,
-                    ipv4,
-                    prefix_len,
-                    gateway: plan.gateway.map_or([0; 4], |g| g.octets()),
-                }
-                .encode(&mut area)
-                .expect("fits");
-                let backend = Backend::Vif(Box::new(VifDevice {
-                    plan: plan.clone(),
-                    tap,
-                    connection: None,
-                }));
-                (Kind::Vif, plan.devid, what, backend)
+                let (vif, area) = Vif::create(&self.net, plan).map_err(failed)?;
+                (Backend::Vif(Box::new(vif)), area)
             }
             DevicePlan::Vbd(plan) => {
-                let what = format!("vbd {}", plan.devid);
-                let disk = OpenOptions::new()
-                    .read(true)
-                    .write(!plan.readonly)
-                    .custom_flags(nix::libc::O_CLOEXEC)
-                    .open(&plan.target)
-                    .map_err(|err| {
-                        let mode = if plan.readonly {
-                            "read-only"
-                        } else {
-                            "read-write"
-                        };
-                        format!("{what}: cannot open {} {mode}: {err}", plan.target)
-                    })?;
-                VbdBackend {
-                    sectors: plan.sectors,
-                    sector_size: 512,
-                    info: if plan.readonly {
-                        vbd_features::READ_ONLY
-                    } else {
-                        0
-                    },
-                    features: vbd_features::FLUSH_CACHE | vbd_features::INDIRECT,
-                    max_indirect_segments: MAX_INDIRECT_SEGMENTS,
-                }
-                .encode(&mut area)
-                .expect("fits");
-                let backend = Backend::Vbd(Box::new(VbdDevice {
-                    plan: plan.clone(),
-                    disk,
-                    connection: None,
-                }));
-                (Kind::Vbd, plan.devid, what, backend)
+                let (vbd, area) = Vbd::create(plan).map_err(failed)?;
+                (Backend::Vbd(Box::new(vbd)), area)
             }
         };
-        let control =
-            Control::create(&self.gntshr, &self.evtchn, domid, kind, &area).map_err(|err| {
-                format!("{what}: cannot grant its control page or reserve its event channel: {err}")
-            })?;
+        let control = Control::create(&self.gntshr, &self.evtchn, domid, id.kind, &area)
+            .map_err(|err| failed(DeviceError::Control(err)))?;
         Ok(Device {
-            devid,
-            control,
+            devid: id.devid,
             backend,
+            control,
             complained: false,
         })
     }
@@ -662,7 +613,7 @@ impl Backends {
             return false;
         };
         for device in &mut domain.devices {
-            device.disconnect();
+            device.backend.get_mut().disconnect();
             device.control.set_state(XenbusState::Closing);
         }
         self.ports.retain(|_, used| match *used {
@@ -714,126 +665,57 @@ impl Backends {
             Err(err) => {
                 if !device.complained {
                     warn!(
-                        "{}: {err} (ignored until it makes sense)",
-                        device.name(domid)
+                        "domain {domid} {}: {err} (ignored until it makes sense)",
+                        device.id()
                     );
                     device.complained = true;
                 }
                 return;
             }
         };
-        let backend = device.control.state();
-        match control::step(backend, frontend) {
+        match control::step(device.control.state(), frontend) {
             Step::Nothing => {}
-            Step::Connect => match self.connect(domid, index) {
-                Ok(()) => {
-                    let device = &mut self.domains.get_mut(&domid).expect("served").devices[index];
-                    device.control.set_state(XenbusState::Connected);
-                    info!("{} connected", device.name(domid));
-                    // Requests queued before we were ready.
-                    self.serve(domid, index);
+            Step::Connect => {
+                let guest = Guest {
+                    domid,
+                    gnttab: &self.gnttab,
+                    evtchn: &self.evtchn,
+                };
+                let area = device.control.frontend_area();
+                match device.backend.get_mut().connect(&guest, &area) {
+                    Ok(()) => {
+                        if let Some(port) = device.backend.get().data_port() {
+                            self.ports.insert(port, PortUse::Data(domid, index));
+                        }
+                        device.control.set_state(XenbusState::Connected);
+                        info!("domain {domid} {} connected", device.id());
+                        // Requests queued before we were ready.
+                        self.serve(domid, index);
+                    }
+                    Err(why) => {
+                        warn!("domain {domid} {}: {why}: closing it", device.id());
+                        device.backend.get_mut().disconnect();
+                        device.control.set_state(XenbusState::Closing);
+                    }
                 }
-                Err(why) => {
-                    let device = &mut self.domains.get_mut(&domid).expect("served").devices[index];
-                    warn!("{}: {why}: closing it", device.name(domid));
-                    device.disconnect();
-                    device.control.set_state(XenbusState::Closing);
-                }
-            },
+            }
             Step::Disconnect => {
-                if let Some(port) = device.data_port() {
+                if let Some(port) = device.backend.get().data_port() {
                     self.ports.remove(&port);
                 }
                 self.pending.remove(&(domid, index));
-                device.disconnect();
+                device.backend.get_mut().disconnect();
                 device.control.set_state(XenbusState::Closed);
                 info!(
-                    "{} disconnected (front end {frontend:?})",
-                    device.name(domid)
+                    "domain {domid} {} disconnected (front end {frontend:?})",
+                    device.id()
                 );
             }
             Step::Reopen => {
                 device.control.set_state(XenbusState::InitWait);
-                debug!("{} offered again", device.name(domid));
+                debug!("domain {domid} {} offered again", device.id());
             }
         }
-    }
-
-    /// Copy the front end's area, validate it, map its rings, bind its data port.
-    fn connect(&mut self, domid: u32, index: usize) -> Result<(), String> {
-        let domain = self.domains.get_mut(&domid).expect("served");
-        let device = &mut domain.devices[index];
-        let area = device.control.frontend_area();
-        let guest = u16::try_from(domid).expect("checked at create");
-        match &mut device.backend {
-            Backend::Sysctl(sysctl) => {
-                let frontend = SysctlFrontend::decode(&area).map_err(|err| err.to_string())?;
-                sysctl.supported = Some(frontend.supported);
-            }
-            Backend::Vif(vif) => {
-                let frontend = VifFrontend::decode(&area).map_err(|err| err.to_string())?;
-                if frontend.features & vif_features::REQUEST_RX_COPY == 0 {
-                    return Err("the front end does not request receive-by-copy (the only way this back end receives)".into());
-                }
-                let rings = self
-                    .gnttab
-                    .map(domid, &[frontend.tx_ring_ref, frontend.rx_ring_ref], true)
-                    .map_err(|err| {
-                        format!(
-                            "cannot map its rings (grants {} and {}): {err}",
-                            frontend.tx_ring_ref, frontend.rx_ring_ref
-                        )
-                    })?;
-                let port = self
-                    .evtchn
-                    .bind_interdomain(domid, frontend.data_port)
-                    .map_err(|err| {
-                        format!("cannot bind its data port {}: {err}", frontend.data_port)
-                    })?;
-                // SAFETY: the mapping holds two pages (tx, rx), page aligned, and lives in
-                // the same connection as the engine, which drops first.
-                let engine =
-                    unsafe { Netback::new(rings.as_ptr(), rings.as_ptr().add(noxs::PAGE_SIZE)) };
-                self.ports.insert(port.local(), PortUse::Data(domid, index));
-                vif.connection = Some(VifConnection {
-                    engine,
-                    memory: Copier::new(Rc::clone(&self.gnttab), guest),
-                    port,
-                    _rings: rings,
-                });
-            }
-            Backend::Vbd(vbd) => {
-                let frontend = VbdFrontend::decode(&area).map_err(|err| err.to_string())?;
-                let ring = self
-                    .gnttab
-                    .map(domid, &[frontend.ring_ref], true)
-                    .map_err(|err| {
-                        format!("cannot map its ring (grant {}): {err}", frontend.ring_ref)
-                    })?;
-                let port = self
-                    .evtchn
-                    .bind_interdomain(domid, frontend.data_port)
-                    .map_err(|err| {
-                        format!("cannot bind its data port {}: {err}", frontend.data_port)
-                    })?;
-                let geometry = Geometry {
-                    sectors: vbd.plan.sectors,
-                    readonly: vbd.plan.readonly,
-                    max_indirect_segments: MAX_INDIRECT_SEGMENTS,
-                };
-                // SAFETY: the mapping is one page, page aligned, living in the same
-                // connection as the engine, which drops first.
-                let engine = unsafe { Blkback::new(ring.as_ptr(), geometry) };
-                self.ports.insert(port.local(), PortUse::Data(domid, index));
-                vbd.connection = Some(VbdConnection {
-                    engine,
-                    memory: Copier::new(Rc::clone(&self.gnttab), guest),
-                    port,
-                    _ring: ring,
-                });
-            }
-        }
-        Ok(())
     }
 
     /// Serve a device's rings (a data event, or work left from the last turn).
@@ -841,69 +723,29 @@ impl Backends {
         let Some(device) = device_mut(&mut self.domains, domid, index) else {
             return;
         };
-        // (whether to notify the guest, whether work is left), or why the ring broke.
-        let (served, port) = match &mut device.backend {
-            Backend::Sysctl(_) => return,
-            Backend::Vbd(vbd) => {
-                let Some(connection) = &mut vbd.connection else {
-                    return;
-                };
-                let served = connection
-                    .engine
-                    .serve(&mut connection.memory, &mut vbd.disk, BUDGET)
-                    .map(|progress| (progress.notify, progress.more))
-                    .map_err(|err| err.to_string());
-                (served, &connection.port)
+        match device.backend.get_mut().serve() {
+            Ok(true) => {
+                self.pending.insert((domid, index));
             }
-            Backend::Vif(vif) => {
-                let Some(connection) = &mut vif.connection else {
-                    return;
-                };
-                let tap = &mut vif.tap;
-                let mut send = |frame: &[u8]| {
-                    if let Err(err) = tap.write_frame(frame) {
-                        debug!("{}: {err}", tap.name());
-                    }
-                };
-                let served = connection
-                    .engine
-                    .transmit(&mut connection.memory, &mut send, BUDGET)
-                    .map(|progress| (progress.notify, progress.more))
-                    .map_err(|err| err.to_string());
-                (served, &connection.port)
-            }
-        };
-        let broken = match served {
-            Ok((notify, more)) => {
-                if notify {
-                    let _ = port.notify();
-                }
-                if more {
-                    self.pending.insert((domid, index));
-                }
-                None
-            }
-            Err(why) => Some(why),
-        };
-        if let Some(why) = broken {
-            self.break_device(domid, index, &why);
+            Ok(false) => {}
+            Err(why) => self.break_device(domid, index, &why),
         }
     }
 
     /// A guest broke a device's protocol: disconnect that device only.
-    fn break_device(&mut self, domid: u32, index: usize, why: &str) {
+    fn break_device(&mut self, domid: u32, index: usize, why: &DeviceError) {
         let Some(device) = device_mut(&mut self.domains, domid, index) else {
             return;
         };
-        if let Some(port) = device.data_port() {
+        if let Some(port) = device.backend.get().data_port() {
             self.ports.remove(&port);
         }
         self.pending.remove(&(domid, index));
-        device.disconnect();
+        device.backend.get_mut().disconnect();
         device.control.set_state(XenbusState::Closing);
         error!(
-            "{}: protocol error: {why}: disconnected",
-            device.name(domid)
+            "domain {domid} {}: protocol error: {why}: disconnected",
+            device.id()
         );
     }
 
@@ -915,34 +757,7 @@ impl Backends {
         let Backend::Vif(vif) = &mut device.backend else {
             return;
         };
-        let Some(connection) = &mut vif.connection else {
-            return;
-        };
-        let mut broken = None;
-        for _ in 0..BUDGET {
-            let len = match vif.tap.read_frame(&mut self.frame) {
-                Ok(Some(len)) => len,
-                Ok(None) => break,
-                Err(err) => {
-                    warn!("{}: reading: {err}", vif.tap.name());
-                    break;
-                }
-            };
-            match connection
-                .engine
-                .receive(&mut connection.memory, &self.frame[..len])
-            {
-                Ok(Delivered::Yes | Delivered::Dropped | Delivered::NoBuffer) => {}
-                Err(err) => {
-                    broken = Some(err.to_string());
-                    break;
-                }
-            }
-        }
-        if broken.is_none() && connection.engine.push_rx() {
-            let _ = connection.port.notify();
-        }
-        if let Some(why) = broken {
+        if let Err(why) = vif.receive(&mut self.frame) {
             self.break_device(domid, index, &why);
         }
     }
@@ -953,124 +768,41 @@ impl Backends {
         domid: u32,
         action: noxs::Request,
         timeout_ms: u32,
-    ) -> Result<PowerWait, String> {
+    ) -> Result<PowerWait, Error> {
         let domain = self
             .domains
-            .get(&domid)
-            .ok_or_else(|| format!("domain {domid} is not a NoXS domain xendevd serves"))?;
-        if !domain
-            .devices
-            .iter()
-            .any(|d| matches!(d.backend, Backend::Sysctl(_)))
-        {
-            return Err(format!(
-                "domain {domid} ({}) has no sysctl device: it cannot be asked to {}",
-                domain.name,
-                action_name(action)
-            ));
-        }
-        // A guest that has shut down acknowledges nothing: say so now, not at the timeout.
-        if let Ok(infos) = self.xc.domains()
-            && let Some(info) = infos.iter().find(|i| i.domid == domid)
-            && (info.shutdown.is_some() || info.dying)
-        {
-            return Err(format!(
-                "domain {domid} ({}) has shut down already: it cannot be asked to {}",
-                domain.name,
-                action_name(action)
-            ));
-        }
-        Ok(PowerWait {
+            .get_mut(&domid)
+            .ok_or(Error::NotServed(domid))?;
+        let has_sysctl = domain.sysctl_mut().is_some();
+        // Whether it shut down already, if Xen can say.
+        let shut_down = self
+            .xc
+            .domain_info(domid)
+            .ok()
+            .flatten()
+            .is_some_and(|info| info.shutdown.is_some() || info.dying);
+        Ok(PowerWait::start(
             domid,
+            &domain.name,
+            has_sysctl,
+            shut_down,
             action,
             timeout_ms,
-            deadline: Instant::now() + Duration::from_millis(timeout_ms.into()),
-            sent: None,
-        })
+        )?)
     }
 
     /// Move a power request on: `Some` once it is answered (acknowledged or failed).
-    pub fn power_poll(&mut self, wait: &mut PowerWait, now: Instant) -> Option<Result<(), String>> {
-        let action = action_name(wait.action);
+    pub fn power_poll(&mut self, wait: &mut PowerWait, now: Instant) -> Option<Result<(), Error>> {
         let Some(domain) = self.domains.get_mut(&wait.domid) else {
-            return Some(Err(format!(
-                "domain {} is gone (released) before it acknowledged the {action} request",
-                wait.domid
-            )));
+            return Some(Err(wait.released().into()));
         };
         let name = domain.name.clone();
-        let device = domain
-            .devices
-            .iter_mut()
-            .find(|d| matches!(d.backend, Backend::Sysctl(_)))
-            .expect("checked in power()");
-        let Backend::Sysctl(sysctl) = &mut device.backend else {
-            unreachable!("found as sysctl")
-        };
-        match wait.sent {
-            None => match sysctl.supported {
-                Some(supported) => {
-                    let bit = 1 << wait.action as u32;
-                    if supported & bit == 0 {
-                        return Some(Err(format!(
-                            "domain {} ({name}) does not handle {action} requests (its power \
-                             control handles: {})",
-                            wait.domid,
-                            supported_names(supported)
-                        )));
-                    }
-                    sysctl.request_seq = sysctl.request_seq.wrapping_add(1);
-                    let mut area = [0u8; SysctlBackend::LEN];
-                    SysctlBackend {
-                        request: Some(wait.action),
-                        request_seq: sysctl.request_seq,
-                    }
-                    .encode(&mut area)
-                    .expect("fits");
-                    device.control.write_area(&area);
-                    device.control.notify();
-                    wait.sent = Some(sysctl.request_seq);
-                    info!(
-                        "domain {} ({name}): {action} requested (#{})",
-                        wait.domid, sysctl.request_seq
-                    );
-                    None
-                }
-                None if now >= wait.deadline => Some(Err(format!(
-                    "domain {} ({name}): its power control (sysctl) did not connect within {} ms \
-                     (front end state {})",
-                    wait.domid,
-                    wait.timeout_ms,
-                    match device.control.frontend_state() {
-                        Ok(state) => format!("{state:?}"),
-                        Err(err) => err.to_string(),
-                    }
-                ))),
-                None => None,
-            },
-            Some(seq) => {
-                let acked = SysctlFrontend::decode(&device.control.frontend_area())
-                    .is_ok_and(|frontend| (frontend.ack_seq.wrapping_sub(seq) as i32) >= 0);
-                if acked {
-                    info!(
-                        "domain {} ({name}) acknowledged {action} (#{seq})",
-                        wait.domid
-                    );
-                    Some(Ok(()))
-                } else if now >= wait.deadline {
-                    Some(Err(format!(
-                        "domain {} ({name}) did not acknowledge the {action} request within {} ms",
-                        wait.domid, wait.timeout_ms
-                    )))
-                } else {
-                    None
-                }
-            }
-        }
+        let (sysctl, control) = domain.sysctl_mut().expect("checked in power()");
+        wait.poll(sysctl, control, &name, now)
+            .map(|answer| answer.map_err(Error::from))
     }
 }
 
-/// A served domain as the API shows it.
 /// Device `index` of served domain `domid`. (A function of the map, not of
 /// [`Backends`], so the caller may still use the other fields.)
 fn device_mut(
@@ -1081,6 +813,7 @@ fn device_mut(
     domains.get_mut(&domid)?.devices.get_mut(index)
 }
 
+/// A served domain as the API shows it.
 fn describe(domid: u32, domain: &Domain) -> NoxsDomain {
     NoxsDomain {
         domid,
@@ -1089,9 +822,9 @@ fn describe(domid: u32, domain: &Domain) -> NoxsDomain {
             .devices
             .iter()
             .map(|device| noxs::Entry {
-                kind: device.kind(),
-                devid: device.devid,
+                kind: device.backend.kind(),
                 backend: 0,
+                devid: device.devid,
                 ctrl_gref: device.control.gref(),
                 ctrl_port: device.control.port(),
             })

@@ -1,14 +1,18 @@
 //! Checking a `noxs_create` request before anything is made for it: every field's
-//! problem named, with its value. Pure, except for looking at files and bridges through
-//! the [`Host`] trait.
+//! problem named, with its value ([`RequestError`]). Pure, except for looking at files
+//! and bridges through the [`Host`] trait ([`Dom0`] in the daemon).
 
 use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom};
 use std::net::Ipv4Addr;
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
 
 use xenproto::noxs::MAX_ENTRIES;
 
-use crate::api::{NoxsDevice, station_mac};
-use crate::vif::check_ifname;
+use crate::api::{Mac, NoxsDevice, StationMacError, station_mac};
+use crate::vif::{IfnameError, check_ifname};
 
 /// The first domain id Xen reserves (`DOMID_FIRST_RESERVED`).
 const DOMID_FIRST_RESERVED: u32 = 0x7ff0;
@@ -19,15 +23,131 @@ pub const DEFAULT_PREFIX: u8 = 24;
 pub trait Host {
     /// Whether `name` is a bridge.
     fn is_bridge(&self, name: &str) -> bool;
-    /// A disk target's kind and size in bytes, or why it cannot be one.
-    fn disk(&self, path: &str) -> Result<u64, String>;
+    /// A disk target's size in bytes, or why it cannot be a disk.
+    fn disk(&self, path: &str) -> Result<u64, TargetError>;
+}
+
+/// dom0 as it is: sysfs for bridges, the file system for disks.
+#[derive(Debug)]
+pub struct Dom0;
+
+impl Host for Dom0 {
+    fn is_bridge(&self, name: &str) -> bool {
+        Path::new("/sys/class/net")
+            .join(name)
+            .join("bridge")
+            .is_dir()
+    }
+
+    fn disk(&self, path: &str) -> Result<u64, TargetError> {
+        let meta = std::fs::metadata(path).map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => TargetError::Missing(path.to_owned()),
+            _ => TargetError::Stat {
+                path: path.to_owned(),
+                source,
+            },
+        })?;
+        let kind = meta.file_type();
+        if kind.is_file() {
+            Ok(meta.len())
+        } else if kind.is_block_device() {
+            let size = |source| TargetError::Size {
+                path: path.to_owned(),
+                source,
+            };
+            let mut device = File::open(path).map_err(size)?;
+            device.seek(SeekFrom::End(0)).map_err(size)
+        } else {
+            Err(TargetError::NotADisk(path.to_owned()))
+        }
+    }
+}
+
+/// Why a vbd's target cannot be its disk.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("{0} does not exist")]
+    Missing(String),
+    #[error("{path}: {source}")]
+    Stat { path: String, source: io::Error },
+    #[error("{path}: cannot learn its size: {source}")]
+    Size { path: String, source: io::Error },
+    #[error("{0} is neither a regular file nor a block device")]
+    NotADisk(String),
+}
+
+/// Why a guest name cannot be one (it names the console log).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("name {0:?}: 1 to 64 bytes")]
+    Length(String),
+    #[error("name {0:?} starts with a dot")]
+    Dot(String),
+    #[error("name {name:?} holds {bad:?} (letters, digits, '-', '_' and '.' only)")]
+    Character { name: String, bad: char },
+}
+
+/// What is wrong with a `noxs_create` request: the first problem found.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("domid {0} cannot be a guest (1 to {max} are)", max = DOMID_FIRST_RESERVED - 1)]
+    Domid(u32),
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error(
+        "console_port 0 is no event channel (the guest's console port, allocated unbound for \
+         dom0)"
+    )]
+    ConsolePort,
+    #[error("{0} devices: a NoXS block holds {MAX_ENTRIES} at most")]
+    TooManyDevices(usize),
+    #[error("devices[{0}]: a second sysctl (one per domain)")]
+    SecondSysctl(usize),
+    /// A device's field.
+    #[error("devices[{index}].{field}: {problem}")]
+    Device {
+        index: usize,
+        field: &'static str,
+        problem: DeviceProblem,
+    },
+}
+
+/// What is wrong with one field of a device.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceProblem {
+    #[error("{kind} {devid} twice")]
+    Twice { kind: &'static str, devid: u32 },
+    #[error(transparent)]
+    Mac(#[from] StationMacError),
+    #[error("{name:?}: {why}")]
+    BridgeName { name: String, why: IfnameError },
+    #[error("dom0 has no bridge named {0}")]
+    NoBridge(String),
+    #[error("{devid} makes the tap name {tap:?}: {why}")]
+    TapName {
+        devid: u32,
+        tap: String,
+        why: IfnameError,
+    },
+    #[error("{0} is more than 32")]
+    PrefixLength(u8),
+    #[error("{0} cannot be a guest's address")]
+    Address(Ipv4Addr),
+    #[error("a prefix or gateway without an address (no ip: the guest asks DHCP)")]
+    NoAddress,
+    #[error("{0:?} is not an absolute path")]
+    Relative(String),
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error("{target} has {bytes} bytes, not a whole (non-zero) number of 512-byte sectors")]
+    Size { target: String, bytes: u64 },
 }
 
 /// A vif, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VifPlan {
     pub devid: u32,
-    pub mac: [u8; 6],
+    pub mac: Mac,
     pub bridge: String,
     pub tap: String,
     pub ipv4: Option<(Ipv4Addr, u8)>,
@@ -58,33 +178,31 @@ pub fn check(
     console_port: u32,
     devices: &[NoxsDevice],
     host: &impl Host,
-) -> Result<Vec<DevicePlan>, String> {
+) -> Result<Vec<DevicePlan>, RequestError> {
     if domid == 0 || domid >= DOMID_FIRST_RESERVED {
-        return Err(format!(
-            "domid {domid} cannot be a guest (1 to {} are)",
-            DOMID_FIRST_RESERVED - 1
-        ));
+        return Err(RequestError::Domid(domid));
     }
     check_name(name)?;
     if console_port == 0 {
-        return Err("console_port 0 is no event channel (the guest's console port, allocated unbound for dom0)".into());
+        return Err(RequestError::ConsolePort);
     }
     if devices.len() > MAX_ENTRIES {
-        return Err(format!(
-            "{} devices: a NoXS block holds {MAX_ENTRIES} at most",
-            devices.len()
-        ));
+        return Err(RequestError::TooManyDevices(devices.len()));
     }
     let mut plans = Vec::new();
     let (mut vifs, mut vbds) = (BTreeSet::new(), BTreeSet::new());
     let mut sysctls = 0;
     for (index, device) in devices.iter().enumerate() {
-        let at = |field: &str| format!("devices[{index}].{field}");
+        let at = |field: &'static str, problem: DeviceProblem| RequestError::Device {
+            index,
+            field,
+            problem,
+        };
         plans.push(match device {
             NoxsDevice::Sysctl => {
                 sysctls += 1;
                 if sysctls > 1 {
-                    return Err(format!("devices[{index}]: a second sysctl (one per domain)"));
+                    return Err(RequestError::SecondSysctl(index));
                 }
                 DevicePlan::Sysctl
             }
@@ -96,37 +214,40 @@ pub fn check(
                 prefix_len,
                 gateway,
             } => {
-                if !vifs.insert(*devid) {
-                    return Err(format!("{}: vif {devid} twice", at("devid")));
+                let devid = *devid;
+                if !vifs.insert(devid) {
+                    return Err(at("devid", DeviceProblem::Twice { kind: "vif", devid }));
                 }
-                let mac = station_mac(*mac).map_err(|err| format!("{}: {err}", at("mac")))?;
-                check_ifname(bridge).map_err(|why| format!("{}: {bridge:?}: {why}", at("bridge")))?;
+                let mac = station_mac(*mac).map_err(|err| at("mac", err.into()))?;
+                check_ifname(bridge).map_err(|why| {
+                    let name = bridge.clone();
+                    at("bridge", DeviceProblem::BridgeName { name, why })
+                })?;
                 if !host.is_bridge(bridge) {
-                    return Err(format!("{}: dom0 has no bridge named {bridge}", at("bridge")));
+                    return Err(at("bridge", DeviceProblem::NoBridge(bridge.clone())));
                 }
                 let tap = format!("vif{domid}.{devid}");
-                check_ifname(&tap).map_err(|why| format!("{}: {devid} makes the tap name {tap:?}: {why}", at("devid")))?;
+                if let Err(why) = check_ifname(&tap) {
+                    return Err(at("devid", DeviceProblem::TapName { devid, tap, why }));
+                }
                 if let Some(prefix) = prefix_len
                     && *prefix > 32
                 {
-                    return Err(format!("{}: {prefix} is more than 32", at("prefix_len")));
+                    return Err(at("prefix_len", DeviceProblem::PrefixLength(*prefix)));
                 }
                 let ipv4 = match ip {
                     Some(ip) if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() => {
-                        return Err(format!("{}: {ip} cannot be a guest's address", at("ip")));
+                        return Err(at("ip", DeviceProblem::Address(*ip)));
                     }
                     Some(ip) => Some((*ip, prefix_len.unwrap_or(DEFAULT_PREFIX))),
                     None if prefix_len.is_some() || gateway.is_some() => {
-                        return Err(format!(
-                            "{}: a prefix or gateway without an address (no ip: the guest asks DHCP)",
-                            at("ip")
-                        ));
+                        return Err(at("ip", DeviceProblem::NoAddress));
                     }
                     None => None,
                 };
                 DevicePlan::Vif(VifPlan {
-                    devid: *devid,
-                    mac: mac.0,
+                    devid,
+                    mac,
                     bridge: bridge.clone(),
                     tap,
                     ipv4,
@@ -138,21 +259,20 @@ pub fn check(
                 target,
                 readonly,
             } => {
-                if !vbds.insert(*devid) {
-                    return Err(format!("{}: vbd {devid} twice", at("devid")));
+                let devid = *devid;
+                if !vbds.insert(devid) {
+                    return Err(at("devid", DeviceProblem::Twice { kind: "vbd", devid }));
                 }
                 if !target.starts_with('/') {
-                    return Err(format!("{}: {target:?} is not an absolute path", at("target")));
+                    return Err(at("target", DeviceProblem::Relative(target.clone())));
                 }
-                let bytes = host.disk(target).map_err(|why| format!("{}: {why}", at("target")))?;
+                let bytes = host.disk(target).map_err(|err| at("target", err.into()))?;
                 if bytes == 0 || bytes % 512 != 0 {
-                    return Err(format!(
-                        "{}: {target} has {bytes} bytes, not a whole (non-zero) number of 512-byte sectors",
-                        at("target")
-                    ));
+                    let target = target.clone();
+                    return Err(at("target", DeviceProblem::Size { target, bytes }));
                 }
                 DevicePlan::Vbd(VbdPlan {
-                    devid: *devid,
+                    devid,
                     target: target.clone(),
                     readonly: *readonly,
                     sectors: bytes / 512,
@@ -165,20 +285,21 @@ pub fn check(
 
 /// A guest name: it names the console log, so 1 to 64 bytes of letters, digits, `-`,
 /// `_` and `.`, not starting with `.`.
-pub fn check_name(name: &str) -> Result<(), String> {
+pub fn check_name(name: &str) -> Result<(), NameError> {
     if name.is_empty() || name.len() > 64 {
-        return Err(format!("name {name:?}: 1 to 64 bytes"));
+        return Err(NameError::Length(name.to_owned()));
     }
     if name.starts_with('.') {
-        return Err(format!("name {name:?} starts with a dot"));
+        return Err(NameError::Dot(name.to_owned()));
     }
     if let Some(bad) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
     {
-        return Err(format!(
-            "name {name:?} holds {bad:?} (letters, digits, '-', '_' and '.' only)"
-        ));
+        return Err(NameError::Character {
+            name: name.to_owned(),
+            bad,
+        });
     }
     Ok(())
 }
@@ -193,11 +314,11 @@ mod tests {
         fn is_bridge(&self, name: &str) -> bool {
             name == "xenbr0"
         }
-        fn disk(&self, path: &str) -> Result<u64, String> {
+        fn disk(&self, path: &str) -> Result<u64, TargetError> {
             match path {
                 "/disk.img" => Ok(1 << 20),
                 "/odd.img" => Ok(1000),
-                _ => Err(format!("{path} does not exist")),
+                _ => Err(TargetError::Missing(path.to_owned())),
             }
         }
     }
@@ -337,7 +458,9 @@ mod tests {
                 "makes the tap name",
             ),
         ] {
-            let err = check(domid, name, port, &devices, &FakeHost).unwrap_err();
+            let err = check(domid, name, port, &devices, &FakeHost)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(error), "{err:?} should say {error:?}");
         }
     }

@@ -1,6 +1,7 @@
-//! One client connection's protocol state, without the socket: request lines in,
-//! response lines out, limits and deadlines. Pure code (time is passed in), so the
-//! daemon's treatment of slow, silent, chatty and malformed clients is host-tested.
+//! A [`Session`]: one API connection's protocol state, without the socket — request
+//! lines in, response lines out, limits and deadlines. Pure code (time is passed in),
+//! so the daemon's treatment of slow, silent, chatty and malformed clients is
+//! host-tested. What breaks the protocol is a [`ProtocolError`].
 //!
 //! Rules:
 //! - one request per line (`\n`; a `\r` before it is tolerated), answered in order;
@@ -13,9 +14,44 @@
 //!   queued, or none taken for `request_timeout`) is dropped;
 //! - at end of input, an unfinished line gets an error (if the client still reads).
 
+use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::api::{Request, Response};
+
+/// A request line that breaks the protocol, or a connection that does.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("malformed request: not UTF-8 text (requests are JSON lines)")]
+    NotUtf8,
+    #[error(
+        "malformed request: an empty line (expected a JSON object such as \
+         {{\"op\":\"query\"}})"
+    )]
+    Empty,
+    #[error("malformed request: not JSON: {0}")]
+    NotJson(serde_json::Error),
+    #[error("malformed request: {0}, not a JSON object with an \"op\" field")]
+    NotObject(&'static str),
+    #[error("malformed request: unknown field `{0}`: query takes no fields")]
+    QueryField(String),
+    /// JSON, but not a request of the API.
+    #[error("malformed request: {0}")]
+    NotRequest(serde_json::Error),
+    #[error("request line longer than {0} bytes: closing the connection")]
+    LineTooLong(usize),
+    #[error(
+        "request incomplete after {} s ({bytes} bytes without a newline): closing the \
+         connection",
+        after.as_secs_f64()
+    )]
+    Stalled { after: Duration, bytes: usize },
+    #[error(
+        "the connection ended in the middle of a request ({0} bytes without a newline): \
+         each request must end with \\n"
+    )]
+    Unfinished(usize),
+}
 
 /// Limits for every connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,19 +74,15 @@ impl Default for Limits {
 }
 
 /// Parse one request line (without its `\n`), or say precisely what is wrong with it.
-pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+pub fn parse_request(line: &[u8]) -> Result<Request, ProtocolError> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let Ok(text) = std::str::from_utf8(line) else {
-        return Err("malformed request: not UTF-8 text (requests are JSON lines)".into());
+        return Err(ProtocolError::NotUtf8);
     };
     if text.trim().is_empty() {
-        return Err(
-            "malformed request: an empty line (expected a JSON object such as {\"op\":\"query\"})"
-                .into(),
-        );
+        return Err(ProtocolError::Empty);
     }
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|err| format!("malformed request: not JSON: {err}"))?;
+    let value: serde_json::Value = serde_json::from_str(text).map_err(ProtocolError::NotJson)?;
     let Some(object) = value.as_object() else {
         let kind = match value {
             serde_json::Value::Null => "null",
@@ -60,18 +92,14 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
             serde_json::Value::Array(_) => "an array",
             serde_json::Value::Object(_) => unreachable!("objects are handled above"),
         };
-        return Err(format!(
-            "malformed request: {kind}, not a JSON object with an \"op\" field"
-        ));
+        return Err(ProtocolError::NotObject(kind));
     };
     // serde lets a unit variant through with extra fields: `query` takes none.
     let is_query = object.get("op").and_then(|op| op.as_str()) == Some("query");
     if let Some(extra) = object.keys().find(|key| is_query && *key != "op") {
-        return Err(format!(
-            "malformed request: unknown field `{extra}`: query takes no fields"
-        ));
+        return Err(ProtocolError::QueryField(extra.clone()));
     }
-    serde_json::from_value(value).map_err(|err| format!("malformed request: {err}"))
+    serde_json::from_value(value).map_err(ProtocolError::NotRequest)
 }
 
 /// Where a connection stands.
@@ -125,7 +153,7 @@ impl Session {
 
     /// Take bytes from the client; returns, in order, each complete line's request or
     /// the error to answer it with (the caller answers each with [`Session::respond`]).
-    pub fn receive(&mut self, bytes: &[u8], now: Instant) -> Vec<Result<Request, String>> {
+    pub fn receive(&mut self, bytes: &[u8], now: Instant) -> Vec<Result<Request, ProtocolError>> {
         let mut out = Vec::new();
         if self.phase == Phase::Streaming {
             self.last_input = now;
@@ -141,10 +169,7 @@ impl Session {
                 None => (rest, None),
             };
             if self.partial.len() + chunk.len() > self.limits.max_line {
-                out.push(Err(format!(
-                    "request line longer than {} bytes: closing the connection",
-                    self.limits.max_line
-                )));
+                out.push(Err(ProtocolError::LineTooLong(self.limits.max_line)));
                 self.stop(now);
                 return out;
             }
@@ -173,7 +198,7 @@ impl Session {
     }
 
     /// The client closed its sending side. An unfinished line gets an error.
-    pub fn end_of_input(&mut self) -> Option<String> {
+    pub fn end_of_input(&mut self) -> Option<ProtocolError> {
         let phase = self.phase;
         if phase == Phase::Streaming {
             // A client may close its side and go on reading the stream.
@@ -185,22 +210,17 @@ impl Session {
         if phase != Phase::Open || self.partial.is_empty() {
             return None;
         }
-        let error = format!(
-            "the connection ended in the middle of a request ({} bytes without a newline): \
-             each request must end with \\n",
-            self.partial.len()
-        );
+        let error = ProtocolError::Unfinished(self.partial.len());
         self.partial.clear();
         self.partial_since = None;
         Some(error)
     }
 
-    /// Queue an answer (an `Err` becomes `{"error": "..."}`).
-    pub fn respond(&mut self, response: Result<Response, String>, now: Instant) {
+    /// Queue an answer.
+    pub fn respond(&mut self, response: Response, now: Instant) {
         if self.phase == Phase::Dead {
             return;
         }
-        let response = response.unwrap_or_else(Response::Error);
         if self.output.is_empty() {
             self.last_output = now;
         }
@@ -212,6 +232,11 @@ impl Session {
             // The client does not read its answers.
             self.abort();
         }
+    }
+
+    /// Queue the answer of a request that failed: `{"error": "<why>"}`.
+    pub fn refuse(&mut self, why: &dyn fmt::Display, now: Instant) {
+        self.respond(Response::Error(why.to_string()), now);
     }
 
     /// What is waiting to be written.
@@ -263,13 +288,11 @@ impl Session {
                     .partial_since
                     .is_some_and(|since| now >= since + timeout)
                 {
-                    let error = format!(
-                        "request incomplete after {} s ({} bytes without a newline): \
-                         closing the connection",
-                        timeout.as_secs_f64(),
-                        self.partial.len()
-                    );
-                    self.respond(Err(error), now);
+                    let error = ProtocolError::Stalled {
+                        after: timeout,
+                        bytes: self.partial.len(),
+                    };
+                    self.refuse(&error, now);
                     self.stop(now);
                 } else if now >= self.last_input + self.limits.idle_timeout {
                     self.phase = Phase::Closing;
@@ -352,6 +375,16 @@ mod tests {
     const ATTACH: &[u8] =
         b"{\"op\":\"attach_disk\",\"path\":\"/i\",\"readonly\":true,\"domid\":3}\r\n";
 
+    /// Each result with its error as the answer's text.
+    fn texts(
+        results: impl IntoIterator<Item = Result<Request, ProtocolError>>,
+    ) -> Vec<Result<Request, String>> {
+        results
+            .into_iter()
+            .map(|result| result.map_err(|err| err.to_string()))
+            .collect()
+    }
+
     fn answers(session: &mut Session, now: Instant) -> String {
         let text = String::from_utf8(session.pending_output().to_vec()).unwrap();
         session.wrote(text.len(), now);
@@ -363,12 +396,13 @@ mod tests {
         let t0 = Instant::now();
         let input = [QUERY, ATTACH, b"{\"op\":\"query\"}\n"].concat();
         let mut whole = Session::new(limits(), t0);
-        let at_once = whole.receive(&input, t0);
+        let at_once = texts(whole.receive(&input, t0));
         let mut bytewise = Session::new(limits(), t0);
-        let one_by_one: Vec<_> = input
-            .iter()
-            .flat_map(|b| bytewise.receive(std::slice::from_ref(b), t0))
-            .collect();
+        let one_by_one = texts(
+            input
+                .iter()
+                .flat_map(|b| bytewise.receive(std::slice::from_ref(b), t0)),
+        );
         assert_eq!(at_once, one_by_one);
         assert_eq!(
             at_once,
@@ -390,10 +424,10 @@ mod tests {
     fn malformed_lines_get_errors_and_the_connection_goes_on() {
         let t0 = Instant::now();
         let mut session = Session::new(limits(), t0);
-        let results = session.receive(
+        let results = texts(session.receive(
             b"garbage\n\n{\"op\":\"format_disk\"}\n\xff\xfe\n{\"op\":\"release_domain\",\"domid\":-1}\n{\"op\":\"query\"}\n",
             t0,
-        );
+        ));
         let errors: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
         assert_eq!(errors.len(), 5, "{results:?}");
         assert!(
@@ -413,7 +447,10 @@ mod tests {
         );
         assert_eq!(results[5], Ok(Request::Query));
         for result in results {
-            session.respond(result.map(|_| Response::Done), t0);
+            match result {
+                Ok(_) => session.respond(Response::Done, t0),
+                Err(why) => session.refuse(&why, t0),
+            }
         }
         let text = answers(&mut session, t0);
         assert_eq!(text.lines().count(), 6);
@@ -459,7 +496,7 @@ mod tests {
                 "not JSON: EOF while parsing a value at line 1 column 6",
             ),
         ] {
-            let err = parse_request(line.as_bytes()).unwrap_err();
+            let err = parse_request(line.as_bytes()).unwrap_err().to_string();
             assert_eq!(
                 err.strip_prefix("malformed request: ")
                     .map(|e| e.starts_with(error)),
@@ -467,7 +504,10 @@ mod tests {
                 "{line}: {err}"
             );
         }
-        assert_eq!(parse_request(b" {\"op\":\"query\"} \r"), Ok(Request::Query));
+        assert_eq!(
+            parse_request(b" {\"op\":\"query\"} \r").unwrap(),
+            Request::Query
+        );
     }
 
     #[test]
@@ -476,18 +516,18 @@ mod tests {
         // Exactly the limit is fine, with or without the newline in the same chunk.
         let mut session = Session::new(limits(), t0);
         let line = [vec![b' '; 100 - QUERY.len() + 1], QUERY.to_vec()].concat();
-        assert_eq!(session.receive(&line, t0), [Ok(Request::Query)]);
+        assert_eq!(texts(session.receive(&line, t0)), [Ok(Request::Query)]);
         // One more byte is not, whether it comes at once or a byte at a time.
         for chunked in [false, true] {
             let mut session = Session::new(limits(), t0);
             let long = vec![b'x'; 101];
-            let results: Vec<_> = if chunked {
+            let results = texts(if chunked {
                 long.iter()
                     .flat_map(|b| session.receive(std::slice::from_ref(b), t0))
                     .collect()
             } else {
                 session.receive(&long, t0)
-            };
+            });
             assert_eq!(
                 results,
                 [Err(
@@ -498,13 +538,10 @@ mod tests {
             // closes its side, so it gets the error line and a clean end.
             assert!(session.reading());
             assert!(session.receive(QUERY, t0).is_empty());
-            session.respond(
-                results.into_iter().next().unwrap().map(|_| Response::Done),
-                t0,
-            );
+            session.refuse(&results[0].as_ref().unwrap_err(), t0);
             answers(&mut session, t0);
             assert!(!session.finished());
-            assert_eq!(session.end_of_input(), None);
+            assert!(session.end_of_input().is_none());
             assert!(!session.reading());
             assert!(session.finished());
         }
@@ -555,14 +592,14 @@ mod tests {
         assert!(idle.finished());
         // Answers the client never takes: dropped after the request timeout…
         let mut deaf = Session::new(limits(), t0);
-        deaf.respond(Ok(Response::Done), t0);
+        deaf.respond(Response::Done, t0);
         assert_eq!(deaf.deadline(), Some(t0 + Duration::from_secs(5)));
         deaf.check_time(t0 + Duration::from_secs(5));
         assert!(deaf.finished());
         // …or once too much is queued.
         let mut flood = Session::new(limits(), t0);
         for _ in 0..200 {
-            flood.respond(Ok(Response::Done), t0);
+            flood.respond(Response::Done, t0);
         }
         assert!(flood.finished());
     }
@@ -572,15 +609,15 @@ mod tests {
         let t0 = Instant::now();
         let mut clean = Session::new(limits(), t0);
         assert_eq!(clean.receive(QUERY, t0).len(), 1);
-        assert_eq!(clean.end_of_input(), None);
+        assert!(clean.end_of_input().is_none());
         assert!(clean.finished());
         let mut cut = Session::new(limits(), t0);
         assert!(cut.receive(b"{\"op\":\"query\"}", t0).is_empty());
         assert_eq!(
-            cut.end_of_input().unwrap(),
+            cut.end_of_input().unwrap().to_string(),
             "the connection ended in the middle of a request (14 bytes without a newline): \
              each request must end with \\n"
         );
-        assert_eq!(cut.end_of_input(), None);
+        assert!(cut.end_of_input().is_none());
     }
 }

@@ -1,0 +1,203 @@
+//! The NoXS dispatch: the daemon's side of the NoXS back ends (`crate::noxs`). It
+//! opens them, hands them their requests (`noxs_create`, `power`, `console`, and
+//! their part of `release_domain` and `query`), polls their descriptors, and brings
+//! back what the API's connections wait for: console output, released domains, and
+//! the end of power requests.
+
+use std::os::fd::BorrowedFd;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Instant;
+
+use log::{info, warn};
+use nix::poll::PollFlags;
+use xenproto::noxs;
+
+use crate::api::{NoxsDevice, NoxsDomain};
+use crate::noxs::{Backends, Error, Event, OpenError, PowerWait};
+
+/// Why this xendevd serves no NoXS domains.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Unavailable {
+    #[error("this xendevd has no NoXS back ends (not started)")]
+    NotStarted,
+    #[error(
+        "this xendevd has no NoXS back ends: opening the Xen devices (/dev/xen/evtchn, \
+         gntdev, gntalloc, privcmd) failed: {0}"
+    )]
+    Open(Rc<OpenError>),
+}
+
+/// A NoXS request could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum NoxsRefusal {
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+    #[error(transparent)]
+    Noxs(#[from] Error),
+}
+
+/// The descriptors of the NoXS back ends in one poll: where each is in the poll set.
+#[derive(Debug, Default)]
+pub struct PollSlots {
+    evtchn: Option<usize>,
+    watch: Option<usize>,
+    /// `((domid, device index), slot)` of each connected vif's tap.
+    taps: Vec<((u32, usize), usize)>,
+}
+
+/// The NoXS back ends, when they could be opened.
+#[derive(Debug)]
+pub struct NoxsDispatch {
+    backends: Result<Backends, Unavailable>,
+}
+
+impl Default for NoxsDispatch {
+    fn default() -> Self {
+        Self {
+            backends: Err(Unavailable::NotStarted),
+        }
+    }
+}
+
+impl NoxsDispatch {
+    /// Open the back ends' Xen devices; without them xendevd serves no NoXS domains
+    /// (and says so to whoever asks).
+    pub fn start(&mut self, console_dir: &Path) {
+        self.backends = Backends::open(console_dir.to_owned()).map_err(|err| {
+            let missing = Unavailable::Open(Rc::new(err));
+            warn!("{missing}");
+            missing
+        });
+        if self.backends.is_ok() {
+            info!(
+                "NoXS back ends ready; console logs in {}",
+                console_dir.display()
+            );
+        }
+    }
+
+    fn backends(&mut self) -> Result<&mut Backends, Unavailable> {
+        self.backends.as_mut().map_err(|missing| missing.clone())
+    }
+
+    /// `noxs_create`.
+    pub fn create(
+        &mut self,
+        domid: u32,
+        name: &str,
+        console_port: u32,
+        devices: &[NoxsDevice],
+    ) -> Result<NoxsDomain, NoxsRefusal> {
+        let served = self
+            .backends()?
+            .create(domid, name, console_port, devices)
+            .inspect_err(|err| warn!("noxs_create of domain {domid} ({name}): {err}"))?;
+        Ok(served)
+    }
+
+    /// `power`: the request as it waits for the guest.
+    pub fn power(
+        &mut self,
+        domid: u32,
+        action: noxs::Request,
+        timeout_ms: u32,
+    ) -> Result<PowerWait, NoxsRefusal> {
+        Ok(self.backends()?.power(domid, action, timeout_ms)?)
+    }
+
+    /// `console`: where the domain's log is.
+    pub fn console_log(&mut self, domid: u32) -> Result<PathBuf, NoxsRefusal> {
+        Ok(self.backends()?.console_log(domid)?)
+    }
+
+    /// `release_domain`'s part: stop serving `domid`, if it is served.
+    pub fn release(&mut self, domid: u32) {
+        if let Ok(backends) = &mut self.backends {
+            backends.release(domid, "release_domain");
+        }
+    }
+
+    /// Stop serving everything (the daemon stops): nothing of a guest may stay mapped
+    /// or bound once we are gone.
+    pub fn release_all(&mut self) {
+        if let Ok(backends) = &mut self.backends {
+            backends.release_all("xendevd stops");
+        }
+    }
+
+    /// `query`'s part: the domains served.
+    pub fn domains(&self) -> Vec<NoxsDomain> {
+        self.backends
+            .as_ref()
+            .map(Backends::domains)
+            .unwrap_or_default()
+    }
+
+    /// Move a waiting power request on: `Some` once it is answered.
+    pub fn power_poll(
+        &mut self,
+        wait: &mut PowerWait,
+        now: Instant,
+    ) -> Option<Result<(), NoxsRefusal>> {
+        match &mut self.backends {
+            Ok(backends) => backends
+                .power_poll(wait, now)
+                .map(|answer| answer.map_err(NoxsRefusal::from)),
+            Err(missing) => Some(Err(missing.clone().into())),
+        }
+    }
+
+    /// When the loop must run again for the back ends, without an event.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.backends.as_ref().ok().and_then(Backends::deadline)
+    }
+
+    /// Add the back ends' descriptors to a poll set (through `push`, which returns
+    /// the slot it used).
+    pub fn poll_fds<'a>(&'a self, mut push: impl FnMut(BorrowedFd<'a>) -> usize) -> PollSlots {
+        let Ok(backends) = &self.backends else {
+            return PollSlots::default();
+        };
+        PollSlots {
+            evtchn: Some(push(backends.evtchn_fd())),
+            watch: backends.watch_fd().map(&mut push),
+            taps: backends
+                .taps()
+                .into_iter()
+                .map(|(device, fd)| (device, push(fd)))
+                .collect(),
+        }
+    }
+
+    /// Handle what the poll found on the back ends' descriptors (`flags` by slot),
+    /// then their periodic work.
+    pub fn on_poll(&mut self, slots: &PollSlots, flags: &[PollFlags]) {
+        let Ok(backends) = &mut self.backends else {
+            return;
+        };
+        let readable = |slot: Option<usize>| {
+            slot.is_some_and(|slot| flags[slot].intersects(PollFlags::POLLIN))
+        };
+        if readable(slots.evtchn) {
+            backends.on_evtchn();
+        }
+        if readable(slots.watch) {
+            backends.on_watch();
+        }
+        for &((domid, index), slot) in &slots.taps {
+            if readable(Some(slot)) {
+                backends.on_tap(domid, index);
+            }
+        }
+        backends.tick(Instant::now());
+    }
+
+    /// What happened since the last call: console output, released domains.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        match &mut self.backends {
+            Ok(backends) => backends.take_events(),
+            Err(_) => Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The vif back end: a tap device on the guest's bridge, and the netif rings the guest
+//! grants once it connects, served by the pure engine ([`Netback`]) with grant copies.
+//! Frames the guest sends go out of the tap; frames the tap receives go into the
+//! guest's receive buffers.
+
+use std::os::fd::{AsFd, BorrowedFd};
+
+use log::{debug, warn};
+use xendevd::engine::netback::{Delivered, Netback};
+use xenproto::noxs::{self, VifBackend, VifFrontend, vif_features};
+
+use super::error::DeviceError;
+use super::request::VifPlan;
+use super::tap::Tap;
+use super::{BUDGET, DataPath, DeviceBackend, Guest};
+use crate::bridge::{self, NetControl};
+
+/// The Ethernet MTU offered to vifs.
+const MTU: u16 = 1500;
+
+/// A vif back end.
+#[derive(Debug)]
+pub struct Vif {
+    plan: VifPlan,
+    tap: Tap,
+    connection: Option<DataPath<Netback>>,
+}
+
+impl Vif {
+    /// Make the tap, put it on its bridge and up; the back-end area for the control
+    /// page (MAC, MTU, features, the guest's address if it has one).
+    pub fn create(net: &NetControl, plan: &VifPlan) -> Result<(Self, Vec<u8>), DeviceError> {
+        if bridge::exists(&plan.tap) {
+            return Err(DeviceError::TapExists(plan.tap.clone()));
+        }
+        let tap = Tap::create(&plan.tap).map_err(|source| DeviceError::Tap {
+            tap: plan.tap.clone(),
+            source,
+        })?;
+        net.add_port(&plan.bridge, &plan.tap)?;
+        net.set_up(&plan.tap)?;
+        let (ipv4, prefix_len) = plan
+            .ipv4
+            .map_or(([0; 4], 0), |(ip, prefix)| (ip.octets(), prefix));
+        let mut area = vec![0; VifBackend::LEN];
+        VifBackend {
+            mac: plan.mac.0,
+            mtu: MTU,
+            features: vif_features::RX_COPY,
+            ipv4,
+            prefix_len,
+            gateway: plan.gateway.map_or([0; 4], |g| g.octets()),
+        }
+        .encode(&mut area)
+        .expect("fits");
+        let vif = Self {
+            plan: plan.clone(),
+            tap,
+            connection: None,
+        };
+        Ok((vif, area))
+    }
+
+    /// The tap, while the vif is connected: frames from the host to deliver.
+    pub fn tap(&self) -> Option<BorrowedFd<'_>> {
+        self.connection.as_ref().map(|_| self.tap.as_fd())
+    }
+
+    /// Deliver what the tap has (at most [`BUDGET`] frames) into the guest's receive
+    /// buffers, using `frame` as the buffer, and notify the guest if it should look.
+    pub fn receive(&mut self, frame: &mut [u8]) -> Result<(), DeviceError> {
+        let Some(connection) = &mut self.connection else {
+            return Ok(());
+        };
+        for _ in 0..BUDGET {
+            let len = match self.tap.read_frame(frame) {
+                Ok(Some(len)) => len,
+                Ok(None) => break,
+                Err(err) => {
+                    warn!("{}: reading: {err}", self.tap.name());
+                    break;
+                }
+            };
+            match connection
+                .engine
+                .receive(&mut connection.memory, &frame[..len])?
+            {
+                Delivered::Yes | Delivered::Dropped | Delivered::NoBuffer => {}
+            }
+        }
+        let pushed = connection.engine.push_rx();
+        connection.notify_if(pushed);
+        Ok(())
+    }
+}
+
+impl DeviceBackend for Vif {
+    /// Map the guest's two rings, bind its data port, start the engine.
+    fn connect(&mut self, guest: &Guest<'_>, frontend: &[u8]) -> Result<(), DeviceError> {
+        let frontend = VifFrontend::decode(frontend).map_err(DeviceError::Frontend)?;
+        if frontend.features & vif_features::REQUEST_RX_COPY == 0 {
+            return Err(DeviceError::NoRxCopy);
+        }
+        let (tx, rx) = (frontend.tx_ring_ref, frontend.rx_ring_ref);
+        let path = DataPath::connect(
+            guest,
+            &[tx, rx],
+            frontend.data_port,
+            |source| DeviceError::MapRings { tx, rx, source },
+            // SAFETY: the mapping holds two pages (tx, rx), page aligned, and lives in
+            // the same data path as the engine, which drops first.
+            |rings| unsafe { Netback::new(rings, rings.add(noxs::PAGE_SIZE)) },
+        )?;
+        self.connection = Some(path);
+        Ok(())
+    }
+
+    fn disconnect(&mut self) {
+        self.connection = None;
+    }
+
+    fn data_port(&self) -> Option<u32> {
+        self.connection.as_ref().map(DataPath::port)
+    }
+
+    /// Send what the guest transmitted (at most [`BUDGET`] packets) out of the tap.
+    fn serve(&mut self) -> Result<bool, DeviceError> {
+        let Some(connection) = &mut self.connection else {
+            return Ok(false);
+        };
+        let tap = &mut self.tap;
+        let mut send = |frame: &[u8]| {
+            if let Err(err) = tap.write_frame(frame) {
+                debug!("{}: {err}", tap.name());
+            }
+        };
+        let progress = connection
+            .engine
+            .transmit(&mut connection.memory, &mut send, BUDGET)?;
+        connection.notify_if(progress.notify);
+        Ok(progress.more)
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "vif {} ({} on {})",
+            self.plan.devid, self.plan.tap, self.plan.bridge
+        )
+    }
+}
