@@ -5,7 +5,8 @@
 //! pages to a guest).
 //!
 //! `bindings.rs` is bindgen's output for `wrapper.h`, limited to the functions chaos and
-//! xendevd call; `cargo xtask codegen` regenerates it from the installed headers
+//! xendevd need; `xenhost` is their one safe wrapper (nothing else calls these
+//! functions). `cargo xtask codegen` regenerates it from the installed headers
 //! (`apt-get install libxen-dev`) and `cargo xtask codegen --check` verifies it is
 //! current. bindgen's layout assertions are kept: they pin every struct to the C
 //! headers at compile time.
