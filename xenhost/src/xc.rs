@@ -417,14 +417,23 @@ impl Xc {
         Ok(true)
     }
 
+    /// What Xen says about at most `max` domains, from id `first` on, by id
+    /// (`xc_domain_getinfolist`).
+    fn info_list(&self, first: u32, max: usize) -> Result<Vec<DomainInfo>> {
+        // SAFETY: an all-zero getdomaininfo is a valid value of the plain C struct.
+        let mut raw: Vec<ffi::xc_domaininfo_t> = vec![unsafe { std::mem::zeroed() }; max];
+        let count = u32::try_from(max).unwrap_or(u32::MAX);
+        // SAFETY: room for `max` entries, as `count` says (no more).
+        let n = unsafe { ffi::xc_domain_getinfolist(self.raw(), first, count, raw.as_mut_ptr()) };
+        self.check("xc_domain_getinfolist", n)?;
+        let n = usize::try_from(n).expect("checked non-negative").min(max);
+        Ok(raw[..n].iter().map(DomainInfo::from_raw).collect())
+    }
+
     /// One domain's information, or `None` if it does not exist.
     pub fn domain_info(&self, domid: u32) -> Result<Option<DomainInfo>> {
-        // SAFETY: an all-zero getdomaininfo is a valid value of the plain C struct.
-        let mut raw: ffi::xc_domaininfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: room for one entry, as the count says.
-        let n = unsafe { ffi::xc_domain_getinfolist(self.raw(), domid, 1, &raw mut raw) };
-        self.check("xc_domain_getinfolist", n)?;
-        Ok((n == 1 && u32::from(raw.domain) == domid).then(|| DomainInfo::from_raw(&raw)))
+        let found = self.info_list(domid, 1)?;
+        Ok(found.into_iter().find(|info| info.domid == domid))
     }
 
     /// Every domain, by id.
@@ -433,16 +442,10 @@ impl Xc {
         let mut all = Vec::new();
         let mut next = 0u32;
         loop {
-            // SAFETY: see `domain_info`.
-            let mut batch: Vec<ffi::xc_domaininfo_t> = vec![unsafe { std::mem::zeroed() }; BATCH];
-            // SAFETY: room for `BATCH` entries, as the count says.
-            let n = unsafe {
-                ffi::xc_domain_getinfolist(self.raw(), next, BATCH as u32, batch.as_mut_ptr())
-            };
-            self.check("xc_domain_getinfolist", n)?;
-            let n = usize::try_from(n).expect("checked non-negative").min(BATCH);
-            all.extend(batch[..n].iter().map(DomainInfo::from_raw));
-            if n < BATCH {
+            let batch = self.info_list(next, BATCH)?;
+            let full = batch.len() == BATCH;
+            all.extend(batch);
+            if !full {
                 return Ok(all);
             }
             next = all.last().map_or(0, |d| d.domid + 1);
