@@ -1,6 +1,6 @@
 //! Loop-device bookkeeping and the checks before and after the ioctls: which images may
 //! be attached, which devices a request may detach. Pure code; `loopdev.rs` does the
-//! ioctls and `daemon.rs` strings the two together.
+//! ioctls and `daemon/loops.rs` strings the two together.
 
 use std::collections::BTreeMap;
 use std::fmt;
