@@ -78,10 +78,19 @@ impl Error {
         self.errno() == Some(libc::ENOENT)
     }
 
-    /// What xenstored answers inside a transaction another one got in the way of
-    /// (`EAGAIN`, or `EIO` for a node that transaction removed meanwhile).
+    /// What xenstored answers inside a transaction another one got in the way of:
+    /// `EAGAIN`; `EIO` when a node that transaction removed meanwhile is missing from
+    /// its parent ("Can't find child"); `EINVAL` for a removal whose parent it removed
+    /// meanwhile (xenstored's `_rm` cannot read the parent).
     pub fn is_conflict(&self) -> bool {
-        matches!(self, Self::Xs { .. }) && matches!(self.errno(), Some(libc::EIO | libc::EAGAIN))
+        let Self::Xs { op, source, .. } = self else {
+            return false;
+        };
+        match source.raw_os_error() {
+            Some(libc::EIO | libc::EAGAIN) => true,
+            Some(libc::EINVAL) => *op == "rm",
+            _ => false,
+        }
     }
 
     /// Whether a Xenstore connection itself is broken (open a new one before the next
@@ -136,6 +145,8 @@ mod tests {
         assert!(err.is_not_found() && !err.is_conflict() && !err.is_connection_lost());
         let eio = Error::xs("rm", "/x", io::Error::from_raw_os_error(libc::EIO));
         assert!(eio.is_conflict() && eio.is_connection_lost());
+        let einval = |op| Error::xs(op, "/x", io::Error::from_raw_os_error(libc::EINVAL));
+        assert!(einval("rm").is_conflict() && !einval("write").is_conflict());
         let tried = vec![PathBuf::from("/run/a"), PathBuf::from("/run/b")];
         assert_eq!(
             Error::NoXenstored { tried }.to_string(),

@@ -9,8 +9,9 @@
 //! `/local/domain/0/backend/vif/2/0` for dom0's connection.
 //!
 //! One errno rule for every caller: a node that does not exist is `None` (reads,
-//! directories) or no error (removal); inside a transaction `EAGAIN` and `EIO` mean
-//! that another transaction got in the way ([`Error::is_conflict`]); outside one,
+//! directories) or no error (removal); inside a transaction `EAGAIN`, `EIO` (and
+//! `EINVAL` for a removal) mean that another transaction got in the way
+//! ([`Error::is_conflict`]); outside one,
 //! `EIO`, `ECONNRESET`, `EPIPE` and `EBADF` mean the connection is gone
 //! ([`Error::is_connection_lost`]).
 
@@ -337,10 +338,12 @@ impl Xs {
 
     /// Run `body` in a transaction and commit, again from the start while another
     /// transaction got in the way, at most [`MAX_ATTEMPTS`] times. xenstored says so
-    /// with EAGAIN at commit, or with EIO inside the transaction: its transactions read
-    /// nodes they have not written from the live store, so removing a node another
-    /// transaction removed meanwhile finds it missing from its parent ("Can't find
-    /// child", seen with two `chaos destroy`s of one domain).
+    /// with EAGAIN at commit, or with an error inside the transaction
+    /// ([`Error::is_conflict`]): its transactions read nodes they have not written
+    /// from the live store, so removing a node another transaction removed meanwhile
+    /// finds it missing from its parent (EIO, "Can't find child", seen with two `chaos
+    /// destroy`s of one domain), or its parent missing (EINVAL, seen with a `chaos
+    /// destroy` while `create --console` cleans up).
     pub fn in_transaction<T>(
         &self,
         mut body: impl FnMut(&Transaction<'_>) -> Result<T>,
