@@ -28,9 +28,9 @@ use crate::disk::{Disk, SECTOR};
 use crate::lab::process;
 use crate::prereq::{self, Need};
 use crate::run::{
-    self, Client, Forward, GuestExit, GuestNet, GuestOutcome, GuestRun, Ports, Session, Stop,
-    Toolstack,
+    self, Client, Forward, GuestExit, GuestNet, GuestOutcome, GuestRun, Ports, Session,
 };
+use crate::toolstack::{Stop, Toolstack};
 use crate::{lab, util, xen_notes};
 
 #[derive(Debug, Args)]
