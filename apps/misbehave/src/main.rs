@@ -12,7 +12,7 @@
 //! It judges nothing about the back end's choices (an error response or a disconnect
 //! are both fine); it reports what it saw, one line per attack, and ends with
 //! `misbehave: done`, then idles until destroyed. The lab test checks that xendevd and
-//! the other guests carry on (`xtask/src/misbehave-lab.sh`).
+//! the other guests carry on (`xtask/src/test/noxs-lab.sh`).
 
 #![no_std]
 #![no_main]
