@@ -13,7 +13,8 @@
 //!    the host checks after the guest has ended ([`image`]);
 //! 6. lab jobs: shell scripts in dom0 that report their checks in one line protocol
 //!    ([`jobs`], [`protocol`]).
-
+//!
+//! The host unit tests include [`tidy`]: the repository's checks of what drifts.
 
 mod cases;
 mod daytime;
@@ -21,6 +22,8 @@ mod guests;
 mod image;
 mod jobs;
 mod protocol;
+#[cfg(test)]
+mod tidy;
 
 use std::time::Instant;
 
