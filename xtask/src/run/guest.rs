@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -225,14 +226,20 @@ impl GuestRun {
         Ok(())
     }
 
-    /// Print `run: disk xvda ← /path/img (64 MiB, read-write)` for each disk.
-    pub fn print_disks(&self) -> Result<()> {
-        for (index, (disk, (path, size))) in self
+    /// Each disk with its index (0 is xvda), its image's path and its size, checked.
+    pub fn checked_disks(&self) -> Result<Vec<(usize, &Disk, PathBuf, u64)>> {
+        Ok(self
             .disks
             .iter()
             .zip(disk::check_all(&self.disks)?)
             .enumerate()
-        {
+            .map(|(index, (disk, (path, size)))| (index, disk, path, size))
+            .collect())
+    }
+
+    /// Print `run: disk xvda ← /path/img (64 MiB, read-write)` for each disk.
+    pub fn print_disks(&self) -> Result<()> {
+        for (index, disk, path, size) in self.checked_disks()? {
             eprintln!("run: {}", disk::describe(index, disk, &path, size));
         }
         Ok(())

@@ -416,12 +416,7 @@ pub(super) fn run_in_lab(sessions: Vec<Session<'_>>) -> Result<Vec<Result<Sessio
 /// own mode from its toolstack).
 fn lab_disk_specs(run: &GuestRun, lab_disks: &mut Vec<Disk>) -> Result<String> {
     let mut specs = Vec::new();
-    for (index, (disk, (path, _))) in run
-        .disks
-        .iter()
-        .zip(disk::check_all(&run.disks)?)
-        .enumerate()
-    {
+    for (index, disk, path, _) in run.checked_disks()? {
         let at = match lab_disks.iter().position(|known| known.path == path) {
             Some(at) => {
                 lab_disks[at].read_only &= disk.read_only;

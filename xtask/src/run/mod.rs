@@ -30,7 +30,7 @@ use anyhow::{Result, anyhow};
 pub use self::cli::RunArgs;
 pub use self::client::Client;
 pub use self::guest::{Forward, GuestExit, GuestNet, GuestOutcome, GuestRun, Ipv4Cidr, Ports};
-use crate::lab::{self as the_lab, Dom0End};
+use crate::lab::Dom0End;
 use crate::toolstack::Stop;
 
 /// A guest run, with a client or without.
@@ -208,9 +208,10 @@ impl Console {
     }
 }
 
+/// Boot the guest as Xen's dom0 in QEMU: no Linux, no toolstack, no devices.
 fn run_as_dom0(run: &GuestRun) -> Result<GuestOutcome> {
     let mut console = Console::new(run.echo);
-    let end = the_lab::boot_as_dom0(
+    let end = crate::lab::boot_as_dom0(
         &run.image.path,
         &run.args.join(" "),
         run.mem_mib,

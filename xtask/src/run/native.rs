@@ -54,12 +54,7 @@ pub(super) fn run_native(session: Session<'_>) -> Result<SessionOutcome> {
     // which xendevd puts loop devices in front of.
     let mut loops = Vec::new();
     let mut disk_specs = Vec::new();
-    for (index, (disk, (path, _))) in run
-        .disks
-        .iter()
-        .zip(disk::check_all(&run.disks)?)
-        .enumerate()
-    {
+    for (index, disk, path, _) in run.checked_disks()? {
         let source = match run.toolstack {
             Toolstack::Xl => {
                 let device = LoopDevice::attach(&path, disk.read_only)?;

@@ -95,6 +95,31 @@ const DAYTIME_CLIENT: ClientCase = ClientCase {
     stop: Stop::Destroy,
 };
 
+/// daytime asked to reboot once it listens: no client of its own.
+const REBOOT_CLIENT: ClientCase = ClientCase {
+    forwards: &[],
+    net: GuestNet::Dhcp,
+    talk: |_| Ok(()),
+    stop: Stop::Reboot,
+    ..DAYTIME_CLIENT
+};
+
+/// blkcheck's disk: empty, written by the guest, its pattern read back by the host.
+const BLKCHECK_DISK: DiskCase = DiskCase {
+    mib: 64,
+    filled_mib: 0,
+    read_only: false,
+    check: TestImage::holds_blkcheck_pattern,
+};
+
+/// blkcheck's read-only disk: partly filled, and the same afterwards.
+const BLKCHECK_READ_ONLY_DISK: DiskCase = DiskCase {
+    mib: 64,
+    filled_mib: 1,
+    read_only: true,
+    check: TestImage::unchanged,
+};
+
 pub const CASES: &[Case] = &[
     Case {
         name: "selftest as dom0",
@@ -303,13 +328,7 @@ pub const CASES: &[Case] = &[
         timeout_secs: 120,
         exit: GuestExit::Reboot,
         check: daytime_closes_down,
-        client: Some(ClientCase {
-            forwards: &[],
-            net: GuestNet::Dhcp,
-            talk: |_| Ok(()),
-            stop: Stop::Reboot,
-            ..DAYTIME_CLIENT
-        }),
+        client: Some(REBOOT_CLIENT),
         ..Case::BASE
     },
     Case {
@@ -317,12 +336,7 @@ pub const CASES: &[Case] = &[
         app: "blkcheck",
         timeout_secs: 180,
         check: blkcheck_passed,
-        disk: Some(DiskCase {
-            mib: 64,
-            filled_mib: 0,
-            read_only: false,
-            check: |image| image.holds_blkcheck_pattern(),
-        }),
+        disk: Some(BLKCHECK_DISK),
         ..Case::BASE
     },
     Case {
@@ -330,12 +344,7 @@ pub const CASES: &[Case] = &[
         app: "blkcheck",
         timeout_secs: 180,
         check: blkcheck_refused_the_write,
-        disk: Some(DiskCase {
-            mib: 64,
-            filled_mib: 1,
-            read_only: true,
-            check: TestImage::unchanged,
-        }),
+        disk: Some(BLKCHECK_READ_ONLY_DISK),
         ..Case::BASE
     },
     Case {
@@ -406,13 +415,7 @@ pub const CASES: &[Case] = &[
         timeout_secs: 120,
         exit: GuestExit::Reboot,
         check: daytime_closes_down,
-        client: Some(ClientCase {
-            forwards: &[],
-            net: GuestNet::Dhcp,
-            talk: |_| Ok(()),
-            stop: Stop::Reboot,
-            ..DAYTIME_CLIENT
-        }),
+        client: Some(REBOOT_CLIENT),
         toolstack: Toolstack::Chaos,
         noxs_too: true,
         ..Case::BASE
@@ -425,12 +428,7 @@ pub const CASES: &[Case] = &[
             expect_line(console, "blkcheck: disk xvda of 64 MiB")?;
             blkcheck_passed(console)
         },
-        disk: Some(DiskCase {
-            mib: 64,
-            filled_mib: 0,
-            read_only: false,
-            check: |image| image.holds_blkcheck_pattern(),
-        }),
+        disk: Some(BLKCHECK_DISK),
         toolstack: Toolstack::Chaos,
         noxs_too: true,
         ..Case::BASE
@@ -440,12 +438,7 @@ pub const CASES: &[Case] = &[
         app: "blkcheck",
         timeout_secs: 180,
         check: blkcheck_refused_the_write,
-        disk: Some(DiskCase {
-            mib: 64,
-            filled_mib: 1,
-            read_only: true,
-            check: TestImage::unchanged,
-        }),
+        disk: Some(BLKCHECK_READ_ONLY_DISK),
         toolstack: Toolstack::Chaos,
         noxs_too: true,
         ..Case::BASE

@@ -52,13 +52,7 @@ check shutdown-w $status "status $status: $(cat shutdown.out)"
 grep -q "chaos-daytime (domain $domid) shut down: poweroff (reason code 0)" shutdown.out
 check shutdown-reports-reason $? "$(cat shutdown.out)"
 # The console ends by itself once the guest is gone.
-i=0
-while kill -0 $console 2>/dev/null && [ $i -lt 50 ]; do
-	i=$((i + 1))
-	sleep 0.1
-done
-kill -0 $console 2>/dev/null
-[ $? -ne 0 ]
+ended $console 50
 check console-ends-with-the-guest $? "after $i tenths of a second"
 wait $console
 check console-status $? "$(cat console.err)"

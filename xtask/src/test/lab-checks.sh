@@ -52,3 +52,13 @@ wait_for() {
 		sleep 0.1
 	done
 }
+
+# Wait up to $2 tenths of a second for process $1 to end; $i says how many it took.
+ended() {
+	i=0
+	while kill -0 "$1" 2>/dev/null; do
+		[ $i -ge "$2" ] && return 1
+		i=$((i + 1))
+		sleep 0.1
+	done
+}

@@ -106,13 +106,7 @@ status=$?
 check shutdown-w $status "status $status: $(cat shutdown.out)"
 grep -q "honest-daytime (domain $domid) shut down: poweroff (reason code 0)" shutdown.out
 check shutdown-reports-reason $? "$(cat shutdown.out)"
-i=0
-while kill -0 $console 2>/dev/null && [ $i -lt 100 ]; do
-	i=$((i + 1))
-	sleep 0.1
-done
-kill -0 $console 2>/dev/null
-[ $? -ne 0 ]
+ended $console 100
 check console-ends-with-the-guest $? "after $i tenths of a second"
 grep -q "daytime: stopped" daytime.out
 check console-has-last-words $? "$(tail -n 2 daytime.out | tr '\n' '|')"
