@@ -25,7 +25,7 @@ use kernel::events::EventChannel;
 use kernel::grant::GrantedFrame;
 use kernel::noxs::ControlPage;
 use kernel::println;
-use xenproto::noxs::{Kind, SysctlFrontend, VbdFrontend, VifFrontend};
+use xenproto::noxs::{Kind, SysctlFrontend, VbdFrontend, VifFrontend, VifFrontendFeatures};
 use xenproto::xenstore::XenbusState;
 
 kernel::main!(main);
@@ -322,7 +322,7 @@ async fn attack_vif(entry: &xenproto::noxs::Entry) -> Result<(), &'static str> {
         tx_ring_ref: tx.frame.gref(),
         rx_ring_ref: rx.frame.gref(),
         data_port: channel.port(),
-        features: 1, // request-rx-copy
+        features: VifFrontendFeatures::REQUEST_RX_COPY,
     }
     .encode(&mut area)
     .map_err(|_| "encoding our area")?;

@@ -8,7 +8,7 @@
 
 use kernel::noxs::{ControlError, ControlPage};
 use xenproto::blkif::{DiskInfo, SECTOR_SIZE};
-use xenproto::noxs::{Entry, VbdBackend, VbdFrontend, vbd_features};
+use xenproto::noxs::{Entry, VbdBackend, VbdFeatures, VbdFrontend, VbdInfo};
 use xenproto::xenstore::XenbusState;
 
 use crate::BlockDevice;
@@ -41,9 +41,9 @@ fn disk_info(area: &VbdBackend) -> DiskInfo {
     DiskInfo {
         sectors: area.sectors * SECTOR_SIZE as u64 / u64::from(area.sector_size),
         sector_size: area.sector_size,
-        readonly: area.info & vbd_features::READ_ONLY != 0,
-        flush: area.features & vbd_features::FLUSH_CACHE != 0,
-        max_indirect_segments: if area.features & vbd_features::INDIRECT != 0 {
+        readonly: area.info.contains(VbdInfo::READ_ONLY),
+        flush: area.features.contains(VbdFeatures::FLUSH_CACHE),
+        max_indirect_segments: if area.features.contains(VbdFeatures::INDIRECT) {
             area.max_indirect_segments
         } else {
             0

@@ -9,7 +9,7 @@
 
 use kernel::noxs::{ControlError, ControlPage};
 use xenproto::netif::Mac;
-use xenproto::noxs::{Entry, VifBackend, VifFrontend, vif_features};
+use xenproto::noxs::{Entry, VifBackend, VifBackendFeatures, VifFrontend, VifFrontendFeatures};
 use xenproto::xenstore::XenbusState;
 
 use crate::datapath::{Datapath, DatapathError};
@@ -45,7 +45,7 @@ pub async fn connect(entry: &Entry) -> Result<Netfront, ConnectError> {
     let control = ControlPage::open(entry)?;
     control.wait_backend(XenbusState::InitWait).await?;
     let backend = VifBackend::decode(&control.backend_area()).map_err(ControlError::Protocol)?;
-    if backend.features & vif_features::RX_COPY == 0 {
+    if !backend.features.contains(VifBackendFeatures::RX_COPY) {
         return Err(ConnectError::NoRxCopy);
     }
     let mut datapath = Datapath::new(entry.backend).map_err(ConnectError::Datapath)?;
@@ -54,7 +54,7 @@ pub async fn connect(entry: &Entry) -> Result<Netfront, ConnectError> {
         tx_ring_ref: published.tx_ring_ref,
         rx_ring_ref: published.rx_ring_ref,
         data_port: published.event_channel,
-        features: vif_features::REQUEST_RX_COPY | vif_features::RX_NOTIFY,
+        features: VifFrontendFeatures::REQUEST_RX_COPY | VifFrontendFeatures::RX_NOTIFY,
     };
     let mut area = [0u8; VifFrontend::LEN];
     frontend.encode(&mut area).map_err(ControlError::Protocol)?;

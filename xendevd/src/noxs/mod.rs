@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
 use xenproto::noxs::{
-    self, Kind, SysctlBackend, SysctlFrontend, VbdBackend, VbdFrontend, VifBackend, VifFrontend,
-    vbd_features, vif_features,
+    self, Kind, SysctlBackend, SysctlFrontend, VbdBackend, VbdFeatures, VbdFrontend, VbdInfo,
+    VifBackend, VifBackendFeatures, VifFrontend, VifFrontendFeatures,
 };
 use xenproto::xenstore::XenbusState;
 
@@ -597,7 +597,7 @@ impl Backends {
                 VifBackend {
                     mac: plan.mac,
                     mtu: MTU,
-                    features: vif_features::RX_COPY,
+                    features: VifBackendFeatures::RX_COPY,
                     ipv4,
                     prefix_len,
                     gateway: plan.gateway.map_or([0; 4], |g| g.octets()),
@@ -630,11 +630,11 @@ impl Backends {
                     sectors: plan.sectors,
                     sector_size: 512,
                     info: if plan.readonly {
-                        vbd_features::READ_ONLY
+                        VbdInfo::READ_ONLY
                     } else {
-                        0
+                        VbdInfo::empty()
                     },
-                    features: vbd_features::FLUSH_CACHE | vbd_features::INDIRECT,
+                    features: VbdFeatures::FLUSH_CACHE | VbdFeatures::INDIRECT,
                     max_indirect_segments: MAX_INDIRECT_SEGMENTS,
                 }
                 .encode(&mut area)
@@ -781,7 +781,10 @@ impl Backends {
             }
             Backend::Vif(vif) => {
                 let frontend = VifFrontend::decode(&area).map_err(|err| err.to_string())?;
-                if frontend.features & vif_features::REQUEST_RX_COPY == 0 {
+                if !frontend
+                    .features
+                    .contains(VifFrontendFeatures::REQUEST_RX_COPY)
+                {
                     return Err("the front end does not request receive-by-copy (the only way this back end receives)".into());
                 }
                 let rings = self
