@@ -161,6 +161,7 @@ mod guest {
     use arch::hypercall;
     use arch::mm::{PAGE_SIZE, pfn_to_mfn};
     use spin::Mutex;
+    use x86_64::VirtAddr;
 
     use super::*;
 
@@ -199,7 +200,7 @@ mod guest {
             return Err(GrantError::Xen(setup.status.into()));
         }
         // The frames must be virtually contiguous: map them in consecutive window pages.
-        let mut base = 0;
+        let mut base = VirtAddr::zero();
         for (i, &mfn) in frames[..nr_frames as usize].iter().enumerate() {
             let va = crate::mem::map_foreign(mfn, arch::mm::data_flags())
                 .map_err(|_| GrantError::NoAddressSpace)?;
@@ -212,7 +213,7 @@ mod guest {
         let count = nr_frames as usize * ENTRIES_PER_FRAME;
         // SAFETY: the frames are mapped read-write at `base` for the guest's lifetime,
         // and GrantEntryV1 (atomics) may alias memory Xen writes concurrently.
-        let entries = unsafe { core::slice::from_raw_parts(base as *const GrantEntryV1, count) };
+        let entries = unsafe { core::slice::from_raw_parts(base.as_ptr::<GrantEntryV1>(), count) };
         *TABLE.lock() = Some(GrantTable::new(entries));
         Ok(())
     }
@@ -273,7 +274,7 @@ mod guest {
 
         /// The frame's address in our direct map.
         pub fn ptr(&self) -> *mut u8 {
-            arch::mm::va_of_pfn(self.pfn) as *mut u8
+            arch::mm::va_of_pfn(self.pfn).as_mut_ptr()
         }
     }
 
@@ -290,7 +291,7 @@ mod guest {
     /// dropped.
     #[derive(Debug)]
     pub struct ForeignMapping {
-        va: u64,
+        va: VirtAddr,
         handle: u32,
     }
 
@@ -299,7 +300,7 @@ mod guest {
         pub fn map(domid: DomId, gref: GrantRef, readonly: bool) -> Result<Self, GrantError> {
             let va = crate::mem::reserve_window_page().map_err(|_| GrantError::NoAddressSpace)?;
             let mut op = abi::GnttabMapGrantRef {
-                host_addr: va,
+                host_addr: va.as_u64(),
                 flags: if readonly {
                     abi::GrantMapFlags::HOST_MAP | abi::GrantMapFlags::READONLY
                 } else {
@@ -330,14 +331,14 @@ mod guest {
 
         /// The mapped page.
         pub fn as_ptr(&self) -> *mut u8 {
-            self.va as *mut u8
+            self.va.as_mut_ptr()
         }
     }
 
     impl Drop for ForeignMapping {
         fn drop(&mut self) {
             let mut op = abi::GnttabUnmapGrantRef {
-                host_addr: self.va,
+                host_addr: self.va.as_u64(),
                 handle: self.handle,
                 ..Default::default()
             };

@@ -102,7 +102,7 @@ pub(crate) fn init(
     let va = arch::mm::va_of_pfn(arch::mm::mfn_to_pfn(store_mfn));
     // SAFETY: the Xenstore page lies in the bootstrap region, mapped read-write for the
     // guest's lifetime, shared with xenstored only.
-    let page = unsafe { RingPage::from_page(va as *mut u8) };
+    let page = unsafe { RingPage::from_page(va.as_mut_ptr()) };
     let channel = EventChannel::adopt(store_evtchn)?;
     channel.set_handler(|_| pump());
     CLIENT.call_once(|| Client {

@@ -163,7 +163,7 @@ fn sleep_keeps_time() -> Check {
 fn grant_self_map() -> Check {
     let me = own_domid().map_err(|e| fail(format!("own domid: {e}")))?;
     let pfn = mem::alloc_frame().ok_or_else(|| fail("no free frame".to_string()))?;
-    let page = va_of_pfn(pfn) as *mut u64;
+    let page = va_of_pfn(pfn).as_mut_ptr::<u64>();
     // SAFETY: the frame is ours and mapped in the direct map.
     unsafe { page.write_volatile(0x5eed_cafe) };
     let free_before = grant::free_refs();
