@@ -333,6 +333,12 @@ mod guest {
         pub fn as_ptr(&self) -> *mut u8 {
             self.va.as_mut_ptr()
         }
+
+        /// The mapped page, never null.
+        pub fn as_non_null(&self) -> core::ptr::NonNull<u8> {
+            // SAFETY: window addresses are far from zero.
+            unsafe { core::ptr::NonNull::new_unchecked(self.as_ptr()) }
+        }
     }
 
     impl Drop for ForeignMapping {

@@ -122,18 +122,18 @@ mod guest {
     use core::future::Future;
     use core::sync::atomic::{AtomicU64, Ordering};
 
+    use volatile::map_field;
+
     use super::*;
 
     static BOOT_TSC: AtomicU64 = AtomicU64::new(0);
 
-    fn shared_info() -> *mut arch::abi::shared_info {
-        arch::mm::shared_info().expect("time used before shared_info is mapped")
-    }
+    const UNMAPPED: &str = "time used before shared_info is mapped";
 
     /// The current vCPU time record.
     fn time_info() -> arch::time::TimeInfo {
-        // SAFETY: shared_info is mapped for the guest's lifetime; vCPU 0 is ours.
-        unsafe { arch::time::read(core::ptr::addr_of!((*shared_info()).vcpu_info[0].time)) }
+        let vcpu = arch::mm::vcpu_info().expect(UNMAPPED);
+        arch::time::read(map_field!(vcpu.time))
     }
 
     impl Instant {
@@ -150,26 +150,18 @@ mod guest {
 
     /// The current UTC time, from Xen's wall clock.
     pub fn utc_now() -> UtcTime {
-        use core::ptr::addr_of;
-        let si = shared_info();
+        let si = arch::mm::shared_info().expect(UNMAPPED);
+        // Xen makes wc_version odd while it updates the wall clock: a read bracketed
+        // by two equal even versions is consistent.
         loop {
-            // SAFETY: shared_info is mapped; Xen makes wc_version odd while it
-            // updates the wall clock, so a read bracketed by two equal even versions is
-            // consistent.
-            let version = unsafe { addr_of!((*si).wc_version).read_volatile() };
+            let version = map_field!(si.wc_version).read();
             core::sync::atomic::fence(Ordering::Acquire);
-            // SAFETY: as above.
-            let (sec, sec_hi, nsec) = unsafe {
-                (
-                    addr_of!((*si).wc_sec).read_volatile(),
-                    addr_of!((*si).wc_sec_hi).read_volatile(),
-                    addr_of!((*si).wc_nsec).read_volatile(),
-                )
-            };
+            let sec = map_field!(si.wc_sec).read();
+            let sec_hi = map_field!(si.wc_sec_hi).read();
+            let nsec = map_field!(si.wc_nsec).read();
             let now = Instant::now();
             core::sync::atomic::fence(Ordering::Acquire);
-            // SAFETY: as above.
-            let again = unsafe { addr_of!((*si).wc_version).read_volatile() };
+            let again = map_field!(si.wc_version).read();
             if version & 1 == 0 && version == again {
                 let wc = u64::from(sec) | u64::from(sec_hi) << 32;
                 return UtcTime::from_wallclock(wc, nsec, now.as_nanos());

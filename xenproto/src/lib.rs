@@ -16,4 +16,5 @@ pub mod console;
 pub mod netif;
 pub mod noxs;
 pub mod ring;
+pub mod shared;
 pub mod xenstore;

@@ -36,6 +36,8 @@ pub const PAGE_SIZE: usize = 4096;
 pub const BACKEND_AREA: core::ops::Range<usize> = 0x40..0x800;
 /// The frontend's area of a control page.
 pub const FRONTEND_AREA: core::ops::Range<usize> = 0x800..0x1000;
+/// Bytes of the control page's header.
+pub const CONTROL_HEADER_LEN: usize = 16;
 /// Offsets of the control page's header words.
 pub mod header {
     pub const VERSION: usize = 0x0;
@@ -273,7 +275,7 @@ fn state(value: u32) -> Result<XenbusState, NoxsError> {
 impl Header {
     /// Check the first 16 bytes of a control page expected to be of `kind`.
     pub fn decode(bytes: &[u8], kind: Kind) -> Result<Self, NoxsError> {
-        need(bytes, 16)?;
+        need(bytes, CONTROL_HEADER_LEN)?;
         let version = u32_at(bytes, header::VERSION);
         if version != u32::from(VERSION) {
             return Err(NoxsError::BadVersion(version));
@@ -294,12 +296,49 @@ impl Header {
 
     /// Fill a fresh control page's header (backend side, at allocation).
     pub fn init(page: &mut [u8], kind: Kind) -> Result<(), NoxsError> {
-        need(page, 16)?;
+        need(page, CONTROL_HEADER_LEN)?;
         page[header::VERSION..][..4].copy_from_slice(&u32::from(VERSION).to_le_bytes());
         page[header::KIND..][..4].copy_from_slice(&(kind as u32).to_le_bytes());
         Ok(())
     }
 }
+
+/// One side's area of a device kind, as it lies at the start of that side's part of
+/// the control page: copied out once and validated by `decode`, written by `encode`.
+pub trait Area: Sized {
+    /// Bytes it occupies.
+    const LEN: usize;
+    fn encode(&self, out: &mut [u8]) -> Result<(), NoxsError>;
+    fn decode(bytes: &[u8]) -> Result<Self, NoxsError>;
+}
+
+/// The longest [`Area`]: room enough for a copy of any of them.
+pub const MAX_AREA_LEN: usize = 24;
+
+/// Each area's inherent `LEN`, `encode` and `decode`, as its [`Area`].
+macro_rules! areas {
+    ($($area:ident),*) => {$(
+        const _: () = assert!($area::LEN <= MAX_AREA_LEN);
+        impl Area for $area {
+            const LEN: usize = $area::LEN;
+            fn encode(&self, out: &mut [u8]) -> Result<(), NoxsError> {
+                $area::encode(self, out)
+            }
+            fn decode(bytes: &[u8]) -> Result<Self, NoxsError> {
+                $area::decode(bytes)
+            }
+        }
+    )*};
+}
+
+areas!(
+    VifBackend,
+    VifFrontend,
+    VbdBackend,
+    VbdFrontend,
+    SysctlBackend,
+    SysctlFrontend
+);
 
 /// vif backend area.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -26,6 +26,7 @@ use kernel::grant::GrantedFrame;
 use kernel::noxs::ControlPage;
 use kernel::println;
 use xenproto::noxs::{Kind, SysctlFrontend, VbdFrontend, VifFrontend, VifFrontendFeatures};
+use xenproto::shared::SharedBytes;
 use xenproto::xenstore::XenbusState;
 
 kernel::main!(main);
@@ -98,36 +99,32 @@ impl RawRing {
         Ok(Self { frame, slot, slots })
     }
 
+    /// Our ring page, which the back end reads (and writes) concurrently: the point.
+    fn page(&self) -> SharedBytes<'_> {
+        let page = core::ptr::NonNull::new(self.frame.ptr()).expect("a mapped frame");
+        // SAFETY: our own granted page, mapped while the frame lives; no references.
+        unsafe { SharedBytes::new(page, 4096) }
+    }
+
     fn put_u32(&self, at: usize, value: u32) {
-        assert!(at + 4 <= 4096);
-        // SAFETY: inside our own granted page; the back end may read it concurrently,
-        // which is the point.
-        unsafe { self.frame.ptr().add(at).cast::<u32>().write_volatile(value) };
+        self.page().write_u32(at, value);
     }
 
     fn get_u32(&self, at: usize) -> u32 {
-        assert!(at + 4 <= 4096);
-        // SAFETY: as for `put_u32`.
-        unsafe { self.frame.ptr().add(at).cast::<u32>().read_volatile() }
+        self.page().read_u32(at)
     }
 
     /// Write `bytes` into slot `index` (modulo the ring).
     fn put_slot(&self, index: u32, bytes: &[u8]) {
         let at = RING_HEADER + (index % self.slots) as usize * self.slot;
         assert!(bytes.len() <= self.slot);
-        for (i, &byte) in bytes.iter().enumerate() {
-            // SAFETY: inside our own page: the slot lies within the ring's span.
-            unsafe { self.frame.ptr().add(at + i).write_volatile(byte) };
-        }
+        self.page().copy_in(at, bytes);
     }
 
     fn get_slot(&self, index: u32, len: usize) -> [u8; 16] {
         let at = RING_HEADER + (index % self.slots) as usize * self.slot;
         let mut out = [0u8; 16];
-        for (i, byte) in out.iter_mut().enumerate().take(len) {
-            // SAFETY: as for `put_slot`.
-            *byte = unsafe { self.frame.ptr().add(at + i).read_volatile() };
-        }
+        self.page().copy_out(at, &mut out[..len.min(16)]);
         out
     }
 

@@ -121,8 +121,11 @@ pub use pv::*;
 
 #[cfg(target_os = "none")]
 mod pv {
+    use core::ptr::NonNull;
     use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+    use volatile::VolatilePtr;
+    use volatile::access::ReadOnly;
     use x86_64::structures::paging::page_table::PageTableLevel;
     use x86_64::structures::paging::{PageTable, PageTableIndex};
 
@@ -183,8 +186,9 @@ mod pv {
             addr < abi::MACH2PHYS_VIRT_END,
             "mfn {mfn:#x} beyond the m2p table"
         );
-        // SAFETY: Xen maps the m2p table read-only in every 64-bit PV guest.
-        unsafe { (addr as *const u64).read_volatile() }
+        // SAFETY: Xen maps the m2p table read-only in every 64-bit PV guest (and changes
+        // it while we run: hence volatile).
+        unsafe { read_only_word(addr) }.read()
     }
 
     /// The first pfn past the direct map.
@@ -194,10 +198,19 @@ mod pv {
 
     /// Read entry `index` of the table in machine frame `table_mfn`.
     fn read_entry(table_mfn: u64, index: PageTableIndex) -> Pte {
-        let table = va_of_pfn(mfn_to_pfn(table_mfn)).as_ptr::<u64>();
-        // SAFETY: page-table pages are in the direct map (read-only to us); an index
-        // is below 512.
-        Pte(unsafe { table.add(usize::from(index)).read_volatile() })
+        let entry = va_of_pfn(mfn_to_pfn(table_mfn)) + u64::from(index) * 8;
+        // SAFETY: page-table pages are in the direct map (read-only to us; the CPU may
+        // set accessed bits); an index is below 512.
+        Pte(unsafe { read_only_word(entry.as_u64()) }.read())
+    }
+
+    /// The word at `address`, for volatile reads.
+    ///
+    /// # Safety
+    /// `address` must be a mapped, aligned, readable word for the guest's lifetime.
+    unsafe fn read_only_word(address: u64) -> VolatilePtr<'static, u64, ReadOnly> {
+        // SAFETY: guaranteed by the caller (mapped, hence not null).
+        unsafe { VolatilePtr::new_read_only(NonNull::new_unchecked(address as *mut u64)) }
     }
 
     fn l4_mfn() -> u64 {
@@ -398,11 +411,25 @@ mod pv {
         Ok(())
     }
 
-    /// The shared info page, once [`map_shared_info`] has run.
-    pub fn shared_info() -> Option<*mut abi::shared_info> {
+    /// The shared info page, once [`map_shared_info`] has run. Xen writes it at any
+    /// time: every access is volatile.
+    pub fn shared_info() -> Option<VolatilePtr<'static, abi::shared_info>> {
+        let page = NonNull::new(core::ptr::addr_of_mut!(SHARED_INFO_PAGE))?.cast();
+        // SAFETY: once mapped, the page is shared_info for good, and nothing takes a
+        // reference to it.
         SHARED_INFO_MAPPED
             .load(Ordering::Acquire)
-            .then(|| core::ptr::addr_of_mut!(SHARED_INFO_PAGE).cast())
+            .then(|| unsafe { VolatilePtr::new(page) })
+    }
+
+    /// vCPU 0's record in shared_info (the only vCPU we run on).
+    pub fn vcpu_info() -> Option<VolatilePtr<'static, abi::vcpu_info>> {
+        // SAFETY: `vcpu_info[0]` lies inside the mapped shared_info.
+        shared_info().map(|si| unsafe {
+            si.map(|si| {
+                NonNull::new_unchecked(core::ptr::addr_of_mut!((*si.as_ptr()).vcpu_info[0]))
+            })
+        })
     }
 }
 

@@ -55,7 +55,7 @@ fn disk_info(area: &VbdBackend) -> DiskInfo {
 pub async fn connect(entry: &Entry) -> Result<BlockDevice, ConnectError> {
     let control = ControlPage::open(entry)?;
     control.wait_backend(XenbusState::InitWait).await?;
-    let backend = VbdBackend::decode(&control.backend_area()).map_err(ControlError::Protocol)?;
+    let backend: VbdBackend = control.backend()?;
     // The handle only matters to Xenstore back ends; a userspace one takes the index.
     let handle = u16::try_from(entry.devid).unwrap_or(u16::MAX);
     let (mut datapath, published) =
@@ -66,9 +66,7 @@ pub async fn connect(entry: &Entry) -> Result<BlockDevice, ConnectError> {
         protocol: VbdFrontend::PROTOCOL_X86_64,
         features: 0,
     };
-    let mut area = [0u8; VbdFrontend::LEN];
-    frontend.encode(&mut area).map_err(ControlError::Protocol)?;
-    control.write_frontend_area(&area);
+    control.write_frontend(&frontend)?;
     control.set_state(XenbusState::Initialised);
     control.wait_backend(XenbusState::Connected).await?;
     control.set_state(XenbusState::Connected);

@@ -44,7 +44,7 @@ impl From<ControlError> for ConnectError {
 pub async fn connect(entry: &Entry) -> Result<Netfront, ConnectError> {
     let control = ControlPage::open(entry)?;
     control.wait_backend(XenbusState::InitWait).await?;
-    let backend = VifBackend::decode(&control.backend_area()).map_err(ControlError::Protocol)?;
+    let backend: VifBackend = control.backend()?;
     if !backend.features.contains(VifBackendFeatures::RX_COPY) {
         return Err(ConnectError::NoRxCopy);
     }
@@ -56,9 +56,7 @@ pub async fn connect(entry: &Entry) -> Result<Netfront, ConnectError> {
         data_port: published.event_channel,
         features: VifFrontendFeatures::REQUEST_RX_COPY | VifFrontendFeatures::RX_NOTIFY,
     };
-    let mut area = [0u8; VifFrontend::LEN];
-    frontend.encode(&mut area).map_err(ControlError::Protocol)?;
-    control.write_frontend_area(&area);
+    control.write_frontend(&frontend)?;
     control.set_state(XenbusState::Initialised);
     control.wait_backend(XenbusState::Connected).await?;
     control.set_state(XenbusState::Connected);

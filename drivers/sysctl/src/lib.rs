@@ -147,14 +147,10 @@ mod guest {
                 let supported = (1 << noxs::Request::Poweroff as u32)
                     | (1 << noxs::Request::Reboot as u32)
                     | (1 << noxs::Request::Crash as u32);
-                let mut area = [0u8; SysctlFrontend::LEN];
-                SysctlFrontend {
+                control.write_frontend(&SysctlFrontend {
                     ack_seq: 0,
                     supported,
-                }
-                .encode(&mut area)
-                .map_err(ControlError::Protocol)?;
-                control.write_frontend_area(&area);
+                })?;
                 control.set_state(XenbusState::Initialised);
                 control.wait_backend(XenbusState::Connected).await?;
                 control.set_state(XenbusState::Connected);
@@ -217,8 +213,7 @@ mod guest {
         seen: &Cell<u32>,
     ) -> Result<PowerRequest, Error> {
         loop {
-            let area =
-                SysctlBackend::decode(&control.backend_area()).map_err(ControlError::Protocol)?;
+            let area: SysctlBackend = control.backend()?;
             if let Some(request) = area.request
                 && area.request_seq != seen.get()
             {
