@@ -61,6 +61,8 @@ pub mod time;
 #[cfg(target_os = "none")]
 pub mod xen;
 #[cfg(target_os = "none")]
+pub mod xenbus;
+#[cfg(target_os = "none")]
 pub mod xenstore;
 
 pub use cmdline::Args;

@@ -77,6 +77,10 @@ impl From<NoxsError> for ControlError {
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A device's control page, mapped, with its event channel bound.
+///
+/// A front end connects in two halves, with its data path set up in between:
+/// [`ControlPage::offered`] (the back end's offer and its area) and
+/// [`ControlPage::connect`] (our area, then both ends `Connected`).
 #[derive(Debug)]
 pub struct ControlPage {
     entry: Entry,
@@ -98,6 +102,25 @@ impl ControlPage {
         };
         page.header()?;
         Ok(page)
+    }
+
+    /// Handshake, first half: open the page of `entry`, wait for the back end to offer
+    /// the device (`InitWait`) and copy its area once.
+    pub async fn offered<B: Area>(entry: &Entry) -> Result<(Self, B), ControlError> {
+        let control = Self::open(entry)?;
+        control.wait_backend(XenbusState::InitWait).await?;
+        let area = control.backend()?;
+        Ok((control, area))
+    }
+
+    /// Handshake, second half: write our area, `Initialised`, wait for the back end to
+    /// be `Connected`, then `Connected` ourselves.
+    pub async fn connect<F: Area>(&self, area: &F) -> Result<(), ControlError> {
+        self.write_frontend(area)?;
+        self.set_state(XenbusState::Initialised);
+        self.wait_backend(XenbusState::Connected).await?;
+        self.set_state(XenbusState::Connected);
+        Ok(())
     }
 
     /// The entry this page belongs to.

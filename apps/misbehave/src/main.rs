@@ -25,7 +25,10 @@ use kernel::events::EventChannel;
 use kernel::grant::GrantedFrame;
 use kernel::noxs::ControlPage;
 use kernel::println;
-use xenproto::noxs::{Kind, SysctlFrontend, VbdFrontend, VifFrontend, VifFrontendFeatures};
+use xenproto::noxs::{
+    Area, Kind, SysctlFrontend, VbdBackend, VbdFrontend, VifBackend, VifFrontend,
+    VifFrontendFeatures,
+};
 use xenproto::shared::SharedBytes;
 use xenproto::xenstore::XenbusState;
 
@@ -155,15 +158,11 @@ async fn answers(ring: &RawRing, channel: &EventChannel, seen: u32) -> u32 {
 }
 
 /// Connect like an honest front end: our area, Initialised, wait for Connected.
-async fn handshake(control: &ControlPage, area: &[u8]) -> Result<(), &'static str> {
-    control.write_frontend_area(area);
-    control.set_state(XenbusState::Initialised);
+async fn connect(control: &ControlPage, area: &impl Area) -> Result<(), &'static str> {
     control
-        .wait_backend(XenbusState::Connected)
+        .connect(area)
         .await
-        .map_err(|_| "the back end did not connect")?;
-    control.set_state(XenbusState::Connected);
-    Ok(())
+        .map_err(|_| "the back end did not connect")
 }
 
 /// Claim every state in a row, `rounds` times, scribbling over our area each time.
@@ -198,24 +197,19 @@ fn blk_request(op: u8, segments: u8, id: u64, sector: u64, segs: &[(u32, u8, u8)
 }
 
 async fn attack_vbd(entry: &xenproto::noxs::Entry) -> Result<(), &'static str> {
-    let control = ControlPage::open(entry).map_err(|_| "cannot open the control page")?;
-    control
-        .wait_backend(XenbusState::InitWait)
+    let (control, _) = ControlPage::offered::<VbdBackend>(entry)
         .await
-        .map_err(|_| "the back end never reached InitWait")?;
+        .map_err(|_| "the back end never offered the vbd")?;
     let ring = RawRing::new(entry.backend, BLK_SLOT, BLK_SLOTS)?;
     let data = GrantedFrame::new(entry.backend, false).map_err(|_| "cannot grant a page")?;
     let channel = EventChannel::alloc_unbound(entry.backend).map_err(|_| "no event channel")?;
-    let mut area = [0u8; VbdFrontend::LEN];
-    VbdFrontend {
+    let area = VbdFrontend {
         ring_ref: ring.frame.gref(),
         data_port: channel.port(),
         protocol: VbdFrontend::PROTOCOL_X86_64,
         features: 0,
-    }
-    .encode(&mut area)
-    .map_err(|_| "encoding our area")?;
-    handshake(&control, &area).await?;
+    };
+    connect(&control, &area).await?;
     println!("misbehave: vbd: connected");
 
     let good = data.gref();
@@ -305,25 +299,20 @@ fn tx_request(gref: u32, offset: u16, flags: u16, id: u16, size: u16) -> [u8; 12
 }
 
 async fn attack_vif(entry: &xenproto::noxs::Entry) -> Result<(), &'static str> {
-    let control = ControlPage::open(entry).map_err(|_| "cannot open the control page")?;
-    control
-        .wait_backend(XenbusState::InitWait)
+    let (control, _) = ControlPage::offered::<VifBackend>(entry)
         .await
-        .map_err(|_| "the back end never reached InitWait")?;
+        .map_err(|_| "the back end never offered the vif")?;
     let tx = RawRing::new(entry.backend, TX_SLOT, NET_SLOTS)?;
     let rx = RawRing::new(entry.backend, RX_SLOT, NET_SLOTS)?;
     let data = GrantedFrame::new(entry.backend, true).map_err(|_| "cannot grant a page")?;
     let channel = EventChannel::alloc_unbound(entry.backend).map_err(|_| "no event channel")?;
-    let mut area = [0u8; VifFrontend::LEN];
-    VifFrontend {
+    let area = VifFrontend {
         tx_ring_ref: tx.frame.gref(),
         rx_ring_ref: rx.frame.gref(),
         data_port: channel.port(),
         features: VifFrontendFeatures::REQUEST_RX_COPY,
-    }
-    .encode(&mut area)
-    .map_err(|_| "encoding our area")?;
-    handshake(&control, &area).await?;
+    };
+    connect(&control, &area).await?;
     println!("misbehave: vif: connected");
 
     // Receive buffers we never granted, all 256 of them: whatever the bridge floods
@@ -396,15 +385,13 @@ async fn attack_vif(entry: &xenproto::noxs::Entry) -> Result<(), &'static str> {
 
 async fn attack_sysctl(entry: &xenproto::noxs::Entry) -> Result<(), &'static str> {
     let control = ControlPage::open(entry).map_err(|_| "cannot open the control page")?;
-    let mut area = [0u8; SysctlFrontend::LEN];
     // An acknowledgement of a request never made, and every request "supported".
-    SysctlFrontend {
-        ack_seq: 0xffff_fff0,
-        supported: u32::MAX,
-    }
-    .encode(&mut area)
-    .map_err(|_| "encoding our area")?;
-    control.write_frontend_area(&area);
+    control
+        .write_frontend(&SysctlFrontend {
+            ack_seq: 0xffff_fff0,
+            supported: u32::MAX,
+        })
+        .map_err(|_| "encoding our area")?;
     control.set_state(XenbusState::Connected);
     flap(&control, 3000);
     println!("misbehave: sysctl: bogus acknowledgement, 3000 state flaps sent");
