@@ -18,13 +18,14 @@
 //!
 //! fn main(args: kernel::Args) {
 //!     kernel::println!("hello, {:?}", &args[..]);
-//!     kernel::time::sleep(core::time::Duration::from_millis(10));
+//!     kernel::executor::sleep(core::time::Duration::from_millis(10));
 //! }
 //! ```
 //!
 //! - arguments: [`Args`] (the guest command line, `extra=` in xl);
 //! - output: [`println!`], and the `log` macros;
-//! - time: [`time::Instant`], [`time::utc_now`], [`time::sleep`], [`time::after`];
+//! - time: [`time::Instant`], [`time::utc_now`]; waiting: [`executor::sleep`],
+//!   [`executor::after`], [`executor::timeout`];
 //! - concurrency: [`executor::block_on`], [`executor::spawn`] (see [`executor`]);
 //! - memory: `alloc` works (the heap is half of the guest's free memory);
 //!   [`mem::alloc_frame`] for whole pages;

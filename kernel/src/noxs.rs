@@ -199,7 +199,7 @@ impl ControlPage {
                 return Err(ControlError::BackendClosed);
             }
             let left = deadline.saturating_duration_since(crate::time::Instant::now());
-            if left.is_zero() || crate::time::timeout(left, self.wait()).await.is_err() {
+            if left.is_zero() || crate::executor::timeout(left, self.wait()).await.is_err() {
                 // A notification may have been lost in a race: look once more.
                 if self.header()?.be_state == wanted {
                     return Ok(());

@@ -1,4 +1,5 @@
-//! Time: a monotonic clock from Xen system time, UTC from Xen's wall clock, and sleep.
+//! Time: a monotonic clock from Xen system time and UTC from Xen's wall clock. Waiting
+//! for time to pass (sleep, timers, timeouts) belongs to the executor, which reads this clock.
 //!
 //! Xen system time counts nanoseconds since the host booted; each vCPU extrapolates
 //! it from the TSC with factors Xen publishes (see [`arch::time`]). The wall clock in
@@ -119,7 +120,6 @@ pub use guest::*;
 
 #[cfg(target_os = "none")]
 mod guest {
-    use core::future::Future;
     use core::sync::atomic::{AtomicU64, Ordering};
 
     use volatile::map_field;
@@ -178,33 +178,6 @@ mod guest {
         let info = time_info();
         let boot = info.system_time_at(BOOT_TSC.load(Ordering::Relaxed));
         Instant::now().saturating_duration_since(Instant(boot))
-    }
-
-    /// Block the caller for `duration`, running other tasks meanwhile.
-    pub fn sleep(duration: Duration) {
-        crate::executor::block_on(after(duration));
-    }
-
-    /// A future that completes `duration` from now.
-    pub fn after(duration: Duration) -> crate::executor::Sleep {
-        crate::executor::Sleep::until(Instant::now().saturating_add(duration))
-    }
-
-    /// `future` did not complete in time.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub struct Elapsed;
-
-    /// Run `future` for at most `duration`.
-    pub async fn timeout<F: Future>(duration: Duration, future: F) -> Result<F::Output, Elapsed> {
-        let mut future = core::pin::pin!(future);
-        let mut deadline = core::pin::pin!(after(duration));
-        core::future::poll_fn(|cx| {
-            if let core::task::Poll::Ready(output) = future.as_mut().poll(cx) {
-                return core::task::Poll::Ready(Ok(output));
-            }
-            deadline.as_mut().poll(cx).map(|()| Err(Elapsed))
-        })
-        .await
     }
 }
 

@@ -53,7 +53,7 @@ fn main(args: kernel::Args) -> Result<(), &'static str> {
             .parse()
             .map_err(|_| "sleep=N needs a number of milliseconds")?;
         let start = Instant::now();
-        kernel::time::sleep(Duration::from_millis(ms));
+        kernel::executor::sleep(Duration::from_millis(ms));
         let slept = start.elapsed();
         println!(
             "slept: {}.{:03} ms of guest time",

@@ -78,7 +78,7 @@ fn main(_args: kernel::Args) -> Result<(), &'static str> {
     println!("misbehave: done");
     // Stay, holding whatever the back ends still map, until the toolstack destroys us.
     loop {
-        kernel::time::sleep(Duration::from_secs(3600));
+        kernel::executor::sleep(Duration::from_secs(3600));
     }
 }
 
@@ -151,7 +151,11 @@ async fn answers(ring: &RawRing, channel: &EventChannel, seen: u32) -> u32 {
             return produced;
         }
         let left = deadline.saturating_duration_since(kernel::time::Instant::now());
-        if left.is_zero() || kernel::time::timeout(left, channel.wait()).await.is_err() {
+        if left.is_zero()
+            || kernel::executor::timeout(left, channel.wait())
+                .await
+                .is_err()
+        {
             return ring.rsp_prod();
         }
     }

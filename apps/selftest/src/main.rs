@@ -19,10 +19,10 @@ use core::time::Duration;
 
 use arch::mm::{PAGE_SIZE, va_of_pfn};
 use kernel::events::{EventChannel, own_domid};
-use kernel::executor::{block_on, spawn};
+use kernel::executor::{after, block_on, sleep, spawn, timeout};
 use kernel::grant::{self, ForeignMapping, GrantError};
 use kernel::shutdown::ShutdownReason;
-use kernel::time::{Instant, after, sleep, timeout};
+use kernel::time::Instant;
 use kernel::xenstore::{self, Watch, Xs};
 use kernel::{mem, println};
 use xenproto::shared;
