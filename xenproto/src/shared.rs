@@ -89,26 +89,31 @@ impl<'a> SharedBytes<'a> {
 
     /// Copy `out.len()` bytes from `at` into private memory.
     pub fn copy_out(&self, at: usize, out: &mut [u8]) {
-        self.check_range(at, out.len());
+        let bytes = self.bytes(at, out.len());
         for (i, byte) in out.iter_mut().enumerate() {
-            *byte = self.at::<u8>(at + i).read();
+            // SAFETY: i < the length `bytes` checked.
+            *byte = unsafe { VolatilePtr::new(bytes.add(i)) }.read();
         }
     }
 
     /// Copy `bytes` in from `at`.
     pub fn copy_in(&self, at: usize, bytes: &[u8]) {
-        self.check_range(at, bytes.len());
+        let shared = self.bytes(at, bytes.len());
         for (i, &byte) in bytes.iter().enumerate() {
-            self.at::<u8>(at + i).write(byte);
+            // SAFETY: i < the length `bytes` checked.
+            unsafe { VolatilePtr::new(shared.add(i)) }.write(byte);
         }
     }
 
-    fn check_range(&self, at: usize, len: usize) {
+    /// The first of the `len` bytes at `at`, after checking they lie inside.
+    fn bytes(&self, at: usize, len: usize) -> NonNull<u8> {
         assert!(
             at.checked_add(len).is_some_and(|end| end <= self.len),
             "shared copy of {len} bytes at {at} past {} bytes",
             self.len
         );
+        // SAFETY: inside the range (checked above; `at` may equal its end when empty).
+        unsafe { self.base.add(at) }
     }
 }
 
