@@ -29,7 +29,9 @@
 //! - concurrency: [`executor::block_on`], [`executor::spawn`] (see [`executor`]);
 //! - memory: `alloc` works (the heap is half of the guest's free memory);
 //!   [`mem::alloc_frame`] for whole pages;
-//! - Xen: [`events::EventChannel`], [`grant`];
+//! - Xen: [`events::EventChannel`], [`grant`]; for drivers, the devices the toolstack
+//!   gave ([`devices`]), negotiated through Xenstore ([`xenbus`]) or NoXS
+//!   ([`noxs::ControlPage`]);
 //! - the end: return from `main`, or [`shutdown::exit`].
 //!
 //! Pure parts (start_info parsing, the command line, the frame allocator, time

@@ -1,5 +1,6 @@
 //! Time: a monotonic clock from Xen system time and UTC from Xen's wall clock. Waiting
-//! for time to pass (sleep, timers, timeouts) belongs to the executor, which reads this clock.
+//! for time to pass (sleep, timers, timeouts) belongs to the executor, which reads this
+//! clock.
 //!
 //! Xen system time counts nanoseconds since the host booted; each vCPU extrapolates
 //! it from the TSC with factors Xen publishes (see [`arch::time`]). The wall clock in
