@@ -16,6 +16,7 @@ use arch::abi::DomId;
 use xenproto::noxs::{Entry, Kind};
 use xenproto::xenstore::XsError;
 
+use crate::noxs::ControlError;
 use crate::xenbus;
 use crate::xenstore::{self, Xs};
 
@@ -37,6 +38,37 @@ pub fn discovery() -> Discovery {
         Discovery::Xenstore
     } else {
         Discovery::Neither
+    }
+}
+
+/// Why a device could not be connected: its negotiation failed, or the driver's own
+/// part did (`E`).
+#[derive(Debug)]
+pub enum ConnectError<E> {
+    Xenbus(xenbus::Error),
+    Control(ControlError),
+    Driver(E),
+}
+
+impl<E: Display> Display for ConnectError<E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Xenbus(err) => write!(f, "{err}"),
+            Self::Control(err) => write!(f, "{err}"),
+            Self::Driver(err) => write!(f, "{err}"),
+        }
+    }
+}
+
+impl<E> From<xenbus::Error> for ConnectError<E> {
+    fn from(err: xenbus::Error) -> Self {
+        Self::Xenbus(err)
+    }
+}
+
+impl<E> From<ControlError> for ConnectError<E> {
+    fn from(err: ControlError) -> Self {
+        Self::Control(err)
     }
 }
 

@@ -21,42 +21,14 @@ use alloc::vec::Vec;
 pub use datapath::BlkError;
 use datapath::{Datapath, SetupError};
 use kernel::devices::Method;
-use kernel::noxs::ControlError;
 pub use xenproto::blkif::{DiskInfo, SECTOR_SIZE};
 
 /// Why a vbd could not be connected.
-#[derive(Debug)]
-pub enum ConnectError {
-    Xenbus(kernel::xenbus::Error),
-    Control(ControlError),
-    Setup(SetupError),
-}
-
-impl core::fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::Xenbus(err) => write!(f, "{err}"),
-            Self::Control(err) => write!(f, "{err}"),
-            Self::Setup(err) => write!(f, "{err}"),
-        }
-    }
-}
-
-impl From<kernel::xenbus::Error> for ConnectError {
-    fn from(err: kernel::xenbus::Error) -> Self {
-        Self::Xenbus(err)
-    }
-}
-
-impl From<ControlError> for ConnectError {
-    fn from(err: ControlError) -> Self {
-        Self::Control(err)
-    }
-}
+pub type ConnectError = kernel::devices::ConnectError<SetupError>;
 
 impl From<SetupError> for ConnectError {
     fn from(err: SetupError) -> Self {
-        Self::Setup(err)
+        Self::Driver(err)
     }
 }
 

@@ -22,7 +22,6 @@ use alloc::vec::Vec;
 
 use datapath::{Counters, Datapath, DatapathError, RxPath, TxPath};
 use kernel::devices::Method;
-use kernel::noxs::ControlError;
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use xenproto::netif::Mac;
@@ -39,42 +38,29 @@ pub struct AssignedAddress {
     pub gateway: Option<[u8; 4]>,
 }
 
-/// Why a vif could not be connected.
+/// What of a vif's own connection failed.
 #[derive(Debug)]
-pub enum ConnectError {
-    Xenbus(kernel::xenbus::Error),
-    Control(ControlError),
+pub enum VifError {
     /// The back end does not offer receive-by-copy.
     NoRxCopy,
     Datapath(DatapathError),
 }
 
-impl core::fmt::Display for ConnectError {
+impl core::fmt::Display for VifError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            Self::Xenbus(err) => write!(f, "{err}"),
-            Self::Control(err) => write!(f, "{err}"),
             Self::NoRxCopy => f.write_str("the back end does not offer receive-by-copy"),
             Self::Datapath(err) => write!(f, "{err}"),
         }
     }
 }
 
-impl From<kernel::xenbus::Error> for ConnectError {
-    fn from(err: kernel::xenbus::Error) -> Self {
-        Self::Xenbus(err)
-    }
-}
-
-impl From<ControlError> for ConnectError {
-    fn from(err: ControlError) -> Self {
-        Self::Control(err)
-    }
-}
+/// Why a vif could not be connected.
+pub type ConnectError = kernel::devices::ConnectError<VifError>;
 
 impl From<DatapathError> for ConnectError {
     fn from(err: DatapathError) -> Self {
-        Self::Datapath(err)
+        Self::Driver(VifError::Datapath(err))
     }
 }
 

@@ -11,13 +11,13 @@ use xenproto::netif::Mac;
 use xenproto::noxs::{Entry, VifBackend, VifBackendFeatures, VifFrontend, VifFrontendFeatures};
 
 use crate::datapath::Datapath;
-use crate::{AssignedAddress, ConnectError, Netfront};
+use crate::{AssignedAddress, ConnectError, Netfront, VifError};
 
 /// Connect the vif of `entry`.
 pub async fn connect(entry: &Entry) -> Result<Netfront, ConnectError> {
     let (control, backend) = ControlPage::offered::<VifBackend>(entry).await?;
     if !backend.features.contains(VifBackendFeatures::RX_COPY) {
-        return Err(ConnectError::NoRxCopy);
+        return Err(ConnectError::Driver(VifError::NoRxCopy));
     }
     let mut datapath = Datapath::new(entry.backend)?;
     let published = datapath.published();

@@ -18,7 +18,7 @@ use xenproto::netif::{BackendFeatures, FRONTEND_FEATURES, Mac};
 use xenproto::xenstore::XenbusState;
 
 use crate::datapath::Datapath;
-use crate::{ConnectError, Netfront};
+use crate::{ConnectError, Netfront, VifError};
 
 /// Connect the vif `device`, whose directories are `frontend` and `backend`.
 pub async fn connect(
@@ -34,7 +34,7 @@ pub async fn connect(
     xenbus::wait_backend(backend, XenbusState::InitWait).await?;
     let values = xenbus::read_keys(backend, BackendFeatures::KEYS).await?;
     if !BackendFeatures::from_values(values.each_ref().map(Option::as_deref)).rx_copy {
-        return Err(ConnectError::NoRxCopy);
+        return Err(ConnectError::Driver(VifError::NoRxCopy));
     }
 
     let mut datapath = Datapath::new(device.backend_id)?;
