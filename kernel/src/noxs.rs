@@ -147,9 +147,10 @@ impl ControlPage {
     /// One copy of the backend's area, validated.
     pub fn backend<B: Area>(&self) -> Result<B, ControlError> {
         let mut copy = [0u8; MAX_AREA_LEN];
+        // The protocol's read barrier: after the state word we acted on, before the area.
+        fence(Ordering::Acquire);
         self.page()
             .copy_out(BACKEND_AREA.start, &mut copy[..B::LEN]);
-        fence(Ordering::Acquire);
         Ok(B::decode(&copy[..B::LEN])?)
     }
 
