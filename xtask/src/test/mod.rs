@@ -96,25 +96,19 @@ fn static_checks() -> Result<()> {
     util::run(util::cargo().args(["fmt", "--all", "--", "--check"]))?;
     // Host: the default members (every crate but the guest apps), tests included.
     util::run(util::cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
-    // Guest target: the framework crates and every app.
+    // Guest target: the framework crates and every app (clippy lints only the
+    // packages it is given, not the path dependencies of the apps).
     let mut guest = util::cargo();
-    guest.args([
-        "clippy",
-        "--target",
-        GUEST_TARGET,
-        "-p",
-        "arch",
-        "-p",
-        "kernel",
-        "-p",
-        "xenproto",
-        "-p",
-        "netfront",
-        "-p",
-        "net",
-    ]);
-    for app in build::all_apps()? {
-        guest.args(["-p", &app]);
+    guest.args(["clippy", "--target", GUEST_TARGET]);
+    let framework = [
+        "arch", "kernel", "xenproto", "netfront", "blkfront", "sysctl", "net",
+    ];
+    for package in framework
+        .map(str::to_owned)
+        .into_iter()
+        .chain(build::all_apps()?)
+    {
+        guest.args(["-p", &package]);
     }
     guest.args(["--", "-D", "warnings"]);
     guest.env(
