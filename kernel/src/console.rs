@@ -36,7 +36,7 @@ pub(crate) fn init(boot: &BootInfo) {
             let va = arch::mm::va_of_pfn(arch::mm::mfn_to_pfn(mfn));
             // SAFETY: the console page lies in the bootstrap region, mapped read-write
             // for the guest's lifetime, and is shared with the console back end only.
-            let page = unsafe { ConsoleInterface::from_page(va as *mut u8) };
+            let page = unsafe { ConsoleInterface::from_page(va.as_mut_ptr()) };
             Sink::Ring { page, port: evtchn }
         }
     };

@@ -16,6 +16,7 @@ use core::task::{Context, Poll, Waker};
 use arch::abi::{self, DomId};
 use arch::hypercall::{self, Errno};
 use spin::Mutex;
+use volatile::map_field;
 
 use crate::time::Instant;
 
@@ -40,8 +41,13 @@ struct Slot {
 static SLOTS: Mutex<BTreeMap<Port, Slot>> = Mutex::new(BTreeMap::new());
 static TIMER_PORT: AtomicU32 = AtomicU32::new(0);
 
+const UNMAPPED: &str = "event channels used before shared_info is mapped";
+
 fn shared_info() -> *mut abi::shared_info {
-    arch::mm::shared_info().expect("event channels used before shared_info is mapped")
+    arch::mm::shared_info()
+        .expect(UNMAPPED)
+        .as_raw_ptr()
+        .as_ptr()
 }
 
 /// `shared_info` fields Xen updates with atomic operations, seen as atomics.
@@ -80,10 +86,9 @@ pub(crate) fn init() -> Result<(), Errno> {
 
 /// Mask event delivery for vCPU 0 (the normal state; see the executor docs).
 fn mask_upcalls() {
-    // SAFETY: shared_info is mapped; we are the only writer of our mask byte.
-    unsafe {
-        core::ptr::addr_of_mut!((*shared_info()).vcpu_info[0].evtchn_upcall_mask).write_volatile(1);
-    }
+    // We are the only writer of our mask byte.
+    let vcpu = arch::mm::vcpu_info().expect(UNMAPPED);
+    map_field!(vcpu.evtchn_upcall_mask).write(1);
     core::sync::atomic::compiler_fence(Ordering::SeqCst);
 }
 
@@ -94,15 +99,12 @@ pub(crate) fn upcall() {
 
 /// Move pending, unmasked ports into `FIRED`. Events must be masked.
 pub(crate) fn poll_pending() {
-    let si = shared_info();
-    // SAFETY: shared_info is mapped; these vCPU 0 fields are ours to clear, and Xen
-    // sets them with atomic operations.
-    let selector = unsafe {
-        core::ptr::addr_of_mut!((*si).vcpu_info[0].evtchn_upcall_pending).write_volatile(0);
-        AtomicU64::from_ptr(core::ptr::addr_of_mut!(
-            (*si).vcpu_info[0].evtchn_pending_sel
-        ))
-    };
+    // These vCPU 0 fields are ours to clear; Xen sets them with atomic operations.
+    let vcpu = arch::mm::vcpu_info().expect(UNMAPPED);
+    map_field!(vcpu.evtchn_upcall_pending).write(0);
+    let selector = map_field!(vcpu.evtchn_pending_sel).as_raw_ptr().as_ptr();
+    // SAFETY: an aligned u64 of the mapped shared_info, changed only atomically.
+    let selector = unsafe { AtomicU64::from_ptr(selector) };
     let mut words = selector.swap(0, Ordering::AcqRel);
     while words != 0 {
         let word = words.trailing_zeros() as usize;

@@ -4,8 +4,11 @@
 //! event channel firing and a deadline passing. Futures express both without stacks
 //! per thread or a preemptive scheduler, and smoltcp's poll loop fits in one task.
 //! Apps may still be written as straight-line code: [`block_on`] runs the executor
-//! until one future completes, and blocking calls such as [`crate::time::sleep`] are
-//! `block_on` of a future, so background tasks keep running while the caller waits.
+//! until one future completes, and blocking calls such as [`sleep`] are `block_on` of a
+//! future, so background tasks keep running while the caller waits.
+//!
+//! **Time.** The executor keeps the timers: [`after`], [`sleep`] and [`timeout`] wait
+//! on the clock of [`crate::time`], which knows nothing of them.
 //!
 //! **How waiting works.** Events stay masked (`evtchn_upcall_mask = 1`) all the time,
 //! except inside `SCHEDOP_block`, which unmasks atomically with its check for pending
@@ -119,6 +122,7 @@ mod guest {
     use core::pin::Pin;
     use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use core::task::Context;
+    use core::time::Duration;
 
     use spin::Mutex;
 
@@ -295,6 +299,28 @@ mod guest {
             if let Some(key) = self.key.take() {
                 TIMERS.lock().remove(key);
             }
+        }
+    }
+
+    /// Block the caller for `duration`, running other tasks meanwhile.
+    pub fn sleep(duration: Duration) {
+        block_on(after(duration));
+    }
+
+    /// A future that completes `duration` from now.
+    pub fn after(duration: Duration) -> Sleep {
+        Sleep::until(Instant::now().saturating_add(duration))
+    }
+
+    /// `future` did not complete in time.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Elapsed;
+
+    /// Run `future` for at most `duration`.
+    pub async fn timeout<F: Future>(duration: Duration, future: F) -> Result<F::Output, Elapsed> {
+        match select(future, after(duration)).await {
+            Either::Left(output) => Ok(output),
+            Either::Right(()) => Err(Elapsed),
         }
     }
 

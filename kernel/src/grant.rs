@@ -20,12 +20,21 @@ pub struct GrantEntryV1 {
     frame: AtomicU32,
 }
 
-/// `grant_table.h`: `GTF_*` flags.
-pub mod gtf {
-    pub const PERMIT_ACCESS: u16 = 1;
-    pub const READONLY: u16 = 1 << 2;
-    pub const READING: u16 = 1 << 3;
-    pub const WRITING: u16 = 1 << 4;
+bitflags::bitflags! {
+    /// `grant_table.h`: `GTF_*`, the flags word of a v1 entry.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct GrantFlags: u16 {
+        const PERMIT_ACCESS = 1;
+        const READONLY = 1 << 2;
+        /// Set by Xen while the grantee has the frame mapped (read or write).
+        const READING = 1 << 3;
+        const WRITING = 1 << 4;
+    }
+}
+
+impl GrantFlags {
+    /// The grantee still maps the frame.
+    const IN_USE: Self = Self::READING.union(Self::WRITING);
 }
 
 /// `grant_table.h`: GNTTAB_NR_RESERVED_ENTRIES.
@@ -104,9 +113,10 @@ impl<'a> GrantTable<'a> {
         let entry = &self.entries[gref as usize];
         entry.frame.store(frame32, Ordering::Relaxed);
         entry.domid.store(domid, Ordering::Relaxed);
-        let flags = gtf::PERMIT_ACCESS | if readonly { gtf::READONLY } else { 0 };
+        let mut flags = GrantFlags::PERMIT_ACCESS;
+        flags.set(GrantFlags::READONLY, readonly);
         // Release: frame and domid are visible before Xen can see the entry valid.
-        entry.flags.store(flags, Ordering::Release);
+        entry.flags.store(flags.bits(), Ordering::Release);
         self.granted[gref as usize] = true;
         Ok(gref)
     }
@@ -120,7 +130,7 @@ impl<'a> GrantTable<'a> {
         let flags = &self.entries[gref as usize].flags;
         let mut current = flags.load(Ordering::Acquire);
         loop {
-            if current & (gtf::READING | gtf::WRITING) != 0 {
+            if GrantFlags::from_bits_retain(current).intersects(GrantFlags::IN_USE) {
                 return Err(GrantError::InUse(gref));
             }
             match flags.compare_exchange(current, 0, Ordering::AcqRel, Ordering::Acquire) {
@@ -135,9 +145,10 @@ impl<'a> GrantTable<'a> {
 
     /// Whether the other domain currently has `gref` mapped.
     pub fn in_use(&self, gref: GrantRef) -> bool {
-        self.entries
-            .get(gref as usize)
-            .is_some_and(|e| e.flags.load(Ordering::Acquire) & (gtf::READING | gtf::WRITING) != 0)
+        self.entries.get(gref as usize).is_some_and(|e| {
+            GrantFlags::from_bits_retain(e.flags.load(Ordering::Acquire))
+                .intersects(GrantFlags::IN_USE)
+        })
     }
 }
 
@@ -150,6 +161,7 @@ mod guest {
     use arch::hypercall;
     use arch::mm::{PAGE_SIZE, pfn_to_mfn};
     use spin::Mutex;
+    use x86_64::VirtAddr;
 
     use super::*;
 
@@ -188,7 +200,7 @@ mod guest {
             return Err(GrantError::Xen(setup.status.into()));
         }
         // The frames must be virtually contiguous: map them in consecutive window pages.
-        let mut base = 0;
+        let mut base = VirtAddr::zero();
         for (i, &mfn) in frames[..nr_frames as usize].iter().enumerate() {
             let va = crate::mem::map_foreign(mfn, arch::mm::data_flags())
                 .map_err(|_| GrantError::NoAddressSpace)?;
@@ -201,7 +213,7 @@ mod guest {
         let count = nr_frames as usize * ENTRIES_PER_FRAME;
         // SAFETY: the frames are mapped read-write at `base` for the guest's lifetime,
         // and GrantEntryV1 (atomics) may alias memory Xen writes concurrently.
-        let entries = unsafe { core::slice::from_raw_parts(base as *const GrantEntryV1, count) };
+        let entries = unsafe { core::slice::from_raw_parts(base.as_ptr::<GrantEntryV1>(), count) };
         *TABLE.lock() = Some(GrantTable::new(entries));
         Ok(())
     }
@@ -262,7 +274,7 @@ mod guest {
 
         /// The frame's address in our direct map.
         pub fn ptr(&self) -> *mut u8 {
-            arch::mm::va_of_pfn(self.pfn) as *mut u8
+            arch::mm::va_of_pfn(self.pfn).as_mut_ptr()
         }
     }
 
@@ -279,7 +291,7 @@ mod guest {
     /// dropped.
     #[derive(Debug)]
     pub struct ForeignMapping {
-        va: u64,
+        va: VirtAddr,
         handle: u32,
     }
 
@@ -288,8 +300,13 @@ mod guest {
         pub fn map(domid: DomId, gref: GrantRef, readonly: bool) -> Result<Self, GrantError> {
             let va = crate::mem::reserve_window_page().map_err(|_| GrantError::NoAddressSpace)?;
             let mut op = abi::GnttabMapGrantRef {
-                host_addr: va,
-                flags: abi::GNTMAP_HOST_MAP | if readonly { abi::GNTMAP_READONLY } else { 0 },
+                host_addr: va.as_u64(),
+                flags: if readonly {
+                    abi::GrantMapFlags::HOST_MAP | abi::GrantMapFlags::READONLY
+                } else {
+                    abi::GrantMapFlags::HOST_MAP
+                }
+                .bits(),
                 ref_: gref,
                 dom: domid,
                 ..Default::default()
@@ -314,14 +331,20 @@ mod guest {
 
         /// The mapped page.
         pub fn as_ptr(&self) -> *mut u8 {
-            self.va as *mut u8
+            self.va.as_mut_ptr()
+        }
+
+        /// The mapped page, never null.
+        pub fn as_non_null(&self) -> core::ptr::NonNull<u8> {
+            // SAFETY: window addresses are far from zero.
+            unsafe { core::ptr::NonNull::new_unchecked(self.as_ptr()) }
         }
     }
 
     impl Drop for ForeignMapping {
         fn drop(&mut self) {
             let mut op = abi::GnttabUnmapGrantRef {
-                host_addr: self.va,
+                host_addr: self.va.as_u64(),
                 handle: self.handle,
                 ..Default::default()
             };
@@ -367,14 +390,14 @@ mod tests {
         let e = &entries[gref as usize];
         assert_eq!(
             e.flags.load(Ordering::Relaxed),
-            gtf::PERMIT_ACCESS | gtf::READONLY
+            (GrantFlags::PERMIT_ACCESS | GrantFlags::READONLY).bits()
         );
         assert_eq!(e.domid.load(Ordering::Relaxed), 7);
         assert_eq!(e.frame.load(Ordering::Relaxed), 0x1234);
         let writable = t.grant(7, 0x99, false).unwrap();
         assert_eq!(
             entries[writable as usize].flags.load(Ordering::Relaxed),
-            gtf::PERMIT_ACCESS
+            GrantFlags::PERMIT_ACCESS.bits()
         );
     }
 
@@ -406,13 +429,13 @@ mod tests {
         // Xen marks the entry while the peer has it mapped.
         entries[gref as usize]
             .flags
-            .fetch_or(gtf::WRITING | gtf::READING, Ordering::Relaxed);
+            .fetch_or(GrantFlags::IN_USE.bits(), Ordering::Relaxed);
         assert!(t.in_use(gref));
         assert_eq!(t.revoke(gref), Err(GrantError::InUse(gref)));
         assert_eq!(t.free_count(), 7);
         entries[gref as usize]
             .flags
-            .fetch_and(!(gtf::WRITING | gtf::READING), Ordering::Relaxed);
+            .fetch_and(!GrantFlags::IN_USE.bits(), Ordering::Relaxed);
         t.revoke(gref).unwrap();
         assert_eq!(entries[gref as usize].flags.load(Ordering::Relaxed), 0);
         assert_eq!(t.free_count(), 8);

@@ -18,17 +18,20 @@
 //!
 //! fn main(args: kernel::Args) {
 //!     kernel::println!("hello, {:?}", &args[..]);
-//!     kernel::time::sleep(core::time::Duration::from_millis(10));
+//!     kernel::executor::sleep(core::time::Duration::from_millis(10));
 //! }
 //! ```
 //!
 //! - arguments: [`Args`] (the guest command line, `extra=` in xl);
 //! - output: [`println!`], and the `log` macros;
-//! - time: [`time::Instant`], [`time::utc_now`], [`time::sleep`], [`time::after`];
+//! - time: [`time::Instant`], [`time::utc_now`]; waiting: [`executor::sleep`],
+//!   [`executor::after`], [`executor::timeout`];
 //! - concurrency: [`executor::block_on`], [`executor::spawn`] (see [`executor`]);
 //! - memory: `alloc` works (the heap is half of the guest's free memory);
 //!   [`mem::alloc_frame`] for whole pages;
-//! - Xen: [`events::EventChannel`], [`grant`];
+//! - Xen: [`events::EventChannel`], [`grant`]; for drivers, the devices the toolstack
+//!   gave ([`devices`]), negotiated through Xenstore ([`xenbus`]) or NoXS
+//!   ([`noxs::ControlPage`]);
 //! - the end: return from `main`, or [`shutdown::exit`].
 //!
 //! Pure parts (start_info parsing, the command line, the frame allocator, time
@@ -60,6 +63,8 @@ pub mod sync;
 pub mod time;
 #[cfg(target_os = "none")]
 pub mod xen;
+#[cfg(target_os = "none")]
+pub mod xenbus;
 #[cfg(target_os = "none")]
 pub mod xenstore;
 

@@ -16,7 +16,11 @@ use core::time::Duration;
 
 use arch::errno::Errno;
 use spin::Once;
-use xenproto::noxs::{BACKEND_AREA, Block, Entry, FRONTEND_AREA, Header, Kind, NoxsError, header};
+use xenproto::noxs::{
+    Area, BACKEND_AREA, Block, CONTROL_HEADER_LEN, Entry, FRONTEND_AREA, Header, Kind,
+    MAX_AREA_LEN, NoxsError, PAGE_SIZE, header,
+};
+use xenproto::shared::SharedBytes;
 use xenproto::xenstore::XenbusState;
 
 use crate::events::EventChannel;
@@ -73,6 +77,10 @@ impl From<NoxsError> for ControlError {
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A device's control page, mapped, with its event channel bound.
+///
+/// A front end connects in two halves, with its data path set up in between:
+/// [`ControlPage::offered`] (the back end's offer and its area) and
+/// [`ControlPage::connect`] (our area, then both ends `Connected`).
 #[derive(Debug)]
 pub struct ControlPage {
     entry: Entry,
@@ -96,54 +104,75 @@ impl ControlPage {
         Ok(page)
     }
 
+    /// Handshake, first half: open the page of `entry`, wait for the back end to offer
+    /// the device (`InitWait`) and copy its area once.
+    pub async fn offered<B: Area>(entry: &Entry) -> Result<(Self, B), ControlError> {
+        let control = Self::open(entry)?;
+        control.wait_backend(XenbusState::InitWait).await?;
+        let area = control.backend()?;
+        Ok((control, area))
+    }
+
+    /// Handshake, second half: write our area, `Initialised`, wait for the back end to
+    /// be `Connected`, then `Connected` ourselves.
+    pub async fn connect<F: Area>(&self, area: &F) -> Result<(), ControlError> {
+        self.write_frontend(area)?;
+        self.set_state(XenbusState::Initialised);
+        self.wait_backend(XenbusState::Connected).await?;
+        self.set_state(XenbusState::Connected);
+        Ok(())
+    }
+
     /// The entry this page belongs to.
     pub fn entry(&self) -> &Entry {
         &self.entry
     }
 
-    fn read_bytes(&self, range: core::ops::Range<usize>) -> Vec<u8> {
-        let base = self.mapping.as_ptr();
-        // SAFETY: the mapping is a live page; the range lies inside it (the protocol's
-        // constants). Volatile reads: the backend may write concurrently, and what we
-        // get is a copy validated afterwards.
-        range
-            .map(|at| unsafe { base.add(at).read_volatile() })
-            .collect()
-    }
-
-    fn write_bytes(&self, at: usize, bytes: &[u8]) {
-        assert!(at + bytes.len() <= 4096, "write past the control page");
-        let base = self.mapping.as_ptr();
-        for (i, &byte) in bytes.iter().enumerate() {
-            // SAFETY: inside the mapped page (checked above); the frontend owns the
-            // bytes it writes by the protocol.
-            unsafe { base.add(at + i).write_volatile(byte) };
-        }
+    /// The page, shared with the backend: volatile accesses only.
+    fn page(&self) -> SharedBytes<'_> {
+        // SAFETY: the mapping is a live page while `self` is; we never make references
+        // into it.
+        unsafe { SharedBytes::new(self.mapping.as_non_null(), PAGE_SIZE) }
     }
 
     /// Copy and check the header.
     pub fn header(&self) -> Result<Header, ControlError> {
         fence(Ordering::Acquire);
-        Ok(Header::decode(&self.read_bytes(0..16), self.entry.kind)?)
+        Ok(Header::decode(
+            &self.page().read::<CONTROL_HEADER_LEN>(0),
+            self.entry.kind,
+        )?)
     }
 
-    /// One copy of the backend's area (validate it with the matching `decode`).
-    pub fn backend_area(&self) -> Vec<u8> {
-        let area = self.read_bytes(BACKEND_AREA);
+    /// One copy of the backend's area, validated.
+    pub fn backend<B: Area>(&self) -> Result<B, ControlError> {
+        let mut copy = [0u8; MAX_AREA_LEN];
+        // The protocol's read barrier: after the state word we acted on, before the area.
         fence(Ordering::Acquire);
-        area
+        self.page()
+            .copy_out(BACKEND_AREA.start, &mut copy[..B::LEN]);
+        Ok(B::decode(&copy[..B::LEN])?)
     }
 
-    /// Write our area (at its start).
+    /// Write our area.
+    pub fn write_frontend<F: Area>(&self, area: &F) -> Result<(), ControlError> {
+        let mut bytes = [0u8; MAX_AREA_LEN];
+        area.encode(&mut bytes[..F::LEN])?;
+        self.write_frontend_area(&bytes[..F::LEN]);
+        Ok(())
+    }
+
+    /// Write raw bytes at the start of our area (a front end that breaks the protocol
+    /// on purpose writes what it likes).
     pub fn write_frontend_area(&self, bytes: &[u8]) {
         assert!(bytes.len() <= FRONTEND_AREA.len(), "frontend area overflow");
-        self.write_bytes(FRONTEND_AREA.start, bytes);
+        self.page().copy_in(FRONTEND_AREA.start, bytes);
     }
 
     /// Publish our state (after our area) and notify the backend.
     pub fn set_state(&self, state: XenbusState) {
         fence(Ordering::Release);
-        self.write_bytes(header::FE_STATE, &(state as u32).to_le_bytes());
+        self.page().write_u32(header::FE_STATE, state as u32);
         fence(Ordering::SeqCst);
         let _ = self.channel.notify();
     }
@@ -171,7 +200,7 @@ impl ControlPage {
                 return Err(ControlError::BackendClosed);
             }
             let left = deadline.saturating_duration_since(crate::time::Instant::now());
-            if left.is_zero() || crate::time::timeout(left, self.wait()).await.is_err() {
+            if left.is_zero() || crate::executor::timeout(left, self.wait()).await.is_err() {
                 // A notification may have been lost in a race: look once more.
                 if self.header()?.be_state == wanted {
                     return Ok(());

@@ -1,4 +1,6 @@
-//! Time: a monotonic clock from Xen system time, UTC from Xen's wall clock, and sleep.
+//! Time: a monotonic clock from Xen system time and UTC from Xen's wall clock. Waiting
+//! for time to pass (sleep, timers, timeouts) belongs to the executor, which reads this
+//! clock.
 //!
 //! Xen system time counts nanoseconds since the host booted; each vCPU extrapolates
 //! it from the TSC with factors Xen publishes (see [`arch::time`]). The wall clock in
@@ -119,21 +121,20 @@ pub use guest::*;
 
 #[cfg(target_os = "none")]
 mod guest {
-    use core::future::Future;
     use core::sync::atomic::{AtomicU64, Ordering};
+
+    use volatile::map_field;
 
     use super::*;
 
     static BOOT_TSC: AtomicU64 = AtomicU64::new(0);
 
-    fn shared_info() -> *mut arch::abi::shared_info {
-        arch::mm::shared_info().expect("time used before shared_info is mapped")
-    }
+    const UNMAPPED: &str = "time used before shared_info is mapped";
 
     /// The current vCPU time record.
     fn time_info() -> arch::time::TimeInfo {
-        // SAFETY: shared_info is mapped for the guest's lifetime; vCPU 0 is ours.
-        unsafe { arch::time::read(core::ptr::addr_of!((*shared_info()).vcpu_info[0].time)) }
+        let vcpu = arch::mm::vcpu_info().expect(UNMAPPED);
+        arch::time::read(map_field!(vcpu.time))
     }
 
     impl Instant {
@@ -150,26 +151,18 @@ mod guest {
 
     /// The current UTC time, from Xen's wall clock.
     pub fn utc_now() -> UtcTime {
-        use core::ptr::addr_of;
-        let si = shared_info();
+        let si = arch::mm::shared_info().expect(UNMAPPED);
+        // Xen makes wc_version odd while it updates the wall clock: a read bracketed
+        // by two equal even versions is consistent.
         loop {
-            // SAFETY: shared_info is mapped; Xen makes wc_version odd while it
-            // updates the wall clock, so a read bracketed by two equal even versions is
-            // consistent.
-            let version = unsafe { addr_of!((*si).wc_version).read_volatile() };
+            let version = map_field!(si.wc_version).read();
             core::sync::atomic::fence(Ordering::Acquire);
-            // SAFETY: as above.
-            let (sec, sec_hi, nsec) = unsafe {
-                (
-                    addr_of!((*si).wc_sec).read_volatile(),
-                    addr_of!((*si).wc_sec_hi).read_volatile(),
-                    addr_of!((*si).wc_nsec).read_volatile(),
-                )
-            };
+            let sec = map_field!(si.wc_sec).read();
+            let sec_hi = map_field!(si.wc_sec_hi).read();
+            let nsec = map_field!(si.wc_nsec).read();
             let now = Instant::now();
             core::sync::atomic::fence(Ordering::Acquire);
-            // SAFETY: as above.
-            let again = unsafe { addr_of!((*si).wc_version).read_volatile() };
+            let again = map_field!(si.wc_version).read();
             if version & 1 == 0 && version == again {
                 let wc = u64::from(sec) | u64::from(sec_hi) << 32;
                 return UtcTime::from_wallclock(wc, nsec, now.as_nanos());
@@ -186,33 +179,6 @@ mod guest {
         let info = time_info();
         let boot = info.system_time_at(BOOT_TSC.load(Ordering::Relaxed));
         Instant::now().saturating_duration_since(Instant(boot))
-    }
-
-    /// Block the caller for `duration`, running other tasks meanwhile.
-    pub fn sleep(duration: Duration) {
-        crate::executor::block_on(after(duration));
-    }
-
-    /// A future that completes `duration` from now.
-    pub fn after(duration: Duration) -> crate::executor::Sleep {
-        crate::executor::Sleep::until(Instant::now().saturating_add(duration))
-    }
-
-    /// `future` did not complete in time.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub struct Elapsed;
-
-    /// Run `future` for at most `duration`.
-    pub async fn timeout<F: Future>(duration: Duration, future: F) -> Result<F::Output, Elapsed> {
-        let mut future = core::pin::pin!(future);
-        let mut deadline = core::pin::pin!(after(duration));
-        core::future::poll_fn(|cx| {
-            if let core::task::Poll::Ready(output) = future.as_mut().poll(cx) {
-                return core::task::Poll::Ready(Ok(output));
-            }
-            deadline.as_mut().poll(cx).map(|()| Err(Elapsed))
-        })
-        .await
     }
 }
 

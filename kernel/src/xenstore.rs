@@ -21,9 +21,7 @@ use core::task::{Context, Poll, Waker};
 
 use spin::Once;
 use xenproto::byte_ring::RingCorrupt;
-use xenproto::xenstore::{
-    self as wire, Decoder, Message, MsgType, RingPage, WireError, XenbusState, XsError,
-};
+use xenproto::xenstore::{self as wire, Decoder, Message, MsgType, RingPage, WireError, XsError};
 
 use crate::events::{EventChannel, Port};
 use crate::sync::VcpuMutex;
@@ -102,7 +100,7 @@ pub(crate) fn init(
     let va = arch::mm::va_of_pfn(arch::mm::mfn_to_pfn(store_mfn));
     // SAFETY: the Xenstore page lies in the bootstrap region, mapped read-write for the
     // guest's lifetime, shared with xenstored only.
-    let page = unsafe { RingPage::from_page(va as *mut u8) };
+    let page = unsafe { RingPage::from_page(va.as_mut_ptr()) };
     let channel = EventChannel::adopt(store_evtchn)?;
     channel.set_handler(|_| pump());
     CLIENT.call_once(|| Client {
@@ -119,6 +117,11 @@ pub(crate) fn init(
         }),
     });
     Ok(())
+}
+
+/// Whether this domain talks to Xenstore (not as dom0, nor with NoXS).
+pub fn is_available() -> bool {
+    CLIENT.get().is_some()
 }
 
 fn client() -> Result<&'static Client> {
@@ -462,15 +465,4 @@ pub async fn wait_for(path: &str, done: impl Fn(Option<&str>) -> bool) -> Result
         }
         watch.next().await?;
     }
-}
-
-/// Wait until the other end of a xenbus device, whose directory is `dir`, reaches
-/// `wanted`: `true`; or it closes first (`Closing`, `Closed`): `false`.
-pub async fn wait_for_state(dir: &str, wanted: XenbusState) -> Result<bool> {
-    let value = wait_for(&format!("{dir}/state"), |value| {
-        let state = value.and_then(XenbusState::parse);
-        state == Some(wanted) || matches!(state, Some(XenbusState::Closing | XenbusState::Closed))
-    })
-    .await?;
-    Ok(value.as_deref().and_then(XenbusState::parse) == Some(wanted))
 }

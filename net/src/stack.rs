@@ -265,7 +265,7 @@ async fn poll_task() {
             kernel::executor::yield_now().await;
             continue;
         }
-        let mut timer = pin!(delay.map(kernel::time::after));
+        let mut timer = pin!(delay.map(kernel::executor::after));
         core::future::poll_fn(|cx| {
             if KICKED.swap(false, Ordering::AcqRel) {
                 return Poll::Ready(());

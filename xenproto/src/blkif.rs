@@ -37,10 +37,15 @@ pub const RSP_OKAY: i16 = 0;
 pub const RSP_ERROR: i16 = -1;
 pub const RSP_EOPNOTSUPP: i16 = -2;
 
-/// `VDISK_*` bits of the back end's `info` key.
-pub const VDISK_CDROM: u32 = 0x1;
-pub const VDISK_REMOVABLE: u32 = 0x2;
-pub const VDISK_READONLY: u32 = 0x4;
+bitflags::bitflags! {
+    /// `VDISK_*`: the back end's `info` key.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct VdiskInfo: u32 {
+        const CDROM = 0x1;
+        const REMOVABLE = 0x2;
+        const READONLY = 0x4;
+    }
+}
 
 /// `struct blkif_request_segment`.
 #[repr(C)]
@@ -422,9 +427,10 @@ impl DiskInfo {
         if sector_size == 0 || sector_size % SECTOR_SIZE as u64 != 0 || sector_size > 4096 {
             return Err("sector-size");
         }
-        let info = number(2)?.unwrap_or(0);
+        // Bits above the 32 `VDISK_*` ones mean nothing to us.
+        let info = VdiskInfo::from_bits_retain(number(2)?.unwrap_or(0) as u32);
         let readonly =
-            info & u64::from(VDISK_READONLY) != 0 || values[3].is_some_and(|m| m.trim() == "r");
+            info.contains(VdiskInfo::READONLY) || values[3].is_some_and(|m| m.trim() == "r");
         Ok(Self {
             sectors,
             sector_size: sector_size as u32,

@@ -6,6 +6,8 @@
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
+use crate::shared::SharedBytes;
+
 /// The peer left the indices in a state no correct peer produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RingCorrupt {
@@ -30,26 +32,29 @@ impl core::fmt::Display for RingCorrupt {
 /// One direction of a shared page.
 #[derive(Debug, Clone, Copy)]
 pub struct Ring<'a> {
-    data: *mut u8,
+    data: SharedBytes<'a>,
     size: u32,
     cons: &'a AtomicU32,
     prod: &'a AtomicU32,
 }
 
 impl<'a> Ring<'a> {
-    /// A ring over `size` bytes at `data` with the given indices.
-    ///
-    /// # Safety
-    /// `data` must point to `size` bytes that stay valid for `'a` (shared memory the
-    /// peer may write), and `size` must be a power of two.
-    pub unsafe fn new(data: *mut u8, size: u32, cons: &'a AtomicU32, prod: &'a AtomicU32) -> Self {
-        debug_assert!(size.is_power_of_two());
+    /// A ring over the bytes of `data` (a power of two of them) with the given indices.
+    pub fn new(data: SharedBytes<'a>, cons: &'a AtomicU32, prod: &'a AtomicU32) -> Self {
+        assert!(data.len().is_power_of_two() && u32::try_from(data.len()).is_ok());
         Self {
             data,
-            size,
+            size: data.len() as u32,
             cons,
             prod,
         }
+    }
+
+    /// Where index `index` falls in the data, and how many bytes lie from there to
+    /// the end (where the ring wraps).
+    fn position(&self, index: u32) -> (usize, usize) {
+        let at = (index & (self.size - 1)) as usize;
+        (at, self.size as usize - at)
     }
 
     /// Bytes published and not yet consumed.
@@ -73,12 +78,11 @@ impl<'a> Ring<'a> {
         let prod = self.prod.load(Ordering::Relaxed);
         let free = self.size - self.pending()?;
         let count = bytes.len().min(free as usize);
-        for (i, &byte) in bytes[..count].iter().enumerate() {
-            let at = prod.wrapping_add(i as u32) & (self.size - 1);
-            // SAFETY: `at` < size, inside the ring's data array; the consumer does not
-            // read unpublished bytes, so the write races with no correct peer.
-            unsafe { self.data.add(at as usize).write_volatile(byte) };
-        }
+        // The consumer does not read unpublished bytes: no correct peer races with us.
+        let (at, to_end) = self.position(prod);
+        let (first, wrapped) = bytes[..count].split_at(count.min(to_end));
+        self.data.copy_in(at, first);
+        self.data.copy_in(0, wrapped);
         self.prod
             .store(prod.wrapping_add(count as u32), Ordering::Release);
         Ok(count)
@@ -89,12 +93,10 @@ impl<'a> Ring<'a> {
     pub fn consume(&self, out: &mut [u8]) -> Result<usize, RingCorrupt> {
         let cons = self.cons.load(Ordering::Relaxed);
         let count = out.len().min(self.pending()? as usize);
-        for (i, slot) in out[..count].iter_mut().enumerate() {
-            let at = cons.wrapping_add(i as u32) & (self.size - 1);
-            // SAFETY: `at` < size; a volatile read of shared memory the peer may
-            // (wrongly) still write yields some byte, never undefined behaviour.
-            *slot = unsafe { self.data.add(at as usize).read_volatile() };
-        }
+        let (at, to_end) = self.position(cons);
+        let (first, wrapped) = out[..count].split_at_mut(count.min(to_end));
+        self.data.copy_out(at, first);
+        self.data.copy_out(0, wrapped);
         self.cons
             .store(cons.wrapping_add(count as u32), Ordering::Release);
         Ok(count)

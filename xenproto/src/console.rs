@@ -7,6 +7,7 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::AtomicU32;
 
 pub use crate::byte_ring::{Ring, RingCorrupt};
+use crate::shared::SharedBytes;
 
 /// Size of the guest-bound ring.
 pub const IN_SIZE: usize = 1024;
@@ -66,28 +67,20 @@ impl ConsoleInterface {
 
     /// The guest → back end ring (the guest produces, the back end consumes).
     pub fn output(&self) -> Ring<'_> {
-        // SAFETY: the array lives as long as `self`; its size is a power of two.
-        unsafe {
-            Ring::new(
-                self.output.get().cast(),
-                OUT_SIZE as u32,
-                &self.out_cons,
-                &self.out_prod,
-            )
-        }
+        Ring::new(
+            SharedBytes::of_cell(&self.output),
+            &self.out_cons,
+            &self.out_prod,
+        )
     }
 
     /// The back end → guest ring.
     pub fn input(&self) -> Ring<'_> {
-        // SAFETY: the array lives as long as `self`; its size is a power of two.
-        unsafe {
-            Ring::new(
-                self.input.get().cast(),
-                IN_SIZE as u32,
-                &self.in_cons,
-                &self.in_prod,
-            )
-        }
+        Ring::new(
+            SharedBytes::of_cell(&self.input),
+            &self.in_cons,
+            &self.in_prod,
+        )
     }
 }
 

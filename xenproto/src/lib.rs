@@ -1,5 +1,7 @@
 //! Shared-memory protocols between a Xen guest and its back ends: byte rings (console,
-//! Xenstore), request/response rings (netif, blkif), the Xenstore wire format.
+//! Xenstore), request/response rings (netif, blkif), the Xenstore wire format, NoXS v1
+//! (the device block and control pages), and [`shared`], the one way to touch memory
+//! another domain maps.
 //!
 //! The guest's front ends and dom0's back ends both use this crate, so each side is
 //! tested against the other on the host. Everything here is pure: no hypercalls, no
@@ -18,4 +20,5 @@ pub mod noxs;
 pub mod ring;
 #[cfg(feature = "serde")]
 mod serde_impls;
+pub mod shared;
 pub mod xenstore;

@@ -66,12 +66,15 @@ pub type TxFront = FrontRing<TxRequest, TxResponse>;
 /// The receive ring, front end side.
 pub type RxFront = FrontRing<RxRequest, RxResponse>;
 
-/// `NETRXF_*` flags of a receive response.
-pub mod rx_flags {
-    pub const DATA_VALIDATED: u16 = 1 << 0;
-    pub const CSUM_BLANK: u16 = 1 << 1;
-    pub const MORE_DATA: u16 = 1 << 2;
-    pub const EXTRA_INFO: u16 = 1 << 3;
+bitflags::bitflags! {
+    /// `NETRXF_*`: the `flags` word of a receive response.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct RxFlags: u16 {
+        const DATA_VALIDATED = 1 << 0;
+        const CSUM_BLANK = 1 << 1;
+        const MORE_DATA = 1 << 2;
+        const EXTRA_INFO = 1 << 3;
+    }
 }
 
 /// `NETIF_RSP_*` statuses.
@@ -148,7 +151,9 @@ impl RxResponse {
                 status: self.status,
             });
         }
-        if self.flags & (rx_flags::MORE_DATA | rx_flags::EXTRA_INFO) != 0 {
+        if RxFlags::from_bits_retain(self.flags)
+            .intersects(RxFlags::MORE_DATA | RxFlags::EXTRA_INFO)
+        {
             return Err(RxError::NotNegotiated {
                 id,
                 flags: self.flags,
@@ -261,7 +266,7 @@ mod tests {
         let ok = RxResponse {
             id: 3,
             offset: 10,
-            flags: rx_flags::DATA_VALIDATED,
+            flags: RxFlags::DATA_VALIDATED.bits(),
             status: 60,
         };
         assert_eq!(
@@ -307,7 +312,7 @@ mod tests {
             ),
             (
                 RxResponse {
-                    flags: rx_flags::MORE_DATA,
+                    flags: RxFlags::MORE_DATA.bits(),
                     ..ok
                 },
                 RxError::NotNegotiated { id: 3, flags: 4 },

@@ -36,6 +36,8 @@ pub const PAGE_SIZE: usize = 4096;
 pub const BACKEND_AREA: core::ops::Range<usize> = 0x40..0x800;
 /// The frontend's area of a control page.
 pub const FRONTEND_AREA: core::ops::Range<usize> = 0x800..0x1000;
+/// Bytes of the control page's header.
+pub const CONTROL_HEADER_LEN: usize = 16;
 /// Offsets of the control page's header words.
 pub mod header {
     pub const VERSION: usize = 0x0;
@@ -284,7 +286,7 @@ fn state(value: u32) -> Result<XenbusState, NoxsError> {
 impl Header {
     /// Check the first 16 bytes of a control page expected to be of `kind`.
     pub fn decode(bytes: &[u8], kind: Kind) -> Result<Self, NoxsError> {
-        need(bytes, 16)?;
+        need(bytes, CONTROL_HEADER_LEN)?;
         let version = u32_at(bytes, header::VERSION);
         if version != u32::from(VERSION) {
             return Err(NoxsError::BadVersion(version));
@@ -305,20 +307,56 @@ impl Header {
 
     /// Fill a fresh control page's header (backend side, at allocation).
     pub fn init(page: &mut [u8], kind: Kind) -> Result<(), NoxsError> {
-        need(page, 16)?;
+        need(page, CONTROL_HEADER_LEN)?;
         page[header::VERSION..][..4].copy_from_slice(&u32::from(VERSION).to_le_bytes());
         page[header::KIND..][..4].copy_from_slice(&(kind as u32).to_le_bytes());
         Ok(())
     }
 }
 
+/// One side's area of a device kind, as it lies at the start of that side's part of
+/// the control page: copied out once and validated by `decode`, written by `encode`.
+pub trait Area: Sized {
+    /// Bytes it occupies.
+    const LEN: usize;
+    fn encode(&self, out: &mut [u8]) -> Result<(), NoxsError>;
+    fn decode(bytes: &[u8]) -> Result<Self, NoxsError>;
+}
+
+/// The longest [`Area`]: room enough for a copy of any of them.
+pub const MAX_AREA_LEN: usize = 24;
+
+/// Each area's inherent `LEN`, `encode` and `decode`, as its [`Area`].
+macro_rules! areas {
+    ($($area:ident),*) => {$(
+        const _: () = assert!($area::LEN <= MAX_AREA_LEN);
+        impl Area for $area {
+            const LEN: usize = $area::LEN;
+            fn encode(&self, out: &mut [u8]) -> Result<(), NoxsError> {
+                $area::encode(self, out)
+            }
+            fn decode(bytes: &[u8]) -> Result<Self, NoxsError> {
+                $area::decode(bytes)
+            }
+        }
+    )*};
+}
+
+areas!(
+    VifBackend,
+    VifFrontend,
+    VbdBackend,
+    VbdFrontend,
+    SysctlBackend,
+    SysctlFrontend
+);
+
 /// vif backend area.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct VifBackend {
     pub mac: [u8; 6],
     pub mtu: u16,
-    /// Bit 0 rx-copy, 1 sg, 2 gso-tcpv4, 3 no-csum-offload.
-    pub features: u32,
+    pub features: VifBackendFeatures,
     /// Address, prefix and gateway (network byte order as bytes); 0: the guest
     /// configures itself (DHCP).
     pub ipv4: [u8; 4],
@@ -326,14 +364,40 @@ pub struct VifBackend {
     pub gateway: [u8; 4],
 }
 
-pub mod vif_features {
-    pub const RX_COPY: u32 = 1 << 0;
-    pub const SG: u32 = 1 << 1;
-    pub const GSO_TCPV4: u32 = 1 << 2;
-    pub const NO_CSUM_OFFLOAD: u32 = 1 << 3;
-    /// Frontend: bit 0 request-rx-copy, bit 1 rx-notify.
-    pub const REQUEST_RX_COPY: u32 = 1 << 0;
-    pub const RX_NOTIFY: u32 = 1 << 1;
+bitflags::bitflags! {
+    /// What a vif back end offers (`features` of its area). Unknown bits are kept.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub struct VifBackendFeatures: u32 {
+        const RX_COPY = 1 << 0;
+        const SG = 1 << 1;
+        const GSO_TCPV4 = 1 << 2;
+        const NO_CSUM_OFFLOAD = 1 << 3;
+    }
+
+    /// What a vif front end asks for (`features` of its area): the same bit means
+    /// something else than on the back end's side.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub struct VifFrontendFeatures: u32 {
+        const REQUEST_RX_COPY = 1 << 0;
+        const RX_NOTIFY = 1 << 1;
+        const SG = 1 << 2;
+        const GSO_TCPV4 = 1 << 3;
+    }
+
+    /// What a vbd back end offers (`features` of its area).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub struct VbdFeatures: u32 {
+        const FLUSH_CACHE = 1 << 0;
+        const BARRIER = 1 << 1;
+        const DISCARD = 1 << 2;
+        const INDIRECT = 1 << 3;
+    }
+
+    /// The vbd back end's `info` word.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub struct VbdInfo: u32 {
+        const READ_ONLY = 1 << 0;
+    }
 }
 
 impl VifBackend {
@@ -343,7 +407,7 @@ impl VifBackend {
         need(out, Self::LEN)?;
         out[0..6].copy_from_slice(&self.mac);
         out[6..8].copy_from_slice(&self.mtu.to_le_bytes());
-        out[8..12].copy_from_slice(&self.features.to_le_bytes());
+        out[8..12].copy_from_slice(&self.features.bits().to_le_bytes());
         out[12..16].copy_from_slice(&self.ipv4);
         out[16] = self.prefix_len;
         out[17..20].fill(0);
@@ -356,7 +420,7 @@ impl VifBackend {
         let area = Self {
             mac: bytes[0..6].try_into().expect("6 bytes"),
             mtu: u16_at(bytes, 6),
-            features: u32_at(bytes, 8),
+            features: VifBackendFeatures::from_bits_retain(u32_at(bytes, 8)),
             ipv4: bytes[12..16].try_into().expect("4 bytes"),
             prefix_len: bytes[16],
             gateway: bytes[20..24].try_into().expect("4 bytes"),
@@ -382,7 +446,7 @@ pub struct VifFrontend {
     pub rx_ring_ref: u32,
     /// The guest's port allocated unbound for the backend (the data path).
     pub data_port: u32,
-    pub features: u32,
+    pub features: VifFrontendFeatures,
 }
 
 impl VifFrontend {
@@ -394,7 +458,7 @@ impl VifFrontend {
             self.tx_ring_ref,
             self.rx_ring_ref,
             self.data_port,
-            self.features,
+            self.features.bits(),
         ];
         put_u32s(out, 0, &words);
         Ok(())
@@ -407,7 +471,7 @@ impl VifFrontend {
             tx_ring_ref,
             rx_ring_ref,
             data_port,
-            features,
+            features: VifFrontendFeatures::from_bits_retain(features),
         })
     }
 }
@@ -418,20 +482,9 @@ pub struct VbdBackend {
     /// Capacity in 512-byte sectors.
     pub sectors: u64,
     pub sector_size: u32,
-    /// Bit 0 read-only.
-    pub info: u32,
-    /// Bit 0 flush-cache, 1 barrier, 2 discard, 3 indirect.
-    pub features: u32,
+    pub info: VbdInfo,
+    pub features: VbdFeatures,
     pub max_indirect_segments: u32,
-}
-
-pub mod vbd_features {
-    pub const FLUSH_CACHE: u32 = 1 << 0;
-    pub const BARRIER: u32 = 1 << 1;
-    pub const DISCARD: u32 = 1 << 2;
-    pub const INDIRECT: u32 = 1 << 3;
-    /// `info` bit 0.
-    pub const READ_ONLY: u32 = 1 << 0;
 }
 
 impl VbdBackend {
@@ -442,8 +495,8 @@ impl VbdBackend {
         out[0..8].copy_from_slice(&self.sectors.to_le_bytes());
         let words = [
             self.sector_size,
-            self.info,
-            self.features,
+            self.info.bits(),
+            self.features.bits(),
             self.max_indirect_segments,
         ];
         put_u32s(out, 8, &words);
@@ -456,8 +509,8 @@ impl VbdBackend {
         let area = Self {
             sectors: u64_at(bytes, 0),
             sector_size,
-            info,
-            features,
+            info: VbdInfo::from_bits_retain(info),
+            features: VbdFeatures::from_bits_retain(features),
             max_indirect_segments,
         };
         if area.sector_size == 0 || !area.sector_size.is_multiple_of(512) || area.sector_size > 4096
@@ -709,7 +762,7 @@ mod tests {
         let vif = VifBackend {
             mac: [0x00, 0x16, 0x3e, 1, 2, 3],
             mtu: 1500,
-            features: vif_features::RX_COPY,
+            features: VifBackendFeatures::RX_COPY,
             ipv4: [10, 0, 2, 16],
             prefix_len: 24,
             gateway: [10, 0, 2, 2],
@@ -731,8 +784,8 @@ mod tests {
         let vbd = VbdBackend {
             sectors: 131072,
             sector_size: 512,
-            info: 0,
-            features: vbd_features::FLUSH_CACHE,
+            info: VbdInfo::empty(),
+            features: VbdFeatures::FLUSH_CACHE,
             max_indirect_segments: 256,
         };
         vbd.encode(&mut buf).unwrap();
@@ -761,7 +814,7 @@ mod tests {
             tx_ring_ref: 1,
             rx_ring_ref: 2,
             data_port: 3,
-            features: 3,
+            features: VifFrontendFeatures::REQUEST_RX_COPY | VifFrontendFeatures::RX_NOTIFY,
         };
         vf.encode(&mut buf).unwrap();
         assert_eq!(VifFrontend::decode(&buf), Ok(vf));

@@ -14,7 +14,10 @@
 //! garbage. Slot contents are plain integers ([`RingEntry`]) the caller validates.
 
 use core::marker::PhantomData;
+use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU32, Ordering, fence};
+
+use crate::shared;
 
 /// Size of a shared ring page.
 pub const PAGE_SIZE: usize = 4096;
@@ -100,23 +103,24 @@ impl<Req: RingEntry, Rsp: RingEntry> Shared<Req, Rsp> {
         unsafe { &*self.page.cast::<Header>() }
     }
 
-    fn slot(&self, index: u32) -> *mut u8 {
+    fn slot<T: RingEntry>(&self, index: u32) -> NonNull<T> {
         let at = HEADER_SIZE + (index & (Self::SIZE - 1)) as usize * Self::SLOT;
-        // SAFETY: `at` + SLOT <= PAGE_SIZE by the choice of SIZE.
-        unsafe { self.page.add(at) }
+        // SAFETY: `at` + SLOT <= PAGE_SIZE by the choice of SIZE, inside the page `new`
+        // was given (never null).
+        unsafe { NonNull::new_unchecked(self.page.add(at)) }.cast()
     }
 
     fn write<T: RingEntry>(&self, index: u32, entry: T) {
         // SAFETY: the slot is inside the page and suitably aligned for T (slots are
         // multiples of the entry alignment from a 64-byte offset of a page); the peer
         // does not read the slot before we publish it.
-        unsafe { self.slot(index).cast::<T>().write_volatile(entry) }
+        unsafe { shared::write(self.slot(index), entry) }
     }
 
     fn read<T: RingEntry>(&self, index: u32) -> T {
-        // SAFETY: as for `write`; a volatile read of plain integers yields a valid T
-        // whatever the peer does.
-        unsafe { self.slot(index).cast::<T>().read_volatile() }
+        // SAFETY: as for `write`; any bytes the peer wrote are a valid T (plain
+        // integers), copied once.
+        unsafe { shared::read(self.slot(index)) }
     }
 }
 

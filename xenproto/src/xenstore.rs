@@ -18,6 +18,7 @@ use core::fmt;
 use core::sync::atomic::AtomicU32;
 
 use crate::byte_ring::Ring;
+use crate::shared::SharedBytes;
 
 /// Length of a message header.
 pub const HEADER_LEN: usize = 16;
@@ -65,28 +66,20 @@ impl RingPage {
 
     /// Requests: the domain produces, xenstored consumes.
     pub fn requests(&self) -> Ring<'_> {
-        // SAFETY: the array lives as long as `self`; its size is a power of two.
-        unsafe {
-            Ring::new(
-                self.req.get().cast(),
-                RING_SIZE as u32,
-                &self.req_cons,
-                &self.req_prod,
-            )
-        }
+        Ring::new(
+            SharedBytes::of_cell(&self.req),
+            &self.req_cons,
+            &self.req_prod,
+        )
     }
 
     /// Replies and watch events: xenstored produces, the domain consumes.
     pub fn responses(&self) -> Ring<'_> {
-        // SAFETY: as above.
-        unsafe {
-            Ring::new(
-                self.rsp.get().cast(),
-                RING_SIZE as u32,
-                &self.rsp_cons,
-                &self.rsp_prod,
-            )
-        }
+        Ring::new(
+            SharedBytes::of_cell(&self.rsp),
+            &self.rsp_cons,
+            &self.rsp_prod,
+        )
     }
 }
 

@@ -25,6 +25,7 @@ mod new;
 mod prereq;
 mod run;
 mod test;
+mod toolstack;
 mod util;
 mod xen_notes;
 

@@ -259,7 +259,7 @@ async fn random_reads(
 /// Poll `condition` every millisecond until it holds (background tasks run meanwhile).
 async fn wait_until(condition: impl Fn() -> bool) {
     while !condition() {
-        kernel::time::after(Duration::from_millis(1)).await;
+        kernel::executor::after(Duration::from_millis(1)).await;
     }
 }
 

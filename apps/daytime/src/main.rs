@@ -18,10 +18,11 @@ use alloc::format;
 use alloc::string::String;
 use core::time::Duration;
 
+use kernel::executor::timeout;
 use kernel::executor::{Either, block_on, select, spawn};
 use kernel::println;
 use kernel::shutdown::ShutdownReason;
-use kernel::time::{since_boot, timeout, utc_now};
+use kernel::time::{since_boot, utc_now};
 use net::{TcpListener, TcpStream, UdpSocket};
 use sysctl::{PowerControl, PowerRequest};
 

@@ -39,15 +39,21 @@ fn main(args: kernel::Args) -> Result<(), &'static str> {
     }
     if args.has("fault") {
         let null = core::ptr::null_mut::<u64>();
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "a write to address 0, not to shared memory: it must fault"
+        )]
         // SAFETY: deliberately invalid: this write must fault, to show the fault report.
-        unsafe { null.write_volatile(0xdead) };
+        unsafe {
+            null.write_volatile(0xdead);
+        }
     }
     if let Some(ms) = args.value("sleep") {
         let ms: u64 = ms
             .parse()
             .map_err(|_| "sleep=N needs a number of milliseconds")?;
         let start = Instant::now();
-        kernel::time::sleep(Duration::from_millis(ms));
+        kernel::executor::sleep(Duration::from_millis(ms));
         let slept = start.elapsed();
         println!(
             "slept: {}.{:03} ms of guest time",

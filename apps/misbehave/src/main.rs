@@ -12,7 +12,7 @@
 //! It judges nothing about the back end's choices (an error response or a disconnect
 //! are both fine); it reports what it saw, one line per attack, and ends with
 //! `misbehave: done`, then idles until destroyed. The lab test checks that xendevd and
-//! the other guests carry on (`xtask/src/misbehave-lab.sh`).
+//! the other guests carry on (`xtask/src/test/noxs-lab.sh`).
 
 #![no_std]
 #![no_main]
@@ -25,7 +25,11 @@ use kernel::events::EventChannel;
 use kernel::grant::GrantedFrame;
 use kernel::noxs::ControlPage;
 use kernel::println;
-use xenproto::noxs::{Kind, SysctlFrontend, VbdFrontend, VifFrontend};
+use xenproto::noxs::{
+    Area, Kind, SysctlFrontend, VbdBackend, VbdFrontend, VifBackend, VifFrontend,
+    VifFrontendFeatures,
+};
+use xenproto::shared::SharedBytes;
 use xenproto::xenstore::XenbusState;
 
 kernel::main!(main);
@@ -74,7 +78,7 @@ fn main(_args: kernel::Args) -> Result<(), &'static str> {
     println!("misbehave: done");
     // Stay, holding whatever the back ends still map, until the toolstack destroys us.
     loop {
-        kernel::time::sleep(Duration::from_secs(3600));
+        kernel::executor::sleep(Duration::from_secs(3600));
     }
 }
 
@@ -98,36 +102,32 @@ impl RawRing {
         Ok(Self { frame, slot, slots })
     }
 
+    /// Our ring page, which the back end reads (and writes) concurrently: the point.
+    fn page(&self) -> SharedBytes<'_> {
+        let page = core::ptr::NonNull::new(self.frame.ptr()).expect("a mapped frame");
+        // SAFETY: our own granted page, mapped while the frame lives; no references.
+        unsafe { SharedBytes::new(page, 4096) }
+    }
+
     fn put_u32(&self, at: usize, value: u32) {
-        assert!(at + 4 <= 4096);
-        // SAFETY: inside our own granted page; the back end may read it concurrently,
-        // which is the point.
-        unsafe { self.frame.ptr().add(at).cast::<u32>().write_volatile(value) };
+        self.page().write_u32(at, value);
     }
 
     fn get_u32(&self, at: usize) -> u32 {
-        assert!(at + 4 <= 4096);
-        // SAFETY: as for `put_u32`.
-        unsafe { self.frame.ptr().add(at).cast::<u32>().read_volatile() }
+        self.page().read_u32(at)
     }
 
     /// Write `bytes` into slot `index` (modulo the ring).
     fn put_slot(&self, index: u32, bytes: &[u8]) {
         let at = RING_HEADER + (index % self.slots) as usize * self.slot;
         assert!(bytes.len() <= self.slot);
-        for (i, &byte) in bytes.iter().enumerate() {
-            // SAFETY: inside our own page: the slot lies within the ring's span.
-            unsafe { self.frame.ptr().add(at + i).write_volatile(byte) };
-        }
+        self.page().copy_in(at, bytes);
     }
 
     fn get_slot(&self, index: u32, len: usize) -> [u8; 16] {
         let at = RING_HEADER + (index % self.slots) as usize * self.slot;
         let mut out = [0u8; 16];
-        for (i, byte) in out.iter_mut().enumerate().take(len) {
-            // SAFETY: as for `put_slot`.
-            *byte = unsafe { self.frame.ptr().add(at + i).read_volatile() };
-        }
+        self.page().copy_out(at, &mut out[..len.min(16)]);
         out
     }
 
@@ -151,22 +151,22 @@ async fn answers(ring: &RawRing, channel: &EventChannel, seen: u32) -> u32 {
             return produced;
         }
         let left = deadline.saturating_duration_since(kernel::time::Instant::now());
-        if left.is_zero() || kernel::time::timeout(left, channel.wait()).await.is_err() {
+        if left.is_zero()
+            || kernel::executor::timeout(left, channel.wait())
+                .await
+                .is_err()
+        {
             return ring.rsp_prod();
         }
     }
 }
 
 /// Connect like an honest front end: our area, Initialised, wait for Connected.
-async fn handshake(control: &ControlPage, area: &[u8]) -> Result<(), &'static str> {
-    control.write_frontend_area(area);
-    control.set_state(XenbusState::Initialised);
+async fn connect(control: &ControlPage, area: &impl Area) -> Result<(), &'static str> {
     control
-        .wait_backend(XenbusState::Connected)
+        .connect(area)
         .await
-        .map_err(|_| "the back end did not connect")?;
-    control.set_state(XenbusState::Connected);
-    Ok(())
+        .map_err(|_| "the back end did not connect")
 }
 
 /// Claim every state in a row, `rounds` times, scribbling over our area each time.
@@ -201,24 +201,19 @@ fn blk_request(op: u8, segments: u8, id: u64, sector: u64, segs: &[(u32, u8, u8)
 }
 
 async fn attack_vbd(entry: &xenproto::noxs::Entry) -> Result<(), &'static str> {
-    let control = ControlPage::open(entry).map_err(|_| "cannot open the control page")?;
-    control
-        .wait_backend(XenbusState::InitWait)
+    let (control, _) = ControlPage::offered::<VbdBackend>(entry)
         .await
-        .map_err(|_| "the back end never reached InitWait")?;
+        .map_err(|_| "the back end never offered the vbd")?;
     let ring = RawRing::new(entry.backend, BLK_SLOT, BLK_SLOTS)?;
     let data = GrantedFrame::new(entry.backend, false).map_err(|_| "cannot grant a page")?;
     let channel = EventChannel::alloc_unbound(entry.backend).map_err(|_| "no event channel")?;
-    let mut area = [0u8; VbdFrontend::LEN];
-    VbdFrontend {
+    let area = VbdFrontend {
         ring_ref: ring.frame.gref(),
         data_port: channel.port(),
         protocol: VbdFrontend::PROTOCOL_X86_64,
         features: 0,
-    }
-    .encode(&mut area)
-    .map_err(|_| "encoding our area")?;
-    handshake(&control, &area).await?;
+    };
+    connect(&control, &area).await?;
     println!("misbehave: vbd: connected");
 
     let good = data.gref();
@@ -308,25 +303,20 @@ fn tx_request(gref: u32, offset: u16, flags: u16, id: u16, size: u16) -> [u8; 12
 }
 
 async fn attack_vif(entry: &xenproto::noxs::Entry) -> Result<(), &'static str> {
-    let control = ControlPage::open(entry).map_err(|_| "cannot open the control page")?;
-    control
-        .wait_backend(XenbusState::InitWait)
+    let (control, _) = ControlPage::offered::<VifBackend>(entry)
         .await
-        .map_err(|_| "the back end never reached InitWait")?;
+        .map_err(|_| "the back end never offered the vif")?;
     let tx = RawRing::new(entry.backend, TX_SLOT, NET_SLOTS)?;
     let rx = RawRing::new(entry.backend, RX_SLOT, NET_SLOTS)?;
     let data = GrantedFrame::new(entry.backend, true).map_err(|_| "cannot grant a page")?;
     let channel = EventChannel::alloc_unbound(entry.backend).map_err(|_| "no event channel")?;
-    let mut area = [0u8; VifFrontend::LEN];
-    VifFrontend {
+    let area = VifFrontend {
         tx_ring_ref: tx.frame.gref(),
         rx_ring_ref: rx.frame.gref(),
         data_port: channel.port(),
-        features: 1, // request-rx-copy
-    }
-    .encode(&mut area)
-    .map_err(|_| "encoding our area")?;
-    handshake(&control, &area).await?;
+        features: VifFrontendFeatures::REQUEST_RX_COPY,
+    };
+    connect(&control, &area).await?;
     println!("misbehave: vif: connected");
 
     // Receive buffers we never granted, all 256 of them: whatever the bridge floods
@@ -399,15 +389,13 @@ async fn attack_vif(entry: &xenproto::noxs::Entry) -> Result<(), &'static str> {
 
 async fn attack_sysctl(entry: &xenproto::noxs::Entry) -> Result<(), &'static str> {
     let control = ControlPage::open(entry).map_err(|_| "cannot open the control page")?;
-    let mut area = [0u8; SysctlFrontend::LEN];
     // An acknowledgement of a request never made, and every request "supported".
-    SysctlFrontend {
-        ack_seq: 0xffff_fff0,
-        supported: u32::MAX,
-    }
-    .encode(&mut area)
-    .map_err(|_| "encoding our area")?;
-    control.write_frontend_area(&area);
+    control
+        .write_frontend(&SysctlFrontend {
+            ack_seq: 0xffff_fff0,
+            supported: u32::MAX,
+        })
+        .map_err(|_| "encoding our area")?;
     control.set_state(XenbusState::Connected);
     flap(&control, 3000);
     println!("misbehave: sysctl: bogus acknowledgement, 3000 state flaps sent");

@@ -19,12 +19,13 @@ use core::time::Duration;
 
 use arch::mm::{PAGE_SIZE, va_of_pfn};
 use kernel::events::{EventChannel, own_domid};
-use kernel::executor::{block_on, spawn};
+use kernel::executor::{after, block_on, sleep, spawn, timeout};
 use kernel::grant::{self, ForeignMapping, GrantError};
 use kernel::shutdown::ShutdownReason;
-use kernel::time::{Instant, after, sleep, timeout};
+use kernel::time::Instant;
 use kernel::xenstore::{self, Watch, Xs};
 use kernel::{mem, println};
+use xenproto::shared;
 use xenproto::xenstore::XsError;
 
 kernel::main!(main);
@@ -163,22 +164,22 @@ fn sleep_keeps_time() -> Check {
 fn grant_self_map() -> Check {
     let me = own_domid().map_err(|e| fail(format!("own domid: {e}")))?;
     let pfn = mem::alloc_frame().ok_or_else(|| fail("no free frame".to_string()))?;
-    let page = va_of_pfn(pfn) as *mut u64;
+    let page = core::ptr::NonNull::new(va_of_pfn(pfn).as_mut_ptr::<u64>()).expect("mapped");
     // SAFETY: the frame is ours and mapped in the direct map.
-    unsafe { page.write_volatile(0x5eed_cafe) };
+    unsafe { shared::write(page, 0x5eed_cafe) };
     let free_before = grant::free_refs();
     let gref = grant::grant_access(me, pfn, false).map_err(|e| fail(format!("grant: {e}")))?;
     let result = (|| {
         let mapping =
             ForeignMapping::map(me, gref, false).map_err(|e| fail(format!("map: {e}")))?;
-        let seen = mapping.as_ptr().cast::<u64>();
+        let seen = mapping.as_non_null().cast::<u64>();
         // SAFETY: the mapping is live and a page long.
-        let value = unsafe { seen.read_volatile() };
+        let value = unsafe { shared::read(seen) };
         ensure(value == 0x5eed_cafe, || format!("mapping reads {value:#x}"))?;
         // SAFETY: as above; the grant is writable.
-        unsafe { seen.add(PAGE_SIZE / 8 - 1).write_volatile(7) };
+        unsafe { shared::write(seen.add(PAGE_SIZE / 8 - 1), 7) };
         // SAFETY: the frame is ours.
-        let back = unsafe { page.add(PAGE_SIZE / 8 - 1).read_volatile() };
+        let back = unsafe { shared::read(page.add(PAGE_SIZE / 8 - 1)) };
         ensure(back == 7, || {
             "write through the mapping did not reach the frame".to_string()
         })?;

@@ -53,9 +53,14 @@ pub const GNTTABOP_UNMAP_GRANT_REF: u32 = 1;
 pub const GNTTABOP_SETUP_TABLE: u32 = 2;
 pub const GNTTABOP_QUERY_SIZE: u32 = 6;
 
-/// `grant_table.h`: `GNTMAP_*` flags of `gnttab_map_grant_ref`.
-pub const GNTMAP_HOST_MAP: u32 = 1 << 1;
-pub const GNTMAP_READONLY: u32 = 1 << 2;
+bitflags::bitflags! {
+    /// `grant_table.h`: `GNTMAP_*`, the `flags` of `gnttab_map_grant_ref`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct GrantMapFlags: u32 {
+        const HOST_MAP = 1 << 1;
+        const READONLY = 1 << 2;
+    }
+}
 
 /// `grant_table.h`: `struct gnttab_setup_table`.
 #[repr(C)]

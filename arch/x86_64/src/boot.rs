@@ -105,6 +105,6 @@ unsafe extern "C" {
 static KERNEL_ENTRY: unsafe extern "C" fn(*const crate::abi::start_info, u64) -> ! = kernel_entry;
 
 /// Virtual address range of the boot stack's guard page.
-pub fn stack_guard_page() -> u64 {
-    core::ptr::addr_of!(BOOT_STACK) as u64
+pub fn stack_guard_page() -> x86_64::VirtAddr {
+    x86_64::VirtAddr::from_ptr(core::ptr::addr_of!(BOOT_STACK))
 }

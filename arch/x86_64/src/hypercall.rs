@@ -50,9 +50,8 @@ pub fn page_is_initialised() -> bool {
     // SAFETY: the page is part of our image and always mapped; a volatile read keeps
     // the compiler from assuming the link-time contents.
     let first = unsafe {
-        core::ptr::addr_of!(HYPERCALL_PAGE)
-            .cast::<u8>()
-            .read_volatile()
+        let page = core::ptr::NonNull::new_unchecked((&raw const HYPERCALL_PAGE).cast_mut());
+        volatile::VolatilePtr::new_read_only(page.cast::<u8>()).read()
     };
     first != 0xc3
 }

@@ -12,8 +12,11 @@
 //!   table frames, grants other domains give us).
 //!
 //! Page-table pages are read-only to a PV guest; all changes go through `mmu_update` and
-//! `update_va_mapping`. A new table page is filled while still an ordinary writable page,
+//! `update_va_mapping` (hence none of the `x86_64` crate's mappers, which write entries). A new table page is filled while still an ordinary writable page,
 //! then made read-only and hooked into its parent, so Xen validates it once.
+
+use x86_64::structures::paging::PageTableFlags;
+use x86_64::{PhysAddr, VirtAddr};
 
 /// Size of a page.
 pub const PAGE_SIZE: usize = 4096;
@@ -25,55 +28,71 @@ pub const VIRT_BASE: u64 = 0xffff_ffff_8000_0000;
 /// space (2 GiB). A guest with more memory leaves the rest unused.
 pub const DIRECT_MAP_MAX_PFNS: u64 = VIRT_BASE.wrapping_neg() >> PAGE_SHIFT;
 /// Start of the window for foreign mappings.
-pub const WINDOW_BASE: u64 = VIRT_BASE - WINDOW_PAGES as u64 * PAGE_SIZE as u64;
+pub const WINDOW_BASE: VirtAddr =
+    VirtAddr::new_truncate(VIRT_BASE - WINDOW_PAGES as u64 * PAGE_SIZE as u64);
 /// Pages in the window (32 MiB).
 pub const WINDOW_PAGES: usize = 8192;
 
-/// Page-table entry bits (Intel SDM vol. 3, 4.5).
-pub mod pte {
-    pub const PRESENT: u64 = 1 << 0;
-    pub const WRITABLE: u64 = 1 << 1;
-    pub const USER: u64 = 1 << 2;
-    pub const ACCESSED: u64 = 1 << 5;
-    pub const DIRTY: u64 = 1 << 6;
-    pub const NO_EXECUTE: u64 = 1 << 63;
-    /// The frame number bits.
-    pub const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
-    /// Entries that point to a lower-level table. A 64-bit PV kernel runs in ring 3, so
-    /// its mappings carry USER.
-    pub const TABLE: u64 = PRESENT | WRITABLE | USER | ACCESSED | DIRTY;
-    /// A read-write data page.
-    pub const DATA: u64 = PRESENT | WRITABLE | USER | ACCESSED | DIRTY;
-    /// A read-only page (used for page-table pages in the direct map).
-    pub const READ_ONLY: u64 = PRESENT | USER | ACCESSED;
-}
+/// Entries that point to a lower-level table. A 64-bit PV kernel runs in ring 3, so
+/// its mappings carry USER_ACCESSIBLE.
+pub const TABLE_FLAGS: PageTableFlags = PageTableFlags::PRESENT
+    .union(PageTableFlags::WRITABLE)
+    .union(PageTableFlags::USER_ACCESSIBLE)
+    .union(PageTableFlags::ACCESSED)
+    .union(PageTableFlags::DIRTY);
+/// A read-write data page (see [`data_flags`] for no-execute).
+pub const DATA_FLAGS: PageTableFlags = TABLE_FLAGS;
+/// A read-only page (page-table pages in the direct map).
+pub const READ_ONLY_FLAGS: PageTableFlags = PageTableFlags::PRESENT
+    .union(PageTableFlags::USER_ACCESSIBLE)
+    .union(PageTableFlags::ACCESSED);
 
 /// Entries per page table.
 pub const ENTRIES: usize = 512;
 
 /// Virtual address of pfn `pfn` in the direct map.
-pub const fn va_of_pfn(pfn: u64) -> u64 {
-    VIRT_BASE + (pfn << PAGE_SHIFT)
+pub const fn va_of_pfn(pfn: u64) -> VirtAddr {
+    VirtAddr::new_truncate(VIRT_BASE + (pfn << PAGE_SHIFT))
 }
 
 /// The pfn behind a direct-map address.
-pub const fn pfn_of_va(va: u64) -> u64 {
-    (va - VIRT_BASE) >> PAGE_SHIFT
+pub const fn pfn_of_va(va: VirtAddr) -> u64 {
+    (va.as_u64() - VIRT_BASE) >> PAGE_SHIFT
 }
 
-/// Index into the page table of `level` (1 = L1 ... 4 = L4) for `va`.
-pub const fn table_index(va: u64, level: u32) -> usize {
-    ((va >> (PAGE_SHIFT + 9 * (level - 1))) & 0x1ff) as usize
+/// The machine address of frame `mfn`.
+const fn machine_address(mfn: u64) -> PhysAddr {
+    PhysAddr::new_truncate(mfn << PAGE_SHIFT)
 }
 
-/// The entry that maps frame `mfn` with `flags`.
-pub const fn make_pte(mfn: u64, flags: u64) -> u64 {
-    ((mfn << PAGE_SHIFT) & pte::ADDR_MASK) | flags
-}
+/// A page-table entry as read from (or written to) a table: the frame it points to and
+/// its flags. (x86_64's `PageTableEntry` has no way in from a raw word, and the words
+/// are what `mmu_update` takes.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pte(pub u64);
 
-/// The machine frame an entry points to.
-pub const fn pte_mfn(entry: u64) -> u64 {
-    (entry & pte::ADDR_MASK) >> PAGE_SHIFT
+impl Pte {
+    /// The entry that maps machine frame `mfn` with `flags`.
+    pub const fn new(mfn: u64, flags: PageTableFlags) -> Self {
+        Self(machine_address(mfn).as_u64() | flags.bits())
+    }
+
+    /// The machine frame the entry points to.
+    pub fn mfn(self) -> u64 {
+        PhysAddr::new_truncate(self.0)
+            .align_down(PAGE_SIZE as u64)
+            .as_u64()
+            >> PAGE_SHIFT
+    }
+
+    /// Its flags, without the frame bits.
+    pub const fn flags(self) -> PageTableFlags {
+        PageTableFlags::from_bits_truncate(self.0)
+    }
+
+    pub const fn is_present(self) -> bool {
+        self.flags().contains(PageTableFlags::PRESENT)
+    }
 }
 
 /// Why a mapping could not be made.
@@ -102,7 +121,13 @@ pub use pv::*;
 
 #[cfg(target_os = "none")]
 mod pv {
+    use core::ptr::NonNull;
     use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use volatile::VolatilePtr;
+    use volatile::access::ReadOnly;
+    use x86_64::structures::paging::page_table::PageTableLevel;
+    use x86_64::structures::paging::{PageTable, PageTableIndex};
 
     use super::*;
     use crate::abi;
@@ -118,6 +143,11 @@ mod pv {
     /// End (exclusive pfn) of the direct map.
     static DIRECT_END: AtomicU64 = AtomicU64::new(0);
 
+    /// The level below `level` (there is one: callers never go below L1).
+    fn lower(level: PageTableLevel) -> PageTableLevel {
+        level.next_lower_level().expect("no level below L1")
+    }
+
     /// Record what Xen told us about memory.
     ///
     /// # Safety
@@ -132,12 +162,10 @@ mod pv {
     }
 
     /// The flags for data pages: no-execute where the CPU supports it.
-    pub fn data_flags() -> u64 {
-        if NX.load(Ordering::Relaxed) {
-            pte::DATA | pte::NO_EXECUTE
-        } else {
-            pte::DATA
-        }
+    pub fn data_flags() -> PageTableFlags {
+        let mut flags = DATA_FLAGS;
+        flags.set(PageTableFlags::NO_EXECUTE, NX.load(Ordering::Relaxed));
+        flags
     }
 
     /// The machine frame of `pfn`.
@@ -158,8 +186,9 @@ mod pv {
             addr < abi::MACH2PHYS_VIRT_END,
             "mfn {mfn:#x} beyond the m2p table"
         );
-        // SAFETY: Xen maps the m2p table read-only in every 64-bit PV guest.
-        unsafe { (addr as *const u64).read_volatile() }
+        // SAFETY: Xen maps the m2p table read-only in every 64-bit PV guest (and changes
+        // it while we run: hence volatile).
+        unsafe { read_only_word(addr) }.read()
     }
 
     /// The first pfn past the direct map.
@@ -168,45 +197,56 @@ mod pv {
     }
 
     /// Read entry `index` of the table in machine frame `table_mfn`.
-    fn read_entry(table_mfn: u64, index: usize) -> u64 {
-        let table = va_of_pfn(mfn_to_pfn(table_mfn)) as *const u64;
-        // SAFETY: page-table pages are in the direct map (read-only to us); index < 512.
-        unsafe { table.add(index).read_volatile() }
+    fn read_entry(table_mfn: u64, index: PageTableIndex) -> Pte {
+        let entry = va_of_pfn(mfn_to_pfn(table_mfn)) + u64::from(index) * 8;
+        // SAFETY: page-table pages are in the direct map (read-only to us; the CPU may
+        // set accessed bits); an index is below 512.
+        Pte(unsafe { read_only_word(entry.as_u64()) }.read())
+    }
+
+    /// The word at `address`, for volatile reads.
+    ///
+    /// # Safety
+    /// `address` must be a mapped, aligned, readable word for the guest's lifetime.
+    unsafe fn read_only_word(address: u64) -> VolatilePtr<'static, u64, ReadOnly> {
+        // SAFETY: guaranteed by the caller (mapped, hence not null).
+        unsafe { VolatilePtr::new_read_only(NonNull::new_unchecked(address as *mut u64)) }
     }
 
     fn l4_mfn() -> u64 {
-        pfn_to_mfn(pfn_of_va(L4.load(Ordering::Relaxed)))
+        pfn_to_mfn(pfn_of_va(VirtAddr::new_truncate(
+            L4.load(Ordering::Relaxed),
+        )))
     }
 
     /// Walk down to the table of `level` that covers `va`: its mfn, or `None` if an
     /// upper level is missing.
-    fn table_for(va: u64, level: u32) -> Option<u64> {
+    fn table_for(va: VirtAddr, level: PageTableLevel) -> Option<u64> {
         let mut mfn = l4_mfn();
-        for upper in (level + 1..=4).rev() {
-            let entry = read_entry(mfn, table_index(va, upper));
-            if entry & pte::PRESENT == 0 {
+        let mut upper = PageTableLevel::Four;
+        while upper > level {
+            let entry = read_entry(mfn, va.page_table_index(upper));
+            if !entry.is_present() {
                 return None;
             }
-            mfn = pte_mfn(entry);
+            mfn = entry.mfn();
+            upper = lower(upper);
         }
         Some(mfn)
     }
 
     /// The L1 entry that maps `va`, if its tables exist.
-    pub fn lookup(va: u64) -> Option<u64> {
-        let l1 = table_for(va, 1)?;
-        Some(read_entry(l1, table_index(va, 1)))
+    pub fn lookup(va: VirtAddr) -> Option<Pte> {
+        let l1 = table_for(va, PageTableLevel::One)?;
+        Some(read_entry(l1, va.p1_index()))
     }
 
     /// Xen maps the bootstrap region in whole L1 tables: find where it ends.
     fn find_direct_map_end(nr_pages: u64) -> u64 {
         let limit = nr_pages.min(DIRECT_MAP_MAX_PFNS);
         let mut pfn = 0;
-        while pfn < limit {
-            match lookup(va_of_pfn(pfn)) {
-                Some(entry) if entry & pte::PRESENT != 0 => pfn += 1,
-                _ => break,
-            }
+        while pfn < limit && lookup(va_of_pfn(pfn)).is_some_and(Pte::is_present) {
+            pfn += 1;
         }
         pfn
     }
@@ -221,11 +261,11 @@ mod pv {
         Ok(())
     }
 
-    fn entry_update(table_mfn: u64, index: usize, value: u64) -> abi::mmu_update {
+    fn entry_update(table_mfn: u64, index: PageTableIndex, value: Pte) -> abi::mmu_update {
+        let entry = machine_address(table_mfn) + u64::from(index) * 8;
         abi::mmu_update {
-            ptr: ((table_mfn << PAGE_SHIFT) + index as u64 * 8)
-                | u64::from(abi::MMU_NORMAL_PT_UPDATE),
-            val: value,
+            ptr: entry.as_u64() | u64::from(abi::MMU_NORMAL_PT_UPDATE),
+            val: value.0,
         }
     }
 
@@ -233,7 +273,7 @@ mod pv {
     /// still writable, then make it read-only. Returns its mfn.
     fn new_table(
         frames: &mut dyn FnMut() -> Option<u64>,
-        fill: impl FnOnce(&mut [u64; ENTRIES]),
+        fill: impl FnOnce(&mut PageTable),
     ) -> Result<u64, MapError> {
         let pfn = frames().ok_or(MapError::OutOfFrames)?;
         if pfn >= direct_map_end() {
@@ -242,13 +282,13 @@ mod pv {
         let va = va_of_pfn(pfn);
         // SAFETY: the frame is ours (the caller's allocator handed it out) and mapped
         // read-write in the direct map; nothing else refers to it yet.
-        let table = unsafe { &mut *(va as *mut [u64; ENTRIES]) };
-        table.fill(0);
+        let table = unsafe { &mut *va.as_mut_ptr::<PageTable>() };
+        table.zero();
         fill(table);
         let mfn = pfn_to_mfn(pfn);
         // SAFETY: drops write access to our own, unused page: Xen requires page tables
         // to have no writable mapping.
-        unsafe { hypercall::update_va_mapping(va, make_pte(mfn, pte::READ_ONLY)) }
+        unsafe { hypercall::update_va_mapping(va.as_u64(), Pte::new(mfn, READ_ONLY_FLAGS).0) }
             .map_err(MapError::Xen)?;
         Ok(mfn)
     }
@@ -256,21 +296,23 @@ mod pv {
     /// Make sure the table of `level` covering `va` exists, creating missing levels
     /// with frames from `frames`. Returns its mfn.
     fn ensure_table(
-        va: u64,
-        level: u32,
+        va: VirtAddr,
+        level: PageTableLevel,
         frames: &mut dyn FnMut() -> Option<u64>,
     ) -> Result<u64, MapError> {
         let mut mfn = l4_mfn();
-        for upper in (level + 1..=4).rev() {
-            let index = table_index(va, upper);
+        let mut upper = PageTableLevel::Four;
+        while upper > level {
+            let index = va.page_table_index(upper);
             let entry = read_entry(mfn, index);
-            mfn = if entry & pte::PRESENT != 0 {
-                pte_mfn(entry)
+            mfn = if entry.is_present() {
+                entry.mfn()
             } else {
                 let table = new_table(frames, |_| {})?;
-                update(&[entry_update(mfn, index, make_pte(table, pte::TABLE))])?;
+                update(&[entry_update(mfn, index, Pte::new(table, TABLE_FLAGS))])?;
                 table
             };
+            upper = lower(upper);
         }
         Ok(mfn)
     }
@@ -289,25 +331,25 @@ mod pv {
         let mut pfn = direct_map_end();
         while pfn < end_pfn {
             let va = va_of_pfn(pfn);
-            let l2 = ensure_table(va, 2, frames)?;
+            let l2 = ensure_table(va, PageTableLevel::Two, frames)?;
             let chunk_end = ((pfn / ENTRIES as u64) + 1) * ENTRIES as u64;
             let chunk_end = chunk_end.min(end_pfn);
-            let l2_index = table_index(va, 2);
-            if read_entry(l2, l2_index) & pte::PRESENT != 0 {
+            let l2_entry = read_entry(l2, va.p2_index());
+            if l2_entry.is_present() {
                 // A partly filled L1: add the missing entries one update each.
-                let l1 = pte_mfn(read_entry(l2, l2_index));
                 for p in pfn..chunk_end {
-                    let index = table_index(va_of_pfn(p), 1);
-                    update(&[entry_update(l1, index, make_pte(pfn_to_mfn(p), flags))])?;
+                    let index = va_of_pfn(p).p1_index();
+                    let entry = Pte::new(pfn_to_mfn(p), flags);
+                    update(&[entry_update(l2_entry.mfn(), index, entry)])?;
                 }
             } else {
-                let first = table_index(va, 1);
                 let l1 = new_table(frames, |table| {
-                    for (i, p) in (pfn..chunk_end).enumerate() {
-                        table[first + i] = make_pte(pfn_to_mfn(p), flags);
+                    for p in pfn..chunk_end {
+                        let frame = machine_address(pfn_to_mfn(p));
+                        table[va_of_pfn(p).p1_index()].set_addr(frame, flags);
                     }
                 })?;
-                update(&[entry_update(l2, l2_index, make_pte(l1, pte::TABLE))])?;
+                update(&[entry_update(l2, va.p2_index(), Pte::new(l1, TABLE_FLAGS))])?;
             }
             pfn = chunk_end;
             DIRECT_END.store(pfn, Ordering::Relaxed);
@@ -320,29 +362,33 @@ mod pv {
     /// # Safety
     /// `va` must not be in use, and the frame must be one we may map this way.
     pub unsafe fn map_page(
-        va: u64,
+        va: VirtAddr,
         mfn: u64,
-        flags: u64,
+        flags: PageTableFlags,
         frames: &mut dyn FnMut() -> Option<u64>,
     ) -> Result<(), MapError> {
-        ensure_table(va, 1, frames)?;
+        ensure_table(va, PageTableLevel::One, frames)?;
         // SAFETY: guaranteed by the caller.
-        unsafe { hypercall::update_va_mapping(va, make_pte(mfn, flags)) }.map_err(MapError::Xen)
+        unsafe { hypercall::update_va_mapping(va.as_u64(), Pte::new(mfn, flags).0) }
+            .map_err(MapError::Xen)
     }
 
     /// Make sure an L1 table covers `va`, so Xen can write its entry itself (grant
     /// mappings do).
-    pub fn prepare_page(va: u64, frames: &mut dyn FnMut() -> Option<u64>) -> Result<(), MapError> {
-        ensure_table(va, 1, frames).map(drop)
+    pub fn prepare_page(
+        va: VirtAddr,
+        frames: &mut dyn FnMut() -> Option<u64>,
+    ) -> Result<(), MapError> {
+        ensure_table(va, PageTableLevel::One, frames).map(drop)
     }
 
     /// Remove the mapping at `va`.
     ///
     /// # Safety
     /// Nothing may use `va` afterwards.
-    pub unsafe fn unmap_page(va: u64) -> Result<(), MapError> {
+    pub unsafe fn unmap_page(va: VirtAddr) -> Result<(), MapError> {
         // SAFETY: guaranteed by the caller.
-        unsafe { hypercall::update_va_mapping(va, 0) }.map_err(MapError::Xen)
+        unsafe { hypercall::update_va_mapping(va.as_u64(), 0) }.map_err(MapError::Xen)
     }
 
     /// The page `shared_info` is mapped over: a page of our image whose own frame is
@@ -357,51 +403,82 @@ mod pv {
     /// # Safety
     /// `mfn` must be the domain's shared_info frame; call once.
     pub unsafe fn map_shared_info(mfn: u64) -> Result<(), MapError> {
-        let va = core::ptr::addr_of!(SHARED_INFO_PAGE) as u64;
+        let va = VirtAddr::from_ptr(core::ptr::addr_of!(SHARED_INFO_PAGE));
         // SAFETY: the page is ours and unused; shared_info is meant to be mapped RW.
-        unsafe { hypercall::update_va_mapping(va, make_pte(mfn, data_flags())) }
+        unsafe { hypercall::update_va_mapping(va.as_u64(), Pte::new(mfn, data_flags()).0) }
             .map_err(MapError::Xen)?;
         SHARED_INFO_MAPPED.store(true, Ordering::Release);
         Ok(())
     }
 
-    /// The shared info page, once [`map_shared_info`] has run.
-    pub fn shared_info() -> Option<*mut abi::shared_info> {
+    /// The shared info page, once [`map_shared_info`] has run. Xen writes it at any
+    /// time: every access is volatile.
+    pub fn shared_info() -> Option<VolatilePtr<'static, abi::shared_info>> {
+        let page = NonNull::new(core::ptr::addr_of_mut!(SHARED_INFO_PAGE))?.cast();
+        // SAFETY: once mapped, the page is shared_info for good, and nothing takes a
+        // reference to it.
         SHARED_INFO_MAPPED
             .load(Ordering::Acquire)
-            .then(|| core::ptr::addr_of_mut!(SHARED_INFO_PAGE).cast())
+            .then(|| unsafe { VolatilePtr::new(page) })
+    }
+
+    /// vCPU 0's record in shared_info (the only vCPU we run on).
+    pub fn vcpu_info() -> Option<VolatilePtr<'static, abi::vcpu_info>> {
+        // SAFETY: `vcpu_info[0]` lies inside the mapped shared_info.
+        shared_info().map(|si| unsafe {
+            si.map(|si| {
+                NonNull::new_unchecked(core::ptr::addr_of_mut!((*si.as_ptr()).vcpu_info[0]))
+            })
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use x86_64::structures::paging::PageTable;
+    use x86_64::structures::paging::page_table::PageTableLevel;
+
     use super::*;
 
     #[test]
     fn indices_split_an_address_into_nine_bit_fields() {
-        let va = VIRT_BASE + (3 << 30) / 4 + (5 << 21) + (7 << 12) + 0x123;
-        assert_eq!(table_index(VIRT_BASE, 4), 511);
-        assert_eq!(table_index(VIRT_BASE, 3), 510);
-        assert_eq!(table_index(va, 2), 5 + 384);
-        assert_eq!(table_index(va, 1), 7);
-        assert_eq!(table_index(WINDOW_BASE, 3), 509);
-        assert_eq!(table_index(WINDOW_BASE, 2), 512 - WINDOW_PAGES / ENTRIES);
+        let va = va_of_pfn(0) + ((3 << 30) / 4 + (5 << 21) + (7 << 12) + 0x123u64);
+        let index = |va: VirtAddr, level| u16::from(va.page_table_index(level));
+        assert_eq!(index(va_of_pfn(0), PageTableLevel::Four), 511);
+        assert_eq!(index(va_of_pfn(0), PageTableLevel::Three), 510);
+        assert_eq!(index(va, PageTableLevel::Two), 5 + 384);
+        assert_eq!(index(va, PageTableLevel::One), 7);
+        assert_eq!(index(WINDOW_BASE, PageTableLevel::Three), 509);
+        assert_eq!(
+            usize::from(index(WINDOW_BASE, PageTableLevel::Two)),
+            512 - WINDOW_PAGES / ENTRIES
+        );
     }
 
     #[test]
     fn direct_map_round_trips_and_fills_the_top_two_gib() {
         assert_eq!(pfn_of_va(va_of_pfn(12345)), 12345);
         assert_eq!(DIRECT_MAP_MAX_PFNS, 512 * 1024);
-        assert_eq!(va_of_pfn(DIRECT_MAP_MAX_PFNS - 1), 0xffff_ffff_ffff_f000);
-        assert!(WINDOW_BASE + (WINDOW_PAGES * PAGE_SIZE) as u64 == VIRT_BASE);
+        assert_eq!(
+            va_of_pfn(DIRECT_MAP_MAX_PFNS - 1).as_u64(),
+            0xffff_ffff_ffff_f000
+        );
+        assert!(WINDOW_BASE + (WINDOW_PAGES * PAGE_SIZE) as u64 == va_of_pfn(0));
     }
 
     #[test]
     fn entries_keep_frame_and_flags_apart() {
-        let entry = make_pte(0xabcde, pte::DATA | pte::NO_EXECUTE);
-        assert_eq!(pte_mfn(entry), 0xabcde);
-        assert_eq!(entry & !pte::ADDR_MASK, pte::DATA | pte::NO_EXECUTE);
-        // Bits above the physical address width never leak into the frame.
-        assert_eq!(pte_mfn(make_pte(u64::MAX, 0)), pte::ADDR_MASK >> PAGE_SHIFT);
+        let flags = DATA_FLAGS | PageTableFlags::NO_EXECUTE;
+        let entry = Pte::new(0xabcde, flags);
+        assert_eq!(entry.mfn(), 0xabcde);
+        assert_eq!(entry.flags(), flags);
+        // Bits above the physical address width never leak into the frame or flags.
+        let wide = Pte::new(u64::MAX, PageTableFlags::empty());
+        assert_eq!(wide.mfn(), 0x000f_ffff_ffff_f000 >> PAGE_SHIFT);
+        assert_eq!(wide.flags(), PageTableFlags::empty());
+        // x86_64's own entry agrees on where the frame goes.
+        let mut table = PageTable::new();
+        table[0].set_addr(PhysAddr::new(0xabcde << PAGE_SHIFT), flags);
+        assert_eq!(table[0].addr().as_u64() >> PAGE_SHIFT, entry.mfn());
     }
 }

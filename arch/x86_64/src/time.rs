@@ -1,6 +1,11 @@
 //! Xen system time: nanoseconds since the host booted, from the TSC and the scaling
 //! factors Xen publishes per vCPU (`vcpu_time_info`).
 
+use core::sync::atomic::{Ordering, fence};
+
+use volatile::access::Readable;
+use volatile::{VolatilePtr, map_field};
+
 /// A consistent copy of a `vcpu_time_info`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TimeInfo {
@@ -32,32 +37,20 @@ pub fn scale_delta(delta: u64, mul: u32, shift: i8) -> u64 {
 }
 
 /// Read a `vcpu_time_info` consistently: Xen makes `version` odd while it updates the
-/// record, so retry until it is even and unchanged across the read.
-///
-/// # Safety
-/// `info` must point to the live `vcpu_time_info` of a mapped `shared_info`.
-pub unsafe fn read(info: *const xen_sys::vcpu_time_info) -> TimeInfo {
-    use core::ptr::addr_of;
-    use core::sync::atomic::{Ordering, fence};
+/// record, so retry until it is even and unchanged across the copy.
+pub fn read<A: Readable>(info: VolatilePtr<'_, xen_sys::vcpu_time_info, A>) -> TimeInfo {
     loop {
-        // SAFETY: guaranteed by the caller; Xen writes the record concurrently, hence
-        // volatile reads bracketed by the version checks.
-        let version = unsafe { addr_of!((*info).version).read_volatile() };
+        let version = map_field!(info.version).read();
         fence(Ordering::Acquire);
-        // SAFETY: as above.
-        let copy = unsafe {
-            TimeInfo {
-                tsc_timestamp: addr_of!((*info).tsc_timestamp).read_volatile(),
-                system_time: addr_of!((*info).system_time).read_volatile(),
-                tsc_to_system_mul: addr_of!((*info).tsc_to_system_mul).read_volatile(),
-                tsc_shift: addr_of!((*info).tsc_shift).read_volatile(),
-            }
-        };
+        let copy = info.read();
         fence(Ordering::Acquire);
-        // SAFETY: as above.
-        let again = unsafe { addr_of!((*info).version).read_volatile() };
-        if version & 1 == 0 && version == again {
-            return copy;
+        if version & 1 == 0 && version == map_field!(info.version).read() {
+            return TimeInfo {
+                tsc_timestamp: copy.tsc_timestamp,
+                system_time: copy.system_time,
+                tsc_to_system_mul: copy.tsc_to_system_mul,
+                tsc_shift: copy.tsc_shift,
+            };
         }
         core::hint::spin_loop();
     }

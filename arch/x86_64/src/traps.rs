@@ -363,10 +363,9 @@ mod pv {
     }
 
     fn fatal(frame: &TrapFrame) -> ! {
-        let cr2 = crate::mm::shared_info().map_or(0, |si| {
-            // SAFETY: shared_info is mapped; Xen writes cr2 before delivering #PF.
-            unsafe { core::ptr::addr_of!((*si).vcpu_info[0].arch.cr2).read_volatile() }
-        });
+        // Xen writes the fault address there before delivering #PF.
+        let cr2 =
+            crate::mm::vcpu_info().map_or(0, |vcpu| volatile::map_field!(vcpu.arch.cr2).read());
         let handler = FAULT_HANDLER.load(Ordering::Acquire);
         if !handler.is_null() {
             // SAFETY: only `init` stores into FAULT_HANDLER, and it stores a FaultHandler.

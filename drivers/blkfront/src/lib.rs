@@ -1,7 +1,8 @@
 //! Xen PV block front end.
 //!
 //! [`BlockDevice`] is one vbd: a [`datapath::Datapath`] (ring, granted bounce pages,
-//! event channel) connected by a negotiation method — [`xenbus::connect`] for Xenstore.
+//! event channel) connected by a negotiation method — [`xenbus::connect`] for Xenstore,
+//! [`noxs::connect`] for NoXS.
 //! Its API is async: [`BlockDevice::read`], [`BlockDevice::write`] and
 //! [`BlockDevice::flush`] take 512-byte sector numbers and buffers of whole sectors;
 //! several calls (from several tasks) may be in flight at once. Errors the back end
@@ -15,13 +16,21 @@ pub mod datapath;
 pub mod noxs;
 pub mod xenbus;
 
-use alloc::string::ToString;
 use alloc::vec::Vec;
 
 pub use datapath::BlkError;
-use datapath::Datapath;
+use datapath::{Datapath, SetupError};
 use kernel::devices::Method;
 pub use xenproto::blkif::{DiskInfo, SECTOR_SIZE};
+
+/// Why a vbd could not be connected.
+pub type ConnectError = kernel::devices::ConnectError<SetupError>;
+
+impl From<SetupError> for ConnectError {
+    fn from(err: SetupError) -> Self {
+        Self::Driver(err)
+    }
+}
 
 /// One connected virtual block device.
 #[derive(Debug)]
@@ -49,27 +58,13 @@ impl BlockDevice {
     /// Connect every vbd the toolstack gave us, in device-number order. A vbd that
     /// fails is logged and skipped.
     pub async fn probe_all() -> Vec<BlockDevice> {
-        let devices = match kernel::devices::list("vbd").await {
-            Ok(devices) => devices,
-            Err(err) => {
-                log::error!("blkfront: listing vbds: {err}");
-                return Vec::new();
+        kernel::devices::connect_all("blkfront", "vbd", async |device| match &device.method {
+            Method::Xenstore { frontend, backend } => {
+                xenbus::connect(device, frontend, backend).await
             }
-        };
-        let mut disks = Vec::new();
-        for device in devices {
-            let connected = match &device.method {
-                Method::Xenstore { path } => xenbus::connect(device.id, path)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Method::Noxs(entry) => noxs::connect(entry).await.map_err(|e| e.to_string()),
-            };
-            match connected {
-                Ok(disk) => disks.push(disk),
-                Err(err) => log::error!("blkfront: vbd {}: {err}", device.id),
-            }
-        }
-        disks
+            Method::Noxs(entry) => noxs::connect(entry).await,
+        })
+        .await
     }
 
     /// The virtual device number (`device/vbd/N`; 51712 is xvda); with NoXS the

@@ -3,7 +3,9 @@
 //! negotiation publishes (ring references, event channel), and the negotiation calls
 //! [`Datapath::start`] once the back end is connected.
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
+use core::ptr::NonNull;
 
 use arch::abi::{DomId, GrantRef};
 use arch::mm::PAGE_SIZE;
@@ -11,6 +13,7 @@ use kernel::events::EventChannel;
 use kernel::grant::{GrantError, GrantedFrame};
 use xenproto::netif::{RSP_OKAY, RxFront, RxRequest, TxFront, TxRequest};
 use xenproto::ring::RingOverrun;
+use xenproto::shared::SharedBytes;
 
 /// Traffic counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -59,6 +62,9 @@ pub(crate) struct RxPath {
     slots: Vec<GrantedFrame>,
     port: u32,
     pub(crate) counters: Counters,
+    /// Where a received frame is copied before anyone reads it: the back end can still
+    /// write the slot's page.
+    copy: Box<[u8; PAGE_SIZE]>,
     _ring_page: GrantedFrame,
 }
 
@@ -108,6 +114,7 @@ impl Datapath {
             slots: rx_slots,
             port,
             counters: Counters::default(),
+            copy: Box::new([0; PAGE_SIZE]),
             _ring_page: rx_page,
         };
         for id in 0..SLOTS {
@@ -220,13 +227,15 @@ impl RxPath {
         }
     }
 
-    /// The bytes of a frame in slot `id`.
-    pub(crate) fn frame(&self, id: u16, offset: usize, len: usize) -> &[u8] {
-        debug_assert!(offset + len <= PAGE_SIZE);
-        // SAFETY: the slot's page is ours and mapped; `check` bounded offset + len by
-        // the page size. The back end wrote it before responding and does not touch it
-        // again until we re-post the slot.
-        unsafe { core::slice::from_raw_parts(self.slots[usize::from(id)].ptr().add(offset), len) }
+    /// One copy of the frame in slot `id` (`check` bounded offset + len by the page).
+    pub(crate) fn frame(&mut self, id: u16, offset: usize, len: usize) -> &[u8] {
+        let page = NonNull::new(self.slots[usize::from(id)].ptr()).expect("a mapped frame");
+        // SAFETY: the slot's page is ours and mapped while the slot lives; the back end
+        // may write it (it should not), so it is only copied, never borrowed.
+        let page = unsafe { SharedBytes::new(page, PAGE_SIZE) };
+        let copy = &mut self.copy[..len];
+        page.copy_out(offset, copy);
+        copy
     }
 }
 

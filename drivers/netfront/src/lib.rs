@@ -1,8 +1,8 @@
 //! Xen PV network front end.
 //!
 //! [`Netfront`] is one vif: a [`datapath::Datapath`] (rings, granted buffers, event
-//! channel) connected by a negotiation method — [`xenbus::connect`] for Xenstore —
-//! and exposed to smoltcp as a [`smoltcp::phy::Device`].
+//! channel) connected by a negotiation method — [`xenbus::connect`] for Xenstore,
+//! [`noxs::connect`] for NoXS — and exposed to smoltcp as a [`smoltcp::phy::Device`].
 //!
 //! The device follows smoltcp's contract: `receive` and `transmit` never block and
 //! return `None` when there is no frame or no transmit slot; a receive token re-posts
@@ -18,7 +18,6 @@ pub mod datapath;
 pub mod noxs;
 pub mod xenbus;
 
-use alloc::string::ToString;
 use alloc::vec::Vec;
 
 use datapath::{Counters, Datapath, DatapathError, RxPath, TxPath};
@@ -37,6 +36,32 @@ pub struct AssignedAddress {
     pub prefix_len: u8,
     /// `None`: no gateway.
     pub gateway: Option<[u8; 4]>,
+}
+
+/// What of a vif's own connection failed.
+#[derive(Debug)]
+pub enum VifError {
+    /// The back end does not offer receive-by-copy.
+    NoRxCopy,
+    Datapath(DatapathError),
+}
+
+impl core::fmt::Display for VifError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoRxCopy => f.write_str("the back end does not offer receive-by-copy"),
+            Self::Datapath(err) => write!(f, "{err}"),
+        }
+    }
+}
+
+/// Why a vif could not be connected.
+pub type ConnectError = kernel::devices::ConnectError<VifError>;
+
+impl From<DatapathError> for ConnectError {
+    fn from(err: DatapathError) -> Self {
+        Self::Driver(VifError::Datapath(err))
+    }
 }
 
 /// One connected vif.
@@ -80,30 +105,17 @@ impl Netfront {
     /// Connect every vif the toolstack gave us, in id order. A vif that fails is
     /// logged and skipped.
     pub async fn probe_all() -> Vec<Netfront> {
-        let devices = match kernel::devices::list("vif").await {
-            Ok(devices) => devices,
-            Err(err) => {
-                log::error!("netfront: listing vifs: {err}");
-                return Vec::new();
-            }
-        };
-        let mut vifs = Vec::new();
-        for device in devices {
-            let connected = match &device.method {
-                Method::Xenstore { path } => xenbus::connect(device.id, path)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Method::Noxs(entry) => noxs::connect(entry).await.map_err(|e| e.to_string()),
-            };
-            match connected {
-                Ok(vif) => {
-                    log::info!("netfront: vif{} up, mac {}", vif.id, vif.mac);
-                    vifs.push(vif);
+        kernel::devices::connect_all("netfront", "vif", async |device| {
+            let vif = match &device.method {
+                Method::Xenstore { frontend, backend } => {
+                    xenbus::connect(device, frontend, backend).await?
                 }
-                Err(err) => log::error!("netfront: vif{}: {err}", device.id),
-            }
-        }
-        vifs
+                Method::Noxs(entry) => noxs::connect(entry).await?,
+            };
+            log::info!("netfront: vif{} up, mac {}", vif.id, vif.mac);
+            Ok::<_, ConnectError>(vif)
+        })
+        .await
     }
 
     /// The vif's number (`device/vif/N`).

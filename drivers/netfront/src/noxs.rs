@@ -1,67 +1,34 @@
-//! Connecting a vif through its NoXS control page (`xenproto::noxs`).
+//! Connecting a vif through its NoXS control page (`xenproto::noxs`); the handshake's
+//! two halves are [`ControlPage`]'s.
 //!
-//! 1. Map the control page and wait for the backend to be in `InitWait`; copy its area
-//!    once: MAC, features (receive-by-copy is required), and the address the toolstack
-//!    assigned.
-//! 2. Set up the data path (the same as with Xenstore); write our area — ring
-//!    references, the data event channel, our features — and `fe_state = Initialised`.
-//! 3. Wait for the backend to be `Connected`; `fe_state = Connected`; start.
+//! 1. The back end's offer: MAC, features (receive-by-copy is required), and the
+//!    address the toolstack assigned.
+//! 2. Set up the data path (the same as with Xenstore); our area — ring references,
+//!    the data event channel, our features; once connected, start.
 
-use kernel::noxs::{ControlError, ControlPage};
+use kernel::noxs::ControlPage;
 use xenproto::netif::Mac;
-use xenproto::noxs::{Entry, VifBackend, VifFrontend, vif_features};
-use xenproto::xenstore::XenbusState;
+use xenproto::noxs::{Entry, VifBackend, VifBackendFeatures, VifFrontend, VifFrontendFeatures};
 
-use crate::datapath::{Datapath, DatapathError};
-use crate::{AssignedAddress, Netfront};
-
-/// Why a vif could not be connected.
-#[derive(Debug)]
-pub enum ConnectError {
-    Control(ControlError),
-    /// The backend does not offer receive-by-copy.
-    NoRxCopy,
-    Datapath(DatapathError),
-}
-
-impl core::fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::Control(err) => write!(f, "{err}"),
-            Self::NoRxCopy => f.write_str("the backend does not offer receive-by-copy"),
-            Self::Datapath(err) => write!(f, "{err}"),
-        }
-    }
-}
-
-impl From<ControlError> for ConnectError {
-    fn from(err: ControlError) -> Self {
-        Self::Control(err)
-    }
-}
+use crate::datapath::Datapath;
+use crate::{AssignedAddress, ConnectError, Netfront, VifError};
 
 /// Connect the vif of `entry`.
 pub async fn connect(entry: &Entry) -> Result<Netfront, ConnectError> {
-    let control = ControlPage::open(entry)?;
-    control.wait_backend(XenbusState::InitWait).await?;
-    let backend = VifBackend::decode(&control.backend_area()).map_err(ControlError::Protocol)?;
-    if backend.features & vif_features::RX_COPY == 0 {
-        return Err(ConnectError::NoRxCopy);
+    let (control, backend) = ControlPage::offered::<VifBackend>(entry).await?;
+    if !backend.features.contains(VifBackendFeatures::RX_COPY) {
+        return Err(ConnectError::Driver(VifError::NoRxCopy));
     }
-    let mut datapath = Datapath::new(entry.backend).map_err(ConnectError::Datapath)?;
+    let mut datapath = Datapath::new(entry.backend)?;
     let published = datapath.published();
-    let frontend = VifFrontend {
-        tx_ring_ref: published.tx_ring_ref,
-        rx_ring_ref: published.rx_ring_ref,
-        data_port: published.event_channel,
-        features: vif_features::REQUEST_RX_COPY | vif_features::RX_NOTIFY,
-    };
-    let mut area = [0u8; VifFrontend::LEN];
-    frontend.encode(&mut area).map_err(ControlError::Protocol)?;
-    control.write_frontend_area(&area);
-    control.set_state(XenbusState::Initialised);
-    control.wait_backend(XenbusState::Connected).await?;
-    control.set_state(XenbusState::Connected);
+    control
+        .connect(&VifFrontend {
+            tx_ring_ref: published.tx_ring_ref,
+            rx_ring_ref: published.rx_ring_ref,
+            data_port: published.event_channel,
+            features: VifFrontendFeatures::REQUEST_RX_COPY | VifFrontendFeatures::RX_NOTIFY,
+        })
+        .await?;
     datapath.start();
     let assigned = (backend.ipv4 != [0; 4]).then_some(AssignedAddress {
         address: backend.ipv4,

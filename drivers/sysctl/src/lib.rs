@@ -1,15 +1,14 @@
-//! Power control: the toolstack's requests to power off, reboot or suspend.
+//! Power control: the toolstack's requests to power off, reboot, suspend or crash.
 //!
-//! With the Xenstore method, `xl shutdown` writes `poweroff` to the guest's
-//! `control/shutdown` node, `xl reboot` writes `reboot`, and saving a guest writes
-//! `suspend`. A guest acknowledges by clearing the node, as Linux does, and advertises
-//! what it handles as `control/feature-*`.
+//! The requests arrive through Xenstore's `control/shutdown` node ([`xenbus`]) or
+//! through the NoXS sysctl device's control page ([`noxs`]); each is acknowledged
+//! before the app sees it.
 //!
 //! An app either awaits requests itself ([`PowerControl::next`]), for example to
 //! close its connections first, registers a handler ([`spawn_with`]), or calls
-//! [`spawn_default`]: power off or reboot at once. **Suspend is not implemented yet** (save/restore comes later): a suspend
-//! request is acknowledged and logged, and the guest runs on; `feature-suspend` is not
-//! advertised, so toolstacks do not expect it to work.
+//! [`spawn_default`]: power off or reboot at once. **Suspend is not implemented yet**
+//! (save/restore comes later): a suspend request is acknowledged and logged, and the
+//! guest runs on; it is not advertised, so toolstacks do not expect it to work.
 
 #![cfg_attr(target_os = "none", no_std)]
 
@@ -20,6 +19,10 @@ use core::fmt;
 
 #[cfg(target_os = "none")]
 pub use guest::*;
+#[cfg(target_os = "none")]
+pub mod noxs;
+#[cfg(target_os = "none")]
+pub mod xenbus;
 
 /// What the toolstack asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,16 +60,15 @@ impl fmt::Display for PowerRequest {
 
 #[cfg(target_os = "none")]
 mod guest {
-    use core::cell::Cell;
     use core::fmt;
 
-    use kernel::noxs::{ControlError, ControlPage};
+    use kernel::devices::{self, Discovery, Method};
+    use kernel::noxs::ControlError;
     use kernel::shutdown::{self, ShutdownReason};
-    use kernel::xenstore::{self, Watch, Xs};
-    use xenproto::noxs::{self, Kind, SysctlBackend, SysctlFrontend};
-    use xenproto::xenstore::XenbusState;
+    use kernel::xenstore;
 
     use super::PowerRequest;
+    use crate::{noxs, xenbus};
 
     impl PowerRequest {
         /// How the domain should end for this request (`None` for suspend).
@@ -116,10 +118,6 @@ mod guest {
         }
     }
 
-    const NODE: &str = "control/shutdown";
-    /// What we handle, written as `control/feature-NAME = 1`.
-    const FEATURES: [&str; 2] = ["poweroff", "reboot"];
-
     /// Power requests, as they come: from Xenstore's `control/shutdown`, or from the
     /// NoXS sysctl control page.
     #[derive(Debug)]
@@ -129,53 +127,23 @@ mod guest {
 
     #[derive(Debug)]
     enum Source {
-        Xenstore(Watch),
-        Noxs {
-            control: ControlPage,
-            seen: Cell<u32>,
-        },
+        Xenstore(xenbus::Requests),
+        Noxs(noxs::Requests),
     }
 
     impl PowerControl {
         /// Connect to the toolstack's power requests: the NoXS sysctl device when the
         /// guest has one, else Xenstore (advertising what we handle).
         pub async fn start() -> Result<Self, Error> {
-            if let Some(entry) = kernel::noxs::entries(Kind::Sysctl).first() {
-                let control = ControlPage::open(entry)?;
-                control.wait_backend(XenbusState::InitWait).await?;
-                // Requests we handle: bit N for request value N (noxs-v1.md).
-                let supported = (1 << noxs::Request::Poweroff as u32)
-                    | (1 << noxs::Request::Reboot as u32)
-                    | (1 << noxs::Request::Crash as u32);
-                let mut area = [0u8; SysctlFrontend::LEN];
-                SysctlFrontend {
-                    ack_seq: 0,
-                    supported,
+            let devices = devices::list("sysctl").await?;
+            let source = match (devices.first().map(|d| &d.method), devices::discovery()) {
+                (Some(Method::Noxs(entry)), _) => {
+                    Source::Noxs(noxs::Requests::connect(entry).await?)
                 }
-                .encode(&mut area)
-                .map_err(ControlError::Protocol)?;
-                control.write_frontend_area(&area);
-                control.set_state(XenbusState::Initialised);
-                control.wait_backend(XenbusState::Connected).await?;
-                control.set_state(XenbusState::Connected);
-                return Ok(Self {
-                    source: Source::Noxs {
-                        control,
-                        seen: Cell::new(0),
-                    },
-                });
-            }
-            if kernel::noxs::block().is_some() {
-                return Err(Error::Unavailable);
-            }
-            for feature in FEATURES {
-                Xs::NONE
-                    .write(&alloc::format!("control/feature-{feature}"), "1")
-                    .await?;
-            }
-            Ok(Self {
-                source: Source::Xenstore(Watch::new(NODE).await?),
-            })
+                (_, Discovery::Xenstore) => Source::Xenstore(xenbus::Requests::start().await?),
+                _ => return Err(Error::Unavailable),
+            };
+            Ok(Self { source })
         }
 
         /// The next request, acknowledged. With Xenstore, unknown values are
@@ -183,58 +151,9 @@ mod guest {
         /// though nothing suspends.
         pub async fn next(&self) -> Result<PowerRequest, Error> {
             match &self.source {
-                Source::Xenstore(watch) => next_from_xenstore(watch).await,
-                Source::Noxs { control, seen } => next_from_noxs(control, seen).await,
+                Source::Xenstore(requests) => requests.next().await,
+                Source::Noxs(requests) => requests.next().await,
             }
-        }
-    }
-
-    async fn next_from_xenstore(watch: &Watch) -> Result<PowerRequest, Error> {
-        loop {
-            watch.next().await?;
-            // Read and clear in one transaction, so a request written meanwhile is not
-            // lost by our clearing it.
-            let value = xenstore::transaction(async |tx| {
-                let value = tx.try_read(NODE).await?.unwrap_or_default();
-                if !value.is_empty() {
-                    tx.write(NODE, "").await?;
-                }
-                Ok(value)
-            })
-            .await?;
-            if value.is_empty() {
-                continue;
-            }
-            match PowerRequest::parse(&value) {
-                Some(request) => return Ok(request),
-                None => log::warn!("sysctl: ignoring unknown request {value:?}"),
-            }
-        }
-    }
-
-    async fn next_from_noxs(
-        control: &ControlPage,
-        seen: &Cell<u32>,
-    ) -> Result<PowerRequest, Error> {
-        loop {
-            let area =
-                SysctlBackend::decode(&control.backend_area()).map_err(ControlError::Protocol)?;
-            if let Some(request) = area.request
-                && area.request_seq != seen.get()
-            {
-                seen.set(area.request_seq);
-                let mut ack = [0u8; 4];
-                ack.copy_from_slice(&area.request_seq.to_le_bytes());
-                control.write_frontend_area(&ack);
-                control.notify();
-                return Ok(match request {
-                    noxs::Request::Poweroff => PowerRequest::Poweroff,
-                    noxs::Request::Reboot => PowerRequest::Reboot,
-                    noxs::Request::Suspend => PowerRequest::Suspend,
-                    noxs::Request::Crash => PowerRequest::Crash,
-                });
-            }
-            control.wait().await;
         }
     }
 

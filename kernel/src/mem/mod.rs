@@ -17,6 +17,8 @@ mod guest {
 
     use arch::mm::{self, PAGE_SIZE, va_of_pfn};
     use spin::Mutex;
+    use x86_64::VirtAddr;
+    use x86_64::structures::paging::PageTableFlags;
 
     use super::bitmap::BitmapAllocator;
     use crate::start_info::BootInfo;
@@ -75,7 +77,7 @@ mod guest {
         let words = BitmapAllocator::words_for(count);
         let bitmap_pages = (words * 8).div_ceil(PAGE_SIZE) as u64;
         // SAFETY: these frames are free, mapped read-write, and handed to nothing else.
-        let bits = unsafe { core::slice::from_raw_parts_mut(va_of_pfn(next) as *mut u64, words) };
+        let bits = unsafe { core::slice::from_raw_parts_mut(va_of_pfn(next).as_mut_ptr(), words) };
         let mut frames = BitmapAllocator::new(bits, next + bitmap_pages, count - bitmap_pages);
 
         // Half of the rest is the heap, in one contiguous run.
@@ -84,8 +86,9 @@ mod guest {
             .alloc_contiguous(heap_pages)
             .ok_or(MemError::TooSmall { pages: count })?;
         let heap_bytes = heap_pages as usize * PAGE_SIZE;
+        let heap = va_of_pfn(heap_pfn).as_mut_ptr();
         // SAFETY: the run is mapped, unused and owned by the heap from now on.
-        unsafe { HEAP.lock().init(va_of_pfn(heap_pfn) as *mut u8, heap_bytes) };
+        unsafe { HEAP.lock().init(heap, heap_bytes) };
         HEAP_BYTES.store(heap_bytes as u64, Ordering::Relaxed);
         *FRAMES.lock() = Some(frames);
 
@@ -130,7 +133,7 @@ mod guest {
     pub fn alloc_frame() -> Option<u64> {
         let pfn = FRAMES.lock().as_mut()?.alloc()?;
         // SAFETY: the frame is mapped and now exclusively ours.
-        unsafe { (va_of_pfn(pfn) as *mut u8).write_bytes(0, PAGE_SIZE) };
+        unsafe { va_of_pfn(pfn).as_mut_ptr::<u8>().write_bytes(0, PAGE_SIZE) };
         Some(pfn)
     }
 
@@ -144,7 +147,7 @@ mod guest {
     }
 
     /// Map machine frame `mfn` in the window; returns its address.
-    pub(crate) fn map_foreign(mfn: u64, flags: u64) -> Result<u64, mm::MapError> {
+    pub(crate) fn map_foreign(mfn: u64, flags: PageTableFlags) -> Result<VirtAddr, mm::MapError> {
         let va = reserve_window_page()?;
         // SAFETY: the window page is unused; the frame is one Xen lets us map.
         let mapped = unsafe { mm::map_page(va, mfn, flags, &mut alloc_frame) };
@@ -156,7 +159,7 @@ mod guest {
     }
 
     /// A window page whose L1 table exists, for Xen to map something into.
-    pub(crate) fn reserve_window_page() -> Result<u64, mm::MapError> {
+    pub(crate) fn reserve_window_page() -> Result<VirtAddr, mm::MapError> {
         let slot = WINDOW
             .lock()
             .as_mut()
@@ -171,7 +174,7 @@ mod guest {
     }
 
     /// Give back a window page (its mapping must already be gone).
-    pub(crate) fn release_window_page(va: u64) {
+    pub(crate) fn release_window_page(va: VirtAddr) {
         let slot = (va - mm::WINDOW_BASE) / PAGE_SIZE as u64;
         if let Some(window) = WINDOW.lock().as_mut() {
             let _ = window.free(slot);

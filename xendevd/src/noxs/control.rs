@@ -90,22 +90,22 @@ impl Control {
         self.state
     }
 
-    fn write(&self, at: usize, bytes: &[u8]) {
-        assert!(at + bytes.len() <= PAGE_SIZE, "write past the control page");
-        let base = self.page.as_ptr();
-        for (i, &byte) in bytes.iter().enumerate() {
-            // SAFETY: inside the shared page (checked above); volatile: the guest maps it.
-            unsafe { base.add(at + i).write_volatile(byte) };
-        }
+    /// The page, which the guest maps too: volatile accesses, bounds-checked.
+    fn shared(&self) -> xenproto::shared::SharedBytes<'_> {
+        let base = std::ptr::NonNull::new(self.page.as_ptr()).expect("a mapped page");
+        // SAFETY: our granted page stays mapped while `self` lives; no references to it.
+        unsafe { xenproto::shared::SharedBytes::new(base, PAGE_SIZE) }
     }
 
+    fn write(&self, at: usize, bytes: &[u8]) {
+        self.shared().copy_in(at, bytes);
+    }
+
+    /// One copy of `range`, validated by the caller.
     fn read(&self, range: std::ops::Range<usize>) -> Vec<u8> {
-        let base = self.page.as_ptr();
-        // SAFETY: the ranges are the protocol's constants, inside the page; volatile
-        // reads of bytes the guest may be writing, validated by the caller.
-        range
-            .map(|at| unsafe { base.add(at).read_volatile() })
-            .collect()
+        let mut copy = vec![0; range.len()];
+        self.shared().copy_out(range.start, &mut copy);
+        copy
     }
 
     /// Replace our area's first bytes (e.g. a new power request), before a state change

@@ -6,7 +6,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 
 use xendevd::engine::blkback::{Blkback, Geometry, MAX_INDIRECT_SEGMENTS};
-use xenproto::noxs::{VbdBackend, VbdFrontend, vbd_features};
+use xenproto::noxs::{VbdBackend, VbdFeatures, VbdFrontend, VbdInfo};
 
 use super::error::DeviceError;
 use super::request::VbdPlan;
@@ -43,11 +43,11 @@ impl Vbd {
             sectors: plan.sectors,
             sector_size: 512,
             info: if plan.readonly {
-                vbd_features::READ_ONLY
+                VbdInfo::READ_ONLY
             } else {
-                0
+                VbdInfo::empty()
             },
-            features: vbd_features::FLUSH_CACHE | vbd_features::INDIRECT,
+            features: VbdFeatures::FLUSH_CACHE | VbdFeatures::INDIRECT,
             max_indirect_segments: MAX_INDIRECT_SEGMENTS,
         }
         .encode(&mut area)

@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use log::{debug, warn};
 use xendevd::engine::netback::{Delivered, Netback};
-use xenproto::noxs::{self, VifBackend, VifFrontend, vif_features};
+use xenproto::noxs::{self, VifBackend, VifBackendFeatures, VifFrontend, VifFrontendFeatures};
 
 use super::error::DeviceError;
 use super::request::VifPlan;
@@ -46,7 +46,7 @@ impl Vif {
         VifBackend {
             mac: plan.mac.0,
             mtu: MTU,
-            features: vif_features::RX_COPY,
+            features: VifBackendFeatures::RX_COPY,
             ipv4,
             prefix_len,
             gateway: plan.gateway.map_or([0; 4], |g| g.octets()),
@@ -98,7 +98,10 @@ impl DeviceBackend for Vif {
     /// Map the guest's two rings, bind its data port, start the engine.
     fn connect(&mut self, guest: &Guest<'_>, frontend: &[u8]) -> Result<(), DeviceError> {
         let frontend = VifFrontend::decode(frontend).map_err(DeviceError::Frontend)?;
-        if frontend.features & vif_features::REQUEST_RX_COPY == 0 {
+        if !frontend
+            .features
+            .contains(VifFrontendFeatures::REQUEST_RX_COPY)
+        {
             return Err(DeviceError::NoRxCopy);
         }
         let (tx, rx) = (frontend.tx_ring_ref, frontend.rx_ring_ref);

@@ -103,14 +103,20 @@ exec)
 	done </run/lab-stderr &
 	tagger=$!
 	# Commands from xtask come in on the serial line (QEMU's stdin → Xen → dom0's
-	# console) as lines starting with the boot's control tag, e.g. once a test's host-side
-	# client is done with a guest: `TAG destroy NAME` (xl destroy), `TAG shutdown NAME`
-	# (xl shutdown -w: the guest is asked to power off) or `TAG reboot NAME` (xl reboot);
-	# `TAG chaos-destroy NAME`, `chaos-shutdown`, `chaos-reboot` do the same with chaos.
-	# Each runs in the background, so a guest slow to shut down holds up no other
-	# command; a failed shutdown or reboot is reported on the job's stderr. No echo, so
-	# the commands do not come back out on the serial line.
+	# console) as lines `TAG COMMAND… DOMAIN` starting with the boot's control tag, e.g.
+	# `TAG xl shutdown -w NAME` once a test's host-side client is done with a guest.
+	# Only the commands of /lab/control-commands run: xtask writes it from its one table
+	# of stop commands (toolstack.rs), one a line after `quiet` (a destroy: a domain
+	# that has ended by itself already is no error) or `report` (a failure is reported
+	# on the job's stderr). Each runs in the background, so a guest slow to shut down
+	# holds up no other command. No echo, so the commands do not come back out on the
+	# serial line.
 	stty -echo </dev/console
+	allowed() { # COMMAND → quiet or report, if /lab/control-commands has it
+		while read -r mode command; do
+			[ "$command" = "$1" ] && echo "$mode" && return
+		done </lab/control-commands
+	}
 	act() {
 		if ! out=$("$@" 2>&1); then
 			printf '%slab: %s failed: %s\n' "$LAB_ERR_TAG" "$*" "$(echo "$out" | tr '\n' ' ')"
@@ -119,15 +125,22 @@ exec)
 	}
 	while IFS= read -r line; do
 		case "$line" in
-		# A domain that has ended by itself already is no error for destroy.
-		"$LAB_CTL_TAG destroy "*) xl destroy "${line#"$LAB_CTL_TAG destroy "}" >>/run/lab-control.log 2>&1 & ;;
-		"$LAB_CTL_TAG shutdown "*) act xl shutdown -w "${line#"$LAB_CTL_TAG shutdown "}" & ;;
-		"$LAB_CTL_TAG reboot "*) act xl reboot "${line#"$LAB_CTL_TAG reboot "}" & ;;
-		# The same through chaos, for guests chaos made (run-chaos.sh).
-		"$LAB_CTL_TAG chaos-destroy "*) chaos destroy "${line#"$LAB_CTL_TAG chaos-destroy "}" >>/run/lab-control.log 2>&1 & ;;
-		"$LAB_CTL_TAG chaos-shutdown "*) act chaos shutdown "${line#"$LAB_CTL_TAG chaos-shutdown "}" & ;;
-		"$LAB_CTL_TAG chaos-reboot "*) act chaos shutdown --reboot "${line#"$LAB_CTL_TAG chaos-reboot "}" & ;;
-		"$LAB_CTL_TAG "*) printf '%slab: unknown control command: %s\n' "$LAB_ERR_TAG" "${line#"$LAB_CTL_TAG "}" ;;
+		"$LAB_CTL_TAG "*) ;;
+		*) continue ;;
+		esac
+		line=${line#"$LAB_CTL_TAG "}
+		command=${line% *}
+		domain=${line##* }
+		mode=
+		case "$domain" in
+		"$line" | *[!A-Za-z0-9_.:-]*) ;;
+		*) mode=$(allowed "$command") ;;
+		esac
+		# $command unquoted: an allowed one is plain words.
+		case "$mode" in
+		quiet) $command "$domain" >>/run/lab-control.log 2>&1 & ;;
+		report) act $command "$domain" & ;;
+		*) printf '%slab: not an allowed control command: %s\n' "$LAB_ERR_TAG" "$line" ;;
 		esac
 	done </dev/console &
 	control=$!

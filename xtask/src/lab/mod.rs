@@ -3,7 +3,8 @@
 //!
 //! A boot is Xen (multiboot kernel) + dom0 Linux + an initramfs of two concatenated
 //! archives: the cached base (busybox, Xen tools, modules, `/init`) and a small per-boot
-//! one with `/lab/env`, `/lab/job`, `/lab/run-guest.sh` and `/apps/NAME`. Dom0's console
+//! one with `/lab/env`, `/lab/job`, the run scripts (`/lab/run-guest.sh`, …) and
+//! `/apps/NAME` ([`rundir`]). Dom0's console
 //! is Xen's serial line, which QEMU hands to us on a pipe; the init brackets the job
 //! between a begin and an end marker that carry a per-boot nonce, so the job's output
 //! is told apart from boot messages (all of which go to a log under `target/lab/logs`).
@@ -20,51 +21,43 @@
 //! which the init links as `/dev/lab/disk-N`; xl hands them to guests as `phy:` disks
 //! through xl's default block hotplug script (`block.sh`) and xen-blkback.
 //!
-//! Control: while a job runs, xtask can have dom0 act on a guest (destroy it, ask it to
-//! shut down or reboot) by writing tagged lines to QEMU's stdin, which is the serial
-//! line's input: Xen passes it to dom0's console, where the init reads it
-//! ([`LabControl`]). No terminal is needed.
+//! Control: while a job runs, xtask can have dom0 stop a guest (destroy it, ask it to
+//! shut down or reboot) through the serial line ([`LabControl`]).
+//!
+//! Modules: [`qemu`] (the command line), [`serial`] (the serial reader and boot log),
+//! [`rundir`] (a boot's files), [`control`], [`dom0`] (a guest as Xen's dom0),
+//! [`assets`] (Xen, Linux and busybox from Debian, the base initramfs), [`process`].
 
 pub mod assets;
+mod control;
+mod dom0;
 pub mod process;
 mod progress;
+mod qemu;
+mod rundir;
+mod serial;
 
-use std::ffi::OsString;
 use std::fs;
 use std::io::Write;
 use std::net::Ipv4Addr;
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, Command, ExitCode, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
-use self::assets::Assets;
+use self::control::Attached;
+pub use self::control::LabControl;
+pub use self::dom0::{Dom0End, boot_as_dom0};
 use self::process::ChildGuard;
 use self::progress::Spinner;
+pub use self::qemu::{MAX_LAB_DISKS, disk_in_dom0};
+use self::qemu::{connect_relay, lab_qemu, relay_args};
+use self::rundir::RunDir;
+use self::serial::{Next, Serial, XEN_PREFIX, dom0_death};
 use crate::build::{self, GuestImage};
 use crate::disk::Disk;
-use crate::util;
-
-/// The script that boots one guest with xl; used in the lab and natively.
-pub const RUN_GUEST_SH: &str = include_str!("run-guest.sh");
-
-/// Where `/lab/run-guest.sh` sits in dom0.
-pub const RUN_GUEST_IN_LAB: &str = "/lab/run-guest.sh";
-
-/// run-guest.sh with chaos instead of xl: the same arguments, environment and exit
-/// statuses; used in the lab and natively.
-pub const RUN_CHAOS_SH: &str = include_str!("run-chaos.sh");
-
-/// Where `/lab/run-chaos.sh` sits in dom0.
-pub const RUN_CHAOS_IN_LAB: &str = "/lab/run-chaos.sh";
-
-/// Xen's messages on its serial console start with this; dom0's output does not.
-const XEN_PREFIX: &str = "(XEN) ";
 
 /// The default limit for a whole lab run, boot included (TCG is slow, CI slower).
 pub const DEFAULT_TIMEOUT_SECS: u64 = 600;
@@ -210,103 +203,6 @@ pub struct ExecOptions {
     pub control: Option<LabControl>,
     /// Without xenstored and xenconsoled (`lab exec --noxs`).
     pub noxs: bool,
-}
-
-/// Sends commands to the lab's dom0 while a job runs, from any thread: they travel as
-/// lines on the serial line (QEMU's stdin, which Xen hands to dom0's console), tagged
-/// with the boot's nonce, and dom0's init acts on them (`dom0-init.sh`).
-#[derive(Debug, Clone, Default)]
-pub struct LabControl(Arc<Mutex<Option<ControlLine>>>);
-
-#[derive(Debug)]
-struct ControlLine {
-    stdin: ChildStdin,
-    tag: String,
-}
-
-impl LabControl {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Have dom0 run `xl destroy DOMAIN` (a domain that is gone already is no error).
-    pub fn destroy(&self, domain: &str) -> Result<()> {
-        self.act("destroy", domain)
-    }
-
-    /// Have dom0 run `xl shutdown -w DOMAIN`: the guest is asked to power off (Xenstore
-    /// `control/shutdown`) and ends when it acts on it. dom0 does not wait for it.
-    pub fn shutdown(&self, domain: &str) -> Result<()> {
-        self.act("shutdown", domain)
-    }
-
-    /// Have dom0 run `xl reboot DOMAIN`: the guest is asked to reboot.
-    pub fn reboot(&self, domain: &str) -> Result<()> {
-        self.act("reboot", domain)
-    }
-
-    /// Have dom0 run `chaos destroy DOMAIN` (a domain that is gone already is no error).
-    pub fn chaos_destroy(&self, domain: &str) -> Result<()> {
-        self.act("chaos-destroy", domain)
-    }
-
-    /// Have dom0 run `chaos shutdown DOMAIN`: the guest is asked to power off; whoever
-    /// watches it (`chaos create --console`) destroys it once it has.
-    pub fn chaos_shutdown(&self, domain: &str) -> Result<()> {
-        self.act("chaos-shutdown", domain)
-    }
-
-    /// Have dom0 run `chaos shutdown --reboot DOMAIN`.
-    pub fn chaos_reboot(&self, domain: &str) -> Result<()> {
-        self.act("chaos-reboot", domain)
-    }
-
-    /// Send `ACTION DOMAIN`; dom0 acts asynchronously and reports a failing xl command on
-    /// the job's stderr (`lab: xl … failed: …`).
-    fn act(&self, action: &str, domain: &str) -> Result<()> {
-        ensure!(
-            !domain.is_empty()
-                && domain
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c)),
-            "domain name {domain:?}: only A-Z a-z 0-9 _ . : - can go through the lab's control line"
-        );
-        self.send(&format!("{action} {domain}"))
-    }
-
-    fn send(&self, command: &str) -> Result<()> {
-        let mut line = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(line) = line.as_mut() else {
-            bail!("cannot send `{command}` to dom0: the lab is not running");
-        };
-        let text = format!("{} {command}\n", line.tag);
-        line.stdin
-            .write_all(text.as_bytes())
-            .and_then(|()| line.stdin.flush())
-            .with_context(|| format!("sending `{command}` to dom0 through QEMU's serial line"))
-    }
-
-    fn attach(&self, stdin: ChildStdin, tag: &str) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(ControlLine {
-            stdin,
-            tag: tag.to_owned(),
-        });
-    }
-
-    fn detach(&self) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = None;
-    }
-}
-
-/// Detaches a [`LabControl`] when the lab run ends, however it ends.
-struct Attached<'a>(Option<&'a LabControl>);
-
-impl Drop for Attached<'_> {
-    fn drop(&mut self) {
-        if let Some(control) = self.0 {
-            control.detach();
-        }
-    }
 }
 
 /// One line the job produced, as it arrives.
@@ -489,254 +385,6 @@ pub fn shell(apps: &[GuestImage], disks: &[Disk]) -> Result<ExitCode> {
     })
 }
 
-/// How a guest booted as Xen's dom0 ended, read from Xen's console.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dom0End {
-    Poweroff,
-    Crash,
-    Reboot,
-    /// Watchdog, soft reset or an unknown reason.
-    Other,
-    TimedOut,
-}
-
-/// Boot `image` directly as Xen's dom0 (no Linux) with `cmdline` and `mem_mib` of
-/// memory. The guest's console (the `console_io` hypercall) is every serial line without
-/// Xen's prefix; each is handed to `on_line`. Xen does not power the machine off when
-/// dom0 ends, so its "Hardware Dom0 …" message ends the run.
-pub fn boot_as_dom0(
-    image: &Path,
-    cmdline: &str,
-    mem_mib: u32,
-    timeout: Duration,
-    verbose: bool,
-    on_line: &mut dyn FnMut(&str),
-) -> Result<Dom0End> {
-    ensure!(
-        image.is_file(),
-        "guest image {} does not exist",
-        image.display()
-    );
-    let xen = assets::prepare()?.xen;
-    let nonce = nonce();
-    let xen_cmdline = format!(
-        "console=com1 com1=115200,8n1 dom0_mem={mem_mib}M,max:{mem_mib}M dom0_max_vcpus=1 \
-         noreboot loglvl=all guest_loglvl=all"
-    );
-    let mut qemu = qemu(&xen, &xen_cmdline);
-    qemu.arg("-initrd")
-        .arg(multiboot_modules(&[(image, cmdline)])?);
-    qemu.args(["-serial", "stdio"]);
-    let mut serial = Serial::spawn(qemu, &nonce, timeout)?;
-    loop {
-        let line = match serial.next()? {
-            Next::Line(line) => line,
-            Next::Exited(status) => bail!(
-                "QEMU exited ({status}) before dom0 ended\n{}",
-                serial.tail()
-            ),
-            Next::TimedOut => {
-                serial.kill();
-                return Ok(Dom0End::TimedOut);
-            }
-        };
-        let Some(xen) = line.strip_prefix(XEN_PREFIX) else {
-            on_line(&line);
-            continue;
-        };
-        if verbose {
-            eprintln!("{line}");
-        }
-        let end = if xen.starts_with("Hardware Dom0 halted") {
-            Dom0End::Poweroff
-        } else if xen.starts_with("Hardware Dom0 crashed") {
-            Dom0End::Crash
-        } else if xen.starts_with("Hardware Dom0 shutdown: rebooting") {
-            Dom0End::Reboot
-        } else if xen.starts_with("Hardware Dom0 shutdown")
-            || xen.starts_with("Hardware domain 0 did unsupported soft reset")
-        {
-            Dom0End::Other
-        } else if xen.contains("Panic on CPU") {
-            // e.g. the domain builder refused the image; the reason is a few lines up.
-            bail!(
-                "Xen panicked (booting {} as dom0)\n{}",
-                image.display(),
-                serial.tail()
-            );
-        } else {
-            continue;
-        };
-        serial.kill();
-        return Ok(end);
-    }
-}
-
-/// Dom0 Linux: console on Xen's, quiet boot, our `/init`.
-const DOM0_CMDLINE: &str = "console=hvc0 quiet rdinit=/init";
-
-/// QEMU booting Xen with Debian's kernel as dom0 and `initrd`, with `disks` (serial not
-/// yet chosen).
-fn lab_qemu(assets: &Assets, initrd: &Path, disks: &[Disk]) -> Result<Command> {
-    let mut qemu = qemu(&assets.xen, LAB_XEN_CMDLINE);
-    qemu.args(disk_args(disks)?);
-    qemu.arg("-initrd").arg(multiboot_modules(&[
-        (&assets.vmlinux, DOM0_CMDLINE),
-        (initrd, ""),
-    ])?);
-    Ok(qemu)
-}
-
-/// How many disks a lab boot can have: each is a PCI device on QEMU's one bus (32 slots,
-/// a few taken by the chipset, the NIC and the RNG).
-pub const MAX_LAB_DISKS: usize = 24;
-
-/// The serial number of dom0's `index`th virtio disk; dom0's init links the disk with
-/// this serial as `/dev/lab/disk-N` (`dom0-init.sh`).
-fn disk_serial(index: usize) -> String {
-    format!("lab-disk-{index}")
-}
-
-/// Where the `index`th disk of [`ExecOptions::disks`] is in dom0.
-pub fn disk_in_dom0(index: usize) -> String {
-    format!("/dev/lab/disk-{index}")
-}
-
-/// QEMU's arguments for the disks: each image a virtio disk of dom0 (`-drive` of raw
-/// format, `-device virtio-blk-pci` with the serial dom0 finds it by), read-only with
-/// `:ro`. `cache=writeback`: QEMU completes a write once it is in the host's page cache
-/// (`pwrite`), so every write a guest saw complete is in the file, for any reader on
-/// the host, as soon as the run ends, even if QEMU is killed then; a guest's flush
-/// still reaches the disk (`fdatasync`). (`cache=none` needs O_DIRECT, which tmpfs
-/// refuses; `writethrough` syncs every single write.)
-fn disk_args(disks: &[Disk]) -> Result<Vec<OsString>> {
-    ensure!(
-        disks.len() <= MAX_LAB_DISKS,
-        "{} disks: a lab boot can have at most {MAX_LAB_DISKS}",
-        disks.len()
-    );
-    let mut args = Vec::new();
-    for (index, disk) in disks.iter().enumerate() {
-        let (path, _) = disk.check()?;
-        let path = path
-            .to_str()
-            .with_context(|| format!("disk image {}: not a UTF-8 path", path.display()))?;
-        // QEMU's option syntax: a comma in a value is written twice.
-        let mut drive = format!(
-            "file={},if=none,id=disk{index},format=raw,cache=writeback",
-            path.replace(',', ",,")
-        );
-        if disk.read_only {
-            drive.push_str(",readonly=on");
-        }
-        args.push("-drive".into());
-        args.push(drive.into());
-        args.push("-device".into());
-        args.push(
-            format!(
-                "virtio-blk-pci,drive=disk{index},serial={}",
-                disk_serial(index)
-            )
-            .into(),
-        );
-    }
-    Ok(args)
-}
-
-/// Xen for the Linux lab: dom0 gets a fixed 1 GiB and one vCPU, the other CPU is for
-/// guests (the set-up measured in the notes). All log levels on: the messages go to the
-/// boot log. No `noreboot`: if dom0 dies, Xen resets and `-no-reboot` ends QEMU.
-const LAB_XEN_CMDLINE: &str = "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M \
-    dom0_max_vcpus=1 loglvl=all guest_loglvl=all";
-
-/// QEMU for Xen under TCG: `-cpu qemu64` (dom0 Linux faults early with `-cpu max`, and
-/// KVM cannot run this Xen), Xen as the multiboot kernel, virtio-rng for dom0's
-/// entropy, an e1000 NIC on user networking. Serial and initrd are added by the caller.
-fn qemu(xen: &Path, xen_cmdline: &str) -> Command {
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg", "-cpu", "qemu64", "-m", "2048", "-smp", "2"])
-        .args(["-nodefaults", "-display", "none", "-no-reboot"])
-        .args(["-device", "virtio-rng-pci"])
-        .arg("-netdev")
-        .arg(user_netdev())
-        .args(["-device", "e1000,netdev=n0"]);
-    // For diagnosis: LAB_PCAP=FILE records every frame between dom0's NIC and QEMU's
-    // user network (wireshark or tcpdump -r reads it).
-    if let Some(pcap) = std::env::var_os("LAB_PCAP") {
-        let mut object = OsString::from("filter-dump,id=pcap0,netdev=n0,file=");
-        object.push(pcap);
-        cmd.arg("-object").arg(object);
-    }
-    cmd.arg("-kernel").arg(xen).arg("-append").arg(xen_cmdline);
-    cmd
-}
-
-/// QEMU's user network: the lab's addresses, DHCP from [`GUEST_ADDR`] on (dom0 keeps
-/// its static address below it).
-fn user_netdev() -> String {
-    format!("user,id=n0,net={NET_ADDR}/{NET_PREFIX},dhcpstart={GUEST_ADDR}")
-}
-
-/// The relay's channel: a virtio-serial port named `lab.relay` in dom0 (where
-/// `labrelay` opens it), a listening socket in the abstract namespace `name` on the
-/// host (no file to clean up, no path length limit to meet).
-fn relay_args(name: &str) -> [String; 6] {
-    [
-        "-device".into(),
-        "virtio-serial-pci,id=relay".into(),
-        "-chardev".into(),
-        format!("socket,id=relaychr,path={name},abstract=on,server=on,wait=off"),
-        "-device".into(),
-        "virtserialport,bus=relay.0,chardev=relaychr,name=lab.relay".into(),
-    ]
-}
-
-/// Connect to the relay's channel once QEMU listens on it.
-fn connect_relay(name: &str, serial: &Serial) -> Result<UnixStream> {
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
-    let started = Instant::now();
-    loop {
-        match UnixStream::connect_addr(&addr) {
-            Ok(stream) => return Ok(stream),
-            Err(err) if started.elapsed() > Duration::from_secs(10) => {
-                bail!(
-                    "QEMU did not open the relay's channel @{name} within 10 s: {err}\n{}",
-                    serial.tail()
-                )
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-}
-
-/// QEMU's `-initrd` for a multiboot kernel: modules separated by commas, each a path
-/// and its command line separated by a space (a literal comma is written twice).
-fn multiboot_modules(modules: &[(&Path, &str)]) -> Result<String> {
-    let mut out = String::new();
-    for (path, cmdline) in modules {
-        let path = path.to_str().context("non-UTF-8 path")?;
-        ensure!(
-            !path.contains(' '),
-            "QEMU cannot load a multiboot module from a path with spaces: {path}"
-        );
-        if !out.is_empty() {
-            out.push(',');
-        }
-        out.push_str(&path.replace(',', ",,"));
-        if !cmdline.is_empty() {
-            out.push(' ');
-            out.push_str(&cmdline.replace(',', ",,"));
-        }
-    }
-    Ok(out)
-}
-
-/// A serial line that shows dom0 ended (Xen prints it when the hardware domain stops).
-fn dom0_death(line: &str) -> Option<&str> {
-    let xen = line.strip_prefix(XEN_PREFIX)?;
-    (xen.starts_with("Hardware Dom0") || xen.contains("Panic on CPU")).then_some(xen)
-}
-
 /// The strings that bracket a job's output; the nonce keeps a job (or a guest) from
 /// ending its own run by printing a marker it could not know.
 #[derive(Debug)]
@@ -767,162 +415,4 @@ pub fn nonce() -> String {
         "{:016x}",
         std::collections::hash_map::RandomState::new().hash_one(seed)
     )
-}
-
-/// `target/lab/runs/NONCE`: files of one boot, removed afterwards.
-#[derive(Debug)]
-struct RunDir {
-    path: PathBuf,
-}
-
-impl RunDir {
-    fn new(nonce: &str) -> Result<Self> {
-        let path = assets::lab_dir().join("runs").join(nonce);
-        fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-        process::register_scratch(&path);
-        Ok(Self { path })
-    }
-
-    /// The base initramfs followed by a small archive with this boot's files (Linux
-    /// unpacks concatenated archives in order), so a boot never repacks the big part.
-    fn initrd(
-        &self,
-        assets: &Assets,
-        env: &str,
-        job: &str,
-        apps: &[GuestImage],
-    ) -> Result<PathBuf> {
-        let staging = self.path.join("overlay");
-        fs::create_dir_all(staging.join("lab"))?;
-        fs::create_dir_all(staging.join("apps"))?;
-        fs::write(staging.join("lab/env"), env)?;
-        fs::write(staging.join("lab/job"), job)?;
-        assets::write_executable(&staging.join("lab/run-guest.sh"), RUN_GUEST_SH)?;
-        assets::write_executable(&staging.join("lab/run-chaos.sh"), RUN_CHAOS_SH)?;
-        for app in apps {
-            fs::copy(&app.path, staging.join("apps").join(&app.name))
-                .with_context(|| format!("copying guest image {}", app.path.display()))?;
-        }
-        // Our host tools (chaos, xendevd) run in dom0 next to xl.
-        fs::create_dir_all(staging.join("usr/local/bin"))?;
-        for tool in build::build_host_tools()? {
-            let name = tool.file_name().expect("a binary has a name");
-            fs::copy(&tool, staging.join("usr/local/bin").join(name))
-                .with_context(|| format!("copying host tool {}", tool.display()))?;
-        }
-        let overlay = self.path.join("overlay.cpio");
-        assets::cpio(&staging, &overlay)?;
-        let initrd = self.path.join("initrd.cpio");
-        let mut out = fs::File::create(&initrd)?;
-        std::io::copy(&mut fs::File::open(&assets.initramfs)?, &mut out)?;
-        std::io::copy(&mut fs::File::open(&overlay)?, &mut out)?;
-        Ok(initrd)
-    }
-}
-
-impl Drop for RunDir {
-    fn drop(&mut self) {
-        process::forget_scratch(&self.path);
-        let _ = fs::remove_dir_all(&self.path);
-    }
-}
-
-/// A running QEMU whose serial output arrives line by line, each line also written to
-/// the boot log.
-struct Serial {
-    child: ChildGuard,
-    lines: mpsc::Receiver<String>,
-    log: fs::File,
-    log_path: PathBuf,
-    started: Instant,
-    deadline: Instant,
-}
-
-enum Next {
-    Line(String),
-    Exited(ExitStatus),
-    TimedOut,
-}
-
-impl Serial {
-    fn spawn(mut qemu: Command, nonce: &str, timeout: Duration) -> Result<Self> {
-        let logs = assets::lab_dir().join("logs");
-        fs::create_dir_all(&logs)?;
-        prune_logs(&logs, 30);
-        let unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        let log_path = logs.join(format!("boot-{unix}-{nonce}.log"));
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .with_context(|| format!("creating {}", log_path.display()))?;
-        writeln!(&log, "$ {}", util::display(&qemu))?;
-        // QEMU's own complaints go into the same log. Its stdin is the serial line's
-        // input: a pipe the caller may keep (for `LabControl`) or drop.
-        qemu.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(log.try_clone()?);
-        let child = ChildGuard::spawn(&mut qemu, Duration::from_secs(2))?;
-        let lines = process::read_lines(child.take_stdout().expect("piped"));
-        let started = Instant::now();
-        Ok(Self {
-            child,
-            lines,
-            log,
-            log_path,
-            started,
-            deadline: started + timeout,
-        })
-    }
-
-    fn next(&mut self) -> Result<Next> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        match self.lines.recv_timeout(left) {
-            Ok(line) => {
-                let at = self.started.elapsed().as_secs_f64();
-                writeln!(self.log, "[{at:8.3}] {line}")?;
-                Ok(Next::Line(line))
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => Ok(Next::TimedOut),
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let status = self.child.wait_for(Duration::from_secs(5))?;
-                Ok(Next::Exited(status.unwrap_or_else(|| {
-                    self.child.terminate().unwrap_or_default()
-                })))
-            }
-        }
-    }
-
-    fn kill(&self) {
-        self.child.terminate();
-    }
-
-    /// The end of the boot log, for error messages.
-    fn tail(&self) -> String {
-        let text = fs::read_to_string(&self.log_path).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let start = lines.len().saturating_sub(40);
-        format!(
-            "--- last {} lines of {} ---\n{}",
-            lines.len() - start,
-            self.log_path.display(),
-            lines[start..].join("\n")
-        )
-    }
-}
-
-/// Keep the newest `keep` boot logs.
-fn prune_logs(dir: &Path, keep: usize) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    let mut logs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    logs.sort();
-    let excess = logs.len().saturating_sub(keep);
-    for old in &logs[..excess] {
-        let _ = fs::remove_file(old);
-    }
 }

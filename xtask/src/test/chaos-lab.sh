@@ -1,10 +1,8 @@
-# Lab job for `cargo xtask test`: chaos's commands on real Xen. Prints one line per
-# check, which the host judges (test.rs, `chaos_commands`):
-#   CHECK NAME ok|fail DETAIL
-#   BAD NAME STATUS LINES STDERR            (a malformed config: status, stderr lines, stderr)
-#   COUNT WHAT BEFORE AFTER                 (leak counts around the create/destroy cycles)
-# check and wait_for come from lab-checks.sh. Everything else (command output) is for
-# the log.
+# Lab job for `cargo xtask test`: chaos's commands on real Xen — create, list, console,
+# shutdown -w, destroy of daytime with its vif; a destroy while `create --console`
+# watches; malformed configurations, each refused with status 2 and one line naming the
+# field; create/destroy cycles that leak nothing. Reports through lab-checks.sh's
+# helpers; everything else (command output) is for the log.
 set -u
 CYCLES=${CYCLES:-100}
 GUEST=10.0.2.16
@@ -26,7 +24,8 @@ EOF
 domid=$(chaos create daytime.json 2>create.err)
 status=$?
 check create $status "status $status, printed domid '$domid' $(cat create.err)"
-case "$domid" in '' | *[!0-9]*) check create-prints-domid 1 "'$domid'" ;; *) check create-prints-domid 0 "$domid" ;; esac
+case "$domid" in '' | *[!0-9]*) false ;; *) true ;; esac
+check create-prints-domid $? "'$domid'"
 
 chaos list >list.out 2>&1
 cat list.out
@@ -53,13 +52,7 @@ check shutdown-w $status "status $status: $(cat shutdown.out)"
 grep -q "chaos-daytime (domain $domid) shut down: poweroff (reason code 0)" shutdown.out
 check shutdown-reports-reason $? "$(cat shutdown.out)"
 # The console ends by itself once the guest is gone.
-i=0
-while kill -0 $console 2>/dev/null && [ $i -lt 50 ]; do
-	i=$((i + 1))
-	sleep 0.1
-done
-kill -0 $console 2>/dev/null
-[ $? -ne 0 ]
+ended $console 50
 check console-ends-with-the-guest $? "after $i tenths of a second"
 wait $console
 check console-status $? "$(cat console.err)"
@@ -117,30 +110,52 @@ echo '{"name": "dup", "kernel": "/apps/noop", "memory": 4, "vcpus": 1, "paused":
 chaos create dup.json >/dev/null
 check dup-exists $? ""
 before=$(domains)
-bad() { # NAME JSON
+bad() { # NAME JSON STDERR: chaos refuses the config with status 2 and one line on stderr, `chaos: bad-NAME.json: STDERR…`
 	printf '%s\n' "$2" >"bad-$1.json"
 	chaos create "bad-$1.json" >bad.out 2>bad.err
 	status=$?
-	echo "BAD $1 $status $(wc -l <bad.err) $(tr '\n' '|' <bad.err)"
+	lines=$(wc -l <bad.err)
+	expected="chaos: bad-$1.json: $3"
+	case "$status $lines $(cat bad.err)" in
+	"2 1 $expected"*) true ;;
+	*) false ;;
+	esac
+	check "bad-config-$1" $? "status $status, $lines line(s) on stderr: $(tr '\n' '|' <bad.err) (expected status 2 and one line starting '$expected')"
 }
 base='"kernel": "/apps/hello", "memory": 8, "vcpus": 1'
-bad syntax '{"name": "x", "kernel": "/apps/hello",'
-bad unknown-key "{\"name\": \"x\", $base, \"memroy\": 8}"
-bad mac "{\"name\": \"x\", $base, \"vifs\": [{\"mac\": \"00:16:3e:zz:00:01\"}]}"
-bad ip "{\"name\": \"x\", $base, \"vifs\": [{\"ip\": \"10.0.2.300\"}]}"
-bad missing-kernel '{"name": "x", "kernel": "/apps/nonexistent", "memory": 8, "vcpus": 1}'
-bad non-elf-kernel '{"name": "x", "kernel": "/tmp/chaos/notakernel", "memory": 8, "vcpus": 1}'
-bad memory '{"name": "x", "kernel": "/apps/hello", "memory": 3, "vcpus": 1}'
-bad too-much-memory '{"name": "x", "kernel": "/apps/hello", "memory": 900000, "vcpus": 1}'
-bad duplicate-name "{\"name\": \"dup\", $base}"
-bad vdev-clash "{\"name\": \"x\", $base, \"vbds\": [{\"target\": \"/tmp/chaos/disk.img\", \"type\": \"file\", \"vdev\": \"xvda\"}, {\"target\": \"/tmp/chaos/disk.img\", \"type\": \"file\", \"vdev\": \"d0p0\"}]}"
-bad vdev-name "{\"name\": \"x\", $base, \"vbds\": [{\"target\": \"/tmp/chaos/disk.img\", \"type\": \"file\", \"vdev\": \"xvd1\"}]}"
-bad vcpus '{"name": "x", "kernel": "/apps/hello", "memory": 8, "vcpus": 0}'
-bad dev-method "{\"name\": \"x\", $base, \"xen\": {\"dev_method\": \"carrier-pigeon\"}}"
-bad no-bridge "{\"name\": \"x\", $base, \"vifs\": [{\"bridge\": \"nobr0\"}]}"
-bad phy-not-a-device "{\"name\": \"x\", $base, \"vbds\": [{\"target\": \"/tmp/chaos/disk.img\", \"type\": \"phy\", \"vdev\": \"xvda\"}]}"
+disk='"target": "/tmp/chaos/disk.img", "type": "file"'
+bad syntax '{"name": "x", "kernel": "/apps/hello",' \
+	'not valid JSON: EOF while parsing a value (line 2, column 0)'
+bad unknown-key "{\"name\": \"x\", $base, \"memroy\": 8}" \
+	'memroy: unknown key'
+bad mac "{\"name\": \"x\", $base, \"vifs\": [{\"mac\": \"00:16:3e:zz:00:01\"}]}" \
+	'vifs[0].mac: "00:16:3e:zz:00:01" is not a MAC address'
+bad ip "{\"name\": \"x\", $base, \"vifs\": [{\"ip\": \"10.0.2.300\"}]}" \
+	'vifs[0].ip: "10.0.2.300" is not an IPv4 address'
+bad missing-kernel '{"name": "x", "kernel": "/apps/nonexistent", "memory": 8, "vcpus": 1}' \
+	'kernel: /apps/nonexistent: no such file'
+bad non-elf-kernel '{"name": "x", "kernel": "/tmp/chaos/notakernel", "memory": 8, "vcpus": 1}' \
+	'kernel: /tmp/chaos/notakernel is not an ELF file'
+bad memory '{"name": "x", "kernel": "/apps/hello", "memory": 3, "vcpus": 1}' \
+	'memory: 3 MiB is too little'
+bad too-much-memory '{"name": "x", "kernel": "/apps/hello", "memory": 900000, "vcpus": 1}' \
+	'memory: 900000 MiB asked, but Xen has '
+bad duplicate-name "{\"name\": \"dup\", $base}" \
+	'name: a domain named "dup" exists already'
+bad vdev-clash "{\"name\": \"x\", $base, \"vbds\": [{$disk, \"vdev\": \"xvda\"}, {$disk, \"vdev\": \"d0p0\"}]}" \
+	"vbds[1].vdev: d0p0 is the same disk as vbds[0]'s xvda"
+bad vdev-name "{\"name\": \"x\", $base, \"vbds\": [{$disk, \"vdev\": \"xvd1\"}]}" \
+	'vbds[0].vdev: "xvd1" is not a virtual disk name'
+bad vcpus '{"name": "x", "kernel": "/apps/hello", "memory": 8, "vcpus": 0}' \
+	'vcpus: 0: a domain needs at least one vCPU'
+bad dev-method "{\"name\": \"x\", $base, \"xen\": {\"dev_method\": \"carrier-pigeon\"}}" \
+	'xen.dev_method: "carrier-pigeon" is not a device method ("xenstore" or "noxs")'
+bad no-bridge "{\"name\": \"x\", $base, \"vifs\": [{\"bridge\": \"nobr0\"}]}" \
+	'vifs[0].bridge: dom0 has no bridge named nobr0'
+bad phy-not-a-device "{\"name\": \"x\", $base, \"vbds\": [{\"target\": \"/tmp/chaos/disk.img\", \"type\": \"phy\", \"vdev\": \"xvda\"}]}" \
+	'vbds[0].target: /tmp/chaos/disk.img is not a block device'
 after=$(domains)
-echo "COUNT domains-after-bad-configs $before $after"
+count domains-after-bad-configs "$before" "$after"
 chaos destroy dup
 check dup-destroyed $? ""
 
@@ -177,10 +192,10 @@ while [ $i -lt 100 ]; do
 	i=$((i + 1))
 	sleep 0.1
 done
-echo "COUNT domains $d0 $(domains)"
-echo "COUNT loop-devices $l0 $(loops)"
-echo "COUNT vifs $v0 $(vifs)"
-echo "COUNT xenstore-nodes $n0 $(nodes)"
+count domains "$d0" "$(domains)"
+count loop-devices "$l0" "$(loops)"
+count vifs "$v0" "$(vifs)"
+count xenstore-nodes "$n0" "$(nodes)"
 # For the log, shown if a check failed.
 echo "--- /var/log/xendevd.log"
 cat /var/log/xendevd.log

@@ -1,0 +1,176 @@
+//! The QEMU command line of the lab: Xen under TCG as the multiboot kernel, dom0's
+//! kernel and initramfs as its modules, dom0's virtio disks, the user network and the
+//! relay's virtio-serial channel.
+
+use std::ffi::OsString;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+
+use super::assets::Assets;
+use super::serial::Serial;
+use super::{GUEST_ADDR, NET_ADDR, NET_PREFIX};
+use crate::disk::Disk;
+
+/// Dom0 Linux: console on Xen's, quiet boot, our `/init`.
+const DOM0_CMDLINE: &str = "console=hvc0 quiet rdinit=/init";
+
+/// QEMU booting Xen with Debian's kernel as dom0 and `initrd`, with `disks` (serial not
+/// yet chosen).
+pub(super) fn lab_qemu(assets: &Assets, initrd: &Path, disks: &[Disk]) -> Result<Command> {
+    let mut qemu = qemu(&assets.xen, LAB_XEN_CMDLINE);
+    qemu.args(disk_args(disks)?);
+    qemu.arg("-initrd").arg(multiboot_modules(&[
+        (&assets.vmlinux, DOM0_CMDLINE),
+        (initrd, ""),
+    ])?);
+    Ok(qemu)
+}
+
+/// How many disks a lab boot can have: each is a PCI device on QEMU's one bus (32 slots,
+/// a few taken by the chipset, the NIC and the RNG).
+pub const MAX_LAB_DISKS: usize = 24;
+
+/// The serial number of dom0's `index`th virtio disk; dom0's init links the disk with
+/// this serial as `/dev/lab/disk-N` (`dom0-init.sh`).
+pub(super) fn disk_serial(index: usize) -> String {
+    format!("lab-disk-{index}")
+}
+
+/// Where the `index`th disk of [`ExecOptions::disks`] is in dom0.
+pub fn disk_in_dom0(index: usize) -> String {
+    format!("/dev/lab/disk-{index}")
+}
+
+/// QEMU's arguments for the disks: each image a virtio disk of dom0 (`-drive` of raw
+/// format, `-device virtio-blk-pci` with the serial dom0 finds it by), read-only with
+/// `:ro`. `cache=writeback`: QEMU completes a write once it is in the host's page cache
+/// (`pwrite`), so every write a guest saw complete is in the file, for any reader on
+/// the host, as soon as the run ends, even if QEMU is killed then; a guest's flush
+/// still reaches the disk (`fdatasync`). (`cache=none` needs O_DIRECT, which tmpfs
+/// refuses; `writethrough` syncs every single write.)
+pub(super) fn disk_args(disks: &[Disk]) -> Result<Vec<OsString>> {
+    ensure!(
+        disks.len() <= MAX_LAB_DISKS,
+        "{} disks: a lab boot can have at most {MAX_LAB_DISKS}",
+        disks.len()
+    );
+    let mut args = Vec::new();
+    for (index, disk) in disks.iter().enumerate() {
+        let (path, _) = disk.check()?;
+        let path = path
+            .to_str()
+            .with_context(|| format!("disk image {}: not a UTF-8 path", path.display()))?;
+        // QEMU's option syntax: a comma in a value is written twice.
+        let mut drive = format!(
+            "file={},if=none,id=disk{index},format=raw,cache=writeback",
+            path.replace(',', ",,")
+        );
+        if disk.read_only {
+            drive.push_str(",readonly=on");
+        }
+        args.push("-drive".into());
+        args.push(drive.into());
+        args.push("-device".into());
+        args.push(
+            format!(
+                "virtio-blk-pci,drive=disk{index},serial={}",
+                disk_serial(index)
+            )
+            .into(),
+        );
+    }
+    Ok(args)
+}
+
+/// Xen for the Linux lab: dom0 gets a fixed 1 GiB and one vCPU, the other CPU is for
+/// guests (the set-up measured in the notes). All log levels on: the messages go to the
+/// boot log. No `noreboot`: if dom0 dies, Xen resets and `-no-reboot` ends QEMU.
+const LAB_XEN_CMDLINE: &str = "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M \
+    dom0_max_vcpus=1 loglvl=all guest_loglvl=all";
+
+/// QEMU for Xen under TCG: `-cpu qemu64` (dom0 Linux faults early with `-cpu max`, and
+/// KVM cannot run this Xen), Xen as the multiboot kernel, virtio-rng for dom0's
+/// entropy, an e1000 NIC on user networking. Serial and initrd are added by the caller.
+pub(super) fn qemu(xen: &Path, xen_cmdline: &str) -> Command {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-accel", "tcg", "-cpu", "qemu64", "-m", "2048", "-smp", "2"])
+        .args(["-nodefaults", "-display", "none", "-no-reboot"])
+        .args(["-device", "virtio-rng-pci"])
+        .arg("-netdev")
+        .arg(user_netdev())
+        .args(["-device", "e1000,netdev=n0"]);
+    // For diagnosis: LAB_PCAP=FILE records every frame between dom0's NIC and QEMU's
+    // user network (wireshark or tcpdump -r reads it).
+    if let Some(pcap) = std::env::var_os("LAB_PCAP") {
+        let mut object = OsString::from("filter-dump,id=pcap0,netdev=n0,file=");
+        object.push(pcap);
+        cmd.arg("-object").arg(object);
+    }
+    cmd.arg("-kernel").arg(xen).arg("-append").arg(xen_cmdline);
+    cmd
+}
+
+/// QEMU's user network: the lab's addresses, DHCP from [`GUEST_ADDR`] on (dom0 keeps
+/// its static address below it).
+pub(super) fn user_netdev() -> String {
+    format!("user,id=n0,net={NET_ADDR}/{NET_PREFIX},dhcpstart={GUEST_ADDR}")
+}
+
+/// The relay's channel: a virtio-serial port named `lab.relay` in dom0 (where
+/// `labrelay` opens it), a listening socket in the abstract namespace `name` on the
+/// host (no file to clean up, no path length limit to meet).
+pub(super) fn relay_args(name: &str) -> [String; 6] {
+    [
+        "-device".into(),
+        "virtio-serial-pci,id=relay".into(),
+        "-chardev".into(),
+        format!("socket,id=relaychr,path={name},abstract=on,server=on,wait=off"),
+        "-device".into(),
+        "virtserialport,bus=relay.0,chardev=relaychr,name=lab.relay".into(),
+    ]
+}
+
+/// Connect to the relay's channel once QEMU listens on it.
+pub(super) fn connect_relay(name: &str, serial: &Serial) -> Result<UnixStream> {
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+    let started = Instant::now();
+    loop {
+        match UnixStream::connect_addr(&addr) {
+            Ok(stream) => return Ok(stream),
+            Err(err) if started.elapsed() > Duration::from_secs(10) => {
+                bail!(
+                    "QEMU did not open the relay's channel @{name} within 10 s: {err}\n{}",
+                    serial.tail()
+                )
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// QEMU's `-initrd` for a multiboot kernel: modules separated by commas, each a path
+/// and its command line separated by a space (a literal comma is written twice).
+pub(super) fn multiboot_modules(modules: &[(&Path, &str)]) -> Result<String> {
+    let mut out = String::new();
+    for (path, cmdline) in modules {
+        let path = path.to_str().context("non-UTF-8 path")?;
+        ensure!(
+            !path.contains(' '),
+            "QEMU cannot load a multiboot module from a path with spaces: {path}"
+        );
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(&path.replace(',', ",,"));
+        if !cmdline.is_empty() {
+            out.push(' ');
+            out.push_str(&cmdline.replace(',', ",,"));
+        }
+    }
+    Ok(out)
+}

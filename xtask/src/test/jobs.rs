@@ -1,0 +1,130 @@
+//! The lab tests that are one shell job in dom0 each (`*.sh` here, after the helpers of
+//! `lab-checks.sh`), judged by [`protocol::judge`] against the checks the job's text
+//! plans ([`protocol::plan`]).
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+
+use super::protocol::{self, Verdict};
+use crate::build::GuestImage;
+use crate::lab;
+
+/// A lab test that is one shell job in dom0.
+#[derive(Debug)]
+pub struct JobTest {
+    /// What `--filter` matches; the PASS or FAIL line names it.
+    pub name: &'static str,
+    /// The job, without the helpers: see [`JobTest::job`].
+    pub script: &'static str,
+    pub timeout_secs: u64,
+    /// In a lab without Xenstore.
+    pub noxs: bool,
+    /// The checks whose detail goes into the PASS line.
+    pub summarize: &'static [&'static str],
+}
+
+/// The helpers every job starts with.
+const LAB_CHECKS: &str = include_str!("lab-checks.sh");
+
+pub const JOB_TESTS: [JobTest; 3] = [
+    // chaos's commands on real Xen (`chaos-lab.sh`): create, list (and xl list),
+    // console, shutdown -w, destroy of daytime with its vif; a destroy while `create
+    // --console` watches, each of the two ending well; fifteen malformed
+    // configurations, each refused with status 2 and one line naming the field,
+    // leaving no domain; and 100 create/destroy cycles of a paused guest with a vif and
+    // a file-backed disk that must leave no domain, loop device, vif or Xenstore node
+    // behind.
+    JobTest {
+        name: "chaos commands, malformed configs, create/destroy cycles",
+        script: include_str!("chaos-lab.sh"),
+        timeout_secs: 900,
+        noxs: false,
+        summarize: &["cycles-succeed"],
+    },
+    // xendevd as dom0 runs it (`xendevd-checks.sh`): malformed, partial and stalled
+    // requests among concurrent clients; loop devices attached, refused, shared
+    // read-only, detached and released, one under a blkcheck guest; vifs whose back
+    // end says `toolstack = chaos` put on their bridge (a daytime guest answers through
+    // one), one on a missing bridge failing with `hotplug-error`, one without the
+    // marker left alone; SIGTERM, daemonizing, a restart that takes back loop devices
+    // and vifs; and the time from `online` uevent to `hotplug-status = connected`, next
+    // to xl's script's.
+    JobTest {
+        name: "xendevd in dom0: malformed requests, loop devices, chaos vifs",
+        script: include_str!("xendevd-checks.sh"),
+        timeout_secs: 400,
+        noxs: false,
+        summarize: &[],
+    },
+    // In a NoXS lab (`noxs-lab.sh`): chaos's list, console, shutdown -w and destroy of
+    // a NoXS daytime, create/destroy cycles that leak nothing; and `apps/misbehave`
+    // attacking its vbd, vif and sysctl back ends while the honest daytime serves and
+    // a blkcheck runs: xendevd must survive, the honest guests keep working, and
+    // destroying the attacker releases everything.
+    JobTest {
+        name: "chaos NoXS: commands without Xenstore, cycles, a guest attacking its back ends",
+        script: include_str!("noxs-lab.sh"),
+        timeout_secs: 600,
+        noxs: true,
+        summarize: &["misbehave-attacks-reported", "cycles-succeed"],
+    },
+];
+
+impl JobTest {
+    /// What runs in dom0: the helpers, then the script.
+    pub fn job(&self) -> String {
+        format!("{LAB_CHECKS}{}", self.script)
+    }
+
+    pub fn run(&self, images: &[GuestImage]) -> Result<()> {
+        let job = self.job();
+        let plan = protocol::plan(&job)?;
+        let (end, output) = lab_job(&job, images, self.timeout_secs, self.noxs)?;
+        let verdict =
+            protocol::judge(&plan, self.summarize, &output).and_then(|verdict| match end {
+                lab::ExecEnd::Exited(0) => Ok(verdict),
+                other => bail!("the job ended with {other:?}"),
+            });
+        match verdict {
+            Ok(Verdict { summary, notes }) => {
+                eprintln!("PASS {} ({summary})", self.name);
+                for note in notes {
+                    eprintln!("     {note}");
+                }
+                Ok(())
+            }
+            // The output first, so that the reason ends the log (CI may show only
+            // its end).
+            Err(err) => {
+                eprintln!("{}: job output:\n  {}", self.name, output.join("\n  "));
+                bail!("FAIL {}: {err:#}", self.name)
+            }
+        }
+    }
+}
+
+/// Run `job` in a fresh lab (without Xenstore if `noxs`), for `timeout_secs` at most;
+/// how it ended and every line it printed.
+fn lab_job(
+    job: &str,
+    images: &[GuestImage],
+    timeout_secs: u64,
+    noxs: bool,
+) -> Result<(lab::ExecEnd, Vec<String>)> {
+    let options = lab::ExecOptions {
+        timeout: Duration::from_secs(timeout_secs),
+        verbose: false,
+        forwards: Vec::new(),
+        disks: Vec::new(),
+        control: None,
+        noxs,
+    };
+    let mut output = Vec::new();
+    let end = lab::exec(job, images, &options, &mut |line| {
+        if let lab::Line::Stdout(text) | lab::Line::Stderr(text) = line {
+            output.push(text.to_owned());
+        }
+    })?;
+    Ok((end, output))
+}
