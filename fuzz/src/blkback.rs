@@ -16,7 +16,7 @@ use proptest::prelude::*;
 use xendevd::engine::blkback::{Disk, Geometry, serve_snapshot};
 use xendevd::engine::memory::PAGE_SIZE;
 
-use crate::sim::{SimGuest, Violations};
+use crate::sim::{self, Violations};
 
 /// The simulated disk's size.
 const DISK_SECTORS: u64 = 64;
@@ -70,7 +70,7 @@ impl Disk for SimDisk<'_> {
 /// A segment: mostly plausible sector ranges, sometimes anything.
 fn segment() -> impl Strategy<Value = [u8; 8]> {
     (
-        crate::sim::gref(),
+        sim::gref(),
         prop_oneof![4 => 0u8..9, 1 => any::<u8>()],
         prop_oneof![4 => 0u8..9, 1 => any::<u8>()],
     )
@@ -124,7 +124,7 @@ fn slot() -> impl Strategy<Value = Vec<u8>> {
             }
             req
         });
-    prop_oneof![8 => shaped, 1 => crate::sim::noise(112)]
+    prop_oneof![8 => shaped, 1 => sim::noise(112)]
 }
 
 #[derive(Debug, Clone)]
@@ -143,7 +143,7 @@ fn case() -> impl Strategy<Value = Case> {
         prop::collection::vec(slot(), 32),
         any::<bool>(),
         prop_oneof![Just(0u32), Just(256u32), 0u32..1024],
-        crate::sim::granted_pages(),
+        sim::granted_pages(),
     )
         .prop_map(
             |(req_prod, slots, readonly, max_indirect_segments, pages)| Case {
@@ -163,7 +163,7 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
         ring[64 + i * 112..64 + (i + 1) * 112].copy_from_slice(slot);
     }
     let violations = Violations::default();
-    let mut guest = SimGuest::new(&case.pages, &violations);
+    let mut guest = sim::guest(&case.pages);
     let mut disk = SimDisk {
         bytes: vec![0x5a; DISK_SECTORS as usize * 512],
         readonly: case.readonly,
@@ -184,9 +184,8 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
             );
         }
     }
-    let violations = violations.into_inner();
-    prop_assert!(violations.is_empty(), "{}", violations.join("; "));
-    Ok(())
+    drop(disk);
+    sim::no_violations(violations, guest)
 }
 
 pub fn run(time: Duration) -> Result<u64, String> {

@@ -14,7 +14,7 @@ use proptest::prelude::*;
 use xendevd::engine::memory::PAGE_SIZE;
 use xendevd::engine::netback::{MAX_PACKET, transmit_snapshot};
 
-use crate::sim::{SimGuest, Violations};
+use crate::sim;
 
 /// Packets taken per snapshot.
 const BUDGET: usize = 64;
@@ -24,7 +24,7 @@ const SLOTS: usize = 256;
 /// One 12-byte transmit slot: shaped, or random bytes (an extra-info slot's content).
 fn slot() -> impl Strategy<Value = [u8; 12]> {
     let shaped = (
-        crate::sim::gref(),
+        sim::gref(),
         prop_oneof![4 => 0u16..4096, 1 => any::<u16>()],
         prop_oneof![4 => 0u16..16, 1 => any::<u16>()],
         0u16..512,
@@ -54,7 +54,7 @@ fn case() -> impl Strategy<Value = Case> {
     (
         prop_oneof![8 => 0u32..48, 1 => any::<u32>()],
         prop::collection::vec(slot(), 48),
-        crate::sim::granted_pages(),
+        sim::granted_pages(),
     )
         .prop_map(|(req_prod, slots, pages)| Case {
             req_prod,
@@ -69,8 +69,7 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
     for (i, slot) in case.slots.iter().enumerate().take(SLOTS) {
         ring[64 + i * 12..64 + (i + 1) * 12].copy_from_slice(slot);
     }
-    let violations = Violations::default();
-    let mut guest = SimGuest::new(&case.pages, &violations);
+    let mut guest = sim::guest(&case.pages);
     if let Ok((frames, packets)) = transmit_snapshot(&ring, &mut guest, BUDGET) {
         prop_assert!(packets <= BUDGET, "{packets} packets");
         prop_assert!(
@@ -86,9 +85,7 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
             );
         }
     }
-    let violations = violations.into_inner();
-    prop_assert!(violations.is_empty(), "{}", violations.join("; "));
-    Ok(())
+    sim::no_violations(sim::Violations::default(), guest)
 }
 
 pub fn run(time: Duration) -> Result<u64, String> {

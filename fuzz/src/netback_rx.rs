@@ -13,7 +13,7 @@ use proptest::prelude::*;
 use xendevd::engine::memory::PAGE_SIZE;
 use xendevd::engine::netback::{Delivered, receive_snapshot};
 
-use crate::sim::{SimGuest, Violations};
+use crate::sim;
 
 /// Receive slots in a ring page (8 bytes each).
 const SLOTS: usize = 256;
@@ -32,9 +32,9 @@ struct Case {
 fn case() -> impl Strategy<Value = Case> {
     (
         prop_oneof![8 => 0u32..40, 1 => any::<u32>()],
-        prop::collection::vec((any::<u16>(), crate::sim::gref()), 32),
+        prop::collection::vec((any::<u16>(), sim::gref()), 32),
         prop::collection::vec(prop_oneof![4 => 14usize..1600, 1 => 0usize..5000], 0..40),
-        crate::sim::granted_pages(),
+        sim::granted_pages(),
     )
         .prop_map(|(req_prod, posted, frame_lens, pages)| Case {
             req_prod,
@@ -58,8 +58,7 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
         .enumerate()
         .map(|(n, &len)| vec![n as u8; len])
         .collect();
-    let violations = Violations::default();
-    let mut guest = SimGuest::new(&case.pages, &violations);
+    let mut guest = sim::guest(&case.pages);
     if let Ok((delivered, responses)) = receive_snapshot(&ring, &mut guest, &frames) {
         prop_assert_eq!(delivered.len(), frames.len());
         prop_assert!(
@@ -80,9 +79,7 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
         let okay = responses.iter().filter(|r| r.status > 0).count();
         prop_assert_eq!(yes, okay, "delivered frames and okay responses differ");
     }
-    let violations = violations.into_inner();
-    prop_assert!(violations.is_empty(), "{}", violations.join("; "));
-    Ok(())
+    sim::no_violations(sim::Violations::default(), guest)
 }
 
 pub fn run(time: Duration) -> Result<u64, String> {

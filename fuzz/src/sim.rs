@@ -1,17 +1,12 @@
-//! A simulated guest for the back-end targets: a few granted pages with random
-//! contents, reached by grant copy as the daemon reaches a real guest's, and a record
-//! of what the engine must never do.
+//! The simulated guest of the back-end targets: a few granted pages with random
+//! contents (xendevd's `FakeGuest`, reached by grant copy as the daemon reaches a real
+//! guest's), and a record of what the engine must never do.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 
 use proptest::prelude::*;
-use xendevd::engine::memory::{
-    Direction, GNTST_BAD_COPY_ARG, GNTST_OKAY, GuestMemory, PAGE_SIZE, Span,
-};
-
-/// `GNTST_bad_gntref`: what Xen answers for a grant the guest has not issued.
-const GNTST_BAD_GNTREF: i16 = -3;
+use xendevd::engine::memory::PAGE_SIZE;
+use xendevd::engine::memory::fake::FakeGuest;
 
 /// Grants the simulated guest has issued.
 pub const GRANTED: [u32; 4] = [8, 9, 10, 11];
@@ -47,58 +42,20 @@ pub fn noise(len: usize) -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
-pub struct SimGuest<'a> {
-    pages: HashMap<u32, Box<[u8; PAGE_SIZE]>>,
-    violations: &'a Violations,
+/// A guest whose [`GRANTED`] pages hold `contents`.
+pub fn guest(contents: &[Vec<u8>]) -> FakeGuest {
+    let mut guest = FakeGuest::default();
+    for (&gref, bytes) in GRANTED.iter().zip(contents) {
+        guest.grant(gref).copy_from_slice(bytes);
+    }
+    guest
 }
 
-impl<'a> SimGuest<'a> {
-    /// A guest whose [`GRANTED`] pages hold `contents`.
-    pub fn new(contents: &[Vec<u8>], violations: &'a Violations) -> Self {
-        let pages = GRANTED
-            .iter()
-            .zip(contents)
-            .map(|(&gref, bytes)| {
-                let mut page = Box::new([0u8; PAGE_SIZE]);
-                page.copy_from_slice(bytes);
-                (gref, page)
-            })
-            .collect();
-        Self { pages, violations }
-    }
-}
-
-impl GuestMemory for SimGuest<'_> {
-    fn copy(
-        &mut self,
-        direction: Direction,
-        spans: &[Span],
-        buf: &mut [u8],
-        status: &mut Vec<i16>,
-    ) {
-        status.clear();
-        for span in spans {
-            // The engines check every span against its page and buffer before asking:
-            // one that does not fit is their bug, even though Xen would refuse it too.
-            if !span.fits(buf.len()) {
-                self.violations.borrow_mut().push(format!(
-                    "grant copy of a span outside its page or buffer: {span:?} (buffer of {})",
-                    buf.len()
-                ));
-                status.push(GNTST_BAD_COPY_ARG);
-                continue;
-            }
-            let Some(page) = self.pages.get_mut(&span.gref) else {
-                status.push(GNTST_BAD_GNTREF);
-                continue;
-            };
-            let (offset, len) = (usize::from(span.offset), usize::from(span.len));
-            let local = span.local..span.local + len;
-            match direction {
-                Direction::FromGuest => buf[local].copy_from_slice(&page[offset..offset + len]),
-                Direction::ToGuest => page[offset..offset + len].copy_from_slice(&buf[local]),
-            }
-            status.push(GNTST_OKAY);
-        }
-    }
+/// Fail the case if the engine did what it must never do: `violations` recorded by the
+/// target, and grant copies the `guest` was asked for that do not fit.
+pub fn no_violations(violations: Violations, guest: FakeGuest) -> Result<(), TestCaseError> {
+    let mut all = violations.into_inner();
+    all.extend(guest.misfits);
+    prop_assert!(all.is_empty(), "{}", all.join("; "));
+    Ok(())
 }

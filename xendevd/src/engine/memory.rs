@@ -78,6 +78,10 @@ pub mod fake {
         pub pages: HashMap<u32, Box<[u8; PAGE_SIZE]>>,
         /// Copies attempted, for assertions.
         pub copies: usize,
+        /// Spans the engine asked for that do not fit their page or buffer. The
+        /// engines check every span before they ask, so each is an engine bug (even
+        /// though Xen would refuse it too).
+        pub misfits: Vec<String>,
     }
 
     impl FakeGuest {
@@ -100,6 +104,10 @@ pub mod fake {
             for span in spans {
                 self.copies += 1;
                 if !span.fits(buf.len()) {
+                    self.misfits.push(format!(
+                        "grant copy of a span outside its page or buffer: {span:?} (buffer of {})",
+                        buf.len()
+                    ));
                     status.push(GNTST_BAD_COPY_ARG);
                     continue;
                 }
