@@ -419,7 +419,7 @@ mod tests {
 
     use xenproto::blkif::BlkFront;
 
-    use super::super::memory::fake::FakeGuest;
+    use super::super::memory::fake::{FakeGuest, Noise};
     use super::*;
 
     /// A disk in memory.
@@ -727,21 +727,12 @@ mod tests {
     /// Arbitrary ring contents never panic and never copy outside spans that fit.
     #[test]
     fn random_rings_are_survived() {
-        let mut seed = 0x1234_5678_9abc_def0u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut noise = Noise(0x1234_5678_9abc_def0);
         for round in 0..2000 {
-            let mut page = [0u8; PAGE_SIZE];
-            for chunk in page.chunks_mut(8) {
-                chunk.copy_from_slice(&next().to_le_bytes());
-            }
+            let mut page = noise.page();
             // Mostly plausible indices, sometimes garbage.
             if round % 4 != 0 {
-                let prod = (next() % 40) as u32;
+                let prod = (noise.word() % 40) as u32;
                 page[0..4].copy_from_slice(&prod.to_le_bytes());
                 page[8..12].copy_from_slice(&0u32.to_le_bytes());
             }
@@ -761,6 +752,7 @@ mod tests {
             if let Ok(responses) = serve_snapshot(&page, geometry, &mut guest, &mut disk, 32) {
                 assert!(responses.len() <= 32);
             }
+            assert!(guest.misfits.is_empty(), "{:?}", guest.misfits);
         }
     }
 }

@@ -84,6 +84,27 @@ pub mod fake {
         pub misfits: Vec<String>,
     }
 
+    /// Pseudo-random words and pages (xorshift64): the same for the same seed.
+    #[derive(Debug)]
+    pub struct Noise(pub u64);
+
+    impl Noise {
+        pub fn word(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        pub fn page(&mut self) -> [u8; PAGE_SIZE] {
+            let mut page = [0u8; PAGE_SIZE];
+            for chunk in page.chunks_mut(8) {
+                chunk.copy_from_slice(&self.word().to_le_bytes());
+            }
+            page
+        }
+    }
+
     impl FakeGuest {
         pub fn grant(&mut self, gref: u32) -> &mut [u8; PAGE_SIZE] {
             self.pages

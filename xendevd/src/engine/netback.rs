@@ -476,7 +476,7 @@ pub fn receive_snapshot(
 mod tests {
     use xenproto::netif::{RxFront, TxFront};
 
-    use super::super::memory::fake::FakeGuest;
+    use super::super::memory::fake::{FakeGuest, Noise};
     use super::*;
 
     struct Rig {
@@ -690,20 +690,11 @@ mod tests {
 
     #[test]
     fn random_rings_are_survived() {
-        let mut seed = 0x0bad_cafe_dead_beefu64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut noise = Noise(0x0bad_cafe_dead_beef);
         for round in 0..2000 {
-            let mut page = [0u8; PAGE_SIZE];
-            for chunk in page.chunks_mut(8) {
-                chunk.copy_from_slice(&next().to_le_bytes());
-            }
+            let mut page = noise.page();
             if round % 4 != 0 {
-                page[0..4].copy_from_slice(&((next() % 300) as u32).to_le_bytes());
+                page[0..4].copy_from_slice(&((noise.word() % 300) as u32).to_le_bytes());
             }
             let mut guest = FakeGuest::default();
             for gref in 0..4 {
@@ -712,6 +703,7 @@ mod tests {
             if let Ok((frames, packets)) = transmit_snapshot(&page, &mut guest, 64) {
                 assert!(frames.len() <= packets && packets <= 64);
             }
+            assert!(guest.misfits.is_empty(), "{:?}", guest.misfits);
         }
     }
 }
