@@ -214,23 +214,9 @@ pub fn relay(
             continue; // EINTR: the signal check above decides.
         }
         if fds[0].revents != 0 {
-            match tty.read(&mut buf) {
-                Ok(0) => return Ok(Stopped::Closed),
-                Ok(n) => {
-                    out.write_all(&buf[..n]).map_err(|err| Error::Device {
-                        device: "console".into(),
-                        message: format!("writing to stdout: {err}"),
-                    })?;
-                    out.flush().ok();
-                    continue;
-                }
-                Err(err)
-                    if matches!(
-                        err.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                    ) => {}
-                // EIO: xenconsoled closed its end.
-                Err(_) => return Ok(Stopped::Closed),
+            match pass_on(tty, &mut buf, out)? {
+                Some(stopped) => return Ok(stopped),
+                None => continue,
             }
         }
         if interactive && fds[2].revents != 0 {
@@ -285,15 +271,7 @@ pub fn relay_stream(
     pending: &[u8],
     out: &mut dyn Write,
 ) -> Result<Stopped> {
-    let write = |out: &mut dyn Write, bytes: &[u8]| -> Result<()> {
-        out.write_all(bytes).map_err(|err| Error::Device {
-            device: "console".into(),
-            message: format!("writing to stdout: {err}"),
-        })?;
-        out.flush().ok();
-        Ok(())
-    };
-    write(out, pending)?;
+    write_out(out, pending)?;
     let mut buf = [0u8; 4096];
     let mut next_check = Instant::now();
     loop {
@@ -324,15 +302,40 @@ pub fn relay_stream(
         if rc <= 0 {
             continue; // a timeout, or EINTR: the checks above decide.
         }
-        match stream.read(&mut buf) {
-            Ok(0) => return Ok(Stopped::Closed),
-            Ok(n) => write(out, &buf[..n])?,
-            Err(err)
-                if matches!(
-                    err.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) => {}
-            Err(_) => return Ok(Stopped::Closed),
+        if let Some(stopped) = pass_on(stream, &mut buf, out)? {
+            return Ok(stopped);
         }
     }
+}
+
+/// Copy what `console` has ready to `out`; `Some(Stopped::Closed)` once it has ended
+/// (EOF, or EIO when xenconsoled closes its end).
+fn pass_on(
+    console: &mut impl Read,
+    buf: &mut [u8],
+    out: &mut dyn Write,
+) -> Result<Option<Stopped>> {
+    match console.read(buf) {
+        Ok(0) => Ok(Some(Stopped::Closed)),
+        Ok(n) => write_out(out, &buf[..n]).map(|()| None),
+        Err(err)
+            if matches!(
+                err.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(_) => Ok(Some(Stopped::Closed)),
+    }
+}
+
+/// Write the guest's output to `out` at once.
+fn write_out(out: &mut dyn Write, bytes: &[u8]) -> Result<()> {
+    out.write_all(bytes).map_err(|err| Error::Device {
+        device: "console".into(),
+        message: format!("writing to stdout: {err}"),
+    })?;
+    out.flush().ok();
+    Ok(())
 }
