@@ -2,7 +2,9 @@
 //!
 //! The NoXS requests (`noxs_create`, `power`, `console`) serve chaos's NoXS device
 //! method (`shared/design/noxs-v1.md` §3): xendevd is the back end of every device of
-//! such a domain, console included, and no Xenstore is involved.
+//! such a domain, console included, and no Xenstore is involved. `noxs_shell` and
+//! `noxs_fill` split `noxs_create` in two for the chaos daemon's shells: the devices
+//! made before the guest is known, then completed with its configuration.
 //!
 //! The NoXS words are xenproto's, the guest's own: a device's [`noxs::Kind`], its
 //! block [`noxs::Entry`], a power request ([`noxs::Request`]) and a vif's [`Mac`]
@@ -39,6 +41,28 @@ pub enum Request {
     /// [`Response::Noxs`], whose entries chaos writes into the guest's start_info.
     /// On an error nothing of the domain is kept.
     NoxsCreate {
+        domid: u32,
+        name: String,
+        console_port: u32,
+        devices: Vec<NoxsDevice>,
+    },
+    /// Make the devices of a NoXS domain whose guest is not known yet (a chaos daemon's
+    /// *shell*: created, its memory populated, no kernel yet): per device a control
+    /// page granted and an event channel reserved, and each vif's tap on its bridge; no
+    /// console and no disk yet. [`Request::NoxsFill`] completes it. Answered with
+    /// [`Response::Noxs`], whose entries stay the domain's. On an error nothing of the
+    /// domain is kept.
+    NoxsShell {
+        domid: u32,
+        name: String,
+        devices: Vec<ShellDevice>,
+    },
+    /// Complete a shell made by `NoxsShell`, now built and not yet unpaused: the guest's
+    /// name, its console (as for `NoxsCreate`), and its devices' configuration, one for
+    /// one the shell's devices (a vif on the shell's bridge). Answered like
+    /// `NoxsCreate`, with the shell's entries. On an error nothing of the domain is
+    /// kept.
+    NoxsFill {
         domid: u32,
         name: String,
         console_port: u32,
@@ -82,6 +106,37 @@ pub enum NoxsDevice {
         devid: u32,
         target: String,
         readonly: bool,
+    },
+}
+
+impl NoxsDevice {
+    /// The device as a shell has it before its guest is known.
+    pub fn shell(&self) -> ShellDevice {
+        match self {
+            Self::Sysctl => ShellDevice::Sysctl,
+            Self::Vif { devid, bridge, .. } => ShellDevice::Vif {
+                devid: *devid,
+                bridge: bridge.clone(),
+            },
+            Self::Vbd { devid, .. } => ShellDevice::Vbd { devid: *devid },
+        }
+    }
+}
+
+/// A device of a NoXS shell ([`Request::NoxsShell`]): what is made before the guest's
+/// configuration is known.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ShellDevice {
+    Sysctl,
+    /// A vif's tap on `bridge`; its MAC and address come with the guest.
+    Vif {
+        devid: u32,
+        bridge: String,
+    },
+    /// A disk; its target comes with the guest.
+    Vbd {
+        devid: u32,
     },
 }
 
@@ -167,7 +222,7 @@ pub enum Response {
     Disk(Disk),
     /// `Query`'s answer.
     State(State),
-    /// `NoxsCreate` succeeded.
+    /// `NoxsCreate`, `NoxsShell` or `NoxsFill` succeeded.
     Noxs(NoxsDomain),
     /// `Console`: raw console bytes follow on the connection.
     Streaming,
@@ -225,6 +280,46 @@ mod tests {
             r#"{"op":"noxs_create","domid":7,"name":"daytime","console_port":2,"devices":[{"kind":"sysctl"},{"kind":"vif","devid":0,"mac":"00:16:3e:00:00:01","bridge":"xenbr0","ip":"10.0.2.16","prefix_len":24,"gateway":null}]}"#
         );
         assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), create);
+        let shell = Request::NoxsShell {
+            domid: 7,
+            name: "chaos-shell-7".into(),
+            devices: vec![
+                ShellDevice::Sysctl,
+                ShellDevice::Vif {
+                    devid: 0,
+                    bridge: "xenbr0".into(),
+                },
+                ShellDevice::Vbd { devid: 0 },
+            ],
+        };
+        let line = serde_json::to_string(&shell).unwrap();
+        assert_eq!(
+            line,
+            r#"{"op":"noxs_shell","domid":7,"name":"chaos-shell-7","devices":[{"kind":"sysctl"},{"kind":"vif","devid":0,"bridge":"xenbr0"},{"kind":"vbd","devid":0}]}"#
+        );
+        assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), shell);
+        let Request::NoxsCreate { devices, .. } = &create else {
+            unreachable!()
+        };
+        let fill = Request::NoxsFill {
+            domid: 7,
+            name: "daytime".into(),
+            console_port: 2,
+            devices: devices.clone(),
+        };
+        let line = serde_json::to_string(&fill).unwrap();
+        assert!(line.starts_with(r#"{"op":"noxs_fill","domid":7,"name":"daytime","console_port":2,"devices":[{"kind":"sysctl"},"#), "{line}");
+        assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), fill);
+        assert_eq!(
+            devices.iter().map(NoxsDevice::shell).collect::<Vec<_>>(),
+            [
+                ShellDevice::Sysctl,
+                ShellDevice::Vif {
+                    devid: 0,
+                    bridge: "xenbr0".into()
+                }
+            ]
+        );
         assert_eq!(
             serde_json::to_string(&Request::Power {
                 domid: 7,
@@ -259,6 +354,9 @@ mod tests {
             r#"{"op":"noxs_create","domid":1,"name":"x","console_port":1,"devices":[{"kind":"vbd","devid":0,"target":"/i","readonly":false,"x":1}]}"#,
             r#"{"op":"noxs_create","domid":1,"name":"x","console_port":1,"devices":[{"kind":"vif","devid":0,"mac":"00:16:3e:zz:00:10","bridge":"xenbr0","ip":null,"prefix_len":null,"gateway":null}]}"#,
             r#"{"op":"noxs_create","domid":1,"name":"x","console_port":1,"devices":[{"kind":"vif","devid":0,"mac":"00:16:3e:0a:00","bridge":"xenbr0","ip":null,"prefix_len":null,"gateway":null}]}"#,
+            r#"{"op":"noxs_shell","domid":1,"name":"x","devices":[{"kind":"vif","devid":0}]}"#,
+            r#"{"op":"noxs_shell","domid":1,"name":"x","devices":[{"kind":"vbd","devid":0,"target":"/i"}]}"#,
+            r#"{"op":"noxs_fill","domid":1,"name":"x","devices":[]}"#,
         ] {
             assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use xenproto::noxs;
 
-use crate::api::{Disk, NoxsDevice, NoxsDomain, Request, Response, State};
+use crate::api::{Disk, NoxsDevice, NoxsDomain, Request, Response, ShellDevice, State};
 
 /// Talking to the daemon failed, or it refused.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +90,14 @@ fn done(answer: Response) -> Result<(), Response> {
     }
 }
 
+/// `Noxs`, as the NoXS requests that make devices are answered.
+fn noxs_answer(answer: Response) -> Result<NoxsDomain, Response> {
+    match answer {
+        Response::Noxs(served) => Ok(served),
+        other => Err(other),
+    }
+}
+
 impl Client {
     pub fn new(socket: impl Into<PathBuf>, timeout: Duration) -> Self {
         Self {
@@ -163,10 +171,41 @@ impl Client {
             console_port,
             devices: devices.to_vec(),
         };
-        expect("noxs_create", self.call(&request)?, |answer| match answer {
-            Response::Noxs(served) => Ok(served),
-            other => Err(other),
-        })
+        expect("noxs_create", self.call(&request)?, noxs_answer)
+    }
+
+    /// Make the devices of shell `domid` (created, not built): its entries for the
+    /// start_info block, fixed from now on.
+    pub fn noxs_shell(
+        &self,
+        domid: u32,
+        name: &str,
+        devices: &[ShellDevice],
+    ) -> Result<NoxsDomain, ClientError> {
+        let request = Request::NoxsShell {
+            domid,
+            name: name.to_owned(),
+            devices: devices.to_vec(),
+        };
+        expect("noxs_shell", self.call(&request)?, noxs_answer)
+    }
+
+    /// Complete shell `domid` (now built, still paused) with its guest's name, console
+    /// and devices: its entries for the start_info block.
+    pub fn noxs_fill(
+        &self,
+        domid: u32,
+        name: &str,
+        console_port: u32,
+        devices: &[NoxsDevice],
+    ) -> Result<NoxsDomain, ClientError> {
+        let request = Request::NoxsFill {
+            domid,
+            name: name.to_owned(),
+            console_port,
+            devices: devices.to_vec(),
+        };
+        expect("noxs_fill", self.call(&request)?, noxs_answer)
     }
 
     /// Ask NoXS domain `domid` to power off, reboot, suspend or crash; returns once the

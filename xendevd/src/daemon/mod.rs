@@ -255,6 +255,25 @@ impl Services {
                 .create(domid, &name, console_port, &devices)
                 .map(Response::Noxs)
                 .map_err(Refusal::from),
+            Request::NoxsShell {
+                domid,
+                name,
+                devices,
+            } => self
+                .noxs
+                .shell(domid, &name, &devices)
+                .map(Response::Noxs)
+                .map_err(Refusal::from),
+            Request::NoxsFill {
+                domid,
+                name,
+                console_port,
+                devices,
+            } => self
+                .noxs
+                .fill(domid, &name, console_port, &devices)
+                .map(Response::Noxs)
+                .map_err(Refusal::from),
             Request::Power {
                 domid,
                 action,

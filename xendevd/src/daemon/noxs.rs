@@ -1,8 +1,8 @@
 //! The NoXS dispatch: the daemon's side of the NoXS back ends (`crate::noxs`). It
-//! opens them, hands them their requests (`noxs_create`, `power`, `console`, and
-//! their part of `release_domain` and `query`), polls their descriptors, and brings
-//! back what the API's connections wait for: console output, released domains, and
-//! the end of power requests.
+//! opens them, hands them their requests (`noxs_create`, `noxs_shell`, `noxs_fill`,
+//! `power`, `console`, and their part of `release_domain` and `query`), polls their
+//! descriptors, and brings back what the API's connections wait for: console output,
+//! released domains, and the end of power requests.
 
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use log::{info, warn};
 use nix::poll::PollFlags;
 use xenproto::noxs;
 
-use crate::api::{NoxsDevice, NoxsDomain};
+use crate::api::{NoxsDevice, NoxsDomain, ShellDevice};
 use crate::noxs::{Backends, Error, Event, OpenError, PowerWait};
 
 /// Why this xendevd serves no NoXS domains.
@@ -93,6 +93,35 @@ impl NoxsDispatch {
             .backends()?
             .create(domid, name, console_port, devices)
             .inspect_err(|err| warn!("noxs_create of domain {domid} ({name}): {err}"))?;
+        Ok(served)
+    }
+
+    /// `noxs_shell`.
+    pub fn shell(
+        &mut self,
+        domid: u32,
+        name: &str,
+        devices: &[ShellDevice],
+    ) -> Result<NoxsDomain, NoxsRefusal> {
+        let made = self
+            .backends()?
+            .shell(domid, name, devices)
+            .inspect_err(|err| warn!("noxs_shell of domain {domid} ({name}): {err}"))?;
+        Ok(made)
+    }
+
+    /// `noxs_fill`.
+    pub fn fill(
+        &mut self,
+        domid: u32,
+        name: &str,
+        console_port: u32,
+        devices: &[NoxsDevice],
+    ) -> Result<NoxsDomain, NoxsRefusal> {
+        let served = self
+            .backends()?
+            .fill(domid, name, console_port, devices)
+            .inspect_err(|err| warn!("noxs_fill of domain {domid} ({name}): {err}"))?;
         Ok(served)
     }
 

@@ -26,6 +26,17 @@ pub enum Error {
     Served { domid: u32, name: String },
     #[error("domain {0} does not exist")]
     NoSuchDomain(u32),
+    #[error("domain {0} is not a shell xendevd holds (noxs_shell makes one)")]
+    NotAShell(u32),
+    #[error(
+        "domain {domid}'s shell has the devices {made}, the fill asks for {asked}; the \
+         shell is released"
+    )]
+    NotTheShell {
+        domid: u32,
+        made: String,
+        asked: String,
+    },
     #[error("domain {0} is dying")]
     Dying(u32),
     #[error("cannot list domains: {0}")]

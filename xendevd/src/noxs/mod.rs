@@ -10,6 +10,11 @@
 //! event-channel port to what it belongs to, runs the control-page handshake
 //! ([`control`]) and releases domains that died.
 //!
+//! A domain may also start as a *shell* (a chaos daemon's, `noxs_shell`): its control
+//! pages and event channels made, its vifs' taps on their bridges, before its guest is
+//! known; `noxs_fill` then gives it the guest's name, console, MACs, addresses and
+//! disks, and it is served like any other.
+//!
 //! Everything runs in the daemon's poll loop: one event-channel fd for every port, one
 //! fd per connected vif's tap. Ring work is bounded per turn ([`BUDGET`]) so that one
 //! busy or hostile guest cannot hold up the others; a guest that breaks a ring loses
@@ -41,16 +46,17 @@ use xenhost::xs::{Watch, Xs};
 use xenproto::noxs::{self, Kind};
 use xenproto::xenstore::XenbusState;
 
-use crate::api::{NoxsDevice, NoxsDomain};
+use crate::api::{NoxsDevice, NoxsDomain, ShellDevice};
 use crate::bridge::NetControl;
 
 use console::{Console, ConsoleLog, LOG_LIMIT};
 use control::{Control, Step};
 use copier::Copier;
 pub use error::{DeviceError, Error, OpenError};
-use request::{DevicePlan, Dom0};
+use request::{DevicePlan, Dom0, ShellPlan};
 pub use sysctl::PowerWait;
 use sysctl::Sysctl;
+use tap::Tap;
 use vbd::Vbd;
 use vif::Vif;
 
@@ -255,6 +261,23 @@ impl Domain {
     }
 }
 
+/// A device of a shell: its control page (our area written at fill time), and a vif's
+/// tap on its bridge.
+#[derive(Debug)]
+struct ShellPart {
+    plan: ShellPlan,
+    control: Control,
+    tap: Option<Tap>,
+}
+
+/// A domain whose guest is not known yet (`noxs_shell`): no console, no disk, nothing
+/// routed to it (the domain is not built, so nobody is on the other side).
+#[derive(Debug)]
+struct Shell {
+    name: String,
+    parts: Vec<ShellPart>,
+}
+
 /// What a port is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PortUse {
@@ -285,6 +308,7 @@ pub struct Backends {
     net: NetControl,
     console_dir: PathBuf,
     domains: BTreeMap<u32, Domain>,
+    shells: BTreeMap<u32, Shell>,
     ports: HashMap<u32, PortUse>,
     /// Devices whose budget ran out with work left.
     pending: BTreeSet<(u32, usize)>,
@@ -349,6 +373,7 @@ impl Backends {
             net,
             console_dir,
             domains: BTreeMap::new(),
+            shells: BTreeMap::new(),
             ports,
             pending: BTreeSet::new(),
             death,
@@ -391,7 +416,7 @@ impl Backends {
         if !self.pending.is_empty() {
             return Some(Instant::now());
         }
-        (!self.domains.is_empty()).then_some(self.next_check)
+        (!self.domains.is_empty() || !self.shells.is_empty()).then_some(self.next_check)
     }
 
     pub fn take_events(&mut self) -> Vec<Event> {
@@ -464,7 +489,7 @@ impl Backends {
     /// Release every served domain that is dying or gone.
     pub fn check_domains(&mut self, why: &str) {
         self.next_check = Instant::now() + self.check_interval();
-        if self.domains.is_empty() {
+        if self.domains.is_empty() && self.shells.is_empty() {
             return;
         }
         let infos = match self.xc.domains() {
@@ -477,6 +502,7 @@ impl Backends {
         let ended: Vec<(u32, &str)> = self
             .domains
             .keys()
+            .chain(self.shells.keys())
             .filter_map(|&domid| match infos.iter().find(|i| i.domid == domid) {
                 None => Some((domid, "gone")),
                 Some(info) if info.dying => Some((domid, "dying")),
@@ -497,17 +523,108 @@ impl Backends {
         devices: &[NoxsDevice],
     ) -> Result<NoxsDomain, Error> {
         let plans = request::check(domid, name, console_port, devices, &Dom0)?;
-        if let Some(domain) = self.domains.get(&domid) {
+        self.check_new(domid)?;
+        self.serve_new(domid, name, console_port, |backends| {
+            plans
+                .iter()
+                .map(|plan| backends.make_device(domid, plan))
+                .collect()
+        })
+    }
+
+    /// Make the devices of shell `domid` (created, not built): control pages, event
+    /// channels, taps on their bridges; nothing routed to it yet. Nothing is left on
+    /// failure.
+    pub fn shell(
+        &mut self,
+        domid: u32,
+        name: &str,
+        devices: &[ShellDevice],
+    ) -> Result<NoxsDomain, Error> {
+        let plans = request::check_shell(domid, name, devices, &Dom0)?;
+        self.check_new(domid)?;
+        let started = Instant::now();
+        let parts = plans
+            .into_iter()
+            .map(|plan| self.make_shell_part(domid, plan))
+            .collect::<Result<Vec<_>, _>>()?;
+        let shell = Shell {
+            name: name.to_owned(),
+            parts,
+        };
+        info!(
+            "NoXS shell {domid} ({name}): {} device(s) in {:.1} ms",
+            shell.parts.len(),
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        let answer = describe_shell(domid, &shell);
+        self.shells.insert(domid, shell);
+        Ok(answer)
+    }
+
+    /// Serve shell `domid` (now built, not yet unpaused) as its guest asks: `devices`
+    /// must be the shell's, one for one. The shell is used up whatever happens: on an
+    /// error nothing of it is left.
+    pub fn fill(
+        &mut self,
+        domid: u32,
+        name: &str,
+        console_port: u32,
+        devices: &[NoxsDevice],
+    ) -> Result<NoxsDomain, Error> {
+        let plans = request::check(domid, name, console_port, devices, &Dom0)?;
+        let shell = self.shells.remove(&domid).ok_or(Error::NotAShell(domid))?;
+        let asked: Vec<ShellDevice> = devices.iter().map(NoxsDevice::shell).collect();
+        let made: Vec<ShellDevice> = shell.parts.iter().map(|part| part.plan.device()).collect();
+        if asked != made {
+            return Err(Error::NotTheShell {
+                domid,
+                made: format!("{made:?}"),
+                asked: format!("{asked:?}"),
+            });
+        }
+        self.check_new(domid)?;
+        self.serve_new(domid, name, console_port, |_| {
+            shell
+                .parts
+                .into_iter()
+                .zip(&plans)
+                .map(|(part, plan)| fill_part(part, plan))
+                .collect()
+        })
+    }
+
+    /// Whether a new domain or shell may be `domid`: none is served as it, and Xen has
+    /// it, alive.
+    fn check_new(&self, domid: u32) -> Result<(), Error> {
+        if let Some(name) = self
+            .domains
+            .get(&domid)
+            .map(|domain| &domain.name)
+            .or_else(|| self.shells.get(&domid).map(|shell| &shell.name))
+        {
             return Err(Error::Served {
                 domid,
-                name: domain.name.clone(),
+                name: name.clone(),
             });
         }
         match self.xc.domain_info(domid).map_err(Error::ListDomains)? {
-            None => return Err(Error::NoSuchDomain(domid)),
-            Some(info) if info.dying => return Err(Error::Dying(domid)),
-            Some(_) => {}
+            None => Err(Error::NoSuchDomain(domid)),
+            Some(info) if info.dying => Err(Error::Dying(domid)),
+            Some(_) => Ok(()),
         }
+    }
+
+    /// Serve domain `domid` (checked by [`Backends::check_new`]) from now on: its
+    /// console (a fresh log) and the devices `devices` makes; only then do its ports
+    /// route to it. Nothing is left on failure.
+    fn serve_new(
+        &mut self,
+        domid: u32,
+        name: &str,
+        console_port: u32,
+        devices: impl FnOnce(&Self) -> Result<Vec<Device>, Error>,
+    ) -> Result<NoxsDomain, Error> {
         let started = Instant::now();
         let log_path = self.console_dir.join(format!("{name}-{domid}.log"));
         let log = ConsoleLog::create(&log_path, LOG_LIMIT).map_err(|source| Error::ConsoleLog {
@@ -517,16 +634,12 @@ impl Backends {
         let made = Console::connect(&self.gnttab, &self.evtchn, domid, console_port, log)
             .map_err(Error::from)
             .and_then(|console| {
-                let mut domain = Domain {
+                Ok(Domain {
                     name: name.to_owned(),
                     console,
-                    devices: Vec::new(),
+                    devices: devices(self)?,
                     created: SystemTime::now(),
-                };
-                for plan in &plans {
-                    domain.devices.push(self.make_device(domid, plan)?);
-                }
-                Ok(domain)
+                })
             });
         // What was made is dropped (unmapped, unbound, unshared, taps gone); the empty
         // log goes too.
@@ -554,6 +667,22 @@ impl Backends {
         );
         self.domains.insert(domid, domain);
         Ok(answer)
+    }
+
+    /// A shell's device: its control page (our area zero until the fill: no guest
+    /// runs to read it) and a vif's tap on its bridge.
+    fn make_shell_part(&self, domid: u32, plan: ShellPlan) -> Result<ShellPart, Error> {
+        let device = shell_device_id(&plan);
+        let failed = |problem| Error::Device { device, problem };
+        let tap = match &plan {
+            ShellPlan::Vif { tap, bridge, .. } => {
+                Some(Vif::make_tap(&self.net, tap, bridge).map_err(failed)?)
+            }
+            ShellPlan::Sysctl | ShellPlan::Vbd { .. } => None,
+        };
+        let control = Control::create(&self.gntshr, &self.evtchn, domid, device.kind, &[])
+            .map_err(|err| failed(DeviceError::Control(err)))?;
+        Ok(ShellPart { plan, control, tap })
     }
 
     /// A device's back end (a vif's tap is on its bridge by then), then its control
@@ -604,6 +733,16 @@ impl Backends {
     /// Stop serving `domid`: close its back ends, unmap all its grants, unbind its ports,
     /// unshare its control pages, remove its taps. Returns whether it was served.
     pub fn release(&mut self, domid: u32, why: &str) -> bool {
+        if let Some(shell) = self.shells.remove(&domid) {
+            let devices = shell.parts.len();
+            // Dropping the parts removes the taps, unbinds the ports, unshares the pages.
+            drop(shell.parts);
+            info!(
+                "NoXS shell {domid} ({}) released: {why}; {devices} device(s) dropped",
+                shell.name
+            );
+            return true;
+        }
         if !self.domains.contains_key(&domid) {
             return false;
         }
@@ -631,17 +770,26 @@ impl Backends {
 
     /// Release everything (the daemon stops).
     pub fn release_all(&mut self, why: &str) {
-        for domid in self.domains.keys().copied().collect::<Vec<_>>() {
+        let served = self.domains.keys().chain(self.shells.keys());
+        for domid in served.copied().collect::<Vec<_>>() {
             self.release(domid, why);
         }
     }
 
-    /// Every served domain, with its entries and state words.
+    /// Every served domain and shell, with its entries and state words.
     pub fn domains(&self) -> Vec<NoxsDomain> {
-        self.domains
+        let mut all: Vec<NoxsDomain> = self
+            .domains
             .iter()
             .map(|(&domid, domain)| describe(domid, domain))
-            .collect()
+            .chain(
+                self.shells
+                    .iter()
+                    .map(|(&domid, shell)| describe_shell(domid, shell)),
+            )
+            .collect();
+        all.sort_by_key(|domain| domain.domid);
+        all
     }
 
     fn drain_console(&mut self, domid: u32) {
@@ -811,6 +959,83 @@ fn device_mut(
     index: usize,
 ) -> Option<&mut Device> {
     domains.get_mut(&domid)?.devices.get_mut(index)
+}
+
+/// Which device of its domain a shell's device is.
+fn shell_device_id(plan: &ShellPlan) -> DeviceId {
+    match *plan {
+        ShellPlan::Sysctl => DeviceId {
+            kind: Kind::Sysctl,
+            devid: 0,
+        },
+        ShellPlan::Vif { devid, .. } => DeviceId {
+            kind: Kind::Vif,
+            devid,
+        },
+        ShellPlan::Vbd { devid } => DeviceId {
+            kind: Kind::Vbd,
+            devid,
+        },
+    }
+}
+
+/// A shell's device as its guest asks for it (`plan`, checked to be the shell's
+/// device): the back end, our area written into the control page made for it.
+fn fill_part(part: ShellPart, plan: &DevicePlan) -> Result<Device, Error> {
+    let id = shell_device_id(&part.plan);
+    let (backend, area) = match (plan, part.tap) {
+        (DevicePlan::Sysctl, _) => {
+            let (sysctl, area) = Sysctl::create();
+            (Backend::Sysctl(sysctl), area)
+        }
+        (DevicePlan::Vif(plan), Some(tap)) => {
+            let (vif, area) = Vif::with_tap(tap, plan);
+            (Backend::Vif(Box::new(vif)), area)
+        }
+        (DevicePlan::Vbd(plan), _) => {
+            let (vbd, area) = Vbd::create(plan).map_err(|problem| Error::Device {
+                device: id,
+                problem,
+            })?;
+            (Backend::Vbd(Box::new(vbd)), area)
+        }
+        (DevicePlan::Vif(_), None) => unreachable!("a shell's vif has its tap"),
+    };
+    part.control.write_area(&area);
+    Ok(Device {
+        devid: id.devid,
+        backend,
+        control: part.control,
+        complained: false,
+    })
+}
+
+/// A shell as the API shows it: its entries, no creation time yet.
+fn describe_shell(domid: u32, shell: &Shell) -> NoxsDomain {
+    NoxsDomain {
+        domid,
+        name: shell.name.clone(),
+        entries: shell
+            .parts
+            .iter()
+            .map(|part| {
+                let id = shell_device_id(&part.plan);
+                noxs::Entry {
+                    kind: id.kind,
+                    backend: 0,
+                    devid: id.devid,
+                    ctrl_gref: part.control.gref(),
+                    ctrl_port: part.control.port(),
+                }
+            })
+            .collect(),
+        states: shell
+            .parts
+            .iter()
+            .map(|part| (part.control.state() as u32, part.control.frontend_word()))
+            .collect(),
+        created_ms: 0,
+    }
 }
 
 /// A served domain as the API shows it.

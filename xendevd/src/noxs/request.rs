@@ -1,6 +1,6 @@
-//! Checking a `noxs_create` request before anything is made for it: every field's
-//! problem named, with its value ([`RequestError`]). Pure, except for looking at files
-//! and bridges through the [`Host`] trait ([`Dom0`] in the daemon).
+//! Checking a `noxs_create`, `noxs_shell` or `noxs_fill` request before anything is made
+//! for it: every field's problem named, with its value ([`RequestError`]). Pure, except
+//! for looking at files and bridges through the [`Host`] trait ([`Dom0`] in the daemon).
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -11,7 +11,7 @@ use std::path::Path;
 
 use xenproto::noxs::MAX_ENTRIES;
 
-use crate::api::{Mac, NoxsDevice, StationMacError, station_mac};
+use crate::api::{Mac, NoxsDevice, ShellDevice, StationMacError, station_mac};
 use crate::vif::{IfnameError, check_ifname};
 
 /// The first domain id Xen reserves (`DOMID_FIRST_RESERVED`).
@@ -171,7 +171,108 @@ pub enum DevicePlan {
     Vbd(VbdPlan),
 }
 
-/// Check a `noxs_create` request.
+/// A shell's device, checked (`noxs_shell`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShellPlan {
+    Sysctl,
+    Vif {
+        devid: u32,
+        bridge: String,
+        tap: String,
+    },
+    Vbd {
+        devid: u32,
+    },
+}
+
+impl ShellPlan {
+    /// The shell device this plan was checked from, to match a `noxs_fill` against.
+    pub fn device(&self) -> ShellDevice {
+        match self {
+            Self::Sysctl => ShellDevice::Sysctl,
+            Self::Vif { devid, bridge, .. } => ShellDevice::Vif {
+                devid: *devid,
+                bridge: bridge.clone(),
+            },
+            Self::Vbd { devid } => ShellDevice::Vbd { devid: *devid },
+        }
+    }
+}
+
+/// The checks every request that makes a domain's devices shares: its id, its name,
+/// how many devices; then, device by device, one sysctl at most and each vif and vbd
+/// id once.
+#[derive(Debug, Default)]
+struct Devices {
+    vifs: BTreeSet<u32>,
+    vbds: BTreeSet<u32>,
+    sysctls: usize,
+}
+
+impl Devices {
+    fn start(domid: u32, name: &str, count: usize) -> Result<Self, RequestError> {
+        if domid == 0 || domid >= DOMID_FIRST_RESERVED {
+            return Err(RequestError::Domid(domid));
+        }
+        check_name(name)?;
+        if count > MAX_ENTRIES {
+            return Err(RequestError::TooManyDevices(count));
+        }
+        Ok(Self::default())
+    }
+
+    fn sysctl(&mut self, index: usize) -> Result<(), RequestError> {
+        self.sysctls += 1;
+        if self.sysctls > 1 {
+            return Err(RequestError::SecondSysctl(index));
+        }
+        Ok(())
+    }
+
+    /// A vif `devid` on `bridge`: its tap's name.
+    fn vif(
+        &mut self,
+        index: usize,
+        domid: u32,
+        devid: u32,
+        bridge: &str,
+        host: &impl Host,
+    ) -> Result<String, RequestError> {
+        let at = |field: &'static str, problem: DeviceProblem| RequestError::Device {
+            index,
+            field,
+            problem,
+        };
+        if !self.vifs.insert(devid) {
+            return Err(at("devid", DeviceProblem::Twice { kind: "vif", devid }));
+        }
+        check_ifname(bridge).map_err(|why| {
+            let name = bridge.to_owned();
+            at("bridge", DeviceProblem::BridgeName { name, why })
+        })?;
+        if !host.is_bridge(bridge) {
+            return Err(at("bridge", DeviceProblem::NoBridge(bridge.to_owned())));
+        }
+        let tap = format!("vif{domid}.{devid}");
+        if let Err(why) = check_ifname(&tap) {
+            return Err(at("devid", DeviceProblem::TapName { devid, tap, why }));
+        }
+        Ok(tap)
+    }
+
+    fn vbd(&mut self, index: usize, devid: u32) -> Result<(), RequestError> {
+        if !self.vbds.insert(devid) {
+            return Err(RequestError::Device {
+                index,
+                field: "devid",
+                problem: DeviceProblem::Twice { kind: "vbd", devid },
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Check a `noxs_create` (or `noxs_fill`) request.
 pub fn check(
     domid: u32,
     name: &str,
@@ -179,19 +280,11 @@ pub fn check(
     devices: &[NoxsDevice],
     host: &impl Host,
 ) -> Result<Vec<DevicePlan>, RequestError> {
-    if domid == 0 || domid >= DOMID_FIRST_RESERVED {
-        return Err(RequestError::Domid(domid));
-    }
-    check_name(name)?;
+    let mut seen = Devices::start(domid, name, devices.len())?;
     if console_port == 0 {
         return Err(RequestError::ConsolePort);
     }
-    if devices.len() > MAX_ENTRIES {
-        return Err(RequestError::TooManyDevices(devices.len()));
-    }
     let mut plans = Vec::new();
-    let (mut vifs, mut vbds) = (BTreeSet::new(), BTreeSet::new());
-    let mut sysctls = 0;
     for (index, device) in devices.iter().enumerate() {
         let at = |field: &'static str, problem: DeviceProblem| RequestError::Device {
             index,
@@ -200,10 +293,7 @@ pub fn check(
         };
         plans.push(match device {
             NoxsDevice::Sysctl => {
-                sysctls += 1;
-                if sysctls > 1 {
-                    return Err(RequestError::SecondSysctl(index));
-                }
+                seen.sysctl(index)?;
                 DevicePlan::Sysctl
             }
             NoxsDevice::Vif {
@@ -215,21 +305,8 @@ pub fn check(
                 gateway,
             } => {
                 let devid = *devid;
-                if !vifs.insert(devid) {
-                    return Err(at("devid", DeviceProblem::Twice { kind: "vif", devid }));
-                }
+                let tap = seen.vif(index, domid, devid, bridge, host)?;
                 let mac = station_mac(*mac).map_err(|err| at("mac", err.into()))?;
-                check_ifname(bridge).map_err(|why| {
-                    let name = bridge.clone();
-                    at("bridge", DeviceProblem::BridgeName { name, why })
-                })?;
-                if !host.is_bridge(bridge) {
-                    return Err(at("bridge", DeviceProblem::NoBridge(bridge.clone())));
-                }
-                let tap = format!("vif{domid}.{devid}");
-                if let Err(why) = check_ifname(&tap) {
-                    return Err(at("devid", DeviceProblem::TapName { devid, tap, why }));
-                }
                 if let Some(prefix) = prefix_len
                     && *prefix > 32
                 {
@@ -260,9 +337,7 @@ pub fn check(
                 readonly,
             } => {
                 let devid = *devid;
-                if !vbds.insert(devid) {
-                    return Err(at("devid", DeviceProblem::Twice { kind: "vbd", devid }));
-                }
+                seen.vbd(index, devid)?;
                 if !target.starts_with('/') {
                     return Err(at("target", DeviceProblem::Relative(target.clone())));
                 }
@@ -281,6 +356,37 @@ pub fn check(
         });
     }
     Ok(plans)
+}
+
+/// Check a `noxs_shell` request: as [`check`], for what a shell has of its devices.
+pub fn check_shell(
+    domid: u32,
+    name: &str,
+    devices: &[ShellDevice],
+    host: &impl Host,
+) -> Result<Vec<ShellPlan>, RequestError> {
+    let mut seen = Devices::start(domid, name, devices.len())?;
+    devices
+        .iter()
+        .enumerate()
+        .map(|(index, device)| {
+            Ok(match device {
+                ShellDevice::Sysctl => {
+                    seen.sysctl(index)?;
+                    ShellPlan::Sysctl
+                }
+                ShellDevice::Vif { devid, bridge } => ShellPlan::Vif {
+                    devid: *devid,
+                    bridge: bridge.clone(),
+                    tap: seen.vif(index, domid, *devid, bridge, host)?,
+                },
+                ShellDevice::Vbd { devid } => {
+                    seen.vbd(index, *devid)?;
+                    ShellPlan::Vbd { devid: *devid }
+                }
+            })
+        })
+        .collect()
 }
 
 /// A guest name: it names the console log, so 1 to 64 bytes of letters, digits, `-`,
@@ -366,6 +472,66 @@ mod tests {
             panic!()
         };
         assert_eq!(d.sectors, 2048);
+    }
+
+    #[test]
+    fn shells_are_checked_like_domains() {
+        let vif = |devid, bridge: &str| ShellDevice::Vif {
+            devid,
+            bridge: bridge.into(),
+        };
+        let plans = check_shell(
+            5,
+            "chaos-shell-5",
+            &[
+                ShellDevice::Sysctl,
+                vif(0, "xenbr0"),
+                ShellDevice::Vbd { devid: 0 },
+            ],
+            &FakeHost,
+        )
+        .unwrap();
+        assert_eq!(
+            plans,
+            [
+                ShellPlan::Sysctl,
+                ShellPlan::Vif {
+                    devid: 0,
+                    bridge: "xenbr0".into(),
+                    tap: "vif5.0".into()
+                },
+                ShellPlan::Vbd { devid: 0 }
+            ]
+        );
+        assert_eq!(plans[1].device(), vif(0, "xenbr0"));
+        for (domid, devices, error) in [
+            (0, vec![], "domid 0 cannot be a guest"),
+            (
+                1,
+                vec![ShellDevice::Sysctl, ShellDevice::Sysctl],
+                "devices[1]: a second sysctl",
+            ),
+            (
+                1,
+                vec![vif(0, "xenbr0"), vif(0, "xenbr0")],
+                "devices[1].devid: vif 0 twice",
+            ),
+            (
+                1,
+                vec![vif(0, "br9")],
+                "devices[0].bridge: dom0 has no bridge named br9",
+            ),
+            (
+                1,
+                vec![ShellDevice::Vbd { devid: 3 }, ShellDevice::Vbd { devid: 3 }],
+                "devices[1].devid: vbd 3 twice",
+            ),
+        ] {
+            let err = check_shell(domid, "s", &devices, &FakeHost)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(error), "{err:?} should say {error:?}");
+        }
     }
 
     #[test]

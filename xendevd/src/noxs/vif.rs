@@ -30,15 +30,28 @@ impl Vif {
     /// Make the tap, put it on its bridge and up; the back-end area for the control
     /// page (MAC, MTU, features, the guest's address if it has one).
     pub fn create(net: &NetControl, plan: &VifPlan) -> Result<(Self, Vec<u8>), DeviceError> {
-        if bridge::exists(&plan.tap) {
-            return Err(DeviceError::TapExists(plan.tap.clone()));
+        let tap = Self::make_tap(net, &plan.tap, &plan.bridge)?;
+        Ok(Self::with_tap(tap, plan))
+    }
+
+    /// Tap `name`, on `bridge` and up: the host end of a vif, made ahead of its guest's
+    /// configuration for a shell (`noxs::Backends::shell`).
+    pub fn make_tap(net: &NetControl, name: &str, bridge: &str) -> Result<Tap, DeviceError> {
+        if bridge::exists(name) {
+            return Err(DeviceError::TapExists(name.to_owned()));
         }
-        let tap = Tap::create(&plan.tap).map_err(|source| DeviceError::Tap {
-            tap: plan.tap.clone(),
+        let tap = Tap::create(name).map_err(|source| DeviceError::Tap {
+            tap: name.to_owned(),
             source,
         })?;
-        net.add_port(&plan.bridge, &plan.tap)?;
-        net.set_up(&plan.tap)?;
+        net.add_port(bridge, name)?;
+        net.set_up(name)?;
+        Ok(tap)
+    }
+
+    /// The back end of `plan` on its tap (made by [`Vif::make_tap`] for the plan's tap
+    /// name and bridge); the back-end area for the control page.
+    pub fn with_tap(tap: Tap, plan: &VifPlan) -> (Self, Vec<u8>) {
         let (ipv4, prefix_len) = plan
             .ipv4
             .map_or(([0; 4], 0), |(ip, prefix)| (ip.octets(), prefix));
@@ -58,7 +71,7 @@ impl Vif {
             tap,
             connection: None,
         };
-        Ok((vif, area))
+        (vif, area)
     }
 
     /// The tap, while the vif is connected: frames from the host to deliver.
