@@ -1,8 +1,14 @@
 //! libxenguest's PV domain builder: a safe wrapper ([`DomImage`]) around one
 //! `struct xc_dom_image`, released on drop. Each step is the `xc_dom_*` call of the
 //! same name, in the order libxl makes them (`libxl__build_pv`, `libxl__build_dom`).
+//!
+//! The kernel is needed from `parse_image` on; the memory (`mem_init`,
+//! `boot_mem_init`) only needs the guest type the kernel would give, which for every
+//! 64-bit PV kernel is `xen-3.0-x86_64`. [`DomImage::populate_ahead`] populates a
+//! domain's memory under that type before any kernel is known (the chaos daemon's
+//! shells), and [`DomImage::set_cmdline`] gives the image its command line later.
 
-use std::ffi::{CString, c_int};
+use std::ffi::{CStr, CString, c_int};
 use std::marker::PhantomData;
 use std::path::Path;
 use std::ptr::NonNull;
@@ -16,6 +22,10 @@ use crate::xc::Xc;
 const INVALID_MFN: u64 = !0;
 /// The size of a guest page on x86 (`XC_DOM_PAGE_SIZE`).
 pub const START_INFO_PAGE: usize = 4096;
+
+/// libxenguest's name of the guest type of a 64-bit PV kernel (`xc_dom_guest_type`),
+/// the type [`DomImage::populate_ahead`] builds for.
+pub const GUEST_TYPE_X86_64: &CStr = c"xen-3.0-x86_64";
 
 /// One domain image being built, bound to the [`Xc`] it was allocated with.
 #[derive(Debug)]
@@ -132,6 +142,41 @@ impl<'xc> DomImage<'xc> {
         self.check("xc_dom_boot_mem_init", rc)
     }
 
+    /// `mem_init` and `boot_mem_init` (the domain's memory populated) before any
+    /// kernel is known: the image takes the guest type of a 64-bit PV kernel
+    /// ([`GUEST_TYPE_X86_64`]) for its per-architecture steps, as `parse_image` would
+    /// set it. A kernel parsed afterwards must be of that type ([`Self::guest_type`]):
+    /// the memory was laid out for it.
+    pub fn populate_ahead(&mut self, mib: u32) -> Result<()> {
+        // SAFETY: the image is live and only this wrapper touches it; the guest type is
+        // a static C string, as `xc_dom_guest_type`'s are (libxenguest never frees it).
+        unsafe { self.dom.as_mut() }.guest_type = GUEST_TYPE_X86_64.as_ptr();
+        self.mem_init(mib)?;
+        self.boot_mem_init()
+    }
+
+    /// Give the image `cmdline` in place of the one it was allocated with (before
+    /// `boot_image`, which copies it into start_info).
+    pub fn set_cmdline(&mut self, cmdline: &str) -> Result<()> {
+        let cmdline = CString::new(cmdline).map_err(|_| Error::Call {
+            call: "xc_dom_strdup",
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the command line contains a NUL byte",
+            ),
+            detail: None,
+        })?;
+        // SAFETY: the image is live; libxenguest copies the string into memory the
+        // image owns (freed with it).
+        let copy = unsafe { ffi::xc_dom_strdup(self.raw(), cmdline.as_ptr()) };
+        if copy.is_null() {
+            return Err(self.xc.error("xc_dom_strdup"));
+        }
+        // SAFETY: as in `set_pv`: a plain field, read when start_info is written.
+        unsafe { self.dom.as_mut() }.cmdline = copy;
+        Ok(())
+    }
+
     pub fn build_image(&mut self) -> Result<()> {
         // SAFETY: the image is live; its memory is populated.
         let rc = unsafe { ffi::xc_dom_build_image(self.raw()) };
@@ -200,7 +245,7 @@ impl<'xc> DomImage<'xc> {
         let ptr = unsafe { self.dom.as_ref() }.guest_type;
         (!ptr.is_null()).then(|| {
             // SAFETY: a non-null guest type is a static C string of libxenguest.
-            unsafe { std::ffi::CStr::from_ptr(ptr) }
+            unsafe { CStr::from_ptr(ptr) }
                 .to_string_lossy()
                 .into_owned()
         })
