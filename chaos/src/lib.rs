@@ -27,6 +27,7 @@ pub mod error;
 pub mod host;
 pub mod layout;
 pub mod noxs;
+pub mod shape;
 pub mod signal;
 pub mod uuid;
 pub mod vdev;

@@ -117,22 +117,7 @@ pub(super) fn parse_vifs(value: &Value) -> Checked<Vec<Vif>> {
             None => None,
         };
         let bridge = raw.bridge.unwrap_or_else(|| DEFAULT_BRIDGE.to_owned());
-        if bridge.is_empty()
-            || bridge.len() > 15
-            || bridge
-                .chars()
-                .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
-            || bridge == "."
-            || bridge == ".."
-        {
-            return Err(ConfigError::new(
-                format!("{at}.bridge"),
-                format!(
-                    "{bridge:?} is not a network interface name (1-15 characters, no '/', ':' \
-                     or spaces)"
-                ),
-            ));
-        }
+        check_bridge_name(&bridge).map_err(|why| ConfigError::new(format!("{at}.bridge"), why))?;
         vifs.push(Vif {
             mac,
             ip,
@@ -142,6 +127,25 @@ pub(super) fn parse_vifs(value: &Value) -> Checked<Vec<Vif>> {
         });
     }
     Ok(vifs)
+}
+
+/// Whether `bridge` can name a network interface (a vif's bridge): 1 to 15
+/// characters, no '/', ':' or white space, not `.` or `..`.
+pub fn check_bridge_name(bridge: &str) -> Result<(), String> {
+    if bridge.is_empty()
+        || bridge.len() > 15
+        || bridge
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+        || bridge == "."
+        || bridge == ".."
+    {
+        return Err(format!(
+            "{bridge:?} is not a network interface name (1-15 characters, no '/', ':' or \
+             spaces)"
+        ));
+    }
+    Ok(())
 }
 
 /// `"10.0.2.16"` or `"10.0.2.16/24"`: the address and the prefix length if given.

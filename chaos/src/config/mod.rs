@@ -20,12 +20,14 @@
 //!
 //! The top-level keys are checked here, the devices in `devices.rs` (vifs: MAC,
 //! addresses, bridge names; vbds: types, disk names, access), stage 2 in `files.rs`;
-//! the tables of good and bad configurations are `tests.rs`.
+//! the tables of good and bad configurations are `tests.rs`; `write.rs` writes a
+//! checked configuration back as JSON (for the chaos daemon).
 
 mod devices;
 mod files;
 #[cfg(test)]
 mod tests;
+mod write;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -38,6 +40,7 @@ use serde_json::Value;
 pub use xendevd::api::Mac;
 
 use crate::vdev::Vdev;
+pub use devices::check_bridge_name;
 use devices::{parse_vbds, parse_vifs};
 
 /// The smallest guest libxc's PV builder can make: with 3 MiB it fails counting page
@@ -56,6 +59,9 @@ pub const MAX_CMDLINE: usize = 1023;
 pub const MAX_NAME: usize = 64;
 /// The bridge a vif joins when its config names none (xl's default too).
 pub const DEFAULT_BRIDGE: &str = "xenbr0";
+/// The chaos daemon names its shells (domains built ahead of their guests) with this
+/// prefix and their id; no guest may be named so.
+pub const SHELL_NAME_PREFIX: &str = "chaos-shell-";
 /// The prefix length of a vif's `ip` written without one (`"10.0.2.16"`).
 pub const DEFAULT_PREFIX_LEN: u8 = 24;
 
@@ -417,6 +423,12 @@ fn check_name(name: &str) -> Checked<()> {
     }
     if name == "Domain-0" {
         return Err(ConfigError::new("name", "\"Domain-0\" is dom0's name"));
+    }
+    if name.starts_with(SHELL_NAME_PREFIX) {
+        return Err(ConfigError::new(
+            "name",
+            format!("{name:?}: names starting {SHELL_NAME_PREFIX} are the chaos daemon's shells'"),
+        ));
     }
     Ok(())
 }

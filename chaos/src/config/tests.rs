@@ -112,6 +112,11 @@ fn bad_configs_name_the_field() {
             "all digits",
         ),
         (
+            r#"{"name": "chaos-shell-7", "kernel": "/k", "memory": 8, "vcpus": 1}"#.into(),
+            "name",
+            "the chaos daemon's shells",
+        ),
+        (
             r#"{"name": "", "kernel": "/k", "memory": 8, "vcpus": 1}"#.into(),
             "name",
             "empty",
