@@ -112,6 +112,57 @@ impl XenstoreMethod {
         &self.vifs
     }
 
+    /// A shell's part (the chaos daemon's, before its guest is known): the domain's
+    /// nodes under the shell's `name`, and a vif on each of `bridges` with a placeholder
+    /// MAC, which netback probes and xendevd puts on its bridge meanwhile
+    /// ([`Self::devices_ready`] says when). No disks: a vbd's directory is named by its
+    /// disk name, and blkback opens its device once, when it probes it.
+    pub fn prepare_shell(
+        &mut self,
+        host: &Host,
+        domid: u32,
+        uuid: &Uuid,
+        name: &str,
+        bridges: &[String],
+    ) -> Result<()> {
+        self.vifs = (0u32..)
+            .zip(bridges)
+            .map(|(devid, bridge)| layout::VifSpec {
+                devid,
+                mac: random_mac_now(),
+                ip: None,
+                bridge: bridge.clone(),
+                script: VIF_SCRIPT.to_owned(),
+            })
+            .collect();
+        let mut nodes = layout::domain(domid, uuid, name);
+        for vif in &self.vifs {
+            nodes.extend(layout::vif(domid, vif));
+        }
+        host.timed("xenstore: shell's domain and vifs", || {
+            host.write_nodes(&nodes)
+        })
+    }
+
+    /// Make a shell made by [`Self::prepare_shell`] the guest of `domain`: its name,
+    /// its vifs' MACs and addresses (the bridges are the shell's, as its shape says),
+    /// its disks (as [`DeviceMethod::prepare`] makes them). [`DeviceMethod::finish`]
+    /// follows the build, as for any guest.
+    pub fn fill_shell(&mut self, host: &Host, domain: &NewDomain<'_>) -> Result<()> {
+        for (vif, wanted) in self.vifs.iter_mut().zip(&domain.config.vifs) {
+            debug_assert_eq!(vif.bridge, wanted.bridge, "the shell's shape");
+            vif.mac = wanted.mac.unwrap_or_else(random_mac_now);
+            vif.ip = wanted.ip;
+        }
+        self.attach_disks(host, domain)?;
+        let mut nodes =
+            layout::shell_filled(domain.domid, domain.uuid, &domain.config.name, &self.vifs);
+        for vbd in &self.vbds {
+            nodes.extend(layout::vbd(domain.domid, vbd));
+        }
+        host.timed("xenstore: name, MACs, disks", || host.write_nodes(&nodes))
+    }
+
     fn attach_disks(&mut self, host: &Host, domain: &NewDomain<'_>) -> Result<()> {
         for (index, vbd) in domain.config.vbds.iter().enumerate() {
             let target = vbd.target.to_string_lossy().into_owned();
@@ -158,7 +209,7 @@ impl XenstoreMethod {
     }
 
     /// Whether every device's back end is ready; an error if one failed.
-    fn devices_ready(&self, host: &Host, domid: u32) -> Result<Option<()>> {
+    pub fn devices_ready(&self, host: &Host, domid: u32) -> Result<Option<()>> {
         let xs = host.xs()?;
         let state = |path: &str| -> Result<u32> {
             Ok(xs
@@ -249,6 +300,13 @@ impl XenstoreMethod {
     }
 }
 
+/// A random MAC address with Xen's prefix, for a vif the configuration gives none.
+pub fn random_mac_now() -> Mac {
+    let mut bytes = [0u8; 3];
+    random_bytes(&mut bytes);
+    random_mac(bytes)
+}
+
 /// A back end's state: `InitWait` (2) or later means the back-end driver probed it;
 /// `Closing`/`Closed` (5, 6) before the guest ran means it gave up: its reason is in
 /// `/local/domain/0/error/backend/KIND/N/DEVID/error` (`xenbus_dev_fatal`).
@@ -310,11 +368,7 @@ impl DeviceMethod for XenstoreMethod {
             .enumerate()
             .map(|(index, vif)| layout::VifSpec {
                 devid: u32::try_from(index).expect("at most MAX_VIFS"),
-                mac: vif.mac.unwrap_or_else(|| {
-                    let mut bytes = [0u8; 3];
-                    random_bytes(&mut bytes);
-                    random_mac(bytes)
-                }),
+                mac: vif.mac.unwrap_or_else(random_mac_now),
                 ip: vif.ip,
                 bridge: vif.bridge.clone(),
                 script: VIF_SCRIPT.to_owned(),

@@ -119,19 +119,7 @@ pub fn create(host: &Host, config: &Config, force_paused: bool) -> Result<Create
     if config.dev_method == DevMethod::Xenstore {
         host.xs()?;
     }
-    host.timed("check name", || {
-        if let Some(domid) = find_by_name(host, &config.name)? {
-            return Err(ConfigError::new(
-                "name",
-                format!(
-                    "a domain named {:?} exists already (domain {domid})",
-                    config.name
-                ),
-            )
-            .into());
-        }
-        Ok(())
-    })?;
+    check_name_free(host, &config.name)?;
     let physinfo = host.timed("xc_physinfo", || Ok(host.xc.physinfo()?))?;
     let free_mib = physinfo.free_pages / 256;
     if u64::from(config.memory_mib) > free_mib {
@@ -179,75 +167,90 @@ pub fn create(host: &Host, config: &Config, force_paused: bool) -> Result<Create
     }
 }
 
-/// Steps 2-6 once the domain exists.
-fn build(
-    host: &Host,
-    config: &Config,
-    domid: u32,
-    uuid: &Uuid,
-    method: &mut dyn DeviceMethod,
-    force_paused: bool,
-) -> Result<Created> {
+/// The first check of a create: no domain is named `name`.
+pub fn check_name_free(host: &Host, name: &str) -> Result<()> {
+    host.timed("check name", || {
+        if let Some(domid) = find_by_name(host, name)? {
+            return Err(ConfigError::new(
+                "name",
+                format!("a domain named {name:?} exists already (domain {domid})"),
+            )
+            .into());
+        }
+        Ok(())
+    })
+}
+
+/// A new domain's limits and platform, as libxl sets them: vCPUs, memory (and the
+/// memory map's limit), TSC mode, CPUID policy.
+pub(crate) fn set_limits(host: &Host, domid: u32, memory_mib: u32, vcpus: u32) -> Result<()> {
     let xc = &host.xc;
-    let memory_kib = u64::from(config.memory_mib) * 1024;
+    let memory_kib = u64::from(memory_mib) * 1024;
     host.timed("xc: vcpus, memory, tsc, cpuid", || {
-        xc.domain_max_vcpus(domid, config.vcpus)?;
+        xc.domain_max_vcpus(domid, vcpus)?;
         xc.domain_setmaxmem(domid, memory_kib + MAXMEM_SLACK_KIB)?;
         xc.domain_set_memmap_limit(domid, memory_kib)?;
         xc.domain_set_tsc_default(domid)?;
         Ok(xc.cpuid_apply_default(domid)?)
-    })?;
-    let uses_xenstore = method.uses_xenstore();
-    let (store_port, console_port) = host.timed("xc_evtchn_alloc_unbound", || {
-        // NoXS: no Xenstore ring, so no event channel for one (start_info says 0).
+    })
+}
+
+/// The new domain's event channels for its Xenstore ring (only if it uses Xenstore;
+/// else 0, as start_info then says) and its console: `(store, console)`.
+pub(crate) fn alloc_ports(host: &Host, domid: u32, uses_xenstore: bool) -> Result<(u32, u32)> {
+    host.timed("xc_evtchn_alloc_unbound", || {
         let store_port = if uses_xenstore {
-            xc.evtchn_alloc_unbound(domid, SERVICE_DOMID)?
+            host.xc.evtchn_alloc_unbound(domid, SERVICE_DOMID)?
         } else {
             0
         };
-        Ok((store_port, xc.evtchn_alloc_unbound(domid, SERVICE_DOMID)?))
-    })?;
-    signal::check()?;
-
-    // 3. Devices: the back ends probe while the build runs.
-    let domain = NewDomain {
-        domid,
-        uuid,
-        config,
-    };
-    method.prepare(host, &domain)?;
-    signal::check()?;
-
-    // 4. The PV build. The image stays until the method has finished: NoXS writes into
-    // its start_info page.
-    let mut image = host.timed("xc_dom: PV build", || {
-        let mut image = DomImage::allocate(xc, &config.cmdline)?;
-        image.kernel_file(&config.kernel)?;
-        if let Some(ramdisk) = &config.ramdisk {
-            image.module_file(ramdisk)?;
-        }
-        image.set_pv(
-            console_port,
-            SERVICE_DOMID,
+        Ok((
             store_port,
-            SERVICE_DOMID,
-            config.vcpus,
-        );
-        image.boot_xen_init(domid)?;
-        image.parse_image()?;
-        image.mem_init(config.memory_mib)?;
-        image.boot_mem_init()?;
-        image.build_image()?;
-        image.boot_image()?;
-        image.gnttab_init()?;
-        Ok(image)
-    })?;
-    signal::check()?;
+            host.xc.evtchn_alloc_unbound(domid, SERVICE_DOMID)?,
+        ))
+    })
+}
 
-    // 5. Rings, console, devices ready.
-    let built = device::Built {
+/// A new image for domain `domid`, its console and Xenstore served by dom0 (their
+/// ports `console_port`, `store_port`), `vcpus` vCPUs: the builder's steps that need no
+/// kernel.
+pub(crate) fn new_image<'h>(
+    host: &'h Host,
+    domid: u32,
+    cmdline: &str,
+    (console_port, store_port): (u32, u32),
+    vcpus: u32,
+) -> Result<DomImage<'h>> {
+    let mut image = DomImage::allocate(&host.xc, cmdline)?;
+    image.set_pv(
+        console_port,
+        SERVICE_DOMID,
+        store_port,
+        SERVICE_DOMID,
+        vcpus,
+    );
+    image.boot_xen_init(domid)?;
+    Ok(image)
+}
+
+/// The build's last steps, the kernel parsed and the memory populated: load the
+/// kernel and its modules, write start_info, page tables and the vCPU's context, seed
+/// the console's and Xenstore's grants.
+pub(crate) fn finish_image(image: &mut DomImage<'_>) -> Result<()> {
+    image.build_image()?;
+    image.boot_image()?;
+    Ok(image.gnttab_init()?)
+}
+
+/// What the build produced, for the device method's `finish`.
+pub(crate) fn built(
+    config: &Config,
+    image: &DomImage<'_>,
+    (console_port, store_port): (u32, u32),
+) -> device::Built {
+    device::Built {
         nodes: layout::Built {
-            memory_kib,
+            memory_kib: u64::from(config.memory_mib) * 1024,
             vcpus: config.vcpus,
             store_port,
             store_mfn: image.store_mfn(),
@@ -262,16 +265,65 @@ fn build(
             start_time: start_time(),
         },
         guest_type: image.guest_type().unwrap_or_default(),
+    }
+}
+
+/// Unpause a domain made paused, unless it is to stay so.
+pub(crate) fn run_unless(host: &Host, domid: u32, paused: bool) -> Result<()> {
+    if paused {
+        return Ok(());
+    }
+    host.timed("xc_domain_unpause", || Ok(host.xc.domain_unpause(domid)?))
+}
+
+/// Steps 2-6 once the domain exists.
+fn build(
+    host: &Host,
+    config: &Config,
+    domid: u32,
+    uuid: &Uuid,
+    method: &mut dyn DeviceMethod,
+    force_paused: bool,
+) -> Result<Created> {
+    set_limits(host, domid, config.memory_mib, config.vcpus)?;
+    let (store_port, console_port) = alloc_ports(host, domid, method.uses_xenstore())?;
+    signal::check()?;
+
+    // 3. Devices: the back ends probe while the build runs.
+    let domain = NewDomain {
+        domid,
+        uuid,
+        config,
     };
+    method.prepare(host, &domain)?;
+    signal::check()?;
+
+    // 4. The PV build. The image stays until the method has finished: NoXS writes into
+    // its start_info page.
+    let ports = (console_port, store_port);
+    let mut image = host.timed("xc_dom: PV build", || {
+        let mut image = new_image(host, domid, &config.cmdline, ports, config.vcpus)?;
+        image.kernel_file(&config.kernel)?;
+        if let Some(ramdisk) = &config.ramdisk {
+            image.module_file(ramdisk)?;
+        }
+        image.parse_image()?;
+        image.mem_init(config.memory_mib)?;
+        image.boot_mem_init()?;
+        finish_image(&mut image)?;
+        Ok(image)
+    })?;
+    signal::check()?;
+
+    // 5. Rings, console, devices ready.
+    let built = built(config, &image, ports);
     method.finish(host, &domain, &built, image.start_info_page()?)?;
     drop(image);
     signal::check()?;
 
     // 6. Run.
     let paused = config.paused || force_paused;
-    if !paused {
-        host.timed("xc_domain_unpause", || Ok(xc.domain_unpause(domid)?))?;
-    }
+    run_unless(host, domid, paused)?;
     Ok(Created {
         domid,
         name: config.name.clone(),

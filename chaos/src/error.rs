@@ -23,6 +23,9 @@ pub enum Error {
     /// xendevd refused or could not be asked.
     #[error("xendevd: {0}")]
     Xendevd(String),
+    /// The chaos daemon's records of its shells could not be kept.
+    #[error(transparent)]
+    Records(#[from] crate::daemon::records::RecordError),
     /// No domain has this id or name.
     #[error("no domain {0}")]
     NoSuchDomain(String),

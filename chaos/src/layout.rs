@@ -316,6 +316,30 @@ pub fn vif(domid: u32, spec: &VifSpec) -> Vec<Node> {
     nodes
 }
 
+/// What makes a chaos daemon's shell (written with [`domain`] under the shell's name,
+/// and [`vif`] with placeholder MACs and no addresses) its guest: the name, each vif's
+/// MAC (front and back end) and address. With [`vbd`] and [`built`] after it, the same
+/// nodes as a guest built in full (the tests say so).
+pub fn shell_filled(domid: u32, uuid: &Uuid, name: &str, vifs: &[VifSpec]) -> Vec<Node> {
+    let dom = dom_path(domid);
+    let mut nodes = vec![
+        node(format!("{dom}/name"), name),
+        node(format!("{}/name", vm_path(uuid)), name),
+    ];
+    for spec in vifs {
+        let back = backend_path(Kind::Vif, domid, spec.devid);
+        nodes.push(node(
+            format!("{}/mac", frontend_path(Kind::Vif, domid, spec.devid)),
+            spec.mac.to_string(),
+        ));
+        nodes.push(node(format!("{back}/mac"), spec.mac.to_string()));
+        if let Some(ip) = spec.ip {
+            nodes.push(node(format!("{back}/ip"), ip.to_string()));
+        }
+    }
+    nodes
+}
+
 /// A vbd's description for [`vbd`]: the block device of dom0 that blkback opens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VbdSpec {
@@ -521,6 +545,38 @@ mod tests {
             extra.is_empty() && missing.is_empty(),
             "chaos writes, xl did not:\n{extra:#?}\nxl wrote, chaos does not:\n{missing:#?}"
         );
+    }
+
+    /// A shell and its fill come to the nodes of the same guest made in one go.
+    #[test]
+    fn a_filled_shell_is_the_guest() {
+        let u = uuid();
+        let spec = |devid, mac: &str, ip| VifSpec {
+            devid,
+            mac: mac.parse().unwrap(),
+            ip,
+            bridge: "xenbr0".into(),
+            script: "xendevd".into(),
+        };
+        let guest = [
+            spec(0, "00:16:3e:0a:00:10", Some(Ipv4Addr::new(10, 0, 2, 16))),
+            spec(1, "00:16:3e:0a:00:11", None),
+        ];
+        let mut whole = domain(4, &u, "daytime");
+        for vif_spec in &guest {
+            whole.extend(vif(4, vif_spec));
+        }
+        let mut shelled = domain(4, &u, "chaos-shell-4");
+        for devid in [0, 1] {
+            shelled.extend(vif(4, &spec(devid, "00:16:3e:7f:7f:7f", None)));
+        }
+        shelled.extend(shell_filled(4, &u, "daytime", &guest));
+        let sorted = |nodes: &[Node]| {
+            let mut lines: Vec<String> = effective(nodes).lines().map(str::to_owned).collect();
+            lines.sort();
+            lines
+        };
+        assert_eq!(sorted(&shelled), sorted(&whole));
     }
 
     #[test]

@@ -20,6 +20,7 @@
 
 pub mod config;
 pub mod console;
+pub mod daemon;
 pub mod device;
 pub mod domain;
 pub mod elf;

@@ -15,15 +15,15 @@
 
 use std::time::Duration;
 
-use xendevd::api::{NoxsDevice, NoxsDomain};
+use xendevd::api::{NoxsDevice, NoxsDomain, ShellDevice};
 use xendevd::client::ClientError;
 use xenproto::noxs::{self, BLOCK_LEN, BLOCK_OFFSET, Block, Kind, MAX_ENTRIES};
 
-use crate::config::{Access, Config, DEFAULT_PREFIX_LEN, Mac, random_mac};
-use crate::device::{Built, DeviceMethod, NewDomain};
+use crate::config::{Access, Config, DEFAULT_PREFIX_LEN, Mac};
+use crate::device::{Built, DeviceMethod, NewDomain, random_mac_now};
 use crate::error::{Error, Result};
 use crate::host::Host;
-use crate::uuid::{Uuid, random_bytes};
+use crate::uuid::Uuid;
 use xenhost::xcdom::START_INFO_PAGE;
 
 /// `DOMID_FIRST_RESERVED`: a back end's id must be below.
@@ -38,6 +38,10 @@ pub struct NoxsMethod {
     /// method's `NoxsCreate` has not reached it (a teardown then has nothing to ask of
     /// a xendevd that does not run). A method made for a teardown alone assumes so.
     reached_xendevd: bool,
+    /// The domain is a chaos daemon's shell whose devices xendevd made already
+    /// ([`Self::prepare_shell`]): `finish` has them filled (`NoxsFill`) rather than
+    /// made (`NoxsCreate`).
+    fills_shell: bool,
 }
 
 impl Default for NoxsMethod {
@@ -46,6 +50,7 @@ impl Default for NoxsMethod {
             devices: Vec::new(),
             macs: Vec::new(),
             reached_xendevd: true,
+            fills_shell: false,
         }
     }
 }
@@ -53,6 +58,31 @@ impl Default for NoxsMethod {
 impl NoxsMethod {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A shell's part (the chaos daemon's, before its guest is known): xendevd makes
+    /// the devices of `devices` (`NoxsShell`: control pages, event channels, the vifs'
+    /// taps on their bridges); the guest's `prepare` and `finish` then fill them.
+    pub fn prepare_shell(
+        &mut self,
+        host: &Host,
+        domid: u32,
+        name: &str,
+        devices: &[ShellDevice],
+    ) -> Result<()> {
+        self.fills_shell = true;
+        host.timed("xendevd noxs_shell", || {
+            let answer = host.xendevd.noxs_shell(domid, name, devices);
+            self.reached_xendevd = !matches!(&answer, Err(err) if err.is_unreachable());
+            answer.map(drop).map_err(|err| match err {
+                ClientError::Refused(message) => Error::Xendevd(format!(
+                    "cannot make the devices of shell {domid}: {message}"
+                )),
+                other => Error::Xendevd(format!(
+                    "a NoXS shell needs xendevd as its back end: {other}"
+                )),
+            })
+        })
     }
 
     /// The devices asked of xendevd, once prepared.
@@ -196,12 +226,9 @@ impl DeviceMethod for NoxsMethod {
     }
 
     fn prepare(&mut self, _host: &Host, domain: &NewDomain<'_>) -> Result<()> {
-        self.reached_xendevd = false;
-        (self.devices, self.macs) = devices_for(domain.config, || {
-            let mut bytes = [0u8; 3];
-            random_bytes(&mut bytes);
-            random_mac(bytes)
-        });
+        // A shell's devices are xendevd's already.
+        self.reached_xendevd = self.fills_shell;
+        (self.devices, self.macs) = devices_for(domain.config, random_mac_now);
         Ok(())
     }
 
@@ -213,14 +240,24 @@ impl DeviceMethod for NoxsMethod {
         start_info: &mut [u8; START_INFO_PAGE],
     ) -> Result<()> {
         let domid = domain.domid;
-        let served = host.timed("xendevd noxs_create", || {
-            let answer = host.xendevd.noxs_create(
-                domid,
-                &domain.config.name,
-                built.nodes.console_port,
-                &self.devices,
-            );
-            self.reached_xendevd = !matches!(&answer, Err(err) if err.is_unreachable());
+        let (step, name, console_port) = (
+            if self.fills_shell {
+                "xendevd noxs_fill"
+            } else {
+                "xendevd noxs_create"
+            },
+            &domain.config.name,
+            built.nodes.console_port,
+        );
+        let served = host.timed(step, || {
+            let answer = if self.fills_shell {
+                host.xendevd
+                    .noxs_fill(domid, name, console_port, &self.devices)
+            } else {
+                host.xendevd
+                    .noxs_create(domid, name, console_port, &self.devices)
+            };
+            self.reached_xendevd |= !matches!(&answer, Err(err) if err.is_unreachable());
             answer.map_err(|err| match err {
                 ClientError::Refused(message) => Error::Xendevd(format!(
                     "cannot be the back end of domain {domid}: {message}"

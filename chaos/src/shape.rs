@@ -81,7 +81,9 @@ pub const DEFAULT_POOL_SIZE: usize = 2;
 
 /// Why a pool specification is wrong: the key and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{key}: {problem} (a pool is KEY=VALUE,…: method=xenstore|noxs, memory=MIB, vcpus=N, vifs=N, bridge=NAME or bridges=A+B, vbds=N, size=N)")]
+#[error(
+    "{key}: {problem} (a pool is KEY=VALUE,…: method=xenstore|noxs, memory=MIB, vcpus=N, vifs=N, bridge=NAME or bridges=A+B, vbds=N, size=N)"
+)]
 pub struct SpecError {
     pub key: String,
     pub problem: String,
@@ -306,15 +308,36 @@ mod tests {
             ("memory=16,vifs", "\"vifs\": not KEY=VALUE"),
             ("vifs=1", "memory: missing"),
             ("memory=3", "memory: \"3\" is not a number from 4"),
-            ("memory=16,method=carrier", "method: \"carrier\" is not a device method"),
-            ("memory=16,vcpus=0", "vcpus: \"0\" is not a number from 1 to 128"),
-            ("memory=16,vifs=16", "vifs: \"16\" is not a number from 0 to 15"),
-            ("memory=16,size=0", "size: \"0\" is not a number from 1 to 1000"),
+            (
+                "memory=16,method=carrier",
+                "method: \"carrier\" is not a device method",
+            ),
+            (
+                "memory=16,vcpus=0",
+                "vcpus: \"0\" is not a number from 1 to 128",
+            ),
+            (
+                "memory=16,vifs=16",
+                "vifs: \"16\" is not a number from 0 to 15",
+            ),
+            (
+                "memory=16,size=0",
+                "size: \"0\" is not a number from 1 to 1000",
+            ),
             ("memory=16,memory=8", "memory: given twice"),
             ("memory=16,colour=red", "colour: unknown key"),
-            ("memory=16,bridge=a/b", "bridge: \"a/b\" is not a network interface name"),
-            ("memory=16,vifs=3,bridges=a+b", "bridges: 2 bridges for 3 vifs"),
-            ("memory=16,bridge=a,bridges=a", "bridges: give bridge or bridges"),
+            (
+                "memory=16,bridge=a/b",
+                "bridge: \"a/b\" is not a network interface name",
+            ),
+            (
+                "memory=16,vifs=3,bridges=a+b",
+                "bridges: 2 bridges for 3 vifs",
+            ),
+            (
+                "memory=16,bridge=a,bridges=a",
+                "bridges: give bridge or bridges",
+            ),
         ] {
             let err = text.parse::<PoolSpec>().unwrap_err().to_string();
             assert!(err.starts_with(error), "{text:?}: {err}");

@@ -164,8 +164,9 @@ impl Access {
     }
 }
 
-/// How the guest finds its devices.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the guest finds its devices (in JSON as the configuration spells it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DevMethod {
     /// The standard xenbus handshake through Xenstore.
     Xenstore,

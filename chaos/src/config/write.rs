@@ -11,9 +11,9 @@ impl Config {
     /// (JSON strings are) is an error naming the field.
     pub fn to_json(&self) -> Result<Value, ConfigError> {
         let path = |field: &str, path: &std::path::Path| {
-            path.to_str().map(str::to_owned).ok_or_else(|| {
-                ConfigError::new(field, format!("{} is not UTF-8", path.display()))
-            })
+            path.to_str()
+                .map(str::to_owned)
+                .ok_or_else(|| ConfigError::new(field, format!("{} is not UTF-8", path.display())))
         };
         let mut object = Map::new();
         object.insert("name".into(), json!(self.name));
@@ -95,11 +95,7 @@ mod tests {
         ] {
             let config = Config::parse(text).unwrap();
             let json = config.to_json().unwrap();
-            assert_eq!(
-                Config::parse(&json.to_string()).unwrap(),
-                config,
-                "{json}"
-            );
+            assert_eq!(Config::parse(&json.to_string()).unwrap(), config, "{json}");
         }
     }
 
