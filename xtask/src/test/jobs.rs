@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 
 use super::protocol::{self, Verdict};
 use crate::build::GuestImage;
-use crate::lab;
+use crate::lab::{self, LabMemory};
 
 /// A lab test that is one shell job in dom0.
 #[derive(Debug)]
@@ -22,6 +22,8 @@ pub struct JobTest {
     pub noxs: bool,
     /// The checks whose detail goes into the PASS line.
     pub summarize: &'static [&'static str],
+    /// The lab machine's memory, sized for the job's guests.
+    pub memory: LabMemory,
 }
 
 /// The helpers every job starts with.
@@ -41,6 +43,7 @@ pub const JOB_TESTS: [JobTest; 3] = [
         timeout_secs: 900,
         noxs: false,
         summarize: &["cycles-succeed"],
+        memory: LabMemory::DEFAULT,
     },
     // xendevd as dom0 runs it (`xendevd-checks.sh`): malformed, partial and stalled
     // requests among concurrent clients; loop devices attached, refused, shared
@@ -56,6 +59,7 @@ pub const JOB_TESTS: [JobTest; 3] = [
         timeout_secs: 400,
         noxs: false,
         summarize: &[],
+        memory: LabMemory::DEFAULT,
     },
     // In a NoXS lab (`noxs-lab.sh`): chaos's list, console, shutdown -w and destroy of
     // a NoXS daytime, create/destroy cycles that leak nothing; and `apps/misbehave`
@@ -68,6 +72,7 @@ pub const JOB_TESTS: [JobTest; 3] = [
         timeout_secs: 600,
         noxs: true,
         summarize: &["misbehave-attacks-reported", "cycles-succeed"],
+        memory: LabMemory::DEFAULT,
     },
 ];
 
@@ -80,7 +85,7 @@ impl JobTest {
     pub fn run(&self, images: &[GuestImage]) -> Result<()> {
         let job = self.job();
         let plan = protocol::plan(&job)?;
-        let (end, output) = lab_job(&job, images, self.timeout_secs, self.noxs)?;
+        let (end, output) = lab_job(&job, images, self.timeout_secs, self.noxs, self.memory)?;
         let verdict =
             protocol::judge(&plan, self.summarize, &output).and_then(|verdict| match end {
                 lab::ExecEnd::Exited(0) => Ok(verdict),
@@ -104,13 +109,14 @@ impl JobTest {
     }
 }
 
-/// Run `job` in a fresh lab (without Xenstore if `noxs`), for `timeout_secs` at most;
-/// how it ended and every line it printed.
+/// Run `job` in a fresh lab of `memory` (without Xenstore if `noxs`), for
+/// `timeout_secs` at most; how it ended and every line it printed.
 fn lab_job(
     job: &str,
     images: &[GuestImage],
     timeout_secs: u64,
     noxs: bool,
+    memory: LabMemory,
 ) -> Result<(lab::ExecEnd, Vec<String>)> {
     let options = lab::ExecOptions {
         timeout: Duration::from_secs(timeout_secs),
@@ -119,6 +125,7 @@ fn lab_job(
         disks: Vec::new(),
         control: None,
         noxs,
+        memory,
     };
     let mut output = Vec::new();
     let end = lab::exec(job, images, &options, &mut |line| {
