@@ -40,7 +40,7 @@ use crate::api::{Request, Response};
 ///
 /// Without a command, runs the daemon: it listens on SOCKET for newline-delimited JSON
 /// requests (attach_disk, detach_disk, release_domain, query, and for NoXS guests
-/// noxs_create, power, console) and, when xenstored runs, watches the kernel's uevents
+/// noxs_create, power, console, domain, domains_named, list_domains) and, when xenstored runs, watches the kernel's uevents
 /// for vifs whose Xenstore backend says toolstack = "chaos". Without xenstored it serves
 /// NoXS guests only (the log says which mode it runs in). It daemonizes and logs to
 /// syslog unless --foreground. SIGTERM or SIGINT stop it cleanly: the socket file goes,

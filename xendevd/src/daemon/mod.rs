@@ -245,6 +245,11 @@ impl Services {
                 vifs: self.hotplug.list(),
                 domains: self.noxs.domains(),
             })),
+            Request::Domain { domid } => Ok(Response::Domains(
+                self.noxs.domain(domid).into_iter().collect(),
+            )),
+            Request::DomainsNamed { name } => Ok(Response::Domains(self.noxs.named(&name))),
+            Request::ListDomains => Ok(Response::Listed(self.noxs.summaries())),
             Request::NoxsCreate {
                 domid,
                 name,
@@ -679,6 +684,21 @@ mod tests {
         assert!(matches!(
             services.handle(Request::Query),
             Answer::Now(Ok(Response::State(state))) if state == State::default()
+        ));
+        // Without NoXS back ends nothing is served: empty answers, not errors (chaos
+        // asks about Xenstore domains too).
+        for request in [
+            Request::Domain { domid: 3 },
+            Request::DomainsNamed { name: "a".into() },
+        ] {
+            assert!(matches!(
+                services.handle(request),
+                Answer::Now(Ok(Response::Domains(domains))) if domains.is_empty()
+            ));
+        }
+        assert!(matches!(
+            services.handle(Request::ListDomains),
+            Answer::Now(Ok(Response::Listed(listed))) if listed.is_empty()
         ));
         for request in [
             Request::Power {

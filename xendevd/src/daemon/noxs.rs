@@ -13,7 +13,7 @@ use log::{info, warn};
 use nix::poll::PollFlags;
 use xenproto::noxs;
 
-use crate::api::{NoxsDevice, NoxsDomain};
+use crate::api::{DomainSummary, NoxsDevice, NoxsDomain};
 use crate::noxs::{Backends, Error, Event, OpenError, PowerWait};
 
 /// Why this xendevd serves no NoXS domains.
@@ -131,6 +131,27 @@ impl NoxsDispatch {
         self.backends
             .as_ref()
             .map(Backends::domains)
+            .unwrap_or_default()
+    }
+
+    /// `domain`: served domain `domid`, if it is.
+    pub fn domain(&self, domid: u32) -> Option<NoxsDomain> {
+        self.backends.as_ref().ok()?.domain(domid)
+    }
+
+    /// `domains_named`: the served domains called `name`.
+    pub fn named(&self, name: &str) -> Vec<NoxsDomain> {
+        self.backends
+            .as_ref()
+            .map(|backends| backends.named(name))
+            .unwrap_or_default()
+    }
+
+    /// `list_domains`: every served domain in brief.
+    pub fn summaries(&self) -> Vec<DomainSummary> {
+        self.backends
+            .as_ref()
+            .map(Backends::summaries)
             .unwrap_or_default()
     }
 

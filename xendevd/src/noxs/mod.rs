@@ -41,7 +41,7 @@ use xenhost::xs::{Watch, Xs};
 use xenproto::noxs::{self, Kind};
 use xenproto::xenstore::XenbusState;
 
-use crate::api::{NoxsDevice, NoxsDomain};
+use crate::api::{DomainSummary, NoxsDevice, NoxsDomain};
 use crate::bridge::NetControl;
 
 use console::{Console, ConsoleLog, LOG_LIMIT};
@@ -285,6 +285,8 @@ pub struct Backends {
     net: NetControl,
     console_dir: PathBuf,
     domains: BTreeMap<u32, Domain>,
+    /// The served domains by name, for the by-name query.
+    by_name: HashMap<String, BTreeSet<u32>>,
     ports: HashMap<u32, PortUse>,
     /// Devices whose budget ran out with work left.
     pending: BTreeSet<(u32, usize)>,
@@ -349,6 +351,7 @@ impl Backends {
             net,
             console_dir,
             domains: BTreeMap::new(),
+            by_name: HashMap::new(),
             ports,
             pending: BTreeSet::new(),
             death,
@@ -552,6 +555,10 @@ impl Backends {
             started.elapsed().as_secs_f64() * 1e3,
             log_path.display()
         );
+        self.by_name
+            .entry(domain.name.clone())
+            .or_default()
+            .insert(domid);
         self.domains.insert(domid, domain);
         Ok(answer)
     }
@@ -612,6 +619,12 @@ impl Backends {
         let Some(mut domain) = self.domains.remove(&domid) else {
             return false;
         };
+        if let Some(ids) = self.by_name.get_mut(&domain.name) {
+            ids.remove(&domid);
+            if ids.is_empty() {
+                self.by_name.remove(&domain.name);
+            }
+        }
         for device in &mut domain.devices {
             device.backend.get_mut().disconnect();
             device.control.set_state(XenbusState::Closing);
@@ -641,6 +654,35 @@ impl Backends {
         self.domains
             .iter()
             .map(|(&domid, domain)| describe(domid, domain))
+            .collect()
+    }
+
+    /// Served domain `domid`, with its entries and state words.
+    pub fn domain(&self, domid: u32) -> Option<NoxsDomain> {
+        self.domains
+            .get(&domid)
+            .map(|domain| describe(domid, domain))
+    }
+
+    /// The served domains called `name`.
+    pub fn named(&self, name: &str) -> Vec<NoxsDomain> {
+        self.by_name
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(|&domid| self.domain(domid))
+            .collect()
+    }
+
+    /// Every served domain in brief.
+    pub fn summaries(&self) -> Vec<DomainSummary> {
+        self.domains
+            .iter()
+            .map(|(&domid, domain)| DomainSummary {
+                domid,
+                name: domain.name.clone(),
+                created_ms: millis_since_epoch(domain.created),
+            })
             .collect()
     }
 
@@ -839,9 +881,14 @@ fn describe(domid: u32, domain: &Domain) -> NoxsDomain {
                 )
             })
             .collect(),
-        created_ms: domain
-            .created
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| since.as_millis() as u64),
+        created_ms: millis_since_epoch(domain.created),
     }
+}
+
+/// `time` in milliseconds since the Unix epoch (0 before it).
+fn millis_since_epoch(time: SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
 }
