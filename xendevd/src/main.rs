@@ -13,6 +13,7 @@
 mod bridge;
 mod daemon;
 mod disks;
+mod limits;
 mod logging;
 mod loopdev;
 mod netlink;
@@ -157,6 +158,11 @@ fn run_daemon(cli: &Cli) -> Result<()> {
         },
         console_dir: cli.console_dir.clone(),
     };
+    // Each NoXS guest keeps files open: the soft default would stop xendevd early.
+    match limits::raise_open_files() {
+        Ok(open_files) => log::info!("{open_files}"),
+        Err(errno) => log::warn!("cannot raise RLIMIT_NOFILE to the hard limit: {errno}"),
+    }
     // Everything that can fail at start fails here, on the caller's terminal.
     let daemon = daemon::Daemon::setup(&options)?;
     if !cli.foreground {

@@ -14,6 +14,7 @@ use nix::poll::PollFlags;
 use xenproto::noxs;
 
 use crate::api::{DomainSummary, NoxsDevice, NoxsDomain};
+use crate::limits;
 use crate::noxs::{Backends, Error, Event, OpenError, PowerWait};
 
 /// Why this xendevd serves no NoXS domains.
@@ -71,8 +72,9 @@ impl NoxsDispatch {
         });
         if self.backends.is_ok() {
             info!(
-                "NoXS back ends ready; console logs in {}",
-                console_dir.display()
+                "NoXS back ends ready; console logs in {}; {}",
+                console_dir.display(),
+                limits::describe_gntalloc()
             );
         }
     }

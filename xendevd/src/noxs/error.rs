@@ -11,9 +11,11 @@ use xenproto::ring::RingOverrun;
 
 use super::DeviceId;
 use super::console::ConsoleError;
+use super::control::ControlError;
 use super::request::RequestError;
 use super::sysctl::PowerError;
 use crate::bridge::NetError;
+use crate::limits::LimitReached;
 
 /// A NoXS request failed.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Power(#[from] PowerError),
+    #[error(transparent)]
+    Limit(#[from] LimitReached),
 }
 
 /// One device could not be set up or connected, or its guest broke its ring.
@@ -62,8 +66,10 @@ pub enum DeviceError {
         mode: &'static str,
         source: io::Error,
     },
-    #[error("cannot grant its control page or reserve its event channel: {0}")]
-    Control(#[source] xenhost::Error),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error(transparent)]
+    Limit(#[from] LimitReached),
     /// The front end's area of the control page is invalid.
     #[error("{0}")]
     Frontend(NoxsError),

@@ -43,6 +43,7 @@ use xenproto::xenstore::XenbusState;
 
 use crate::api::{DomainSummary, NoxsDevice, NoxsDomain};
 use crate::bridge::NetControl;
+use crate::limits::{self, Making};
 
 use console::{Console, ConsoleLog, LOG_LIMIT};
 use control::{Control, Step};
@@ -477,13 +478,15 @@ impl Backends {
                 return;
             }
         };
+        // Xen's domains by id: one pass over each list, however many are served.
+        let dying: HashMap<u32, bool> = infos.iter().map(|i| (i.domid, i.dying)).collect();
         let ended: Vec<(u32, &str)> = self
             .domains
             .keys()
-            .filter_map(|&domid| match infos.iter().find(|i| i.domid == domid) {
+            .filter_map(|&domid| match dying.get(&domid) {
                 None => Some((domid, "gone")),
-                Some(info) if info.dying => Some((domid, "dying")),
-                Some(_) => None,
+                Some(true) => Some((domid, "dying")),
+                Some(false) => None,
             })
             .collect();
         for (domid, state) in ended {
@@ -513,9 +516,14 @@ impl Backends {
         }
         let started = Instant::now();
         let log_path = self.console_dir.join(format!("{name}-{domid}.log"));
-        let log = ConsoleLog::create(&log_path, LOG_LIMIT).map_err(|source| Error::ConsoleLog {
-            path: log_path.clone(),
-            source,
+        let log = ConsoleLog::create(&log_path, LOG_LIMIT).map_err(|source| {
+            limits::reached(source.raw_os_error(), Making::File).map_or_else(
+                || Error::ConsoleLog {
+                    path: log_path.clone(),
+                    source,
+                },
+                Error::Limit,
+            )
         })?;
         let made = Console::connect(&self.gnttab, &self.evtchn, domid, console_port, log)
             .map_err(Error::from)

@@ -14,6 +14,7 @@ use super::request::VifPlan;
 use super::tap::Tap;
 use super::{BUDGET, DataPath, DeviceBackend, Guest};
 use crate::bridge::{self, NetControl};
+use crate::limits::{self, Making};
 
 /// The Ethernet MTU offered to vifs.
 const MTU: u16 = 1500;
@@ -33,9 +34,14 @@ impl Vif {
         if bridge::exists(&plan.tap) {
             return Err(DeviceError::TapExists(plan.tap.clone()));
         }
-        let tap = Tap::create(&plan.tap).map_err(|source| DeviceError::Tap {
-            tap: plan.tap.clone(),
-            source,
+        let tap = Tap::create(&plan.tap).map_err(|source| {
+            limits::reached(source.raw_os_error(), Making::File).map_or_else(
+                || DeviceError::Tap {
+                    tap: plan.tap.clone(),
+                    source,
+                },
+                DeviceError::Limit,
+            )
         })?;
         net.add_port(&plan.bridge, &plan.tap)?;
         net.set_up(&plan.tap)?;
