@@ -18,6 +18,7 @@ mod logging;
 mod loopdev;
 mod netlink;
 mod noxs;
+mod poller;
 mod session;
 mod uevent;
 mod vif;

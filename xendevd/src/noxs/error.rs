@@ -101,6 +101,8 @@ pub enum DeviceError {
 pub enum OpenError {
     #[error(transparent)]
     Xen(#[from] xenhost::Error),
+    #[error("cannot watch the Xen devices' descriptors (epoll): {0}")]
+    Poll(nix::errno::Errno),
     #[error(transparent)]
     Net(#[from] NetError),
 }

@@ -10,8 +10,9 @@
 //! event-channel port to what it belongs to, runs the control-page handshake
 //! ([`control`]) and releases domains that died.
 //!
-//! Everything runs in the daemon's poll loop: one event-channel fd for every port, one
-//! fd per connected vif's tap. Ring work is bounded per turn ([`BUDGET`]) so that one
+//! Everything runs in the daemon's loop: one event-channel fd for every port, one fd
+//! per connected vif's tap, each in the daemon's epoll set ([`Poller`]) while it has
+//! something to say (a tap from its vif's connect to its disconnect). Ring work is bounded per turn ([`BUDGET`]) so that one
 //! busy or hostile guest cannot hold up the others; a guest that breaks a ring loses
 //! that device, never the daemon.
 
@@ -44,6 +45,7 @@ use xenproto::xenstore::XenbusState;
 use crate::api::{DomainSummary, NoxsDevice, NoxsDomain};
 use crate::bridge::NetControl;
 use crate::limits::{self, Making};
+use crate::poller::{Interest, Poller, Token};
 
 use console::{Console, ConsoleLog, LOG_LIMIT};
 use control::{Control, Step};
@@ -225,6 +227,14 @@ struct Device {
 }
 
 impl Device {
+    /// A vif's tap while the vif is connected: frames from the host to deliver.
+    fn tap(&self) -> Option<BorrowedFd<'_>> {
+        match &self.backend {
+            Backend::Vif(vif) => vif.tap(),
+            Backend::Sysctl(_) | Backend::Vbd(_) => None,
+        }
+    }
+
     fn id(&self) -> DeviceId {
         DeviceId {
             kind: self.backend.kind(),
@@ -292,6 +302,8 @@ pub struct Backends {
     /// Devices whose budget ran out with work left.
     pending: BTreeSet<(u32, usize)>,
     death: DeathWatch,
+    /// The daemon's epoll set: the event-channel fd, the watch, connected taps.
+    poller: Rc<Poller>,
     next_check: Instant,
     events: Vec<Event>,
     frame: Vec<u8>,
@@ -300,7 +312,7 @@ pub struct Backends {
 impl Backends {
     /// Open the Xen devices; learn domain deaths by `VIRQ_DOM_EXC` if we can bind it,
     /// else by Xenstore's `@releaseDomain` if xenstored runs, and by polling always.
-    pub fn open(console_dir: PathBuf) -> Result<Self, OpenError> {
+    pub fn open(console_dir: PathBuf, poller: Rc<Poller>) -> Result<Self, OpenError> {
         let evtchn = Evtchn::open()?;
         let gnttab = Gnttab::open()?;
         let gntshr = Gntshr::open()?;
@@ -344,6 +356,15 @@ impl Backends {
                 }
             }
         };
+        poller
+            .add(evtchn.fd(), Token::Evtchn, Interest::READ)
+            .map_err(OpenError::Poll)?;
+        if let DeathWatch::Xenstore(watch) = &death {
+            let fd = watch.xs().fd()?;
+            poller
+                .add(fd, Token::Watch, Interest::READ)
+                .map_err(OpenError::Poll)?;
+        }
         Ok(Self {
             evtchn,
             gnttab,
@@ -356,38 +377,11 @@ impl Backends {
             ports,
             pending: BTreeSet::new(),
             death,
+            poller,
             next_check: Instant::now() + CHECK_INTERVAL,
             events: Vec::new(),
             frame: vec![0; 65536 + 64],
         })
-    }
-
-    /// The event-channel fd (poll it for input).
-    pub fn evtchn_fd(&self) -> BorrowedFd<'_> {
-        self.evtchn.fd()
-    }
-
-    /// Xenstore's watch fd, when deaths come that way.
-    pub fn watch_fd(&self) -> Option<BorrowedFd<'_>> {
-        match &self.death {
-            DeathWatch::Xenstore(watch) => watch.xs().fd().ok(),
-            DeathWatch::Virq { .. } | DeathWatch::Polling => None,
-        }
-    }
-
-    /// The taps of connected vifs, to poll for frames from the host.
-    pub fn taps(&self) -> Vec<((u32, usize), BorrowedFd<'_>)> {
-        let mut taps = Vec::new();
-        for (&domid, domain) in &self.domains {
-            for (index, device) in domain.devices.iter().enumerate() {
-                if let Backend::Vif(vif) = &device.backend
-                    && let Some(tap) = vif.tap()
-                {
-                    taps.push(((domid, index), tap));
-                }
-            }
-        }
-        taps
     }
 
     /// When the loop must run again without an event: work left over, a domain check.
@@ -441,6 +435,9 @@ impl Backends {
                 Ok(_) => {}
                 Err(err) => {
                     warn!("Xenstore watch: {err}: polling for domain deaths from now on");
+                    if let Ok(fd) = watch.xs().fd() {
+                        let _ = self.poller.delete(fd);
+                    }
                     self.death = DeathWatch::Polling;
                 }
             }
@@ -633,14 +630,18 @@ impl Backends {
                 self.by_name.remove(&domain.name);
             }
         }
+        self.ports.remove(&domain.console.port());
         for device in &mut domain.devices {
+            self.ports.remove(&device.control.port());
+            if let Some(port) = device.backend.get().data_port() {
+                self.ports.remove(&port);
+            }
+            if let Some(tap) = device.tap() {
+                let _ = self.poller.delete(tap);
+            }
             device.backend.get_mut().disconnect();
             device.control.set_state(XenbusState::Closing);
         }
-        self.ports.retain(|_, used| match *used {
-            PortUse::Console(d) | PortUse::Control(d, _) | PortUse::Data(d, _) => d != domid,
-            PortUse::DomainDeath => true,
-        });
         self.pending.retain(|(d, _)| *d != domid);
         let name = domain.name.clone();
         let devices = domain.devices.len();
@@ -710,14 +711,12 @@ impl Backends {
         let Some(device) = device_mut(&mut self.domains, domid, index) else {
             return;
         };
+        let id = device.id();
         let frontend = match device.control.frontend_state() {
             Ok(state) => state,
             Err(err) => {
                 if !device.complained {
-                    warn!(
-                        "domain {domid} {}: {err} (ignored until it makes sense)",
-                        device.id()
-                    );
+                    warn!("domain {domid} {id}: {err} (ignored until it makes sense)");
                     device.complained = true;
                 }
                 return;
@@ -725,47 +724,75 @@ impl Backends {
         };
         match control::step(device.control.state(), frontend) {
             Step::Nothing => {}
-            Step::Connect => {
-                let guest = Guest {
-                    domid,
-                    gnttab: &self.gnttab,
-                    evtchn: &self.evtchn,
-                };
-                let area = device.control.frontend_area();
-                match device.backend.get_mut().connect(&guest, &area) {
-                    Ok(()) => {
-                        if let Some(port) = device.backend.get().data_port() {
-                            self.ports.insert(port, PortUse::Data(domid, index));
-                        }
-                        device.control.set_state(XenbusState::Connected);
-                        info!("domain {domid} {} connected", device.id());
-                        // Requests queued before we were ready.
-                        self.serve(domid, index);
-                    }
-                    Err(why) => {
-                        warn!("domain {domid} {}: {why}: closing it", device.id());
-                        device.backend.get_mut().disconnect();
-                        device.control.set_state(XenbusState::Closing);
-                    }
-                }
-            }
+            Step::Connect => self.connect(domid, index),
             Step::Disconnect => {
-                if let Some(port) = device.backend.get().data_port() {
-                    self.ports.remove(&port);
-                }
-                self.pending.remove(&(domid, index));
-                device.backend.get_mut().disconnect();
-                device.control.set_state(XenbusState::Closed);
-                info!(
-                    "domain {domid} {} disconnected (front end {frontend:?})",
-                    device.id()
-                );
+                self.disconnect(domid, index, XenbusState::Closed);
+                info!("domain {domid} {id} disconnected (front end {frontend:?})");
             }
             Step::Reopen => {
                 device.control.set_state(XenbusState::InitWait);
-                debug!("domain {domid} {} offered again", device.id());
+                debug!("domain {domid} {id} offered again");
             }
         }
+    }
+
+    /// The front end published its area: connect the device's data path (its port
+    /// routed here, its tap watched), or close the device if it cannot be.
+    fn connect(&mut self, domid: u32, index: usize) {
+        let Some(device) = device_mut(&mut self.domains, domid, index) else {
+            return;
+        };
+        let guest = Guest {
+            domid,
+            gnttab: &self.gnttab,
+            evtchn: &self.evtchn,
+        };
+        let area = device.control.frontend_area();
+        if let Err(why) = device.backend.get_mut().connect(&guest, &area) {
+            warn!("domain {domid} {}: {why}: closing it", device.id());
+            device.backend.get_mut().disconnect();
+            device.control.set_state(XenbusState::Closing);
+            return;
+        }
+        if let Some(port) = device.backend.get().data_port() {
+            self.ports.insert(port, PortUse::Data(domid, index));
+        }
+        if let Some(tap) = device.tap() {
+            let token = Token::Tap {
+                domid,
+                index: u32::try_from(index).expect("at most 64 devices"),
+            };
+            if let Err(errno) = self.poller.add(tap, token, Interest::READ) {
+                error!(
+                    "domain {domid} {}: cannot watch its tap: {errno}: closing it",
+                    device.id()
+                );
+                self.disconnect(domid, index, XenbusState::Closing);
+                return;
+            }
+        }
+        device.control.set_state(XenbusState::Connected);
+        info!("domain {domid} {} connected", device.id());
+        // Requests queued before we were ready.
+        self.serve(domid, index);
+    }
+
+    /// Drop a device's data path — its port routes nowhere, its left-over work goes,
+    /// its tap is no longer watched, its rings are unmapped — and tell the guest
+    /// `state`.
+    fn disconnect(&mut self, domid: u32, index: usize, state: XenbusState) {
+        let Some(device) = device_mut(&mut self.domains, domid, index) else {
+            return;
+        };
+        if let Some(port) = device.backend.get().data_port() {
+            self.ports.remove(&port);
+        }
+        self.pending.remove(&(domid, index));
+        if let Some(tap) = device.tap() {
+            let _ = self.poller.delete(tap);
+        }
+        device.backend.get_mut().disconnect();
+        device.control.set_state(state);
     }
 
     /// Serve a device's rings (a data event, or work left from the last turn).
@@ -787,16 +814,9 @@ impl Backends {
         let Some(device) = device_mut(&mut self.domains, domid, index) else {
             return;
         };
-        if let Some(port) = device.backend.get().data_port() {
-            self.ports.remove(&port);
-        }
-        self.pending.remove(&(domid, index));
-        device.backend.get_mut().disconnect();
-        device.control.set_state(XenbusState::Closing);
-        error!(
-            "domain {domid} {}: protocol error: {why}: disconnected",
-            device.id()
-        );
+        let id = device.id();
+        self.disconnect(domid, index, XenbusState::Closing);
+        error!("domain {domid} {id}: protocol error: {why}: disconnected");
     }
 
     /// Frames from a vif's tap for the guest.
