@@ -4,7 +4,8 @@
 //! (the console's and one per device). xendevd raises what it may at start
 //! ([`raise_open_files`]) and says what it got; when a set-up runs into a limit, the
 //! error names the limit, its value and the knob that raises it ([`LimitReached`]),
-//! not the bare errno ("No space left on device").
+//! not the bare errno ("No space left on device"). (A bridge's 1023 ports are
+//! `bridge.rs`'s to name.)
 
 use std::fmt;
 use std::path::Path;

@@ -648,7 +648,22 @@ impl Backends {
         drop(domain);
         info!("NoXS domain {domid} ({name}) released: {why}; {devices} device(s) closed");
         self.events.push(Event::Released { domid });
+        if self.domains.is_empty() {
+            self.return_memory();
+        }
         true
+    }
+
+    /// Serving no domain any more: give back what a crowd of them took (the maps keep
+    /// their capacity, and glibc's allocator the freed heap, otherwise: 1000 guests
+    /// left xendevd 2.8 MiB larger than before them).
+    fn return_memory(&mut self) {
+        self.ports.shrink_to_fit();
+        self.by_name.shrink_to_fit();
+        // SAFETY: malloc_trim takes no pointers and only hands free memory of the
+        // allocator's arenas back to the system; xendevd's one thread may call it at
+        // any time.
+        unsafe { nix::libc::malloc_trim(0) };
     }
 
     /// Release everything (the daemon stops).

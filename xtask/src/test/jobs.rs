@@ -29,7 +29,10 @@ pub struct JobTest {
 /// The helpers every job starts with.
 const LAB_CHECKS: &str = include_str!("lab-checks.sh");
 
-pub const JOB_TESTS: [JobTest; 3] = [
+/// The capacity job's guests (`GUESTS=` in `capacity-lab.sh`), 4 MiB each.
+const CAPACITY_GUESTS: u32 = 1000;
+
+pub const JOB_TESTS: [JobTest; 4] = [
     // chaos's commands on real Xen (`chaos-lab.sh`): create, list (and xl list),
     // console, shutdown -w, destroy of daytime with its vif; a destroy while `create
     // --console` watches, each of the two ending well; fifteen malformed
@@ -73,6 +76,19 @@ pub const JOB_TESTS: [JobTest; 3] = [
         noxs: true,
         summarize: &["misbehave-attacks-reported", "cycles-succeed"],
         memory: LabMemory::DEFAULT,
+    },
+    // Capacity, in a NoXS lab sized for it (`capacity-lab.sh`): 1000 paused NoXS
+    // guests with a vif each created (batches of 100) and destroyed (one command
+    // each), every count of what they held in dom0 back where it started; per-guest
+    // costs and create/destroy times as measurements; gntalloc's and xendevd's
+    // open-files limits, lowered on purpose, named with their knobs, nothing left.
+    JobTest {
+        name: "capacity: 1000 NoXS guests with a vif each created and destroyed, limits named",
+        script: include_str!("capacity-lab.sh"),
+        timeout_secs: 1500,
+        noxs: true,
+        summarize: &[],
+        memory: LabMemory::for_guests(CAPACITY_GUESTS, 4),
     },
 ];
 
@@ -134,4 +150,20 @@ fn lab_job(
         }
     })?;
     Ok((end, output))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The capacity job's lab is sized for the guests its script makes.
+    #[test]
+    fn the_capacity_lab_fits_its_guests() {
+        let script = include_str!("capacity-lab.sh");
+        assert!(
+            script.contains(&format!("\nGUESTS={CAPACITY_GUESTS}\n")),
+            "capacity-lab.sh must make CAPACITY_GUESTS guests"
+        );
+        assert!(script.contains(r#""memory": 4,"#));
+    }
 }
