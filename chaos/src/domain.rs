@@ -22,6 +22,7 @@
 //! From step 2 on, a failure destroys the domain and everything made for it (a
 //! [`Guard`]): nothing leaks, whatever step failed.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -33,6 +34,7 @@ use crate::layout;
 use crate::noxs::{self, NoxsMethod};
 use crate::signal;
 use crate::uuid::Uuid;
+use xendevd::api::DomainSummary;
 use xenhost::xc::{DomainInfo, ShutdownReason};
 use xenhost::xcdom::DomImage;
 use xenhost::xs::Store;
@@ -356,9 +358,9 @@ pub fn find_by_name(host: &Host, name: &str) -> Result<Option<u32>> {
             }
         }
     }
-    for served in noxs::served(host)?.unwrap_or_default() {
+    for served in noxs::served_named(host, name)? {
         // xendevd may not have noticed yet that a domain is gone.
-        if served.name == name && host.xc.domain_info(served.domid)?.is_some() {
+        if host.xc.domain_info(served.domid)?.is_some() {
             return Ok(Some(served.domid));
         }
     }
@@ -609,13 +611,16 @@ pub fn list(host: &Host) -> Result<Vec<Listed>> {
         .unwrap_or_default()
         .as_secs_f64();
     let xs = host.xenstore();
-    let served = noxs::served(host)?.unwrap_or_default();
+    let served: HashMap<u32, DomainSummary> = noxs::served_list(host)?
+        .into_iter()
+        .map(|served| (served.domid, served))
+        .collect();
     host.xc
         .domains()?
         .into_iter()
         .map(|info| {
             let dom = layout::dom_path(info.domid);
-            let noxs = served.iter().find(|served| served.domid == info.domid);
+            let noxs = served.get(&info.domid);
             let noxs_name = noxs.map(|served| served.name.clone());
             let xenstore_name = match (xs, &noxs_name) {
                 (Some(xs), None) => xs.read(&format!("{dom}/name"))?,

@@ -9,13 +9,16 @@
 //! vbds (vbd N is `vbds[N]`). xendevd's answer is checked against that list before it
 //! reaches the guest: one entry per device asked for, nothing else.
 //!
-//! Later commands know a NoXS domain by xendevd's [`Query`](xendevd::api::Request::Query),
-//! which lists the domains it serves (chaos keeps no state of its own): power requests,
+//! Later commands know a NoXS domain by asking xendevd about it, by id
+//! ([`Domain`](xendevd::api::Request::Domain)) or by name
+//! ([`DomainsNamed`](xendevd::api::Request::DomainsNamed)), so a command costs the same
+//! however many guests run (chaos keeps no state of its own); `chaos list` asks for the
+//! brief list ([`ListDomains`](xendevd::api::Request::ListDomains)). Power requests,
 //! the console and the release of the back ends go through xendevd too.
 
 use std::time::Duration;
 
-use xendevd::api::{NoxsDevice, NoxsDomain, ShellDevice};
+use xendevd::api::{DomainSummary, NoxsDevice, NoxsDomain, ShellDevice};
 use xendevd::client::ClientError;
 use xenproto::noxs::{self, BLOCK_LEN, BLOCK_OFFSET, Block, Kind, MAX_ENTRIES};
 
@@ -306,25 +309,54 @@ pub fn release(host: &Host, domid: u32) -> Result<()> {
     })
 }
 
-/// The NoXS domains xendevd serves; `None` when no xendevd listens (then there are
-/// none: their back ends would have gone with it).
-pub fn served(host: &Host) -> Result<Option<Vec<NoxsDomain>>> {
+/// Ask xendevd something about the NoXS domains it serves (`what` says what, for
+/// errors); `None` when no xendevd listens (then it serves none: their back ends would
+/// have gone with it). Each question is about one domain or one name, so it costs the
+/// same however many guests run; only a list grows with them.
+fn ask_served<T>(
+    host: &Host,
+    what: &str,
+    question: impl FnOnce(&xendevd::client::Client) -> Result<T, ClientError>,
+) -> Result<Option<T>> {
     if !host.xendevd.socket().exists() {
         return Ok(None);
     }
-    match host.xendevd.query() {
-        Ok(state) => Ok(Some(state.domains)),
+    match question(&host.xendevd) {
+        Ok(answer) => Ok(Some(answer)),
         Err(err) if err.is_unreachable() => Ok(None),
-        Err(ClientError::Refused(message)) => Err(Error::Xendevd(format!(
-            "cannot say what it serves: {message}"
-        ))),
-        Err(err) => Err(Error::Xendevd(format!("asking what it serves: {err}"))),
+        Err(ClientError::Refused(message)) => {
+            Err(Error::Xendevd(format!("cannot say {what}: {message}")))
+        }
+        Err(err) => Err(Error::Xendevd(format!("asking {what}: {err}"))),
     }
 }
 
 /// xendevd's record of domain `domid`, if it is a NoXS domain it serves.
 pub fn served_domain(host: &Host, domid: u32) -> Result<Option<NoxsDomain>> {
-    Ok(served(host)?.and_then(|domains| domains.into_iter().find(|d| d.domid == domid)))
+    Ok(ask_served(
+        host,
+        &format!("whether it serves domain {domid}"),
+        |xendevd| xendevd.domain(domid),
+    )?
+    .flatten())
+}
+
+/// The NoXS domains xendevd serves under `name` (usually one or none).
+pub fn served_named(host: &Host, name: &str) -> Result<Vec<NoxsDomain>> {
+    Ok(ask_served(
+        host,
+        &format!("which domains it serves named {name:?}"),
+        |xendevd| xendevd.domains_named(name),
+    )?
+    .unwrap_or_default())
+}
+
+/// Every NoXS domain xendevd serves, in brief (for `chaos list`).
+pub fn served_list(host: &Host) -> Result<Vec<DomainSummary>> {
+    Ok(ask_served(host, "which domains it serves", |xendevd| {
+        xendevd.list_domains()
+    })?
+    .unwrap_or_default())
 }
 
 /// Ask NoXS domain `domid` to power off, reboot, suspend or crash (through its sysctl
@@ -346,6 +378,7 @@ pub fn power(host: &Host, domid: u32, action: noxs::Request, timeout: Duration) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::random_mac;
     use std::net::Ipv4Addr;
 
     fn config(text: &str) -> Config {

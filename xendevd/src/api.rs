@@ -32,8 +32,18 @@ pub enum Request {
     /// Release everything held for a domain: its loop devices, its NoXS back ends and
     /// console (the console log stays on disk).
     ReleaseDomain { domid: u32 },
-    /// What the daemon holds.
+    /// What the daemon holds, all of it (answered with [`Response::State`]; its size
+    /// grows with the guests: a caller that wants one domain asks [`Request::Domain`]
+    /// or [`Request::DomainsNamed`], one that lists them [`Request::ListDomains`]).
     Query,
+    /// NoXS domain `domid`, if it is served: [`Response::Domains`] with it, or empty.
+    Domain { domid: u32 },
+    /// The NoXS domains served under `name`: [`Response::Domains`], usually with one
+    /// or none (a dying domain not yet released may share its name with a new one).
+    DomainsNamed { name: String },
+    /// Every NoXS domain served, in brief ([`Response::Listed`]): a few dozen bytes
+    /// each, so that a list of every possible domain fits in one answer.
+    ListDomains,
     /// Be the back end of a NoXS domain that is built but not yet unpaused: map its
     /// console ring (grant entry 0, seeded by the domain builder) and bind
     /// `console_port` (the guest's console port, allocated unbound for dom0); for each
@@ -179,6 +189,16 @@ pub struct NoxsDomain {
     pub created_ms: u64,
 }
 
+/// A served NoXS domain in brief, for lists: what `chaos list` shows of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainSummary {
+    pub domid: u32,
+    pub name: String,
+    /// As [`NoxsDomain::created_ms`].
+    pub created_ms: u64,
+}
+
 /// A loop device the daemon attached.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -224,6 +244,10 @@ pub enum Response {
     State(State),
     /// `NoxsCreate`, `NoxsShell` or `NoxsFill` succeeded.
     Noxs(NoxsDomain),
+    /// `Domain` or `DomainsNamed`: the served domains that match.
+    Domains(Vec<NoxsDomain>),
+    /// `ListDomains`.
+    Listed(Vec<DomainSummary>),
     /// `Console`: raw console bytes follow on the connection.
     Streaming,
     /// `DetachDisk` or `ReleaseDomain` succeeded.
@@ -337,6 +361,79 @@ mod tests {
             serde_json::to_string(&Response::Error("no".into())).unwrap(),
             r#"{"error":"no"}"#
         );
+    }
+
+    /// The per-domain, by-name and list queries: their requests and answers on the
+    /// wire, and an empty answer as it looks.
+    #[test]
+    fn domain_queries_are_stable() {
+        for (request, line) in [
+            (Request::Domain { domid: 7 }, r#"{"op":"domain","domid":7}"#),
+            (
+                Request::DomainsNamed {
+                    name: "noop-3".into(),
+                },
+                r#"{"op":"domains_named","name":"noop-3"}"#,
+            ),
+            (Request::ListDomains, r#"{"op":"list_domains"}"#),
+        ] {
+            assert_eq!(serde_json::to_string(&request).unwrap(), line);
+            assert_eq!(serde_json::from_str::<Request>(line).unwrap(), request);
+        }
+        let served = NoxsDomain {
+            domid: 7,
+            name: "noop-3".into(),
+            entries: vec![noxs::Entry {
+                kind: noxs::Kind::Sysctl,
+                backend: 0,
+                devid: 0,
+                ctrl_gref: 9,
+                ctrl_port: 4,
+            }],
+            states: vec![(2, 0)],
+            created_ms: 1_700_000_000_123,
+        };
+        for (answer, line) in [
+            (Response::Domains(Vec::new()), r#"{"domains":[]}"#),
+            (
+                Response::Domains(vec![served]),
+                r#"{"domains":[{"domid":7,"name":"noop-3","entries":[{"kind":"sysctl","devid":0,"backend":0,"ctrl_gref":9,"ctrl_port":4}],"states":[[2,0]],"created_ms":1700000000123}]}"#,
+            ),
+            (
+                Response::Listed(vec![DomainSummary {
+                    domid: 7,
+                    name: "noop-3".into(),
+                    created_ms: 1_700_000_000_123,
+                }]),
+                r#"{"listed":[{"domid":7,"name":"noop-3","created_ms":1700000000123}]}"#,
+            ),
+        ] {
+            assert_eq!(serde_json::to_string(&answer).unwrap(), line);
+            assert_eq!(serde_json::from_str::<Response>(line).unwrap(), answer);
+        }
+        for bad in [
+            r#"{"op":"domain"}"#,
+            r#"{"op":"domain","domid":"7"}"#,
+            r#"{"op":"domains_named","name":7}"#,
+            r#"{"op":"domains_named","name":"a","domid":1}"#,
+        ] {
+            assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// The longest brief a list can hold (a domain name of 64 bytes, every domain id
+    /// Xen hands out) fits in one answer under the daemon's 4 MiB output limit.
+    #[test]
+    fn a_list_of_every_domain_fits_in_one_answer() {
+        let listed: Vec<DomainSummary> = (1..0x7ff0)
+            .map(|domid| DomainSummary {
+                domid,
+                name: "n".repeat(64),
+                created_ms: u64::MAX,
+            })
+            .collect();
+        let line = serde_json::to_string(&Response::Listed(listed)).unwrap();
+        assert!(line.len() < 4 << 20, "{} bytes", line.len());
     }
 
     #[test]

@@ -108,12 +108,35 @@ pub enum NetError {
     },
     #[error("cannot open a socket for network ioctls: {0}")]
     Socket(Errno),
+    #[error(
+        "bridge {bridge} has as many ports as a Linux bridge takes ({MAX_BRIDGE_PORTS}, \
+         BR_MAX_PORTS): put further vifs on another bridge"
+    )]
+    BridgeFull { bridge: String },
     #[error("{request} {detail}: {errno}")]
     Ioctl {
         request: &'static str,
         detail: String,
         errno: Errno,
     },
+}
+
+/// The ports a Linux bridge takes: port numbers are 10 bits, and 0 is not one.
+pub const MAX_BRIDGE_PORTS: u32 = 1023;
+
+/// Why `SIOCBRADDIF` of `vif` to `bridge` failed with `errno`: the bridge's port limit
+/// by name, anything else as the ioctl's error.
+fn add_port_error(errno: Errno, bridge: &str, vif: &str) -> NetError {
+    match errno {
+        Errno::EXFULL => NetError::BridgeFull {
+            bridge: bridge.to_owned(),
+        },
+        errno => NetError::Ioctl {
+            request: "SIOCBRADDIF",
+            detail: format!("(add {vif} to {bridge})"),
+            errno,
+        },
+    }
 }
 
 /// Where a device stands with respect to bridges, from sysfs.
@@ -246,11 +269,7 @@ impl NetControl {
         }
         let index = self.index(vif)?;
         self.bridge_ioctl(sys::SIOCBRADDIF, bridge, index)
-            .map_err(|errno| NetError::Ioctl {
-                request: "SIOCBRADDIF",
-                detail: format!("(add {vif} to {bridge})"),
-                errno,
-            })?;
+            .map_err(|errno| add_port_error(errno, bridge, vif))?;
         Ok(Added::Now)
     }
 
@@ -334,6 +353,19 @@ mod tests {
         let req = ifreq("a-name-longer-than-fifteen");
         assert_eq!(&req.name[..15], b"a-name-longer-t");
         assert_eq!(req.name[15], 0);
+    }
+
+    #[test]
+    fn a_full_bridge_is_named() {
+        assert_eq!(
+            add_port_error(Errno::EXFULL, "xenbr0", "vif7.0").to_string(),
+            "bridge xenbr0 has as many ports as a Linux bridge takes (1023, BR_MAX_PORTS): put \
+             further vifs on another bridge"
+        );
+        assert_eq!(
+            add_port_error(Errno::EBUSY, "xenbr0", "vif7.0").to_string(),
+            "SIOCBRADDIF (add vif7.0 to xenbr0): EBUSY: Device or resource busy"
+        );
     }
 
     #[test]

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use xenproto::noxs;
 
-use crate::api::{Disk, NoxsDevice, NoxsDomain, Request, Response, ShellDevice, State};
+use crate::api::{
+    Disk, DomainSummary, NoxsDevice, NoxsDomain, Request, Response, ShellDevice, State,
+};
 
 /// Talking to the daemon failed, or it refused.
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +156,62 @@ impl Client {
                 other => Err(other),
             },
         )
+    }
+
+    /// NoXS domain `domid`, if xendevd serves it.
+    pub fn domain(&self, domid: u32) -> Result<Option<NoxsDomain>, ClientError> {
+        let domains = self.domains_of("domain", &Request::Domain { domid })?;
+        match <[NoxsDomain; 1]>::try_from(domains) {
+            Ok([domain]) if domain.domid == domid => Ok(Some(domain)),
+            Ok([other]) => Err(ClientError::Unexpected {
+                request: "domain",
+                answer: Box::new(Response::Domains(vec![other])),
+            }),
+            Err(none) if none.is_empty() => Ok(None),
+            Err(several) => Err(ClientError::Unexpected {
+                request: "domain",
+                answer: Box::new(Response::Domains(several)),
+            }),
+        }
+    }
+
+    /// The NoXS domains xendevd serves under `name` (usually one or none).
+    pub fn domains_named(&self, name: &str) -> Result<Vec<NoxsDomain>, ClientError> {
+        let request = Request::DomainsNamed {
+            name: name.to_owned(),
+        };
+        let domains = self.domains_of("domains_named", &request)?;
+        if domains.iter().all(|domain| domain.name == name) {
+            Ok(domains)
+        } else {
+            Err(ClientError::Unexpected {
+                request: "domains_named",
+                answer: Box::new(Response::Domains(domains)),
+            })
+        }
+    }
+
+    /// Every NoXS domain xendevd serves, in brief.
+    pub fn list_domains(&self) -> Result<Vec<DomainSummary>, ClientError> {
+        expect(
+            "list_domains",
+            self.call(&Request::ListDomains)?,
+            |answer| match answer {
+                Response::Listed(listed) => Ok(listed),
+                other => Err(other),
+            },
+        )
+    }
+
+    fn domains_of(
+        &self,
+        request_name: &'static str,
+        request: &Request,
+    ) -> Result<Vec<NoxsDomain>, ClientError> {
+        expect(request_name, self.call(request)?, |answer| match answer {
+            Response::Domains(domains) => Ok(domains),
+            other => Err(other),
+        })
     }
 
     /// Be the back end of NoXS domain `domid` (built, still paused): its entries for
@@ -312,6 +370,69 @@ mod tests {
         let err = client.console(9, true).unwrap_err();
         server.join().unwrap();
         assert_eq!(err.to_string(), "xendevd refused: no NoXS domain 9");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// The per-domain and by-name queries: what they send, and an answer that is not
+    /// about what was asked is refused.
+    #[test]
+    fn domain_queries_check_their_answers() {
+        let served =
+            br#"{"domains":[{"domid":7,"name":"noop-3","entries":[],"states":[],"created_ms":5}]}
+"#;
+        let (path, server) = serve_once("domain", served);
+        let client = Client::new(&path, Duration::from_secs(5));
+        let found = client.domain(7).unwrap().unwrap();
+        assert_eq!((found.domid, found.name.as_str()), (7, "noop-3"));
+        assert_eq!(server.join().unwrap(), "{\"op\":\"domain\",\"domid\":7}\n");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+
+        let (path, server) = serve_once("domain-none", b"{\"domains\":[]}\n");
+        let client = Client::new(&path, Duration::from_secs(5));
+        assert_eq!(client.domain(8).unwrap(), None);
+        server.join().unwrap();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+
+        let (path, server) = serve_once("domain-other", served);
+        let client = Client::new(&path, Duration::from_secs(5));
+        let err = client.domain(8).unwrap_err();
+        server.join().unwrap();
+        assert!(
+            err.to_string()
+                .starts_with("xendevd answered domain with Domains("),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+
+        let (path, server) = serve_once("named", served);
+        let client = Client::new(&path, Duration::from_secs(5));
+        assert_eq!(client.domains_named("noop-3").unwrap().len(), 1);
+        assert_eq!(
+            server.join().unwrap(),
+            "{\"op\":\"domains_named\",\"name\":\"noop-3\"}\n"
+        );
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+
+        let (path, server) = serve_once("named-other", served);
+        let client = Client::new(&path, Duration::from_secs(5));
+        assert!(matches!(
+            client.domains_named("noop-4").unwrap_err(),
+            ClientError::Unexpected {
+                request: "domains_named",
+                ..
+            }
+        ));
+        server.join().unwrap();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+
+        let (path, server) = serve_once(
+            "listed",
+            b"{\"listed\":[{\"domid\":7,\"name\":\"a\",\"created_ms\":5}]}\n",
+        );
+        let client = Client::new(&path, Duration::from_secs(5));
+        let listed = client.list_domains().unwrap();
+        assert_eq!((listed[0].domid, listed[0].created_ms), (7, 5));
+        assert_eq!(server.join().unwrap(), "{\"op\":\"list_domains\"}\n");
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 

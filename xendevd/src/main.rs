@@ -13,10 +13,12 @@
 mod bridge;
 mod daemon;
 mod disks;
+mod limits;
 mod logging;
 mod loopdev;
 mod netlink;
 mod noxs;
+mod poller;
 mod session;
 mod uevent;
 mod vif;
@@ -40,12 +42,12 @@ use crate::api::{Request, Response};
 ///
 /// Without a command, runs the daemon: it listens on SOCKET for newline-delimited JSON
 /// requests (attach_disk, detach_disk, release_domain, query, and for NoXS guests
-/// noxs_create, noxs_shell, noxs_fill, power, console) and, when xenstored runs, watches
-/// the kernel's uevents for vifs whose Xenstore backend says toolstack = "chaos".
-/// Without xenstored it serves NoXS guests only (the log says which mode it runs in).
-/// It daemonizes and logs to syslog unless --foreground. SIGTERM or SIGINT stop it
-/// cleanly: the socket file goes, loop devices of running domains stay (and are
-/// logged), NoXS back ends are closed.
+/// noxs_create, noxs_shell, noxs_fill, power, console, domain, domains_named,
+/// list_domains) and, when xenstored runs, watches the kernel's uevents for vifs whose
+/// Xenstore backend says toolstack = "chaos". Without xenstored it serves NoXS guests
+/// only (the log says which mode it runs in). It daemonizes and logs to syslog unless
+/// --foreground. SIGTERM or SIGINT stop it cleanly: the socket file goes, loop devices
+/// of running domains stay (and are logged), NoXS back ends are closed.
 ///
 /// Exit status: 0 success, 1 the daemon could not start or the request failed (its
 /// answer is printed), 2 the daemon could not be reached or answered nonsense.
@@ -158,6 +160,11 @@ fn run_daemon(cli: &Cli) -> Result<()> {
         },
         console_dir: cli.console_dir.clone(),
     };
+    // Each NoXS guest keeps files open: the soft default would stop xendevd early.
+    match limits::raise_open_files() {
+        Ok(open_files) => log::info!("{open_files}"),
+        Err(errno) => log::warn!("cannot raise RLIMIT_NOFILE to the hard limit: {errno}"),
+    }
     // Everything that can fail at start fails here, on the caller's terminal.
     let daemon = daemon::Daemon::setup(&options)?;
     if !cli.foreground {

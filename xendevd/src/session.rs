@@ -33,8 +33,8 @@ pub enum ProtocolError {
     NotJson(serde_json::Error),
     #[error("malformed request: {0}, not a JSON object with an \"op\" field")]
     NotObject(&'static str),
-    #[error("malformed request: unknown field `{0}`: query takes no fields")]
-    QueryField(String),
+    #[error("malformed request: unknown field `{field}`: {op} takes no fields")]
+    FieldOfFieldless { op: &'static str, field: String },
     /// JSON, but not a request of the API.
     #[error("malformed request: {0}")]
     NotRequest(serde_json::Error),
@@ -73,6 +73,9 @@ impl Default for Limits {
     }
 }
 
+/// The requests that are their op alone (unit variants of [`Request`]).
+const FIELDLESS_OPS: [&str; 2] = ["query", "list_domains"];
+
 /// Parse one request line (without its `\n`), or say precisely what is wrong with it.
 pub fn parse_request(line: &[u8]) -> Result<Request, ProtocolError> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -94,10 +97,16 @@ pub fn parse_request(line: &[u8]) -> Result<Request, ProtocolError> {
         };
         return Err(ProtocolError::NotObject(kind));
     };
-    // serde lets a unit variant through with extra fields: `query` takes none.
-    let is_query = object.get("op").and_then(|op| op.as_str()) == Some("query");
-    if let Some(extra) = object.keys().find(|key| is_query && *key != "op") {
-        return Err(ProtocolError::QueryField(extra.clone()));
+    // serde lets a unit variant through with extra fields: these ops take none.
+    let op = object.get("op").and_then(|op| op.as_str());
+    let fieldless = FIELDLESS_OPS.into_iter().find(|name| op == Some(*name));
+    if let Some(op) = fieldless
+        && let Some(field) = object.keys().find(|key| *key != "op")
+    {
+        return Err(ProtocolError::FieldOfFieldless {
+            op,
+            field: field.clone(),
+        });
     }
     serde_json::from_value(value).map_err(ProtocolError::NotRequest)
 }
@@ -483,6 +492,10 @@ mod tests {
             (
                 r#"{"op":"detach_disk","device":"/dev/loop0","extra":1}"#,
                 "unknown field `extra`, expected `device`",
+            ),
+            (
+                r#"{"op":"list_domains","all":true}"#,
+                "unknown field `all`: list_domains takes no fields",
             ),
             (
                 r#"{"op":"query","x":1}"#,

@@ -5,6 +5,7 @@
 //! The handle is shared by its pages through `Rc`: a back end is one thread, and a page
 //! must outlive nothing but its handle.
 
+use std::cell::Cell;
 use std::ptr::NonNull;
 use std::rc::Rc;
 
@@ -16,6 +17,9 @@ use crate::error::{Error, Result};
 #[derive(Debug)]
 pub struct Gntshr {
     handle: NonNull<ffi::xengntshr_handle>,
+    /// Pages shared through this handle and not yet unshared: what it holds of
+    /// gntalloc's limit, which counts every user of the device together.
+    shared: Cell<usize>,
 }
 
 impl Gntshr {
@@ -23,8 +27,18 @@ impl Gntshr {
         // SAFETY: a NULL logger selects the default; no flags.
         let handle = unsafe { ffi::xengntshr_open(std::ptr::null_mut(), 0) };
         NonNull::new(handle)
-            .map(|handle| Rc::new(Self { handle }))
+            .map(|handle| {
+                Rc::new(Self {
+                    handle,
+                    shared: Cell::new(0),
+                })
+            })
             .ok_or_else(|| Error::last("xengntshr_open"))
+    }
+
+    /// How many pages this handle shares now.
+    pub fn shared(&self) -> usize {
+        self.shared.get()
     }
 
     /// A fresh zeroed page of ours, granted to `domid` (read-write if `writable`).
@@ -42,6 +56,7 @@ impl Gntshr {
         };
         let addr =
             NonNull::new(addr.cast::<u8>()).ok_or_else(|| Error::last("xengntshr_share_pages"))?;
+        self.shared.set(self.shared.get() + 1);
         Ok(SharedPage {
             gntshr: Rc::clone(self),
             addr,
@@ -89,6 +104,9 @@ impl Drop for SharedPage {
                 self.gref,
                 Error::last("xengntshr_unshare")
             );
+        } else {
+            let shared = &self.gntshr.shared;
+            shared.set(shared.get().saturating_sub(1));
         }
     }
 }

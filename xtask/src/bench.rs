@@ -224,6 +224,7 @@ fn boot(args: &BootArgs) -> Result<()> {
         control: None,
         noxs: false,
         disks: Vec::new(),
+        memory: lab::LabMemory::DEFAULT,
     };
     let mut output = Vec::new();
     let end = lab::exec(

@@ -193,7 +193,6 @@ mod tests {
             "",
             "{}",
             r#"{"op":"create","guests":[]}"#,
-            r#"{"op":"status","verbose":true}"#,
             r#"{"op":"restart"}"#,
         ] {
             assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");

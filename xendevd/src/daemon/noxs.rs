@@ -1,20 +1,21 @@
 //! The NoXS dispatch: the daemon's side of the NoXS back ends (`crate::noxs`). It
 //! opens them, hands them their requests (`noxs_create`, `noxs_shell`, `noxs_fill`,
-//! `power`, `console`, and their part of `release_domain` and `query`), polls their
-//! descriptors, and brings back what the API's connections wait for: console output,
-//! released domains, and the end of power requests.
+//! `power`, `console`, and their part of `release_domain` and the queries), hands them
+//! what the daemon's epoll set reports for their descriptors, and brings back what the
+//! API's connections wait for: console output, released domains, and the end of power
+//! requests.
 
-use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Instant;
 
 use log::{info, warn};
-use nix::poll::PollFlags;
 use xenproto::noxs;
 
-use crate::api::{NoxsDevice, NoxsDomain, ShellDevice};
+use crate::api::{DomainSummary, NoxsDevice, NoxsDomain, ShellDevice};
+use crate::limits;
 use crate::noxs::{Backends, Error, Event, OpenError, PowerWait};
+use crate::poller::Poller;
 
 /// Why this xendevd serves no NoXS domains.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -37,15 +38,6 @@ pub enum NoxsRefusal {
     Noxs(#[from] Error),
 }
 
-/// The descriptors of the NoXS back ends in one poll: where each is in the poll set.
-#[derive(Debug, Default)]
-pub struct PollSlots {
-    evtchn: Option<usize>,
-    watch: Option<usize>,
-    /// `((domid, device index), slot)` of each connected vif's tap.
-    taps: Vec<((u32, usize), usize)>,
-}
-
 /// The NoXS back ends, when they could be opened.
 #[derive(Debug)]
 pub struct NoxsDispatch {
@@ -61,18 +53,19 @@ impl Default for NoxsDispatch {
 }
 
 impl NoxsDispatch {
-    /// Open the back ends' Xen devices; without them xendevd serves no NoXS domains
-    /// (and says so to whoever asks).
-    pub fn start(&mut self, console_dir: &Path) {
-        self.backends = Backends::open(console_dir.to_owned()).map_err(|err| {
+    /// Open the back ends' Xen devices, their descriptors in the daemon's `poller`;
+    /// without them xendevd serves no NoXS domains (and says so to whoever asks).
+    pub fn start(&mut self, console_dir: &Path, poller: Rc<Poller>) {
+        self.backends = Backends::open(console_dir.to_owned(), poller).map_err(|err| {
             let missing = Unavailable::Open(Rc::new(err));
             warn!("{missing}");
             missing
         });
         if self.backends.is_ok() {
             info!(
-                "NoXS back ends ready; console logs in {}",
-                console_dir.display()
+                "NoXS back ends ready; console logs in {}; {}",
+                console_dir.display(),
+                limits::describe_gntalloc()
             );
         }
     }
@@ -163,6 +156,27 @@ impl NoxsDispatch {
             .unwrap_or_default()
     }
 
+    /// `domain`: served domain `domid`, if it is.
+    pub fn domain(&self, domid: u32) -> Option<NoxsDomain> {
+        self.backends.as_ref().ok()?.domain(domid)
+    }
+
+    /// `domains_named`: the served domains called `name`.
+    pub fn named(&self, name: &str) -> Vec<NoxsDomain> {
+        self.backends
+            .as_ref()
+            .map(|backends| backends.named(name))
+            .unwrap_or_default()
+    }
+
+    /// `list_domains`: every served domain in brief.
+    pub fn summaries(&self) -> Vec<DomainSummary> {
+        self.backends
+            .as_ref()
+            .map(Backends::summaries)
+            .unwrap_or_default()
+    }
+
     /// Move a waiting power request on: `Some` once it is answered.
     pub fn power_poll(
         &mut self,
@@ -182,44 +196,35 @@ impl NoxsDispatch {
         self.backends.as_ref().ok().and_then(Backends::deadline)
     }
 
-    /// Add the back ends' descriptors to a poll set (through `push`, which returns
-    /// the slot it used).
-    pub fn poll_fds<'a>(&'a self, mut push: impl FnMut(BorrowedFd<'a>) -> usize) -> PollSlots {
-        let Ok(backends) = &self.backends else {
-            return PollSlots::default();
-        };
-        PollSlots {
-            evtchn: Some(push(backends.evtchn_fd())),
-            watch: backends.watch_fd().map(&mut push),
-            taps: backends
-                .taps()
-                .into_iter()
-                .map(|(device, fd)| (device, push(fd)))
-                .collect(),
+    /// Ports fired (the event-channel fd is readable).
+    pub fn on_evtchn(&mut self) {
+        if let Ok(backends) = &mut self.backends {
+            backends.on_evtchn();
         }
     }
 
-    /// Handle what the poll found on the back ends' descriptors (`flags` by slot),
-    /// then their periodic work.
-    pub fn on_poll(&mut self, slots: &PollSlots, flags: &[PollFlags]) {
-        let Ok(backends) = &mut self.backends else {
-            return;
-        };
-        let readable = |slot: Option<usize>| {
-            slot.is_some_and(|slot| flags[slot].intersects(PollFlags::POLLIN))
-        };
-        if readable(slots.evtchn) {
-            backends.on_evtchn();
-        }
-        if readable(slots.watch) {
+    /// Xenstore's watch fired.
+    pub fn on_watch(&mut self) {
+        if let Ok(backends) = &mut self.backends {
             backends.on_watch();
         }
-        for &((domid, index), slot) in &slots.taps {
-            if readable(Some(slot)) {
-                backends.on_tap(domid, index);
-            }
+    }
+
+    /// Frames wait on the tap of device `index` of `domid`.
+    pub fn on_tap(&mut self, domid: u32, index: u32) {
+        if let Ok(backends) = &mut self.backends
+            && let Ok(index) = usize::try_from(index)
+        {
+            backends.on_tap(domid, index);
         }
-        backends.tick(Instant::now());
+    }
+
+    /// The back ends' periodic work, once a turn: left-over ring work, the check for
+    /// dead domains when due.
+    pub fn tick(&mut self, now: Instant) {
+        if let Ok(backends) = &mut self.backends {
+            backends.tick(now);
+        }
     }
 
     /// What happened since the last call: console output, released domains.

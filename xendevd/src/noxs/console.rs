@@ -13,6 +13,8 @@ use xenproto::console::ConsoleInterface;
 use xenhost::evtchn::{Evtchn, Port};
 use xenhost::gnttab::{Gnttab, Mapping};
 
+use crate::limits::{self, LimitReached, Making};
+
 /// The console could not be connected.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {
@@ -27,6 +29,8 @@ pub enum ConsoleError {
         port: u32,
         source: xenhost::Error,
     },
+    #[error(transparent)]
+    Limit(LimitReached),
 }
 
 /// A console log holds this much at most; later output goes to followers only.
@@ -111,10 +115,15 @@ impl Console {
             .map_err(|source| ConsoleError::Ring { domid, source })?;
         let port = evtchn
             .bind_interdomain(domid, remote_port)
-            .map_err(|source| ConsoleError::Port {
-                domid,
-                port: remote_port,
-                source,
+            .map_err(|source| {
+                limits::reached(source.errno(), Making::EventChannel).map_or(
+                    ConsoleError::Port {
+                        domid,
+                        port: remote_port,
+                        source,
+                    },
+                    ConsoleError::Limit,
+                )
             })?;
         Ok(Self { ring, port, log })
     }

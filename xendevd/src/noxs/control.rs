@@ -13,6 +13,19 @@ use xenproto::xenstore::XenbusState;
 use xenhost::evtchn::{Evtchn, Port};
 use xenhost::gntshr::{Gntshr, SharedPage};
 
+use crate::limits::{self, LimitReached, Making};
+
+/// A control page could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot grant its control page: {0}")]
+    Grant(#[source] xenhost::Error),
+    #[error("cannot reserve its control event channel: {0}")]
+    Port(#[source] xenhost::Error),
+    #[error(transparent)]
+    Limit(LimitReached),
+}
+
 /// What the back end does about the state words it sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -58,10 +71,17 @@ impl Control {
         domid: u32,
         kind: Kind,
         area: &[u8],
-    ) -> xenhost::Result<Self> {
+    ) -> Result<Self, ControlError> {
         assert!(area.len() <= BACKEND_AREA.len(), "backend area overflow");
-        let page = gntshr.share(domid, true)?;
-        let port = evtchn.bind_unbound(domid)?;
+        let held = gntshr.shared();
+        let page = gntshr.share(domid, true).map_err(|err| {
+            limits::reached(err.errno(), Making::Grant { held })
+                .map_or(ControlError::Grant(err), ControlError::Limit)
+        })?;
+        let port = evtchn.bind_unbound(domid).map_err(|err| {
+            limits::reached(err.errno(), Making::EventChannel)
+                .map_or(ControlError::Port(err), ControlError::Limit)
+        })?;
         let mut control = Self {
             kind,
             page,

@@ -11,9 +11,11 @@ use xenproto::ring::RingOverrun;
 
 use super::DeviceId;
 use super::console::ConsoleError;
+use super::control::ControlError;
 use super::request::RequestError;
 use super::sysctl::PowerError;
 use crate::bridge::NetError;
+use crate::limits::LimitReached;
 
 /// A NoXS request failed.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +55,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Power(#[from] PowerError),
+    #[error(transparent)]
+    Limit(#[from] LimitReached),
 }
 
 /// One device could not be set up or connected, or its guest broke its ring.
@@ -73,8 +77,10 @@ pub enum DeviceError {
         mode: &'static str,
         source: io::Error,
     },
-    #[error("cannot grant its control page or reserve its event channel: {0}")]
-    Control(#[source] xenhost::Error),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error(transparent)]
+    Limit(#[from] LimitReached),
     /// The front end's area of the control page is invalid.
     #[error("{0}")]
     Frontend(NoxsError),
@@ -106,6 +112,8 @@ pub enum DeviceError {
 pub enum OpenError {
     #[error(transparent)]
     Xen(#[from] xenhost::Error),
+    #[error("cannot watch the Xen devices' descriptors (epoll): {0}")]
+    Poll(nix::errno::Errno),
     #[error(transparent)]
     Net(#[from] NetError),
 }

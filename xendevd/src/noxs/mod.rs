@@ -15,8 +15,10 @@
 //! known; `noxs_fill` then gives it the guest's name, console, MACs, addresses and
 //! disks, and it is served like any other.
 //!
-//! Everything runs in the daemon's poll loop: one event-channel fd for every port, one
-//! fd per connected vif's tap. Ring work is bounded per turn ([`BUDGET`]) so that one
+//! Everything runs in the daemon's loop: one event-channel fd for every port, one fd
+//! per connected vif's tap, each in the daemon's epoll set ([`Poller`]) while it has
+//! something to say (a tap from its vif's connect to its disconnect). Ring work is
+//! bounded per turn ([`BUDGET`]) so that one
 //! busy or hostile guest cannot hold up the others; a guest that breaks a ring loses
 //! that device, never the daemon.
 
@@ -46,8 +48,10 @@ use xenhost::xs::{Watch, Xs};
 use xenproto::noxs::{self, Kind};
 use xenproto::xenstore::XenbusState;
 
-use crate::api::{NoxsDevice, NoxsDomain, ShellDevice};
+use crate::api::{DomainSummary, NoxsDevice, NoxsDomain, ShellDevice};
 use crate::bridge::NetControl;
+use crate::limits::{self, Making};
+use crate::poller::{Interest, Poller, Token};
 
 use console::{Console, ConsoleLog, LOG_LIMIT};
 use control::{Control, Step};
@@ -230,6 +234,14 @@ struct Device {
 }
 
 impl Device {
+    /// A vif's tap while the vif is connected: frames from the host to deliver.
+    fn tap(&self) -> Option<BorrowedFd<'_>> {
+        match &self.backend {
+            Backend::Vif(vif) => vif.tap(),
+            Backend::Sysctl(_) | Backend::Vbd(_) => None,
+        }
+    }
+
     fn id(&self) -> DeviceId {
         DeviceId {
             kind: self.backend.kind(),
@@ -309,10 +321,14 @@ pub struct Backends {
     console_dir: PathBuf,
     domains: BTreeMap<u32, Domain>,
     shells: BTreeMap<u32, Shell>,
+    /// The served domains by name, for the by-name query.
+    by_name: HashMap<String, BTreeSet<u32>>,
     ports: HashMap<u32, PortUse>,
     /// Devices whose budget ran out with work left.
     pending: BTreeSet<(u32, usize)>,
     death: DeathWatch,
+    /// The daemon's epoll set: the event-channel fd, the watch, connected taps.
+    poller: Rc<Poller>,
     next_check: Instant,
     events: Vec<Event>,
     frame: Vec<u8>,
@@ -321,7 +337,7 @@ pub struct Backends {
 impl Backends {
     /// Open the Xen devices; learn domain deaths by `VIRQ_DOM_EXC` if we can bind it,
     /// else by Xenstore's `@releaseDomain` if xenstored runs, and by polling always.
-    pub fn open(console_dir: PathBuf) -> Result<Self, OpenError> {
+    pub fn open(console_dir: PathBuf, poller: Rc<Poller>) -> Result<Self, OpenError> {
         let evtchn = Evtchn::open()?;
         let gnttab = Gnttab::open()?;
         let gntshr = Gntshr::open()?;
@@ -365,6 +381,15 @@ impl Backends {
                 }
             }
         };
+        poller
+            .add(evtchn.fd(), Token::Evtchn, Interest::READ)
+            .map_err(OpenError::Poll)?;
+        if let DeathWatch::Xenstore(watch) = &death {
+            let fd = watch.xs().fd()?;
+            poller
+                .add(fd, Token::Watch, Interest::READ)
+                .map_err(OpenError::Poll)?;
+        }
         Ok(Self {
             evtchn,
             gnttab,
@@ -374,41 +399,15 @@ impl Backends {
             console_dir,
             domains: BTreeMap::new(),
             shells: BTreeMap::new(),
+            by_name: HashMap::new(),
             ports,
             pending: BTreeSet::new(),
             death,
+            poller,
             next_check: Instant::now() + CHECK_INTERVAL,
             events: Vec::new(),
             frame: vec![0; 65536 + 64],
         })
-    }
-
-    /// The event-channel fd (poll it for input).
-    pub fn evtchn_fd(&self) -> BorrowedFd<'_> {
-        self.evtchn.fd()
-    }
-
-    /// Xenstore's watch fd, when deaths come that way.
-    pub fn watch_fd(&self) -> Option<BorrowedFd<'_>> {
-        match &self.death {
-            DeathWatch::Xenstore(watch) => watch.xs().fd().ok(),
-            DeathWatch::Virq { .. } | DeathWatch::Polling => None,
-        }
-    }
-
-    /// The taps of connected vifs, to poll for frames from the host.
-    pub fn taps(&self) -> Vec<((u32, usize), BorrowedFd<'_>)> {
-        let mut taps = Vec::new();
-        for (&domid, domain) in &self.domains {
-            for (index, device) in domain.devices.iter().enumerate() {
-                if let Backend::Vif(vif) = &device.backend
-                    && let Some(tap) = vif.tap()
-                {
-                    taps.push(((domid, index), tap));
-                }
-            }
-        }
-        taps
     }
 
     /// When the loop must run again without an event: work left over, a domain check.
@@ -462,6 +461,9 @@ impl Backends {
                 Ok(_) => {}
                 Err(err) => {
                     warn!("Xenstore watch: {err}: polling for domain deaths from now on");
+                    if let Ok(fd) = watch.xs().fd() {
+                        let _ = self.poller.delete(fd);
+                    }
                     self.death = DeathWatch::Polling;
                 }
             }
@@ -499,14 +501,16 @@ impl Backends {
                 return;
             }
         };
+        // Xen's domains by id: one pass over each list, however many are served.
+        let dying: HashMap<u32, bool> = infos.iter().map(|i| (i.domid, i.dying)).collect();
         let ended: Vec<(u32, &str)> = self
             .domains
             .keys()
             .chain(self.shells.keys())
-            .filter_map(|&domid| match infos.iter().find(|i| i.domid == domid) {
+            .filter_map(|&domid| match dying.get(&domid) {
                 None => Some((domid, "gone")),
-                Some(info) if info.dying => Some((domid, "dying")),
-                Some(_) => None,
+                Some(true) => Some((domid, "dying")),
+                Some(false) => None,
             })
             .collect();
         for (domid, state) in ended {
@@ -627,9 +631,14 @@ impl Backends {
     ) -> Result<NoxsDomain, Error> {
         let started = Instant::now();
         let log_path = self.console_dir.join(format!("{name}-{domid}.log"));
-        let log = ConsoleLog::create(&log_path, LOG_LIMIT).map_err(|source| Error::ConsoleLog {
-            path: log_path.clone(),
-            source,
+        let log = ConsoleLog::create(&log_path, LOG_LIMIT).map_err(|source| {
+            limits::reached(source.raw_os_error(), Making::File).map_or_else(
+                || Error::ConsoleLog {
+                    path: log_path.clone(),
+                    source,
+                },
+                Error::Limit,
+            )
         })?;
         let made = Console::connect(&self.gnttab, &self.evtchn, domid, console_port, log)
             .map_err(Error::from)
@@ -665,6 +674,10 @@ impl Backends {
             started.elapsed().as_secs_f64() * 1e3,
             log_path.display()
         );
+        self.by_name
+            .entry(domain.name.clone())
+            .or_default()
+            .insert(domid);
         self.domains.insert(domid, domain);
         Ok(answer)
     }
@@ -751,21 +764,46 @@ impl Backends {
         let Some(mut domain) = self.domains.remove(&domid) else {
             return false;
         };
+        if let Some(ids) = self.by_name.get_mut(&domain.name) {
+            ids.remove(&domid);
+            if ids.is_empty() {
+                self.by_name.remove(&domain.name);
+            }
+        }
+        self.ports.remove(&domain.console.port());
         for device in &mut domain.devices {
+            self.ports.remove(&device.control.port());
+            if let Some(port) = device.backend.get().data_port() {
+                self.ports.remove(&port);
+            }
+            if let Some(tap) = device.tap() {
+                let _ = self.poller.delete(tap);
+            }
             device.backend.get_mut().disconnect();
             device.control.set_state(XenbusState::Closing);
         }
-        self.ports.retain(|_, used| match *used {
-            PortUse::Console(d) | PortUse::Control(d, _) | PortUse::Data(d, _) => d != domid,
-            PortUse::DomainDeath => true,
-        });
         self.pending.retain(|(d, _)| *d != domid);
         let name = domain.name.clone();
         let devices = domain.devices.len();
         drop(domain);
         info!("NoXS domain {domid} ({name}) released: {why}; {devices} device(s) closed");
         self.events.push(Event::Released { domid });
+        if self.domains.is_empty() {
+            self.return_memory();
+        }
         true
+    }
+
+    /// Serving no domain any more: give back what a crowd of them took (the maps keep
+    /// their capacity, and glibc's allocator the freed heap, otherwise: 1000 guests
+    /// left xendevd 2.8 MiB larger than before them).
+    fn return_memory(&mut self) {
+        self.ports.shrink_to_fit();
+        self.by_name.shrink_to_fit();
+        // SAFETY: malloc_trim takes no pointers and only hands free memory of the
+        // allocator's arenas back to the system; xendevd's one thread may call it at
+        // any time.
+        unsafe { nix::libc::malloc_trim(0) };
     }
 
     /// Release everything (the daemon stops).
@@ -792,6 +830,35 @@ impl Backends {
         all
     }
 
+    /// Served domain `domid`, with its entries and state words.
+    pub fn domain(&self, domid: u32) -> Option<NoxsDomain> {
+        self.domains
+            .get(&domid)
+            .map(|domain| describe(domid, domain))
+    }
+
+    /// The served domains called `name`.
+    pub fn named(&self, name: &str) -> Vec<NoxsDomain> {
+        self.by_name
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(|&domid| self.domain(domid))
+            .collect()
+    }
+
+    /// Every served domain in brief.
+    pub fn summaries(&self) -> Vec<DomainSummary> {
+        self.domains
+            .iter()
+            .map(|(&domid, domain)| DomainSummary {
+                domid,
+                name: domain.name.clone(),
+                created_ms: millis_since_epoch(domain.created),
+            })
+            .collect()
+    }
+
     fn drain_console(&mut self, domid: u32) {
         let Some(domain) = self.domains.get_mut(&domid) else {
             return;
@@ -808,14 +875,12 @@ impl Backends {
         let Some(device) = device_mut(&mut self.domains, domid, index) else {
             return;
         };
+        let id = device.id();
         let frontend = match device.control.frontend_state() {
             Ok(state) => state,
             Err(err) => {
                 if !device.complained {
-                    warn!(
-                        "domain {domid} {}: {err} (ignored until it makes sense)",
-                        device.id()
-                    );
+                    warn!("domain {domid} {id}: {err} (ignored until it makes sense)");
                     device.complained = true;
                 }
                 return;
@@ -823,47 +888,75 @@ impl Backends {
         };
         match control::step(device.control.state(), frontend) {
             Step::Nothing => {}
-            Step::Connect => {
-                let guest = Guest {
-                    domid,
-                    gnttab: &self.gnttab,
-                    evtchn: &self.evtchn,
-                };
-                let area = device.control.frontend_area();
-                match device.backend.get_mut().connect(&guest, &area) {
-                    Ok(()) => {
-                        if let Some(port) = device.backend.get().data_port() {
-                            self.ports.insert(port, PortUse::Data(domid, index));
-                        }
-                        device.control.set_state(XenbusState::Connected);
-                        info!("domain {domid} {} connected", device.id());
-                        // Requests queued before we were ready.
-                        self.serve(domid, index);
-                    }
-                    Err(why) => {
-                        warn!("domain {domid} {}: {why}: closing it", device.id());
-                        device.backend.get_mut().disconnect();
-                        device.control.set_state(XenbusState::Closing);
-                    }
-                }
-            }
+            Step::Connect => self.connect(domid, index),
             Step::Disconnect => {
-                if let Some(port) = device.backend.get().data_port() {
-                    self.ports.remove(&port);
-                }
-                self.pending.remove(&(domid, index));
-                device.backend.get_mut().disconnect();
-                device.control.set_state(XenbusState::Closed);
-                info!(
-                    "domain {domid} {} disconnected (front end {frontend:?})",
-                    device.id()
-                );
+                self.disconnect(domid, index, XenbusState::Closed);
+                info!("domain {domid} {id} disconnected (front end {frontend:?})");
             }
             Step::Reopen => {
                 device.control.set_state(XenbusState::InitWait);
-                debug!("domain {domid} {} offered again", device.id());
+                debug!("domain {domid} {id} offered again");
             }
         }
+    }
+
+    /// The front end published its area: connect the device's data path (its port
+    /// routed here, its tap watched), or close the device if it cannot be.
+    fn connect(&mut self, domid: u32, index: usize) {
+        let Some(device) = device_mut(&mut self.domains, domid, index) else {
+            return;
+        };
+        let guest = Guest {
+            domid,
+            gnttab: &self.gnttab,
+            evtchn: &self.evtchn,
+        };
+        let area = device.control.frontend_area();
+        if let Err(why) = device.backend.get_mut().connect(&guest, &area) {
+            warn!("domain {domid} {}: {why}: closing it", device.id());
+            device.backend.get_mut().disconnect();
+            device.control.set_state(XenbusState::Closing);
+            return;
+        }
+        if let Some(port) = device.backend.get().data_port() {
+            self.ports.insert(port, PortUse::Data(domid, index));
+        }
+        if let Some(tap) = device.tap() {
+            let token = Token::Tap {
+                domid,
+                index: u32::try_from(index).expect("at most 64 devices"),
+            };
+            if let Err(errno) = self.poller.add(tap, token, Interest::READ) {
+                error!(
+                    "domain {domid} {}: cannot watch its tap: {errno}: closing it",
+                    device.id()
+                );
+                self.disconnect(domid, index, XenbusState::Closing);
+                return;
+            }
+        }
+        device.control.set_state(XenbusState::Connected);
+        info!("domain {domid} {} connected", device.id());
+        // Requests queued before we were ready.
+        self.serve(domid, index);
+    }
+
+    /// Drop a device's data path — its port routes nowhere, its left-over work goes,
+    /// its tap is no longer watched, its rings are unmapped — and tell the guest
+    /// `state`.
+    fn disconnect(&mut self, domid: u32, index: usize, state: XenbusState) {
+        let Some(device) = device_mut(&mut self.domains, domid, index) else {
+            return;
+        };
+        if let Some(port) = device.backend.get().data_port() {
+            self.ports.remove(&port);
+        }
+        self.pending.remove(&(domid, index));
+        if let Some(tap) = device.tap() {
+            let _ = self.poller.delete(tap);
+        }
+        device.backend.get_mut().disconnect();
+        device.control.set_state(state);
     }
 
     /// Serve a device's rings (a data event, or work left from the last turn).
@@ -885,16 +978,9 @@ impl Backends {
         let Some(device) = device_mut(&mut self.domains, domid, index) else {
             return;
         };
-        if let Some(port) = device.backend.get().data_port() {
-            self.ports.remove(&port);
-        }
-        self.pending.remove(&(domid, index));
-        device.backend.get_mut().disconnect();
-        device.control.set_state(XenbusState::Closing);
-        error!(
-            "domain {domid} {}: protocol error: {why}: disconnected",
-            device.id()
-        );
+        let id = device.id();
+        self.disconnect(domid, index, XenbusState::Closing);
+        error!("domain {domid} {id}: protocol error: {why}: disconnected");
     }
 
     /// Frames from a vif's tap for the guest.
@@ -1064,9 +1150,14 @@ fn describe(domid: u32, domain: &Domain) -> NoxsDomain {
                 )
             })
             .collect(),
-        created_ms: domain
-            .created
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| since.as_millis() as u64),
+        created_ms: millis_since_epoch(domain.created),
     }
+}
+
+/// `time` in milliseconds since the Unix epoch (0 before it).
+fn millis_since_epoch(time: SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
 }

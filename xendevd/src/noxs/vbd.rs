@@ -11,6 +11,7 @@ use xenproto::noxs::{VbdBackend, VbdFeatures, VbdFrontend, VbdInfo};
 use super::error::DeviceError;
 use super::request::VbdPlan;
 use super::{BUDGET, DataPath, DeviceBackend, Guest};
+use crate::limits::{self, Making};
 
 /// A vbd back end.
 #[derive(Debug)]
@@ -29,14 +30,19 @@ impl Vbd {
             .write(!plan.readonly)
             .custom_flags(nix::libc::O_CLOEXEC)
             .open(&plan.target)
-            .map_err(|source| DeviceError::Open {
-                target: plan.target.clone(),
-                mode: if plan.readonly {
-                    "read-only"
-                } else {
-                    "read-write"
-                },
-                source,
+            .map_err(|source| {
+                limits::reached(source.raw_os_error(), Making::File).map_or_else(
+                    || DeviceError::Open {
+                        target: plan.target.clone(),
+                        mode: if plan.readonly {
+                            "read-only"
+                        } else {
+                            "read-write"
+                        },
+                        source,
+                    },
+                    DeviceError::Limit,
+                )
             })?;
         let mut area = vec![0; VbdBackend::LEN];
         VbdBackend {

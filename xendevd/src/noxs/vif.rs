@@ -14,6 +14,7 @@ use super::request::VifPlan;
 use super::tap::Tap;
 use super::{BUDGET, DataPath, DeviceBackend, Guest};
 use crate::bridge::{self, NetControl};
+use crate::limits::{self, Making};
 
 /// The Ethernet MTU offered to vifs.
 const MTU: u16 = 1500;
@@ -40,9 +41,14 @@ impl Vif {
         if bridge::exists(name) {
             return Err(DeviceError::TapExists(name.to_owned()));
         }
-        let tap = Tap::create(name).map_err(|source| DeviceError::Tap {
-            tap: name.to_owned(),
-            source,
+        let tap = Tap::create(name).map_err(|source| {
+            limits::reached(source.raw_os_error(), Making::File).map_or_else(
+                || DeviceError::Tap {
+                    tap: name.to_owned(),
+                    source,
+                },
+                DeviceError::Limit,
+            )
         })?;
         net.add_port(bridge, name)?;
         net.set_up(name)?;

@@ -28,6 +28,10 @@ while read -r module; do
 done </etc/lab/modules
 
 echo "lab: modules loaded"
+# gntalloc allows 1024 grants by default, for all its users together; xendevd shares
+# one page per NoXS device (sysctl, each vif and vbd), so ~340 guests with a vif and a
+# disk would use them up. Half of dom0's grant table (Xen's default of 64 frames of 512).
+echo 16384 >/sys/module/xen_gntalloc/parameters/limit
 
 # Disks from xtask (--disk): QEMU's virtio disks, each with the serial lab-disk-N; linked
 # as /dev/lab/disk-N, whatever /dev/vdX the kernel named it.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail, ensure};
 
-use super::qemu::{multiboot_modules, qemu};
+use super::qemu::{LabMemory, multiboot_modules, qemu};
 use super::serial::{Next, Serial, XEN_PREFIX};
 use super::{assets, nonce};
 
@@ -44,7 +44,7 @@ pub fn boot_as_dom0(
         "console=com1 com1=115200,8n1 dom0_mem={mem_mib}M,max:{mem_mib}M dom0_max_vcpus=1 \
          noreboot loglvl=all guest_loglvl=all"
     );
-    let mut qemu = qemu(&xen, &xen_cmdline);
+    let mut qemu = qemu(&xen, &xen_cmdline, LabMemory::DEFAULT.mib());
     qemu.arg("-initrd")
         .arg(multiboot_modules(&[(image, cmdline)])?);
     qemu.args(["-serial", "stdio"]);

@@ -52,7 +52,7 @@ pub use self::control::LabControl;
 pub use self::dom0::{Dom0End, boot_as_dom0};
 use self::process::ChildGuard;
 use self::progress::Spinner;
-pub use self::qemu::{MAX_LAB_DISKS, disk_in_dom0};
+pub use self::qemu::{LabMemory, MAX_LAB_DISKS, disk_in_dom0, machine_mib};
 use self::qemu::{connect_relay, lab_qemu, relay_args};
 use self::rundir::RunDir;
 use self::serial::{Next, Serial, XEN_PREFIX, dom0_death};
@@ -119,6 +119,10 @@ pub struct ExecArgs {
     /// does not work in it).
     #[arg(long)]
     pub noxs: bool,
+    /// The lab machine's memory in MiB: dom0 keeps 1024, Xen about 256, guests get the
+    /// rest (QEMU takes it from this machine as Xen touches it).
+    #[arg(long, value_name = "MIB", default_value_t = LabMemory::DEFAULT.mib())]
+    pub memory: u32,
 }
 
 #[derive(Debug, Args)]
@@ -134,6 +138,7 @@ impl LabCmd {
             LabCmd::Exec(args) => {
                 let script = fs::read_to_string(&args.file)
                     .with_context(|| format!("reading {}", args.file.display()))?;
+                let memory = LabMemory::new(args.memory, machine_mib()).context("--memory")?;
                 let apps = build_all_apps()?;
                 let options = ExecOptions {
                     timeout: Duration::from_secs(args.timeout),
@@ -142,6 +147,7 @@ impl LabCmd {
                     disks: args.disks.clone(),
                     control: None,
                     noxs: args.noxs,
+                    memory,
                 };
                 let mut stdout = std::io::stdout();
                 let end = exec(&script, &apps, &options, &mut |line| match line {
@@ -203,6 +209,9 @@ pub struct ExecOptions {
     pub control: Option<LabControl>,
     /// Without xenstored and xenconsoled (`lab exec --noxs`).
     pub noxs: bool,
+    /// The lab machine's memory (`lab exec --memory`): size it for the guests the job
+    /// runs ([`LabMemory::for_guests`]).
+    pub memory: LabMemory,
 }
 
 /// One line the job produced, as it arrives.
@@ -255,7 +264,7 @@ pub fn exec(
         markers.ctl_tag,
     );
     let initrd = run.initrd(&assets, &env, script, apps)?;
-    let mut qemu = lab_qemu(&assets, &initrd, &options.disks)?;
+    let mut qemu = lab_qemu(&assets, &initrd, &options.disks, options.memory)?;
     let relay_socket = format!("lightvm-lab-{nonce}-relay");
     if listeners.is_some() {
         qemu.args(relay_args(&relay_socket));
@@ -368,7 +377,7 @@ pub fn shell(apps: &[GuestImage], disks: &[Disk]) -> Result<ExitCode> {
     let nonce = nonce();
     let run = RunDir::new(&nonce)?;
     let initrd = run.initrd(&assets, "LAB_MODE=shell\n", "", apps)?;
-    let mut qemu = lab_qemu(&assets, &initrd, disks)?;
+    let mut qemu = lab_qemu(&assets, &initrd, disks, LabMemory::DEFAULT)?;
     // The QEMU monitor shares the terminal: Ctrl-A C switches, Ctrl-A X quits.
     qemu.args(["-serial", "mon:stdio"]);
     eprintln!("lab: booting Xen + dom0; Ctrl-A X quits QEMU");

@@ -19,10 +19,15 @@ use crate::disk::Disk;
 /// Dom0 Linux: console on Xen's, quiet boot, our `/init`.
 const DOM0_CMDLINE: &str = "console=hvc0 quiet rdinit=/init";
 
-/// QEMU booting Xen with Debian's kernel as dom0 and `initrd`, with `disks` (serial not
-/// yet chosen).
-pub(super) fn lab_qemu(assets: &Assets, initrd: &Path, disks: &[Disk]) -> Result<Command> {
-    let mut qemu = qemu(&assets.xen, LAB_XEN_CMDLINE);
+/// QEMU booting Xen with Debian's kernel as dom0 and `initrd`, with `disks` and
+/// `memory` (serial not yet chosen).
+pub(super) fn lab_qemu(
+    assets: &Assets,
+    initrd: &Path,
+    disks: &[Disk],
+    memory: LabMemory,
+) -> Result<Command> {
+    let mut qemu = qemu(&assets.xen, &lab_xen_cmdline(), memory.mib());
     qemu.args(disk_args(disks)?);
     qemu.arg("-initrd").arg(multiboot_modules(&[
         (&assets.vmlinux, DOM0_CMDLINE),
@@ -87,18 +92,103 @@ pub(super) fn disk_args(disks: &[Disk]) -> Result<Vec<OsString>> {
     Ok(args)
 }
 
-/// Xen for the Linux lab: dom0 gets a fixed 1 GiB and one vCPU, the other CPU is for
-/// guests (the set-up measured in the notes). All log levels on: the messages go to the
-/// boot log. No `noreboot`: if dom0 dies, Xen resets and `-no-reboot` ends QEMU.
-const LAB_XEN_CMDLINE: &str = "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M \
-    dom0_max_vcpus=1 loglvl=all guest_loglvl=all";
+/// Xen for the Linux lab: dom0 gets a fixed [`DOM0_MEMORY_MIB`] and one vCPU, the other
+/// CPU is for guests (the set-up measured in the notes); whatever else the machine has
+/// ([`LabMemory`]) is Xen's for guests. All log levels on: the messages go to the boot
+/// log. No `noreboot`: if dom0 dies, Xen resets and `-no-reboot` ends QEMU.
+fn lab_xen_cmdline() -> String {
+    format!(
+        "console=com1 com1=115200,8n1 dom0_mem={DOM0_MEMORY_MIB}M,max:{DOM0_MEMORY_MIB}M \
+         dom0_max_vcpus=1 loglvl=all guest_loglvl=all"
+    )
+}
 
-/// QEMU for Xen under TCG: `-cpu qemu64` (dom0 Linux faults early with `-cpu max`, and
-/// KVM cannot run this Xen), Xen as the multiboot kernel, virtio-rng for dom0's
-/// entropy, an e1000 NIC on user networking. Serial and initrd are added by the caller.
-pub(super) fn qemu(xen: &Path, xen_cmdline: &str) -> Command {
+/// Dom0's memory in the Linux lab, whatever the machine's size.
+pub const DOM0_MEMORY_MIB: u32 = 1024;
+
+/// The lab machine's memory (QEMU's `-m`): dom0's [`DOM0_MEMORY_MIB`], Xen's own, and
+/// the rest for guests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LabMemory(u32);
+
+/// What Xen keeps for itself before any guest, with room to spare: 64 MiB measured in
+/// a lab of 6144 MiB (its frame table grows with the machine, 8 MiB a GiB).
+const XEN_RESERVE_MIB: u32 = 256;
+
+impl LabMemory {
+    /// What the lab had before it was a setting: about 1000 MiB for guests.
+    pub const DEFAULT: Self = Self(2048);
+    /// Dom0, Xen, and room for a few small guests.
+    pub const MIN_MIB: u32 = DOM0_MEMORY_MIB + XEN_RESERVE_MIB + 64;
+
+    /// `mib` in all, if dom0 and Xen fit with room for guests and this machine has
+    /// that much (`machine_mib`, when known: QEMU takes the pages as the lab touches
+    /// them, and Xen touches all of them scrubbing its free memory).
+    pub fn new(mib: u32, machine_mib: Option<u64>) -> Result<Self> {
+        ensure!(
+            mib >= Self::MIN_MIB,
+            "{mib} MiB of lab memory leaves nothing for guests: dom0 has {DOM0_MEMORY_MIB} \
+             MiB and Xen needs about {XEN_RESERVE_MIB} MiB, so give at least {} MiB",
+            Self::MIN_MIB
+        );
+        if let Some(total) = machine_mib {
+            ensure!(
+                u64::from(mib) <= total,
+                "{mib} MiB of lab memory is more than this machine has ({total} MiB in all, \
+                 MemTotal of /proc/meminfo)"
+            );
+        }
+        Ok(Self(mib))
+    }
+
+    /// Enough for `guests` guests of `guest_mib` each (plus what Xen spends per
+    /// domain, [`XEN_PER_GUEST_KIB`]), dom0 and Xen: no less than the default.
+    pub const fn for_guests(guests: u32, guest_mib: u32) -> Self {
+        let per_guest_kib = guest_mib as u64 * 1024 + XEN_PER_GUEST_KIB;
+        let guests_mib = (guests as u64 * per_guest_kib).div_ceil(1024);
+        let mib = (DOM0_MEMORY_MIB + XEN_RESERVE_MIB) as u64 + guests_mib;
+        if mib > u32::MAX as u64 {
+            Self(u32::MAX)
+        } else if mib < Self::DEFAULT.0 as u64 {
+            Self::DEFAULT
+        } else {
+            Self(mib as u32)
+        }
+    }
+
+    pub const fn mib(self) -> u32 {
+        self.0
+    }
+}
+
+/// What Xen spends on a small PV domain besides its memory (its `struct domain` and
+/// vcpu, page tables, grant and event-channel tables): 83 KiB measured for a 4 MiB
+/// NoXS guest with a vif (`test/capacity-lab.sh` reports it), rounded up.
+const XEN_PER_GUEST_KIB: u64 = 128;
+
+/// This machine's memory in MiB (`MemTotal`), if /proc/meminfo says.
+pub fn machine_mib() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024)
+}
+
+/// QEMU for Xen under TCG with `memory_mib` of memory: `-cpu qemu64` (dom0 Linux
+/// faults early with `-cpu max`, and KVM cannot run this Xen), Xen as the multiboot
+/// kernel, virtio-rng for dom0's entropy, an e1000 NIC on user networking. Serial and
+/// initrd are added by the caller.
+pub(super) fn qemu(xen: &Path, xen_cmdline: &str, memory_mib: u32) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg", "-cpu", "qemu64", "-m", "2048", "-smp", "2"])
+    cmd.args(["-accel", "tcg", "-cpu", "qemu64", "-smp", "2"])
+        .arg("-m")
+        .arg(memory_mib.to_string())
         .args(["-nodefaults", "-display", "none", "-no-reboot"])
         .args(["-device", "virtio-rng-pci"])
         .arg("-netdev")
@@ -173,4 +263,32 @@ pub(super) fn multiboot_modules(modules: &[(&Path, &str)]) -> Result<String> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lab_memory_sizes() {
+        assert_eq!(LabMemory::for_guests(1, 32), LabMemory::DEFAULT);
+        // 1000 guests of 4 MiB: 1000 × 4.125 MiB beside dom0 and Xen.
+        assert_eq!(LabMemory::for_guests(1000, 4).mib(), 1024 + 256 + 4125);
+        assert_eq!(
+            LabMemory::new(2048, Some(24_000)).unwrap(),
+            LabMemory::DEFAULT
+        );
+        assert_eq!(
+            LabMemory::new(1200, None).unwrap_err().to_string(),
+            "1200 MiB of lab memory leaves nothing for guests: dom0 has 1024 MiB and Xen \
+             needs about 256 MiB, so give at least 1344 MiB"
+        );
+        assert_eq!(
+            LabMemory::new(30_000, Some(24_000))
+                .unwrap_err()
+                .to_string(),
+            "30000 MiB of lab memory is more than this machine has (24000 MiB in all, \
+             MemTotal of /proc/meminfo)"
+        );
+    }
 }

@@ -317,6 +317,15 @@ pub(super) fn run_in_lab(sessions: Vec<Session<'_>>) -> Result<Vec<Result<Sessio
         disks: boot.disks,
         control: control.clone(),
         noxs: ready.iter().any(|guest| guest.run.noxs),
+        // One guest runs at a time: room for the largest.
+        memory: lab::LabMemory::for_guests(
+            1,
+            ready
+                .iter()
+                .map(|guest| guest.run.mem_mib)
+                .max()
+                .unwrap_or(0),
+        ),
     };
     let many = ready.len() > 1;
 

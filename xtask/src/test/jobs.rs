@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 
 use super::protocol::{self, Verdict};
 use crate::build::GuestImage;
-use crate::lab;
+use crate::lab::{self, LabMemory};
 
 /// A lab test that is one shell job in dom0.
 #[derive(Debug)]
@@ -22,12 +22,17 @@ pub struct JobTest {
     pub noxs: bool,
     /// The checks whose detail goes into the PASS line.
     pub summarize: &'static [&'static str],
+    /// The lab machine's memory, sized for the job's guests.
+    pub memory: LabMemory,
 }
 
 /// The helpers every job starts with.
 const LAB_CHECKS: &str = include_str!("lab-checks.sh");
 
-pub const JOB_TESTS: [JobTest; 3] = [
+/// The capacity job's guests (`GUESTS=` in `capacity-lab.sh`), 4 MiB each.
+const CAPACITY_GUESTS: u32 = 1000;
+
+pub const JOB_TESTS: [JobTest; 4] = [
     // chaos's commands on real Xen (`chaos-lab.sh`): create, list (and xl list),
     // console, shutdown -w, destroy of daytime with its vif; a destroy while `create
     // --console` watches, each of the two ending well; fifteen malformed
@@ -41,6 +46,7 @@ pub const JOB_TESTS: [JobTest; 3] = [
         timeout_secs: 900,
         noxs: false,
         summarize: &["cycles-succeed"],
+        memory: LabMemory::DEFAULT,
     },
     // xendevd as dom0 runs it (`xendevd-checks.sh`): malformed, partial and stalled
     // requests among concurrent clients; loop devices attached, refused, shared
@@ -56,6 +62,7 @@ pub const JOB_TESTS: [JobTest; 3] = [
         timeout_secs: 400,
         noxs: false,
         summarize: &[],
+        memory: LabMemory::DEFAULT,
     },
     // In a NoXS lab (`noxs-lab.sh`): chaos's list, console, shutdown -w and destroy of
     // a NoXS daytime, create/destroy cycles that leak nothing; and `apps/misbehave`
@@ -68,6 +75,20 @@ pub const JOB_TESTS: [JobTest; 3] = [
         timeout_secs: 600,
         noxs: true,
         summarize: &["misbehave-attacks-reported", "cycles-succeed"],
+        memory: LabMemory::DEFAULT,
+    },
+    // Capacity, in a NoXS lab sized for it (`capacity-lab.sh`): 1000 paused NoXS
+    // guests with a vif each created (batches of 100) and destroyed (one command
+    // each), every count of what they held in dom0 back where it started; per-guest
+    // costs and create/destroy times as measurements; gntalloc's and xendevd's
+    // open-files limits, lowered on purpose, named with their knobs, nothing left.
+    JobTest {
+        name: "capacity: 1000 NoXS guests with a vif each created and destroyed, limits named",
+        script: include_str!("capacity-lab.sh"),
+        timeout_secs: 1500,
+        noxs: true,
+        summarize: &[],
+        memory: LabMemory::for_guests(CAPACITY_GUESTS, 4),
     },
 ];
 
@@ -80,7 +101,7 @@ impl JobTest {
     pub fn run(&self, images: &[GuestImage]) -> Result<()> {
         let job = self.job();
         let plan = protocol::plan(&job)?;
-        let (end, output) = lab_job(&job, images, self.timeout_secs, self.noxs)?;
+        let (end, output) = lab_job(&job, images, self.timeout_secs, self.noxs, self.memory)?;
         let verdict =
             protocol::judge(&plan, self.summarize, &output).and_then(|verdict| match end {
                 lab::ExecEnd::Exited(0) => Ok(verdict),
@@ -104,13 +125,14 @@ impl JobTest {
     }
 }
 
-/// Run `job` in a fresh lab (without Xenstore if `noxs`), for `timeout_secs` at most;
-/// how it ended and every line it printed.
+/// Run `job` in a fresh lab of `memory` (without Xenstore if `noxs`), for
+/// `timeout_secs` at most; how it ended and every line it printed.
 fn lab_job(
     job: &str,
     images: &[GuestImage],
     timeout_secs: u64,
     noxs: bool,
+    memory: LabMemory,
 ) -> Result<(lab::ExecEnd, Vec<String>)> {
     let options = lab::ExecOptions {
         timeout: Duration::from_secs(timeout_secs),
@@ -119,6 +141,7 @@ fn lab_job(
         disks: Vec::new(),
         control: None,
         noxs,
+        memory,
     };
     let mut output = Vec::new();
     let end = lab::exec(job, images, &options, &mut |line| {
@@ -127,4 +150,20 @@ fn lab_job(
         }
     })?;
     Ok((end, output))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The capacity job's lab is sized for the guests its script makes.
+    #[test]
+    fn the_capacity_lab_fits_its_guests() {
+        let script = include_str!("capacity-lab.sh");
+        assert!(
+            script.contains(&format!("\nGUESTS={CAPACITY_GUESTS}\n")),
+            "capacity-lab.sh must make CAPACITY_GUESTS guests"
+        );
+        assert!(script.contains(r#""memory": 4,"#));
+    }
 }
