@@ -545,8 +545,8 @@ pub fn check_ending(host: &Host, domid: u32, uuid: Option<&Uuid>) -> Result<Opti
 }
 
 /// How often chaos looks at a domain it waits for without Xenstore's `@releaseDomain`
-/// (one `getdomaininfo` each time).
-const POLL_END: Duration = Duration::from_millis(20);
+/// (one `getdomaininfo` each time; the chaos daemon too, for the guests it waits for).
+pub const POLL_END: Duration = Duration::from_millis(20);
 
 /// Wait until domain `domid` shuts down or is destroyed, at most `timeout` (`None` at
 /// the deadline). With Xenstore (a Xenstore domain, xenstored running) xenstored fires

@@ -13,9 +13,14 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 
-use chaos::config::DevMethod;
+use chaos::config::{Config, ConfigError, DevMethod};
 use chaos::console::{self, Stopped};
+use chaos::daemon::records::Records;
+use chaos::daemon::wire::{self, AskError, Conversation, Made, Request, Response, RunDir};
+use chaos::daemon::{self, Options as DaemonOptions};
 use chaos::domain::{self, Ending};
+use chaos::shape::PoolSpec;
+use chaos::uuid::Uuid;
 use chaos::{Error, Host, Options, signal};
 use xenhost::xc::ShutdownReason;
 
@@ -83,6 +88,9 @@ struct Cli {
     /// xendevd's socket.
     #[arg(long, global = true, value_name = "PATH", default_value = xendevd::SOCKET_PATH)]
     xendevd: PathBuf,
+    /// The chaos daemon's directory (its socket, lock and records of shells).
+    #[arg(long, global = true, value_name = "DIR", default_value = wire::RUN_DIR)]
+    run_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -93,7 +101,7 @@ enum Command {
     #[command(after_help = CREATE_HELP)]
     Create(CreateArgs),
     /// Destroy a guest at once, with its devices.
-    Destroy(TargetArgs),
+    Destroy(DestroyArgs),
     /// Ask a guest to power off (or reboot); with -w, wait until it has.
     Shutdown(ShutdownArgs),
     /// List the domains: id, name, memory, vCPUs, state (as xl's), uptime.
@@ -101,6 +109,54 @@ enum Command {
     /// Show a guest's console until the guest ends: xenconsoled's pty (Ctrl-]
     /// detaches), or for a NoXS guest xendevd's log of it, output only (Ctrl-C leaves).
     Console(TargetArgs),
+    /// The chaos daemon: pools of shells (domains built ahead of their guests) that
+    /// `chaos create` turns into guests (split instantiation).
+    #[command(subcommand, after_help = DAEMON_HELP)]
+    Daemon(DaemonCommand),
+}
+
+const DAEMON_HELP: &str = "\
+While a daemon runs, `chaos create` hands it the checked configuration: it turns a
+shell of the guest's shape (device method, memory, vCPUs, each vif's bridge, number of
+disks) into the guest — kernel, command line, name, MACs, addresses, disks — or builds
+it in full when no shell fits. The guest is the same either way. --no-daemon builds in
+this process. Shells are not guests: `chaos list` leaves them out.
+
+A pool (--pool, repeatable): KEY=VALUE,… with method=xenstore|noxs, memory=MIB
+(required), vcpus=N, vifs=N, bridge=NAME (or bridges=A+B…), vbds=N, size=N (shells kept
+ready, default 2), e.g. --pool method=noxs,memory=8,vifs=1,size=4";
+
+#[derive(Debug, Subcommand)]
+enum DaemonCommand {
+    /// Run the daemon in the foreground, until `chaos daemon stop` or SIGTERM, SIGINT
+    /// or SIGHUP (its shells are destroyed then). Shells a killed daemon left are
+    /// destroyed at start.
+    Run(DaemonRunArgs),
+    /// Show the daemon's pools, their shells, and how many guests came from shells.
+    Status,
+    /// Destroy the daemon's shells and stop it.
+    Stop,
+}
+
+#[derive(Debug, Args)]
+struct DaemonRunArgs {
+    /// A pool of shells to keep ready (see below); repeatable.
+    #[arg(long = "pool", value_name = "SPEC")]
+    pools: Vec<PoolSpec>,
+    /// How long a device's back end may take to be ready, in seconds.
+    #[arg(long, value_name = "S", default_value_t = 20)]
+    device_timeout: u64,
+}
+
+#[derive(Debug, Args)]
+struct DestroyArgs {
+    /// The domain: its id or its name.
+    #[arg(value_name = "ID|NAME", required_unless_present = "orphans")]
+    domain: Option<String>,
+    /// Instead: destroy the shells a chaos daemon that was killed left behind (refused
+    /// while a daemon runs).
+    #[arg(long, conflicts_with = "domain")]
+    orphans: bool,
 }
 
 #[derive(Debug, Args)]
@@ -124,6 +180,9 @@ struct CreateArgs {
     /// How long a device's back end may take to be ready, in seconds.
     #[arg(long, value_name = "S", default_value_t = 20)]
     device_timeout: u64,
+    /// Build the guests in this process even when a chaos daemon runs.
+    #[arg(long)]
+    no_daemon: bool,
 }
 
 #[derive(Debug, Args)]
@@ -240,12 +299,8 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
     signal::install();
     match &cli.command {
         Command::Create(args) => create(cli, args),
-        Command::Destroy(args) => {
-            let host = open(cli, Options::default().device_timeout)?;
-            let domid = domain::resolve(&host, &args.domain)?;
-            domain::destroy_domain(&host, domid, None)?;
-            Ok(0)
-        }
+        Command::Destroy(args) => destroy(cli, args),
+        Command::Daemon(command) => run_daemon(cli, command),
         Command::Shutdown(args) => shutdown(cli, args),
         Command::List => {
             let host = open(cli, Options::default().device_timeout)?;
@@ -255,7 +310,15 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
                 "{:>5}  {:<24} {:>8}  {:>5}  {:<6}  {:>10}",
                 "ID", "NAME", "MEM(MiB)", "VCPUS", "STATE", "UPTIME"
             );
+            // The daemon's shells are not guests.
+            let shells = Records::new(RunDir(cli.run_dir.clone()).shells())
+                .domids()
+                .map_err(Error::from)?;
             for d in domain::list(&host)? {
+                if shells.contains(&d.domid) || d.name.starts_with(chaos::config::SHELL_NAME_PREFIX)
+                {
+                    continue;
+                }
                 let _ = writeln!(
                     out,
                     "{:>5}  {:<24} {:>8}  {:>5}  {:<6}  {:>10}",
@@ -349,6 +412,11 @@ fn create(cli: &Cli, args: &CreateArgs) -> Result<u8, Failure> {
     let config =
         domain::load_config(&args.config).map_err(|err| prefix_config(&args.config, err))?;
     trace(cli, "load and check the configuration", started);
+    if !args.no_daemon
+        && let Some(status) = create_by_daemon(cli, args, &config)?
+    {
+        return Ok(status);
+    }
     let host = open(cli, Duration::from_secs(args.device_timeout))?;
     let mut created = Vec::new();
     for index in 0..args.count {
@@ -367,16 +435,155 @@ fn create(cli: &Cli, args: &CreateArgs) -> Result<u8, Failure> {
     if !watch {
         return Ok(0);
     }
-    let made = &created[0];
+    watch_created(&host, &created[0], args.console, config.paused)
+}
+
+/// `create` through the chaos daemon, if one listens (`None`: none does). This path
+/// touches no Xen library: the daemon does the Xen work (and the waiting, for --wait);
+/// only --console opens Xen's handles here, to attach.
+fn create_by_daemon(cli: &Cli, args: &CreateArgs, config: &Config) -> Result<Option<u8>, Failure> {
+    let started = Instant::now();
+    let guests = (0..args.count)
+        .map(|index| config.numbered(index, args.count)?.to_json())
+        .collect::<Result<Vec<_>, ConfigError>>()
+        .map_err(|err| prefix_config(&args.config, err.into()))?;
+    let socket = RunDir(cli.run_dir.clone()).socket();
+    let request = Request::Create {
+        guests,
+        // --console attaches before the guest runs.
+        paused: args.paused || args.console,
+        wait: args.wait,
+    };
+    let mut talk = match Conversation::start(&socket, &request) {
+        Ok(talk) => talk,
+        Err(AskError::NotRunning { .. }) => {
+            trace(cli, "no chaos daemon: building here", started);
+            return Ok(None);
+        }
+        Err(err) => return Err(Failure::Failed(err.to_string())),
+    };
+    let (made, failure) = match talk.answer(None).map_err(daemon_failed)? {
+        Some(Response::Created { guests, failure }) => (guests, failure),
+        other => return Err(unexpected(other)),
+    };
+    for guest in &made {
+        if !(args.console || args.wait) {
+            println!("{}", guest.domid);
+        }
+        if cli.verbose {
+            for step in &guest.steps {
+                eprintln!("chaos: {:>8.3} ms  daemon: {}", step.ms, step.name);
+            }
+            eprintln!(
+                "chaos: {} (domain {}) {}",
+                guest.name,
+                guest.domid,
+                if guest.from_shell {
+                    "came from a shell"
+                } else {
+                    "was built in full (no shell of its shape was ready)"
+                }
+            );
+        }
+        trace_total(cli, &format!("created {}", guest.name));
+    }
+    trace(cli, "the chaos daemon's create", started);
+    match failure {
+        None => {}
+        Some(wire::Failure::Config { field, message }) => {
+            return Err(
+                prefix_config(&args.config, ConfigError::new(field, message).into()).into(),
+            );
+        }
+        Some(wire::Failure::Failed(message)) => return Err(Failure::Failed(message)),
+    }
+    let Some(guest) = made.first().filter(|_| args.console || args.wait) else {
+        return Ok(Some(0));
+    };
+    if args.console {
+        let host = open(cli, Duration::from_secs(args.device_timeout))?;
+        let created = created_of(guest)?;
+        return watch_created(&host, &created, true, config.paused).map(Some);
+    }
+    eprintln!("chaos: created {} (domain {})", guest.name, guest.domid);
+    loop {
+        if let Some(signal) = signal::caught() {
+            let destroyed = wire::ask(&socket, &Request::Destroy { domid: guest.domid });
+            return match destroyed {
+                Ok(Response::Destroyed) => {
+                    eprintln!(
+                        "chaos: {signal}: destroyed {} (domain {})",
+                        guest.name, guest.domid
+                    );
+                    Ok(Some(signal::exit_status(signal)))
+                }
+                Ok(other) => Err(unexpected(Some(other))),
+                Err(err) => Err(daemon_failed(err)),
+            };
+        }
+        match talk
+            .answer(Some(Duration::from_millis(200)))
+            .map_err(daemon_failed)?
+        {
+            None => {}
+            Some(Response::Ended { shutdown_code }) => {
+                let ending = shutdown_code.map_or(Ending::Destroyed, |code| {
+                    Ending::Shutdown(ShutdownReason::from_code(code))
+                });
+                eprintln!("chaos: {}", describe(&guest.name, guest.domid, ending));
+                return Ok(Some(ending_status(ending)));
+            }
+            other => return Err(unexpected(other)),
+        }
+    }
+}
+
+/// What the daemon made, as chaos's own create would have returned it.
+fn created_of(made: &Made) -> Result<domain::Created, Failure> {
+    Ok(domain::Created {
+        domid: made.domid,
+        name: made.name.clone(),
+        uuid: Uuid::parse(&made.uuid).ok_or_else(|| {
+            Failure::Failed(format!("the chaos daemon gave {:?} as a UUID", made.uuid))
+        })?,
+        paused: made.paused,
+        macs: made.macs.clone(),
+        dev_method: made.dev_method,
+    })
+}
+
+fn daemon_failed(err: AskError) -> Failure {
+    Failure::Failed(err.to_string())
+}
+
+/// An answer the request does not call for (a refusal says why).
+fn unexpected(answer: Option<Response>) -> Failure {
+    Failure::Failed(match answer {
+        Some(Response::Refused(why)) => format!("the chaos daemon refused: {why}"),
+        Some(other) => {
+            format!("the chaos daemon answered {other:?}, which does not fit the request")
+        }
+        None => "the chaos daemon did not answer".to_owned(),
+    })
+}
+
+/// `create --console/--wait` after the create: watch `made` until it ends, destroy
+/// it, exit with how it ended.
+fn watch_created(
+    host: &Host,
+    made: &domain::Created,
+    console: bool,
+    stay_paused: bool,
+) -> Result<u8, Failure> {
     let domid = made.domid;
     eprintln!("chaos: created {} (domain {domid})", made.name);
-    let outcome = if args.console {
-        watch_console(&host, made, config.paused)
+    let outcome = if console {
+        watch_console(host, made, stay_paused)
     } else {
-        domain::wait_for_end(&host, domid, Some(&made.uuid), None, made.dev_method)
+        domain::wait_for_end(host, domid, Some(&made.uuid), None, made.dev_method)
             .map(|ending| ending.map_or(Watched::Interrupted("a signal"), Watched::Ended))
     };
-    let destroy = || domain::destroy_known(&host, domid, Some(&made.uuid), made.dev_method);
+    let destroy = || domain::destroy_known(host, domid, Some(&made.uuid), made.dev_method);
     let outcome = match outcome {
         Ok(outcome) => outcome,
         Err(Error::Interrupted(signal)) => Watched::Interrupted(signal),
@@ -403,6 +610,98 @@ fn create(cli: &Cli, args: &CreateArgs) -> Result<u8, Failure> {
             Ok(signal::exit_status(signal))
         }
         Watched::Detached => Ok(0),
+    }
+}
+
+fn destroy(cli: &Cli, args: &DestroyArgs) -> Result<u8, Failure> {
+    let host = open(cli, Options::default().device_timeout)?;
+    let Some(target) = &args.domain else {
+        let run_dir = RunDir(cli.run_dir.clone());
+        let _lock = daemon::lock(&run_dir).map_err(|err| match err {
+            daemon::StartError::Running { .. } => Failure::Failed(format!(
+                "{err}: its shells are its own (`chaos daemon stop` destroys them)"
+            )),
+            other => Failure::Failed(other.to_string()),
+        })?;
+        let (destroyed, failures) = daemon::sweep(&host, &Records::new(run_dir.shells()))?;
+        eprintln!("chaos: destroyed {destroyed} shell(s) a chaos daemon left");
+        if failures.is_empty() {
+            return Ok(0);
+        }
+        return Err(Failure::Failed(failures.join("; ")));
+    };
+    let domid = domain::resolve(&host, target)?;
+    domain::destroy_domain(&host, domid, None)?;
+    Ok(0)
+}
+
+fn run_daemon(cli: &Cli, command: &DaemonCommand) -> Result<u8, Failure> {
+    let run_dir = RunDir(cli.run_dir.clone());
+    let socket = run_dir.socket();
+    let ask = |request: &Request| {
+        wire::ask(&socket, request).map_err(|err| match err {
+            AskError::NotRunning { .. } => {
+                Failure::Failed(format!("{err} (start one with `chaos daemon run`)"))
+            }
+            other => daemon_failed(other),
+        })
+    };
+    match command {
+        DaemonCommand::Run(args) => {
+            daemon::run(DaemonOptions {
+                run_dir,
+                pools: args.pools.clone(),
+                xendevd_socket: cli.xendevd.clone(),
+                device_timeout: Duration::from_secs(args.device_timeout),
+            })
+            .map_err(|err| match err {
+                daemon::StartError::Chaos(err) => Failure::from(err),
+                other => Failure::Failed(other.to_string()),
+            })?;
+            Ok(0)
+        }
+        DaemonCommand::Status => {
+            let Response::Status(status) = ask(&Request::Status)? else {
+                return Err(Failure::Failed(
+                    "the chaos daemon answered no status".into(),
+                ));
+            };
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(
+                out,
+                "chaos daemon {}: {} guest(s) from shells, {} built in full",
+                status.pid, status.from_shells, status.in_full
+            );
+            for pool in &status.pools {
+                let ids =
+                    |ids: &[u32]| ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
+                let _ = writeln!(
+                    out,
+                    "pool {}: {} ready [{}], {} warming [{}]{}",
+                    pool.pool,
+                    pool.ready.len(),
+                    ids(&pool.ready),
+                    pool.warming.len(),
+                    ids(&pool.warming),
+                    pool.problem
+                        .as_ref()
+                        .map_or_else(String::new, |why| format!("; {why}"))
+                );
+            }
+            Ok(0)
+        }
+        DaemonCommand::Stop => match ask(&Request::Stop)? {
+            Response::Stopped { shells_destroyed } => {
+                // Gone once its socket is: scripts may start the next one at once.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while socket.exists() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                eprintln!("chaos: the daemon destroyed {shells_destroyed} shell(s) and stopped");
+                Ok(0)
+            }
+            other => Err(unexpected(Some(other))),
+        },
     }
 }
 
@@ -494,7 +793,7 @@ fn shutdown(cli: &Cli, args: &ShutdownArgs) -> Result<u8, Failure> {
         .xc
         .domain_info(domid)
         .map_err(Error::from)?
-        .map(|info| chaos::uuid::Uuid(info.handle));
+        .map(|info| Uuid(info.handle));
     let timeout = Duration::from_secs(args.timeout);
     let asked = Instant::now();
     domain::request_shutdown(&host, domid, args.reboot, dev_method, timeout)?;

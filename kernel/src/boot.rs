@@ -84,6 +84,7 @@ extern "C" fn kernel_entry(si: *const start_info, boot_tsc: u64) -> ! {
     {
         boot_failed("xenstore", err);
     }
+    report(boot);
     let args = match Args::parse(boot.cmdline()) {
         Ok(args) => args,
         Err(err) => boot_failed("command line", err),
@@ -91,6 +92,32 @@ extern "C" fn kernel_entry(si: *const start_info, boot_tsc: u64) -> ! {
     // SAFETY: the app crate defines `__kernel_app_main` through `kernel::main!`.
     let reason = unsafe { __kernel_app_main(args) };
     shutdown::exit(reason)
+}
+
+/// One line: what the toolstack gave this domain — its memory and, with NoXS, its
+/// device table — as the guest sees it (tests compare it with what was asked).
+fn report(boot: &BootInfo) {
+    let devices = crate::noxs::block().map(|block| {
+        block
+            .entries
+            .iter()
+            .map(|entry| {
+                let kind = match entry.kind {
+                    xenproto::noxs::Kind::Sysctl => "sysctl",
+                    xenproto::noxs::Kind::Console => "console",
+                    xenproto::noxs::Kind::Vif => "vif",
+                    xenproto::noxs::Kind::Vbd => "vbd",
+                };
+                alloc::format!("{kind} {}", entry.devid)
+            })
+            .collect::<alloc::vec::Vec<_>>()
+            .join(", ")
+    });
+    crate::println!(
+        "kernel: {} KiB of memory; devices: {}",
+        boot.nr_pages * 4,
+        devices.as_deref().unwrap_or("through Xenstore, if any")
+    );
 }
 
 /// A line formatted on the stack (truncated at its capacity).

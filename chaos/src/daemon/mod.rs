@@ -56,7 +56,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::domain::{self, Created};
+use crate::domain::{self, Created, Ending};
 use crate::error::Error;
 use crate::host::{Host, Options as HostOptions};
 use crate::shape::{PoolSpec, Shape};
@@ -255,30 +255,42 @@ fn wait_readable(listener: &UnixListener) {
     unsafe { libc::poll(&raw mut poll, 1, 200) };
 }
 
-/// One connection: its request line to the worker, the worker's answer back.
+/// One connection: its request line to the worker, the worker's answers back (one,
+/// or two for a create that waits), each a line.
 fn serve_connection(stream: UnixStream, jobs: &Sender<Job>) {
     let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT));
     let mut line = String::new();
-    let response = match BufReader::new(&stream).read_line(&mut line) {
+    let refused = |why: String| vec![Response::Refused(why)];
+    let answers = match BufReader::new(&stream).read_line(&mut line) {
         Ok(0) => return,
-        Err(err) => Response::Refused(format!("reading the request: {err}")),
+        Err(err) => refused(format!("reading the request: {err}")),
         Ok(_) => match serde_json::from_str::<Request>(line.trim_end()) {
-            Err(err) => Response::Refused(format!("not a request of chaos's daemon: {err}")),
+            Err(err) => refused(format!("not a request of chaos's daemon: {err}")),
             Ok(request) => {
-                let (answer, answer_in) = mpsc::channel();
+                let (answer, answers) = mpsc::channel();
                 if jobs.send(Job { request, answer }).is_err() {
-                    Response::Refused("the daemon is stopping".into())
+                    refused("the daemon is stopping".into())
                 } else {
-                    answer_in
-                        .recv()
-                        .unwrap_or_else(|_| Response::Refused("the daemon is stopping".into()))
+                    // Written as they come: the worker drops its end after the last.
+                    for response in answers {
+                        if write_answer(&stream, &response).is_err() {
+                            return;
+                        }
+                    }
+                    return;
                 }
             }
         },
     };
-    let mut text = serde_json::to_string(&response).expect("an answer serializes");
+    for response in answers {
+        let _ = write_answer(&stream, &response);
+    }
+}
+
+fn write_answer(mut stream: &UnixStream, response: &Response) -> std::io::Result<()> {
+    let mut text = serde_json::to_string(response).expect("an answer serializes");
     text.push('\n');
-    let _ = (&stream).write_all(text.as_bytes());
+    stream.write_all(text.as_bytes())
 }
 
 /// The worker: open Xen's handles, sweep, then serve requests and refill the pools.
@@ -311,18 +323,49 @@ fn work(options: &Options, jobs: &Receiver<Job>, ready: &Sender<Result<(), Error
     }
     let mut pools = Pools::new(&options.pools, options.device_timeout);
     let mut counts = (0u64, 0u64);
+    let mut waiting: Vec<Waiting> = Vec::new();
     let _ = ready.send(Ok(()));
     loop {
         let now = Instant::now();
-        let wait = pools
+        let mut wait = pools
             .next_work(now)
             .map_or(IDLE, |at| at.saturating_duration_since(now).min(IDLE));
+        if !waiting.is_empty() {
+            wait = wait.min(domain::POLL_END);
+        }
         match jobs.recv_timeout(wait) {
             Ok(Job { request, answer }) => {
                 let stop = request == Request::Stop;
                 let response = match request {
-                    Request::Create { guests, paused } => {
-                        create(&host, &mut pools, &records, guests, paused, &mut counts)
+                    Request::Create {
+                        guests,
+                        paused,
+                        wait,
+                    } => {
+                        let response =
+                            create(&host, &mut pools, &records, guests, paused, &mut counts);
+                        if let Response::Created {
+                            guests,
+                            failure: None,
+                        } = &response
+                            && let [made] = guests.as_slice()
+                            && wait
+                        {
+                            waiting.push(Waiting {
+                                domid: made.domid,
+                                uuid: Uuid::parse(&made.uuid),
+                                dev_method: made.dev_method,
+                                answer: answer.clone(),
+                            });
+                        }
+                        response
+                    }
+                    Request::Destroy { domid } => {
+                        waiting.retain(|waiting| waiting.domid != domid);
+                        match domain::destroy_domain(&host, domid, None) {
+                            Ok(()) => Response::Destroyed,
+                            Err(err) => Response::Refused(err.to_string()),
+                        }
                     }
                     Request::Status => Response::Status(Status {
                         pid: std::process::id(),
@@ -338,14 +381,62 @@ fn work(options: &Options, jobs: &Receiver<Job>, ready: &Sender<Result<(), Error
                 if stop {
                     return;
                 }
+                if !waiting.is_empty() {
+                    look_at_waiting(&host, &mut waiting);
+                }
             }
-            Err(RecvTimeoutError::Timeout) => pools.step(&host, &records),
+            Err(RecvTimeoutError::Timeout) => {
+                if !waiting.is_empty() {
+                    look_at_waiting(&host, &mut waiting);
+                }
+                pools.step(&host, &records);
+            }
             Err(RecvTimeoutError::Disconnected) => {
                 pools.destroy_all(&host, &records);
                 return;
             }
         }
     }
+}
+
+/// A guest made with `wait`, and where the news of its end goes.
+struct Waiting {
+    domid: u32,
+    uuid: Option<Uuid>,
+    dev_method: crate::config::DevMethod,
+    answer: Sender<Response>,
+}
+
+/// Answer for each waited-for guest that has ended, once it is destroyed (as `chaos
+/// create --wait` does itself).
+fn look_at_waiting(host: &Host, waiting: &mut Vec<Waiting>) {
+    waiting.retain(|guest| {
+        let response = match domain::check_ending(host, guest.domid, guest.uuid.as_ref()) {
+            Ok(None) => return true,
+            Ok(Some(ending)) => {
+                match domain::destroy_known(
+                    host,
+                    guest.domid,
+                    guest.uuid.as_ref(),
+                    guest.dev_method,
+                ) {
+                    Ok(()) => Response::Ended {
+                        shutdown_code: match ending {
+                            Ending::Shutdown(reason) => Some(reason.code()),
+                            Ending::Destroyed => None,
+                        },
+                    },
+                    Err(err) => Response::Refused(format!(
+                        "domain {} ended; destroying it: {err}",
+                        guest.domid
+                    )),
+                }
+            }
+            Err(err) => Response::Refused(format!("watching domain {}: {err}", guest.domid)),
+        };
+        let _ = guest.answer.send(response);
+        false
+    });
 }
 
 /// `Create`: each guest in order, stopping at the first that fails.

@@ -42,8 +42,16 @@ impl RunDir {
 pub enum Request {
     /// Create these guests in order, each a configuration as JSON ([`crate::Config::to_json`]
     /// of one the client checked), stopping at the first that fails. `paused`: leave
-    /// every one paused, whatever its configuration says.
-    Create { guests: Vec<Value>, paused: bool },
+    /// every one paused, whatever its configuration says. `wait` (one guest): once it
+    /// has ended, destroy it and answer a second line, [`Response::Ended`].
+    Create {
+        guests: Vec<Value>,
+        paused: bool,
+        #[serde(default)]
+        wait: bool,
+    },
+    /// Destroy a guest the daemon made (a client that waited for it was interrupted).
+    Destroy { domid: u32 },
     /// The pools and their shells.
     Status,
     /// Destroy every shell and stop.
@@ -64,7 +72,14 @@ pub enum Response {
     Stopped {
         shells_destroyed: usize,
     },
-    /// The request could not be read; why.
+    /// How a guest created with `wait` ended (it is destroyed): the shutdown reason's
+    /// code, or none if it was destroyed before it shut down.
+    Ended {
+        shutdown_code: Option<u32>,
+    },
+    /// `Destroy` is done.
+    Destroyed,
+    /// The request could not be read or done; why.
     Refused(String),
 }
 
@@ -146,26 +161,60 @@ pub enum AskError {
     NoAnswer,
 }
 
-/// Ask the daemon at `socket`, waiting for its answer at most `timeout` (`None`: as
-/// long as it takes).
-pub fn ask(
-    socket: &Path,
-    request: &Request,
-    timeout: Option<Duration>,
-) -> Result<Response, AskError> {
-    let stream = UnixStream::connect(socket).map_err(|source| AskError::NotRunning {
-        socket: socket.to_owned(),
-        source,
-    })?;
-    stream.set_read_timeout(timeout)?;
-    let mut line = serde_json::to_string(request)?;
-    line.push('\n');
-    (&stream).write_all(line.as_bytes())?;
-    let mut answer = String::new();
-    if BufReader::new(stream).read_line(&mut answer)? == 0 {
-        return Err(AskError::NoAnswer);
+/// A request sent to the daemon, and its answers as they come.
+#[derive(Debug)]
+pub struct Conversation {
+    reader: BufReader<UnixStream>,
+    /// What has come of the next line so far (a read may time out halfway).
+    partial: String,
+}
+
+impl Conversation {
+    /// Send `request` to the daemon at `socket`.
+    pub fn start(socket: &Path, request: &Request) -> Result<Self, AskError> {
+        let stream = UnixStream::connect(socket).map_err(|source| AskError::NotRunning {
+            socket: socket.to_owned(),
+            source,
+        })?;
+        let mut line = serde_json::to_string(request)?;
+        line.push('\n');
+        (&stream).write_all(line.as_bytes())?;
+        Ok(Self {
+            reader: BufReader::new(stream),
+            partial: String::new(),
+        })
     }
-    Ok(serde_json::from_str(answer.trim_end())?)
+
+    /// The next answer, waiting at most `timeout` (`None`: as long as it takes);
+    /// `Ok(None)` if the time passed first.
+    pub fn answer(&mut self, timeout: Option<Duration>) -> Result<Option<Response>, AskError> {
+        self.reader.get_ref().set_read_timeout(timeout)?;
+        match self.reader.read_line(&mut self.partial) {
+            Ok(0) => Err(AskError::NoAnswer),
+            Ok(_) => {
+                let line = std::mem::take(&mut self.partial);
+                Ok(Some(serde_json::from_str(line.trim_end())?))
+            }
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+}
+
+/// Ask the daemon at `socket` and wait for its (first) answer.
+pub fn ask(socket: &Path, request: &Request) -> Result<Response, AskError> {
+    Conversation::start(socket, request)?
+        .answer(None)?
+        .ok_or(AskError::NoAnswer)
 }
 
 #[cfg(test)]
@@ -180,8 +229,13 @@ mod tests {
                 Request::Create {
                     guests: vec![json!({"name": "noop"})],
                     paused: false,
+                    wait: true,
                 },
-                r#"{"op":"create","guests":[{"name":"noop"}],"paused":false}"#,
+                r#"{"op":"create","guests":[{"name":"noop"}],"paused":false,"wait":true}"#,
+            ),
+            (
+                Request::Destroy { domid: 7 },
+                r#"{"op":"destroy","domid":7}"#,
             ),
             (Request::Status, r#"{"op":"status"}"#),
             (Request::Stop, r#"{"op":"stop"}"#),

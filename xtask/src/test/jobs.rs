@@ -32,7 +32,7 @@ const LAB_CHECKS: &str = include_str!("lab-checks.sh");
 /// The capacity job's guests (`GUESTS=` in `capacity-lab.sh`), 4 MiB each.
 const CAPACITY_GUESTS: u32 = 1000;
 
-pub const JOB_TESTS: [JobTest; 4] = [
+pub const JOB_TESTS: [JobTest; 5] = [
     // chaos's commands on real Xen (`chaos-lab.sh`): create, list (and xl list),
     // console, shutdown -w, destroy of daytime with its vif; a destroy while `create
     // --console` watches, each of the two ending well; fifteen malformed
@@ -75,6 +75,18 @@ pub const JOB_TESTS: [JobTest; 4] = [
         timeout_secs: 600,
         noxs: true,
         summarize: &["misbehave-attacks-reported", "cycles-succeed"],
+        memory: LabMemory::DEFAULT,
+    },
+    // The chaos daemon (`daemon-lab.sh`): a daytime with 2 vifs, 16 MiB and a disk from
+    // a shell gets exactly those; a pool of 2 emptied by 3 creates builds the third in
+    // full; create --wait through it; shells never listed; SIGKILL, then its restart or
+    // `chaos destroy --orphans`, leaves no shell; create without a daemon as before.
+    JobTest {
+        name: "chaos daemon: guests from shells, fallback, kill -9 and restart leave nothing",
+        script: include_str!("daemon-lab.sh"),
+        timeout_secs: 600,
+        noxs: true,
+        summarize: &["guest-sees-its-shape"],
         memory: LabMemory::DEFAULT,
     },
     // Capacity, in a NoXS lab sized for it (`capacity-lab.sh`): 1000 paused NoXS
