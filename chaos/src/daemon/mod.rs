@@ -462,6 +462,7 @@ fn create<'h>(
             }
         };
         host.take_phases();
+        let started = Instant::now();
         match create_one(host, pools, records, &config, paused) {
             Ok((created, from_shell)) => {
                 *if from_shell {
@@ -469,7 +470,8 @@ fn create<'h>(
                 } else {
                     &mut *in_full
                 } += 1;
-                let steps = host
+                let took = started.elapsed();
+                let mut steps: Vec<Step> = host
                     .take_phases()
                     .into_iter()
                     .map(|(name, took)| Step {
@@ -477,6 +479,12 @@ fn create<'h>(
                         ms: took.as_secs_f64() * 1e3,
                     })
                     .collect();
+                // What the steps leave out, so that they add up to the daemon's time.
+                let timed: f64 = steps.iter().map(|step| step.ms).sum();
+                steps.push(Step {
+                    name: "between the steps".into(),
+                    ms: (took.as_secs_f64() * 1e3 - timed).max(0.0),
+                });
                 made.push(Made {
                     domid: created.domid,
                     name: created.name,

@@ -165,8 +165,8 @@ impl DeviceBackend for Vif {
 
     fn summary(&self) -> String {
         format!(
-            "vif {} ({} on {})",
-            self.plan.devid, self.plan.tap, self.plan.bridge
+            "vif {} ({}, {} on {})",
+            self.plan.devid, self.plan.mac, self.plan.tap, self.plan.bridge
         )
     }
 }
