@@ -362,9 +362,7 @@ impl Daemon {
     /// Block SIGTERM and SIGINT (they arrive on a signal fd), bind the socket, open the
     /// uevent socket, put the three in a new epoll set.
     pub fn setup(options: &Options) -> Result<Self> {
-        let mut mask = SigSet::empty();
-        mask.add(Signal::SIGTERM);
-        mask.add(Signal::SIGINT);
+        let mask = Self::signals_mask();
         mask.thread_block().context("blocking SIGTERM and SIGINT")?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .context("opening a signalfd")?;
@@ -397,8 +395,30 @@ impl Daemon {
         })
     }
 
+    /// The signals that stop the daemon.
+    fn signals_mask() -> SigSet {
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGTERM);
+        mask.add(Signal::SIGINT);
+        mask
+    }
+
     /// Run until SIGTERM or SIGINT.
     pub fn run(mut self) -> Result<()> {
+        // A signalfd in an epoll set wakes it for the process that added it (its
+        // signal queue's wait list): after daemonize's forks, that one has exited.
+        // This process adds its own.
+        self.poller
+            .delete(self.signals.as_fd())
+            .context("taking the signal fd out of the epoll set")?;
+        self.signals = SignalFd::with_flags(
+            &Self::signals_mask(),
+            SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
+        )
+        .context("opening a signalfd")?;
+        self.poller
+            .add(self.signals.as_fd(), Token::Signal, Interest::READ)
+            .context("adding the signal fd to the epoll set")?;
         info!(
             "xendevd {}: API on {}, kernel uevents for vif hotplug (toolstack = {:?})",
             env!("CARGO_PKG_VERSION"),
