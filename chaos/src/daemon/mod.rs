@@ -327,8 +327,11 @@ fn work(options: &Options, jobs: &Receiver<Job>, ready: &Sender<Result<(), Error
     let _ = ready.send(Ok(()));
     loop {
         let now = Instant::now();
+        // While a client waits for a guest's end, only an empty pool is refilled: a
+        // shell made meanwhile would hold up the look at that end by its making.
+        let urgent_only = !waiting.is_empty();
         let mut wait = pools
-            .next_work(now)
+            .next_work(now, urgent_only)
             .map_or(IDLE, |at| at.saturating_duration_since(now).min(IDLE));
         if !waiting.is_empty() {
             wait = wait.min(domain::POLL_END);
@@ -389,7 +392,7 @@ fn work(options: &Options, jobs: &Receiver<Job>, ready: &Sender<Result<(), Error
                 if !waiting.is_empty() {
                     look_at_waiting(&host, &mut waiting);
                 }
-                pools.step(&host, &records);
+                pools.step(&host, &records, !waiting.is_empty());
             }
             Err(RecvTimeoutError::Disconnected) => {
                 pools.destroy_all(&host, &records);

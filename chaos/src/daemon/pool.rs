@@ -52,6 +52,15 @@ impl Pool<'_> {
             .saturating_sub(self.ready.len() + self.warming.len())
     }
 
+    /// Whether it needs a shell made: it lacks one, or with `urgent_only` it has none.
+    fn lacks(&self, urgent_only: bool) -> bool {
+        if urgent_only {
+            self.spec.size > 0 && self.ready.is_empty() && self.warming.is_empty()
+        } else {
+            self.missing() > 0
+        }
+    }
+
     fn failed(&mut self, why: String, now: Instant) {
         self.failures += 1;
         let wait = backoff(self.failures);
@@ -106,20 +115,24 @@ impl<'h> Pools<'h> {
             .find_map(|pool| pool.ready.pop_front())
     }
 
-    /// When there is refill work to do (now, or later), if any.
-    pub fn next_work(&self, now: Instant) -> Option<Instant> {
+    /// When there is refill work to do (now, or later), if any; with `urgent_only`,
+    /// only for pools with no shell ready or warming.
+    pub fn next_work(&self, now: Instant, urgent_only: bool) -> Option<Instant> {
         self.pools
             .iter()
             .flat_map(|pool| {
-                let make = (pool.missing() > 0).then(|| pool.retry_at.unwrap_or(now));
+                let make = pool
+                    .lacks(urgent_only)
+                    .then(|| pool.retry_at.unwrap_or(now));
                 pool.warming.iter().map(|w| w.next_look).chain(make)
             })
             .min()
     }
 
     /// One piece of refill work, if one is due: look at the warming shells due for a
-    /// look, else make one shell for the first pool that lacks one.
-    pub fn step(&mut self, host: &'h Host, records: &Records) {
+    /// look, else make one shell for the first pool that lacks one (with
+    /// `urgent_only`, that has none ready or warming).
+    pub fn step(&mut self, host: &'h Host, records: &Records, urgent_only: bool) {
         let now = Instant::now();
         let device_timeout = self.device_timeout;
         for pool in &mut self.pools {
@@ -173,7 +186,7 @@ impl<'h> Pools<'h> {
         let Some(pool) = self
             .pools
             .iter_mut()
-            .find(|pool| pool.missing() > 0 && pool.retry_at.is_none_or(|at| at <= now))
+            .find(|pool| pool.lacks(urgent_only) && pool.retry_at.is_none_or(|at| at <= now))
         else {
             return;
         };
@@ -256,14 +269,19 @@ mod tests {
             Duration::from_secs(20),
         );
         let now = Instant::now();
-        assert_eq!(pools.next_work(now), Some(now), "empty pools: now");
+        assert_eq!(pools.next_work(now, false), Some(now), "empty pools: now");
+        assert_eq!(
+            pools.next_work(now, true),
+            Some(now),
+            "empty pools are urgent"
+        );
         let later = now + Duration::from_secs(3);
         for pool in &mut pools.pools {
             pool.retry_at = Some(later);
         }
-        assert_eq!(pools.next_work(now), Some(later), "both waiting");
+        assert_eq!(pools.next_work(now, false), Some(later), "both waiting");
         pools.pools[1].retry_at = None;
-        assert_eq!(pools.next_work(now), Some(now));
+        assert_eq!(pools.next_work(now, false), Some(now));
         let shape = spec("memory=8,method=noxs").shape;
         assert!(!pools.has(&shape));
         assert!(pools.take(&shape).is_none());
