@@ -18,6 +18,7 @@
 //! - [`uuid`] (random handles that never wait for entropy), [`elf`] (is the kernel a
 //!   PV kernel?), [`vdev`] (disk names), [`signal`], [`error`].
 
+pub mod cli;
 pub mod config;
 pub mod console;
 pub mod daemon;

@@ -170,19 +170,24 @@ pub struct Conversation {
 }
 
 impl Conversation {
-    /// Send `request` to the daemon at `socket`.
-    pub fn start(socket: &Path, request: &Request) -> Result<Self, AskError> {
+    /// Connect to the daemon at `socket` ([`AskError::NotRunning`] if none listens).
+    pub fn connect(socket: &Path) -> Result<Self, AskError> {
         let stream = UnixStream::connect(socket).map_err(|source| AskError::NotRunning {
             socket: socket.to_owned(),
             source,
         })?;
-        let mut line = serde_json::to_string(request)?;
-        line.push('\n');
-        (&stream).write_all(line.as_bytes())?;
         Ok(Self {
             reader: BufReader::new(stream),
             partial: String::new(),
         })
+    }
+
+    /// Send the request (one per connection).
+    pub fn send(&mut self, request: &Request) -> Result<(), AskError> {
+        let mut line = serde_json::to_string(request)?;
+        line.push('\n');
+        self.reader.get_ref().write_all(line.as_bytes())?;
+        Ok(())
     }
 
     /// The next answer, waiting at most `timeout` (`None`: as long as it takes);
@@ -212,9 +217,9 @@ impl Conversation {
 
 /// Ask the daemon at `socket` and wait for its (first) answer.
 pub fn ask(socket: &Path, request: &Request) -> Result<Response, AskError> {
-    Conversation::start(socket, request)?
-        .answer(None)?
-        .ok_or(AskError::NoAnswer)
+    let mut talk = Conversation::connect(socket)?;
+    talk.send(request)?;
+    talk.answer(None)?.ok_or(AskError::NoAnswer)
 }
 
 #[cfg(test)]
