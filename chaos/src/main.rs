@@ -77,7 +77,8 @@ exits with how it ended.";
 #[derive(Debug, Parser)]
 #[command(name = "chaos", version, about = "The toolstack for our PV guests on Xen (replaces xl).", after_help = AFTER_HELP)]
 struct Cli {
-    /// Print how long each step takes, on stderr.
+    /// Print how long each step takes, on stderr, after the time from process start to
+    /// `main`.
     #[arg(short, long, global = true)]
     verbose: bool,
     /// xendevd's socket.
@@ -174,6 +175,9 @@ impl From<Error> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // With -v: what went before main (exec, loading the Xen libraries), for the boot
+    // bench's process-start share.
+    trace_total(&cli, "main");
     match run(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(Failure::Usage(message)) => {
