@@ -101,8 +101,9 @@ const CLIMB: &str = r#"dom0_costs() { # GUESTS
 		n=0 files=''
 		for pid in $(pidof $p); do n=$((n + 1)) files="$files /proc/$pid/smaps_rollup"; done
 		if [ $n -eq 0 ]; then echo "density-dom0 $TS $1 $p 0 0 0"; continue; fi
-		echo "density-dom0 $TS $1 $p $n $(awk '/^Rss:/ { r += $2 } /^Pss:/ { p += $2 }
-			END { print r + 0, p + 0 }' $files 2>/dev/null)"
+		# cat goes on past a process that ended meanwhile.
+		echo "density-dom0 $TS $1 $p $n $(cat $files 2>/dev/null |
+			awk '/^Rss:/ { r += $2 } /^Pss:/ { p += $2 } END { print r + 0, p + 0 }')"
 	done
 	echo "density-dom0 $TS $1 dom0-used 1 $(awk '/^MemTotal:/ { t = $2 }
 		/^MemAvailable:/ { a = $2 } END { print t - a, t - a }' /proc/meminfo)"
