@@ -286,8 +286,12 @@ impl Density {
     /// first step to the last, over the guests added.
     fn costs_table(&self) -> String {
         let mut out = String::from(
-            "dom0's memory per running guest (KiB; RSS, and PSS, which shares pages among \
-             processes)\n",
+            "dom0's memory per running guest, KiB: the change over a toolstack's climb over \
+             the guests it added.\n\
+             RSS, and PSS, which splits a shared page among the processes that map it (a \
+             daemon's PSS falls as xl's monitors map\n\
+             the same libraries). A daemon keeps what it grew to: a row's first reading \
+             comes after the rows above.\n",
         );
         let _ = writeln!(
             out,
