@@ -322,10 +322,11 @@ mod tests {
             };
             assert!(svg.contains(label), "{stem}.svg lacks {label}");
         }
-        if std::env::var_os("KEEP_PLOTS").is_none() {
-            std::fs::remove_dir_all(&dir).unwrap();
+        // `KEEP_PLOTS=1 cargo test -p xtask figures -- --nocapture` keeps them to look at.
+        if std::env::var_os("KEEP_PLOTS").is_some() {
+            eprintln!("plots kept in {}", dir.display());
         } else {
-            eprintln!("{}", dir.display());
+            std::fs::remove_dir_all(&dir).unwrap();
         }
     }
 }
