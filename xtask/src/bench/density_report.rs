@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use super::plot::{Line, Lines};
 use super::steps::{self, Profile};
 use super::toolstacks;
-use super::{BenchLine, parse_bench_line};
+use super::{BenchLine, parse_bench_line, runs};
 
 /// The runs of one app with one toolstack at one number of running guests.
 #[derive(Debug, Clone, PartialEq)]
@@ -220,7 +220,7 @@ impl Density {
         guests.dedup();
         let mut out = String::new();
         for app in &apps {
-            let runs = self
+            let runs_at = self
                 .points
                 .iter()
                 .find(|p| p.app == *app)
@@ -232,7 +232,8 @@ impl Density {
             };
             let _ = writeln!(
                 out,
-                "{app} ({what}): median ms of {runs} runs, by guests running"
+                "{app} ({what}): median ms of {}, by guests running",
+                runs(runs_at)
             );
             let _ = write!(out, "{:>8}", "guests");
             for t in &toolstacks {

@@ -156,6 +156,11 @@ fn parse_bench_line(line: &str) -> Option<Result<BenchLine<'_>>> {
     Some(read().with_context(|| format!("odd bootbench line {line:?}")))
 }
 
+/// `1 run`, `3 runs`.
+fn runs(n: usize) -> String {
+    format!("{n} run{}", if n == 1 { "" } else { "s" })
+}
+
 /// Nearest-rank percentile of a non-empty series (NaN for an empty one).
 fn percentile(values: &[f64], pct: f64) -> f64 {
     bootbench::percentile(values, pct).unwrap_or(f64::NAN)
@@ -164,6 +169,12 @@ fn percentile(values: &[f64], pct: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_are_counted() {
+        assert_eq!(runs(1), "1 run");
+        assert_eq!(runs(3), "3 runs");
+    }
 
     #[test]
     fn bootbench_lines_are_read() {

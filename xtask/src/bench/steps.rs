@@ -101,7 +101,7 @@ impl Profile {
     /// Each step's median, one line each (`runs` timed in all: a step some runs lacked
     /// says in how many it was), then the process-start share when both marks are there.
     pub fn report(&self, title: &str, runs: usize) -> String {
-        let mut out = format!("{title}: per step, median ms of {runs} runs\n");
+        let mut out = format!("{title}: per step, median ms of {}\n", super::runs(runs));
         for (name, times) in &self.steps {
             let Some(median) = self.median(name) else {
                 continue;
@@ -109,7 +109,7 @@ impl Profile {
             let partial = if times.len() == runs {
                 String::new()
             } else {
-                format!("  (in {} of {runs} runs)", times.len())
+                format!("  (in {} of {})", times.len(), super::runs(runs))
             };
             let _ = writeln!(out, "  {median:>9.1}  {name}{partial}");
         }
