@@ -7,7 +7,12 @@
 //!   the first line a TCP service in the guest sends back.
 //!
 //! Each run is followed by an untimed `--cleanup` command. One line per run on stdout:
-//! `bootbench LABEL RUN MILLISECONDS`; a command's own output is shown only if it fails.
+//! `bootbench LABEL RUN MILLISECONDS`; a command's own output is shown only if it fails,
+//! except that `--show-stderr` passes on each line a timed run's command wrote to
+//! stderr as `bootbench-out LABEL RUN LINE` (e.g. the steps `chaos -v` times), before
+//! the run's time line. With `--limit-ms`, a series whose median passes the limit says
+//! so last (`bootbench-limit LABEL MEDIAN LIMIT`) and bootbench exits with status 3
+//! ([`bootbench::passes_limit`]: the density bench stops that toolstack there).
 //!
 //! `until-reply` does not hammer the guest's address while it boots: connecting before
 //! anything answers ARP leaves dom0's neighbour entry FAILED, and Linux then refuses
@@ -17,7 +22,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitCode, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -38,6 +43,12 @@ struct Cli {
     /// Shell command run after each run (not timed); `{i}` is the run number.
     #[arg(long)]
     cleanup: Option<String>,
+    /// Pass on what the timed command writes to stderr, a `bootbench-out` line each.
+    #[arg(long)]
+    show_stderr: bool,
+    /// Exit with status 3 (after every run) if the median passes this many ms.
+    #[arg(long, value_name = "MS")]
+    limit_ms: Option<f64>,
     #[command(subcommand)]
     what: What,
 }
@@ -75,7 +86,7 @@ fn start(command: &str, run: u32) -> Result<Child> {
 }
 
 /// Wait for a command from [`start`]; its output becomes the error if it fails.
-fn finish(child: Child, command: &str, run: u32) -> Result<()> {
+fn finish(child: Child, command: &str, run: u32) -> Result<Output> {
     let output = child.wait_with_output()?;
     if !output.status.success() {
         bail!(
@@ -85,13 +96,13 @@ fn finish(child: Child, command: &str, run: u32) -> Result<()> {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    Ok(())
+    Ok(output)
 }
 
-fn until_exit(command: &str, run: u32) -> Result<Duration> {
+fn until_exit(command: &str, run: u32) -> Result<(Duration, Output)> {
     let began = Instant::now();
-    finish(start(command, run)?, command, run)?;
-    Ok(began.elapsed())
+    let output = finish(start(command, run)?, command, run)?;
+    Ok((began.elapsed(), output))
 }
 
 /// Whether dom0's ARP table has a complete entry for `ip` (`/proc/net/arp` flags 0x2).
@@ -128,7 +139,12 @@ fn first_line(addr: SocketAddr) -> Option<String> {
     line.ends_with('\n').then_some(line)
 }
 
-fn until_reply(command: &str, run: u32, addr: SocketAddr, timeout: Duration) -> Result<Duration> {
+fn until_reply(
+    command: &str,
+    run: u32,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<(Duration, Output)> {
     forget_neighbour(addr.ip())?;
     let began = Instant::now();
     let mut child = start(command, run)?;
@@ -148,14 +164,15 @@ fn until_reply(command: &str, run: u32, addr: SocketAddr, timeout: Duration) -> 
         }
         std::thread::sleep(Duration::from_millis(1));
     };
-    finish(child, command, run)?;
-    Ok(replied)
+    let output = finish(child, command, run)?;
+    Ok((replied, output))
 }
 
-fn main() -> Result<()> {
+fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
+    let mut millis = Vec::new();
     for run in 0..cli.warmup + cli.runs {
-        let took = match &cli.what {
+        let (took, output) = match &cli.what {
             What::UntilExit { command } => until_exit(command, run)?,
             What::UntilReply {
                 addr,
@@ -167,13 +184,23 @@ fn main() -> Result<()> {
             finish(start(cleanup, run)?, cleanup, run)?;
         }
         if run >= cli.warmup {
-            println!(
-                "bootbench {} {} {:.3}",
-                cli.label,
-                run - cli.warmup,
-                took.as_secs_f64() * 1000.0
-            );
+            let run = run - cli.warmup;
+            if cli.show_stderr {
+                for line in String::from_utf8_lossy(&output.stderr).lines() {
+                    println!("bootbench-out {} {run} {line}", cli.label);
+                }
+            }
+            let ms = took.as_secs_f64() * 1000.0;
+            println!("bootbench {} {run} {ms:.3}", cli.label);
+            millis.push(ms);
         }
     }
-    Ok(())
+    if let Some(limit) = cli.limit_ms
+        && bootbench::passes_limit(&millis, limit)
+    {
+        let median = bootbench::median(&millis).unwrap_or(f64::NAN);
+        println!("bootbench-limit {} {median:.3} {limit}", cli.label);
+        return Ok(ExitCode::from(3));
+    }
+    Ok(ExitCode::SUCCESS)
 }

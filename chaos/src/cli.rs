@@ -76,7 +76,8 @@ exits with how it ended.";
 #[derive(Debug, Parser)]
 #[command(name = "chaos", version, about = "The toolstack for our PV guests on Xen (replaces xl).", after_help = AFTER_HELP)]
 pub struct Cli {
-    /// Print how long each step takes, on stderr.
+    /// Print how long each step takes, on stderr, after the time from process start to
+    /// `main` (for chaos-xen run by the thin chaos, both binaries' starts).
     #[arg(short, long, global = true)]
     pub verbose: bool,
     /// xendevd's socket.
@@ -239,27 +240,34 @@ pub fn trace(cli: &Cli, what: &str, started: Instant) {
 /// With -v, the time since the process started (from /proc/self/stat and the uptime),
 /// which includes loading the Xen libraries before `main`.
 pub fn trace_total(cli: &Cli, what: &str) {
-    if !cli.verbose {
-        return;
+    if cli.verbose
+        && let Some(ms) = since_start_ms()
+    {
+        print_since_start(ms, what);
     }
-    let since_start = || -> Option<f64> {
-        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-        // Field 22 (starttime), counted after the command name's closing parenthesis.
-        let after = &stat[stat.rfind(')')? + 2..];
-        let ticks: f64 = after.split_whitespace().nth(19)?.parse().ok()?;
-        // SAFETY: sysconf only reads a configuration value.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        let uptime: f64 = std::fs::read_to_string("/proc/uptime")
-            .ok()?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()?;
-        Some((uptime - ticks / hz) * 1000.0)
-    };
-    if let Some(ms) = since_start() {
-        eprintln!("chaos: {ms:>8.0} ms  {what} (since the process started, ±10 ms)");
-    }
+}
+
+/// With -v, a time since the process started taken earlier (`since_start_ms`).
+pub fn print_since_start(ms: f64, what: &str) {
+    eprintln!("chaos: {ms:>8.0} ms  {what} (since the process started, ±10 ms)");
+}
+
+/// The time since this process started (exec included; an exec keeps it), from
+/// /proc/self/stat's start time and the uptime: 10 ms ticks.
+pub fn since_start_ms() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Field 22 (starttime), counted after the command name's closing parenthesis.
+    let after = &stat[stat.rfind(')')? + 2..];
+    let ticks: f64 = after.split_whitespace().nth(19)?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some((uptime - ticks / hz) * 1000.0)
 }
 
 pub fn format_uptime(uptime: Duration) -> String {

@@ -17,11 +17,18 @@ const FULL: &str = "chaos-xen";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // chaos-xen prints its own when it runs in this process's place.
+    let main_reached = cli.verbose.then(cli::since_start_ms).flatten();
     let result = match &cli.command {
         Command::Create(args) if !args.no_daemon && !args.console => {
             chaos::signal::install();
             match cli::create_by_daemon(&cli, args) {
-                Ok(ByDaemon::Done(status)) => Ok(status),
+                Ok(ByDaemon::Done(status)) => {
+                    if let Some(ms) = main_reached {
+                        cli::print_since_start(ms, "main");
+                    }
+                    Ok(status)
+                }
                 Ok(ByDaemon::NoDaemon | ByDaemon::Attach(_)) => run_full(),
                 Err(failure) => Err(failure),
             }

@@ -8,7 +8,8 @@
 //! - `lab exec FILE` / `lab shell`: the Xen lab, real Xen and a Debian dom0 under QEMU.
 //! - `test`: format check, clippy, host unit tests, lab integration tests.
 //! - `codegen [--check]`: regenerate (or check) the checked-in Xen library bindings.
-//! - `bench boot`: boot times per toolstack in the lab, with ratios to xl.
+//! - `bench boot`, `bench density`: boot times per toolstack in the lab, with ratios to
+//!   xl; creation time as guests accumulate.
 //! - `fuzz [--seconds S] [TARGET…]`: the fuzz targets (what guests write, parsed).
 //! - `doctor`: what the workflows need from the machine, and what of it is missing.
 //!
