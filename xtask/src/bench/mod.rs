@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: the toolstacks side by side, each measure taken in one lab run
 //! so the ratios compare like with like ([`toolstacks`] lists the rows: xl, chaos with
-//! the Xenstore device method, chaos with NoXS).
+//! the Xenstore device method, chaos with NoXS, and the two chaos rows again with split
+//! instantiation, through a chaos daemon's shells).
 //!
 //! - `bench boot` ([`boot`]): boot times with nothing else running; noop (create → the
 //!   guest ran, it powers off at once → its domain is gone) and daytime (create → the
