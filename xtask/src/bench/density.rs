@@ -203,20 +203,25 @@ fn chosen(names: &[String]) -> Vec<&'static Toolstack> {
         .collect()
 }
 
-pub fn run(args: &DensityArgs) -> Result<()> {
-    ensure!(args.runs > 0, "--runs must be at least 1");
-    let steps = steps(args.guests, args.step)?;
-    let toolstacks = chosen(&args.toolstacks);
+/// Run the density job in one lab: every toolstack of `toolstacks` through `steps`.
+fn measure(
+    toolstacks: &[&'static Toolstack],
+    steps: &[u32],
+    runs: u32,
+    max_ms: u32,
+    timeout_secs: Option<u64>,
+) -> Result<Density> {
+    let guests = steps.last().copied().unwrap_or(0);
     let (apps, have_chaos) = build_for_bench()?;
     if !have_chaos && toolstacks.iter().any(|t| t.name != toolstacks::XL.name) {
         bail!("chaos did not build, so only --toolstack xl can run");
     }
-    let timeout = args.timeout.map_or_else(
-        || timeout(&steps, args.runs, toolstacks.len()),
+    let timeout = timeout_secs.map_or_else(
+        || timeout(steps, runs, toolstacks.len()),
         Duration::from_secs,
     );
     // The background guests, and the daytime guest (8 MiB) beside them.
-    let memory = LabMemory::for_guests(args.guests + 2, 4);
+    let memory = LabMemory::for_guests(guests + 2, 4);
     eprintln!(
         "bench: density of {} at {} running guests, {} runs of noop and daytime at each; \
          lab of {} MiB, time limit {} s",
@@ -230,7 +235,7 @@ pub fn run(args: &DensityArgs) -> Result<()> {
             .map(u32::to_string)
             .collect::<Vec<_>>()
             .join(", "),
-        args.runs,
+        runs,
         memory.mib(),
         timeout.as_secs()
     );
@@ -248,7 +253,7 @@ pub fn run(args: &DensityArgs) -> Result<()> {
     let mut output = Vec::new();
     let mut failure = None;
     let end = lab::exec(
-        &job(&toolstacks, &steps, args.runs, args.max_ms),
+        &job(toolstacks, steps, runs, max_ms),
         &apps,
         &options,
         &mut |line| match line {
@@ -276,6 +281,38 @@ pub fn run(args: &DensityArgs) -> Result<()> {
         let tail = output[output.len().saturating_sub(40)..].join("\n");
         bail!("the density job failed ({end:?}); its last lines:\n{tail}");
     }
+    Ok(density)
+}
+
+/// The density smoke test of `cargo xtask test`: every toolstack to 50 guests, one run
+/// of each app at 0 and 50; each must get there and time both apps at both steps.
+/// Nothing is judged by its time.
+pub fn smoke() -> Result<()> {
+    let steps = [0, 50];
+    let density = measure(&TOOLSTACKS, &steps, 1, u32::MAX, None)?;
+    for t in TOOLSTACKS {
+        for app in ["noop", "daytime"] {
+            for guests in steps {
+                ensure!(
+                    density.points.iter().any(|p| p.toolstack == t.name
+                        && p.app == app
+                        && p.guests == guests
+                        && !p.millis.is_empty()),
+                    "{}: no {app} time with {guests} guests running",
+                    t.name
+                );
+            }
+        }
+    }
+    print!("{}", density.report(u32::MAX));
+    Ok(())
+}
+
+pub fn run(args: &DensityArgs) -> Result<()> {
+    ensure!(args.runs > 0, "--runs must be at least 1");
+    let steps = steps(args.guests, args.step)?;
+    let toolstacks = chosen(&args.toolstacks);
+    let density = measure(&toolstacks, &steps, args.runs, args.max_ms, args.timeout)?;
     print!("{}", density.report(args.max_ms));
     let dir = target_dir().join("bench");
     std::fs::create_dir_all(&dir)?;

@@ -28,7 +28,7 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 
 pub use self::boot::BootArgs;
-pub use self::density::DensityArgs;
+pub use self::density::{DensityArgs, smoke as density_smoke};
 use crate::build::{self, GuestImage};
 use crate::lab;
 

@@ -83,6 +83,12 @@ impl TestArgs {
             for test in JOB_TESTS.iter().filter(|test| wanted(test.name)) {
                 test.run(&images)?;
             }
+            if wanted(DENSITY_SMOKE) {
+                match crate::bench::density_smoke() {
+                    Ok(()) => eprintln!("PASS {DENSITY_SMOKE}"),
+                    Err(err) => anyhow::bail!("FAIL {DENSITY_SMOKE}: {err:#}"),
+                }
+            }
         }
         eprintln!(
             "test: all passed in {:.0} s",
@@ -91,6 +97,11 @@ impl TestArgs {
         Ok(())
     }
 }
+
+/// The density bench's smoke test (`bench::density_smoke`): `cargo xtask bench density`
+/// in small, so that it keeps working; no time is judged.
+const DENSITY_SMOKE: &str =
+    "density smoke: every toolstack to 50 running guests, noop and daytime timed at 0 and 50";
 
 fn static_checks() -> Result<()> {
     util::run(util::cargo().args(["fmt", "--all", "--", "--check"]))?;
