@@ -1,8 +1,5 @@
-//! The command line of `chaos` and `chaos-xen` (the same commands, parsed by both), the
-//! way it ends (exit statuses), and the client side of the chaos daemon: what needs no
-//! Xen library. The thin `chaos` binary uses only this module (and the pure
-//! configuration), so it starts without loading libxenctrl and its kin; everything
-//! else runs in `chaos-xen`, which it executes in its place.
+//! The command line of `chaos`, the way it ends (exit statuses), and the client side of
+//! the chaos daemon: the part that calls no Xen library.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -77,7 +74,7 @@ exits with how it ended.";
 #[command(name = "chaos", version, about = "The toolstack for our PV guests on Xen (replaces xl).", after_help = AFTER_HELP)]
 pub struct Cli {
     /// Print how long each step takes, on stderr, after the time from process start to
-    /// `main` (for chaos-xen run by the thin chaos, both binaries' starts).
+    /// `main`.
     #[arg(short, long, global = true)]
     pub verbose: bool,
     /// xendevd's socket.

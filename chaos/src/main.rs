@@ -1,6 +1,5 @@
-//! `chaos-xen`: create, list, watch, shut down and destroy our PV guests on Xen — every
-//! command of `chaos` (`cli`), with Xen's libraries. The thin `chaos` (`thin.rs`) runs
-//! it for everything but what the chaos daemon does.
+//! `chaos`: create, list, watch, shut down and destroy our PV guests on Xen (the command
+//! line and the chaos daemon's client are `chaos::cli`).
 //!
 //! Exit status: 0 success; 1 failure (the reason on stderr); 2 a usage or configuration
 //! error (one line on stderr naming the field; nothing was created). `create --wait`

@@ -201,36 +201,29 @@ fn guest_cargo() -> std::process::Command {
     cmd
 }
 
-/// Host programs that run in dom0 (the toolstack — the thin `chaos` and `chaos-xen`,
-/// which it runs for what needs Xen —, the device daemon, the boot-time meter, the
-/// relay's dom0 end): each a crate directory, with its binaries.
-const HOST_TOOLS: [(&str, &[&str]); 4] = [
-    ("chaos", &["chaos", "chaos-xen"]),
-    ("xendevd", &["xendevd"]),
-    ("bootbench", &["bootbench"]),
-    ("labrelay", &["labrelay"]),
-];
+/// Host programs that run in dom0 (the toolstack, the device daemon, the boot-time
+/// meter, the relay's dom0 end): each a crate directory with a binary of the same name.
+const HOST_TOOLS: [&str; 4] = ["chaos", "xendevd", "bootbench", "labrelay"];
 
 /// Build the host tools that exist in the workspace (release, for this machine, which
 /// runs the same Debian as the lab's dom0). Returns their binaries.
 pub fn build_host_tools() -> Result<Vec<PathBuf>> {
-    let present: Vec<(&str, &[&str])> = HOST_TOOLS
+    let present: Vec<&str> = HOST_TOOLS
         .into_iter()
-        .filter(|(tool, _)| project_root().join(tool).join("src/main.rs").is_file())
+        .filter(|tool| project_root().join(tool).join("src/main.rs").is_file())
         .collect();
     if present.is_empty() {
         return Ok(Vec::new());
     }
     let mut cmd = util::cargo();
     cmd.args(["build", "--release", "--bins"]);
-    for (tool, _) in &present {
+    for tool in &present {
         cmd.args(["--package", tool]);
     }
     util::run(&mut cmd)?;
     Ok(present
         .iter()
-        .flat_map(|(_, binaries)| binaries.iter())
-        .map(|binary| target_dir().join("release").join(binary))
+        .map(|tool| target_dir().join("release").join(tool))
         .collect())
 }
 

@@ -299,7 +299,7 @@ mod tests {
         );
         assert!(
             job.contains(
-                "--label 'chaos[NoXS+split]/noop' --runs 3 --show-stderr --cleanup 'daemon_full'"
+                "--label 'chaos[NoXS+split]/noop' --runs 3 --show-stderr --cleanup 'sh /tmp/bench/daemon-full'"
             ),
             "{job}"
         );

@@ -94,10 +94,10 @@ pub const CHAOS_SPLIT: Toolstack = Toolstack {
     setup: Some(
         "chaos daemon run --pool method=xenstore,memory=4,size=2 \
          --pool method=xenstore,memory=8,vifs=1,size=2 >/tmp/bench/daemon.log 2>&1 &\n\
-         daemon_full || exit 1",
+         sh /tmp/bench/daemon-full || exit 1",
     ),
     teardown: Some("chaos daemon stop"),
-    settle: "daemon_full",
+    settle: "sh /tmp/bench/daemon-full",
     ..CHAOS
 };
 
@@ -107,10 +107,10 @@ pub const CHAOS_NOXS_SPLIT: Toolstack = Toolstack {
     setup: Some(
         "chaos daemon run --pool method=noxs,memory=4,size=2 \
          --pool method=noxs,memory=8,vifs=1,size=2 >/tmp/bench/daemon.log 2>&1 &\n\
-         daemon_full || exit 1",
+         sh /tmp/bench/daemon-full || exit 1",
     ),
     teardown: Some("chaos daemon stop"),
-    settle: "daemon_full",
+    settle: "sh /tmp/bench/daemon-full",
     ..CHAOS_NOXS
 };
 
@@ -194,16 +194,17 @@ EOF
 	chaos create -n "$3" --paused "/tmp/bench/bg$2.json" >/dev/null
 }
 # Until the chaos daemon's pools are full (at most 60 s): every pool line of `chaos
-# daemon status` (`pool SPEC,size=N: R ready …`) has R = N.
-daemon_full() {
-	i=0
-	until chaos daemon status 2>/dev/null | awk '/^pool / { n++; split($2, a, "size=");
-		if ($3 + 0 != a[2] + 0) short++ } END { exit !(n > 0 && short == 0) }'; do
-		i=$((i + 1))
-		[ $i -ge 600 ] && { echo "the chaos daemon's pools did not fill: $(chaos daemon status 2>&1)" >&2; return 1; }
-		sleep 0.1
-	done
-}
+# daemon status` (`pool SPEC,size=N: R ready …`) has R = N. A script, not a function:
+# bootbench runs its --cleanup with sh -c.
+cat >/tmp/bench/daemon-full <<'EOF'
+i=0
+until chaos daemon status 2>/dev/null | awk '/^pool / { n++; split($2, a, "size=");
+	if ($3 + 0 != a[2] + 0) short++ } END { exit !(n > 0 && short == 0) }'; do
+	i=$((i + 1))
+	[ $i -ge 600 ] && { echo "the chaos daemon's pools did not fill: $(chaos daemon status 2>&1)" >&2; exit 1; }
+	sleep 0.1
+done
+EOF
 bg_names_xl() { xl list | awk 'NR > 1 && $1 ~ /^bg[0-9]/ { print $1 }'; }
 bg_names_chaos() { chaos list | awk 'NR > 1 && $2 ~ /^bg[0-9]/ { print $2 }'; }
 "#;
@@ -239,7 +240,7 @@ mod tests {
         assert_eq!(XL.cleanup(), "xl destroy bench-daytime; true");
         assert_eq!(
             CHAOS_NOXS_SPLIT.cleanup(),
-            "chaos destroy bench-daytime; daemon_full"
+            "chaos destroy bench-daytime; sh /tmp/bench/daemon-full"
         );
         assert!(prelude().contains(lab::GUEST_MAC));
     }

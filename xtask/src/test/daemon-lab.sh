@@ -147,13 +147,6 @@ for run in 1 2 3 4 5; do
 done
 measure noop-ms-from-shell "${split# }" ms "(chaos create --wait, create → gone)"
 measure noop-ms-in-process "${full_ms# }" ms "(chaos create --wait --no-daemon)"
-# Process start: the thin chaos (no Xen library) and chaos-xen, on the same request.
-for binary in chaos chaos-xen; do
-	t=$(now)
-	for run in 1 2 3 4 5 6 7 8 9 10; do $binary daemon status >/dev/null; done
-	measure "$binary-status-ms" "$(awk -v ms="$(ms_since "$t")" 'BEGIN { print ms / 10 }')" ms \
-		"($binary daemon status, mean of 10)"
-done
 measure daemon-rss "$(awk '/^VmRSS/ { print $2 }' /proc/$daemon_pid/status)" KiB "(3 shells ready)"
 
 # SIGKILL: the shells stay (and stay out of the list); the next daemon sweeps them.
