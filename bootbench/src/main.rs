@@ -130,9 +130,14 @@ fn forget_neighbour(ip: IpAddr) -> Result<()> {
     Ok(())
 }
 
+/// How long one connection attempt may wait for the guest's SYN-ACK (or RST). A SYN the
+/// guest never saw (it announced its address before its vif could take packets) costs
+/// this much of the measure, so it is short: the next attempt follows at once.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(20);
+
 /// Read one line from `addr`, if the service is up.
 fn first_line(addr: SocketAddr) -> Option<String> {
-    let stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let mut line = String::new();
     BufReader::new(stream).read_line(&mut line).ok()?;
