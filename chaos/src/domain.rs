@@ -35,7 +35,7 @@ use crate::noxs::{self, NoxsMethod};
 use crate::signal;
 use crate::uuid::Uuid;
 use xendevd::api::DomainSummary;
-use xenhost::xc::{DomainInfo, ShutdownReason};
+use xenhost::xc::{DomainInfo, PhysInfo, ShutdownReason};
 use xenhost::xcdom::DomImage;
 use xenhost::xs::Store;
 
@@ -122,18 +122,7 @@ pub fn create(host: &Host, config: &Config, force_paused: bool) -> Result<Create
         host.xs()?;
     }
     check_name_free(host, &config.name)?;
-    let physinfo = host.timed("xc_physinfo", || Ok(host.xc.physinfo()?))?;
-    let free_mib = physinfo.free_pages / 256;
-    if u64::from(config.memory_mib) > free_mib {
-        return Err(ConfigError::new(
-            "memory",
-            format!(
-                "{} MiB asked, but Xen has {free_mib} MiB free",
-                config.memory_mib
-            ),
-        )
-        .into());
-    }
+    let physinfo = physinfo_with_room(host, config.memory_mib, "asked")?;
     let grant_version = if physinfo.gnttab_v2() { 2 } else { 1 };
 
     // 2. The domain.
@@ -167,6 +156,22 @@ pub fn create(host: &Host, config: &Config, force_paused: bool) -> Result<Create
             }),
         },
     }
+}
+
+/// Xen's physical information, once it is known to have `memory_mib` MiB free (else a
+/// configuration error on `memory`: "`memory_mib` MiB `purpose`, but Xen has N MiB
+/// free").
+pub(crate) fn physinfo_with_room(host: &Host, memory_mib: u32, purpose: &str) -> Result<PhysInfo> {
+    let physinfo = host.timed("xc_physinfo", || Ok(host.xc.physinfo()?))?;
+    let free_mib = physinfo.free_pages / 256;
+    if u64::from(memory_mib) > free_mib {
+        return Err(ConfigError::new(
+            "memory",
+            format!("{memory_mib} MiB {purpose}, but Xen has {free_mib} MiB free"),
+        )
+        .into());
+    }
+    Ok(physinfo)
 }
 
 /// The first check of a create: no domain is named `name`.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use xenhost::xcdom::{DomImage, GUEST_TYPE_X86_64};
 
-use crate::config::{Config, ConfigError, DevMethod, SHELL_NAME_PREFIX};
+use crate::config::{Config, DevMethod, SHELL_NAME_PREFIX};
 use crate::device::{DeviceMethod, NewDomain, XenstoreMethod};
 use crate::domain::{self, Created};
 use crate::error::{Error, Result};
@@ -77,18 +77,7 @@ pub fn shell_name(domid: u32) -> String {
 /// `records` from the moment the domain exists; nothing is left on failure.
 pub fn make<'h>(host: &'h Host, shape: &Shape, records: &Records) -> Result<Shell<'h>> {
     let started = Instant::now();
-    let physinfo = host.timed("xc_physinfo", || Ok(host.xc.physinfo()?))?;
-    let free_mib = physinfo.free_pages / 256;
-    if u64::from(shape.memory_mib) > free_mib {
-        return Err(ConfigError::new(
-            "memory",
-            format!(
-                "{} MiB for a shell, but Xen has {free_mib} MiB free",
-                shape.memory_mib
-            ),
-        )
-        .into());
-    }
+    let physinfo = domain::physinfo_with_room(host, shape.memory_mib, "for a shell")?;
     let uuid = Uuid::random();
     let grant_version = if physinfo.gnttab_v2() { 2 } else { 1 };
     let domid = host.timed("xc_domain_create", || {
