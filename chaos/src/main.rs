@@ -30,7 +30,7 @@ use xenhost::xc::ShutdownReason;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // With -v: what went before main (exec, loading the Xen libraries), for the boot
+    // With -v: what went before main (the exec, the dynamic loader), for the boot
     // bench's process-start share.
     trace_total(&cli, "main");
     exit_code(run(&cli))

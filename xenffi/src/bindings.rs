@@ -386,51 +386,51 @@ pub const xc_error_code_XC_INVALID_KERNEL: xc_error_code = 2;
 pub const xc_error_code_XC_INVALID_PARAM: xc_error_code = 3;
 pub const xc_error_code_XC_OUT_OF_MEMORY: xc_error_code = 4;
 pub type xc_error_code = ::std::os::raw::c_uint;
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_interface_open(
         logger: *mut xentoollog_logger,
         dombuild_logger: *mut xentoollog_logger,
         open_flags: ::std::os::raw::c_uint,
     ) -> *mut xc_interface;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_interface_close(xch: *mut xc_interface) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_get_max_cpus(xch: *mut xc_interface) -> ::std::os::raw::c_int;
 }
 pub type xc_domaininfo_t = xen_domctl_getdomaininfo_t;
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_domain_create(
         xch: *mut xc_interface,
         pdomid: *mut u32,
         config: *mut xen_domctl_createdomain,
     ) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_domain_max_vcpus(
         xch: *mut xc_interface,
         domid: u32,
         max: ::std::os::raw::c_uint,
     ) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_domain_pause(xch: *mut xc_interface, domid: u32) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_domain_unpause(xch: *mut xc_interface, domid: u32) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_domain_destroy(xch: *mut xc_interface, domid: u32) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_domain_shutdown(
         xch: *mut xc_interface,
         domid: u32,
         reason: ::std::os::raw::c_int,
     ) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_domain_getinfolist(
         xch: *mut xc_interface,
         first_domain: u32,
@@ -438,7 +438,7 @@ unsafe extern "C" {
         info: *mut xc_domaininfo_t,
     ) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_vuart_init(
         xch: *mut xc_interface,
         type_: u32,
@@ -448,7 +448,7 @@ unsafe extern "C" {
         evtchn: *mut evtchn_port_t,
     ) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_domain_sethandle(
         xch: *mut xc_interface,
         domid: u32,
@@ -456,7 +456,7 @@ unsafe extern "C" {
     ) -> ::std::os::raw::c_int;
 }
 pub type xc_evtchn_port_or_error_t = ::std::os::raw::c_int;
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_evtchn_alloc_unbound(
         xch: *mut xc_interface,
         dom: u32,
@@ -464,17 +464,17 @@ unsafe extern "C" {
     ) -> xc_evtchn_port_or_error_t;
 }
 pub type xc_physinfo_t = xen_sysctl_physinfo;
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_physinfo(xch: *mut xc_interface, info: *mut xc_physinfo_t) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_domain_setmaxmem(
         xch: *mut xc_interface,
         domid: u32,
         max_memkb: u64,
     ) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_domain_set_memmap_limit(
         xch: *mut xc_interface,
         domid: u32,
@@ -496,7 +496,7 @@ const _: () = {
     ["Offset of field: e820entry::size"][::std::mem::offset_of!(e820entry, size) - 8usize];
     ["Offset of field: e820entry::type_"][::std::mem::offset_of!(e820entry, type_) - 16usize];
 };
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_domain_set_tsc_info(
         xch: *mut xc_interface,
         domid: u32,
@@ -519,13 +519,13 @@ const _: () = {
     ["Offset of field: xc_error::code"][::std::mem::offset_of!(xc_error, code) - 0usize];
     ["Offset of field: xc_error::message"][::std::mem::offset_of!(xc_error, message) - 4usize];
 };
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_error_code_to_desc(code: ::std::os::raw::c_int) -> *const ::std::os::raw::c_char;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_get_last_error(handle: *mut xc_interface) -> *const xc_error;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_clear_last_error(xch: *mut xc_interface);
 }
 #[repr(C)]
@@ -586,7 +586,7 @@ const _: () = {
     ["Offset of field: xc_msr::index"][::std::mem::offset_of!(xc_msr, index) - 0usize];
     ["Offset of field: xc_msr::policy"][::std::mem::offset_of!(xc_msr, policy) - 4usize];
 };
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_cpuid_apply_policy(
         xch: *mut xc_interface,
         domid: u32,
@@ -1020,51 +1020,51 @@ const _: () = {
         [::std::mem::offset_of!(xc_dom_arch, arch_private_size) - 108usize];
     ["Offset of field: xc_dom_arch::next"][::std::mem::offset_of!(xc_dom_arch, next) - 112usize];
 };
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_register_arch_hooks(hooks: *mut xc_dom_arch);
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_allocate(
         xch: *mut xc_interface,
         cmdline: *const ::std::os::raw::c_char,
         features: *const ::std::os::raw::c_char,
     ) -> *mut xc_dom_image;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_release_phys(dom: *mut xc_dom_image);
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_release(dom: *mut xc_dom_image);
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_rambase_init(dom: *mut xc_dom_image, rambase: u64) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_mem_init(
         dom: *mut xc_dom_image,
         mem_mb: ::std::os::raw::c_uint,
     ) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_kernel_check_size(dom: *mut xc_dom_image, sz: usize) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_kernel_max_size(dom: *mut xc_dom_image, sz: usize) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_module_max_size(dom: *mut xc_dom_image, sz: usize) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_devicetree_max_size(dom: *mut xc_dom_image, sz: usize) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_check_gzip(
         xch: *mut xc_interface,
         blob: *mut ::std::os::raw::c_void,
         ziplen: usize,
     ) -> usize;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_do_gunzip(
         xch: *mut xc_interface,
         src: *mut ::std::os::raw::c_void,
@@ -1073,34 +1073,34 @@ unsafe extern "C" {
         dstlen: usize,
     ) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_try_gunzip(
         dom: *mut xc_dom_image,
         blob: *mut *mut ::std::os::raw::c_void,
         size: *mut usize,
     ) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_kernel_file(
         dom: *mut xc_dom_image,
         filename: *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_module_file(
         dom: *mut xc_dom_image,
         filename: *const ::std::os::raw::c_char,
         cmdline: *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_kernel_mem(
         dom: *mut xc_dom_image,
         mem: *const ::std::os::raw::c_void,
         memsize: usize,
     ) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_module_mem(
         dom: *mut xc_dom_image,
         mem: *const ::std::os::raw::c_void,
@@ -1108,55 +1108,55 @@ unsafe extern "C" {
         cmdline: *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_devicetree_file(
         dom: *mut xc_dom_image,
         filename: *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_devicetree_mem(
         dom: *mut xc_dom_image,
         mem: *const ::std::os::raw::c_void,
         memsize: usize,
     ) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_parse_image(dom: *mut xc_dom_image) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_set_arch_hooks(dom: *mut xc_dom_image) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_build_image(dom: *mut xc_dom_image) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_boot_xen_init(
         dom: *mut xc_dom_image,
         xch: *mut xc_interface,
         domid: u32,
     ) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_boot_mem_init(dom: *mut xc_dom_image) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_boot_domU_map(
         dom: *mut xc_dom_image,
         pfn: xen_pfn_t,
         count: xen_pfn_t,
     ) -> *mut ::std::os::raw::c_void;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_boot_image(dom: *mut xc_dom_image) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_compat_check(dom: *mut xc_dom_image) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_gnttab_init(dom: *mut xc_dom_image) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_gnttab_seed(
         xch: *mut xc_interface,
         guest_domid: u32,
@@ -1167,16 +1167,16 @@ unsafe extern "C" {
         xenstore_domid: u32,
     ) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_translated(dom: *const xc_dom_image) -> bool;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_loginit(xch: *mut xc_interface) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_printf(xch: *mut xc_interface, fmt: *const ::std::os::raw::c_char, ...);
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_panic_func(
         xch: *mut xc_interface,
         file: *const ::std::os::raw::c_char,
@@ -1186,26 +1186,26 @@ unsafe extern "C" {
         ...
     );
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_log_memory_footprint(dom: *mut xc_dom_image);
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_malloc(dom: *mut xc_dom_image, size: usize) -> *mut ::std::os::raw::c_void;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_register_external(
         dom: *mut xc_dom_image,
         ptr: *mut ::std::os::raw::c_void,
         size: usize,
     ) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_malloc_page_aligned(
         dom: *mut xc_dom_image,
         size: usize,
     ) -> *mut ::std::os::raw::c_void;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_malloc_filemap(
         dom: *mut xc_dom_image,
         filename: *const ::std::os::raw::c_char,
@@ -1213,19 +1213,19 @@ unsafe extern "C" {
         max_size: usize,
     ) -> *mut ::std::os::raw::c_void;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_strdup(
         dom: *mut xc_dom_image,
         str_: *const ::std::os::raw::c_char,
     ) -> *mut ::std::os::raw::c_char;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_alloc_page(
         dom: *mut xc_dom_image,
         name: *const ::std::os::raw::c_char,
     ) -> xen_pfn_t;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_alloc_segment(
         dom: *mut xc_dom_image,
         seg: *mut xc_dom_seg,
@@ -1234,14 +1234,14 @@ unsafe extern "C" {
         size: xen_vaddr_t,
     ) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_pfn_to_ptr(
         dom: *mut xc_dom_image,
         first: xen_pfn_t,
         count: xen_pfn_t,
     ) -> *mut ::std::os::raw::c_void;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_pfn_to_ptr_retcount(
         dom: *mut xc_dom_image,
         first: xen_pfn_t,
@@ -1249,32 +1249,32 @@ unsafe extern "C" {
         count_out: *mut xen_pfn_t,
     ) -> *mut ::std::os::raw::c_void;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_unmap_one(dom: *mut xc_dom_image, pfn: xen_pfn_t);
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_unmap_all(dom: *mut xc_dom_image);
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_vaddr_to_ptr(
         dom: *mut xc_dom_image,
         vaddr: xen_vaddr_t,
         safe_region_out: *mut usize,
     ) -> *mut ::std::os::raw::c_void;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_virt_base(dom: *mut xc_dom_image) -> u64;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_virt_entry(dom: *mut xc_dom_image) -> u64;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_virt_hypercall(dom: *mut xc_dom_image) -> u64;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_guest_os(dom: *mut xc_dom_image) -> *mut ::std::os::raw::c_char;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xc_dom_feature_get(dom: *mut xc_dom_image, nr: ::std::os::raw::c_uint) -> bool;
 }
 #[repr(C)]
@@ -1302,16 +1302,16 @@ pub struct xs_handle {
     _unused: [u8; 0],
 }
 pub type xs_transaction_t = u32;
-unsafe extern "C" {
+lazy_extern! {
     pub fn xs_open(flags: ::std::os::raw::c_ulong) -> *mut xs_handle;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xs_close(xsh: *mut xs_handle);
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xs_daemon_open() -> *mut xs_handle;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xs_directory(
         h: *mut xs_handle,
         t: xs_transaction_t,
@@ -1319,7 +1319,7 @@ unsafe extern "C" {
         num: *mut ::std::os::raw::c_uint,
     ) -> *mut *mut ::std::os::raw::c_char;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xs_read(
         h: *mut xs_handle,
         t: xs_transaction_t,
@@ -1327,7 +1327,7 @@ unsafe extern "C" {
         len: *mut ::std::os::raw::c_uint,
     ) -> *mut ::std::os::raw::c_void;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xs_write(
         h: *mut xs_handle,
         t: xs_transaction_t,
@@ -1336,21 +1336,21 @@ unsafe extern "C" {
         len: ::std::os::raw::c_uint,
     ) -> bool;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xs_mkdir(
         h: *mut xs_handle,
         t: xs_transaction_t,
         path: *const ::std::os::raw::c_char,
     ) -> bool;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xs_rm(
         h: *mut xs_handle,
         t: xs_transaction_t,
         path: *const ::std::os::raw::c_char,
     ) -> bool;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xs_get_permissions(
         h: *mut xs_handle,
         t: xs_transaction_t,
@@ -1358,7 +1358,7 @@ unsafe extern "C" {
         num: *mut ::std::os::raw::c_uint,
     ) -> *mut xs_permissions;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xs_set_permissions(
         h: *mut xs_handle,
         t: xs_transaction_t,
@@ -1367,39 +1367,39 @@ unsafe extern "C" {
         num_perms: ::std::os::raw::c_uint,
     ) -> bool;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xs_watch(
         h: *mut xs_handle,
         path: *const ::std::os::raw::c_char,
         token: *const ::std::os::raw::c_char,
     ) -> bool;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xs_fileno(h: *mut xs_handle) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xs_check_watch(h: *mut xs_handle) -> *mut *mut ::std::os::raw::c_char;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xs_read_watch(
         h: *mut xs_handle,
         num: *mut ::std::os::raw::c_uint,
     ) -> *mut *mut ::std::os::raw::c_char;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xs_unwatch(
         h: *mut xs_handle,
         path: *const ::std::os::raw::c_char,
         token: *const ::std::os::raw::c_char,
     ) -> bool;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xs_transaction_start(h: *mut xs_handle) -> xs_transaction_t;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xs_transaction_end(h: *mut xs_handle, t: xs_transaction_t, abort: bool) -> bool;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xs_introduce_domain(
         h: *mut xs_handle,
         domid: ::std::os::raw::c_uint,
@@ -1407,63 +1407,63 @@ unsafe extern "C" {
         eventchn: ::std::os::raw::c_uint,
     ) -> bool;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xs_release_domain(h: *mut xs_handle, domid: ::std::os::raw::c_uint) -> bool;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xs_get_domain_path(
         h: *mut xs_handle,
         domid: ::std::os::raw::c_uint,
     ) -> *mut ::std::os::raw::c_char;
 }
 pub type xenevtchn_port_or_error_t = ::std::os::raw::c_int;
-unsafe extern "C" {
+lazy_extern! {
     pub fn xenevtchn_open(
         logger: *mut xentoollog_logger,
         flags: ::std::os::raw::c_uint,
     ) -> *mut xenevtchn_handle;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xenevtchn_close(xce: *mut xenevtchn_handle) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xenevtchn_fd(xce: *mut xenevtchn_handle) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xenevtchn_notify(
         xce: *mut xenevtchn_handle,
         port: evtchn_port_t,
     ) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xenevtchn_bind_unbound_port(
         xce: *mut xenevtchn_handle,
         domid: u32,
     ) -> xenevtchn_port_or_error_t;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xenevtchn_bind_interdomain(
         xce: *mut xenevtchn_handle,
         domid: u32,
         remote_port: evtchn_port_t,
     ) -> xenevtchn_port_or_error_t;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xenevtchn_bind_virq(
         xce: *mut xenevtchn_handle,
         virq: ::std::os::raw::c_uint,
     ) -> xenevtchn_port_or_error_t;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xenevtchn_unbind(
         xce: *mut xenevtchn_handle,
         port: evtchn_port_t,
     ) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xenevtchn_pending(xce: *mut xenevtchn_handle) -> xenevtchn_port_or_error_t;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xenevtchn_unmask(
         xce: *mut xenevtchn_handle,
         port: evtchn_port_t,
@@ -1475,16 +1475,16 @@ pub struct xengntdev_handle {
     _unused: [u8; 0],
 }
 pub type xengnttab_handle = xengntdev_handle;
-unsafe extern "C" {
+lazy_extern! {
     pub fn xengnttab_open(
         logger: *mut xentoollog_logger,
         open_flags: ::std::os::raw::c_uint,
     ) -> *mut xengnttab_handle;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xengnttab_close(xgt: *mut xengnttab_handle) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xengnttab_map_grant_ref(
         xgt: *mut xengnttab_handle,
         domid: u32,
@@ -1492,7 +1492,7 @@ unsafe extern "C" {
         prot: ::std::os::raw::c_int,
     ) -> *mut ::std::os::raw::c_void;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xengnttab_map_domain_grant_refs(
         xgt: *mut xengnttab_handle,
         count: u32,
@@ -1501,14 +1501,14 @@ unsafe extern "C" {
         prot: ::std::os::raw::c_int,
     ) -> *mut ::std::os::raw::c_void;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xengnttab_unmap(
         xgt: *mut xengnttab_handle,
         start_address: *mut ::std::os::raw::c_void,
         count: u32,
     ) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xengnttab_set_max_grants(
         xgt: *mut xengnttab_handle,
         nr_grants: u32,
@@ -1589,7 +1589,7 @@ const _: () = {
         [::std::mem::offset_of!(xengnttab_grant_copy_segment, status) - 20usize];
 };
 pub type xengnttab_grant_copy_segment_t = xengnttab_grant_copy_segment;
-unsafe extern "C" {
+lazy_extern! {
     pub fn xengnttab_grant_copy(
         xgt: *mut xengnttab_handle,
         count: u32,
@@ -1597,16 +1597,16 @@ unsafe extern "C" {
     ) -> ::std::os::raw::c_int;
 }
 pub type xengntshr_handle = xengntdev_handle;
-unsafe extern "C" {
+lazy_extern! {
     pub fn xengntshr_open(
         logger: *mut xentoollog_logger,
         open_flags: ::std::os::raw::c_uint,
     ) -> *mut xengntshr_handle;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xengntshr_close(xgs: *mut xengntshr_handle) -> ::std::os::raw::c_int;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xengntshr_share_pages(
         xgs: *mut xengntshr_handle,
         domid: u32,
@@ -1615,7 +1615,7 @@ unsafe extern "C" {
         writable: ::std::os::raw::c_int,
     ) -> *mut ::std::os::raw::c_void;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xengntshr_share_page_notify(
         xgs: *mut xengntshr_handle,
         domid: u32,
@@ -1625,7 +1625,7 @@ unsafe extern "C" {
         notify_port: evtchn_port_t,
     ) -> *mut ::std::os::raw::c_void;
 }
-unsafe extern "C" {
+lazy_extern! {
     pub fn xengntshr_unshare(
         xgs: *mut xengntshr_handle,
         start_address: *mut ::std::os::raw::c_void,

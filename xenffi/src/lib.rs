@@ -9,7 +9,13 @@
 //! functions). `cargo xtask codegen` regenerates it from the installed headers
 //! (`apt-get install libxen-dev`) and `cargo xtask codegen --check` verifies it is
 //! current. bindgen's layout assertions are kept: they pin every struct to the C
-//! headers at compile time.
+//! headers at compile time. The libraries are opened on first use ([`load`], see
+//! `lazy.rs`), so a program that never calls Xen never loads them.
+
+#[macro_use]
+mod lazy;
+
+pub use lazy::{LoadError, load};
 
 #[allow(
     non_camel_case_types,

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 /// A call into one of Xen's libraries (or onto xenstored's socket) failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Xen's libraries could not be loaded (not a Xen 4.17 dom0's userland).
+    #[error("{0}")]
+    Load(#[from] xenffi::LoadError),
     /// A handle could not be opened (no Xen, no xenstored, not root).
     #[error("cannot open {what}: {source} ({hint})")]
     Open {
@@ -69,7 +72,7 @@ impl Error {
             Self::Open { source, .. } | Self::Call { source, .. } | Self::Xs { source, .. } => {
                 source.raw_os_error()
             }
-            Self::NoXenstored { .. } => None,
+            Self::NoXenstored { .. } | Self::Load(_) => None,
         }
     }
 

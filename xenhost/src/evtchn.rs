@@ -26,6 +26,7 @@ impl Evtchn {
     /// Open the device; its descriptor is made non-blocking, so [`Evtchn::pending`]
     /// never waits.
     pub fn open() -> Result<Rc<Self>> {
+        ffi::load()?;
         // SAFETY: a NULL logger selects libxentoollog's default; no flags.
         let handle = unsafe { ffi::xenevtchn_open(std::ptr::null_mut(), 0) };
         let handle = NonNull::new(handle).ok_or_else(|| Error::last("xenevtchn_open"))?;

@@ -24,6 +24,7 @@ pub struct Gntshr {
 
 impl Gntshr {
     pub fn open() -> Result<Rc<Self>> {
+        ffi::load()?;
         // SAFETY: a NULL logger selects the default; no flags.
         let handle = unsafe { ffi::xengntshr_open(std::ptr::null_mut(), 0) };
         NonNull::new(handle)

@@ -33,6 +33,7 @@ pub struct Gnttab {
 
 impl Gnttab {
     pub fn open() -> Result<Rc<Self>> {
+        ffi::load()?;
         // SAFETY: a NULL logger selects the default; no flags.
         let handle = unsafe { ffi::xengnttab_open(std::ptr::null_mut(), 0) };
         let handle = NonNull::new(handle).ok_or_else(|| Error::last("xengnttab_open"))?;

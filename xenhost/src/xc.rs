@@ -263,6 +263,7 @@ impl Xc {
             errors: Mutex::new(Vec::new()),
         });
         let logger_ptr: *mut ffi::xentoollog_logger = &raw mut logger.vtable;
+        ffi::load()?;
         // SAFETY: the logger is boxed and lives as long as the handle (both in `Xc`); it
         // is passed for libxc's and the domain builder's messages.
         let handle = unsafe { ffi::xc_interface_open(logger_ptr, logger_ptr, 0) };

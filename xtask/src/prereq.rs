@@ -24,7 +24,7 @@ pub enum Need {
     Guests,
     /// `cargo fmt --check` and clippy.
     Lints,
-    /// Build (or test) the host tools, which link against Xen's libraries.
+    /// Build (or test) the host tools, which load Xen's libraries on a dom0.
     HostTools,
     /// Boot the Xen lab.
     Lab,
@@ -94,7 +94,7 @@ pub const REQUIREMENTS: &[Requirement] = &[
     Requirement {
         name: "libxen-dev",
         source: Source::Debian,
-        why: "Xen 4.17's libraries that chaos, xendevd and bootbench link against",
+        why: "Xen 4.17's headers (`cargo xtask codegen`) and the libraries chaos and xendevd load on a dom0",
         needed_for: &[Need::HostTools],
         probe: Probe::Files(&[
             "/usr/lib/x86_64-linux-gnu/libxenctrl.so",

@@ -305,6 +305,7 @@ impl Xs {
     /// flags). A xenstored in a stub domain, with no socket in dom0, is not supported.
     pub fn open() -> Result<Self> {
         drop(connect_socket()?);
+        ffi::load()?;
         // SAFETY: no arguments beyond flags.
         let handle = unsafe { ffi::xs_open(ffi::XS_OPEN_SOCKETONLY.into()) };
         let handle = NonNull::new(handle).ok_or_else(|| Error::Open {

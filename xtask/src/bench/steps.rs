@@ -4,7 +4,7 @@
 //!
 //! chaos prints a step as `chaos:    1.234 ms  NAME` (` (failed)` after a failed one),
 //! and a time since its process started as `chaos:      150 ms  WHAT (since the process
-//! started, ±10 ms)`: `main` first (exec and loading the Xen libraries), then `created
+//! started, ±10 ms)`: `main` first (the exec and the dynamic loader), then `created
 //! NAME`. The process-start share is `main` against `created`.
 
 use std::fmt::Write as _;
