@@ -235,7 +235,7 @@ pub fn trace(cli: &Cli, what: &str, started: Instant) {
 }
 
 /// With -v, the time since the process started (from /proc/self/stat and the uptime),
-/// which includes loading the Xen libraries before `main`.
+/// which includes the exec and the dynamic loader before `main`.
 pub fn trace_total(cli: &Cli, what: &str) {
     if cli.verbose
         && let Some(ms) = since_start_ms()
@@ -332,9 +332,12 @@ pub fn create_by_daemon(cli: &Cli, args: &CreateArgs) -> Result<ByDaemon, Failur
         Err(AskError::NotRunning { .. }) => return Ok(ByDaemon::NoDaemon),
         Err(err) => return Err(daemon_failed(err)),
     };
+    trace(cli, "connect to the daemon", started);
+    let started = Instant::now();
     let config =
         domain::load_config(&args.config).map_err(|err| prefix_config(&args.config, err))?;
     trace(cli, "load and check the configuration", started);
+    let started = Instant::now();
     let guests = (0..args.count)
         .map(|index| config.numbered(index, args.count)?.to_json())
         .collect::<Result<Vec<_>, ConfigError>>()
@@ -350,6 +353,11 @@ pub fn create_by_daemon(cli: &Cli, args: &CreateArgs) -> Result<ByDaemon, Failur
         Some(Response::Created { guests, failure }) => (guests, failure),
         other => return Err(unexpected(other)),
     };
+    trace(
+        cli,
+        "the chaos daemon's create (request to answer)",
+        started,
+    );
     for guest in &made {
         if !(args.console || args.wait) {
             println!("{}", guest.domid);
@@ -371,7 +379,6 @@ pub fn create_by_daemon(cli: &Cli, args: &CreateArgs) -> Result<ByDaemon, Failur
         }
         trace_total(cli, &format!("created {}", guest.name));
     }
-    trace(cli, "the chaos daemon's create", started);
     match failure {
         None => {}
         Some(wire::Failure::Config { field, message }) => {

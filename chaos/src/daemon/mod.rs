@@ -115,6 +115,8 @@ pub enum StartError {
 struct Job {
     request: Request,
     answer: Sender<Response>,
+    /// When its connection had read it: the time to the worker is a step of a create.
+    received: Instant,
 }
 
 /// Hold the run directory's lock: the daemon runs, or `chaos destroy --orphans` sweeps.
@@ -223,6 +225,7 @@ pub fn run(options: Options) -> Result<(), StartError> {
             let _ = jobs.send(Job {
                 request: Request::Stop,
                 answer,
+                received: Instant::now(),
             });
             stop_sent = true;
         }
@@ -268,7 +271,15 @@ fn serve_connection(stream: UnixStream, jobs: &Sender<Job>) {
             Err(err) => refused(format!("not a request of chaos's daemon: {err}")),
             Ok(request) => {
                 let (answer, answers) = mpsc::channel();
-                if jobs.send(Job { request, answer }).is_err() {
+                let received = Instant::now();
+                if jobs
+                    .send(Job {
+                        request,
+                        answer,
+                        received,
+                    })
+                    .is_err()
+                {
                     refused("the daemon is stopping".into())
                 } else {
                     // Written as they come: the worker drops its end after the last.
@@ -337,7 +348,11 @@ fn work(options: &Options, jobs: &Receiver<Job>, ready: &Sender<Result<(), Error
             wait = wait.min(domain::POLL_END);
         }
         match jobs.recv_timeout(wait) {
-            Ok(Job { request, answer }) => {
+            Ok(Job {
+                request,
+                answer,
+                received,
+            }) => {
                 let stop = request == Request::Stop;
                 let response = match request {
                     Request::Create {
@@ -345,8 +360,14 @@ fn work(options: &Options, jobs: &Receiver<Job>, ready: &Sender<Result<(), Error
                         paused,
                         wait,
                     } => {
-                        let response =
-                            create(&host, &mut pools, &records, guests, paused, &mut counts);
+                        let response = create(
+                            &host,
+                            &mut pools,
+                            &records,
+                            (guests, received),
+                            paused,
+                            &mut counts,
+                        );
                         if let Response::Created {
                             guests,
                             failure: None,
@@ -447,13 +468,16 @@ fn create<'h>(
     host: &'h Host,
     pools: &mut Pools<'h>,
     records: &Records,
-    guests: Vec<serde_json::Value>,
+    (guests, received): (Vec<serde_json::Value>, Instant),
     paused: bool,
     (from_shells, in_full): &mut (u64, u64),
 ) -> Response {
     let mut made = Vec::new();
     let mut failure = None;
+    // The first guest's steps start where its request was read off the socket.
+    let mut queued = Some(received.elapsed());
     for guest in guests {
+        let parsing = Instant::now();
         let config = match Config::parse(&guest.to_string()) {
             Ok(config) => config,
             Err(err) => {
@@ -474,16 +498,24 @@ fn create<'h>(
                     &mut *in_full
                 } += 1;
                 let took = started.elapsed();
-                let mut steps: Vec<Step> = host
-                    .take_phases()
+                let early = [
+                    queued
+                        .take()
+                        .map(|took| ("from the socket to the worker".to_owned(), took)),
+                    Some(("parse and check the config".to_owned(), started - parsing)),
+                ];
+                let early_steps = early.iter().flatten().count();
+                let mut steps: Vec<Step> = early
                     .into_iter()
+                    .flatten()
+                    .chain(host.take_phases())
                     .map(|(name, took)| Step {
                         name,
                         ms: took.as_secs_f64() * 1e3,
                     })
                     .collect();
                 // What the steps leave out, so that they add up to the daemon's time.
-                let timed: f64 = steps.iter().map(|step| step.ms).sum();
+                let timed: f64 = steps.iter().skip(early_steps).map(|step| step.ms).sum();
                 steps.push(Step {
                     name: "between the steps".into(),
                     ms: (took.as_secs_f64() * 1e3 - timed).max(0.0),
