@@ -1,7 +1,8 @@
 //! `cargo xtask bench boot`: each toolstack's noop and daytime boots, one series each,
 //! in one lab run; the table (median, p90, ratios to xl and to chaos[Xenstore]), the
-//! median of each step `chaos -v` times for the chaos rows, `boot.csv` and the plot
-//! (`boot.png`, `boot.svg`).
+//! median of each step `chaos -v` times for the chaos rows, the floor (a command that
+//! does nothing, timed the same way: no toolstack run as a command beats xl by more than
+//! xl's time over it), `boot.csv` and the plot (`boot.png`, `boot.svg`).
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -42,8 +43,20 @@ fn job(toolstacks: &[&Toolstack], runs: u32) -> String {
         );
         toolstacks::push_snippet(&mut job, t.teardown);
     }
+    for (app, command) in FLOOR {
+        let _ = writeln!(
+            job,
+            "bootbench --label '{FLOOR_ROW}/{app}' --runs {runs} until-exit '{command}' || exit 1"
+        );
+    }
     job
 }
+
+/// The floor: commands that do no work, timed as the toolstacks' are (bootbench's
+/// `sh -c`, fork, exec, exit). No command-line toolstack can beat the second by much:
+/// under QEMU TCG a process's start costs tens of milliseconds.
+const FLOOR_ROW: &str = "floor";
+const FLOOR: [(&str, &str); 2] = [("true", "/bin/true"), ("client", "chaos --version")];
 
 /// One timed series, with the steps its runs printed.
 #[derive(Debug, Clone)]
@@ -156,8 +169,11 @@ pub fn run(args: &BootArgs) -> Result<()> {
     if !matches!(end, lab::ExecEnd::Exited(0)) {
         bail!("the benchmark job failed ({end:?}):\n{}", output.join("\n"));
     }
-    let series = parse(&output)?;
+    let (floor, series): (Vec<Series>, Vec<Series>) = parse(&output)?
+        .into_iter()
+        .partition(|s| s.toolstack == FLOOR_ROW);
     print!("{}", table(&series));
+    print!("{}", floor_report(&floor, &series));
     for s in series.iter().filter(|s| !s.steps.is_empty()) {
         println!();
         print!(
@@ -209,6 +225,29 @@ fn table(series: &[Series]) -> String {
             ratio_to(series, s, XL.name),
             ratio_to(series, s, CHAOS.name),
         );
+    }
+    out
+}
+
+/// The floor's medians, and the most a command could be faster than xl for each app.
+fn floor_report(floor: &[Series], series: &[Series]) -> String {
+    let mut out = String::from("\nfloor (a command that does nothing, timed the same way):\n");
+    for f in floor {
+        let command = FLOOR
+            .iter()
+            .find(|(app, _)| *app == f.app)
+            .map_or(f.app.as_str(), |(_, command)| command);
+        let _ = writeln!(out, "  {command:<18} median {:>7.1} ms", f.median());
+    }
+    if let Some(client) = floor.iter().find(|f| f.app == "client") {
+        for xl in series.iter().filter(|s| s.toolstack == XL.name) {
+            let _ = writeln!(
+                out,
+                "  {}: xl's median over the client's floor: at most {:.0}x faster than xl",
+                xl.app,
+                xl.median() / client.median()
+            );
+        }
     }
     out
 }
@@ -282,6 +321,37 @@ mod tests {
         assert_eq!(figure.panels[0].1[2].colour, 2);
         assert!(parse(&lines("bootbench xl/noop zero")).is_err());
         assert!(parse(&lines("bootbench-limit xl/noop 1 2")).is_err());
+    }
+
+    #[test]
+    fn the_floor_is_reported_apart_with_the_best_ratio_to_xl() {
+        let out = lines(
+            "bootbench xl/noop 0 500.0\nbootbench xl/daytime 0 800.0\n\
+             bootbench floor/true 0 10.0\nbootbench floor/client 0 50.0",
+        );
+        let (floor, series): (Vec<Series>, Vec<Series>) = parse(&out)
+            .unwrap()
+            .into_iter()
+            .partition(|s| s.toolstack == FLOOR_ROW);
+        assert_eq!((floor.len(), series.len()), (2, 2));
+        let report = floor_report(&floor, &series);
+        assert!(
+            report.contains("chaos --version    median    50.0 ms"),
+            "{report}"
+        );
+        assert!(
+            report.contains("noop: xl's median over the client's floor: at most 10x"),
+            "{report}"
+        );
+        assert!(
+            report.contains("daytime: xl's median over the client's floor: at most 16x"),
+            "{report}"
+        );
+        assert!(
+            job(&[&XL], 3).ends_with(
+                "--label 'floor/client' --runs 3 until-exit 'chaos --version' || exit 1\n"
+            )
+        );
     }
 
     #[test]
