@@ -418,10 +418,19 @@ pub fn create_by_daemon(cli: &Cli, args: &CreateArgs) -> Result<ByDaemon, Failur
             .map_err(daemon_failed)?
         {
             None => {}
-            Some(Response::Ended { shutdown_code }) => {
+            Some(Response::Ended {
+                shutdown_code,
+                steps,
+            }) => {
                 let ending = shutdown_code.map_or(Ending::Destroyed, |code| {
                     Ending::Shutdown(ShutdownReason::from_code(code))
                 });
+                if cli.verbose {
+                    for step in &steps {
+                        eprintln!("chaos: {:>8.3} ms  daemon: {}", step.ms, step.name);
+                    }
+                }
+                trace_total(cli, &format!("ended {}", guest.name));
                 eprintln!("chaos: {}", describe(&guest.name, guest.domid, ending));
                 return Ok(ByDaemon::Done(ending_status(ending)));
             }

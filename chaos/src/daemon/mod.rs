@@ -380,6 +380,7 @@ fn work(options: &Options, jobs: &Receiver<Job>, ready: &Sender<Result<(), Error
                                 uuid: Uuid::parse(&made.uuid),
                                 dev_method: made.dev_method,
                                 answer: answer.clone(),
+                                made: Instant::now(),
                             });
                         }
                         response
@@ -423,12 +424,18 @@ fn work(options: &Options, jobs: &Receiver<Job>, ready: &Sender<Result<(), Error
     }
 }
 
+/// The time from a guest's creation to the daemon's noticing its end: the guest's own
+/// run, and up to one poll interval ([`domain::POLL_END`]).
+const WAIT_STEP: &str = "the guest's run, until the daemon notices its end";
+
 /// A guest made with `wait`, and where the news of its end goes.
 struct Waiting {
     domid: u32,
     uuid: Option<Uuid>,
     dev_method: crate::config::DevMethod,
     answer: Sender<Response>,
+    /// When the guest was made: its end is timed from here.
+    made: Instant,
 }
 
 /// Answer for each waited-for guest that has ended, once it is destroyed (as `chaos
@@ -438,6 +445,8 @@ fn look_at_waiting(host: &Host, waiting: &mut Vec<Waiting>) {
         let response = match domain::check_ending(host, guest.domid, guest.uuid.as_ref()) {
             Ok(None) => return true,
             Ok(Some(ending)) => {
+                let noticed = guest.made.elapsed();
+                let destroying = Instant::now();
                 match domain::destroy_known(
                     host,
                     guest.domid,
@@ -449,6 +458,16 @@ fn look_at_waiting(host: &Host, waiting: &mut Vec<Waiting>) {
                             Ending::Shutdown(reason) => Some(reason.code()),
                             Ending::Destroyed => None,
                         },
+                        steps: [
+                            (WAIT_STEP, noticed),
+                            ("destroy the guest", destroying.elapsed()),
+                        ]
+                        .into_iter()
+                        .map(|(name, took)| Step {
+                            name: name.to_owned(),
+                            ms: took.as_secs_f64() * 1e3,
+                        })
+                        .collect(),
                     },
                     Err(err) => Response::Refused(format!(
                         "domain {} ended; destroying it: {err}",

@@ -73,9 +73,12 @@ pub enum Response {
         shells_destroyed: usize,
     },
     /// How a guest created with `wait` ended (it is destroyed): the shutdown reason's
-    /// code, or none if it was destroyed before it shut down.
+    /// code, or none if it was destroyed before it shut down; the daemon's steps from
+    /// its first answer on.
     Ended {
         shutdown_code: Option<u32>,
+        #[serde(default)]
+        steps: Vec<Step>,
     },
     /// `Destroy` is done.
     Destroyed,
