@@ -8,9 +8,9 @@
 //!
 //! Each run is followed by an untimed `--cleanup` command. One line per run on stdout:
 //! `bootbench LABEL RUN MILLISECONDS`; a command's own output is shown only if it fails,
-//! except that `--show-stderr` passes on each line a timed run's command wrote to
-//! stderr as `bootbench-out LABEL RUN LINE` (e.g. the steps `chaos -v` times), before
-//! the run's time line. With `--limit-ms`, a series whose median passes the limit says
+//! except that `--show-stderr` passes on each line a timed run's command, then its
+//! cleanup, wrote to stderr as `bootbench-out LABEL RUN LINE` (e.g. the steps `chaos -v`
+//! times, the guest's own boot times), before the run's time line. With `--limit-ms`, a series whose median passes the limit says
 //! so last (`bootbench-limit LABEL MEDIAN LIMIT`) and bootbench exits with status 3
 //! ([`bootbench::passes_limit`]: the density bench stops that toolstack there).
 //!
@@ -43,7 +43,8 @@ struct Cli {
     /// Shell command run after each run (not timed); `{i}` is the run number.
     #[arg(long)]
     cleanup: Option<String>,
-    /// Pass on what the timed command writes to stderr, a `bootbench-out` line each.
+    /// Pass on what the timed command and its cleanup write to stderr, a `bootbench-out`
+    /// line each.
     #[arg(long)]
     show_stderr: bool,
     /// Exit with status 3 (after every run) if the median passes this many ms.
@@ -185,14 +186,17 @@ fn main() -> Result<ExitCode> {
                 command,
             } => until_reply(command, run, *addr, Duration::from_secs(*timeout))?,
         };
-        if let Some(cleanup) = &cli.cleanup {
-            finish(start(cleanup, run)?, cleanup, run)?;
-        }
+        let cleaned = match &cli.cleanup {
+            Some(cleanup) => Some(finish(start(cleanup, run)?, cleanup, run)?),
+            None => None,
+        };
         if run >= cli.warmup {
             let run = run - cli.warmup;
             if cli.show_stderr {
-                for line in String::from_utf8_lossy(&output.stderr).lines() {
-                    println!("bootbench-out {} {run} {line}", cli.label);
+                for out in std::iter::once(&output).chain(&cleaned) {
+                    for line in String::from_utf8_lossy(&out.stderr).lines() {
+                        println!("bootbench-out {} {run} {line}", cli.label);
+                    }
                 }
             }
             let ms = took.as_secs_f64() * 1000.0;

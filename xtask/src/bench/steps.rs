@@ -5,7 +5,8 @@
 //! chaos prints a step as `chaos:    1.234 ms  NAME` (` (failed)` after a failed one),
 //! and a time since its process started as `chaos:      150 ms  WHAT (since the process
 //! started, ±10 ms)`: `main` first (the exec and the dynamic loader), then `created
-//! NAME`. The process-start share is `main` against `created`.
+//! NAME`. The process-start share is `main` against `created`. The guest's own times,
+//! which the boot bench reads from its console log, come as `guest:   1.234 ms  WHAT`.
 
 use std::fmt::Write as _;
 
@@ -20,19 +21,27 @@ pub enum ChaosLine<'a> {
     },
     /// The time from the process's start to WHAT.
     SinceStart { what: &'a str, ms: f64 },
+    /// A time the guest itself measured (from its first instruction).
+    Guest { what: &'a str, ms: f64 },
 }
 
 const SINCE_START: &str = " (since the process started, ±10 ms)";
 
 /// Read one line chaos printed with `-v`; `None` for anything else (its other messages).
 pub fn parse_line(line: &str) -> Option<ChaosLine<'_>> {
-    let rest = line.strip_prefix("chaos:")?.trim_start();
-    let (number, rest) = rest.split_once(" ms  ")?;
+    let (guest, rest) = match line.strip_prefix("guest:") {
+        Some(rest) => (true, rest),
+        None => (false, line.strip_prefix("chaos:")?),
+    };
+    let (number, rest) = rest.trim_start().split_once(" ms  ")?;
     let ms: f64 = number.trim().parse().ok()?;
     if !ms.is_finite() || ms < 0.0 {
         return None;
     }
     let rest = rest.trim_end();
+    if guest {
+        return (!rest.is_empty()).then_some(ChaosLine::Guest { what: rest, ms });
+    }
     if let Some(what) = rest.strip_suffix(SINCE_START) {
         return Some(ChaosLine::SinceStart { what, ms });
     }
@@ -54,6 +63,7 @@ fn key(line: &ChaosLine<'_>) -> String {
             let what = what.split_once(' ').map_or(*what, |(first, _)| first);
             format!("{MARK}{what}")
         }
+        ChaosLine::Guest { what, .. } => format!("guest: {what}"),
     }
 }
 
@@ -71,7 +81,9 @@ impl Profile {
     /// Add a line of run `run`: a step seen twice in a run counts once, with both times.
     pub fn add(&mut self, run: u32, line: &ChaosLine<'_>) {
         let ms = match line {
-            ChaosLine::Step { ms, .. } | ChaosLine::SinceStart { ms, .. } => *ms,
+            ChaosLine::Step { ms, .. }
+            | ChaosLine::SinceStart { ms, .. }
+            | ChaosLine::Guest { ms, .. } => *ms,
         };
         let key = key(line);
         let runs = match self.steps.iter_mut().find(|(name, _)| *name == key) {
@@ -167,7 +179,15 @@ mod tests {
                 ms: 340.0
             })
         );
+        assert_eq!(
+            parse_line("guest:    12.500 ms  first instruction → listening"),
+            Some(ChaosLine::Guest {
+                what: "first instruction → listening",
+                ms: 12.5
+            })
+        );
         for other in [
+            "guest: 1.0 ms  ",
             "chaos: created bench-noop (domain 4)",
             "chaos: bench-noop (domain 4) powered off",
             "chaos: NaN ms  x",
@@ -178,6 +198,19 @@ mod tests {
         ] {
             assert_eq!(parse_line(other), None, "{other:?}");
         }
+    }
+
+    #[test]
+    fn the_guests_times_are_steps_of_their_own() {
+        let mut profile = Profile::default();
+        for (run, ms) in [(0, "20.0"), (1, "30.0"), (2, "25.0")] {
+            let line = format!("guest:   {ms} ms  first instruction → listening");
+            profile.add(run, &parse_line(&line).unwrap());
+        }
+        assert_eq!(
+            profile.median("guest: first instruction → listening"),
+            Some(25.0)
+        );
     }
 
     #[test]

@@ -39,9 +39,15 @@ pub struct Toolstack {
 }
 
 impl Toolstack {
-    /// Remove the daytime guest, then settle (untimed).
+    /// Remove the daytime guest, then settle (untimed); for chaos's rows, the guest's
+    /// own boot times first (`guest-boot` in [`PRELUDE`]).
     pub fn cleanup(&self) -> String {
-        format!("{} bench-daytime; {}", self.destroy, self.settle)
+        let guest = if self.prints_steps {
+            "sh /tmp/bench/guest-boot; "
+        } else {
+            ""
+        };
+        format!("{guest}{} bench-daytime; {}", self.destroy, self.settle)
     }
 }
 
@@ -205,6 +211,28 @@ until chaos daemon status 2>/dev/null | awk '/^pool / { n++; split($2, a, "size=
 	sleep 0.1
 done
 EOF
+# The daytime guest's own times, from its console log (xendevd's for NoXS, xenconsoled's
+# otherwise; the kernel's line before `main` and daytime's listening line each end in
+# "X ms after boot", counted from its first instruction), as `guest: X ms  WHAT` lines
+# on stderr. xenconsoled appends to one log per name: it is emptied once read.
+cat >/tmp/bench/guest-boot <<'EOF'
+i=0
+while :; do
+	log=$(ls -t /var/log/xendevd/console/bench-daytime-*.log \
+		/var/log/xen/console/guest-bench-daytime.log 2>/dev/null | head -n 1)
+	[ -n "$log" ] && grep -q "listening on" "$log" && break
+	i=$((i + 1))
+	[ $i -ge 100 ] && { echo "guest-boot: no listening line in ${log:-a console log}" >&2; exit 0; }
+	sleep 0.01
+done
+awk '/kernel: .*; main [0-9.]+ ms after boot/ { main = $(NF - 3) }
+	/daytime: listening on .* ms after boot/ { up = $(NF - 3) }
+	END {
+		if (main != "") printf "guest: %9.3f ms  first instruction → main\n", main
+		if (up != "") printf "guest: %9.3f ms  first instruction → listening\n", up
+	}' "$log" >&2
+case $log in /var/log/xen/*) : >"$log" ;; esac
+EOF
 bg_names_xl() { xl list | awk 'NR > 1 && $1 ~ /^bg[0-9]/ { print $1 }'; }
 bg_names_chaos() { chaos list | awk 'NR > 1 && $2 ~ /^bg[0-9]/ { print $2 }'; }
 "#;
@@ -240,8 +268,9 @@ mod tests {
         assert_eq!(XL.cleanup(), "xl destroy bench-daytime; true");
         assert_eq!(
             CHAOS_NOXS_SPLIT.cleanup(),
-            "chaos destroy bench-daytime; sh /tmp/bench/daemon-full"
+            "sh /tmp/bench/guest-boot; chaos destroy bench-daytime; sh /tmp/bench/daemon-full"
         );
+        assert_eq!(XL.cleanup(), "xl destroy bench-daytime; true");
         assert!(prelude().contains(lab::GUEST_MAC));
     }
 }
