@@ -46,8 +46,9 @@ use crate::api::{Request, Response};
 /// list_domains) and, when xenstored runs, watches the kernel's uevents for vifs whose
 /// Xenstore backend says toolstack = "chaos". Without xenstored it serves NoXS guests
 /// only (the log says which mode it runs in). It daemonizes and logs to syslog unless
-/// --foreground. SIGTERM or SIGINT stop it cleanly: the socket file goes, loop devices
-/// of running domains stay (and are logged), NoXS back ends are closed.
+/// --foreground. SIGTERM or SIGINT stop it cleanly (SIGHUP is logged and ignored): the
+/// socket file goes, loop devices of running domains stay (and are logged), NoXS back
+/// ends are closed.
 ///
 /// Exit status: 0 success, 1 the daemon could not start or the request failed (its
 /// answer is printed), 2 the daemon could not be reached or answered nonsense.

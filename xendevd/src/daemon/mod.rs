@@ -359,11 +359,12 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Block SIGTERM and SIGINT (they arrive on a signal fd), bind the socket, open the
-    /// uevent socket, put the three in a new epoll set.
+    /// Block SIGTERM, SIGINT and SIGHUP (they arrive on a signal fd), bind the socket,
+    /// open the uevent socket, put the three in a new epoll set.
     pub fn setup(options: &Options) -> Result<Self> {
         let mask = Self::signals_mask();
-        mask.thread_block().context("blocking SIGTERM and SIGINT")?;
+        mask.thread_block()
+            .context("blocking SIGTERM, SIGINT and SIGHUP")?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .context("opening a signalfd")?;
         let uevents = UeventSocket::open().context(
@@ -395,12 +396,33 @@ impl Daemon {
         })
     }
 
-    /// The signals that stop the daemon.
+    /// The signals that stop the daemon, and SIGHUP, which does not: a daemon's
+    /// conventional "reload", for which xendevd has nothing (its log is stderr or
+    /// syslog), so that a hangup or a reload by habit costs no guest its back ends.
     fn signals_mask() -> SigSet {
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGTERM);
         mask.add(Signal::SIGINT);
+        mask.add(Signal::SIGHUP);
         mask
+    }
+
+    /// Read the pending signals: whether one of them stops the daemon.
+    fn take_signals(&self) -> bool {
+        let mut stop = false;
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            match Signal::try_from(i32::try_from(info.ssi_signo).unwrap_or(0)) {
+                Ok(Signal::SIGHUP) => info!("SIGHUP: nothing to reload, going on"),
+                other => {
+                    info!(
+                        "{}: shutting down",
+                        other.map_or("a signal", Signal::as_str)
+                    );
+                    stop = true;
+                }
+            }
+        }
+        stop
     }
 
     /// Run until SIGTERM or SIGINT.
@@ -459,12 +481,7 @@ impl Daemon {
                 .map(|deadline| deadline.saturating_duration_since(now) + Duration::from_millis(1));
             let ready = self.poller.wait(timeout).context("epoll_wait")?;
             let turn = Turn::sort(&ready);
-            if turn.signal
-                && let Ok(Some(info)) = self.signals.read_signal()
-            {
-                let name = Signal::try_from(i32::try_from(info.ssi_signo).unwrap_or(0))
-                    .map_or("a signal", Signal::as_str);
-                info!("{name}: shutting down");
+            if turn.signal && self.take_signals() {
                 break;
             }
             if turn.uevents {
