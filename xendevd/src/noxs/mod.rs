@@ -40,7 +40,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
 use log::{debug, error, info, warn};
-use xenhost::evtchn::{Evtchn, Port, VIRQ_DOM_EXC};
+use xenhost::evtchn::{Evtchn, Port};
 use xenhost::gntshr::Gntshr;
 use xenhost::gnttab::{Gnttab, Mapping};
 use xenhost::xc::Xc;
@@ -66,12 +66,11 @@ use vif::Vif;
 
 /// Requests or packets one device may have served per loop turn.
 pub const BUDGET: usize = 64;
-/// How often served domains are checked for death when `VIRQ_DOM_EXC` is ours (a
-/// backstop only).
-const CHECK_INTERVAL_VIRQ: Duration = Duration::from_secs(5);
-/// How often otherwise: xenstored fires `@releaseDomain` only for domains introduced to
-/// it, never for NoXS domains, so this is what finds their deaths (a dying domain stays
-/// a zombie while we map its pages).
+/// How often served domains are checked for death: xenstored fires `@releaseDomain`
+/// only for domains introduced to it, never for NoXS domains, so this is what finds
+/// their deaths (a dying domain stays a zombie while we map its pages).
+/// `VIRQ_DOM_EXC` would say at once, but Xen lets one process bind it, and that is
+/// xenstored's: bound here first, a xenstored started later cannot bind it and exits.
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What happened that the daemon's clients may care about.
@@ -296,16 +295,11 @@ enum PortUse {
     Console(u32),
     Control(u32, usize),
     Data(u32, usize),
-    DomainDeath,
 }
 
 /// How xendevd learns of domain deaths.
 #[derive(Debug)]
 enum DeathWatch {
-    /// Held for its binding; its events come as [`PortUse::DomainDeath`].
-    Virq {
-        _port: Port,
-    },
     Xenstore(Watch<Xs>),
     Polling,
 }
@@ -335,8 +329,9 @@ pub struct Backends {
 }
 
 impl Backends {
-    /// Open the Xen devices; learn domain deaths by `VIRQ_DOM_EXC` if we can bind it,
-    /// else by Xenstore's `@releaseDomain` if xenstored runs, and by polling always.
+    /// Open the Xen devices; learn domain deaths by Xenstore's `@releaseDomain` if
+    /// xenstored runs, and by polling always (`VIRQ_DOM_EXC` is left to xenstored:
+    /// [`CHECK_INTERVAL`]).
     pub fn open(console_dir: PathBuf, poller: Rc<Poller>) -> Result<Self, OpenError> {
         let evtchn = Evtchn::open()?;
         let gnttab = Gnttab::open()?;
@@ -349,36 +344,21 @@ impl Backends {
                 console_dir.display()
             );
         }
-        let mut ports = HashMap::new();
-        let death = match evtchn.bind_virq(VIRQ_DOM_EXC) {
-            Ok(port) => {
+        let death = match Xs::open().and_then(|xs| xs.into_watch("@releaseDomain", "xendevd")) {
+            Ok(watch) => {
                 info!(
-                    "NoXS: domain deaths come as VIRQ_DOM_EXC (port {})",
-                    port.local()
+                    "NoXS: domain deaths come as Xenstore's @releaseDomain and a check every \
+                     {} s (xenstored fires @releaseDomain only for domains introduced to it)",
+                    CHECK_INTERVAL.as_secs()
                 );
-                ports.insert(port.local(), PortUse::DomainDeath);
-                DeathWatch::Virq { _port: port }
+                DeathWatch::Xenstore(watch)
             }
-            Err(virq_err) => {
-                match Xs::open().and_then(|xs| xs.into_watch("@releaseDomain", "xendevd")) {
-                    Ok(watch) => {
-                        info!(
-                            "NoXS: domain deaths come as Xenstore's @releaseDomain and a check \
-                             every {} s (VIRQ_DOM_EXC: {virq_err}: xenstored holds it, and \
-                             fires @releaseDomain only for domains introduced to it)",
-                            CHECK_INTERVAL.as_secs()
-                        );
-                        DeathWatch::Xenstore(watch)
-                    }
-                    Err(xs_err) => {
-                        warn!(
-                            "NoXS: no VIRQ_DOM_EXC ({virq_err}) and no Xenstore ({xs_err}): \
-                             domain deaths are found by polling every {} s",
-                            CHECK_INTERVAL.as_secs()
-                        );
-                        DeathWatch::Polling
-                    }
-                }
+            Err(xs_err) => {
+                info!(
+                    "NoXS: no Xenstore ({xs_err}): domain deaths are found by a check every {} s",
+                    CHECK_INTERVAL.as_secs()
+                );
+                DeathWatch::Polling
             }
         };
         poller
@@ -400,7 +380,7 @@ impl Backends {
             domains: BTreeMap::new(),
             shells: BTreeMap::new(),
             by_name: HashMap::new(),
-            ports,
+            ports: HashMap::new(),
             pending: BTreeSet::new(),
             death,
             poller,
@@ -445,7 +425,6 @@ impl Backends {
                 Some(PortUse::Console(domid)) => self.drain_console(domid),
                 Some(PortUse::Control(domid, index)) => self.on_control(domid, index),
                 Some(PortUse::Data(domid, index)) => self.serve(domid, index),
-                Some(PortUse::DomainDeath) => self.check_domains("VIRQ_DOM_EXC"),
                 None => debug!("event on port {port}, which is no longer in use"),
             }
             // A port unbound meanwhile is no error of anyone's.
@@ -481,16 +460,9 @@ impl Backends {
         }
     }
 
-    fn check_interval(&self) -> Duration {
-        match self.death {
-            DeathWatch::Virq { .. } => CHECK_INTERVAL_VIRQ,
-            DeathWatch::Xenstore(_) | DeathWatch::Polling => CHECK_INTERVAL,
-        }
-    }
-
     /// Release every served domain that is dying or gone.
     pub fn check_domains(&mut self, why: &str) {
-        self.next_check = Instant::now() + self.check_interval();
+        self.next_check = Instant::now() + CHECK_INTERVAL;
         if self.domains.is_empty() && self.shells.is_empty() {
             return;
         }
