@@ -32,7 +32,7 @@ const LAB_CHECKS: &str = include_str!("lab-checks.sh");
 /// The capacity job's guests (`GUESTS=` in `capacity-lab.sh`), 4 MiB each.
 const CAPACITY_GUESTS: u32 = 1000;
 
-pub const JOB_TESTS: [JobTest; 5] = [
+pub const JOB_TESTS: [JobTest; 6] = [
     // chaos's commands on real Xen (`chaos-lab.sh`): create, list (and xl list),
     // console, shutdown -w, destroy of daytime with its vif; a destroy while `create
     // --console` watches, each of the two ending well; fifteen malformed
@@ -75,6 +75,18 @@ pub const JOB_TESTS: [JobTest; 5] = [
         timeout_secs: 600,
         noxs: true,
         summarize: &["misbehave-attacks-reported", "cycles-succeed"],
+        memory: LabMemory::DEFAULT,
+    },
+    // xendevd and dom0's singletons and signals (`xendevd-faults-lab.sh`), in a NoXS lab:
+    // a xenstored started after xendevd keeps running (VIRQ_DOM_EXC is left to it);
+    // SIGHUP neither stops nor disturbs xendevd; a NoXS domain destroyed behind chaos's
+    // back is released by xendevd's own check.
+    JobTest {
+        name: "xendevd: a later xenstored, SIGHUP, a domain destroyed behind its back",
+        script: include_str!("xendevd-faults-lab.sh"),
+        timeout_secs: 300,
+        noxs: true,
+        summarize: &[],
         memory: LabMemory::DEFAULT,
     },
     // The chaos daemon (`daemon-lab.sh`): a daytime with 2 vifs, 16 MiB and a disk from

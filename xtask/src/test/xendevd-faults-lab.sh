@@ -1,0 +1,38 @@
+# Lab job for `cargo xtask test`, in a NoXS lab (no xenstored at first): xendevd and
+# dom0's singletons and signals. A xenstored started after xendevd can bind
+# VIRQ_DOM_EXC and keeps running (xendevd left it alone); SIGHUP leaves xendevd running
+# and serving; xendevd still finds by itself that a NoXS domain it serves was destroyed
+# behind chaos's back, and releases it.
+set -u
+cd /tmp
+pid=$(pidof xendevd)
+cat >faults.json <<JSON
+{"name": "faults-noop", "kernel": "/apps/noop", "memory": 4, "vcpus": 1,
+ "xen": {"dev_method": "noxs"}}
+JSON
+served() { printf '{"op":"list_domains"}\n' | xendevd send | grep -o '"domid":[0-9]*' | sort -u | wc -l; }
+
+xenstored --pid-file /run/xenstored.pid
+sleep 2
+xs=$(cat /run/xenstored.pid 2>/dev/null)
+[ -n "$xs" ] && kill -0 "$xs" 2>/dev/null
+check xenstored-after-xendevd-runs $? "xenstored ${xs:-wrote no pid}: $(pidof xenstored || echo not running)"
+
+kill -HUP "$pid"
+sleep 0.5
+[ "$(pidof xendevd)" = "$pid" ]
+check sighup-survived $? "xendevd was $pid, now $(pidof xendevd || echo gone): $(tail -n 3 /var/log/xendevd.log)"
+grep -q "SIGHUP: nothing to reload" /var/log/xendevd.log
+check sighup-logged $? "$(tail -n 3 /var/log/xendevd.log)"
+chaos create --wait faults.json >wait.out 2>&1
+check serves-after-sighup $? "$(cat wait.out)"
+
+domid=$(chaos create --paused faults.json)
+[ "$(served)" -eq 1 ]
+check served-while-paused $? "domain ${domid:-none}, xendevd serves $(served)"
+timeout 20 xl destroy "$domid" >destroy.out 2>&1
+check destroyed-behind-its-back $? "$(cat destroy.out)"
+i=0
+while [ "$(served)" -ne 0 ] && [ $i -lt 50 ]; do i=$((i + 1)); sleep 0.1; done
+[ "$(served)" -eq 0 ]
+check released-by-its-check $? "xendevd serves $(served) after $i tenths of a second: $(tail -n 3 /var/log/xendevd.log)"
