@@ -12,9 +12,6 @@ use xenffi as ffi;
 
 use crate::error::{Error, Result};
 
-/// `VIRQ_DOM_EXC`: a domain shut down or died (only one holder: xenstored, if it runs).
-pub const VIRQ_DOM_EXC: u32 = ffi::VIRQ_DOM_EXC;
-
 /// An open `/dev/xen/evtchn`.
 #[derive(Debug)]
 pub struct Evtchn {
@@ -72,13 +69,6 @@ impl Evtchn {
         let result =
             unsafe { ffi::xenevtchn_bind_interdomain(self.handle.as_ptr(), domid, remote) };
         self.port("xenevtchn_bind_interdomain", result)
-    }
-
-    /// Bind a virtual IRQ (e.g. [`VIRQ_DOM_EXC`]).
-    pub fn bind_virq(self: &Rc<Self>, virq: u32) -> Result<Port> {
-        // SAFETY: the handle is open.
-        let result = unsafe { ffi::xenevtchn_bind_virq(self.handle.as_ptr(), virq) };
-        self.port("xenevtchn_bind_virq", result)
     }
 
     /// The next port that fired, if any (the port stays masked until
