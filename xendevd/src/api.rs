@@ -80,7 +80,8 @@ pub enum Request {
     },
     /// Ask a NoXS domain, through its sysctl device, to power off, reboot, suspend or
     /// crash; answered `Done` once the guest acknowledged (`ack_seq`), or an error when
-    /// it did not within `timeout_ms`. Waiting for the domain to shut down is the
+    /// it did not within `timeout_ms` (at most 5 minutes: longer is clamped). Waiting
+    /// for the domain to shut down is the
     /// caller's part.
     Power {
         domid: u32,

@@ -92,11 +92,6 @@ impl Interest {
         write: false,
     };
 
-    /// Nothing: the descriptor belongs out of the set.
-    pub fn is_none(self) -> bool {
-        !self.read && !self.write
-    }
-
     fn flags(self) -> EpollFlags {
         let mut flags = EpollFlags::empty();
         if self.read {

@@ -121,9 +121,10 @@ enum Phase {
     /// closing a Unix socket with unread input resets it, and the client could lose
     /// the error line that tells it why.
     Draining { since: Instant },
-    /// Raw bytes follow the answer (a console stream); input is read and thrown away,
+    /// Raw bytes follow the answer (a console stream); input is read and thrown away
+    /// until the client closes its side (`input_open` false: nothing more to read),
     /// and only a client that stops reading is dropped.
-    Streaming,
+    Streaming { input_open: bool },
     /// No more input; the connection closes once the output is written.
     Closing,
     /// The client does not read: close now, whatever is queued.
@@ -164,7 +165,7 @@ impl Session {
     /// the error to answer it with (the caller answers each with [`Session::respond`]).
     pub fn receive(&mut self, bytes: &[u8], now: Instant) -> Vec<Result<Request, ProtocolError>> {
         let mut out = Vec::new();
-        if self.phase == Phase::Streaming {
+        if matches!(self.phase, Phase::Streaming { .. }) {
             self.last_input = now;
         }
         if self.phase != Phase::Open {
@@ -209,8 +210,10 @@ impl Session {
     /// The client closed its sending side. An unfinished line gets an error.
     pub fn end_of_input(&mut self) -> Option<ProtocolError> {
         let phase = self.phase;
-        if phase == Phase::Streaming {
-            // A client may close its side and go on reading the stream.
+        if let Phase::Streaming { .. } = phase {
+            // A client may close its side and go on reading the stream; its socket
+            // would report that end again and again, so it is not read any more.
+            self.phase = Phase::Streaming { input_open: false };
             return None;
         }
         if matches!(phase, Phase::Open | Phase::Draining { .. }) {
@@ -274,7 +277,7 @@ impl Session {
                 })
             }
             Phase::Draining { since } => Some(since + timeout),
-            Phase::Streaming | Phase::Closing | Phase::Dead => None,
+            Phase::Streaming { .. } | Phase::Closing | Phase::Dead => None,
         };
         match (input, output) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -308,7 +311,7 @@ impl Session {
                 }
             }
             Phase::Draining { since } if now >= since + timeout => self.phase = Phase::Closing,
-            Phase::Draining { .. } | Phase::Streaming | Phase::Closing | Phase::Dead => {}
+            Phase::Draining { .. } | Phase::Streaming { .. } | Phase::Closing | Phase::Dead => {}
         }
     }
 
@@ -318,13 +321,13 @@ impl Session {
         if self.phase == Phase::Open {
             self.partial.clear();
             self.partial_since = None;
-            self.phase = Phase::Streaming;
+            self.phase = Phase::Streaming { input_open: true };
         }
     }
 
     /// Queue raw bytes of a stream.
     pub fn send_raw(&mut self, bytes: &[u8], now: Instant) {
-        if self.phase != Phase::Streaming {
+        if !matches!(self.phase, Phase::Streaming { .. }) {
             return;
         }
         if self.output.is_empty() {
@@ -338,7 +341,7 @@ impl Session {
 
     /// The stream is over: close once the output is written.
     pub fn end_stream(&mut self) {
-        if self.phase == Phase::Streaming {
+        if matches!(self.phase, Phase::Streaming { .. }) {
             self.phase = Phase::Closing;
         }
     }
@@ -353,7 +356,7 @@ impl Session {
     pub fn reading(&self) -> bool {
         matches!(
             self.phase,
-            Phase::Open | Phase::Draining { .. } | Phase::Streaming
+            Phase::Open | Phase::Draining { .. } | Phase::Streaming { input_open: true }
         )
     }
 
@@ -362,7 +365,7 @@ impl Session {
         match self.phase {
             Phase::Dead => true,
             Phase::Closing => self.output.is_empty(),
-            Phase::Open | Phase::Draining { .. } | Phase::Streaming => false,
+            Phase::Open | Phase::Draining { .. } | Phase::Streaming { .. } => false,
         }
     }
 }
@@ -632,5 +635,27 @@ mod tests {
              each request must end with \\n"
         );
         assert!(cut.end_of_input().is_none());
+    }
+
+    /// A console follower may close its side and go on reading; from then on its
+    /// socket is not read (it would report that end on every turn), and the stream
+    /// goes on until it ends.
+    #[test]
+    fn a_stream_outlives_the_end_of_input() {
+        let t0 = Instant::now();
+        let mut session = Session::new(limits(), t0);
+        assert_eq!(session.receive(QUERY, t0).len(), 1);
+        session.respond(Response::Streaming, t0);
+        session.start_stream();
+        assert!(session.reading());
+        assert!(session.end_of_input().is_none());
+        assert!(!session.reading());
+        assert!(!session.finished());
+        session.send_raw(b"console", t0);
+        assert!(session.pending_output().ends_with(b"console"));
+        session.end_stream();
+        let all = session.pending_output().len();
+        session.wrote(all, t0);
+        assert!(session.finished());
     }
 }

@@ -135,8 +135,11 @@ struct Connection {
     waiting: Option<PowerWait>,
     /// The domain whose console this connection follows.
     following: Option<u32>,
-    /// What its socket is in the epoll set for (nothing: not in it).
-    registered: Interest,
+    /// What its socket is in the epoll set for (`None`: not in it yet). A connection
+    /// that wants nothing stays in the set: epoll still reports its hang-up, so a
+    /// client that vanishes while it waits (on its guest, or for console output) is
+    /// noticed and dropped.
+    registered: Option<Interest>,
 }
 
 impl Connection {
@@ -147,7 +150,7 @@ impl Connection {
             queued: VecDeque::new(),
             waiting: None,
             following: None,
-            registered: Interest::default(),
+            registered: None,
         }
     }
 
@@ -188,8 +191,8 @@ struct Turn {
     watch: bool,
     /// `(domid, device index)` of each tap with frames.
     taps: Vec<(u32, u32)>,
-    /// Connections with input (or an end to read).
-    connections: Vec<u64>,
+    /// Connections with input (or an end to read), and whether they hung up.
+    connections: Vec<(u64, bool)>,
 }
 
 impl Turn {
@@ -203,7 +206,9 @@ impl Turn {
                 Token::Evtchn => turn.evtchn |= ready.readable,
                 Token::Watch => turn.watch |= ready.readable,
                 Token::Tap { domid, index } if ready.input() => turn.taps.push((domid, index)),
-                Token::Connection(id) if ready.input() => turn.connections.push(id),
+                Token::Connection(id) if ready.input() => {
+                    turn.connections.push((id, ready.hangup));
+                }
                 Token::Tap { .. } | Token::Connection(_) => {}
             }
         }
@@ -503,8 +508,8 @@ impl Daemon {
                 self.accept();
             }
             let now = Instant::now();
-            for &id in &turn.connections {
-                self.read_connection(id, &mut chunk, now);
+            for &(id, hangup) in &turn.connections {
+                self.read_connection(id, hangup, &mut chunk, now);
             }
             self.dispatch_events();
         }
@@ -561,26 +566,22 @@ impl Daemon {
         }
     }
 
-    /// Bring each connection's place in the epoll set in line with what it waits for:
-    /// in it with the events it wants, out of it while it wants none (epoll would still
-    /// report a hang-up, again and again).
+    /// Bring each connection's events in the epoll set in line with what it waits for.
     fn update_interests(&mut self) {
         for (&id, connection) in &mut self.connections {
             let wanted = connection.interest();
-            if wanted == connection.registered {
+            if connection.registered == Some(wanted) {
                 continue;
             }
             let fd = connection.stream.as_fd();
             let token = Token::Connection(id);
-            let changed = if wanted.is_none() {
-                self.poller.delete(fd)
-            } else if connection.registered.is_none() {
+            let changed = if connection.registered.is_none() {
                 self.poller.add(fd, token, wanted)
             } else {
                 self.poller.modify(fd, token, wanted)
             };
             match changed {
-                Ok(()) => connection.registered = wanted,
+                Ok(()) => connection.registered = Some(wanted),
                 Err(errno) => {
                     error!("client {id}: epoll: {errno}: dropping it");
                     connection.session.abort();
@@ -679,11 +680,24 @@ impl Daemon {
         }
     }
 
-    fn read_connection(&mut self, id: u64, chunk: &mut [u8], now: Instant) {
+    /// Read what a client sent. `hangup`: its socket reported a hang-up; a client that
+    /// is not read (it waits, or its input ended) is then gone, and so is what it waits
+    /// for.
+    fn read_connection(&mut self, id: u64, hangup: bool, chunk: &mut [u8], now: Instant) {
         let Some(connection) = self.connections.get_mut(&id) else {
             return;
         };
         if !connection.session.reading() || connection.waiting.is_some() {
+            if hangup {
+                if let Some(wait) = connection.waiting.take() {
+                    info!(
+                        "client {id} is gone: nobody waits for domain {}'s answer any more",
+                        wait.domid
+                    );
+                }
+                connection.following = None;
+                connection.session.abort();
+            }
             return;
         }
         match (&connection.stream).read(chunk) {
@@ -780,7 +794,7 @@ impl Daemon {
                 }
             }
             keep &= !connection.session.finished();
-            if !keep && !connection.registered.is_none() {
+            if !keep && connection.registered.is_some() {
                 let _ = poller.delete(connection.stream.as_fd());
             }
             keep

@@ -157,6 +157,10 @@ impl DeviceBackend for Sysctl {
     }
 }
 
+/// The longest a power request waits for its guest's acknowledgement, whatever the
+/// client asked: a waiting request holds one of the daemon's connections.
+pub const MAX_POWER_TIMEOUT_MS: u32 = 5 * 60 * 1000;
+
 /// A `power` request waiting for the guest.
 #[derive(Debug, Clone)]
 pub struct PowerWait {
@@ -171,7 +175,8 @@ pub struct PowerWait {
 impl PowerWait {
     /// Start a request to domain `domid` (called `name`), checked now: it needs a sysctl
     /// device, and a guest that has shut down acknowledges nothing (say so now, not at
-    /// the timeout). It is sent once the sysctl is connected.
+    /// the timeout). It is sent once the sysctl is connected. `timeout_ms` is clamped
+    /// to [`MAX_POWER_TIMEOUT_MS`].
     pub fn start(
         domid: u32,
         name: &str,
@@ -195,6 +200,7 @@ impl PowerWait {
                 action,
             });
         }
+        let timeout_ms = timeout_ms.min(MAX_POWER_TIMEOUT_MS);
         Ok(Self {
             domid,
             action,
@@ -311,7 +317,10 @@ mod tests {
             err.to_string(),
             "domain 4 (d) has shut down already: it cannot be asked to poweroff"
         );
-        let wait = PowerWait::start(4, "d", true, false, noxs::Request::Crash, 10).unwrap();
+        let asked = Instant::now();
+        let wait = PowerWait::start(4, "d", true, false, noxs::Request::Crash, u32::MAX).unwrap();
+        let longest = Duration::from_millis(MAX_POWER_TIMEOUT_MS.into());
+        assert!(wait.deadline() <= Instant::now() + longest && wait.deadline() >= asked + longest);
         assert_eq!(
             wait.released().to_string(),
             "domain 4 is gone (released) before it acknowledged the crash request"

@@ -80,9 +80,10 @@ pub const JOB_TESTS: [JobTest; 6] = [
     // xendevd and dom0's singletons and signals (`xendevd-faults-lab.sh`), in a NoXS lab:
     // a xenstored started after xendevd keeps running (VIRQ_DOM_EXC is left to it);
     // SIGHUP neither stops nor disturbs xendevd; a NoXS domain destroyed behind chaos's
-    // back is released by xendevd's own check.
+    // back is released by xendevd's own check; a console follower and a power waiter
+    // SIGKILLed while served cost xendevd no CPU afterwards.
     JobTest {
-        name: "xendevd: a later xenstored, SIGHUP, a domain destroyed behind its back",
+        name: "xendevd faults: a later xenstored, SIGHUP, a domain destroyed behind its back, vanished clients",
         script: include_str!("xendevd-faults-lab.sh"),
         timeout_secs: 300,
         noxs: true,

@@ -3,6 +3,7 @@
 # VIRQ_DOM_EXC and keeps running (xendevd left it alone); SIGHUP leaves xendevd running
 # and serving; xendevd still finds by itself that a NoXS domain it serves was destroyed
 # behind chaos's back, and releases it.
+# Clients that vanish (a console follower, a power waiter) cost it nothing afterwards.
 set -u
 cd /tmp
 pid=$(pidof xendevd)
@@ -36,3 +37,30 @@ i=0
 while [ "$(served)" -ne 0 ] && [ $i -lt 50 ]; do i=$((i + 1)); sleep 0.1; done
 [ "$(served)" -eq 0 ]
 check released-by-its-check $? "xendevd serves $(served) after $i tenths of a second: $(tail -n 3 /var/log/xendevd.log)"
+
+# Clients that vanish cost xendevd nothing afterwards: a console follower and a power
+# waiter, each SIGKILLed while xendevd serves it, then xendevd's CPU time over 10 s.
+ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
+idle_cost() { # NAME: check that xendevd used at most 0.3 s of CPU in the next 10 s
+	before=$(ticks)
+	sleep 10
+	spent=$(($(ticks) - before))
+	measure "$1-cpu" "$spent" ticks "xendevd's CPU time in the 10 s after"
+	[ "$spent" -le 30 ]
+	check "$1" $? "xendevd used $spent ticks (1/100 s) in 10 s"
+}
+domid=$(chaos create --paused faults.json)
+chaos console "$domid" >follow.out 2>&1 &
+follower=$!
+sleep 1
+kill -KILL "$follower"
+idle_cost vanished-console-follower
+# A paused guest never connects its sysctl: the request waits for its timeout.
+printf '{"op":"power","domid":%s,"action":"poweroff","timeout_ms":60000}\n' "$domid" |
+	xendevd send --timeout 120 >power.out 2>&1 &
+waiter=$!
+sleep 1
+kill -KILL "$waiter"
+idle_cost vanished-power-waiter
+chaos destroy "$domid" >destroy.out 2>&1
+check destroy-after-vanished-clients $? "$(cat destroy.out)"
