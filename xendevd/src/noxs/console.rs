@@ -2,10 +2,14 @@
 //! seeded by the domain builder for dom0) drained into a log file per guest, and handed
 //! to followers. Made with the domain, released with it; it needs no control page.
 
-use std::fs::{File, OpenOptions};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::time::SystemTime;
 
 use xenproto::byte_ring::RingCorrupt;
 use xenproto::console::ConsoleInterface;
@@ -36,31 +40,110 @@ pub enum ConsoleError {
 /// A console log holds this much at most; later output goes to followers only.
 pub const LOG_LIMIT: u64 = 1 << 20;
 
+/// All console logs together hold this much at most: the logs of ended domains are
+/// kept for a post-mortem, the oldest removed first to make room.
+pub const TOTAL_LOG_LIMIT: u64 = 256 << 20;
+
+/// Console logs are for root and its group (adm-style readers), not for everyone.
+const LOG_MODE: u32 = 0o640;
+
+/// The bytes all console logs of a directory hold, and the logs of ended domains,
+/// oldest first, that may go to make room.
+#[derive(Debug)]
+pub struct LogBook {
+    dir: PathBuf,
+    total_limit: u64,
+    used: u64,
+    ended: VecDeque<(PathBuf, u64)>,
+}
+
+impl LogBook {
+    /// The book of `dir`, whose `*.log` files (a former xendevd's) count as the logs
+    /// of ended domains, oldest first.
+    pub fn open(dir: &Path, total_limit: u64) -> Rc<RefCell<Self>> {
+        let mut found: Vec<(SystemTime, PathBuf, u64)> = fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "log"))
+            .filter_map(|entry| {
+                let meta = entry.metadata().ok().filter(fs::Metadata::is_file)?;
+                Some((meta.modified().ok()?, entry.path(), meta.len()))
+            })
+            .collect();
+        found.sort();
+        let mut book = Self {
+            dir: dir.to_owned(),
+            total_limit,
+            used: found.iter().map(|(_, _, size)| size).sum(),
+            ended: found
+                .into_iter()
+                .map(|(_, path, size)| (path, size))
+                .collect(),
+        };
+        book.make_room(0);
+        Rc::new(RefCell::new(book))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Remove ended domains' logs, oldest first, until `wanted` more bytes fit.
+    fn make_room(&mut self, wanted: u64) {
+        while self.used + wanted > self.total_limit {
+            let Some((path, size)) = self.ended.pop_front() else {
+                return;
+            };
+            match fs::remove_file(&path) {
+                Ok(()) => log::debug!("removed the console log {} (room)", path.display()),
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(err) => log::warn!("cannot remove the console log {}: {err}", path.display()),
+            }
+            self.used = self.used.saturating_sub(size);
+        }
+    }
+}
+
 /// The grant entry the domain builder reserves for the console ring.
 const CONSOLE_GREF: u32 = 0;
 
-/// A bounded log file.
+/// A bounded log file, one of a [`LogBook`]'s.
 #[derive(Debug)]
 pub struct ConsoleLog {
     file: File,
     path: PathBuf,
     written: u64,
     limit: u64,
+    book: Rc<RefCell<LogBook>>,
 }
 
 impl ConsoleLog {
-    /// Start a fresh log at `path` (an older one of the same name is replaced).
-    pub fn create(path: &Path, limit: u64) -> io::Result<Self> {
+    /// Start a fresh log `file_name` in the book's directory. Whatever has that name
+    /// is replaced, never followed: a symbolic link planted there is removed, not
+    /// written through.
+    pub fn create(book: &Rc<RefCell<LogBook>>, file_name: &str, limit: u64) -> io::Result<Self> {
+        let path = book.borrow().dir.join(file_name);
+        match fs::remove_file(&path) {
+            Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
+            _ => {}
+        }
+        // O_EXCL: a link that appeared since is not followed either.
         let file = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)?;
+            .create_new(true)
+            .mode(LOG_MODE)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+            .open(&path)?;
+        // Whatever the umask took away.
+        file.set_permissions(fs::Permissions::from_mode(LOG_MODE))?;
+        book.borrow_mut().make_room(limit);
         Ok(Self {
             file,
-            path: path.to_owned(),
+            path,
             written: 0,
             limit,
+            book: Rc::clone(book),
         })
     }
 
@@ -68,28 +151,49 @@ impl ConsoleLog {
         &self.path
     }
 
-    /// Append what fits under the limit; a note marks where the log stops.
+    /// Append what fits under this log's limit and the book's; a note marks where the
+    /// log stops.
     pub fn append(&mut self, bytes: &[u8]) {
         if self.written >= self.limit {
             return;
         }
-        let room = usize::try_from(self.limit - self.written).unwrap_or(usize::MAX);
-        let mut result = self.file.write_all(&bytes[..bytes.len().min(room)]);
-        self.written += bytes.len().min(room) as u64;
+        let mut book = self.book.borrow_mut();
+        let room = (self.limit - self.written).min(book.total_limit.saturating_sub(book.used));
+        let room = usize::try_from(room).unwrap_or(usize::MAX);
+        let kept = bytes.len().min(room);
+        let mut result = self.file.write_all(&bytes[..kept]);
+        self.written += kept as u64;
+        book.used += kept as u64;
         if bytes.len() > room {
+            let why = if self.written >= self.limit {
+                format!("console log full at {} bytes", self.limit)
+            } else {
+                format!("all console logs full at {} bytes", book.total_limit)
+            };
+            // Past the limit for good: nothing more is taken.
+            self.limit = self.written;
             result = result.and_then(|()| {
-                self.file.write_all(
-                    format!(
-                        "\n[xendevd: console log full at {} bytes; the rest is not kept]\n",
-                        self.limit
-                    )
-                    .as_bytes(),
-                )
+                self.file
+                    .write_all(format!("\n[xendevd: {why}; the rest is not kept]\n").as_bytes())
             });
         }
         if let Err(err) = result {
             log::warn!("console log {}: {err}", self.path.display());
         }
+    }
+}
+
+impl Drop for ConsoleLog {
+    /// The log stays for a post-mortem, first in line to go when room is needed.
+    fn drop(&mut self) {
+        let size = self
+            .file
+            .metadata()
+            .map_or(self.written, |meta| meta.size());
+        let mut book = self.book.borrow_mut();
+        // Its notes count too.
+        book.used = book.used.saturating_sub(self.written) + size;
+        book.ended.push_back((self.path.clone(), size));
     }
 }
 
@@ -164,21 +268,82 @@ impl Console {
 mod tests {
     use super::*;
 
+    fn scratch(test: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("xendevd-{test}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     #[test]
     fn the_log_is_bounded() {
-        let dir = std::env::temp_dir().join(format!("xendevd-console-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("g-1.log");
-        let mut log = ConsoleLog::create(&path, 10).unwrap();
+        let dir = scratch("console-bounded");
+        let book = LogBook::open(&dir, 1000);
+        let mut log = ConsoleLog::create(&book, "g-1.log", 10).unwrap();
         log.append(b"hello ");
         log.append(b"world, and more");
         log.append(b"lost");
-        let text = std::fs::read_to_string(&path).unwrap();
+        let text = fs::read_to_string(dir.join("g-1.log")).unwrap();
         assert!(
             text.starts_with("hello worl\n[xendevd: console log full at 10 bytes"),
             "{text}"
         );
         assert!(!text.contains("lost"));
-        std::fs::remove_dir_all(&dir).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A link planted where a log goes is replaced, not written through; the log is
+    /// 0640 whatever the umask.
+    #[test]
+    fn a_planted_link_is_not_followed() {
+        let dir = scratch("console-link");
+        let target = dir.join("target");
+        fs::write(&target, "precious").unwrap();
+        std::os::unix::fs::symlink(&target, dir.join("g-2.log")).unwrap();
+        let book = LogBook::open(&dir, 1000);
+        let mut log = ConsoleLog::create(&book, "g-2.log", 100).unwrap();
+        log.append(b"guest output");
+        assert_eq!(fs::read_to_string(&target).unwrap(), "precious");
+        let meta = fs::symlink_metadata(dir.join("g-2.log")).unwrap();
+        assert!(meta.is_file());
+        assert_eq!(meta.mode() & 0o777, 0o640);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Past the total, the oldest ended domains' logs go to make room; the served
+    /// ones' never do, and they stop growing when all room is theirs.
+    #[test]
+    fn all_logs_together_are_bounded() {
+        let dir = scratch("console-total");
+        fs::write(dir.join("old-1.log"), [b'o'; 40]).unwrap();
+        let book = LogBook::open(&dir, 100);
+        assert_eq!(book.borrow().used, 40);
+        let mut first = ConsoleLog::create(&book, "g-2.log", 50).unwrap();
+        first.append(&[b'a'; 50]);
+        assert!(dir.join("old-1.log").exists());
+        // 40 + 50 + 100 > 100: the former xendevd's log goes (and that is all that
+        // can go).
+        let mut second = ConsoleLog::create(&book, "g-3.log", 100).unwrap();
+        assert!(!dir.join("old-1.log").exists());
+        second.append(&[b'b'; 30]);
+        drop(first);
+        // g-2's 50 bytes and its note are the oldest ended: they go for g-4.
+        let mut third = ConsoleLog::create(&book, "g-4.log", 50).unwrap();
+        assert!(!dir.join("g-2.log").exists());
+        third.append(&[b'c'; 80]);
+        let text = fs::read_to_string(dir.join("g-4.log")).unwrap();
+        assert!(text.starts_with(&"c".repeat(50)), "{text}");
+        assert!(text.contains("console log full at 50 bytes"), "{text}");
+        second.append(&[b'b'; 30]);
+        let text = fs::read_to_string(dir.join("g-3.log")).unwrap();
+        assert!(
+            text.starts_with(&format!(
+                "{}\n[xendevd: all console logs full at 100 bytes",
+                "b".repeat(50)
+            )),
+            "{text}"
+        );
+        assert!(book.borrow().used <= 100);
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

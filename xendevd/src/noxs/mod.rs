@@ -32,6 +32,7 @@ pub mod tap;
 pub mod vbd;
 pub mod vif;
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::os::fd::BorrowedFd;
@@ -53,7 +54,7 @@ use crate::bridge::NetControl;
 use crate::limits::{self, Making};
 use crate::poller::{Interest, Poller, Token};
 
-use console::{Console, ConsoleLog, LOG_LIMIT};
+use console::{Console, ConsoleLog, LOG_LIMIT, LogBook, TOTAL_LOG_LIMIT};
 use control::{Control, Step};
 use copier::Copier;
 pub use error::{DeviceError, Error, OpenError};
@@ -312,7 +313,7 @@ pub struct Backends {
     gntshr: Rc<Gntshr>,
     xc: Xc,
     net: NetControl,
-    console_dir: PathBuf,
+    console_logs: Rc<RefCell<LogBook>>,
     domains: BTreeMap<u32, Domain>,
     shells: BTreeMap<u32, Shell>,
     /// The served domains by name, for the by-name query.
@@ -376,7 +377,7 @@ impl Backends {
             gntshr,
             xc,
             net,
-            console_dir,
+            console_logs: LogBook::open(&console_dir, TOTAL_LOG_LIMIT),
             domains: BTreeMap::new(),
             shells: BTreeMap::new(),
             by_name: HashMap::new(),
@@ -602,16 +603,18 @@ impl Backends {
         devices: impl FnOnce(&Self) -> Result<Vec<Device>, Error>,
     ) -> Result<NoxsDomain, Error> {
         let started = Instant::now();
-        let log_path = self.console_dir.join(format!("{name}-{domid}.log"));
-        let log = ConsoleLog::create(&log_path, LOG_LIMIT).map_err(|source| {
-            limits::reached(source.raw_os_error(), Making::File).map_or_else(
-                || Error::ConsoleLog {
-                    path: log_path.clone(),
-                    source,
-                },
-                Error::Limit,
-            )
-        })?;
+        let log_name = format!("{name}-{domid}.log");
+        let log_path = self.console_logs.borrow().dir().join(&log_name);
+        let log =
+            ConsoleLog::create(&self.console_logs, &log_name, LOG_LIMIT).map_err(|source| {
+                limits::reached(source.raw_os_error(), Making::File).map_or_else(
+                    || Error::ConsoleLog {
+                        path: log_path.clone(),
+                        source,
+                    },
+                    Error::Limit,
+                )
+            })?;
         let made = Console::connect(&self.gnttab, &self.evtchn, domid, console_port, log)
             .map_err(Error::from)
             .and_then(|console| {

@@ -49,7 +49,13 @@ idle_cost() { # NAME: check that xendevd used at most 0.3 s of CPU in the next 1
 	[ "$spent" -le 30 ]
 	check "$1" $? "xendevd used $spent ticks (1/100 s) in 10 s"
 }
+# Console logs are written through no planted link, mode 0640.
+echo precious >/tmp/precious
+for d in $(seq 1 40); do ln -sf /tmp/precious "/var/log/xendevd/console/faults-noop-$d.log"; done
 domid=$(chaos create --paused faults.json)
+log=/var/log/xendevd/console/faults-noop-$domid.log
+[ -f "$log" ] && [ ! -L "$log" ] && [ "$(stat -c %a "$log")" = 640 ] && [ "$(cat /tmp/precious)" = precious ]
+check console-log-safe $? "domain $domid: $(ls -l "$log"); /tmp/precious: $(cat /tmp/precious)"
 chaos console "$domid" >follow.out 2>&1 &
 follower=$!
 sleep 1
