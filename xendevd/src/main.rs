@@ -19,6 +19,7 @@ mod loopdev;
 mod netlink;
 mod noxs;
 mod poller;
+mod ratelimit;
 mod session;
 mod uevent;
 mod vif;

@@ -9,6 +9,11 @@
 //! flapping through every value. The sysctl device gets an acknowledgement for a
 //! request never made.
 //!
+//! With `flap=S` on its command line it does only this instead: for S seconds it
+//! connects its sysctl device like an honest front end and closes it again, as fast
+//! as the back end follows, then reports how many rounds it made (`misbehave: flapped
+//! N times`): the lab test checks that the back end's log does not grow with them.
+//!
 //! It judges nothing about the back end's choices (an error response or a disconnect
 //! are both fine); it reports what it saw, one line per attack, and ends with
 //! `misbehave: done`, then idles until destroyed. The lab test checks that xendevd and
@@ -57,9 +62,19 @@ const BOGUS_GREF: u32 = 0x0fff_fff0;
 /// How long to wait for the back end's answer to one attack.
 const ANSWER_WAIT: Duration = Duration::from_secs(2);
 
-fn main(_args: kernel::Args) -> Result<(), &'static str> {
+fn main(args: kernel::Args) -> Result<(), &'static str> {
     if kernel::noxs::block().is_none() {
         return Err("misbehave needs NoXS devices (chaos, dev_method noxs)");
+    }
+    if let Some(seconds) = args.value("flap") {
+        let seconds = seconds.parse().map_err(|_| "flap=S takes whole seconds")?;
+        let entry = kernel::noxs::entries(Kind::Sysctl)
+            .into_iter()
+            .next()
+            .ok_or("flap needs a sysctl device")?;
+        let rounds = kernel::executor::block_on(flap_for(&entry, Duration::from_secs(seconds)))?;
+        println!("misbehave: flapped {rounds} times");
+        return Ok(());
     }
     kernel::executor::block_on(async {
         match kernel::noxs::entries(Kind::Vbd).first() {
@@ -182,6 +197,62 @@ fn flap(control: &ControlPage, rounds: u32) {
     for round in 0..rounds {
         control.write_frontend_area(&round.wrapping_mul(0x9e37_79b9).to_le_bytes());
         control.set_state(STATES[(round % 6) as usize]);
+    }
+}
+
+/// Connect and close the sysctl device, round after round, for `duration`; each round
+/// waits for the back end to follow (connected, closed, offered again).
+async fn flap_for(entry: &xenproto::noxs::Entry, duration: Duration) -> Result<u32, &'static str> {
+    let (control, _) = ControlPage::offered::<xenproto::noxs::SysctlBackend>(entry)
+        .await
+        .map_err(|_| "the back end never offered the sysctl")?;
+    let area = SysctlFrontend {
+        ack_seq: 0,
+        supported: 0,
+    };
+    let start = kernel::time::Instant::now();
+    let mut rounds = 0;
+    while start.elapsed() < duration {
+        let round = async {
+            connect(&control, &area).await?;
+            control.set_state(XenbusState::Closed);
+            // Our notifications may coalesce: the back end may have seen Closed twice
+            // and offered the device again already.
+            let seen = backend_reaches(&control, &[XenbusState::Closed, XenbusState::InitWait]);
+            if seen.await? == XenbusState::Closed {
+                // Closed again, as a front end starting over: the back end offers it anew.
+                control.set_state(XenbusState::Closed);
+                backend_reaches(&control, &[XenbusState::InitWait]).await?;
+            }
+            Ok(())
+        };
+        if let Err(why) = round.await {
+            let state = control.header().map(|header| header.be_state);
+            println!("misbehave: flap round {rounds}: {why} (back end {state:?})");
+            return Err(why);
+        }
+        rounds += 1;
+    }
+    Ok(rounds)
+}
+
+/// Wait (at most 5 s) until the back end's state is one of `wanted`: which one.
+async fn backend_reaches(
+    control: &ControlPage,
+    wanted: &[XenbusState],
+) -> Result<XenbusState, &'static str> {
+    let deadline = kernel::time::Instant::now().saturating_add(Duration::from_secs(5));
+    loop {
+        let state = control.header().map_err(|_| "a bad header")?.be_state;
+        if wanted.contains(&state) {
+            return Ok(state);
+        }
+        let left = deadline.saturating_duration_since(kernel::time::Instant::now());
+        if left.is_zero() {
+            return Err("the back end did not follow within 5 s");
+        }
+        let _ =
+            kernel::executor::timeout(left.min(Duration::from_millis(10)), control.wait()).await;
     }
 }
 

@@ -236,24 +236,22 @@ impl Console {
         self.port.local()
     }
 
-    /// Take everything the guest wrote; log it and return it. A corrupt ring yields an
-    /// error (the console stays, the guest may repair it).
-    pub fn drain(&mut self) -> Result<Vec<u8>, RingCorrupt> {
+    /// Take what the guest wrote, `max` bytes at most; log it and return it. A corrupt
+    /// ring yields an error (the console stays, the guest may repair it).
+    pub fn drain(&mut self, max: usize) -> Result<Vec<u8>, RingCorrupt> {
         // SAFETY: the mapping is a live page holding the ring; the interface's fields
         // are bytes and atomics the guest may write concurrently.
         let interface = unsafe { ConsoleInterface::from_page(self.ring.as_ptr()) };
         let output = interface.output();
         let mut out = Vec::new();
         let mut buf = [0u8; 2048];
-        loop {
-            let n = output.consume(&mut buf)?;
+        while out.len() < max {
+            let room = buf.len().min(max - out.len());
+            let n = output.consume(&mut buf[..room])?;
             if n == 0 {
                 break;
             }
             out.extend_from_slice(&buf[..n]);
-            if out.len() > 64 * 1024 {
-                break;
-            }
         }
         if !out.is_empty() {
             self.log.append(&out);

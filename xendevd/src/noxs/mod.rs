@@ -25,6 +25,7 @@
 pub mod console;
 pub mod control;
 pub mod copier;
+pub mod eoi;
 pub mod error;
 pub mod request;
 pub mod sysctl;
@@ -53,10 +54,12 @@ use crate::api::{DomainSummary, NoxsDevice, NoxsDomain, ShellDevice};
 use crate::bridge::NetControl;
 use crate::limits::{self, Making};
 use crate::poller::{Interest, Poller, Token};
+use crate::ratelimit::{LogLimit, Window};
 
 use console::{Console, ConsoleLog, LOG_LIMIT, LogBook, TOTAL_LOG_LIMIT};
 use control::{Control, Step};
 use copier::Copier;
+use eoi::{Eoi, Outcome};
 pub use error::{DeviceError, Error, OpenError};
 use request::{DevicePlan, Dom0, ShellPlan};
 pub use sysctl::PowerWait;
@@ -67,6 +70,12 @@ use vif::Vif;
 
 /// Requests or packets one device may have served per loop turn.
 pub const BUDGET: usize = 64;
+/// Events handled per loop turn; the rest wait for the next, after taps, other
+/// descriptors and the API had theirs.
+const EVENTS_PER_TURN: usize = 256;
+/// A guest's console output taken per period, at most (xenconsoled limits its rate
+/// too): past it the guest's ring stays full, and the guest waits, until the next.
+const CONSOLE_RATE: (u64, Duration) = (32 * 1024, Duration::from_millis(100));
 /// How often served domains are checked for death: xenstored fires `@releaseDomain`
 /// only for domains introduced to it, never for NoXS domains, so this is what finds
 /// their deaths (a dying domain stays a zombie while we map its pages).
@@ -231,6 +240,8 @@ struct Device {
     control: Control,
     /// The guest wrote something invalid to the header (logged once).
     complained: bool,
+    /// What the guest makes us log about this device: bounded whatever it does.
+    log: LogLimit,
 }
 
 impl Device {
@@ -248,12 +259,33 @@ impl Device {
             devid: self.devid,
         }
     }
+
+    /// Log a line about this device, within its [`LogLimit`] (a guest that flaps its
+    /// states or breaks its rings on purpose must not fill dom0's log).
+    fn log(&mut self, domid: u32, level: log::Level, message: fmt::Arguments<'_>) {
+        if !log::log_enabled!(level) {
+            return;
+        }
+        let id = self.id();
+        if let Some(suppressed) = self.log.admit(Instant::now()) {
+            if suppressed > 0 {
+                log::log!(
+                    level,
+                    "domain {domid} {id}: {suppressed} line(s) about it suppressed (at most {} \
+                     a minute)",
+                    LogLimit::LINES
+                );
+            }
+            log::log!(level, "domain {domid} {id}: {message}");
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Domain {
     name: String,
     console: Console,
+    console_rate: Window,
     devices: Vec<Device>,
     /// For `NoxsDomain::created_ms`.
     created: SystemTime,
@@ -321,6 +353,8 @@ pub struct Backends {
     ports: HashMap<u32, PortUse>,
     /// Devices whose budget ran out with work left.
     pending: BTreeSet<(u32, usize)>,
+    /// Ports whose unmask is put off.
+    eoi: Eoi,
     death: DeathWatch,
     /// The daemon's epoll set: the event-channel fd, the watch, connected taps.
     poller: Rc<Poller>,
@@ -383,6 +417,7 @@ impl Backends {
             by_name: HashMap::new(),
             ports: HashMap::new(),
             pending: BTreeSet::new(),
+            eoi: Eoi::default(),
             death,
             poller,
             next_check: Instant::now() + CHECK_INTERVAL,
@@ -396,7 +431,9 @@ impl Backends {
         if !self.pending.is_empty() {
             return Some(Instant::now());
         }
-        (!self.domains.is_empty() || !self.shells.is_empty()).then_some(self.next_check)
+        let check =
+            (!self.domains.is_empty() || !self.shells.is_empty()).then_some(self.next_check);
+        check.into_iter().chain(self.eoi.next_due()).min()
     }
 
     pub fn take_events(&mut self) -> Vec<Event> {
@@ -411,9 +448,11 @@ impl Backends {
             .ok_or(Error::NotServed(domid))
     }
 
-    /// Every port that fired: handle it, then unmask it.
+    /// The ports that fired (at most [`EVENTS_PER_TURN`]; the rest wait for the next
+    /// turn): handle each, then unmask it — at once if it brought work, later if the
+    /// guest fires it without work again and again, or is over its rate ([`Eoi`]).
     pub fn on_evtchn(&mut self) {
-        for _ in 0..4096 {
+        for _ in 0..EVENTS_PER_TURN {
             let port = match self.evtchn.pending() {
                 Ok(Some(port)) => port,
                 Ok(None) => return,
@@ -422,14 +461,19 @@ impl Backends {
                     return;
                 }
             };
-            match self.ports.get(&port).copied() {
+            let outcome = match self.ports.get(&port).copied() {
                 Some(PortUse::Console(domid)) => self.drain_console(domid),
                 Some(PortUse::Control(domid, index)) => self.on_control(domid, index),
                 Some(PortUse::Data(domid, index)) => self.serve(domid, index),
-                None => debug!("event on port {port}, which is no longer in use"),
+                None => {
+                    debug!("event on port {port}, which is no longer in use");
+                    Outcome::Idle
+                }
+            };
+            if self.eoi.after(port, outcome, Instant::now()).is_none() {
+                // A port unbound meanwhile is no error of anyone's.
+                let _ = self.evtchn.unmask(port);
             }
-            // A port unbound meanwhile is no error of anyone's.
-            let _ = self.evtchn.unmask(port);
         }
     }
 
@@ -451,10 +495,14 @@ impl Backends {
         self.check_domains("@releaseDomain");
     }
 
-    /// Periodic work: left-over ring work, and the domain check when due.
+    /// Periodic work: left-over ring work, ports whose unmask was put off, and the
+    /// domain check when due.
     pub fn tick(&mut self, now: Instant) {
         for (domid, index) in std::mem::take(&mut self.pending) {
             self.serve(domid, index);
+        }
+        for port in self.eoi.due(now) {
+            let _ = self.evtchn.unmask(port);
         }
         if now >= self.next_check {
             self.check_domains("periodic check");
@@ -621,6 +669,7 @@ impl Backends {
                 Ok(Domain {
                     name: name.to_owned(),
                     console,
+                    console_rate: Window::new(CONSOLE_RATE.0, CONSOLE_RATE.1),
                     devices: devices(self)?,
                     created: SystemTime::now(),
                 })
@@ -715,6 +764,7 @@ impl Backends {
             backend,
             control,
             complained: false,
+            log: LogLimit::default(),
         })
     }
 
@@ -746,16 +796,26 @@ impl Backends {
             }
         }
         self.ports.remove(&domain.console.port());
+        self.eoi.forget(domain.console.port());
         for device in &mut domain.devices {
             self.ports.remove(&device.control.port());
+            self.eoi.forget(device.control.port());
             if let Some(port) = device.backend.get().data_port() {
                 self.ports.remove(&port);
+                self.eoi.forget(port);
             }
             if let Some(tap) = device.tap() {
                 let _ = self.poller.delete(tap);
             }
             device.backend.get_mut().disconnect();
             device.control.set_state(XenbusState::Closing);
+            let suppressed = device.log.suppressed();
+            if suppressed > 0 {
+                info!(
+                    "domain {domid} {}: {suppressed} line(s) about it suppressed",
+                    device.id()
+                );
+            }
         }
         self.pending.retain(|(d, _)| *d != domid);
         let name = domain.name.clone();
@@ -834,45 +894,64 @@ impl Backends {
             .collect()
     }
 
-    fn drain_console(&mut self, domid: u32) {
+    /// Take a domain's console output, within its rate: past it, the ring stays full
+    /// (the guest waits) until the next period.
+    fn drain_console(&mut self, domid: u32) -> Outcome {
         let Some(domain) = self.domains.get_mut(&domid) else {
-            return;
+            return Outcome::Idle;
         };
-        match domain.console.drain() {
+        let room = domain.console_rate.available(Instant::now());
+        let drained = domain
+            .console
+            .drain(usize::try_from(room).unwrap_or(usize::MAX));
+        let taken = drained.as_ref().map_or(0, Vec::len) as u64;
+        domain.console_rate.spend(taken);
+        let outcome = match domain.console_rate.spent_until() {
+            Some(until) => Outcome::Throttled(until),
+            None if taken > 0 => Outcome::Work,
+            None => Outcome::Idle,
+        };
+        match drained {
             Ok(bytes) if bytes.is_empty() => {}
             Ok(bytes) => self.events.push(Event::Console { domid, bytes }),
             Err(err) => debug!("domain {domid} console: {err}"),
         }
+        outcome
     }
 
-    /// The control page of a device changed (or the guest acknowledged something).
-    fn on_control(&mut self, domid: u32, index: usize) {
+    /// The control page of a device changed (or the guest acknowledged something):
+    /// work, unless the states call for no step.
+    fn on_control(&mut self, domid: u32, index: usize) -> Outcome {
         let Some(device) = device_mut(&mut self.domains, domid, index) else {
-            return;
+            return Outcome::Idle;
         };
-        let id = device.id();
         let frontend = match device.control.frontend_state() {
             Ok(state) => state,
             Err(err) => {
                 if !device.complained {
-                    warn!("domain {domid} {id}: {err} (ignored until it makes sense)");
+                    let message = format_args!("{err} (ignored until it makes sense)");
+                    device.log(domid, log::Level::Warn, message);
                     device.complained = true;
                 }
-                return;
+                return Outcome::Idle;
             }
         };
         match control::step(device.control.state(), frontend) {
-            Step::Nothing => {}
+            Step::Nothing => return Outcome::Idle,
             Step::Connect => self.connect(domid, index),
             Step::Disconnect => {
                 self.disconnect(domid, index, XenbusState::Closed);
-                info!("domain {domid} {id} disconnected (front end {frontend:?})");
+                if let Some(device) = device_mut(&mut self.domains, domid, index) {
+                    let message = format_args!("disconnected (front end {frontend:?})");
+                    device.log(domid, log::Level::Debug, message);
+                }
             }
             Step::Reopen => {
                 device.control.set_state(XenbusState::InitWait);
-                debug!("domain {domid} {id} offered again");
+                device.log(domid, log::Level::Debug, format_args!("offered again"));
             }
         }
+        Outcome::Work
     }
 
     /// The front end published its area: connect the device's data path (its port
@@ -888,7 +967,7 @@ impl Backends {
         };
         let area = device.control.frontend_area();
         if let Err(why) = device.backend.get_mut().connect(&guest, &area) {
-            warn!("domain {domid} {}: {why}: closing it", device.id());
+            device.log(domid, log::Level::Warn, format_args!("{why}: closing it"));
             device.backend.get_mut().disconnect();
             device.control.set_state(XenbusState::Closing);
             return;
@@ -911,7 +990,7 @@ impl Backends {
             }
         }
         device.control.set_state(XenbusState::Connected);
-        info!("domain {domid} {} connected", device.id());
+        device.log(domid, log::Level::Debug, format_args!("connected"));
         // Requests queued before we were ready.
         self.serve(domid, index);
     }
@@ -925,6 +1004,7 @@ impl Backends {
         };
         if let Some(port) = device.backend.get().data_port() {
             self.ports.remove(&port);
+            self.eoi.forget(port);
         }
         self.pending.remove(&(domid, index));
         if let Some(tap) = device.tap() {
@@ -934,10 +1014,12 @@ impl Backends {
         device.control.set_state(state);
     }
 
-    /// Serve a device's rings (a data event, or work left from the last turn).
-    fn serve(&mut self, domid: u32, index: usize) {
+    /// Serve a device's rings (a data event, or work left from the last turn). A data
+    /// event counts as work: a vif's guest also notifies for receive buffers, which
+    /// are used when frames come.
+    fn serve(&mut self, domid: u32, index: usize) -> Outcome {
         let Some(device) = device_mut(&mut self.domains, domid, index) else {
-            return;
+            return Outcome::Idle;
         };
         match device.backend.get_mut().serve() {
             Ok(true) => {
@@ -946,16 +1028,16 @@ impl Backends {
             Ok(false) => {}
             Err(why) => self.break_device(domid, index, &why),
         }
+        Outcome::Work
     }
 
     /// A guest broke a device's protocol: disconnect that device only.
     fn break_device(&mut self, domid: u32, index: usize, why: &DeviceError) {
-        let Some(device) = device_mut(&mut self.domains, domid, index) else {
-            return;
-        };
-        let id = device.id();
         self.disconnect(domid, index, XenbusState::Closing);
-        error!("domain {domid} {id}: protocol error: {why}: disconnected");
+        if let Some(device) = device_mut(&mut self.domains, domid, index) {
+            let message = format_args!("protocol error: {why}: disconnected");
+            device.log(domid, log::Level::Error, message);
+        }
     }
 
     /// Frames from a vif's tap for the guest.
@@ -1068,6 +1150,7 @@ fn fill_part(part: ShellPart, plan: &DevicePlan) -> Result<Device, Error> {
         backend,
         control: part.control,
         complained: false,
+        log: LogLimit::default(),
     })
 }
 

@@ -81,9 +81,11 @@ pub const JOB_TESTS: [JobTest; 6] = [
     // a xenstored started after xendevd keeps running (VIRQ_DOM_EXC is left to it);
     // SIGHUP neither stops nor disturbs xendevd; a NoXS domain destroyed behind chaos's
     // back is released by xendevd's own check; a console follower and a power waiter
-    // SIGKILLed while served cost xendevd no CPU afterwards.
+    // SIGKILLed while served cost xendevd no CPU afterwards; console logs are written
+    // through no planted link; a guest flapping its sysctl for 60 s (`misbehave
+    // flap=60`) grows xendevd's log by a bounded amount.
     JobTest {
-        name: "xendevd faults: a later xenstored, SIGHUP, a domain destroyed behind its back, vanished clients",
+        name: "xendevd faults: a later xenstored, SIGHUP, a domain destroyed behind its back, vanished clients, flapping",
         script: include_str!("xendevd-faults-lab.sh"),
         timeout_secs: 300,
         noxs: true,

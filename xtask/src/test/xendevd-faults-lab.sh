@@ -3,7 +3,9 @@
 # VIRQ_DOM_EXC and keeps running (xendevd left it alone); SIGHUP leaves xendevd running
 # and serving; xendevd still finds by itself that a NoXS domain it serves was destroyed
 # behind chaos's back, and releases it.
-# Clients that vanish (a console follower, a power waiter) cost it nothing afterwards.
+# Clients that vanish (a console follower, a power waiter) cost it nothing afterwards;
+# console logs go through no planted link; a guest flapping its sysctl does not fill
+# its log.
 set -u
 cd /tmp
 pid=$(pidof xendevd)
@@ -70,3 +72,20 @@ kill -KILL "$waiter"
 idle_cost vanished-power-waiter
 chaos destroy "$domid" >destroy.out 2>&1
 check destroy-after-vanished-clients $? "$(cat destroy.out)"
+
+# A guest that connects and closes its sysctl for 60 s, as fast as xendevd follows:
+# xendevd's log grows by a bounded amount, whatever the number of rounds.
+cat >flap.json <<JSON
+{"name": "flapper", "kernel": "/apps/misbehave", "cmdline": "flap=60", "memory": 8,
+ "vcpus": 1, "xen": {"dev_method": "noxs"}}
+JSON
+logged=$(wc -c </var/log/xendevd.log)
+chaos create --console flap.json >flap.out 2>&1
+rounds=$(tr -d '\r' <flap.out | sed -n 's/^misbehave: flapped \([0-9]*\) times$/\1/p')
+grown=$(($(wc -c </var/log/xendevd.log) - logged))
+measure flapping-rounds "${rounds:-0}" rounds "in 60 s"
+measure flapping-log-growth "$grown" bytes "xendevd's log, over those 60 s"
+[ "${rounds:-0}" -ge 100 ]
+check flapped $? "${rounds:-no} rounds: $(tail -c 300 flap.out | tr '\n' '|')"
+[ "$grown" -le 16384 ]
+check flapping-log-bounded $? "the log grew by $grown bytes: $(tail -n 3 /var/log/xendevd.log)"
