@@ -72,6 +72,15 @@ enum What {
         /// Shell command; `{i}` is the run number.
         command: String,
     },
+    /// Time one reply of a running service: connect to ADDR, read its first line. Runs
+    /// follow each other after INTERVAL ms; a run without a reply within 5 s counts 5 s.
+    /// Ends with `bootbench-percentiles LABEL P50 P99 MAX FAILED`.
+    Reply {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 50)]
+        interval_ms: u64,
+    },
 }
 
 /// Start `command` under `sh -c`, its output collected.
@@ -174,11 +183,39 @@ fn until_reply(
     Ok((replied, output))
 }
 
+/// How long a service took to send its first line (a timed-out run counts its wait).
+fn reply(addr: SocketAddr, interval: Duration, failed: &mut u32) -> (Duration, Output) {
+    std::thread::sleep(interval);
+    let began = Instant::now();
+    let line = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .ok()
+        .and_then(|stream| {
+            let left = Duration::from_secs(5).saturating_sub(began.elapsed());
+            stream
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .ok()?;
+            let mut line = String::new();
+            BufReader::new(stream).read_line(&mut line).ok()?;
+            line.ends_with('\n').then_some(line)
+        });
+    *failed += u32::from(line.is_none());
+    let output = Output {
+        status: std::process::ExitStatus::default(),
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+    };
+    (began.elapsed(), output)
+}
+
 fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
     let mut millis = Vec::new();
+    let mut failed = 0;
     for run in 0..cli.warmup + cli.runs {
         let (took, output) = match &cli.what {
+            What::Reply { addr, interval_ms } => {
+                reply(*addr, Duration::from_millis(*interval_ms), &mut failed)
+            }
             What::UntilExit { command } => until_exit(command, run)?,
             What::UntilReply {
                 addr,
@@ -203,6 +240,16 @@ fn main() -> Result<ExitCode> {
             println!("bootbench {} {run} {ms:.3}", cli.label);
             millis.push(ms);
         }
+    }
+    if let What::Reply { .. } = cli.what {
+        let pct = |p| bootbench::percentile(&millis, p).unwrap_or(f64::NAN);
+        println!(
+            "bootbench-percentiles {} {:.3} {:.3} {:.3} {failed}",
+            cli.label,
+            pct(50.0),
+            pct(99.0),
+            pct(100.0)
+        );
     }
     if let Some(limit) = cli.limit_ms
         && bootbench::passes_limit(&millis, limit)

@@ -37,6 +37,8 @@ pub enum Token {
     Tap { domid: u32, index: u32 },
     /// An API connection, by its number.
     Connection(u64),
+    /// The NoXS vbd workers' mailbox.
+    Workers,
 }
 
 /// The token's kind in the top byte of epoll's 64-bit datum; the rest its fields.
@@ -55,6 +57,7 @@ impl Token {
             Self::Watch => (4, 0),
             Self::Tap { domid, index } => (5, (u64::from(domid) << 32) | u64::from(index)),
             Self::Connection(number) => (6, number),
+            Self::Workers => (7, 0),
         };
         debug_assert!(fields <= FIELDS, "{self:?} does not fit a token");
         (kind << KIND_SHIFT) | (fields & FIELDS)
@@ -74,6 +77,7 @@ impl Token {
                 index: u32::try_from(fields & u64::from(u32::MAX)).ok()?,
             },
             6 => Self::Connection(fields),
+            7 => Self::Workers,
             _ => return None,
         })
     }
@@ -205,10 +209,11 @@ mod tests {
             Token::Tap { domid: 1, index: 0 },
             Token::Connection(0),
             Token::Connection(FIELDS),
+            Token::Workers,
         ] {
             assert_eq!(Token::decode(token.encode()), Some(token), "{token:?}");
         }
-        assert_eq!(Token::decode(7 << KIND_SHIFT), None);
+        assert_eq!(Token::decode(8 << KIND_SHIFT), None);
         assert_eq!(Token::decode(u64::MAX), None);
     }
 

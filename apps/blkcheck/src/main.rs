@@ -11,6 +11,11 @@
 //! the image file (`cargo xtask test` reads sectors 0, 1, 7, 8, 2048, 65535 and the
 //! last one). On a read-only disk it verifies that reading works and that a write is
 //! refused with an error, without crashing.
+//!
+//! With `hog=S` on its command line it does only this instead: for S seconds it writes
+//! its disk 1 MiB at a time, each write flushed, from four tasks at once, and prints
+//! `blkcheck: hog wrote N MiB in S s` — the neighbour the back end must not let starve
+//! other guests.
 
 #![no_std]
 #![no_main]
@@ -59,7 +64,15 @@ fn first_mismatch(first_sector: u64, buf: &[u8]) -> Option<u64> {
         })
 }
 
-fn main(_args: kernel::Args) -> Result<(), String> {
+fn main(args: kernel::Args) -> Result<(), String> {
+    let hog = match args.value("hog") {
+        Some(seconds) => Some(
+            seconds
+                .parse::<u64>()
+                .map_err(|_| format!("blkcheck: hog={seconds}: whole seconds expected"))?,
+        ),
+        None => None,
+    };
     block_on(async {
         let mut disks = BlockDevice::probe_all().await;
         if disks.is_empty() {
@@ -68,6 +81,9 @@ fn main(_args: kernel::Args) -> Result<(), String> {
             ));
         }
         let disk = Rc::new(disks.remove(0));
+        if let Some(seconds) = hog {
+            return hog_for(&disk, Duration::from_secs(seconds)).await;
+        }
         let info = disk.info();
         println!(
             "blkcheck: disk {} of {} MiB, {}-byte sectors, {}, flush {}, indirect segments {}",
@@ -95,6 +111,51 @@ fn main(_args: kernel::Args) -> Result<(), String> {
             Err(why) => Err(format!("blkcheck: FAIL {why}")),
         }
     })
+}
+
+/// Write the disk 1 MiB at a time, flushing each, from four tasks, for `duration`.
+async fn hog_for(disk: &Rc<BlockDevice>, duration: Duration) -> Result<(), String> {
+    const CHUNK: usize = 1 << 20;
+    const TASKS: u64 = 4;
+    let chunks = (disk.info().bytes() / CHUNK as u64).max(1);
+    let written = Rc::new(Cell::new(0u64));
+    let failures = Rc::new(Cell::new(0u32));
+    let done = Rc::new(Cell::new(0u64));
+    let start = Instant::now();
+    for task in 0..TASKS {
+        let (disk, written, failures, done) = (
+            disk.clone(),
+            written.clone(),
+            failures.clone(),
+            done.clone(),
+        );
+        spawn(async move {
+            let buf = vec![task as u8; CHUNK];
+            let mut chunk = task;
+            while start.elapsed() < duration && failures.get() == 0 {
+                let sector = (chunk % chunks) * (CHUNK / SECTOR_SIZE) as u64;
+                if disk.write(sector, &buf).await.is_err() || disk.flush().await.is_err() {
+                    failures.set(failures.get() + 1);
+                }
+                written.set(written.get() + 1);
+                chunk += TASKS;
+            }
+            done.set(done.get() + 1);
+        });
+    }
+    wait_until(|| done.get() == TASKS).await;
+    if failures.get() > 0 {
+        return Err(format!(
+            "blkcheck: FAIL hog: {} writes failed",
+            failures.get()
+        ));
+    }
+    println!(
+        "blkcheck: hog wrote {} MiB in {} s",
+        written.get(),
+        start.elapsed().as_secs()
+    );
+    Ok(())
 }
 
 async fn check(disk: &Rc<BlockDevice>) -> Result<String, String> {

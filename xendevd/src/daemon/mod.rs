@@ -189,6 +189,7 @@ struct Turn {
     listen: bool,
     evtchn: bool,
     watch: bool,
+    workers: bool,
     /// `(domid, device index)` of each tap with frames.
     taps: Vec<(u32, u32)>,
     /// Connections with input (or an end to read), and whether they hung up.
@@ -205,6 +206,7 @@ impl Turn {
                 Token::Listen => turn.listen |= ready.readable,
                 Token::Evtchn => turn.evtchn |= ready.readable,
                 Token::Watch => turn.watch |= ready.readable,
+                Token::Workers => turn.workers |= ready.readable,
                 Token::Tap { domid, index } if ready.input() => turn.taps.push((domid, index)),
                 Token::Connection(id) if ready.input() => {
                     turn.connections.push((id, ready.hangup));
@@ -497,6 +499,9 @@ impl Daemon {
             }
             if turn.watch {
                 self.services.noxs.on_watch();
+            }
+            if turn.workers {
+                self.services.noxs.on_workers();
             }
             for &(domid, index) in &turn.taps {
                 self.services.noxs.on_tap(domid, index);

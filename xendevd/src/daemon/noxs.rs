@@ -203,6 +203,13 @@ impl NoxsDispatch {
         }
     }
 
+    /// A vbd worker reported.
+    pub fn on_workers(&mut self) {
+        if let Ok(backends) = &mut self.backends {
+            backends.on_workers();
+        }
+    }
+
     /// Xenstore's watch fired.
     pub fn on_watch(&mut self) {
         if let Ok(backends) = &mut self.backends {

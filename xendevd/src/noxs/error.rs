@@ -102,6 +102,9 @@ pub enum DeviceError {
     /// The guest broke the vbd's ring.
     #[error("{0}")]
     Ring(RingOverrun),
+    /// A vbd's worker thread could not start (or reported this).
+    #[error("its worker: {0}")]
+    Worker(String),
     /// The guest broke the vif's rings.
     #[error(transparent)]
     Netback(#[from] NetbackError),

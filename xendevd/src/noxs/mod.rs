@@ -31,6 +31,7 @@ pub mod request;
 pub mod sysctl;
 pub mod tap;
 pub mod vbd;
+pub mod vbd_worker;
 pub mod vif;
 
 use std::cell::RefCell;
@@ -39,6 +40,7 @@ use std::fmt;
 use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use log::{debug, error, info, warn};
@@ -66,6 +68,7 @@ pub use sysctl::PowerWait;
 use sysctl::Sysctl;
 use tap::Tap;
 use vbd::Vbd;
+use vbd_worker::Mailbox;
 use vif::Vif;
 
 /// Requests or packets one device may have served per loop turn.
@@ -116,6 +119,8 @@ pub struct Guest<'a> {
     pub domid: u32,
     pub gnttab: &'a Rc<Gnttab>,
     pub evtchn: &'a Rc<Evtchn>,
+    /// Where vbd workers report.
+    pub workers: &'a Arc<Mailbox>,
 }
 
 impl Guest<'_> {
@@ -355,6 +360,8 @@ pub struct Backends {
     pending: BTreeSet<(u32, usize)>,
     /// Ports whose unmask is put off.
     eoi: Eoi,
+    /// What vbd workers report (in the epoll set).
+    workers: Arc<Mailbox>,
     death: DeathWatch,
     /// The daemon's epoll set: the event-channel fd, the watch, connected taps.
     poller: Rc<Poller>,
@@ -405,6 +412,10 @@ impl Backends {
                 .add(fd, Token::Watch, Interest::READ)
                 .map_err(OpenError::Poll)?;
         }
+        let workers = Mailbox::new().map_err(OpenError::Poll)?;
+        poller
+            .add(workers.fd(), Token::Workers, Interest::READ)
+            .map_err(OpenError::Poll)?;
         Ok(Self {
             evtchn,
             gnttab,
@@ -418,6 +429,7 @@ impl Backends {
             ports: HashMap::new(),
             pending: BTreeSet::new(),
             eoi: Eoi::default(),
+            workers,
             death,
             poller,
             next_check: Instant::now() + CHECK_INTERVAL,
@@ -473,6 +485,22 @@ impl Backends {
             if self.eoi.after(port, outcome, Instant::now()).is_none() {
                 // A port unbound meanwhile is no error of anyone's.
                 let _ = self.evtchn.unmask(port);
+            }
+        }
+    }
+
+    /// A vbd worker reported: its guest broke the ring. That vbd is closed (unless it
+    /// was reconnected meanwhile, to another worker).
+    pub fn on_workers(&mut self) {
+        for broken in self.workers.take() {
+            let Some(domain) = self.domains.get(&broken.domid) else {
+                continue;
+            };
+            let index = domain.devices.iter().position(|device| {
+                matches!(&device.backend, Backend::Vbd(vbd) if vbd.worker() == Some(broken.worker))
+            });
+            if let Some(index) = index {
+                self.break_device(broken.domid, index, &DeviceError::Worker(broken.why));
             }
         }
     }
@@ -964,6 +992,7 @@ impl Backends {
             domid,
             gnttab: &self.gnttab,
             evtchn: &self.evtchn,
+            workers: &self.workers,
         };
         let area = device.control.frontend_area();
         if let Err(why) = device.backend.get_mut().connect(&guest, &area) {

@@ -1,16 +1,18 @@
 //! The vbd back end: the guest's disk is an image file or a block device of dom0,
 //! opened by xendevd itself (no loop device); the blkif ring the guest grants once it
-//! connects is served by the pure engine ([`Blkback`]) with grant copies.
+//! connects is served by the pure engine (`Blkback`) with grant copies, in a thread of
+//! its own ([`VbdWorker`]): disk I/O never runs in the daemon's loop.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 
-use xendevd::engine::blkback::{Blkback, Geometry, MAX_INDIRECT_SEGMENTS};
+use xendevd::engine::blkback::{Geometry, MAX_INDIRECT_SEGMENTS};
 use xenproto::noxs::{VbdBackend, VbdFeatures, VbdFrontend, VbdInfo};
 
 use super::error::DeviceError;
 use super::request::VbdPlan;
-use super::{BUDGET, DataPath, DeviceBackend, Guest};
+use super::vbd_worker::{Assignment, VbdWorker};
+use super::{DeviceBackend, Guest};
 use crate::limits::{self, Making};
 
 /// A vbd back end.
@@ -18,7 +20,8 @@ use crate::limits::{self, Making};
 pub struct Vbd {
     plan: VbdPlan,
     disk: File,
-    connection: Option<DataPath<Blkback>>,
+    /// While connected.
+    worker: Option<VbdWorker>,
 }
 
 impl Vbd {
@@ -61,54 +64,45 @@ impl Vbd {
         let vbd = Self {
             plan: plan.clone(),
             disk,
-            connection: None,
+            worker: None,
         };
         Ok((vbd, area))
     }
 }
 
+impl Vbd {
+    /// The worker serving it, while connected.
+    pub fn worker(&self) -> Option<u64> {
+        self.worker.as_ref().map(VbdWorker::id)
+    }
+}
+
 impl DeviceBackend for Vbd {
-    /// Map the guest's ring, bind its data port, start the engine.
+    /// Start the worker: it maps the guest's ring, binds its data port and serves.
     fn connect(&mut self, guest: &Guest<'_>, frontend: &[u8]) -> Result<(), DeviceError> {
         let frontend = VbdFrontend::decode(frontend).map_err(DeviceError::Frontend)?;
-        let gref = frontend.ring_ref;
-        let geometry = Geometry {
-            sectors: self.plan.sectors,
-            readonly: self.plan.readonly,
-            max_indirect_segments: MAX_INDIRECT_SEGMENTS,
+        let disk = self.disk.try_clone().map_err(|err| {
+            DeviceError::Worker(format!("duplicating the disk's descriptor: {err}"))
+        })?;
+        let assignment = Assignment {
+            domid: guest.domid,
+            devid: self.plan.devid,
+            ring_gref: frontend.ring_ref,
+            data_port: frontend.data_port,
+            geometry: Geometry {
+                sectors: self.plan.sectors,
+                readonly: self.plan.readonly,
+                max_indirect_segments: MAX_INDIRECT_SEGMENTS,
+            },
+            disk,
         };
-        let path = DataPath::connect(
-            guest,
-            &[gref],
-            frontend.data_port,
-            |source| DeviceError::MapRing { gref, source },
-            // SAFETY: the mapping is one page, page aligned, living in the same data
-            // path as the engine, which drops first.
-            |ring| unsafe { Blkback::new(ring, geometry) },
-        )?;
-        self.connection = Some(path);
+        self.worker = Some(VbdWorker::start(assignment, guest.workers)?);
         Ok(())
     }
 
+    /// Stop the worker (it lets go of the ring once the request in hand is done).
     fn disconnect(&mut self) {
-        self.connection = None;
-    }
-
-    fn data_port(&self) -> Option<u32> {
-        self.connection.as_ref().map(DataPath::port)
-    }
-
-    /// Answer the guest's requests (at most [`BUDGET`]) from the disk.
-    fn serve(&mut self) -> Result<bool, DeviceError> {
-        let Some(connection) = &mut self.connection else {
-            return Ok(false);
-        };
-        let progress = connection
-            .engine
-            .serve(&mut connection.memory, &mut self.disk, BUDGET)
-            .map_err(DeviceError::Ring)?;
-        connection.notify_if(progress.notify);
-        Ok(progress.more)
+        self.worker = None;
     }
 
     fn summary(&self) -> String {

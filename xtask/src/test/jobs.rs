@@ -32,7 +32,7 @@ const LAB_CHECKS: &str = include_str!("lab-checks.sh");
 /// The capacity job's guests (`GUESTS=` in `capacity-lab.sh`), 4 MiB each.
 const CAPACITY_GUESTS: u32 = 1000;
 
-pub const JOB_TESTS: [JobTest; 6] = [
+pub const JOB_TESTS: [JobTest; 7] = [
     // chaos's commands on real Xen (`chaos-lab.sh`): create, list (and xl list),
     // console, shutdown -w, destroy of daytime with its vif; a destroy while `create
     // --console` watches, each of the two ending well; fifteen malformed
@@ -75,6 +75,17 @@ pub const JOB_TESTS: [JobTest; 6] = [
         timeout_secs: 600,
         noxs: true,
         summarize: &["misbehave-attacks-reported", "cycles-succeed"],
+        memory: LabMemory::DEFAULT,
+    },
+    // Fair service in a NoXS lab (`fair-lab.sh`): daytime's reply times (p50/p99) alone
+    // and next to a guest hogging its disk; a guest whose disk hangs (a frozen file
+    // system) stalls alone: daytime and the API answer, SIGTERM stops xendevd.
+    JobTest {
+        name: "xendevd fair service: a disk hog and a hung disk next to daytime",
+        script: include_str!("fair-lab.sh"),
+        timeout_secs: 400,
+        noxs: true,
+        summarize: &[],
         memory: LabMemory::DEFAULT,
     },
     // xendevd and dom0's singletons and signals (`xendevd-faults-lab.sh`), in a NoXS lab:
