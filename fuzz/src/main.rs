@@ -14,6 +14,7 @@
 //! test` runs every target for a minute.
 
 mod blkback;
+mod blkback_rewrite;
 mod netback;
 mod netback_rx;
 mod noxs_pages;
@@ -46,6 +47,11 @@ const TARGETS: &[Target] = &[
         name: "blkback-ring",
         about: "xendevd's vbd engine serving a ring page of arbitrary requests against a simulated guest and disk",
         run: blkback::run,
+    },
+    Target {
+        name: "blkback-rewrite",
+        about: "the guest rewrites a request slot or an indirect page while xendevd's vbd engine serves it: the outcome is one version's, never a mix (double fetch)",
+        run: blkback_rewrite::run,
     },
     Target {
         name: "netback-tx",
@@ -86,7 +92,7 @@ fn main() -> ExitCode {
     quiet_panics_in_cases();
     if cli.list {
         for target in TARGETS {
-            println!("{:<14} {}", target.name, target.about);
+            println!("{:<16} {}", target.name, target.about);
         }
         return ExitCode::SUCCESS;
     }
