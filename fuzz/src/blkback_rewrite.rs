@@ -287,7 +287,7 @@ impl Disk for CallOutDisk<'_, '_> {
 /// A grant reference nothing in the case names (in any slot, page or version), for the
 /// rewritten indirect page: only the last request may reach it, so that the engine
 /// fetching it once is all there is to see.
-fn unnamed_gref(case: &Case) -> u32 {
+fn unnamed_gref(case: &Case, granted: &[Vec<u8>]) -> u32 {
     let mut named: BTreeSet<u32> = sim::GRANTED.iter().copied().collect();
     let mut name_all = |bytes: &[u8]| {
         for word in bytes.chunks_exact(4) {
@@ -295,7 +295,7 @@ fn unnamed_gref(case: &Case) -> u32 {
         }
     };
     case.slots.iter().for_each(|slot| name_all(slot));
-    granted_pages(case).iter().for_each(|page| name_all(page));
+    granted.iter().for_each(|page| name_all(page));
     match &case.rewrite {
         Rewrite::Slot { a, b } => {
             name_all(a);
@@ -335,16 +335,22 @@ fn indirect_request(indirect_op: u8, nr_segments: u16, id: u64, sector: u64, gre
     req
 }
 
-/// Serve the case's ring once; the rewrite at `rewrite_at` (if any).
-fn serve(case: &Case, start: Start, rewrite_at: Option<u32>) -> (Outcome, bool, Vec<String>) {
+/// Serve the case's ring once, the guest's pages holding `granted` and the rewritten
+/// indirect page (if any) granted as `indirect`; the rewrite at `rewrite_at` (if any).
+fn serve(
+    case: &Case,
+    granted: &[Vec<u8>],
+    indirect: u32,
+    start: Start,
+    rewrite_at: Option<u32>,
+) -> (Outcome, bool, Vec<String>) {
     let mut page = Box::new(RingPage([0; PAGE_SIZE]));
     let last = case.slots.len();
     page.0[0..4].copy_from_slice(&(last as u32 + 1).to_le_bytes());
     for (i, slot) in case.slots.iter().enumerate() {
         page.0[HEADER + i * SLOT..HEADER + (i + 1) * SLOT].copy_from_slice(slot);
     }
-    let indirect = unnamed_gref(case);
-    let mut memory = sim::guest(&granted_pages(case));
+    let mut memory = sim::guest(granted);
     let last_slot = match &case.rewrite {
         Rewrite::Slot { a, b } => match start {
             Start::A => a.clone(),
@@ -475,14 +481,17 @@ fn differences(run: &Outcome, other: &Outcome) -> String {
 }
 
 fn check(case: &Case) -> Result<(), TestCaseError> {
-    let (with_a, _, violations_a) = serve(case, Start::A, None);
-    let (with_b, _, violations_b) = serve(case, Start::B, None);
+    let granted = granted_pages(case);
+    let indirect = unnamed_gref(case, &granted);
+    let serve = |start, rewrite_at| serve(case, &granted, indirect, start, rewrite_at);
+    let (with_a, _, violations_a) = serve(Start::A, None);
+    let (with_b, _, violations_b) = serve(Start::B, None);
     // Until the rewrite, the run is the run with A: its call outs are A's.
     let rewrite_at = with_a
         .calls
         .checked_sub(1)
         .map(|last| last.saturating_sub(case.rewrite_before_end));
-    let (run, rewritten, violations) = serve(case, Start::A, rewrite_at);
+    let (run, rewritten, violations) = serve(Start::A, rewrite_at);
     for found in [violations_a, violations_b, violations] {
         prop_assert!(found.is_empty(), "{}", found.join("; "));
     }
