@@ -116,6 +116,13 @@ fn read_at(file: &mut File, offset: u64, len: u64) -> Result<Vec<u8>, String> {
     Ok(buf)
 }
 
+/// Sizes of a program header and a section header (`Elf64_Phdr`, `Elf64_Shdr`,
+/// `Elf32_Phdr`, `Elf32_Shdr`).
+const PHDR64: u64 = 56;
+const SHDR64: u64 = 64;
+const PHDR32: u64 = 32;
+const SHDR32: u64 = 40;
+
 /// The parts of an ELF header the checks need.
 #[derive(Debug)]
 struct Header {
@@ -174,7 +181,7 @@ impl Header {
                 "is an ELF file for machine {machine}, not x86 (62 or 3)"
             ));
         }
-        Ok(Self {
+        let header = Self {
             is64,
             phoff: word(head, is64, 28, 32),
             phentsize: u16_at(head, if is64 { 54 } else { 42 }),
@@ -183,7 +190,30 @@ impl Header {
             shentsize: u16_at(head, if is64 { 58 } else { 46 }),
             shnum: u16_at(head, if is64 { 60 } else { 48 }),
             shstrndx: u16_at(head, if is64 { 62 } else { 50 }),
-        })
+        };
+        // The tables are walked in steps of their entry size and decoded at fixed
+        // offsets within an entry: an entry smaller than the ELF structure (0 above
+        // all) is a broken header, not something to step through.
+        let (class, phdr, shdr) = if is64 {
+            ("ELF64", PHDR64, SHDR64)
+        } else {
+            ("ELF32", PHDR32, SHDR32)
+        };
+        if header.phnum > 0 && header.phentsize < phdr {
+            return Err(format!(
+                "is a broken ELF file (e_phentsize {} with e_phnum {}: an {class} program \
+                 header is {phdr} bytes)",
+                header.phentsize, header.phnum
+            ));
+        }
+        if header.shnum > 0 && header.shentsize < shdr {
+            return Err(format!(
+                "is a broken ELF file (e_shentsize {} with e_shnum {}: an {class} section \
+                 header is {shdr} bytes)",
+                header.shentsize, header.shnum
+            ));
+        }
+        Ok(header)
     }
 
     /// (offset, size) of each PT_NOTE segment, or else of each SHT_NOTE section.
@@ -191,10 +221,8 @@ impl Header {
         let mut areas = Vec::new();
         if self.phnum > 0 {
             let table = read_at(file, self.phoff, self.phentsize * self.phnum)?;
+            // Entries are at least a program header's size (checked in `parse`).
             for entry in table.chunks_exact(self.phentsize as usize) {
-                if entry.len() < if self.is64 { 56 } else { 32 } {
-                    return Err("is a broken ELF file (short program header)".into());
-                }
                 if u32_at(entry, 0) == 4 {
                     let (offset, size) = if self.is64 {
                         (u64_at(entry, 8), u64_at(entry, 32))
@@ -222,10 +250,8 @@ impl Header {
         }
         let table = read_at(file, self.shoff, self.shentsize * self.shnum)?;
         let mut sections = Vec::new();
+        // Entries are at least a section header's size (checked in `parse`).
         for entry in table.chunks_exact(self.shentsize as usize) {
-            if entry.len() < if self.is64 { 64 } else { 40 } {
-                return Err("is a broken ELF file (short section header)".into());
-            }
             let (offset, size) = if self.is64 {
                 (u64_at(entry, 24), u64_at(entry, 32))
             } else {
@@ -315,9 +341,12 @@ mod tests {
     }
 
     fn check_bytes(bytes: &[u8]) -> Result<KernelKind, String> {
+        // Tests run side by side: a file of its own for each check.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!("chaos-elf-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("k{}", bytes.len()));
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!("k{n}"));
         std::fs::write(&path, bytes).unwrap();
         let result = check_kernel(&path);
         std::fs::remove_file(&path).unwrap();
@@ -363,6 +392,88 @@ mod tests {
         ] {
             let err = check_bytes(&bytes).unwrap_err();
             assert!(err.contains(why), "{err}");
+        }
+    }
+
+    /// A good Xen PV image, as `elf_with_notes` builds it.
+    fn pv_elf() -> Vec<u8> {
+        elf_with_notes(&[
+            ("Xen", XEN_VERSION, b"xen-3.0\0"),
+            ("Xen", LOADER, b"generic\0"),
+        ])
+    }
+
+    /// `elf` with the 16-bit little-endian field at `at` set to `value`.
+    fn with_u16(mut elf: Vec<u8>, at: usize, value: u16) -> Vec<u8> {
+        elf[at..at + 2].copy_from_slice(&value.to_le_bytes());
+        elf
+    }
+
+    #[test]
+    fn entry_sizes_too_small_for_their_tables_are_refused() {
+        // e_phentsize (54), e_shentsize (58), with one section header announced (60).
+        let with_section = with_u16(pv_elf(), 60, 1);
+        for (bytes, why) in [
+            (
+                with_u16(pv_elf(), 54, 0),
+                "is a broken ELF file (e_phentsize 0 with e_phnum 1: an ELF64 program \
+                 header is 56 bytes)",
+            ),
+            (
+                with_u16(pv_elf(), 54, 55),
+                "is a broken ELF file (e_phentsize 55 with e_phnum 1",
+            ),
+            (
+                with_u16(with_section.clone(), 58, 0),
+                "is a broken ELF file (e_shentsize 0 with e_shnum 1: an ELF64 section \
+                 header is 64 bytes)",
+            ),
+            (
+                with_u16(with_section, 58, 63),
+                "is a broken ELF file (e_shentsize 63 with e_shnum 1",
+            ),
+        ] {
+            let err = check_bytes(&bytes).unwrap_err();
+            assert!(err.starts_with(why), "{err}");
+        }
+        // ELF32: e_phentsize at 42, e_phnum at 44.
+        let mut elf32 = vec![0u8; 52];
+        elf32[..4].copy_from_slice(b"\x7fELF");
+        elf32[4] = 1;
+        elf32[5] = 1;
+        elf32[18..20].copy_from_slice(&3u16.to_le_bytes());
+        elf32[28..32].copy_from_slice(&52u32.to_le_bytes());
+        let elf32 = with_u16(with_u16(elf32, 44, 1), 42, 0);
+        let err = check_bytes(&elf32).unwrap_err();
+        assert!(
+            err.starts_with(
+                "is a broken ELF file (e_phentsize 0 with e_phnum 1: an ELF32 program header \
+                 is 32 bytes)"
+            ),
+            "{err}"
+        );
+        // Entry sizes larger than the structure are fine (the table is stepped through).
+        let padded = with_u16(pv_elf(), 54, 64);
+        assert!(check_bytes(&padded).is_ok());
+    }
+
+    /// Whatever a header field holds, the check answers (a panic fails the test): every
+    /// byte of the ELF header and of the program header, set to extreme values.
+    #[test]
+    fn no_header_value_makes_the_check_panic() {
+        let good = pv_elf();
+        for at in 4..64 + 56 {
+            for value in [0u8, 1, 0x7f, 0x80, 0xff] {
+                let mut bytes = good.clone();
+                bytes[at] = value;
+                let _ = check_bytes(&bytes);
+            }
+        }
+        // Both tables' entry size and count at their extremes, together.
+        for (size, num) in [(0u16, 0xffffu16), (0xffff, 0xffff), (1, 1), (0xffff, 1)] {
+            let mut bytes = with_u16(with_u16(good.clone(), 54, size), 56, num);
+            bytes = with_u16(with_u16(bytes, 58, size), 60, num);
+            let _ = check_bytes(&bytes);
         }
     }
 

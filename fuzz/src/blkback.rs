@@ -19,14 +19,15 @@ use xendevd::engine::memory::PAGE_SIZE;
 use crate::sim::{self, Violations};
 
 /// The simulated disk's size.
-const DISK_SECTORS: u64 = 64;
+pub const DISK_SECTORS: u64 = 64;
 /// Requests served per snapshot, as the daemon bounds one pass.
-const BUDGET: usize = 64;
+pub const BUDGET: usize = 64;
 
-struct SimDisk<'a> {
-    bytes: Vec<u8>,
-    readonly: bool,
-    violations: &'a Violations,
+/// An in-memory disk that records accesses it must never see.
+pub struct SimDisk<'a> {
+    pub bytes: Vec<u8>,
+    pub readonly: bool,
+    pub violations: &'a Violations,
 }
 
 impl SimDisk<'_> {
@@ -68,7 +69,7 @@ impl Disk for SimDisk<'_> {
 }
 
 /// A segment: mostly plausible sector ranges, sometimes anything.
-fn segment() -> impl Strategy<Value = [u8; 8]> {
+pub fn segment() -> impl Strategy<Value = [u8; 8]> {
     (
         sim::gref(),
         prop_oneof![4 => 0u8..9, 1 => any::<u8>()],
@@ -84,7 +85,7 @@ fn segment() -> impl Strategy<Value = [u8; 8]> {
 }
 
 /// One 112-byte ring slot: a shaped request of some operation, or random bytes.
-fn slot() -> impl Strategy<Value = Vec<u8>> {
+pub fn slot() -> impl Strategy<Value = Vec<u8>> {
     let op = prop_oneof![
         Just(0u8), // read
         Just(1u8), // write

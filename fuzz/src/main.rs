@@ -2,21 +2,27 @@
 //!
 //! Each target is a property over generated input (proptest): bytes of a shared page
 //! shaped like the real thing, then mutated — so most inputs get past the first
-//! checks — and must never make the parser panic, overflow (build with overflow
-//! checks: the dev profile), or break the invariants the target states. A target runs
-//! batches of fresh random cases until its time is up; a failure is shrunk to a
-//! minimal input and printed, and the exit status is 1. The targets run side by side,
-//! each on a thread of its own.
+//! checks — and must never make the parser panic, overflow (overflow checks are on:
+//! the workspace's `fuzz` profile, whose panics unwind so that proptest can catch and
+//! shrink them), or break the invariants the target states. A target runs batches of
+//! fresh random cases until its time is up; a failure is shrunk to a minimal input and
+//! printed, and the exit status is 1. The targets run side by side, each on a thread of
+//! its own.
 //!
-//! `cargo xtask fuzz [--seconds S] [TARGET...]` builds and runs this; `cargo xtask
+//! `cargo xtask fuzz [--seconds S] [TARGET...]` builds and runs this (first the hidden
+//! target with a planted panic, which must come back shrunk: [`planted`]); `cargo xtask
 //! test` runs every target for a minute.
 
 mod blkback;
+mod blkback_rewrite;
 mod netback;
 mod netback_rx;
 mod noxs_pages;
+mod planted;
 mod sim;
 
+use std::cell::{Cell, RefCell};
+use std::panic::{self, PanicHookInfo};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -43,6 +49,11 @@ const TARGETS: &[Target] = &[
         run: blkback::run,
     },
     Target {
+        name: "blkback-rewrite",
+        about: "the guest rewrites a request slot or an indirect page while xendevd's vbd engine serves it: the outcome is one version's, never a mix (double fetch)",
+        run: blkback_rewrite::run,
+    },
+    Target {
         name: "netback-tx",
         about: "xendevd's vif engine taking packets off a transmit ring page of arbitrary slots, copying from a simulated guest",
         run: netback::run,
@@ -53,6 +64,14 @@ const TARGETS: &[Target] = &[
         run: netback_rx::run,
     },
 ];
+
+/// The target with a planted bug: run only when named, by xtask's check that a panic
+/// is still shrunk to a minimal input ([`planted`]).
+const PLANTED: Target = Target {
+    name: "planted-panic",
+    about: "a planted out-of-bounds index, for the check that panics are shrunk",
+    run: planted::run,
+};
 
 #[derive(Debug, Parser)]
 #[command(about = "Fuzz what guests write against the code that parses it")]
@@ -70,15 +89,16 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    quiet_panics_in_cases();
     if cli.list {
         for target in TARGETS {
-            println!("{:<14} {}", target.name, target.about);
+            println!("{:<16} {}", target.name, target.about);
         }
         return ExitCode::SUCCESS;
     }
     let mut chosen = Vec::new();
     for name in &cli.targets {
-        match TARGETS.iter().find(|t| t.name == name) {
+        match TARGETS.iter().chain([&PLANTED]).find(|t| t.name == name) {
             Some(target) => chosen.push(target),
             None => {
                 let names: Vec<&str> = TARGETS.iter().map(|t| t.name).collect();
@@ -137,6 +157,29 @@ fn main() -> ExitCode {
     }
 }
 
+thread_local! {
+    /// Whether this thread runs cases (see [`quiet_panics_in_cases`]).
+    static RUNNING_CASES: Cell<bool> = const { Cell::new(false) };
+    /// Where the last panic of a case happened.
+    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// A panic in a case is a failure proptest catches and shrinks: each shrinking step
+/// that panics again would print its message (and a backtrace) through the default
+/// hook, hundreds of times. In threads that run cases, only note where it happened,
+/// for the report ([`run_for`]); elsewhere, the default hook.
+fn quiet_panics_in_cases() {
+    let default = panic::take_hook();
+    panic::set_hook(Box::new(move |info: &PanicHookInfo<'_>| {
+        if RUNNING_CASES.get() {
+            let place = info.location().map(ToString::to_string);
+            LAST_PANIC.with_borrow_mut(|last| *last = place);
+        } else {
+            default(info);
+        }
+    }));
+}
+
 /// Cases per batch: each batch is a fresh runner with a fresh random seed.
 const BATCH: u32 = 512;
 
@@ -153,6 +196,8 @@ where
 {
     let deadline = Instant::now() + time;
     let mut cases = 0u64;
+    RUNNING_CASES.set(true);
+    LAST_PANIC.with_borrow_mut(|last| *last = None);
     while Instant::now() < deadline {
         let config = Config {
             cases: BATCH,
@@ -163,7 +208,11 @@ where
         match runner.run(strategy, &property) {
             Ok(()) => cases += u64::from(BATCH),
             Err(TestError::Fail(why, input)) => {
-                return Err(format!("{why}; minimal input: {input:?}"));
+                let place = LAST_PANIC
+                    .take()
+                    .map(|place| format!(" (a panic, last at {place})"))
+                    .unwrap_or_default();
+                return Err(format!("{why}{place}; minimal input: {input:?}"));
             }
             Err(TestError::Abort(why)) => return Err(format!("aborted: {why}")),
         }

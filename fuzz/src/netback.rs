@@ -4,15 +4,19 @@
 //! checksum offload), sizes that do and do not add up, producer indices near and far —
 //! copying the data from a simulated guest.
 //!
+//! The vif's address is mostly the one the first packet's bytes carry (so that frames
+//! get through the filter), sometimes another; GSO is negotiated or not.
+//!
 //! Property: no panic; every frame sent to the tap is at least an Ethernet header and
-//! at most the largest packet; no more packets than the budget; every grant copy lies
-//! inside a page and inside its buffer.
+//! at most what the filter allows (the MTU's frame without GSO, the largest packet
+//! with), and comes from the vif's address; no more packets than the budget; every
+//! grant copy lies inside a page and inside its buffer.
 
 use std::time::Duration;
 
 use proptest::prelude::*;
 use xendevd::engine::memory::PAGE_SIZE;
-use xendevd::engine::netback::{MAX_PACKET, transmit_snapshot};
+use xendevd::engine::netback::{ETH_HLEN, TxFilter, transmit_snapshot};
 
 use crate::sim;
 
@@ -48,6 +52,10 @@ struct Case {
     /// The first slots; the rest of the ring is zero.
     slots: Vec<[u8; 12]>,
     pages: Vec<Vec<u8>>,
+    /// Take the vif's address from the first packet's bytes (else: `other_mac`).
+    mac_of_first: bool,
+    other_mac: [u8; 6],
+    gso: bool,
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -55,12 +63,20 @@ fn case() -> impl Strategy<Value = Case> {
         prop_oneof![8 => 0u32..48, 1 => any::<u32>()],
         prop::collection::vec(slot(), 48),
         sim::granted_pages(),
+        prop_oneof![4 => Just(true), 1 => Just(false)],
+        any::<[u8; 6]>(),
+        any::<bool>(),
     )
-        .prop_map(|(req_prod, slots, pages)| Case {
-            req_prod,
-            slots,
-            pages,
-        })
+        .prop_map(
+            |(req_prod, slots, pages, mac_of_first, other_mac, gso)| Case {
+                req_prod,
+                slots,
+                pages,
+                mac_of_first,
+                other_mac,
+                gso,
+            },
+        )
 }
 
 fn check(case: &Case) -> Result<(), TestCaseError> {
@@ -69,8 +85,14 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
     for (i, slot) in case.slots.iter().enumerate().take(SLOTS) {
         ring[64 + i * 12..64 + (i + 1) * 12].copy_from_slice(slot);
     }
+    let mac = case
+        .mac_of_first
+        .then(|| first_source(case))
+        .flatten()
+        .unwrap_or(case.other_mac);
+    let filter = TxFilter::new(mac, 1500, case.gso);
     let mut guest = sim::guest(&case.pages);
-    if let Ok((frames, packets)) = transmit_snapshot(&ring, &mut guest, BUDGET) {
+    if let Ok((frames, packets)) = transmit_snapshot(&ring, filter, &mut guest, BUDGET) {
         prop_assert!(packets <= BUDGET, "{packets} packets");
         prop_assert!(
             frames.len() <= packets,
@@ -79,13 +101,26 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
         );
         for frame in &frames {
             prop_assert!(
-                (14..=MAX_PACKET).contains(&frame.len()),
-                "a frame of {} bytes",
+                (ETH_HLEN..=filter.max_frame).contains(&frame.len()),
+                "a frame of {} bytes through {filter:?}",
                 frame.len()
             );
+            prop_assert_eq!(&frame[6..12], &mac[..], "a frame from another address");
         }
     }
     sim::no_violations(sim::Violations::default(), guest)
+}
+
+/// The source address the first slot's bytes hold, if it points into a granted page.
+fn first_source(case: &Case) -> Option<[u8; 6]> {
+    let slot = case.slots.first()?;
+    let gref = u32::from_le_bytes(slot[0..4].try_into().ok()?);
+    let offset = usize::from(u16::from_le_bytes([slot[4], slot[5]]));
+    let page = sim::GRANTED.iter().position(|&g| g == gref)?;
+    case.pages[page]
+        .get(offset + 6..offset + 12)?
+        .try_into()
+        .ok()
 }
 
 pub fn run(time: Duration) -> Result<u64, String> {

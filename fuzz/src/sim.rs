@@ -24,22 +24,26 @@ pub fn granted_pages() -> impl Strategy<Value = Vec<Vec<u8>>> {
     prop::collection::vec(noise(PAGE_SIZE), GRANTED.len())
 }
 
-/// `len` random bytes from one generated seed (splitmix64): a byte-by-byte strategy
-/// costs a value tree per byte, which made page-sized inputs the bulk of each case.
-/// The bytes do not shrink; the shaped fields around them do.
+/// `len` random bytes from one generated seed ([`noise_bytes`]): a byte-by-byte
+/// strategy costs a value tree per byte, which made page-sized inputs the bulk of each
+/// case. The bytes do not shrink; the shaped fields around them do.
 pub fn noise(len: usize) -> impl Strategy<Value = Vec<u8>> {
-    any::<u64>().prop_map(move |mut seed| {
-        let mut bytes = Vec::with_capacity(len + 8);
-        while bytes.len() < len {
-            seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = seed;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            bytes.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-        }
-        bytes.truncate(len);
-        bytes
-    })
+    any::<u64>().prop_map(move |seed| noise_bytes(seed, len))
+}
+
+/// `len` random bytes from `seed` (splitmix64): the same for the same seed, so that a
+/// case can hold the seed, short to print, instead of the bytes.
+pub fn noise_bytes(mut seed: u64, len: usize) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(len + 8);
+    while bytes.len() < len {
+        seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        bytes.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    bytes.truncate(len);
+    bytes
 }
 
 /// A guest whose [`GRANTED`] pages hold `contents`.

@@ -6,7 +6,7 @@
 use std::os::fd::{AsFd, BorrowedFd};
 
 use log::{debug, warn};
-use xendevd::engine::netback::{Delivered, Netback};
+use xendevd::engine::netback::{Delivered, Netback, TxFilter};
 use xenproto::noxs::{self, VifBackend, VifBackendFeatures, VifFrontend, VifFrontendFeatures};
 
 use super::error::DeviceError;
@@ -18,6 +18,8 @@ use crate::limits::{self, Making};
 
 /// The Ethernet MTU offered to vifs.
 const MTU: u16 = 1500;
+/// What the back end offers: copying receive only (no scatter-gather, no GSO).
+const FEATURES: VifBackendFeatures = VifBackendFeatures::RX_COPY;
 
 /// A vif back end.
 #[derive(Debug)]
@@ -65,7 +67,7 @@ impl Vif {
         VifBackend {
             mac: plan.mac.0,
             mtu: MTU,
-            features: VifBackendFeatures::RX_COPY,
+            features: FEATURES,
             ipv4,
             prefix_len,
             gateway: plan.gateway.map_or([0; 4], |g| g.octets()),
@@ -124,6 +126,11 @@ impl DeviceBackend for Vif {
             return Err(DeviceError::NoRxCopy);
         }
         let (tx, rx) = (frontend.tx_ring_ref, frontend.rx_ring_ref);
+        // The guest sends from its own address only, frames of the MTU unless both
+        // ends agreed on GSO.
+        let gso = FEATURES.contains(VifBackendFeatures::GSO_TCPV4)
+            && frontend.features.contains(VifFrontendFeatures::GSO_TCPV4);
+        let filter = TxFilter::new(self.plan.mac.0, MTU, gso);
         let path = DataPath::connect(
             guest,
             &[tx, rx],
@@ -131,7 +138,7 @@ impl DeviceBackend for Vif {
             |source| DeviceError::MapRings { tx, rx, source },
             // SAFETY: the mapping holds two pages (tx, rx), page aligned, and lives in
             // the same data path as the engine, which drops first.
-            |rings| unsafe { Netback::new(rings, rings.add(noxs::PAGE_SIZE)) },
+            |rings| unsafe { Netback::new(rings, rings.add(noxs::PAGE_SIZE), filter) },
         )?;
         self.connection = Some(path);
         Ok(())

@@ -105,6 +105,9 @@ check destroy-while-watched "$failed" "$failed of 5 rounds failed; domains left:
 # --- malformed configurations: status 2, one line naming the field, no domain --------
 truncate -s 8M disk.img
 printf 'not a kernel\n' >notakernel
+# hello with e_phentsize (bytes 54-55 of the ELF64 header) and e_shentsize (58-59) 0.
+cp /apps/hello phent0 && printf '\000\000' | dd of=phent0 bs=1 seek=54 conv=notrunc 2>/dev/null
+cp /apps/hello shent0 && printf '\000\000' | dd of=shent0 bs=1 seek=58 conv=notrunc 2>/dev/null
 # dup: a domain of that name exists (paused noop).
 echo '{"name": "dup", "kernel": "/apps/noop", "memory": 4, "vcpus": 1, "paused": true}' >dup.json
 chaos create dup.json >/dev/null
@@ -136,6 +139,10 @@ bad missing-kernel '{"name": "x", "kernel": "/apps/nonexistent", "memory": 8, "v
 	'kernel: /apps/nonexistent: no such file'
 bad non-elf-kernel '{"name": "x", "kernel": "/tmp/chaos/notakernel", "memory": 8, "vcpus": 1}' \
 	'kernel: /tmp/chaos/notakernel is not an ELF file'
+bad kernel-phentsize-0 '{"name": "x", "kernel": "/tmp/chaos/phent0", "memory": 8, "vcpus": 1}' \
+	'kernel: /tmp/chaos/phent0 is a broken ELF file (e_phentsize 0 with e_phnum '
+bad kernel-shentsize-0 '{"name": "x", "kernel": "/tmp/chaos/shent0", "memory": 8, "vcpus": 1}' \
+	'kernel: /tmp/chaos/shent0 is a broken ELF file (e_shentsize 0 with e_shnum '
 bad memory '{"name": "x", "kernel": "/apps/hello", "memory": 3, "vcpus": 1}' \
 	'memory: 3 MiB is too little'
 bad too-much-memory '{"name": "x", "kernel": "/apps/hello", "memory": 900000, "vcpus": 1}' \
