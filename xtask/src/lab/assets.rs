@@ -73,8 +73,8 @@ const DLOPENED: &[&str] = &["libgcc_s.so.1"];
 
 /// Kernel modules dom0 loads (their dependencies are added): Xen device and backend
 /// drivers, networking for guests, the lab NIC, virtio-rng for entropy, virtio-blk
-/// for the disks xtask attaches (`--disk`) and virtio-console for the relay's channel
-/// (`--forward`).
+/// for the disks xtask attaches (`--disk`), virtio-console for the relay's channel
+/// (`--forward`), and ext4 (for ext2 too) for a file system a test can freeze.
 const MODULES: &[&str] = &[
     "xen-evtchn",
     "xen-gntdev",
@@ -97,6 +97,7 @@ const MODULES: &[&str] = &[
     "virtio-rng",
     "virtio_blk",
     "virtio_console",
+    "ext4",
 ];
 
 const INIT: &str = include_str!("dom0-init.sh");

@@ -59,15 +59,16 @@ awk -v idle="$idle_p99" -v hog="$hog_p99" -v failed="$hog_failed" \
 check daytime-prompt-next-to-hog $? "p99 ${hog_p99} ms next to the hog, ${idle_p99} ms alone; $hog_failed without reply"
 
 # A hung disk: the image lives on a file system that is then frozen.
-mke2fs -q -F hung.fs 64M 2>&1 && mkdir -p /mnt/hung && mount -o loop hung.fs /mnt/hung
-check hung-fs-mounted $? "$(mount | grep hung)"
+truncate -s 64M hung.fs && mke2fs -q -F hung.fs >mkfs.out 2>&1 &&
+	mkdir -p /mnt/hung && mount -t ext2 -o loop hung.fs /mnt/hung >>mkfs.out 2>&1
+check hung-fs-mounted $? "$(cat mkfs.out)"
 truncate -s 32M /mnt/hung/disk.img
 cat >hung.json <<JSON
 {"name": "hung", "kernel": "/apps/blkcheck", "memory": 32, "vcpus": 1,
  "xen": {"dev_method": "noxs"},
  "vbds": [{"target": "/mnt/hung/disk.img", "type": "file", "vdev": "xvda", "access": "w"}]}
 JSON
-fsfreeze -f /mnt/hung
+fsfreeze --freeze /mnt/hung
 timeout 20 chaos create hung.json >hung.id 2>hung.err
 check hung-created $? "$(cat hung.err)"
 sleep 3
@@ -83,4 +84,4 @@ pid=$(pidof xendevd)
 kill -TERM "$pid"
 ended "$pid" 100
 check sigterm-stops-with-hung-disk $? "xendevd $pid still running after $i tenths of a second"
-fsfreeze -u /mnt/hung
+fsfreeze --unfreeze /mnt/hung
