@@ -40,7 +40,10 @@ What each device method needs (\"xen\": {\"dev_method\": …} in the configurati
   chaos list shows what is there: Xenstore names if xenstored runs, NoXS names if
   xendevd runs.
 
-Environment: CHAOS_XC_LOG=1 prints libxc's and libxenguest's own messages.";
+Environment: CHAOS_XC_LOG=1 prints libxc's and libxenguest's own messages.
+For tests: CHAOS_STOP_AFTER=STEP makes chaos SIGKILL itself right after step STEP (as
+`chaos -v` names it, e.g. \"xc_domain_create\"), CHAOS_PAUSE_AFTER=STEP SIGSTOP
+itself there (SIGCONT resumes).";
 
 pub const CREATE_HELP: &str = "\
 Configuration keys:
