@@ -36,6 +36,9 @@ pub struct Options {
     /// when there is one; otherwise one libxenstore round trip per request
     /// (`CHAOS_XENSTORE=libxenstore` chooses that, to compare).
     pub batch_xenstore: bool,
+    /// chaos's run directory (`chaos --run-dir`): the claims of creates under way
+    /// ([`crate::claim`]), the chaos daemon's files.
+    pub run_dir: PathBuf,
     /// A test hook: stop this process with a signal right after a step
     /// (`CHAOS_STOP_AFTER` / `CHAOS_PAUSE_AFTER`, see [`StopAfter`]).
     pub stop_after: Option<StopAfter>,
@@ -75,6 +78,7 @@ impl Default for Options {
             console_timeout: Duration::from_secs(10),
             trace: false,
             batch_xenstore: std::env::var_os("CHAOS_XENSTORE").is_none_or(|v| v != "libxenstore"),
+            run_dir: PathBuf::from(crate::daemon::wire::RUN_DIR),
             stop_after: StopAfter::from_env(),
         }
     }
