@@ -32,7 +32,7 @@ const LAB_CHECKS: &str = include_str!("lab-checks.sh");
 /// The capacity job's guests (`GUESTS=` in `capacity-lab.sh`), 4 MiB each.
 const CAPACITY_GUESTS: u32 = 1000;
 
-pub const JOB_TESTS: [JobTest; 6] = [
+pub const JOB_TESTS: [JobTest; 7] = [
     // chaos's commands on real Xen (`chaos-lab.sh`): create, list (and xl list),
     // console, shutdown -w, destroy of daytime with its vif; a destroy while `create
     // --console` watches, each of the two ending well; fifteen malformed
@@ -87,6 +87,21 @@ pub const JOB_TESTS: [JobTest; 6] = [
         timeout_secs: 300,
         noxs: true,
         summarize: &[],
+        memory: LabMemory::DEFAULT,
+    },
+    // What a killed create leaves (`orphans-lab.sh`), in a NoXS lab that starts
+    // xenstored half-way: chaos SIGKILLed right after each step of a NoXS and of a
+    // Xenstore create (a vif and a disk each), the orphan marked by `chaos list` and
+    // removed by `chaos destroy --orphans`, domains, taps/vifs, loop devices, Xenstore
+    // nodes, served domains and claims back where they were; a stopped create left
+    // alone; a daemon killed while making a shell; two creates of one name at once, ten
+    // times, exactly one winning.
+    JobTest {
+        name: "chaos orphans: a create killed after each step, then destroy --orphans",
+        script: include_str!("orphans-lab.sh"),
+        timeout_secs: 900,
+        noxs: true,
+        summarize: &["one-create-per-name"],
         memory: LabMemory::DEFAULT,
     },
     // The chaos daemon (`daemon-lab.sh`): a daytime with 2 vifs, 16 MiB and a disk from
