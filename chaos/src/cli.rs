@@ -40,7 +40,10 @@ What each device method needs (\"xen\": {\"dev_method\": …} in the configurati
   chaos list shows what is there: Xenstore names if xenstored runs, NoXS names if
   xendevd runs.
 
-Environment: CHAOS_XC_LOG=1 prints libxc's and libxenguest's own messages.";
+Environment: CHAOS_XC_LOG=1 prints libxc's and libxenguest's own messages.
+For tests: CHAOS_STOP_AFTER=STEP makes chaos SIGKILL itself right after step STEP (as
+`chaos -v` names it, e.g. \"xc_domain_create\"), CHAOS_PAUSE_AFTER=STEP SIGSTOP
+itself there (SIGCONT resumes).";
 
 pub const CREATE_HELP: &str = "\
 Configuration keys:
@@ -80,7 +83,9 @@ pub struct Cli {
     /// xendevd's socket.
     #[arg(long, global = true, value_name = "PATH", default_value = xendevd::SOCKET_PATH)]
     pub xendevd: PathBuf,
-    /// The chaos daemon's directory (its socket, lock and records of shells).
+    /// chaos's run directory: the claims of creates under way (one create per name;
+    /// what a killed chaos left is found there), the chaos daemon's socket, lock and
+    /// records of shells.
     #[arg(long, global = true, value_name = "DIR", default_value = wire::RUN_DIR)]
     pub run_dir: PathBuf,
     #[command(subcommand)]
@@ -96,7 +101,9 @@ pub enum Command {
     Destroy(DestroyArgs),
     /// Ask a guest to power off (or reboot); with -w, wait until it has.
     Shutdown(ShutdownArgs),
-    /// List the domains: id, name, memory, vCPUs, state (as xl's), uptime.
+    /// List the domains: id, name, memory, vCPUs, state (as xl's), uptime; then, for a
+    /// domain a create has not finished, "being created …" or "orphan: …" (its chaos
+    /// died: `chaos destroy --orphans` removes it).
     List,
     /// Show a guest's console until the guest ends: xenconsoled's pty (Ctrl-]
     /// detaches), or for a NoXS guest xendevd's log of it, output only (Ctrl-C leaves).
@@ -145,8 +152,10 @@ pub struct DestroyArgs {
     /// The domain: its id or its name.
     #[arg(value_name = "ID|NAME", required_unless_present = "orphans")]
     pub domain: Option<String>,
-    /// Instead: destroy the shells a chaos daemon that was killed left behind (refused
-    /// while a daemon runs).
+    /// Instead: destroy every domain a chaos began and did not finish (it was killed
+    /// while creating; `chaos list` marks them "orphan"), with everything made for it,
+    /// and the shells a chaos daemon that was killed left behind (not while a daemon
+    /// runs). Creates under way in a running chaos are left alone.
     #[arg(long, conflicts_with = "domain")]
     pub orphans: bool,
 }

@@ -4,7 +4,10 @@
 //!
 //! Create, step by step (`shared/reference/lightvm.md` §3.4 for LightVM's; libxl's
 //! `libxl__domain_make`, `libxl__build_pre/pv/post` for xl's):
-//! 1. checks: the name is free, Xen has the memory;
+//! 1. the name claimed for this process, with the handle the domain is to have
+//!    ([`crate::claim`]: one create per name, and a chaos killed from here on leaves an
+//!    orphan that `chaos list` marks and `chaos destroy --orphans` removes); checks: the
+//!    name is free, Xen has the memory;
 //! 2. `xc_domain_create` with a random handle (never waiting for entropy), paused;
 //!    `xc_domain_max_vcpus`, `xc_domain_setmaxmem`, the memory map limit, TSC mode,
 //!    CPUID policy; unbound event channels for the Xenstore and console rings (NoXS:
@@ -20,13 +23,16 @@
 //! 6. unpause, unless paused.
 //!
 //! From step 2 on, a failure destroys the domain and everything made for it (a
-//! [`Guard`]): nothing leaks, whatever step failed.
+//! [`Guard`]): nothing leaks, whatever step failed. The claim goes at the end, or with
+//! a failure cleaned up; a failed clean-up leaves it, for `chaos destroy --orphans`.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::config::{Config, ConfigError, DevMethod};
+use crate::claim::{self, Claim, Claims, Swept};
+use crate::config::{Config, ConfigError, DevMethod, SHELL_NAME_PREFIX};
+use crate::daemon::wire::RunDir;
 use crate::device::{self, DeviceMethod, NewDomain, XenstoreMethod};
 use crate::error::{Error, Result};
 use crate::host::Host;
@@ -68,7 +74,7 @@ fn method_for(dev_method: DevMethod) -> Box<dyn DeviceMethod> {
 }
 
 /// The device method of an existing domain: NoXS if xendevd serves it as such (chaos
-/// keeps no records of its own), Xenstore otherwise.
+/// keeps no record of a guest once made), Xenstore otherwise.
 pub fn dev_method_of(host: &Host, domid: u32) -> Result<DevMethod> {
     Ok(if noxs::served_domain(host, domid)?.is_some() {
         DevMethod::Noxs
@@ -117,16 +123,16 @@ impl Drop for Guard<'_> {
 /// With `force_paused` it stays paused whatever the configuration says (for a console
 /// to attach first).
 pub fn create(host: &Host, config: &Config, force_paused: bool) -> Result<Created> {
-    // 1. Checks against the running system, before anything is made.
+    // 1. The name, and checks against the running system, before anything is made.
     if config.dev_method == DevMethod::Xenstore {
         host.xs()?;
     }
-    check_name_free(host, &config.name)?;
+    let uuid = Uuid::random();
+    let claim = claim_name(host, &config.name, &uuid, config.dev_method)?;
     let physinfo = physinfo_with_room(host, config.memory_mib, "asked")?;
     let grant_version = if physinfo.gnttab_v2() { 2 } else { 1 };
 
     // 2. The domain.
-    let uuid = Uuid::random();
     let domid = host.timed("xc_domain_create", || {
         Ok(host.xc.domain_create(uuid.0, config.vcpus, grant_version)?)
     })?;
@@ -142,6 +148,10 @@ pub fn create(host: &Host, config: &Config, force_paused: bool) -> Result<Create
         Ok(created) => {
             let mut guard = guard;
             guard.armed = false;
+            host.timed("release the claim", || {
+                drop(claim);
+                Ok(())
+            })?;
             Ok(created)
         }
         Err(err) => match guard.destroy(method.as_ref()) {
@@ -149,13 +159,49 @@ pub fn create(host: &Host, config: &Config, force_paused: bool) -> Result<Create
                 domid,
                 source: Box::new(err),
             }),
-            Err(cleanup) => Err(Error::CreateFailedLeaked {
-                domid,
-                source: Box::new(err),
-                cleanup: Box::new(cleanup),
-            }),
+            Err(cleanup) => {
+                claim.abandon();
+                Err(Error::CreateFailedLeaked {
+                    domid,
+                    source: Box::new(err),
+                    cleanup: Box::new(cleanup),
+                })
+            }
         },
     }
+}
+
+/// The claims of creates under way ([`crate::claim`]) in chaos's run directory.
+pub fn claims(host: &Host) -> Claims {
+    Claims::new(RunDir(host.options.run_dir.clone()).claims())
+}
+
+/// The domain whose handle is `uuid`, if there is one.
+pub fn find_by_handle(host: &Host, uuid: &Uuid) -> Result<Option<u32>> {
+    Ok(host
+        .xc
+        .domains()?
+        .into_iter()
+        .find(|info| info.handle == uuid.0)
+        .map(|info| info.domid))
+}
+
+/// A create's first steps: claim `name` for this process, for the domain of handle
+/// `uuid` and device method `dev_method` (a running create of the name, or an orphan
+/// of one, makes it a configuration error on `name`), then check that no domain has
+/// the name. The claim holds until dropped; see [`crate::claim`].
+pub fn claim_name(host: &Host, name: &str, uuid: &Uuid, dev_method: DevMethod) -> Result<Claim> {
+    let record = claim::Record {
+        name: name.to_owned(),
+        uuid: uuid.to_string(),
+        dev_method,
+        pid: std::process::id(),
+    };
+    let claim = host.timed("claim the name", || {
+        claims(host).take(&record, |handle| find_by_handle(host, handle))
+    })?;
+    check_name_free(host, name)?;
+    Ok(claim)
 }
 
 /// Xen's physical information, once it is known to have `memory_mib` MiB free (else a
@@ -490,6 +536,106 @@ fn destroy_with(
     Ok(())
 }
 
+/// What `chaos destroy --orphans` did with the claims of creates ([`destroy_orphans`]):
+/// one line each.
+#[derive(Debug, Default)]
+pub struct OrphansSwept {
+    /// Domains destroyed, claims removed.
+    pub removed: Vec<String>,
+    /// Creates under way, by a chaos that runs: not touched.
+    pub left_alone: Vec<String>,
+    pub failures: Vec<String>,
+    /// How many orphan domains were destroyed.
+    pub domains: usize,
+}
+
+/// Destroy every domain a chaos began and did not finish (the claim it left, which no
+/// running process holds: [`crate::claim`]), with everything made for it, and remove
+/// the claims. A create under way in a running chaos (a stopped one too) is left
+/// alone; a failure is reported and its claim kept, to be tried again.
+pub fn destroy_orphans(host: &Host) -> Result<OrphansSwept> {
+    let mut swept = OrphansSwept::default();
+    for found in claims(host).sweep()? {
+        match found {
+            Swept::Alive(alive) => swept.left_alone.push(match alive.record {
+                Ok(record) => format!(
+                    "{:?} is being created by chaos pid {}, which runs: left alone",
+                    record.name, record.pid
+                ),
+                Err(err) => format!("{err}; a running process holds it: left alone"),
+            }),
+            Swept::Problem(err) => swept.failures.push(err.to_string()),
+            Swept::Dead(dead) => {
+                let record = dead.record.clone();
+                let Some(handle) = record.handle() else {
+                    swept.failures.push(format!(
+                        "the claim on {:?} has no valid handle",
+                        record.name
+                    ));
+                    continue;
+                };
+                let whose = format!(
+                    "{:?} ({}), which chaos pid {} began and did not finish",
+                    record.name,
+                    record.dev_method.as_str(),
+                    record.pid
+                );
+                let Some(domid) = find_by_handle(host, &handle)? else {
+                    match dead.remove() {
+                        Ok(()) => swept.removed.push(format!(
+                            "removed the claim on {whose}: no domain has its handle {handle} \
+                             (chaos died before making it, or it was destroyed since)"
+                        )),
+                        Err(err) => swept.failures.push(err.to_string()),
+                    }
+                    continue;
+                };
+                match destroy_orphan(host, domid, &handle, record.dev_method) {
+                    Ok(what) => {
+                        swept.domains += 1;
+                        swept
+                            .removed
+                            .push(format!("destroyed orphan domain {domid}, {whose}: {what}"));
+                        if let Err(err) = dead.remove() {
+                            swept.failures.push(err.to_string());
+                        }
+                    }
+                    Err(err) => swept
+                        .failures
+                        .push(format!("orphan domain {domid}, {whose}: {err}")),
+                }
+            }
+        }
+    }
+    Ok(swept)
+}
+
+/// Destroy orphan `domid` (handle `uuid`) and what was made for it; what went, in
+/// words.
+fn destroy_orphan(
+    host: &Host,
+    domid: u32,
+    uuid: &Uuid,
+    dev_method: DevMethod,
+) -> Result<&'static str> {
+    match dev_method {
+        DevMethod::Xenstore => {
+            destroy_known(host, domid, Some(uuid), dev_method)?;
+            Ok("the domain, its Xenstore nodes (and with them its vifs), its loop devices")
+        }
+        DevMethod::Noxs => {
+            destroy_with(
+                host,
+                domid,
+                Some(uuid),
+                dev_method,
+                &NoxsMethod::for_orphan(),
+            )?;
+            Ok("the domain, and whatever xendevd held for it (back ends, taps, console)")
+        }
+    }
+}
+
 /// Ask a domain to power off or reboot: a Xenstore domain through
 /// `control/shutdown`, which the guest watches; a NoXS domain through its sysctl
 /// device (xendevd answers once the guest acknowledged, at most `timeout` later).
@@ -606,6 +752,40 @@ pub struct Listed {
     /// Since it was created, if known (`/vm/UUID/start_time`; NoXS: when xendevd set it
     /// up; dom0: `/proc/uptime`).
     pub uptime: Option<Duration>,
+    /// A create's claim on it: it is being created, or it is an orphan.
+    pub claimed: Option<Claimed>,
+}
+
+/// A domain a create claimed ([`crate::claim`]) and has not finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    /// The name it is to have.
+    pub name: String,
+    /// The creating chaos.
+    pub pid: u32,
+    /// That chaos is gone: nobody will finish or destroy the domain but `chaos destroy
+    /// --orphans`.
+    pub orphan: bool,
+}
+
+impl Claimed {
+    /// For `chaos list`, after the usual columns.
+    pub fn describe(&self) -> String {
+        if self.orphan {
+            format!(
+                "orphan: chaos pid {} died creating {:?} (chaos destroy --orphans)",
+                self.pid, self.name
+            )
+        } else {
+            format!("being created as {:?} by chaos pid {}", self.name, self.pid)
+        }
+    }
+
+    /// A shell a chaos daemon is making (claimed under [`SHELL_NAME_PREFIX`] and its
+    /// handle): not a guest, unless its daemon died making it.
+    pub fn is_shell_in_the_making(&self) -> bool {
+        !self.orphan && self.name.starts_with(SHELL_NAME_PREFIX)
+    }
 }
 
 /// Every domain, by id. Names and start times come from Xenstore for Xenstore
@@ -619,6 +799,21 @@ pub fn list(host: &Host) -> Result<Vec<Listed>> {
     let served: HashMap<u32, DomainSummary> = noxs::served_list(host)?
         .into_iter()
         .map(|served| (served.domid, served))
+        .collect();
+    let claimed: HashMap<[u8; 16], Claimed> = claims(host)
+        .list()?
+        .into_iter()
+        .filter_map(|found| {
+            let record = found.record.ok()?;
+            Some((
+                record.handle()?.0,
+                Claimed {
+                    name: record.name,
+                    pid: record.pid,
+                    orphan: !found.alive,
+                },
+            ))
+        })
         .collect();
     host.xc
         .domains()?
@@ -661,6 +856,7 @@ pub fn list(host: &Host) -> Result<Vec<Listed>> {
                 uptime: uptime
                     .filter(|secs| *secs >= 0.0)
                     .map(Duration::from_secs_f64),
+                claimed: claimed.get(&info.handle).cloned(),
             })
         })
         .collect()

@@ -26,6 +26,9 @@ pub enum Error {
     /// The chaos daemon's records of its shells could not be kept.
     #[error(transparent)]
     Records(#[from] crate::daemon::records::RecordError),
+    /// A create's claim on its name could not be made or read ([`crate::claim`]).
+    #[error(transparent)]
+    Claim(crate::claim::ClaimError),
     /// No domain has this id or name.
     #[error("no domain {0}")]
     NoSuchDomain(String),
@@ -42,12 +45,29 @@ pub enum Error {
     #[error("{source}; domain {domid} destroyed, nothing left behind")]
     CreateFailed { domid: u32, source: Box<Error> },
     /// A failure after the domain existed, and destroying it failed too.
-    #[error("{source}; destroying domain {domid} failed as well: {cleanup}")]
+    #[error(
+        "{source}; destroying domain {domid} failed as well: {cleanup} (`chaos destroy \
+         --orphans` tries again)"
+    )]
     CreateFailedLeaked {
         domid: u32,
         source: Box<Error>,
         cleanup: Box<Error>,
     },
+}
+
+impl From<crate::claim::ClaimError> for Error {
+    /// A name another create holds (a running chaos, or an orphan's) is a configuration
+    /// error on `name`, as a name in use is.
+    fn from(err: crate::claim::ClaimError) -> Self {
+        use crate::claim::ClaimError;
+        match err {
+            ClaimError::Taken { .. } | ClaimError::Orphaned { .. } => {
+                Error::Config(ConfigError::new("name", err.to_string()))
+            }
+            other => Error::Claim(other),
+        }
+    }
 }
 
 /// chaos's result.

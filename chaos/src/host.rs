@@ -36,6 +36,38 @@ pub struct Options {
     /// when there is one; otherwise one libxenstore round trip per request
     /// (`CHAOS_XENSTORE=libxenstore` chooses that, to compare).
     pub batch_xenstore: bool,
+    /// chaos's run directory (`chaos --run-dir`): the claims of creates under way
+    /// ([`crate::claim`]), the chaos daemon's files.
+    pub run_dir: PathBuf,
+    /// A test hook: stop this process with a signal right after a step
+    /// (`CHAOS_STOP_AFTER` / `CHAOS_PAUSE_AFTER`, see [`StopAfter`]).
+    pub stop_after: Option<StopAfter>,
+}
+
+/// For tests of what a chaos killed (or stopped) at a given step leaves: right after
+/// the [`Host::timed`] step `step` succeeded, this process sends itself `signal`.
+/// `CHAOS_STOP_AFTER=STEP` sends SIGKILL, `CHAOS_PAUSE_AFTER=STEP` SIGSTOP (SIGCONT
+/// resumes). STEP is a step's name as `chaos -v` prints it. Harmless: it only ever
+/// ends or stops the process that was given it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopAfter {
+    pub step: String,
+    pub signal: libc::c_int,
+}
+
+impl StopAfter {
+    /// The hook the environment asks for, if any.
+    pub fn from_env() -> Option<Self> {
+        [
+            ("CHAOS_STOP_AFTER", libc::SIGKILL),
+            ("CHAOS_PAUSE_AFTER", libc::SIGSTOP),
+        ]
+        .into_iter()
+        .find_map(|(var, signal)| {
+            let step = std::env::var(var).ok().filter(|step| !step.is_empty())?;
+            Some(Self { step, signal })
+        })
+    }
 }
 
 impl Default for Options {
@@ -46,6 +78,8 @@ impl Default for Options {
             console_timeout: Duration::from_secs(10),
             trace: false,
             batch_xenstore: std::env::var_os("CHAOS_XENSTORE").is_none_or(|v| v != "libxenstore"),
+            run_dir: PathBuf::from(crate::daemon::wire::RUN_DIR),
+            stop_after: StopAfter::from_env(),
         }
     }
 }
@@ -142,6 +176,17 @@ impl Host {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push((name.to_owned(), took));
+        if result.is_ok()
+            && let Some(stop) = &self.options.stop_after
+            && stop.step == name
+        {
+            eprintln!(
+                "chaos: test hook: signal {} to myself after {name:?}",
+                stop.signal
+            );
+            // SAFETY: raise only sends a signal to this process.
+            unsafe { libc::raise(stop.signal) };
+        }
         result
     }
 

@@ -15,9 +15,12 @@
 //!   for NoXS guests;
 //! - [`host`]: the handles of one run (`xenhost`'s libxenctrl and Xenstore) and its
 //!   step timings;
+//! - [`claim`]: a create's claim on its name, from before the domain exists to the
+//!   end: one create per name, and what a killed chaos left is found (orphans);
 //! - [`uuid`] (random handles that never wait for entropy), [`elf`] (is the kernel a
 //!   PV kernel?), [`vdev`] (disk names), [`signal`], [`error`].
 
+pub mod claim;
 pub mod cli;
 pub mod config;
 pub mod console;

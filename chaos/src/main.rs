@@ -42,6 +42,7 @@ fn open(cli: &Cli, device_timeout: Duration) -> Result<Host, Failure> {
         xendevd_socket: cli.xendevd.clone(),
         device_timeout,
         trace: cli.verbose,
+        run_dir: cli.run_dir.clone(),
         ..Options::default()
     })?;
     trace(cli, "open libxenctrl", started);
@@ -68,19 +69,27 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
                 .domids()
                 .map_err(Error::from)?;
             for d in domain::list(&host)? {
-                if shells.contains(&d.domid) || d.name.starts_with(chaos::config::SHELL_NAME_PREFIX)
+                if shells.contains(&d.domid)
+                    || d.name.starts_with(chaos::config::SHELL_NAME_PREFIX)
+                    || d.claimed
+                        .as_ref()
+                        .is_some_and(|c| c.is_shell_in_the_making())
                 {
                     continue;
                 }
+                // A domain a create has not finished says so after the usual columns
+                // (only then: the lines of finished domains stay as they were).
                 let _ = writeln!(
                     out,
-                    "{:>5}  {:<24} {:>8}  {:>5}  {:<6}  {:>10}",
+                    "{:>5}  {:<24} {:>8}  {:>5}  {:<6}  {:>10}{}",
                     d.domid,
                     d.name,
                     d.memory_mib,
                     d.vcpus,
                     d.state,
-                    d.uptime.map_or_else(|| "-".to_owned(), format_uptime)
+                    d.uptime.map_or_else(|| "-".to_owned(), format_uptime),
+                    d.claimed
+                        .map_or_else(String::new, |claimed| format!("  {}", claimed.describe()))
                 );
             }
             Ok(0)
@@ -227,23 +236,42 @@ fn watch_created(
 fn destroy(cli: &Cli, args: &DestroyArgs) -> Result<u8, Failure> {
     let host = open(cli, Options::default().device_timeout)?;
     let Some(target) = &args.domain else {
-        let run_dir = RunDir(cli.run_dir.clone());
-        let _lock = daemon::lock(&run_dir).map_err(|err| match err {
-            daemon::StartError::Running { .. } => Failure::Failed(format!(
-                "{err}: its shells are its own (`chaos daemon stop` destroys them)"
-            )),
-            other => Failure::Failed(other.to_string()),
-        })?;
-        let (destroyed, failures) = daemon::sweep(&host, &Records::new(run_dir.shells()))?;
-        eprintln!("chaos: destroyed {destroyed} shell(s) a chaos daemon left");
-        if failures.is_empty() {
-            return Ok(0);
-        }
-        return Err(Failure::Failed(failures.join("; ")));
+        return destroy_orphans(cli, &host);
     };
     let domid = domain::resolve(&host, target)?;
     domain::destroy_domain(&host, domid, None)?;
     Ok(0)
+}
+
+/// `chaos destroy --orphans`: the domains of creates whose chaos died, then the shells
+/// of a chaos daemon that died (unless one runs: its shells are its own). Says what it
+/// removed, one line each, on stderr.
+fn destroy_orphans(cli: &Cli, host: &Host) -> Result<u8, Failure> {
+    let swept = domain::destroy_orphans(host)?;
+    for line in swept.removed.iter().chain(&swept.left_alone) {
+        eprintln!("chaos: {line}");
+    }
+    eprintln!(
+        "chaos: destroyed {} orphan domain(s) of chaos create",
+        swept.domains
+    );
+    let mut failures = swept.failures;
+    let run_dir = RunDir(cli.run_dir.clone());
+    match daemon::lock(&run_dir) {
+        Ok(_lock) => {
+            let (destroyed, shell_failures) = daemon::sweep(host, &Records::new(run_dir.shells()))?;
+            eprintln!("chaos: destroyed {destroyed} shell(s) a chaos daemon left");
+            failures.extend(shell_failures);
+        }
+        Err(err @ daemon::StartError::Running { .. }) => {
+            eprintln!("chaos: {err}: its shells are its own (`chaos daemon stop` destroys them)");
+        }
+        Err(other) => failures.push(other.to_string()),
+    }
+    if failures.is_empty() {
+        return Ok(0);
+    }
+    Err(Failure::Failed(failures.join("; ")))
 }
 
 fn run_daemon(cli: &Cli, command: &DaemonCommand) -> Result<u8, Failure> {

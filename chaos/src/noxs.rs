@@ -12,9 +12,9 @@
 //! Later commands know a NoXS domain by asking xendevd about it, by id
 //! ([`Domain`](xendevd::api::Request::Domain)) or by name
 //! ([`DomainsNamed`](xendevd::api::Request::DomainsNamed)), so a command costs the same
-//! however many guests run (chaos keeps no state of its own); `chaos list` asks for the
-//! brief list ([`ListDomains`](xendevd::api::Request::ListDomains)). Power requests,
-//! the console and the release of the back ends go through xendevd too.
+//! however many guests run (chaos keeps no record of a guest once made); `chaos list`
+//! asks for the brief list ([`ListDomains`](xendevd::api::Request::ListDomains)). Power
+//! requests, the console and the release of the back ends go through xendevd too.
 
 use std::time::Duration;
 
@@ -45,6 +45,9 @@ pub struct NoxsMethod {
     /// ([`Self::prepare_shell`]): `finish` has them filled (`NoxsFill`) rather than
     /// made (`NoxsCreate`).
     fills_shell: bool,
+    /// For an orphan's teardown ([`Self::for_orphan`]): a xendevd that does not run
+    /// holds nothing of it.
+    orphan: bool,
 }
 
 impl Default for NoxsMethod {
@@ -54,6 +57,7 @@ impl Default for NoxsMethod {
             macs: Vec::new(),
             reached_xendevd: true,
             fills_shell: false,
+            orphan: false,
         }
     }
 }
@@ -61,6 +65,17 @@ impl Default for NoxsMethod {
 impl NoxsMethod {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// For the teardown of an orphan (a domain a chaos that was killed began): its
+    /// chaos may have died before xendevd heard of the domain, and a xendevd that does
+    /// not run (or no longer answers) holds nothing of it; one that answers is asked
+    /// to release it.
+    pub fn for_orphan() -> Self {
+        Self {
+            orphan: true,
+            ..Self::default()
+        }
     }
 
     /// A shell's part (the chaos daemon's, before its guest is known): xendevd makes
@@ -289,6 +304,14 @@ impl DeviceMethod for NoxsMethod {
         if !self.reached_xendevd {
             return Ok(());
         }
+        if self.orphan {
+            return host.timed("xendevd release", || {
+                match host.xendevd.release_domain(domid) {
+                    Err(err) if err.is_unreachable() => Ok(()),
+                    other => other.map_err(|err| release_failed(domid, err)),
+                }
+            });
+        }
         release(host, domid)
     }
 }
@@ -297,16 +320,22 @@ impl DeviceMethod for NoxsMethod {
 /// devices). xendevd must answer: it is the only one that can.
 pub fn release(host: &Host, domid: u32) -> Result<()> {
     host.timed("xendevd release", || {
-        host.xendevd.release_domain(domid).map_err(|err| match err {
-            ClientError::Refused(message) => {
-                Error::Xendevd(format!("cannot release domain {domid}: {message}"))
-            }
-            other => Error::Xendevd(format!(
-                "domain {domid} is a NoXS domain, whose back ends only xendevd can \
-                     release: {other}"
-            )),
-        })
+        host.xendevd
+            .release_domain(domid)
+            .map_err(|err| release_failed(domid, err))
     })
+}
+
+fn release_failed(domid: u32, err: ClientError) -> Error {
+    match err {
+        ClientError::Refused(message) => {
+            Error::Xendevd(format!("cannot release domain {domid}: {message}"))
+        }
+        other => Error::Xendevd(format!(
+            "domain {domid} is a NoXS domain, whose back ends only xendevd can release: \
+             {other}"
+        )),
+    }
 }
 
 /// Ask xendevd something about the NoXS domains it serves (`what` says what, for

@@ -309,6 +309,7 @@ fn work(options: &Options, jobs: &Receiver<Job>, ready: &Sender<Result<(), Error
     let host = match Host::open(HostOptions {
         xendevd_socket: options.xendevd_socket.clone(),
         device_timeout: options.device_timeout,
+        run_dir: options.run_dir.0.clone(),
         ..HostOptions::default()
     }) {
         Ok(host) => host,
@@ -578,18 +579,36 @@ fn create_one<'h>(
     paused: bool,
 ) -> Result<(Created, bool), Error> {
     let shape = Shape::of(config);
-    if pools.has(&shape) {
-        // Before a shell is taken: a taken name costs no shell.
-        domain::check_name_free(host, &config.name)?;
-        let shell = pools.take(&shape).expect("checked");
+    if let Some(shell) = pools.take(&shape) {
+        // The name is claimed for the shell's domain (its handle), as a create claims
+        // it for its own: one create per name, and the daemon's death while it fills
+        // the shell leaves an orphan. A taken name costs no shell.
+        let claim = match domain::claim_name(host, &config.name, &shell.uuid, shape.dev_method) {
+            Ok(claim) => claim,
+            Err(err) => {
+                pools.give_back(shell);
+                return Err(err);
+            }
+        };
         match shell.fill(host, config, paused, records) {
-            Ok(created) => return Ok((created, true)),
-            Err(FillError::Failed(err)) => return Err(err),
-            Err(FillError::NotForShells { guest_type }) => eprintln!(
-                "chaos daemon: {}'s kernel is {guest_type}, not what shells are built for: \
-                 building it in full",
-                config.name
-            ),
+            Ok(created) => {
+                drop(claim);
+                return Ok((created, true));
+            }
+            Err(FillError::Failed(err)) => {
+                if matches!(err, Error::CreateFailedLeaked { .. }) {
+                    claim.abandon();
+                }
+                return Err(err);
+            }
+            Err(FillError::NotForShells { guest_type }) => {
+                drop(claim);
+                eprintln!(
+                    "chaos daemon: {}'s kernel is {guest_type}, not what shells are built \
+                     for: building it in full",
+                    config.name
+                );
+            }
         }
     }
     Ok((domain::create(host, config, paused)?, false))

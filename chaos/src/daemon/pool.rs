@@ -115,6 +115,17 @@ impl<'h> Pools<'h> {
             .find_map(|pool| pool.ready.pop_front())
     }
 
+    /// Put back a shell [`Self::take`] gave, untouched, as the next to be taken.
+    pub fn give_back(&mut self, shell: Shell<'h>) {
+        if let Some(pool) = self
+            .pools
+            .iter_mut()
+            .find(|pool| pool.spec.shape == shell.shape)
+        {
+            pool.ready.push_front(shell);
+        }
+    }
+
     /// When there is refill work to do (now, or later), if any; with `urgent_only`,
     /// only for pools with no shell ready or warming.
     pub fn next_work(&self, now: Instant, urgent_only: bool) -> Option<Instant> {

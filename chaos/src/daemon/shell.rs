@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use xenhost::xcdom::{DomImage, GUEST_TYPE_X86_64};
 
+use crate::claim;
 use crate::config::{Config, DevMethod, SHELL_NAME_PREFIX};
 use crate::device::{DeviceMethod, NewDomain, XenstoreMethod};
 use crate::domain::{self, Created};
@@ -73,13 +74,25 @@ pub fn shell_name(domid: u32) -> String {
 }
 
 /// Make a shell of `shape`: the domain with its limits and event channels, its memory
-/// populated, its devices made (their readiness: [`Shell::ready`]). Recorded in
-/// `records` from the moment the domain exists; nothing is left on failure.
+/// populated, its devices made (their readiness: [`Shell::ready`]). Claimed
+/// ([`crate::claim`], as `chaos-shell-UUID`) from before the domain exists until it is
+/// recorded in `records`, which happens as soon as it exists: a daemon killed in
+/// between leaves an orphan that `chaos destroy --orphans` finds. Nothing is left on
+/// failure.
 pub fn make<'h>(host: &'h Host, shape: &Shape, records: &Records) -> Result<Shell<'h>> {
     let started = Instant::now();
     let physinfo = domain::physinfo_with_room(host, shape.memory_mib, "for a shell")?;
     let uuid = Uuid::random();
     let grant_version = if physinfo.gnttab_v2() { 2 } else { 1 };
+    let claim = domain::claims(host).take(
+        &claim::Record {
+            name: format!("{SHELL_NAME_PREFIX}{uuid}"),
+            uuid: uuid.to_string(),
+            dev_method: shape.dev_method,
+            pid: std::process::id(),
+        },
+        |handle| domain::find_by_handle(host, handle),
+    )?;
     let domid = host.timed("xc_domain_create", || {
         Ok(host.xc.domain_create(uuid.0, shape.vcpus, grant_version)?)
     })?;
@@ -88,10 +101,10 @@ pub fn make<'h>(host: &'h Host, shape: &Shape, records: &Records) -> Result<Shel
         uuid: uuid.to_string(),
         dev_method: shape.dev_method,
     };
-    let made = records
-        .write(&record)
-        .map_err(Error::from)
-        .and_then(|()| make_in(host, shape, domid, &uuid));
+    let made = records.write(&record).map_err(Error::from).and_then(|()| {
+        drop(claim);
+        make_in(host, shape, domid, &uuid)
+    });
     match made {
         Ok((image, ports, devices)) => Ok(Shell {
             domid,

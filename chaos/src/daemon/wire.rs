@@ -13,10 +13,11 @@ use serde_json::Value;
 
 use crate::config::{DevMethod, Mac};
 
-/// Where the daemon keeps its socket, its lock and the records of its shells.
+/// Where chaos keeps the claims of creates under way, and the daemon its socket, its
+/// lock and the records of its shells.
 pub const RUN_DIR: &str = "/run/chaos";
 
-/// The daemon's files in its run directory.
+/// chaos's files in its run directory.
 #[derive(Debug, Clone)]
 pub struct RunDir(pub PathBuf);
 
@@ -33,6 +34,11 @@ impl RunDir {
     /// One record per shell (`records`).
     pub fn shells(&self) -> PathBuf {
         self.0.join("shells")
+    }
+
+    /// One claim per create under way (`crate::claim`).
+    pub fn claims(&self) -> PathBuf {
+        self.0.join("creating")
     }
 }
 

@@ -103,6 +103,21 @@ pub const JOB_TESTS: [JobTest; 7] = [
         summarize: &[],
         memory: LabMemory::DEFAULT,
     },
+    // What a killed create leaves (`orphans-lab.sh`), in a NoXS lab that starts
+    // xenstored half-way: chaos SIGKILLed right after each step of a NoXS and of a
+    // Xenstore create (a vif and a disk each), the orphan marked by `chaos list` and
+    // removed by `chaos destroy --orphans`, domains, taps/vifs, loop devices, Xenstore
+    // nodes, served domains and claims back where they were; a stopped create left
+    // alone; a daemon killed while making a shell; two creates of one name at once, ten
+    // times, exactly one winning.
+    JobTest {
+        name: "chaos orphans: a create killed after each step, then destroy --orphans",
+        script: include_str!("orphans-lab.sh"),
+        timeout_secs: 900,
+        noxs: true,
+        summarize: &["one-create-per-name"],
+        memory: LabMemory::DEFAULT,
+    },
     // The chaos daemon (`daemon-lab.sh`): a daytime with 2 vifs, 16 MiB and a disk from
     // a shell gets exactly those; a pool of 2 emptied by 3 creates builds the third in
     // full; create --wait through it; shells never listed; SIGKILL, then its restart or
