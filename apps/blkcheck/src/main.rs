@@ -13,7 +13,7 @@
 //! refused with an error, without crashing.
 //!
 //! With `hog=S` on its command line it does only this instead: for S seconds it writes
-//! its disk 1 MiB at a time, each write flushed, from four tasks at once, and prints
+//! its disk 1 MiB at a time, each write flushed, from 16 tasks at once, and prints
 //! `blkcheck: hog wrote N MiB in S s` — the neighbour the back end must not let starve
 //! other guests.
 
@@ -113,10 +113,10 @@ fn main(args: kernel::Args) -> Result<(), String> {
     })
 }
 
-/// Write the disk 1 MiB at a time, flushing each, from four tasks, for `duration`.
+/// Write the disk 1 MiB at a time, flushing each, from 16 tasks, for `duration`.
 async fn hog_for(disk: &Rc<BlockDevice>, duration: Duration) -> Result<(), String> {
     const CHUNK: usize = 1 << 20;
-    const TASKS: u64 = 4;
+    const TASKS: u64 = 16;
     let chunks = (disk.info().bytes() / CHUNK as u64).max(1);
     let written = Rc::new(Cell::new(0u64));
     let failures = Rc::new(Cell::new(0u32));

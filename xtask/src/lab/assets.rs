@@ -98,6 +98,7 @@ const MODULES: &[&str] = &[
     "virtio_blk",
     "virtio_console",
     "ext4",
+    "crc32c_generic",
 ];
 
 const INIT: &str = include_str!("dom0-init.sh");

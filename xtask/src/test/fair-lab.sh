@@ -1,5 +1,5 @@
 # Lab job for `cargo xtask test`, in a NoXS lab: one guest cannot take xendevd's service
-# away from the others. A disk hog (blkcheck hog=S: 1 MiB writes, each flushed, four
+# away from the others. A disk hog (blkcheck hog=S: 1 MiB writes, each flushed, 16
 # at a time) next to a daytime: daytime's replies stay prompt (p50/p99 measured before
 # and during, in this run). A hung disk (its file system frozen with fsfreeze): only
 # its guest stalls; daytime answers, the API answers, and SIGTERM still stops xendevd.
@@ -52,19 +52,19 @@ measure daytime-hogged-p99 "$hog_p99" ms "next to the disk hog (max $hog_max ms,
 wait_for "blkcheck: hog wrote" 600 hog.out
 check hog-ran $? "$(tail -c 300 hog.out | tr '\n' '|')"
 measure hog-written "$(sed -n 's/.*hog wrote \([0-9]*\) MiB.*/\1/p' hog.out | tr -d '\r')" MiB "in 30 s"
-# Prompt: the hog may cost daytime a few milliseconds, not its turn. The bound is a
-# ratio to this run's own idle figure (the lab is emulated and shared).
-awk -v idle="$idle_p99" -v hog="$hog_p99" -v failed="$hog_failed" \
-	'BEGIN { exit !(failed == 0 && hog <= 3 * idle + 20) }'
-check daytime-prompt-next-to-hog $? "p99 ${hog_p99} ms next to the hog, ${idle_p99} ms alone; $hog_failed without reply"
+# Prompt: the hog may cost daytime a few milliseconds, not its turn: at most twice
+# this run's own idle figures and 5 ms (the lab is emulated and shared).
+awk -v i50="$idle_p50" -v i99="$idle_p99" -v h50="$hog_p50" -v h99="$hog_p99" -v failed="$hog_failed" \
+	'BEGIN { exit !(failed == 0 && h50 <= 2 * i50 + 5 && h99 <= 2 * i99 + 5) }'
+check daytime-prompt-next-to-hog $? "p50/p99 ${hog_p50}/${hog_p99} ms next to the hog, ${idle_p50}/${idle_p99} ms alone; $hog_failed without reply"
 
 # A hung disk: the image lives on a file system that is then frozen.
 truncate -s 64M hung.fs && mke2fs -q -F hung.fs >mkfs.out 2>&1 &&
-	mkdir -p /mnt/hung && mount -t ext2 -o loop hung.fs /mnt/hung >>mkfs.out 2>&1
+	mkdir -p /mnt/hung && mount -t ext4 -o loop hung.fs /mnt/hung >>mkfs.out 2>&1
 check hung-fs-mounted $? "$(cat mkfs.out)"
 truncate -s 32M /mnt/hung/disk.img
 cat >hung.json <<JSON
-{"name": "hung", "kernel": "/apps/blkcheck", "memory": 32, "vcpus": 1,
+{"name": "hung", "kernel": "/apps/blkcheck", "cmdline": "hog=60", "memory": 32, "vcpus": 1,
  "xen": {"dev_method": "noxs"},
  "vbds": [{"target": "/mnt/hung/disk.img", "type": "file", "vdev": "xvda", "access": "w"}]}
 JSON
@@ -72,6 +72,11 @@ fsfreeze --freeze /mnt/hung
 timeout 20 chaos create hung.json >hung.id 2>hung.err
 check hung-created $? "$(cat hung.err)"
 sleep 3
+# Its first write waits on the frozen file system: a thread of xendevd is stuck in it.
+pid=$(pidof xendevd)
+stuck=$(grep -l '^[0-9]* ([^)]*) D' /proc/"$pid"/task/*/stat 2>/dev/null | wc -l)
+[ "$stuck" -ge 1 ]
+check hung-disk-hangs $? "$stuck thread(s) of xendevd waiting on the disk: $(cat /proc/"$pid"/task/*/stat | cut -d' ' -f1-3 | tr '\n' '|')"
 read -r hung_p50 hung_p99 hung_max hung_failed <<EOF
 $(replies hung 30)
 EOF
@@ -80,8 +85,14 @@ measure daytime-hung-disk-p99 "$hung_p99" ms "next to the hung disk (max $hung_m
 check daytime-answers-next-to-hung-disk $? "$hung_failed of 30 without reply"
 timeout 5 chaos list >list.out 2>&1
 check api-answers-next-to-hung-disk $? "$(cat list.out)"
-pid=$(pidof xendevd)
+# SIGTERM: xendevd shuts down (its socket goes) while the hung disk's worker still
+# waits, unkillably, for the file system; the process ends once that write returns.
 kill -TERM "$pid"
-ended "$pid" 100
-check sigterm-stops-with-hung-disk $? "xendevd $pid still running after $i tenths of a second"
+i=0
+until [ ! -e /run/xendevd.sock ] || [ $i -ge 100 ]; do i=$((i + 1)); sleep 0.1; done
+[ ! -e /run/xendevd.sock ]
+check sigterm-stops-with-hung-disk $? "after $i tenths of a second: $(tail -n 2 /var/log/xendevd.log)"
 fsfreeze --unfreeze /mnt/hung
+ended "$pid" 100
+check xendevd-ends-after-thaw $? "xendevd $pid still there after $i tenths of a second"
+
