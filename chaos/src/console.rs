@@ -248,7 +248,7 @@ const NOXS_POLL: Duration = Duration::from_millis(20);
 /// xendevd's answer.
 pub fn open_noxs(host: &Host, domid: u32) -> Result<(UnixStream, Vec<u8>)> {
     let streaming = host.timed("xendevd console", || {
-        host.xendevd.console(domid, true).map_err(|err| {
+        host.xendevd.console(domid, true, false).map_err(|err| {
             Error::Xendevd(format!(
                 "domain {domid}'s console (a NoXS console comes from xendevd): {err}"
             ))
