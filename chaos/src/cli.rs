@@ -105,8 +105,11 @@ pub enum Command {
     /// domain a create has not finished, "being created …" or "orphan: …" (its chaos
     /// died: `chaos destroy --orphans` removes it).
     List,
-    /// Show a guest's console until the guest ends: xenconsoled's pty (Ctrl-]
-    /// detaches), or for a NoXS guest xendevd's log of it, output only (Ctrl-C leaves).
+    /// Show a guest's console until the guest ends, and send it what comes on stdin:
+    /// xenconsoled's pty, or for a NoXS guest xendevd's stream of it (its output from
+    /// the first byte). A terminal on stdin is made raw and Ctrl-] detaches; other
+    /// input (a pipe, a file) goes to the guest as it comes, and when it ends the
+    /// console goes on until the guest ends (Ctrl-C leaves).
     Console(TargetArgs),
     /// The chaos daemon: pools of shells (domains built ahead of their guests) that
     /// `chaos create` turns into guests (split instantiation).
@@ -171,8 +174,9 @@ pub struct CreateArgs {
     /// Leave the guests paused, whatever the configuration says.
     #[arg(short, long)]
     pub paused: bool,
-    /// Stream the guest's console to stdout from its first byte, until it ends; then
-    /// destroy it and exit with how it ended (see the exit status in `chaos --help`).
+    /// Stream the guest's console to stdout from its first byte, until it ends, and
+    /// stdin to it as `chaos console` does; then destroy it and exit with how it ended
+    /// (see the exit status in `chaos --help`).
     #[arg(short, long, conflicts_with = "paused")]
     pub console: bool,
     /// Wait until the guest ends, destroy it, exit with how it ended.

@@ -12,9 +12,15 @@
 //! has shut down or was destroyed, and interrupting signals.
 //!
 //! A NoXS guest has no xenconsoled: xendevd is its console back end and keeps its
-//! output from the first byte; chaos asks it for the stream (`Console`, with `follow`)
-//! and relays that ([`open_noxs`], [`relay_stream`]), looking at the domain every 20
-//! ms. That console is output only.
+//! output from the first byte; chaos asks it for the stream (`Console`, with `follow`
+//! and `input`) and relays that ([`open_noxs`], [`relay_stream`]), looking at the
+//! domain every 20 ms.
+//!
+//! Both consoles take input: stdin goes to the guest ([`Input`]). A terminal on stdin
+//! is made raw and Ctrl-] detaches, as with `xl console`; anything else (a pipe, a
+//! file) goes to the guest as it comes, and when it ends the console goes on showing
+//! output until the guest ends. Input is read only as fast as the console takes it:
+//! xendevd takes a NoXS guest's input as the guest reads it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -64,6 +70,112 @@ impl Drop for RestoreStdin {
     fn drop(&mut self) {
         // SAFETY: stdin stays open for the process's life; the settings came from it.
         unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw const self.0) };
+    }
+}
+
+/// What stdin sends the guest, on its way: read only while the console has taken
+/// what came before.
+#[derive(Debug)]
+struct Input {
+    /// A terminal (raw while the relay runs): Ctrl-] detaches.
+    interactive: bool,
+    /// Stdin has not ended.
+    open: bool,
+    /// Read from stdin, not yet taken by the console.
+    pending: Vec<u8>,
+    _restore: Option<RestoreStdin>,
+}
+
+impl Input {
+    /// Stdin, made raw if it is a terminal.
+    fn stdin() -> Self {
+        // SAFETY: isatty only inspects the descriptor.
+        let interactive = unsafe { libc::isatty(libc::STDIN_FILENO) } == 1;
+        let mut input = Self::new(interactive);
+        if interactive {
+            input._restore = make_raw(libc::STDIN_FILENO).map(RestoreStdin);
+        }
+        input
+    }
+
+    fn new(interactive: bool) -> Self {
+        Self {
+            interactive,
+            open: true,
+            pending: Vec::new(),
+            _restore: None,
+        }
+    }
+
+    /// Stdin's pollfd while more of it is wanted: it has not ended and the console
+    /// took everything before.
+    fn poll_stdin(&self) -> Option<libc::pollfd> {
+        (self.open && self.pending.is_empty()).then_some(libc::pollfd {
+            fd: libc::STDIN_FILENO,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+    }
+
+    /// The console's poll events: its output, and room for input while some waits.
+    fn console_events(&self) -> libc::c_short {
+        if self.pending.is_empty() {
+            libc::POLLIN
+        } else {
+            libc::POLLIN | libc::POLLOUT
+        }
+    }
+
+    /// Stdin is ready: read what it has. `Some(Stopped::Detached)` when the user typed
+    /// the escape character or the terminal went away.
+    fn read_stdin(&mut self) -> Option<Stopped> {
+        let mut chunk = [0u8; 4096];
+        // SAFETY: `chunk` is valid for writes of its length.
+        let n = unsafe { libc::read(libc::STDIN_FILENO, chunk.as_mut_ptr().cast(), chunk.len()) };
+        match usize::try_from(n) {
+            Ok(n) => self.take(&chunk[..n]),
+            Err(_) if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => None,
+            // Stdin unreadable (closed, or an error): it has nothing more to say.
+            Err(_) => self.take(&[]),
+        }
+    }
+
+    /// What a read of stdin gave (nothing: its end).
+    fn take(&mut self, bytes: &[u8]) -> Option<Stopped> {
+        if self.interactive {
+            if bytes.is_empty() || bytes.contains(&ESCAPE) {
+                return Some(Stopped::Detached);
+            }
+        } else if bytes.is_empty() {
+            self.open = false;
+        }
+        self.pending.extend_from_slice(bytes);
+        None
+    }
+
+    /// Hand the console what it takes of the pending input, without waiting. A
+    /// console that takes no input any more (it is closing) ends the input; its end is
+    /// the relay's business.
+    fn pass_to(&mut self, console: &mut impl Write) {
+        while !self.pending.is_empty() {
+            match console.write(&self.pending) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.pending.drain(..n);
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.pending.clear();
+                    self.open = false;
+                }
+            }
+        }
+    }
+
+    /// Stdin ended and the console took all of it.
+    fn finished(&self) -> bool {
+        !self.open && self.pending.is_empty()
     }
 }
 
@@ -164,9 +276,12 @@ pub fn drain(
     }
 }
 
-/// Relay `tty` to `out` (and, if stdin is a terminal, stdin to the guest: Ctrl-]
-/// detaches) while watching domain `domid` (with handle `uuid`): stop when it ends,
-/// when xenconsoled closes the console, or on a signal.
+/// The events of a poll that mean a read will say something (data, its end, an error).
+const READABLE: libc::c_short = libc::POLLIN | libc::POLLHUP | libc::POLLERR;
+
+/// Relay `tty` to `out`, and stdin to the guest ([`Input`]: Ctrl-] detaches a terminal),
+/// while watching domain `domid` (with handle `uuid`): stop when it ends, when
+/// xenconsoled closes the console, or on a signal.
 pub fn relay(
     host: &Host,
     domid: u32,
@@ -177,13 +292,7 @@ pub fn relay(
     let xs = host.xs()?;
     let _watch = xs.watch("@releaseDomain", "chaos-console")?;
     let xs_fd = xs.fileno()?;
-    // SAFETY: isatty only inspects the descriptor.
-    let interactive = unsafe { libc::isatty(libc::STDIN_FILENO) } == 1;
-    let _restore = if interactive {
-        make_raw(libc::STDIN_FILENO).map(RestoreStdin)
-    } else {
-        None
-    };
+    let mut input = Input::stdin();
     let mut buf = [0u8; 4096];
     loop {
         if let Some(signal) = signal::caught() {
@@ -192,7 +301,7 @@ pub fn relay(
         let mut fds = vec![
             libc::pollfd {
                 fd: tty.as_raw_fd(),
-                events: libc::POLLIN,
+                events: input.console_events(),
                 revents: 0,
             },
             libc::pollfd {
@@ -201,37 +310,24 @@ pub fn relay(
                 revents: 0,
             },
         ];
-        if interactive {
-            fds.push(libc::pollfd {
-                fd: libc::STDIN_FILENO,
-                events: libc::POLLIN,
-                revents: 0,
-            });
-        }
+        fds.extend(input.poll_stdin());
         // SAFETY: `fds` holds `fds.len()` valid pollfds.
         let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
         if rc < 0 {
             continue; // EINTR: the signal check above decides.
         }
-        if fds[0].revents != 0 {
-            match pass_on(tty, &mut buf, out)? {
-                Some(stopped) => return Ok(stopped),
-                None => continue,
-            }
+        let output = fds[0].revents & READABLE != 0;
+        if output && let Some(stopped) = pass_on(tty, &mut buf, out)? {
+            return Ok(stopped);
         }
-        if interactive && fds[2].revents != 0 {
-            let mut input = [0u8; 64];
-            // SAFETY: `input` is valid for writes of its length.
-            let n =
-                unsafe { libc::read(libc::STDIN_FILENO, input.as_mut_ptr().cast(), input.len()) };
-            if let Ok(n) = usize::try_from(n) {
-                if n == 0 || input[..n].contains(&ESCAPE) {
-                    return Ok(Stopped::Detached);
-                }
-                let _ = tty.write_all(&input[..n]);
-            }
+        if fds.get(2).is_some_and(|stdin| stdin.revents != 0)
+            && let Some(stopped) = input.read_stdin()
+        {
+            return Ok(stopped);
         }
-        if fds[1].revents != 0 || rc == 0 {
+        input.pass_to(tty);
+        // A busy console: the domain is looked at when the watch fires.
+        if !output && (fds[1].revents != 0 || rc == 0) {
             xs.drain_events()?;
             if let Some(ending) = domain::check_ending(host, domid, uuid)? {
                 return Ok(Stopped::Ended(ending));
@@ -248,7 +344,7 @@ const NOXS_POLL: Duration = Duration::from_millis(20);
 /// xendevd's answer.
 pub fn open_noxs(host: &Host, domid: u32) -> Result<(UnixStream, Vec<u8>)> {
     let streaming = host.timed("xendevd console", || {
-        host.xendevd.console(domid, true).map_err(|err| {
+        host.xendevd.console(domid, true, true).map_err(|err| {
             Error::Xendevd(format!(
                 "domain {domid}'s console (a NoXS console comes from xendevd): {err}"
             ))
@@ -262,7 +358,10 @@ pub fn open_noxs(host: &Host, domid: u32) -> Result<(UnixStream, Vec<u8>)> {
 }
 
 /// Relay xendevd's console stream of NoXS domain `domid` (handle `uuid`) to `out`,
-/// `pending` first, until the domain ends, xendevd closes the stream, or a signal.
+/// `pending` first, and stdin to the guest ([`Input`]: Ctrl-] detaches a terminal),
+/// until the domain ends, xendevd closes the stream, or a signal. Once stdin has ended
+/// and xendevd took all of it, our sending side of the stream is closed: xendevd
+/// stops reading it, and the output goes on.
 pub fn relay_stream(
     host: &Host,
     domid: u32,
@@ -272,6 +371,8 @@ pub fn relay_stream(
     out: &mut dyn Write,
 ) -> Result<Stopped> {
     write_out(out, pending)?;
+    let mut input = Input::stdin();
+    let mut input_closed = false;
     let mut buf = [0u8; 4096];
     let mut next_check = Instant::now();
     loop {
@@ -285,11 +386,18 @@ pub fn relay_stream(
             }
             next_check = now + NOXS_POLL;
         }
-        let mut pollfd = libc::pollfd {
+        if input.finished() && !input_closed {
+            // Nothing more to send: xendevd reads no more, and it may tell a client
+            // that went away from one that is done typing.
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            input_closed = true;
+        }
+        let mut fds = vec![libc::pollfd {
             fd: stream.as_raw_fd(),
-            events: libc::POLLIN,
+            events: input.console_events(),
             revents: 0,
-        };
+        }];
+        fds.extend(input.poll_stdin());
         let millis = i32::try_from(
             next_check
                 .saturating_duration_since(Instant::now())
@@ -297,14 +405,22 @@ pub fn relay_stream(
                 .max(1),
         )
         .unwrap_or(i32::MAX);
-        // SAFETY: one valid pollfd for the call.
-        let rc = unsafe { libc::poll(&raw mut pollfd, 1, millis) };
+        // SAFETY: `fds` holds `fds.len()` valid pollfds.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
         if rc <= 0 {
             continue; // a timeout, or EINTR: the checks above decide.
         }
-        if let Some(stopped) = pass_on(stream, &mut buf, out)? {
+        if fds[0].revents & READABLE != 0
+            && let Some(stopped) = pass_on(stream, &mut buf, out)?
+        {
             return Ok(stopped);
         }
+        if fds.get(1).is_some_and(|stdin| stdin.revents != 0)
+            && let Some(stopped) = input.read_stdin()
+        {
+            return Ok(stopped);
+        }
+        input.pass_to(stream);
     }
 }
 
@@ -338,4 +454,81 @@ fn write_out(out: &mut dyn Write, bytes: &[u8]) -> Result<()> {
     })?;
     out.flush().ok();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A console that takes `room` bytes, then would block; or fails (`room` None).
+    struct Console {
+        taken: Vec<u8>,
+        room: Option<usize>,
+    }
+
+    impl Write for Console {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            let Some(room) = &mut self.room else {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            };
+            if *room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = bytes.len().min(*room);
+            *room -= n;
+            self.taken.extend_from_slice(&bytes[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_terminal_detaches_on_the_escape_or_its_end() {
+        let mut input = Input::new(true);
+        assert_eq!(input.take(b"ls\r"), None);
+        assert_eq!(input.take(b"x\x1dy"), Some(Stopped::Detached));
+        assert_eq!(input.take(b""), Some(Stopped::Detached));
+        assert_eq!(input.pending, b"ls\r");
+    }
+
+    /// Piped input is passed on as it is, the escape character too; its end ends the
+    /// input only; stdin is not read while the console has not taken what came.
+    #[test]
+    fn piped_input_goes_as_it_comes_and_its_end_is_no_detach() {
+        let mut input = Input::new(false);
+        assert!(input.poll_stdin().is_some());
+        assert_eq!(input.take(b"alpha\n\x1d"), None);
+        assert!(input.poll_stdin().is_none());
+        assert_eq!(input.console_events(), libc::POLLIN | libc::POLLOUT);
+        let mut console = Console {
+            taken: Vec::new(),
+            room: Some(3),
+        };
+        input.pass_to(&mut console);
+        assert_eq!(console.taken, b"alp");
+        assert!(input.poll_stdin().is_none());
+        console.room = Some(100);
+        input.pass_to(&mut console);
+        assert_eq!(console.taken, b"alpha\n\x1d");
+        assert_eq!(input.console_events(), libc::POLLIN);
+        assert!(!input.finished());
+        assert_eq!(input.take(b""), None);
+        assert!(input.finished());
+        assert!(input.poll_stdin().is_none());
+    }
+
+    /// A console that takes no more input (xendevd closed the stream) ends the input,
+    /// with no spin on what is left.
+    #[test]
+    fn a_closed_console_ends_the_input() {
+        let mut input = Input::new(false);
+        input.take(b"lost");
+        input.pass_to(&mut Console {
+            taken: Vec::new(),
+            room: None,
+        });
+        assert!(input.finished());
+    }
 }

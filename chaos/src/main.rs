@@ -103,7 +103,7 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
                 let stopped =
                     console::relay_stream(&host, domid, None, &mut stream, &pending, &mut out)?;
                 return Ok(match stopped {
-                    Stopped::Ended(_) | Stopped::Closed | Stopped::Detached => {
+                    Stopped::Ended(_) | Stopped::Closed => {
                         console::drain(
                             &mut stream,
                             &mut out,
@@ -112,6 +112,7 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
                         );
                         0
                     }
+                    Stopped::Detached => 0,
                     Stopped::Interrupted(signal) => signal::exit_status(signal),
                 });
             }

@@ -23,7 +23,9 @@
 //! ```
 //!
 //! - arguments: [`Args`] (the guest command line, `extra=` in xl);
-//! - output: [`println!`], and the `log` macros;
+//! - output: [`println!`], and the `log` macros; input: [`console::read_line`],
+//!   [`console::read`] (what the console's back end sends: a terminal or a pipe on
+//!   `chaos console`);
 //! - time: [`time::Instant`], [`time::utc_now`]; waiting: [`executor::sleep`],
 //!   [`executor::after`], [`executor::timeout`];
 //! - concurrency: [`executor::block_on`], [`executor::spawn`] (see [`executor`]);
@@ -52,6 +54,7 @@ pub mod devices;
 pub mod events;
 pub mod executor;
 pub mod grant;
+pub mod lines;
 pub mod mem;
 #[cfg(target_os = "none")]
 pub mod noxs;

@@ -92,7 +92,25 @@ pub enum Request {
     /// connection carries the raw console bytes — what the log holds, then (with
     /// `follow`) new output — and closes when the log is done (without `follow`) or the
     /// domain is gone.
-    Console { domid: u32, follow: bool },
+    ///
+    /// With `input` (and `follow`) what the client sends after the request line goes
+    /// to the guest's console as typed input, raw; without it (the default, as older
+    /// clients ask) what the client sends is read and thrown away. Input is taken as
+    /// fast as the guest reads it: past a few KiB that the guest has not read
+    /// (`noxs::console::INPUT_LIMIT` beyond its ring) xendevd stops reading the client
+    /// until it does. Closing the sending side ends the input, not the stream.
+    Console {
+        domid: u32,
+        follow: bool,
+        #[serde(default, skip_serializing_if = "is_false")]
+        input: bool,
+    },
+}
+
+/// For `skip_serializing_if`: a flag that is off is left out, so that requests without
+/// it are byte for byte what older clients send.
+fn is_false(flag: &bool) -> bool {
+    !*flag
 }
 
 /// A device of a NoXS domain, as chaos asks for it.
@@ -358,6 +376,40 @@ mod tests {
             serde_json::to_string(&Response::Streaming).unwrap(),
             r#""streaming""#
         );
+        // A console request without input is what older clients send, and they are
+        // understood as before; input is a flag of its own.
+        for (request, line) in [
+            (
+                Request::Console {
+                    domid: 4,
+                    follow: true,
+                    input: false,
+                },
+                r#"{"op":"console","domid":4,"follow":true}"#,
+            ),
+            (
+                Request::Console {
+                    domid: 4,
+                    follow: true,
+                    input: true,
+                },
+                r#"{"op":"console","domid":4,"follow":true,"input":true}"#,
+            ),
+        ] {
+            assert_eq!(serde_json::to_string(&request).unwrap(), line);
+            assert_eq!(serde_json::from_str::<Request>(line).unwrap(), request);
+        }
+        assert_eq!(
+            serde_json::from_str::<Request>(
+                r#"{"op":"console","domid":4,"follow":false,"input":false}"#
+            )
+            .unwrap(),
+            Request::Console {
+                domid: 4,
+                follow: false,
+                input: false
+            }
+        );
         assert_eq!(
             serde_json::to_string(&Response::Error("no".into())).unwrap(),
             r#"{"error":"no"}"#
@@ -455,6 +507,8 @@ mod tests {
             r#"{"op":"noxs_shell","domid":1,"name":"x","devices":[{"kind":"vif","devid":0}]}"#,
             r#"{"op":"noxs_shell","domid":1,"name":"x","devices":[{"kind":"vbd","devid":0,"target":"/i"}]}"#,
             r#"{"op":"noxs_fill","domid":1,"name":"x","devices":[]}"#,
+            r#"{"op":"console","domid":1,"follow":true,"input":"yes"}"#,
+            r#"{"op":"console","domid":1,"input":true}"#,
         ] {
             assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
         }

@@ -285,9 +285,16 @@ impl Client {
     }
 
     /// NoXS domain `domid`'s console: what its log holds, then (with `follow`) its new
-    /// output, until the log is done (without `follow`) or the domain is gone.
-    pub fn console(&self, domid: u32, follow: bool) -> Result<Streaming, ClientError> {
-        let (answer, reader) = self.exchange(&Request::Console { domid, follow }, self.timeout)?;
+    /// output, until the log is done (without `follow`) or the domain is gone. With
+    /// `input` (which needs `follow`) what is written to the stream goes to the guest's
+    /// console; xendevd takes it as fast as the guest reads it.
+    pub fn console(&self, domid: u32, follow: bool, input: bool) -> Result<Streaming, ClientError> {
+        let request = Request::Console {
+            domid,
+            follow,
+            input,
+        };
+        let (answer, reader) = self.exchange(&request, self.timeout)?;
         expect("console", answer, |answer| match answer {
             Response::Streaming => Ok(()),
             other => Err(other),
@@ -351,7 +358,7 @@ mod tests {
     fn a_stream_keeps_the_bytes_that_came_with_the_answer() {
         let (path, server) = serve_once("stream", b"\"streaming\"\nhello, console\nmore");
         let client = Client::new(&path, Duration::from_secs(5));
-        let streaming = client.console(4, false).unwrap();
+        let streaming = client.console(4, false, false).unwrap();
         let request_line = server.join().unwrap();
         assert_eq!(
             request_line,
@@ -367,7 +374,7 @@ mod tests {
     fn a_refusal_is_no_stream() {
         let (path, server) = serve_once("refusal", b"{\"error\":\"no NoXS domain 9\"}\n");
         let client = Client::new(&path, Duration::from_secs(5));
-        let err = client.console(9, true).unwrap_err();
+        let err = client.console(9, true, true).unwrap_err();
         server.join().unwrap();
         assert_eq!(err.to_string(), "xendevd refused: no NoXS domain 9");
         let _ = std::fs::remove_dir_all(path.parent().unwrap());

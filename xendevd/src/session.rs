@@ -121,8 +121,9 @@ enum Phase {
     /// closing a Unix socket with unread input resets it, and the client could lose
     /// the error line that tells it why.
     Draining { since: Instant },
-    /// Raw bytes follow the answer (a console stream); input is read and thrown away
-    /// until the client closes its side (`input_open` false: nothing more to read),
+    /// Raw bytes follow the answer (a console stream); input is read until the client
+    /// closes its side (`input_open` false: nothing more to read) — thrown away, or,
+    /// for a client that asked to send input, taken by the daemon for the guest —
     /// and only a client that stops reading is dropped.
     Streaming { input_open: bool },
     /// No more input; the connection closes once the output is written.

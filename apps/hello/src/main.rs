@@ -3,7 +3,9 @@
 //! `main`, then powers off.
 //!
 //! Arguments: `panic` panics; `fault` writes through a null pointer; `sleep=N` sleeps
-//! N ms on the timer and prints the guest time that passed.
+//! N ms on the timer and prints the guest time that passed; `echo`, after all that,
+//! reads lines from the console and answers each with `hello: you said LINE` until the
+//! line `bye`, then powers off.
 
 #![no_std]
 #![no_main]
@@ -62,7 +64,32 @@ fn main(args: kernel::Args) -> Result<(), &'static str> {
         );
     }
     println!("free frames: {}", mem::free_frames());
+    if args.has("echo") {
+        echo()?;
+    }
     Ok(())
+}
+
+/// The longest line `echo` takes at once; longer ones come back in parts.
+const ECHO_LINE: usize = 1024;
+
+/// Answer each console line until `bye`.
+fn echo() -> Result<(), &'static str> {
+    println!("hello: echoing console lines; 'bye' powers off");
+    let mut line = alloc::vec::Vec::with_capacity(ECHO_LINE);
+    loop {
+        if let Err(err) =
+            kernel::executor::block_on(kernel::console::read_line(&mut line, ECHO_LINE))
+        {
+            println!("hello: {err}");
+            return Err("cannot read the console");
+        }
+        let text = alloc::string::String::from_utf8_lossy(&line);
+        println!("hello: you said {text}");
+        if text == "bye" {
+            return Ok(());
+        }
+    }
 }
 
 /// Arguments separated by spaces, or `(none)`.

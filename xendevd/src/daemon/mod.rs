@@ -135,6 +135,8 @@ struct Connection {
     waiting: Option<PowerWait>,
     /// The domain whose console this connection follows.
     following: Option<u32>,
+    /// What it sends goes to the followed domain's console (`console` with `input`).
+    input: bool,
     /// What its socket is in the epoll set for (`None`: not in it yet). A connection
     /// that wants nothing stays in the set: epoll still reports its hang-up, so a
     /// client that vanishes while it waits (on its guest, or for console output) is
@@ -150,17 +152,34 @@ impl Connection {
             queued: VecDeque::new(),
             waiting: None,
             following: None,
+            input: false,
             registered: None,
         }
     }
 
     /// What the socket should wake the loop for: input while requests are taken (not
-    /// while one waits on its guest), room for output while some is owed.
-    fn interest(&self) -> Interest {
+    /// while one waits on its guest, nor while the guest has no room for the input it
+    /// sends), room for output while some is owed.
+    fn interest(&self, noxs: &NoxsDispatch) -> Interest {
         Interest {
-            read: self.session.reading() && self.waiting.is_none(),
+            read: self.session.reading() && self.waiting.is_none() && !self.input_blocked(noxs),
             write: !self.session.pending_output().is_empty(),
         }
+    }
+
+    /// How much of its input may be read now: as much as its guest's console takes.
+    fn input_room(&self, noxs: &NoxsDispatch) -> Option<usize> {
+        if !self.input {
+            return None;
+        }
+        self.following
+            .and_then(|domid| noxs.console_input_room(domid))
+    }
+
+    /// It sends input that its guest has no room for: its socket is not read (what it
+    /// sends waits in the socket, and then in the client) until the guest takes some.
+    fn input_blocked(&self, noxs: &NoxsDispatch) -> bool {
+        self.input_room(noxs) == Some(0)
     }
 }
 
@@ -177,6 +196,11 @@ enum Refusal {
     Noxs(#[from] NoxsRefusal),
     #[error("cannot read the console log {}: {source}", path.display())]
     ConsoleLog { path: PathBuf, source: io::Error },
+    #[error(
+        "console input needs \"follow\": true (a console that is not followed ends once \
+         its log is sent)"
+    )]
+    InputUnfollowed,
     #[error("xendevd serves {MAX_CONNECTIONS} clients at once: try again later")]
     Busy,
 }
@@ -224,11 +248,13 @@ enum Answer {
     Now(Result<Response, Refusal>),
     /// When the guest acknowledges (or not).
     Power(PowerWait),
-    /// `streaming`, the log so far, then (with `follow`) the domain's new output.
+    /// `streaming`, the log so far, then (with `follow`) the domain's new output; with
+    /// `input`, what the client sends goes to the domain's console.
     Console {
         domid: u32,
         log: PathBuf,
         follow: bool,
+        input: bool,
     },
 }
 
@@ -329,9 +355,21 @@ impl Services {
                     Err(err) => Answer::Now(Err(err.into())),
                 };
             }
-            Request::Console { domid, follow } => {
+            Request::Console {
+                domid,
+                follow,
+                input,
+            } => {
+                if input && !follow {
+                    return Answer::Now(Err(Refusal::InputUnfollowed));
+                }
                 return match self.noxs.console_log(domid) {
-                    Ok(log) => Answer::Console { domid, log, follow },
+                    Ok(log) => Answer::Console {
+                        domid,
+                        log,
+                        follow,
+                        input,
+                    },
                     Err(err) => Answer::Now(Err(err.into())),
                 };
             }
@@ -538,6 +576,7 @@ impl Daemon {
                     for connection in self.connections.values_mut() {
                         if connection.following == Some(domid) {
                             connection.following = None;
+                            connection.input = false;
                             connection.session.end_stream();
                         }
                     }
@@ -574,7 +613,7 @@ impl Daemon {
     /// Bring each connection's events in the epoll set in line with what it waits for.
     fn update_interests(&mut self) {
         for (&id, connection) in &mut self.connections {
-            let wanted = connection.interest();
+            let wanted = connection.interest(&self.services.noxs);
             if connection.registered == Some(wanted) {
                 continue;
             }
@@ -685,14 +724,19 @@ impl Daemon {
         }
     }
 
-    /// Read what a client sent. `hangup`: its socket reported a hang-up; a client that
-    /// is not read (it waits, or its input ended) is then gone, and so is what it waits
-    /// for.
+    /// Read what a client sent: requests, or a follower's input for its guest (no
+    /// more than the guest's console takes). `hangup`: its socket reported a hang-up;
+    /// a client that is not read (it waits, its input ended, or its guest has no room
+    /// for its input) is then gone, and so is what it waits for.
     fn read_connection(&mut self, id: u64, hangup: bool, chunk: &mut [u8], now: Instant) {
         let Some(connection) = self.connections.get_mut(&id) else {
             return;
         };
-        if !connection.session.reading() || connection.waiting.is_some() {
+        let noxs = &mut self.services.noxs;
+        if !connection.session.reading()
+            || connection.waiting.is_some()
+            || connection.input_blocked(noxs)
+        {
             if hangup {
                 if let Some(wait) = connection.waiting.take() {
                     info!(
@@ -701,10 +745,14 @@ impl Daemon {
                     );
                 }
                 connection.following = None;
+                connection.input = false;
                 connection.session.abort();
             }
             return;
         }
+        let room = connection.input_room(noxs);
+        let wanted = room.unwrap_or(usize::MAX).min(chunk.len());
+        let chunk = &mut chunk[..wanted];
         match (&connection.stream).read(chunk) {
             Ok(0) => {
                 if let Some(error) = connection.session.end_of_input() {
@@ -712,11 +760,17 @@ impl Daemon {
                     connection.session.refuse(&error, now);
                 }
             }
-            Ok(n) => {
-                let requests = connection.session.receive(&chunk[..n], now);
-                connection.queued.extend(requests);
-                self.run_queued(id);
-            }
+            Ok(n) => match connection.following.filter(|_| room.is_some()) {
+                Some(domid) => {
+                    connection.session.receive(&chunk[..n], now);
+                    noxs.console_input(domid, &chunk[..n]);
+                }
+                None => {
+                    let requests = connection.session.receive(&chunk[..n], now);
+                    connection.queued.extend(requests);
+                    self.run_queued(id);
+                }
+            },
             Err(err)
                 if matches!(
                     err.kind(),
@@ -756,7 +810,12 @@ impl Daemon {
                 Answer::Now(Ok(response)) => connection.session.respond(response, now),
                 Answer::Now(Err(refusal)) => connection.session.refuse(&refusal, now),
                 Answer::Power(wait) => connection.waiting = Some(wait),
-                Answer::Console { domid, log, follow } => {
+                Answer::Console {
+                    domid,
+                    log,
+                    follow,
+                    input,
+                } => {
                     let so_far = match fs::read(&log) {
                         Ok(bytes) => bytes,
                         Err(source) => {
@@ -771,6 +830,7 @@ impl Daemon {
                     connection.queued.clear();
                     if follow {
                         connection.following = Some(domid);
+                        connection.input = input;
                     } else {
                         connection.session.end_stream();
                     }
@@ -896,6 +956,7 @@ mod tests {
             Request::Console {
                 domid: 3,
                 follow: false,
+                input: false,
             },
         ] {
             assert!(matches!(
@@ -904,6 +965,18 @@ mod tests {
                     == "this xendevd has no NoXS back ends (not started)"
             ));
         }
+        // Input without follow is refused whatever the domain: that stream would end
+        // with the log.
+        assert!(matches!(
+            services.handle(Request::Console {
+                domid: 3,
+                follow: false,
+                input: true,
+            }),
+            Answer::Now(Err(err)) if err.to_string()
+                == "console input needs \"follow\": true (a console that is not followed \
+                    ends once its log is sent)"
+        ));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

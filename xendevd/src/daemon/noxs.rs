@@ -133,6 +133,20 @@ impl NoxsDispatch {
         Ok(self.backends()?.console_log(domid)?)
     }
 
+    /// How much more input domain `domid`'s console takes now; `None` if it is not
+    /// served.
+    pub fn console_input_room(&self, domid: u32) -> Option<usize> {
+        self.backends.as_ref().ok()?.console_input_room(domid)
+    }
+
+    /// Input for domain `domid`'s console, no more than
+    /// [`NoxsDispatch::console_input_room`] said.
+    pub fn console_input(&mut self, domid: u32, bytes: &[u8]) {
+        if let Ok(backends) = &mut self.backends {
+            backends.console_input(domid, bytes);
+        }
+    }
+
     /// `release_domain`'s part: stop serving `domid`, if it is served.
     pub fn release(&mut self, domid: u32) {
         if let Ok(backends) = &mut self.backends {

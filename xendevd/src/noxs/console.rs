@@ -1,6 +1,8 @@
 //! A NoXS guest's console back end: its ring (`xencons_interface`, grant entry 0,
 //! seeded by the domain builder for dom0) drained into a log file per guest, and handed
-//! to followers. Made with the domain, released with it; it needs no control page.
+//! to followers; and the guest's input, from followers that send it, queued (bounded:
+//! [`INPUT_LIMIT`]) and put into the ring as the guest takes it. Made with the domain,
+//! released with it; it needs no control page.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -197,12 +199,69 @@ impl Drop for ConsoleLog {
     }
 }
 
+/// Input for a guest held at most, beyond its ring (xenconsoled holds none: it reads
+/// its pty only while the ring has room). Past it xendevd stops reading the senders'
+/// sockets until the guest takes some: their input waits in their own buffers.
+pub const INPUT_LIMIT: usize = 4096;
+
+/// Input on its way to a guest: what its ring had no room for yet, [`INPUT_LIMIT`]
+/// bytes at most, in order.
+#[derive(Debug, Default)]
+pub struct InputQueue {
+    bytes: VecDeque<u8>,
+}
+
+impl InputQueue {
+    /// How many more bytes may be queued.
+    pub fn room(&self) -> usize {
+        INPUT_LIMIT.saturating_sub(self.bytes.len())
+    }
+
+    /// Queue what fits of `bytes`: how much did (the caller reads no more than
+    /// [`InputQueue::room`], so all of it).
+    pub fn push(&mut self, bytes: &[u8]) -> usize {
+        let taken = bytes.len().min(self.room());
+        self.bytes.extend(&bytes[..taken]);
+        taken
+    }
+
+    /// Move what the ring `interface.input()` has room for into it: how many bytes.
+    pub fn feed(&mut self, interface: &ConsoleInterface) -> Result<usize, RingCorrupt> {
+        let ring = interface.input();
+        let mut moved = 0;
+        while !self.bytes.is_empty() {
+            let (first, _) = self.bytes.as_slices();
+            let n = ring.produce(first)?;
+            if n == 0 {
+                break;
+            }
+            self.bytes.drain(..n);
+            moved += n;
+        }
+        Ok(moved)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+/// The console ring's page, as the console interface.
+fn interface(ring: &Mapping) -> &ConsoleInterface {
+    // SAFETY: the mapping is a live page holding the ring, for as long as it is
+    // borrowed; the interface's fields are bytes and atomics the guest may write
+    // concurrently, and `Ring` only copies them with volatile accesses and checks the
+    // indices it loads.
+    unsafe { ConsoleInterface::from_page(ring.as_ptr()) }
+}
+
 /// A guest's console back end.
 #[derive(Debug)]
 pub struct Console {
     ring: Mapping,
     port: Port,
     pub log: ConsoleLog,
+    input: InputQueue,
 }
 
 impl Console {
@@ -229,20 +288,47 @@ impl Console {
                     ConsoleError::Limit,
                 )
             })?;
-        Ok(Self { ring, port, log })
+        Ok(Self {
+            ring,
+            port,
+            log,
+            input: InputQueue::default(),
+        })
     }
 
     pub fn port(&self) -> u32 {
         self.port.local()
     }
 
+    /// How many more bytes of input may be queued for the guest.
+    pub fn input_room(&self) -> usize {
+        self.input.room()
+    }
+
+    /// Queue input for the guest (no more than [`Console::input_room`]) and put what
+    /// fits into its ring: how many bytes went into the ring.
+    pub fn send_input(&mut self, bytes: &[u8]) -> Result<usize, RingCorrupt> {
+        self.input.push(bytes);
+        self.feed_input()
+    }
+
+    /// Put queued input into the ring as far as the guest made room (it notifies when
+    /// it takes some); tell it when there is more to read. How many bytes moved.
+    pub fn feed_input(&mut self) -> Result<usize, RingCorrupt> {
+        if self.input.is_empty() {
+            return Ok(0);
+        }
+        let moved = self.input.feed(interface(&self.ring))?;
+        if moved > 0 {
+            let _ = self.port.notify();
+        }
+        Ok(moved)
+    }
+
     /// Take what the guest wrote, `max` bytes at most; log it and return it. A corrupt
     /// ring yields an error (the console stays, the guest may repair it).
     pub fn drain(&mut self, max: usize) -> Result<Vec<u8>, RingCorrupt> {
-        // SAFETY: the mapping is a live page holding the ring; the interface's fields
-        // are bytes and atomics the guest may write concurrently.
-        let interface = unsafe { ConsoleInterface::from_page(self.ring.as_ptr()) };
-        let output = interface.output();
+        let output = interface(&self.ring).output();
         let mut out = Vec::new();
         let mut buf = [0u8; 2048];
         while out.len() < max {
@@ -271,6 +357,74 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    /// Input waits in the queue, never more than its limit, while the guest does not
+    /// read; it reaches the guest whole and in order as the guest takes it, across the
+    /// ring's wrap-around.
+    #[test]
+    fn input_is_bounded_and_arrives_in_order() {
+        let page = Box::new(ConsoleInterface::default());
+        let mut queue = InputQueue::default();
+        let sent: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        let mut offered = &sent[..];
+        let mut received = Vec::new();
+        let mut rounds = 0;
+        while received.len() < sent.len() {
+            // The sender is read only as far as the queue has room.
+            let n = queue.push(&offered[..offered.len().min(queue.room())]);
+            offered = &offered[n..];
+            queue.feed(&page).unwrap();
+            // A guest that takes 700 bytes at a time, then notifies.
+            let mut buf = [0u8; 700];
+            let n = page.input().consume(&mut buf).unwrap();
+            received.extend_from_slice(&buf[..n]);
+            queue.feed(&page).unwrap();
+            rounds += 1;
+            assert!(rounds < 1000, "no progress");
+        }
+        assert_eq!(received, sent);
+        assert!(queue.is_empty());
+    }
+
+    /// A guest that never reads: the ring fills, then the queue, then nothing more is
+    /// taken (the sender waits); nothing is dropped.
+    #[test]
+    fn a_guest_that_does_not_read_stops_the_input() {
+        let page = Box::new(ConsoleInterface::default());
+        let mut queue = InputQueue::default();
+        assert_eq!(queue.push(&[b'a'; 3000]), 3000);
+        assert_eq!(queue.feed(&page), Ok(xenproto::console::IN_SIZE));
+        assert_eq!(queue.push(&[b'b'; 5000]), INPUT_LIMIT - 1976);
+        assert_eq!(queue.room(), 0);
+        assert_eq!(queue.push(b"c"), 0);
+        assert_eq!(queue.feed(&page), Ok(0));
+        let mut buf = vec![0u8; 8192];
+        assert_eq!(page.input().consume(&mut buf), Ok(1024));
+        assert_eq!(queue.feed(&page), Ok(1024));
+        assert_eq!(queue.room(), 1024);
+    }
+
+    /// Indices the guest scribbled on: an error, and the queue stays as it was.
+    #[test]
+    fn a_corrupt_ring_takes_no_input() {
+        let page = Box::new(ConsoleInterface::default());
+        let mut queue = InputQueue::default();
+        queue.push(b"hello");
+        // The guest claims to have read 10 bytes of an empty ring.
+        let mut buf = [0u8; 1];
+        page.input().produce(b"x").unwrap();
+        page.input().consume(&mut buf).unwrap();
+        // SAFETY: the page is ours (boxed), its in_cons is its bytes 3072..3076.
+        let in_cons = unsafe {
+            &*std::ptr::from_ref(page.as_ref())
+                .cast::<u8>()
+                .add(3072)
+                .cast::<std::sync::atomic::AtomicU32>()
+        };
+        in_cons.store(11, std::sync::atomic::Ordering::Relaxed);
+        assert!(queue.feed(&page).is_err());
+        assert_eq!(queue.room(), INPUT_LIMIT - 5);
     }
 
     #[test]

@@ -460,6 +460,25 @@ impl Backends {
             .ok_or(Error::NotServed(domid))
     }
 
+    /// How much more input served domain `domid`'s console takes now (`None`: not
+    /// served): zero while its ring and queue are full.
+    pub fn console_input_room(&self, domid: u32) -> Option<usize> {
+        self.domains
+            .get(&domid)
+            .map(|domain| domain.console.input_room())
+    }
+
+    /// Input for domain `domid`'s console (no more than
+    /// [`Backends::console_input_room`] said): queued, and into its ring as far as
+    /// it has room.
+    pub fn console_input(&mut self, domid: u32, bytes: &[u8]) {
+        if let Some(domain) = self.domains.get_mut(&domid)
+            && let Err(err) = domain.console.send_input(bytes)
+        {
+            debug!("domain {domid} console input: {err}");
+        }
+    }
+
     /// The ports that fired (at most [`EVENTS_PER_TURN`]; the rest wait for the next
     /// turn): handle each, then unmask it — at once if it brought work, later if the
     /// guest fires it without work again and again, or is over its rate ([`Eoi`]).
@@ -922,12 +941,17 @@ impl Backends {
             .collect()
     }
 
-    /// Take a domain's console output, within its rate: past it, the ring stays full
-    /// (the guest waits) until the next period.
+    /// A console event: take the domain's output, within its rate (past it, the ring
+    /// stays full and the guest waits until the next period), and put queued input
+    /// into the room the guest made (input it took counts as work).
     fn drain_console(&mut self, domid: u32) -> Outcome {
         let Some(domain) = self.domains.get_mut(&domid) else {
             return Outcome::Idle;
         };
+        let fed = domain.console.feed_input().unwrap_or_else(|err| {
+            debug!("domain {domid} console input: {err}");
+            0
+        });
         let room = domain.console_rate.available(Instant::now());
         let drained = domain
             .console
@@ -936,7 +960,7 @@ impl Backends {
         domain.console_rate.spend(taken);
         let outcome = match domain.console_rate.spent_until() {
             Some(until) => Outcome::Throttled(until),
-            None if taken > 0 => Outcome::Work,
+            None if taken > 0 || fed > 0 => Outcome::Work,
             None => Outcome::Idle,
         };
         match drained {

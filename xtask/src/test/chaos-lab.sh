@@ -1,5 +1,6 @@
 # Lab job for `cargo xtask test`: chaos's commands on real Xen — create, list, console,
-# shutdown -w, destroy of daytime with its vif; a destroy while `create --console`
+# shutdown -w, destroy of daytime with its vif; console input through xenconsoled (lines
+# piped into `chaos console` reach `hello echo`); a destroy while `create --console`
 # watches; malformed configurations, each refused with status 2 and one line naming the
 # field; create/destroy cycles that leak nothing. Reports through lab-checks.sh's
 # helpers; everything else (command output) is for the log.
@@ -73,6 +74,22 @@ chaos destroy chaos-daytime 2>destroy.err
 status=$?
 [ $status -eq 1 ] && grep -q 'no domain named "chaos-daytime"' destroy.err
 check destroy-unknown-fails $? "status $status: $(cat destroy.err)"
+
+# --- console input through xenconsoled: lines piped into `chaos console` -------------
+cat >echo.json <<EOF
+{"name": "chaos-echo", "kernel": "/apps/hello", "cmdline": "echo", "memory": 16, "vcpus": 1}
+EOF
+chaos create echo.json >/dev/null 2>echo.err
+check echo-created $? "$(cat echo.err)"
+(sleep 1; echo alpha; sleep 0.5; echo bye) | chaos console chaos-echo >echo.out 2>&1 &
+console=$!
+ended $console 300
+check console-input-ends-with-the-guest $? "after $i tenths of a second"
+tr -d '\r' <echo.out | grep -qx "hello: you said alpha"
+check console-input-reaches-the-guest $? "$(tail -c 200 echo.out | tr '\r\n' ' |')"
+chaos list | grep -Eq "^ +[0-9]+ +chaos-echo +16 +1 +---s-- "
+check console-input-bye-powers-off $? "$(chaos list | grep chaos-echo)"
+chaos destroy chaos-echo
 
 # --- one guest, two chaos tearing it down: `create --console` watching, `destroy` ----
 # Both remove the domain's Xenstore nodes at once; each must succeed.

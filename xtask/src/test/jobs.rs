@@ -32,7 +32,7 @@ const LAB_CHECKS: &str = include_str!("lab-checks.sh");
 /// The capacity job's guests (`GUESTS=` in `capacity-lab.sh`), 4 MiB each.
 const CAPACITY_GUESTS: u32 = 1000;
 
-pub const JOB_TESTS: [JobTest; 8] = [
+pub const JOB_TESTS: [JobTest; 9] = [
     // chaos's commands on real Xen (`chaos-lab.sh`): create, list (and xl list),
     // console, shutdown -w, destroy of daytime with its vif; a destroy while `create
     // --console` watches, each of the two ending well; fifteen malformed
@@ -116,6 +116,19 @@ pub const JOB_TESTS: [JobTest; 8] = [
         timeout_secs: 900,
         noxs: true,
         summarize: &["one-create-per-name"],
+        memory: LabMemory::DEFAULT,
+    },
+    // The two-way console of a NoXS guest (`console-lab.sh`), in a NoXS lab: lines piped
+    // into `chaos console` reach `hello echo`, whose `bye` powers it off; 1 MiB sent to a
+    // guest that does not read yet is held back (xendevd's memory and CPU flat, its API
+    // answering, chaos's stdin read no further than the sockets hold), then delivered
+    // whole and in order once the guest reads.
+    JobTest {
+        name: "chaos console of a NoXS guest: input reaches it, 1 MiB held back until it reads",
+        script: include_str!("console-lab.sh"),
+        timeout_secs: 300,
+        noxs: true,
+        summarize: &["input-held-back", "input-xendevd-memory-bounded"],
         memory: LabMemory::DEFAULT,
     },
     // The chaos daemon (`daemon-lab.sh`): a daytime with 2 vifs, 16 MiB and a disk from
