@@ -214,7 +214,13 @@ fn main() -> Result<ExitCode> {
     for run in 0..cli.warmup + cli.runs {
         let (took, output) = match &cli.what {
             What::Reply { addr, interval_ms } => {
-                reply(*addr, Duration::from_millis(*interval_ms), &mut failed)
+                // Warm-up runs count no failures.
+                let mut failures = 0;
+                let timed = reply(*addr, Duration::from_millis(*interval_ms), &mut failures);
+                if run >= cli.warmup {
+                    failed += failures;
+                }
+                timed
             }
             What::UntilExit { command } => until_exit(command, run)?,
             What::UntilReply {

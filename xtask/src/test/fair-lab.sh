@@ -14,7 +14,7 @@ cat >daytime.json <<JSON
  "vifs": [{"ip": "$GUEST", "mac": "00:16:3e:0a:00:10", "bridge": "xenbr0"}]}
 JSON
 cat >hog.json <<JSON
-{"name": "hog", "kernel": "/apps/blkcheck", "cmdline": "hog=30", "memory": 32, "vcpus": 1,
+{"name": "hog", "kernel": "/apps/blkcheck", "cmdline": "hog=30", "memory": 64, "vcpus": 1,
  "xen": {"dev_method": "noxs"},
  "vbds": [{"target": "/tmp/hog.img", "type": "file", "vdev": "xvda", "access": "w"}]}
 JSON
@@ -64,7 +64,7 @@ truncate -s 64M hung.fs && mke2fs -q -F hung.fs >mkfs.out 2>&1 &&
 check hung-fs-mounted $? "$(cat mkfs.out)"
 truncate -s 32M /mnt/hung/disk.img
 cat >hung.json <<JSON
-{"name": "hung", "kernel": "/apps/blkcheck", "cmdline": "hog=60", "memory": 32, "vcpus": 1,
+{"name": "hung", "kernel": "/apps/blkcheck", "cmdline": "hog=60", "memory": 64, "vcpus": 1,
  "xen": {"dev_method": "noxs"},
  "vbds": [{"target": "/mnt/hung/disk.img", "type": "file", "vdev": "xvda", "access": "w"}]}
 JSON
