@@ -15,12 +15,14 @@
 //! known; `noxs_fill` then gives it the guest's name, console, MACs, addresses and
 //! disks, and it is served like any other.
 //!
-//! Everything runs in the daemon's loop: one event-channel fd for every port, one fd
-//! per connected vif's tap, each in the daemon's epoll set ([`Poller`]) while it has
-//! something to say (a tap from its vif's connect to its disconnect). Ring work is
-//! bounded per turn ([`BUDGET`]) so that one
-//! busy or hostile guest cannot hold up the others; a guest that breaks a ring loses
-//! that device, never the daemon.
+//! Everything but disk I/O runs in the daemon's loop: one event-channel fd for every
+//! port, one fd per connected vif's tap, each in the daemon's epoll set ([`Poller`])
+//! while it has something to say (a tap from its vif's connect to its disconnect). A
+//! connected vbd is served by a thread of its own ([`vbd_worker`]), so that a slow or
+//! hung disk stalls only its guest. Ring work is bounded per turn ([`BUDGET`]), events
+//! per turn too, and a port that fires without work is unmasked later and later
+//! ([`eoi`]), so that one busy or hostile guest cannot hold up the others; a guest that
+//! breaks a ring loses that device, never the daemon.
 
 pub mod console;
 pub mod control;
