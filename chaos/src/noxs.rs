@@ -213,7 +213,10 @@ pub fn block_for(asked: &[NoxsDevice], answer: &NoxsDomain, domid: u32) -> Resul
                 .ok_or_else(|| format!("no entry for {}", describe(kind, devid)))
         })
         .collect::<Result<Vec<_>, String>>()?;
-    Ok(Block { entries })
+    Ok(Block {
+        entries,
+        generation: 0,
+    })
 }
 
 /// Write `block` into a start_info page at [`BLOCK_OFFSET`]. The builder leaves that

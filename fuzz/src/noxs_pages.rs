@@ -52,7 +52,11 @@ fn block_bytes() -> impl Strategy<Value = Vec<u8>> {
         mutations(BLOCK_BYTES),
     )
         .prop_map(|(entries, mut bytes, mutations)| {
-            let _ = Block { entries }.encode(&mut bytes);
+            let _ = Block {
+                entries,
+                generation: 0,
+            }
+            .encode(&mut bytes);
             for (at, value) in mutations {
                 bytes[at] = value;
             }

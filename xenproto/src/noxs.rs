@@ -30,6 +30,30 @@ const _: () = assert!(
     "the block must fit the start_info page"
 );
 
+/// NoXS v1.1: offering the devices again after the back end lost its control pages
+/// (it restarted). The block's header word at 8 was reserved in v1: a v1 guest ignores
+/// it and a v1.1 guest under a v1 back end never sees it change.
+///
+/// At boot a v1.1 guest allocates an event channel unbound for the back end, writes its
+/// port at [`reoffer::PORT`], and grants its start_info page read-write to the back end
+/// at grant reference [`reoffer::BLOCK_GREF`]. A back end that starts again maps that
+/// grant, copies the block once, writes each device's new control page and port into its
+/// entry ([`Block::encode_entries`]), a write barrier, then `generation + 1` at
+/// [`reoffer::GENERATION`], binds the guest's port and notifies it. The guest copies
+/// the block once, and each device whose entry changed does the handshake again on its
+/// new control page with its rings and data port unchanged; the back end takes the rings
+/// up where the responses end, so requests in flight are served again, not lost.
+pub mod reoffer {
+    /// The grant reference of the guest's start_info page (one of the eight Xen reserves
+    /// for the toolstack; 0 and 1 are the console's and Xenstore's).
+    pub const BLOCK_GREF: u32 = 2;
+    /// Offset in the block of the generation word: written by the back end only.
+    pub const GENERATION: usize = 8;
+    /// Offset in the block of the guest's re-offer port: written by the guest only
+    /// (0: none, a v1 guest).
+    pub const PORT: usize = 12;
+}
+
 /// Size of a control page.
 pub const PAGE_SIZE: usize = 4096;
 /// The backend's area of a control page.
@@ -183,19 +207,31 @@ fn need(bytes: &[u8], len: usize) -> Result<(), NoxsError> {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Block {
     pub entries: Vec<Entry>,
+    /// Bumped by the back end each time it offers the devices again (v1.1; 0 at boot).
+    pub generation: u32,
 }
 
 impl Block {
     /// Write the block into `out` (the start_info page from [`BLOCK_OFFSET`] on).
     pub fn encode(&self, out: &mut [u8]) -> Result<(), NoxsError> {
+        need(out, HEADER_LEN)?;
+        out[..HEADER_LEN].fill(0);
+        out[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        out[4..6].copy_from_slice(&VERSION.to_le_bytes());
+        out[reoffer::GENERATION..][..4].copy_from_slice(&self.generation.to_le_bytes());
+        self.encode_entries(out)
+    }
+
+    /// Write the count and the entries only, leaving the header's other words alone: a
+    /// back end offering the devices again must not touch the guest's port, and writes
+    /// the generation last.
+    pub fn encode_entries(&self, out: &mut [u8]) -> Result<(), NoxsError> {
         if self.entries.len() > MAX_ENTRIES {
             return Err(NoxsError::TooManyEntries(self.entries.len() as u16));
         }
         let len = HEADER_LEN + self.entries.len() * ENTRY_LEN;
         need(out, len)?;
-        out[..len].fill(0);
-        out[0..4].copy_from_slice(&MAGIC.to_le_bytes());
-        out[4..6].copy_from_slice(&VERSION.to_le_bytes());
+        out[HEADER_LEN..len].fill(0);
         out[6..8].copy_from_slice(&(self.entries.len() as u16).to_le_bytes());
         for (i, entry) in self.entries.iter().enumerate() {
             let e = &mut out[HEADER_LEN + i * ENTRY_LEN..][..ENTRY_LEN];
@@ -250,7 +286,23 @@ impl Block {
             }
             entries.push(entry);
         }
-        Ok(Some(Self { entries }))
+        Ok(Some(Self {
+            entries,
+            generation: u32_at(bytes, reoffer::GENERATION),
+        }))
+    }
+
+    /// The guest's re-offer port from a copy of the block (v1.1; `None`: a v1 guest).
+    pub fn reoffer_port(bytes: &[u8]) -> Result<Option<u32>, NoxsError> {
+        need(bytes, HEADER_LEN)?;
+        Ok(Some(u32_at(bytes, reoffer::PORT)).filter(|&port| port != 0))
+    }
+
+    /// The entry of device (`kind`, `devid`).
+    pub fn entry(&self, kind: Kind, devid: u32) -> Option<&Entry> {
+        self.entries
+            .iter()
+            .find(|e| e.kind == kind && e.devid == devid)
     }
 
     /// The entries of one kind, by devid.
@@ -665,7 +717,27 @@ mod tests {
                     ctrl_port: 19,
                 },
             ],
+            generation: 0,
         }
+    }
+
+    #[test]
+    fn reoffer_rewrites_entries_and_leaves_the_guests_port() {
+        let mut page = vec![0u8; 4096 - BLOCK_OFFSET];
+        sample().encode(&mut page).unwrap();
+        assert_eq!(Block::reoffer_port(&page), Ok(None));
+        // The guest writes its port; the back end offers a new vif control page.
+        page[reoffer::PORT..][..4].copy_from_slice(&33u32.to_le_bytes());
+        let mut again = Block::decode(&page).unwrap().unwrap();
+        again.entries[1].ctrl_gref = 40;
+        again.entries[1].ctrl_port = 41;
+        again.encode_entries(&mut page).unwrap();
+        page[reoffer::GENERATION..][..4].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(Block::reoffer_port(&page), Ok(Some(33)));
+        let seen = Block::decode(&page).unwrap().unwrap();
+        assert_eq!(seen.generation, 1);
+        assert_eq!(seen.entry(Kind::Vif, 0).unwrap().ctrl_gref, 40);
+        assert_eq!(seen.entry(Kind::Vbd, 0), sample().entry(Kind::Vbd, 0));
     }
 
     #[test]
@@ -725,6 +797,7 @@ mod tests {
         );
         let too_many = Block {
             entries: vec![sample().entries[0]; 65],
+            generation: 0,
         };
         assert_eq!(
             too_many.encode(&mut page),
