@@ -236,20 +236,25 @@ impl<Req: RingEntry, Rsp: RingEntry> BackRing<Req, Rsp> {
     /// Slots in the ring.
     pub const SIZE: u32 = Shared::<Req, Rsp>::SIZE;
 
-    /// Attach to a ring the front end initialised (`BACK_RING_ATTACH` at its current
-    /// indices would be for reconnection; a fresh back end starts at zero).
+    /// Attach to a ring the front end initialised, where its responses end
+    /// (`BACK_RING_ATTACH` at `rsp_prod`): zero for a fresh ring; for a ring a back end
+    /// served before it restarted (NoXS v1.1), every request not yet answered is taken
+    /// again. A hostile `rsp_prod` only makes [`BackRing::unconsumed_requests`] report
+    /// an overrun.
     ///
     /// # Safety
     /// `page` must be the page-aligned shared ring page, mapped as long as the ring
     /// is used.
     pub unsafe fn new(page: *mut u8) -> Self {
+        let shared = Shared {
+            page,
+            _entries: PhantomData,
+        };
+        let answered = shared.header().rsp_prod.load(Ordering::Acquire);
         Self {
-            shared: Shared {
-                page,
-                _entries: PhantomData,
-            },
-            rsp_prod_pvt: 0,
-            req_cons: 0,
+            shared,
+            rsp_prod_pvt: answered,
+            req_cons: answered,
         }
     }
 
@@ -400,6 +405,43 @@ mod tests {
         }
         assert_eq!(answered, next_id);
         assert_eq!(front.free_requests(), 256);
+    }
+
+    #[test]
+    fn a_back_end_attached_again_serves_what_was_not_answered() {
+        let mut page = page();
+        let (mut front, mut back) = pair(&mut page);
+        for id in 0..5 {
+            front
+                .queue_request(Req {
+                    id,
+                    value: 0,
+                    extra: 0,
+                })
+                .unwrap();
+        }
+        front.push_requests();
+        // The first back end takes all five and answers two before it dies.
+        for _ in 0..5 {
+            back.take_request().unwrap().unwrap();
+        }
+        back.queue_response(Rsp { id: 0 }).unwrap();
+        back.queue_response(Rsp { id: 1 }).unwrap();
+        back.push_responses();
+        // SAFETY: the page outlives the ring in this test.
+        let mut again: BackRing<Req, Rsp> = unsafe { BackRing::new(page.0.as_mut_ptr()) };
+        let ids: Vec<u32> = core::iter::from_fn(|| again.take_request().unwrap())
+            .map(|req| req.id)
+            .collect();
+        assert_eq!(ids, [2, 3, 4]);
+        for id in ids {
+            again.queue_response(Rsp { id }).unwrap();
+        }
+        again.push_responses();
+        let answered: Vec<u32> = core::iter::from_fn(|| front.take_response().unwrap())
+            .map(|rsp| rsp.id)
+            .collect();
+        assert_eq!(answered, [0, 1, 2, 3, 4]);
     }
 
     #[test]
