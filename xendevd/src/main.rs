@@ -13,6 +13,7 @@
 mod bridge;
 mod daemon;
 mod disks;
+mod image;
 mod limits;
 mod logging;
 mod loopdev;

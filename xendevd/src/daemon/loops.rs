@@ -3,18 +3,20 @@
 //! loses it on `detach_disk` or `release_domain`. What is attached is recorded in a
 //! state file after every change, so a restarted xendevd takes its devices back.
 //!
-//! The checks and the book are pure (`disks.rs`); the ioctls are `loopdev.rs`'s.
+//! The book of images is shared with the NoXS vbds (`disks.rs`: one writer or any
+//! number of readers, whichever way each has the image); the image is opened and
+//! checked once (`image.rs`); the ioctls are `loopdev.rs`'s.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use log::{info, warn};
-use nix::fcntl::{FcntlArg, OFlag, fcntl};
 
 use crate::api::Disk;
-use crate::disks::{self, DiskBook, DiskError, Entry, FileKind, ImageFacts};
+use crate::disks::{self, DiskBook, DiskError, DomainState, Entry, Purpose, SharedBook};
+use crate::image;
 use crate::loopdev::{self, Detached, LoopError, Method};
 
 /// Some loop devices of a domain could not be detached.
@@ -33,16 +35,17 @@ pub struct ReleaseError {
 /// The loop devices xendevd attached, and how it attaches them.
 #[derive(Debug)]
 pub struct LoopService {
-    book: DiskBook,
+    /// Shared with the NoXS back ends, whose vbds book their images there too.
+    book: SharedBook,
     method: Method,
     /// The state file (`None` in tests).
     state_path: Option<PathBuf>,
 }
 
 impl LoopService {
-    pub fn new(method: Method, state_path: Option<PathBuf>) -> Self {
+    pub fn new(book: SharedBook, method: Method, state_path: Option<PathBuf>) -> Self {
         Self {
-            book: DiskBook::default(),
+            book,
             method,
             state_path,
         }
@@ -50,12 +53,18 @@ impl LoopService {
 
     /// Every loop device held.
     pub fn list(&self) -> Vec<Disk> {
-        self.book.list()
+        self.book.borrow().list()
     }
 
-    /// Put a loop device in front of image `path` for domain `domid`.
-    pub fn attach(&mut self, path: &str, readonly: bool, domid: u32) -> Result<Disk, DiskError> {
-        let attached = self.attach_one(path, readonly, domid);
+    /// Put a loop device in front of image `path` for domain `domid` (in `state`).
+    pub fn attach(
+        &mut self,
+        path: &str,
+        readonly: bool,
+        domid: u32,
+        state: DomainState,
+    ) -> Result<Disk, DiskError> {
+        let attached = self.attach_one(path, readonly, domid, state);
         self.save_state();
         attached
     }
@@ -69,7 +78,7 @@ impl LoopService {
 
     /// Detach every loop device of domain `domid`.
     pub fn release(&mut self, domid: u32) -> Result<(), ReleaseError> {
-        let devices = self.book.of_domain(domid);
+        let devices = self.book.borrow().of_domain(domid);
         let total = devices.len();
         let failures: Vec<DiskError> = devices
             .into_iter()
@@ -92,33 +101,19 @@ impl LoopService {
         }
     }
 
-    fn attach_one(&mut self, path: &str, readonly: bool, domid: u32) -> Result<Disk, DiskError> {
-        disks::check_path(path)?;
-        let meta = fs::metadata(path).map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound => DiskError::NotFound {
-                path: path.to_owned(),
-            },
-            _ => DiskError::Stat {
-                path: path.to_owned(),
-                source,
-            },
-        })?;
-        let facts = image_facts(&meta);
-        disks::check_image(path, &facts)?;
-        self.book.check_attach(path, readonly, domid, &facts)?;
-        let image = open_image(path, readonly)?;
-        let opened = image_facts(&image.metadata().map_err(|source| DiskError::Stat {
-            path: path.to_owned(),
-            source,
-        })?);
-        if opened != facts {
-            return Err(DiskError::Changed {
-                path: path.to_owned(),
-                kind: opened.kind,
-                size: opened.size,
-            });
-        }
-        let attached = loopdev::attach(&image, path, readonly, self.method)?;
+    fn attach_one(
+        &mut self,
+        path: &str,
+        readonly: bool,
+        domid: u32,
+        state: DomainState,
+    ) -> Result<Disk, DiskError> {
+        let image = image::open(path, readonly, Purpose::LoopDevice)?;
+        let facts = image.facts;
+        self.book
+            .borrow()
+            .check_attach(path, readonly, domid, state, &facts)?;
+        let attached = loopdev::attach(&image.file, path, readonly, self.method)?;
         let disk = Disk {
             device: attached.device,
             major: attached.major,
@@ -135,7 +130,7 @@ impl LoopService {
             if readonly { "read-only" } else { "read-write" },
             facts.size / disks::SECTOR
         );
-        self.book.insert(Entry {
+        self.book.borrow_mut().insert(Entry {
             disk: disk.clone(),
             dev: facts.dev,
             ino: facts.ino,
@@ -144,11 +139,11 @@ impl LoopService {
     }
 
     fn detach_one(&mut self, device: &str) -> Result<(), DiskError> {
-        let entry = self.book.get(device)?.clone();
+        let entry = self.book.borrow().get(device)?.clone();
         match loopdev::binding(device) {
             Ok(Some(binding)) if (binding.dev, binding.ino) == (entry.dev, entry.ino) => {}
             Ok(Some(_)) => {
-                self.book.remove(device);
+                self.book.borrow_mut().remove(device);
                 return Err(DiskError::Rebound {
                     device: device.to_owned(),
                     path: entry.disk.path,
@@ -159,14 +154,14 @@ impl LoopService {
                     "{device} ({}) was detached already, by someone else",
                     entry.disk.path
                 );
-                self.book.remove(device);
+                self.book.borrow_mut().remove(device);
                 return Ok(());
             }
             Err(LoopError::OpenDevice { source, .. })
                 if source.kind() == io::ErrorKind::NotFound =>
             {
                 warn!("{device} ({}) is gone already", entry.disk.path);
-                self.book.remove(device);
+                self.book.borrow_mut().remove(device);
                 return Ok(());
             }
             Err(err) => return Err(err.into()),
@@ -182,7 +177,7 @@ impl LoopService {
                 entry.disk.path, entry.disk.domid
             ),
         }
-        self.book.remove(device);
+        self.book.borrow_mut().remove(device);
         Ok(())
     }
 
@@ -198,7 +193,7 @@ impl LoopService {
             .truncate(true)
             .mode(0o600)
             .open(&temporary)
-            .and_then(|mut file| file.write_all(self.book.save().as_bytes()))
+            .and_then(|mut file| file.write_all(self.book.borrow().save().as_bytes()))
             .and_then(|()| fs::rename(&temporary, path));
         if let Err(err) = written {
             warn!(
@@ -242,7 +237,7 @@ impl LoopService {
                         "took back {} ← {} (domain {})",
                         disk.device, disk.path, disk.domid
                     );
-                    self.book.insert(entry);
+                    self.book.borrow_mut().insert(entry);
                 }
                 Ok(Some(_)) => warn!(
                     "not taking back {}: it is bound to another file than {} now",
@@ -258,14 +253,14 @@ impl LoopService {
         info!(
             "{}: took back {} of {total} loop device(s)",
             path.display(),
-            self.book.list().len()
+            self.book.borrow().list().len()
         );
         self.save_state();
     }
 
     /// Log what stays attached as the daemon stops (the devices of running domains).
     pub fn report_left(&self) {
-        let disks = self.book.list();
+        let disks = self.list();
         if disks.is_empty() {
             info!("no loop devices attached");
             return;
@@ -298,84 +293,9 @@ impl LoopService {
     }
 }
 
-fn image_facts(meta: &fs::Metadata) -> ImageFacts {
-    let kind = meta.file_type();
-    ImageFacts {
-        kind: if kind.is_file() {
-            FileKind::Regular
-        } else if kind.is_dir() {
-            FileKind::Directory
-        } else if kind.is_block_device() {
-            FileKind::BlockDevice
-        } else if kind.is_char_device() {
-            FileKind::CharDevice
-        } else if kind.is_fifo() {
-            FileKind::Fifo
-        } else if kind.is_socket() {
-            FileKind::Socket
-        } else {
-            FileKind::Other
-        },
-        size: meta.len(),
-        dev: meta.dev(),
-        ino: meta.ino(),
-    }
-}
-
-/// Open an image without blocking (should it have become a FIFO since the check), then
-/// make its fd blocking again for the loop driver.
-fn open_image(path: &str, readonly: bool) -> Result<File, DiskError> {
-    let mode = if readonly { "read-only" } else { "read-write" };
-    let failed = |source| DiskError::Open {
-        path: path.to_owned(),
-        mode,
-        source,
-    };
-    let file = OpenOptions::new()
-        .read(true)
-        .write(!readonly)
-        .custom_flags(nix::libc::O_CLOEXEC | nix::libc::O_NOCTTY | nix::libc::O_NONBLOCK)
-        .open(path)
-        .map_err(failed)?;
-    let flags = fcntl(&file, FcntlArg::F_GETFL).map_err(|errno| failed(errno.into()))?;
-    let flags = OFlag::from_bits_truncate(flags) - OFlag::O_NONBLOCK;
-    fcntl(&file, FcntlArg::F_SETFL(flags)).map_err(|errno| failed(errno.into()))?;
-    Ok(file)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn image_facts_of_real_files() {
-        let dir = std::env::temp_dir().join(format!("xendevd-facts-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("i.img");
-        File::create(&path).unwrap().set_len(4096).unwrap();
-        let facts = image_facts(&fs::metadata(&path).unwrap());
-        assert_eq!((facts.kind, facts.size), (FileKind::Regular, 4096));
-        assert_eq!(
-            image_facts(&fs::metadata(&dir).unwrap()).kind,
-            FileKind::Directory
-        );
-        assert_eq!(
-            image_facts(&fs::metadata("/dev/null").unwrap()).kind,
-            FileKind::CharDevice
-        );
-        let file = open_image(path.to_str().unwrap(), true).unwrap();
-        let flags = OFlag::from_bits_truncate(fcntl(&file, FcntlArg::F_GETFL).unwrap());
-        assert!(!flags.contains(OFlag::O_NONBLOCK));
-        let err = open_image(dir.join("none").to_str().unwrap(), false)
-            .unwrap_err()
-            .to_string();
-        assert!(err.starts_with("cannot open /"), "{err}");
-        assert!(
-            err.contains("read-write: No such file or directory"),
-            "{err}"
-        );
-        fs::remove_dir_all(&dir).unwrap();
-    }
 
     #[test]
     fn a_partial_release_says_what_failed() {

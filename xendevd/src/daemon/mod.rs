@@ -28,7 +28,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::api::{Request, Response, State};
-use crate::disks::DiskError;
+use crate::disks::{DiskError, SharedBook};
 use crate::limits::{self, Making};
 use crate::loopdev::Method;
 use crate::netlink::{self, Received, UeventSocket};
@@ -258,7 +258,9 @@ enum Answer {
     },
 }
 
-/// The services that answer requests.
+/// The services that answer requests. The loop devices and the NoXS vbds book their
+/// images in one book, so that an image has one writer or only readers whichever way
+/// each came (`disks.rs`).
 #[derive(Debug)]
 struct Services {
     loops: LoopService,
@@ -268,10 +270,50 @@ struct Services {
 
 impl Services {
     fn new(loop_method: Method, state_path: Option<PathBuf>) -> Self {
+        let book = SharedBook::default();
         Self {
-            loops: LoopService::new(loop_method, state_path),
+            loops: LoopService::new(Rc::clone(&book), loop_method, state_path),
             hotplug: VifHotplug::default(),
-            noxs: NoxsDispatch::default(),
+            noxs: NoxsDispatch::new(book),
+        }
+    }
+
+    /// At start (after [`Services::start`]): take back the loop devices a previous
+    /// xendevd recorded, then detach those of domains that ended meanwhile.
+    fn restore(&mut self) {
+        self.loops.restore_state();
+        if self.noxs.check_domains("at start") {
+            self.release_ended();
+        } else if !self.loops.list().is_empty() {
+            warn!(
+                "cannot list Xen's domains (no NoXS back ends): loop devices of domains \
+                 destroyed behind chaos's back stay until release_domain"
+            );
+        }
+    }
+
+    /// The services' periodic work, once a turn: the NoXS back ends' (left-over ring
+    /// work, the check for ended domains when due), then the loop devices of domains
+    /// that check found ended.
+    fn tick(&mut self, now: Instant) {
+        self.noxs.tick(now);
+        self.release_ended();
+    }
+
+    /// Xenstore's `@releaseDomain` watch fired: a domain ended.
+    fn on_watch(&mut self) {
+        self.noxs.on_watch();
+        self.release_ended();
+    }
+
+    /// Detach the loop devices of the domains the NoXS back ends' check found ended (a
+    /// domain destroyed by `xl destroy`, or by chaos killed half-way, never asks for
+    /// `release_domain`).
+    fn release_ended(&mut self) {
+        for (domid, why) in self.noxs.take_ended() {
+            info!("domain {domid} has loop devices and {why}: detaching them");
+            // A partial failure said so itself, device by device.
+            let _ = self.loops.release(domid);
         }
     }
 
@@ -291,7 +333,7 @@ impl Services {
                 domid,
             } => self
                 .loops
-                .attach(&path, readonly, domid)
+                .attach(&path, readonly, domid, self.noxs.domain_state(domid))
                 .map(Response::Disk)
                 .map_err(Refusal::from),
             Request::DetachDisk { device } => self
@@ -495,7 +537,7 @@ impl Daemon {
         // Opened here, after daemonizing: libxenstore may start a thread.
         self.services
             .start(&self.console_dir, Rc::clone(&self.poller));
-        self.services.loops.restore_state();
+        self.services.restore();
         if self.services.hotplug.xenstored() {
             self.services.hotplug.rescan("start");
         }
@@ -536,7 +578,7 @@ impl Daemon {
                 self.services.noxs.on_evtchn();
             }
             if turn.watch {
-                self.services.noxs.on_watch();
+                self.services.on_watch();
             }
             if turn.workers {
                 self.services.noxs.on_workers();
@@ -544,7 +586,7 @@ impl Daemon {
             for &(domid, index) in &turn.taps {
                 self.services.noxs.on_tap(domid, index);
             }
-            self.services.noxs.tick(Instant::now());
+            self.services.tick(Instant::now());
             // Output that came before any request of this turn was answered.
             self.dispatch_events();
             if turn.listen {

@@ -13,6 +13,7 @@ use log::{info, warn};
 use xenproto::noxs;
 
 use crate::api::{DomainSummary, NoxsDevice, NoxsDomain, ShellDevice};
+use crate::disks::{DomainState, SharedBook};
 use crate::limits;
 use crate::noxs::{Backends, Error, Event, OpenError, PowerWait};
 use crate::poller::Poller;
@@ -42,21 +43,24 @@ pub enum NoxsRefusal {
 #[derive(Debug)]
 pub struct NoxsDispatch {
     backends: Result<Backends, Unavailable>,
-}
-
-impl Default for NoxsDispatch {
-    fn default() -> Self {
-        Self {
-            backends: Err(Unavailable::NotStarted),
-        }
-    }
+    /// For the back ends' vbds, once they are opened.
+    book: SharedBook,
 }
 
 impl NoxsDispatch {
+    /// Not started; the vbds will book their images in `book`.
+    pub fn new(book: SharedBook) -> Self {
+        Self {
+            backends: Err(Unavailable::NotStarted),
+            book,
+        }
+    }
+
     /// Open the back ends' Xen devices, their descriptors in the daemon's `poller`;
     /// without them xendevd serves no NoXS domains (and says so to whoever asks).
     pub fn start(&mut self, console_dir: &Path, poller: Rc<Poller>) {
-        self.backends = Backends::open(console_dir.to_owned(), poller).map_err(|err| {
+        let book = Rc::clone(&self.book);
+        self.backends = Backends::open(console_dir.to_owned(), poller, book).map_err(|err| {
             let missing = Unavailable::Open(Rc::new(err));
             warn!("{missing}");
             missing
@@ -245,6 +249,34 @@ impl NoxsDispatch {
     pub fn tick(&mut self, now: Instant) {
         if let Ok(backends) = &mut self.backends {
             backends.tick(now);
+        }
+    }
+
+    /// Check now for ended domains (the periodic check's, at start): `false` if it
+    /// cannot be made (no back ends, so no way to list domains).
+    pub fn check_domains(&mut self, why: &str) -> bool {
+        match &mut self.backends {
+            Ok(backends) => {
+                backends.check_domains(why);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The domains with loop devices the domain check found ended, each with why.
+    pub fn take_ended(&mut self) -> Vec<(u32, String)> {
+        match &mut self.backends {
+            Ok(backends) => backends.take_ended(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// What Xen says of domain `domid` (`Unknown` without the back ends' Xen handle).
+    pub fn domain_state(&self, domid: u32) -> DomainState {
+        match &self.backends {
+            Ok(backends) => backends.domain_state(domid),
+            Err(_) => DomainState::Unknown,
         }
     }
 

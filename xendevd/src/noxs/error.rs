@@ -15,6 +15,7 @@ use super::control::ControlError;
 use super::request::RequestError;
 use super::sysctl::PowerError;
 use crate::bridge::NetError;
+use crate::disks::DiskError;
 use crate::limits::LimitReached;
 
 /// A NoXS request failed.
@@ -71,12 +72,9 @@ pub enum DeviceError {
     Tap { tap: String, source: io::Error },
     #[error(transparent)]
     Bridge(#[from] NetError),
-    #[error("cannot open {target} {mode}: {source}")]
-    Open {
-        target: String,
-        mode: &'static str,
-        source: io::Error,
-    },
+    /// Its disk cannot be opened, is no disk, or is in use.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
     #[error(transparent)]
     Control(#[from] ControlError),
     #[error(transparent)]

@@ -56,6 +56,7 @@ use xenproto::xenstore::XenbusState;
 
 use crate::api::{DomainSummary, NoxsDevice, NoxsDomain, ShellDevice};
 use crate::bridge::NetControl;
+use crate::disks::{DomainState, SharedBook};
 use crate::limits::{self, Making};
 use crate::poller::{Interest, Poller, Token};
 use crate::ratelimit::{LogLimit, Window};
@@ -81,9 +82,10 @@ const EVENTS_PER_TURN: usize = 256;
 /// A guest's console output taken per period, at most (xenconsoled limits its rate
 /// too): past it the guest's ring stays full, and the guest waits, until the next.
 const CONSOLE_RATE: (u64, Duration) = (32 * 1024, Duration::from_millis(100));
-/// How often served domains are checked for death: xenstored fires `@releaseDomain`
-/// only for domains introduced to it, never for NoXS domains, so this is what finds
-/// their deaths (a dying domain stays a zombie while we map its pages).
+/// How often served domains (and those with loop devices) are checked for death:
+/// xenstored fires `@releaseDomain` only for domains introduced to it, never for NoXS
+/// domains, so this is what finds their deaths (a dying domain stays a zombie while we
+/// map its pages).
 /// `VIRQ_DOM_EXC` would say at once, but Xen lets one process bind it, and that is
 /// xenstored's: bound here first, a xenstored started later cannot bind it and exits.
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -368,6 +370,11 @@ pub struct Backends {
     /// The daemon's epoll set: the event-channel fd, the watch, connected taps.
     poller: Rc<Poller>,
     next_check: Instant,
+    /// The images of the vbds, booked with the loop devices' (`disks.rs`).
+    book: SharedBook,
+    /// Domains with loop devices found ended by the domain check: the daemon's loop
+    /// service detaches them ([`Backends::take_ended`]).
+    ended: Vec<(u32, String)>,
     events: Vec<Event>,
     frame: Vec<u8>,
 }
@@ -376,7 +383,11 @@ impl Backends {
     /// Open the Xen devices; learn domain deaths by Xenstore's `@releaseDomain` if
     /// xenstored runs, and by polling always (`VIRQ_DOM_EXC` is left to xenstored:
     /// [`CHECK_INTERVAL`]).
-    pub fn open(console_dir: PathBuf, poller: Rc<Poller>) -> Result<Self, OpenError> {
+    pub fn open(
+        console_dir: PathBuf,
+        poller: Rc<Poller>,
+        book: SharedBook,
+    ) -> Result<Self, OpenError> {
         let evtchn = Evtchn::open()?;
         let gnttab = Gnttab::open()?;
         let gntshr = Gntshr::open()?;
@@ -435,6 +446,8 @@ impl Backends {
             death,
             poller,
             next_check: Instant::now() + CHECK_INTERVAL,
+            book,
+            ended: Vec::new(),
             events: Vec::new(),
             frame: vec![0; 65536 + 64],
         })
@@ -445,8 +458,10 @@ impl Backends {
         if !self.pending.is_empty() {
             return Some(Instant::now());
         }
-        let check =
-            (!self.domains.is_empty() || !self.shells.is_empty()).then_some(self.next_check);
+        let check = (!self.domains.is_empty()
+            || !self.shells.is_empty()
+            || self.book.borrow().holds_loops())
+        .then_some(self.next_check);
         check.into_iter().chain(self.eoi.next_due()).min()
     }
 
@@ -558,10 +573,13 @@ impl Backends {
         }
     }
 
-    /// Release every served domain that is dying or gone.
+    /// Release every served domain that is dying or gone; queue those with loop
+    /// devices for the loop service ([`Backends::take_ended`]): a domain destroyed
+    /// behind chaos's back (`xl destroy`) holds neither for ever.
     pub fn check_domains(&mut self, why: &str) {
         self.next_check = Instant::now() + CHECK_INTERVAL;
-        if self.domains.is_empty() && self.shells.is_empty() {
+        let with_loops = self.book.borrow().loop_domains();
+        if self.domains.is_empty() && self.shells.is_empty() && with_loops.is_empty() {
             return;
         }
         let infos = match self.xc.domains() {
@@ -573,10 +591,11 @@ impl Backends {
         };
         // Xen's domains by id: one pass over each list, however many are served.
         let dying: HashMap<u32, bool> = infos.iter().map(|i| (i.domid, i.dying)).collect();
-        let ended: Vec<(u32, &str)> = self
+        let ended: BTreeMap<u32, &str> = self
             .domains
             .keys()
             .chain(self.shells.keys())
+            .chain(&with_loops)
             .filter_map(|&domid| match dying.get(&domid) {
                 None => Some((domid, "gone")),
                 Some(true) => Some((domid, "dying")),
@@ -584,7 +603,30 @@ impl Backends {
             })
             .collect();
         for (domid, state) in ended {
-            self.release(domid, &format!("it is {state} ({why})"));
+            let why = format!("it is {state} ({why})");
+            self.release(domid, &why);
+            if with_loops.contains(&domid) {
+                self.ended.push((domid, why));
+            }
+        }
+    }
+
+    /// The domains with loop devices the domain check found ended since the last call,
+    /// each with why.
+    pub fn take_ended(&mut self) -> Vec<(u32, String)> {
+        std::mem::take(&mut self.ended)
+    }
+
+    /// What Xen says of domain `domid`.
+    pub fn domain_state(&self, domid: u32) -> DomainState {
+        match self.xc.domain_info(domid) {
+            Ok(None) => DomainState::Gone,
+            Ok(Some(info)) if info.dying => DomainState::Dying,
+            Ok(Some(_)) => DomainState::Alive,
+            Err(err) => {
+                warn!("cannot ask Xen about domain {domid}: {err}");
+                DomainState::Unknown
+            }
         }
     }
 
@@ -658,12 +700,12 @@ impl Backends {
             });
         }
         self.check_new(domid)?;
-        self.serve_new(domid, name, console_port, |_| {
+        self.serve_new(domid, name, console_port, |backends| {
             shell
                 .parts
                 .into_iter()
                 .zip(&plans)
-                .map(|(part, plan)| fill_part(part, plan))
+                .map(|(part, plan)| fill_part(part, plan, domid, &backends.book))
                 .collect()
         })
     }
@@ -802,7 +844,7 @@ impl Backends {
                 (Backend::Vif(Box::new(vif)), area)
             }
             DevicePlan::Vbd(plan) => {
-                let (vbd, area) = Vbd::create(plan).map_err(failed)?;
+                let (vbd, area) = Vbd::create(plan, domid, &self.book).map_err(failed)?;
                 (Backend::Vbd(Box::new(vbd)), area)
             }
         };
@@ -1179,7 +1221,12 @@ fn shell_device_id(plan: &ShellPlan) -> DeviceId {
 
 /// A shell's device as its guest asks for it (`plan`, checked to be the shell's
 /// device): the back end, our area written into the control page made for it.
-fn fill_part(part: ShellPart, plan: &DevicePlan) -> Result<Device, Error> {
+fn fill_part(
+    part: ShellPart,
+    plan: &DevicePlan,
+    domid: u32,
+    book: &SharedBook,
+) -> Result<Device, Error> {
     let id = shell_device_id(&part.plan);
     let (backend, area) = match (plan, part.tap) {
         (DevicePlan::Sysctl, _) => {
@@ -1191,7 +1238,7 @@ fn fill_part(part: ShellPart, plan: &DevicePlan) -> Result<Device, Error> {
             (Backend::Vif(Box::new(vif)), area)
         }
         (DevicePlan::Vbd(plan), _) => {
-            let (vbd, area) = Vbd::create(plan).map_err(|problem| Error::Device {
+            let (vbd, area) = Vbd::create(plan, domid, book).map_err(|problem| Error::Device {
                 device: id,
                 problem,
             })?;

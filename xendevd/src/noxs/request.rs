@@ -1,12 +1,11 @@
 //! Checking a `noxs_create`, `noxs_shell` or `noxs_fill` request before anything is made
 //! for it: every field's problem named, with its value ([`RequestError`]). Pure, except
-//! for looking at files and bridges through the [`Host`] trait ([`Dom0`] in the daemon).
+//! for looking at bridges through the [`Host`] trait ([`Dom0`] in the daemon). A vbd's
+//! target is only looked at once opened, by the vbd (`vbd.rs`): checked by its path
+//! here and opened by it there, it could be another file by then.
 
 use std::collections::BTreeSet;
-use std::fs::File;
-use std::io::{self, Seek, SeekFrom};
 use std::net::Ipv4Addr;
-use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 use xenproto::noxs::MAX_ENTRIES;
@@ -23,11 +22,9 @@ pub const DEFAULT_PREFIX: u8 = 24;
 pub trait Host {
     /// Whether `name` is a bridge.
     fn is_bridge(&self, name: &str) -> bool;
-    /// A disk target's size in bytes, or why it cannot be a disk.
-    fn disk(&self, path: &str) -> Result<u64, TargetError>;
 }
 
-/// dom0 as it is: sysfs for bridges, the file system for disks.
+/// dom0 as it is: sysfs for bridges.
 #[derive(Debug)]
 pub struct Dom0;
 
@@ -38,42 +35,6 @@ impl Host for Dom0 {
             .join("bridge")
             .is_dir()
     }
-
-    fn disk(&self, path: &str) -> Result<u64, TargetError> {
-        let meta = std::fs::metadata(path).map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound => TargetError::Missing(path.to_owned()),
-            _ => TargetError::Stat {
-                path: path.to_owned(),
-                source,
-            },
-        })?;
-        let kind = meta.file_type();
-        if kind.is_file() {
-            Ok(meta.len())
-        } else if kind.is_block_device() {
-            let size = |source| TargetError::Size {
-                path: path.to_owned(),
-                source,
-            };
-            let mut device = File::open(path).map_err(size)?;
-            device.seek(SeekFrom::End(0)).map_err(size)
-        } else {
-            Err(TargetError::NotADisk(path.to_owned()))
-        }
-    }
-}
-
-/// Why a vbd's target cannot be its disk.
-#[derive(Debug, thiserror::Error)]
-pub enum TargetError {
-    #[error("{0} does not exist")]
-    Missing(String),
-    #[error("{path}: {source}")]
-    Stat { path: String, source: io::Error },
-    #[error("{path}: cannot learn its size: {source}")]
-    Size { path: String, source: io::Error },
-    #[error("{0} is neither a regular file nor a block device")]
-    NotADisk(String),
 }
 
 /// Why a guest name cannot be one (it names the console log).
@@ -137,10 +98,6 @@ pub enum DeviceProblem {
     NoAddress,
     #[error("{0:?} is not an absolute path")]
     Relative(String),
-    #[error(transparent)]
-    Target(#[from] TargetError),
-    #[error("{target} has {bytes} bytes, not a whole (non-zero) number of 512-byte sectors")]
-    Size { target: String, bytes: u64 },
 }
 
 /// A vif, checked.
@@ -154,13 +111,12 @@ pub struct VifPlan {
     pub gateway: Option<Ipv4Addr>,
 }
 
-/// A vbd, checked.
+/// A vbd, checked (its target is opened and checked by the vbd).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VbdPlan {
     pub devid: u32,
     pub target: String,
     pub readonly: bool,
-    pub sectors: u64,
 }
 
 /// A device, checked, in the request's order.
@@ -341,16 +297,10 @@ pub fn check(
                 if !target.starts_with('/') {
                     return Err(at("target", DeviceProblem::Relative(target.clone())));
                 }
-                let bytes = host.disk(target).map_err(|err| at("target", err.into()))?;
-                if bytes == 0 || bytes % 512 != 0 {
-                    let target = target.clone();
-                    return Err(at("target", DeviceProblem::Size { target, bytes }));
-                }
                 DevicePlan::Vbd(VbdPlan {
                     devid,
                     target: target.clone(),
                     readonly: *readonly,
-                    sectors: bytes / 512,
                 })
             }
         });
@@ -420,13 +370,6 @@ mod tests {
         fn is_bridge(&self, name: &str) -> bool {
             name == "xenbr0"
         }
-        fn disk(&self, path: &str) -> Result<u64, TargetError> {
-            match path {
-                "/disk.img" => Ok(1 << 20),
-                "/odd.img" => Ok(1000),
-                _ => Err(TargetError::Missing(path.to_owned())),
-            }
-        }
     }
 
     fn vif(devid: u32, mac: &str) -> NoxsDevice {
@@ -468,10 +411,14 @@ mod tests {
         };
         assert_eq!(v.tap, "vif5.0");
         assert_eq!(v.ipv4, Some((Ipv4Addr::new(10, 0, 2, 16), 24)));
-        let DevicePlan::Vbd(d) = &plans[2] else {
-            panic!()
-        };
-        assert_eq!(d.sectors, 2048);
+        assert_eq!(
+            plans[2],
+            DevicePlan::Vbd(VbdPlan {
+                devid: 0,
+                target: "/disk.img".into(),
+                readonly: false
+            })
+        );
     }
 
     #[test]
@@ -608,14 +555,6 @@ mod tests {
                 vec![vbd(0, "disk.img")],
                 "is not an absolute path",
             ),
-            (
-                1,
-                "x",
-                1,
-                vec![vbd(0, "/none.img")],
-                "devices[0].target: /none.img does not exist",
-            ),
-            (1, "x", 1, vec![vbd(0, "/odd.img")], "has 1000 bytes"),
             (
                 32000,
                 "x",

@@ -1,10 +1,11 @@
 //! The vbd back end: the guest's disk is an image file or a block device of dom0,
-//! opened by xendevd itself (no loop device); the blkif ring the guest grants once it
-//! connects is served by the pure engine (`Blkback`) with grant copies, in a thread of
-//! its own ([`VbdWorker`]): disk I/O never runs in the daemon's loop.
+//! opened by xendevd itself (no loop device): once, and checked as opened
+//! (`image.rs`), its image booked for the domain in the book the loop devices share
+//! (`disks.rs`: one writer or any number of readers); the blkif ring the guest grants
+//! once it connects is served by the pure engine (`Blkback`) with grant copies, in a
+//! thread of its own ([`VbdWorker`]): disk I/O never runs in the daemon's loop.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
 
 use xendevd::engine::blkback::{Geometry, MAX_INDIRECT_SEGMENTS};
 use xenproto::noxs::{VbdBackend, VbdFeatures, VbdFrontend, VbdInfo};
@@ -13,43 +14,52 @@ use super::error::DeviceError;
 use super::request::VbdPlan;
 use super::vbd_worker::{Assignment, VbdWorker};
 use super::{DeviceBackend, Guest};
+use crate::disks::{self, DiskBook, DiskError, Purpose, SharedBook, VbdClaim};
+use crate::image;
 use crate::limits::{self, Making};
 
 /// A vbd back end.
 #[derive(Debug)]
 pub struct Vbd {
     plan: VbdPlan,
+    sectors: u64,
     disk: File,
+    /// The image is this vbd's (or shared read-only) until it is dropped.
+    _claim: VbdClaim,
     /// While connected.
     worker: Option<VbdWorker>,
 }
 
 impl Vbd {
-    /// Open the disk (read-only for a read-only vbd); the back-end area for the control
-    /// page (size, read-only, flush and indirect segments).
-    pub fn create(plan: &VbdPlan) -> Result<(Self, Vec<u8>), DeviceError> {
-        let disk = OpenOptions::new()
-            .read(true)
-            .write(!plan.readonly)
-            .custom_flags(nix::libc::O_CLOEXEC)
-            .open(&plan.target)
-            .map_err(|source| {
-                limits::reached(source.raw_os_error(), Making::File).map_or_else(
-                    || DeviceError::Open {
-                        target: plan.target.clone(),
-                        mode: if plan.readonly {
-                            "read-only"
-                        } else {
-                            "read-write"
-                        },
-                        source,
-                    },
-                    DeviceError::Limit,
-                )
-            })?;
+    /// Open the disk (read-only for a read-only vbd) and book it for vbd `plan.devid` of
+    /// domain `domid`; the back-end area for the control page (size, read-only, flush
+    /// and indirect segments).
+    pub fn create(
+        plan: &VbdPlan,
+        domid: u32,
+        book: &SharedBook,
+    ) -> Result<(Self, Vec<u8>), DeviceError> {
+        let image = image::open(&plan.target, plan.readonly, Purpose::Vbd).map_err(|err| {
+            match &err {
+                DiskError::Open { source, .. } => {
+                    limits::reached(source.raw_os_error(), Making::File).map(DeviceError::Limit)
+                }
+                _ => None,
+            }
+            .unwrap_or(DeviceError::Disk(err))
+        })?;
+        let claim = DiskBook::claim_vbd(
+            book,
+            &plan.target,
+            plan.readonly,
+            domid,
+            plan.devid,
+            &image.facts,
+        )?;
+        let sectors = image.facts.size / disks::SECTOR;
         let mut area = vec![0; VbdBackend::LEN];
         VbdBackend {
-            sectors: plan.sectors,
+            sectors,
             sector_size: 512,
             info: if plan.readonly {
                 VbdInfo::READ_ONLY
@@ -63,7 +73,9 @@ impl Vbd {
         .expect("fits");
         let vbd = Self {
             plan: plan.clone(),
-            disk,
+            sectors,
+            disk: image.file,
+            _claim: claim,
             worker: None,
         };
         Ok((vbd, area))
@@ -90,7 +102,7 @@ impl DeviceBackend for Vbd {
             ring_gref: frontend.ring_ref,
             data_port: frontend.data_port,
             geometry: Geometry {
-                sectors: self.plan.sectors,
+                sectors: self.sectors,
                 readonly: self.plan.readonly,
                 max_indirect_segments: MAX_INDIRECT_SEGMENTS,
             },

@@ -32,7 +32,7 @@ const LAB_CHECKS: &str = include_str!("lab-checks.sh");
 /// The capacity job's guests (`GUESTS=` in `capacity-lab.sh`), 4 MiB each.
 const CAPACITY_GUESTS: u32 = 1000;
 
-pub const JOB_TESTS: [JobTest; 9] = [
+pub const JOB_TESTS: [JobTest; 10] = [
     // chaos's commands on real Xen (`chaos-lab.sh`): create, list (and xl list),
     // console, shutdown -w, destroy of daytime with its vif; a destroy while `create
     // --console` watches, each of the two ending well; fifteen malformed
@@ -129,6 +129,20 @@ pub const JOB_TESTS: [JobTest; 9] = [
         timeout_secs: 300,
         noxs: true,
         summarize: &["input-held-back", "input-xendevd-memory-bounded"],
+        memory: LabMemory::DEFAULT,
+    },
+    // One book of disk images across both device methods (`disks-lab.sh`), in a
+    // Xenstore lab so that both run: a second writer of an image refused whichever way
+    // each came (NoXS/NoXS, loop device/NoXS, NoXS/loop device), with a message naming
+    // the image and its holder and nothing left behind; readers shared; the loop device
+    // of a domain destroyed by `xl destroy` detached by xendevd's own check, and that of
+    // one destroyed while xendevd was down detached when it starts.
+    JobTest {
+        name: "disks: one writer per image across loop devices and NoXS vbds, loop devices of dead domains detached",
+        script: include_str!("disks-lab.sh"),
+        timeout_secs: 300,
+        noxs: false,
+        summarize: &[],
         memory: LabMemory::DEFAULT,
     },
     // The chaos daemon (`daemon-lab.sh`): a daytime with 2 vifs, 16 MiB and a disk from

@@ -112,26 +112,14 @@ truncate -s 16M /tmp/disks/a.img
 truncate -s 8M /tmp/disks/b.img
 truncate -s 1000 /tmp/disks/odd.img
 : >/tmp/disks/empty.img
-
-a=$(xendevd attach /tmp/disks/a.img --domid 7)
-dev_a=$(echo "$a" | field device)
-n_a=${dev_a#/dev/loop}
-check_that attach-rw "attach a.img for domain 7 read-write: $a" [ -b "$dev_a" ]
-check_that backing-file "/sys/block/loop$n_a/loop/backing_file is /tmp/disks/a.img" \
-	[ "$(cat /sys/block/loop$n_a/loop/backing_file 2>&1)" = /tmp/disks/a.img ]
-check_that loop-writable "loop$n_a is writable (ro = 0)" [ "$(cat /sys/block/loop$n_a/ro)" = 0 ]
-numbers=$(stat -c '%t:%T' "$dev_a")
-check_that major-minor "the answer's major:minor ($(echo "$a" | field major):$(echo "$a" | field minor)) are $dev_a's ($numbers, hex)" \
-	[ "$(printf '%x:%x' "$(echo "$a" | field major)" "$(echo "$a" | field minor)")" = "$numbers" ]
-b=$(xendevd attach /tmp/disks/b.img --domid 7 --readonly)
-dev_b=$(echo "$b" | field device)
-check_that attach-ro "attach b.img for domain 7 read-only: /sys/block/${dev_b#/dev/}/ro = 1" \
-	[ "$(cat /sys/block/${dev_b#/dev/}/ro 2>&1)" = 1 ]
-b8=$(xendevd attach /tmp/disks/b.img --domid 8 --readonly)
-dev_b8=$(echo "$b8" | field device)
-check_that shared-ro "b.img shared read-only with domain 8: $dev_b8" [ -b "$dev_b8" ]
-
-# expect_refusal NAME FRAGMENT ARGS…: `xendevd ARGS` must fail with FRAGMENT.
+# xendevd attaches disks for domains that exist (and detaches those of domains that
+# end): three paused noops hold them, H1 < H2 < H3.
+for n in 1 2 3; do
+	printf 'name = "disk-holder-%s"\nkernel = "/apps/noop"\nmemory = 8\n' $n >/tmp/holder$n.cfg
+	xl create -p /tmp/holder$n.cfg >/tmp/holder$n.out 2>&1 || cat /tmp/holder$n.out
+done
+H1=$(xl domid disk-holder-1) H2=$(xl domid disk-holder-2) H3=$(xl domid disk-holder-3)
+check_that disk-holders "three paused domains hold the disks: $H1, $H2, $H3" [ -n "$H1" -a -n "$H2" -a -n "$H3" ]
 expect_refusal() {
 	fragment=$2
 	answer=$(shift 2 && xendevd "$@" 2>/dev/null)
@@ -142,16 +130,37 @@ expect_refusal() {
 	esac
 	check "refuse-$1" $? "status $status, answer '$answer' (expected an error containing '$fragment')"
 }
-expect_refusal second-writer "/tmp/disks/a.img is attached already as $dev_a for domain 7 (read-write)" \
-	attach /tmp/disks/a.img --domid 8
-expect_refusal writer-while-read "is attached already as $dev_b for domain 7 (read-only)" \
-	attach /tmp/disks/b.img --domid 9
-expect_refusal missing-file "/tmp/disks/none.img does not exist" attach /tmp/disks/none.img --domid 7
-expect_refusal directory "/tmp/disks is a directory, not a regular file" attach /tmp/disks --domid 7
-expect_refusal device-node "/dev/null is a character device, not a regular file" attach /dev/null --domid 7
-expect_refusal odd-size "/tmp/disks/odd.img has 1000 bytes, not a whole number of 512-byte sectors" attach /tmp/disks/odd.img --domid 7
-expect_refusal empty-file "/tmp/disks/empty.img is empty" attach /tmp/disks/empty.img --domid 7
-expect_refusal relative-path 'path \"disks/a.img\" is not absolute' attach disks/a.img --domid 7
+expect_refusal no-such-domain "domain 7000 does not exist" attach /tmp/disks/a.img --domid 7000
+
+a=$(xendevd attach /tmp/disks/a.img --domid "$H1")
+dev_a=$(echo "$a" | field device)
+n_a=${dev_a#/dev/loop}
+check_that attach-rw "attach a.img for domain $H1 read-write: $a" [ -b "$dev_a" ]
+check_that backing-file "/sys/block/loop$n_a/loop/backing_file is /tmp/disks/a.img" \
+	[ "$(cat /sys/block/loop$n_a/loop/backing_file 2>&1)" = /tmp/disks/a.img ]
+check_that loop-writable "loop$n_a is writable (ro = 0)" [ "$(cat /sys/block/loop$n_a/ro)" = 0 ]
+numbers=$(stat -c '%t:%T' "$dev_a")
+check_that major-minor "the answer's major:minor ($(echo "$a" | field major):$(echo "$a" | field minor)) are $dev_a's ($numbers, hex)" \
+	[ "$(printf '%x:%x' "$(echo "$a" | field major)" "$(echo "$a" | field minor)")" = "$numbers" ]
+b=$(xendevd attach /tmp/disks/b.img --domid "$H1" --readonly)
+dev_b=$(echo "$b" | field device)
+check_that attach-ro "attach b.img for domain $H1 read-only: /sys/block/${dev_b#/dev/}/ro = 1" \
+	[ "$(cat /sys/block/${dev_b#/dev/}/ro 2>&1)" = 1 ]
+b8=$(xendevd attach /tmp/disks/b.img --domid "$H2" --readonly)
+dev_b8=$(echo "$b8" | field device)
+check_that shared-ro "b.img shared read-only with domain $H2: $dev_b8" [ -b "$dev_b8" ]
+
+# expect_refusal NAME FRAGMENT ARGS…: `xendevd ARGS` must fail with FRAGMENT (above).
+expect_refusal second-writer "/tmp/disks/a.img is attached already as $dev_a for domain $H1 (read-write)" \
+	attach /tmp/disks/a.img --domid "$H2"
+expect_refusal writer-while-read "is attached already as $dev_b for domain $H1 (read-only)" \
+	attach /tmp/disks/b.img --domid "$H3"
+expect_refusal missing-file "/tmp/disks/none.img does not exist" attach /tmp/disks/none.img --domid "$H1"
+expect_refusal directory "/tmp/disks is a directory, not a regular file" attach /tmp/disks --domid "$H1"
+expect_refusal device-node "/dev/null is a character device, not a regular file" attach /dev/null --domid "$H1"
+expect_refusal odd-size "/tmp/disks/odd.img has 1000 bytes, not a whole number of 512-byte sectors" attach /tmp/disks/odd.img --domid "$H1"
+expect_refusal empty-file "/tmp/disks/empty.img is empty" attach /tmp/disks/empty.img --domid "$H1"
+expect_refusal relative-path 'path \"disks/a.img\" is not absolute' attach disks/a.img --domid "$H1"
 expect_refusal reserved-domid "domain ID 32752 is not a domain's" attach /tmp/disks/a.img --domid 32752
 expect_refusal foreign-device "/dev/loop200 was not attached by xendevd (it holds $dev_a, $dev_b, $dev_b8)" \
 	detach /dev/loop200
@@ -162,18 +171,19 @@ check_that query-lists-disks "query lists the 3 disks: $state" [ "$count" -eq 3 
 check_that detach "detach $dev_a: done" [ "$(xendevd detach "$dev_a")" = '"done"' ]
 check_that detached-unbound "$dev_a is unbound (no /sys/block/loop$n_a/loop)" [ ! -e /sys/block/loop$n_a/loop ]
 expect_refusal detach-twice "$dev_a was not attached by xendevd" detach "$dev_a"
-check_that release "release domain 7: done" [ "$(xendevd release 7)" = '"done"' ]
-check_that released-unbound "domain 7's $dev_b is unbound" [ ! -e /sys/block/${dev_b#/dev/}/loop ]
-check_that other-domain-still-bound "domain 8's $dev_b8 is still bound" [ -e /sys/block/${dev_b8#/dev/}/loop ]
+check_that release "release domain $H1: done" [ "$(xendevd release "$H1")" = '"done"' ]
+check_that released-unbound "domain $H1's $dev_b is unbound" [ ! -e /sys/block/${dev_b#/dev/}/loop ]
+check_that other-domain-still-bound "domain $H2's $dev_b8 is still bound" [ -e /sys/block/${dev_b8#/dev/}/loop ]
 check_that release-without-disks "release of a domain without disks: done" [ "$(xendevd release 99)" = '"done"' ]
-xendevd release 8 >/dev/null
+xendevd release "$H2" >/dev/null
 check_that query-empty "query: no disks left" [ "$(xendevd query)" = '{"state":{"disks":[],"vifs":[]}}' ]
+for n in 1 2 3; do xl destroy disk-holder-$n; done
 
 # A guest uses a loop device xendevd attached: blkcheck writes its pattern through
-# blkfront → blkback → loop → the image file. (The domain ID is not known before
-# run-guest.sh creates the domain; xendevd does not check it, chaos passes the real one.)
+# blkfront → blkback → loop → the image file. (The guest's domain ID is not known before
+# run-guest.sh creates the domain: the device is dom0's, which chaos would not do.)
 truncate -s 64M /tmp/disks/guest.img
-g=$(xendevd attach /tmp/disks/guest.img --domid 100)
+g=$(xendevd attach /tmp/disks/guest.img --domid 0)
 dev_g=$(echo "$g" | field device)
 RUN_GUEST_NAME=blk-on-loop RUN_GUEST_DISKS="phy:$dev_g,xvda,w" sh /lab/run-guest.sh /apps/blkcheck 32 >/tmp/blkcheck.out 2>&1
 status=$?
