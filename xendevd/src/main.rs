@@ -49,8 +49,9 @@ use crate::api::{Request, Response};
 /// Xenstore backend says toolstack = "chaos". Without xenstored it serves NoXS guests
 /// only (the log says which mode it runs in). It daemonizes and logs to syslog unless
 /// --foreground. SIGTERM or SIGINT stop it cleanly (SIGHUP is logged and ignored): the
-/// socket file goes, loop devices of running domains stay (and are logged), NoXS back
-/// ends are closed.
+/// socket file goes, loop devices of running domains stay (and are logged), NoXS
+/// domains are left to the next xendevd, which takes them back (their records in
+/// --noxs-state, their taps kept) and offers their devices again.
 ///
 /// Exit status: 0 success, 1 the daemon could not start or the request failed (its
 /// answer is printed), 2 the daemon could not be reached or answered nonsense.
@@ -66,6 +67,10 @@ struct Cli {
     /// Where the daemon records its loop devices, so that it knows them after a restart.
     #[arg(long, value_name = "PATH", default_value = "/run/xendevd.disks.json")]
     state: PathBuf,
+    /// Where the daemon records the NoXS domains it serves (DOMID.json), so that the
+    /// next xendevd takes them back: their devices reconnect (NoXS v1.1).
+    #[arg(long, value_name = "DIR", default_value = "/run/xendevd/noxs")]
+    noxs_state: PathBuf,
     /// Where NoXS guests' console logs go (NAME-DOMID.log, 1 MiB at most each).
     #[arg(long, value_name = "DIR", default_value = "/var/log/xendevd/console")]
     console_dir: PathBuf,
@@ -162,6 +167,7 @@ fn run_daemon(cli: &Cli) -> Result<()> {
             loopdev::Method::Auto
         },
         console_dir: cli.console_dir.clone(),
+        noxs_state: cli.noxs_state.clone(),
     };
     // Each NoXS guest keeps files open: the soft default would stop xendevd early.
     match limits::raise_open_files() {

@@ -23,6 +23,10 @@ pub const VERSION: u16 = 1;
 pub const MAX_ENTRIES: usize = 64;
 const HEADER_LEN: usize = 16;
 const ENTRY_LEN: usize = 24;
+/// Where the block's entry count lies, and where its entries start (what a back end
+/// offering the devices again rewrites, `Block::encode_entries`).
+pub const COUNT: usize = 6;
+pub const ENTRIES: usize = HEADER_LEN;
 /// Bytes the block occupies at most.
 pub const BLOCK_LEN: usize = HEADER_LEN + MAX_ENTRIES * ENTRY_LEN;
 const _: () = assert!(

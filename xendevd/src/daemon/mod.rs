@@ -60,6 +60,8 @@ pub struct Options {
     pub loop_method: Method,
     /// Where NoXS guests' console logs go.
     pub console_dir: PathBuf,
+    /// Where the NoXS domains served are recorded for the next xendevd.
+    pub noxs_state: PathBuf,
 }
 
 /// The listening socket, removed on drop if the file is still ours.
@@ -282,6 +284,7 @@ impl Services {
     /// xendevd recorded, then detach those of domains that ended meanwhile.
     fn restore(&mut self) {
         self.loops.restore_state();
+        self.noxs.take_back_all();
         if self.noxs.check_domains("at start") {
             self.release_ended();
         } else if !self.loops.list().is_empty() {
@@ -320,9 +323,9 @@ impl Services {
     /// Open what the services need beyond the daemon's socket: Xenstore (when
     /// xenstored runs) and the Xen devices of the NoXS back ends. Either may be
     /// missing; the log says which mode xendevd runs in.
-    fn start(&mut self, console_dir: &Path, poller: Rc<Poller>) {
+    fn start(&mut self, console_dir: &Path, noxs_state: &Path, poller: Rc<Poller>) {
         self.hotplug.start();
-        self.noxs.start(console_dir, poller);
+        self.noxs.start(console_dir, noxs_state, poller);
     }
 
     fn handle(&mut self, request: Request) -> Answer {
@@ -443,6 +446,7 @@ pub struct Daemon {
     services: Services,
     limits: Limits,
     console_dir: PathBuf,
+    noxs_state: PathBuf,
 }
 
 impl Daemon {
@@ -480,6 +484,7 @@ impl Daemon {
             services: Services::new(options.loop_method, Some(options.state.clone())),
             limits: options.limits,
             console_dir: options.console_dir.clone(),
+            noxs_state: options.noxs_state.clone(),
         })
     }
 
@@ -536,7 +541,7 @@ impl Daemon {
         );
         // Opened here, after daemonizing: libxenstore may start a thread.
         self.services
-            .start(&self.console_dir, Rc::clone(&self.poller));
+            .start(&self.console_dir, &self.noxs_state, Rc::clone(&self.poller));
         self.services.restore();
         if self.services.hotplug.xenstored() {
             self.services.hotplug.rescan("start");
@@ -909,7 +914,7 @@ impl Daemon {
     }
 
     fn shutdown(&mut self) {
-        self.services.noxs.release_all();
+        self.services.noxs.leave_all();
         self.dispatch_events();
         self.flush_and_reap(Instant::now());
         self.services.loops.report_left();

@@ -58,9 +58,10 @@ impl NoxsDispatch {
 
     /// Open the back ends' Xen devices, their descriptors in the daemon's `poller`;
     /// without them xendevd serves no NoXS domains (and says so to whoever asks).
-    pub fn start(&mut self, console_dir: &Path, poller: Rc<Poller>) {
+    pub fn start(&mut self, console_dir: &Path, noxs_state: &Path, poller: Rc<Poller>) {
         let book = Rc::clone(&self.book);
-        self.backends = Backends::open(console_dir.to_owned(), poller, book).map_err(|err| {
+        let opened = Backends::open(console_dir.to_owned(), poller, book, noxs_state);
+        self.backends = opened.map_err(|err| {
             let missing = Unavailable::Open(Rc::new(err));
             warn!("{missing}");
             missing
@@ -158,11 +159,18 @@ impl NoxsDispatch {
         }
     }
 
-    /// Stop serving everything (the daemon stops): nothing of a guest may stay mapped
-    /// or bound once we are gone.
-    pub fn release_all(&mut self) {
+    /// The daemon stops: its domains are left to the next xendevd, which takes them
+    /// back (`noxs::restart`).
+    pub fn leave_all(&mut self) {
         if let Ok(backends) = &mut self.backends {
-            backends.release_all("xendevd stops");
+            backends.leave_all();
+        }
+    }
+
+    /// Take back the domains an xendevd before this one served.
+    pub fn take_back_all(&mut self) {
+        if let Ok(backends) = &mut self.backends {
+            backends.take_back_all();
         }
     }
 

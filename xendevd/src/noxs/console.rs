@@ -149,6 +149,31 @@ impl ConsoleLog {
         })
     }
 
+    /// Go on with log `file_name` of a domain an xendevd before this one served (the
+    /// book counted it among the ended): appended to, never followed. A fresh log if it
+    /// is gone or is no regular file.
+    pub fn reopen(book: &Rc<RefCell<LogBook>>, file_name: &str, limit: u64) -> io::Result<Self> {
+        let path = book.borrow().dir.join(file_name);
+        let opened = OpenOptions::new()
+            .append(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+            .open(&path)
+            .and_then(|file| Ok((file.metadata()?, file)));
+        let (meta, file) = match opened {
+            Ok((meta, file)) if meta.is_file() => (meta, file),
+            _ => return Self::create(book, file_name, limit),
+        };
+        // Its bytes are counted already; it is no longer an ended domain's.
+        book.borrow_mut().ended.retain(|(ended, _)| *ended != path);
+        Ok(Self {
+            file,
+            path,
+            written: meta.len(),
+            limit,
+            book: Rc::clone(book),
+        })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

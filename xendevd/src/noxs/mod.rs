@@ -30,6 +30,7 @@ pub mod copier;
 pub mod eoi;
 pub mod error;
 pub mod request;
+pub mod restart;
 pub mod sysctl;
 pub mod tap;
 pub mod vbd;
@@ -67,6 +68,7 @@ use copier::Copier;
 use eoi::{Eoi, Outcome};
 pub use error::{DeviceError, Error, OpenError};
 use request::{DevicePlan, Dom0, ShellPlan};
+use restart::{Record, StateDir};
 pub use sysctl::PowerWait;
 use sysctl::Sysctl;
 use tap::Tap;
@@ -298,6 +300,9 @@ struct Domain {
     devices: Vec<Device>,
     /// For `NoxsDomain::created_ms`.
     created: SystemTime,
+    /// The guest's re-offer port, bound when its devices were offered again
+    /// ([`restart`]).
+    reoffer: Option<Port>,
 }
 
 impl Domain {
@@ -377,6 +382,9 @@ pub struct Backends {
     ended: Vec<(u32, String)>,
     events: Vec<Event>,
     frame: Vec<u8>,
+    /// Where each served domain's [`Record`] lies for the next xendevd; `None`: the
+    /// directory could not be made, and a restart loses the guests (said at start).
+    state: Option<StateDir>,
 }
 
 impl Backends {
@@ -387,6 +395,7 @@ impl Backends {
         console_dir: PathBuf,
         poller: Rc<Poller>,
         book: SharedBook,
+        state_dir: &std::path::Path,
     ) -> Result<Self, OpenError> {
         let evtchn = Evtchn::open()?;
         let gnttab = Gnttab::open()?;
@@ -436,6 +445,15 @@ impl Backends {
             xc,
             net,
             console_logs: LogBook::open(&console_dir, TOTAL_LOG_LIMIT),
+            state: StateDir::open(state_dir)
+                .inspect_err(|err| {
+                    warn!(
+                        "cannot make {}: {err}: an xendevd after this one will not take \
+                         back its NoXS guests",
+                        state_dir.display()
+                    );
+                })
+                .ok(),
             domains: BTreeMap::new(),
             shells: BTreeMap::new(),
             by_name: HashMap::new(),
@@ -640,12 +658,63 @@ impl Backends {
     ) -> Result<NoxsDomain, Error> {
         let plans = request::check(domid, name, console_port, devices, &Dom0)?;
         self.check_new(domid)?;
-        self.serve_new(domid, name, console_port, |backends| {
+        let answer = self.serve_new(domid, name, console_port, ConsoleLog::create, |backends| {
             plans
                 .iter()
-                .map(|plan| backends.make_device(domid, plan))
+                .map(|plan| backends.make_device(domid, plan, false))
                 .collect()
-        })
+        })?;
+        self.remember(domid, name, console_port, devices);
+        Ok(answer)
+    }
+
+    /// Serve domain `domid` again from its record ([`restart`]): as
+    /// [`Backends::create`], its log appended to and its taps taken over.
+    fn serve_again(&mut self, record: &Record) -> Result<(), Error> {
+        let (domid, name) = (record.domid, record.name.as_str());
+        let plans = request::check(domid, name, record.console_port, &record.devices, &Dom0)?;
+        self.serve_new(
+            domid,
+            name,
+            record.console_port,
+            ConsoleLog::reopen,
+            |backends| {
+                plans
+                    .iter()
+                    .map(|plan| backends.make_device(domid, plan, true))
+                    .collect()
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Write served domain `domid`'s record for the next xendevd.
+    fn remember(&self, domid: u32, name: &str, console_port: u32, devices: &[NoxsDevice]) {
+        let (Some(state), Some(domain)) = (&self.state, self.domains.get(&domid)) else {
+            return;
+        };
+        let handle = match self.xc.domain_info(domid) {
+            Ok(Some(info)) => Record::handle_of(&info.handle),
+            other => {
+                warn!("domain {domid}: no handle ({other:?}): not recorded for a restart");
+                return;
+            }
+        };
+        let record = Record {
+            domid,
+            handle,
+            name: name.to_owned(),
+            console_port,
+            created_ms: millis_since_epoch(domain.created),
+            devices: devices.to_vec(),
+        };
+        if let Err(err) = state.save(&record) {
+            warn!(
+                "domain {domid}: cannot write its record in {}: {err}: an xendevd after this \
+                 one will not take it back",
+                state.dir().display()
+            );
+        }
     }
 
     /// Make the devices of shell `domid` (created, not built): control pages, event
@@ -700,14 +769,16 @@ impl Backends {
             });
         }
         self.check_new(domid)?;
-        self.serve_new(domid, name, console_port, |backends| {
+        let answer = self.serve_new(domid, name, console_port, ConsoleLog::create, |backends| {
             shell
                 .parts
                 .into_iter()
                 .zip(&plans)
                 .map(|(part, plan)| fill_part(part, plan, domid, &backends.book))
                 .collect()
-        })
+        })?;
+        self.remember(domid, name, console_port, devices);
+        Ok(answer)
     }
 
     /// Whether a new domain or shell may be `domid`: none is served as it, and Xen has
@@ -739,21 +810,21 @@ impl Backends {
         domid: u32,
         name: &str,
         console_port: u32,
+        open_log: fn(&Rc<RefCell<LogBook>>, &str, u64) -> std::io::Result<ConsoleLog>,
         devices: impl FnOnce(&Self) -> Result<Vec<Device>, Error>,
     ) -> Result<NoxsDomain, Error> {
         let started = Instant::now();
         let log_name = format!("{name}-{domid}.log");
         let log_path = self.console_logs.borrow().dir().join(&log_name);
-        let log =
-            ConsoleLog::create(&self.console_logs, &log_name, LOG_LIMIT).map_err(|source| {
-                limits::reached(source.raw_os_error(), Making::File).map_or_else(
-                    || Error::ConsoleLog {
-                        path: log_path.clone(),
-                        source,
-                    },
-                    Error::Limit,
-                )
-            })?;
+        let log = open_log(&self.console_logs, &log_name, LOG_LIMIT).map_err(|source| {
+            limits::reached(source.raw_os_error(), Making::File).map_or_else(
+                || Error::ConsoleLog {
+                    path: log_path.clone(),
+                    source,
+                },
+                Error::Limit,
+            )
+        })?;
         let made = Console::connect(&self.gnttab, &self.evtchn, domid, console_port, log)
             .map_err(Error::from)
             .and_then(|console| {
@@ -763,6 +834,7 @@ impl Backends {
                     console_rate: Window::new(CONSOLE_RATE.0, CONSOLE_RATE.1),
                     devices: devices(self)?,
                     created: SystemTime::now(),
+                    reoffer: None,
                 })
             });
         // What was made is dropped (unmapped, unbound, unshared, taps gone); the empty
@@ -815,7 +887,12 @@ impl Backends {
 
     /// A device's back end (a vif's tap is on its bridge by then), then its control
     /// page carrying the back end's area.
-    fn make_device(&self, domid: u32, plan: &DevicePlan) -> Result<Device, Error> {
+    fn make_device(
+        &self,
+        domid: u32,
+        plan: &DevicePlan,
+        taking_back: bool,
+    ) -> Result<Device, Error> {
         let id = match plan {
             DevicePlan::Sysctl => DeviceId {
                 kind: Kind::Sysctl,
@@ -840,7 +917,12 @@ impl Backends {
                 (Backend::Sysctl(sysctl), area)
             }
             DevicePlan::Vif(plan) => {
-                let (vif, area) = Vif::create(&self.net, plan).map_err(failed)?;
+                let (vif, area) = if taking_back {
+                    Vif::take_over(&self.net, plan)
+                } else {
+                    Vif::create(&self.net, plan)
+                }
+                .map_err(failed)?;
                 (Backend::Vif(Box::new(vif)), area)
             }
             DevicePlan::Vbd(plan) => {
@@ -880,6 +962,9 @@ impl Backends {
         let Some(mut domain) = self.domains.remove(&domid) else {
             return false;
         };
+        if let Some(state) = &self.state {
+            state.remove(domid);
+        }
         if let Some(ids) = self.by_name.get_mut(&domain.name) {
             ids.remove(&domid);
             if ids.is_empty() {
@@ -932,11 +1017,25 @@ impl Backends {
         unsafe { nix::libc::malloc_trim(0) };
     }
 
-    /// Release everything (the daemon stops).
-    pub fn release_all(&mut self, why: &str) {
-        let served = self.domains.keys().chain(self.shells.keys());
-        for domid in served.copied().collect::<Vec<_>>() {
-            self.release(domid, why);
+    /// The daemon stops: leave every served domain to the next xendevd ([`restart`]):
+    /// no device is closed and its taps stay; the process's end unmaps and unbinds the
+    /// rest. Shells, which have no guest yet, are released.
+    pub fn leave_all(&mut self) {
+        for domid in self.shells.keys().copied().collect::<Vec<_>>() {
+            self.release(domid, "xendevd stops");
+        }
+        for (domid, domain) in std::mem::take(&mut self.domains) {
+            // The console's last words are in its log already, up to the last turn.
+            info!(
+                "NoXS domain {domid} ({}) left to the next xendevd{}",
+                domain.name,
+                if self.state.is_some() {
+                    ""
+                } else {
+                    " (no record: it will not take it back)"
+                }
+            );
+            std::mem::forget(domain);
         }
     }
 

@@ -1,5 +1,7 @@
 //! A vif's host end: a tap device (`/dev/net/tun`, `IFF_TAP | IFF_NO_PI`) named `vifD.N`,
-//! a port of a bridge and up. Closing the fd removes the device.
+//! a port of a bridge and up. It is persistent (`TUNSETPERSIST`) so that it outlives an
+//! xendevd that dies or stops, bridge port and all, for the next one to take back
+//! (`Tap::create` again by name); dropping a [`Tap`] removes the device.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -28,6 +30,11 @@ mod sys {
         nix::request_code_write!(b'T', 202, size_of::<std::ffi::c_int>()),
         IfReq
     );
+    // TUNSETPERSIST = _IOW('T', 203, int), its argument the value itself.
+    nix::ioctl_write_int_bad!(
+        tun_set_persist,
+        nix::request_code_write!(b'T', 203, size_of::<std::ffi::c_int>())
+    );
     // SIOCSIFHWADDR (linux/sockios.h).
     nix::ioctl_write_ptr_bad!(set_hwaddr, 0x8924, IfReq);
 }
@@ -36,7 +43,7 @@ mod sys {
 /// the bridge never takes it as its address.
 const HOST_MAC: [u8; 6] = [0xfe, 0xff, 0xff, 0xff, 0xff, 0xff];
 
-/// A tap device, removed when dropped.
+/// A tap device, removed when dropped (not when the process ends: see the module doc).
 #[derive(Debug)]
 pub struct Tap {
     file: File,
@@ -44,7 +51,8 @@ pub struct Tap {
 }
 
 impl Tap {
-    /// Create tap `name` (non-blocking).
+    /// Create tap `name` (non-blocking), or attach to it if it exists, left by an
+    /// xendevd before this one.
     pub fn create(name: &str) -> io::Result<Self> {
         let file = OpenOptions::new()
             .read(true)
@@ -59,8 +67,19 @@ impl Tap {
             file,
             name: name.to_owned(),
         };
+        // SAFETY: `tap.file` is an open tun fd attached to a device.
+        unsafe { sys::tun_set_persist(tap.file.as_raw_fd(), 1) }.map_err(io::Error::from)?;
         tap.set_host_mac()?;
         Ok(tap)
+    }
+
+    /// Remove tap `name`, left persistent by an xendevd before this one, if it exists.
+    pub fn remove_left(name: &str) -> io::Result<bool> {
+        if !crate::bridge::exists(name) {
+            return Ok(false);
+        }
+        drop(Self::create(name)?);
+        Ok(true)
     }
 
     fn set_host_mac(&self) -> io::Result<()> {
@@ -106,6 +125,16 @@ impl Tap {
     }
 }
 
+impl Drop for Tap {
+    fn drop(&mut self) {
+        // SAFETY: `self.file` is an open tun fd attached to a device. Not persistent any
+        // more, the device goes with the fd.
+        if let Err(err) = unsafe { sys::tun_set_persist(self.file.as_raw_fd(), 0) } {
+            log::warn!("tap {}: TUNSETPERSIST 0: {err}: it stays", self.name);
+        }
+    }
+}
+
 impl AsFd for Tap {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.file.as_fd()
@@ -122,6 +151,10 @@ mod tests {
         assert_eq!(
             nix::request_code_write!(b'T', 202, size_of::<std::ffi::c_int>()),
             0x4004_54ca
+        );
+        assert_eq!(
+            nix::request_code_write!(b'T', 203, size_of::<std::ffi::c_int>()),
+            0x4004_54cb
         );
         assert_eq!(size_of::<sys::SockAddr>(), 16);
     }

@@ -57,6 +57,18 @@ impl Vif {
         Ok(tap)
     }
 
+    /// As [`Vif::create`], for a domain served again ([`super::restart`]): its tap, left
+    /// by the xendevd before, is taken over (made anew if it went), on its bridge and up.
+    pub fn take_over(net: &NetControl, plan: &VifPlan) -> Result<(Self, Vec<u8>), DeviceError> {
+        let tap = Tap::create(&plan.tap).map_err(|source| DeviceError::Tap {
+            tap: plan.tap.clone(),
+            source,
+        })?;
+        net.add_port(&plan.bridge, &plan.tap)?;
+        net.set_up(&plan.tap)?;
+        Ok(Self::with_tap(tap, plan))
+    }
+
     /// The back end of `plan` on its tap (made by [`Vif::make_tap`] for the plan's tap
     /// name and bridge); the back-end area for the control page.
     pub fn with_tap(tap: Tap, plan: &VifPlan) -> (Self, Vec<u8>) {

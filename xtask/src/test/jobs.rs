@@ -32,7 +32,7 @@ const LAB_CHECKS: &str = include_str!("lab-checks.sh");
 /// The capacity job's guests (`GUESTS=` in `capacity-lab.sh`), 4 MiB each.
 const CAPACITY_GUESTS: u32 = 1000;
 
-pub const JOB_TESTS: [JobTest; 10] = [
+pub const JOB_TESTS: [JobTest; 11] = [
     // chaos's commands on real Xen (`chaos-lab.sh`): create, list (and xl list),
     // console, shutdown -w, destroy of daytime with its vif; a destroy while `create
     // --console` watches, each of the two ending well; fifteen malformed
@@ -101,6 +101,22 @@ pub const JOB_TESTS: [JobTest; 10] = [
         timeout_secs: 300,
         noxs: true,
         summarize: &[],
+        memory: LabMemory::DEFAULT,
+    },
+    // xendevd restarted without loss (`restart-lab.sh`, NoXS v1.1), in a NoXS lab: after
+    // SIGTERM and after SIGKILL, a NoXS daytime answers again, with its name, console
+    // and power control; a disk hog's writes in flight during the kill complete and the
+    // image holds whole chunks; a vif reconnects; a domain destroyed while no xendevd
+    // ran is cleaned up (tap, record) by the next one.
+    JobTest {
+        name: "xendevd restart: guests keep their devices across SIGTERM and SIGKILL",
+        script: include_str!("restart-lab.sh"),
+        timeout_secs: 600,
+        noxs: true,
+        summarize: &[
+            "daytime-answers-after-sigterm",
+            "daytime-answers-after-sigkill",
+        ],
         memory: LabMemory::DEFAULT,
     },
     // What a killed create leaves (`orphans-lab.sh`), in a NoXS lab that starts
