@@ -184,7 +184,9 @@ pub async fn reconnect<B: Area, F: Area>(
 
 /// Let the back end offer our devices again after a restart: allocate the re-offer
 /// port, write it into the block, grant the start_info page at
-/// [`reoffer::BLOCK_GREF`], and start the task that takes the new blocks in. Without
+/// [`reoffer::BLOCK_GREF`], all for the back end of the first entry (the one domain
+/// that can bind the port; chaos gives every device to xendevd in dom0), and start
+/// the task that takes the new blocks in. Without
 /// it the guest still runs, but its devices die with their back end: errors are
 /// logged, not fatal.
 pub(crate) fn listen_for_reoffers(start_info_pfn: u64) {
@@ -239,8 +241,10 @@ fn start_listening(start_info_pfn: u64, backend: u16) -> Result<(), ListenError>
     Ok(())
 }
 
-/// The block as the back end left it, copied once; `None` if it changed while we
-/// copied (the next notification brings the finished one).
+/// The block as the back end left it, copied once; `None` if its generation changed
+/// while we copied (the next notification brings the finished one). The back end
+/// writes the entries before the generation, so a copy with a new generation has its
+/// entries.
 fn copy_block(page: SharedBytes<'static>) -> Option<Box<[u8; PAGE_SIZE - BLOCK_OFFSET]>> {
     let mut copy = Box::new([0u8; PAGE_SIZE - BLOCK_OFFSET]);
     for _ in 0..4 {
@@ -284,6 +288,7 @@ async fn take_reoffers(channel: EventChannel, page: SharedBytes<'static>) {
         }
     }
 }
+
 fn report_bad_block(reported: &mut bool, err: NoxsError) {
     if !core::mem::replace(reported, true) {
         log::error!("noxs: the back end's new device block is bad, keeping the old one: {err}");
