@@ -77,6 +77,8 @@ extern "C" fn kernel_entry(si: *const start_info, boot_tsc: u64) -> ! {
     if let Err(err) = crate::noxs::init(start_info_page) {
         boot_failed("NoXS device block", err);
     }
+    // A restarted back end offers the devices again through this page (NoXS v1.1).
+    crate::noxs::listen_for_reoffers(arch::mm::pfn_of_va(x86_64::VirtAddr::from_ptr(si)));
     // With NoXS there may be no xenstored at all: leave Xenstore alone.
     if crate::noxs::block().is_none()
         && let Some((mfn, evtchn)) = boot.xenstore

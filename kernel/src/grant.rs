@@ -59,6 +59,10 @@ pub enum GrantError {
     NoAddressSpace,
     /// No free frame to grant.
     NoMemory,
+    /// Not a reserved reference a guest may fill (0 and 1 are the toolstack's).
+    NotReservable(GrantRef),
+    /// The reserved reference already grants a frame.
+    AlreadyGranted(GrantRef),
 }
 
 impl core::fmt::Display for GrantError {
@@ -71,6 +75,12 @@ impl core::fmt::Display for GrantError {
             Self::Xen(status) => write!(f, "Xen refused the grant operation (status {status})"),
             Self::NoAddressSpace => f.write_str("no address space left to map a grant"),
             Self::NoMemory => f.write_str("no free frame to grant"),
+            Self::NotReservable(gref) => write!(
+                f,
+                "grant {gref} is not a reserved reference a guest may fill (2 to {})",
+                RESERVED_REFS - 1
+            ),
+            Self::AlreadyGranted(gref) => write!(f, "reserved grant {gref} is already in use"),
         }
     }
 }
@@ -119,6 +129,33 @@ impl<'a> GrantTable<'a> {
         entry.flags.store(flags.bits(), Ordering::Release);
         self.granted[gref as usize] = true;
         Ok(gref)
+    }
+
+    /// Fill reserved entry `gref` (2 to 7: 0 and 1 hold the console and Xenstore the
+    /// toolstack seeded) for a protocol that names the reference in advance. The
+    /// grant is for good: [`Self::revoke`] refuses reserved references.
+    pub fn grant_reserved(
+        &mut self,
+        gref: GrantRef,
+        domid: DomId,
+        frame: u64,
+        readonly: bool,
+    ) -> Result<(), GrantError> {
+        if !(2..RESERVED_REFS).contains(&gref) || gref as usize >= self.entries.len() {
+            return Err(GrantError::NotReservable(gref));
+        }
+        let frame32 = u32::try_from(frame).map_err(|_| GrantError::FrameTooLarge(frame))?;
+        let entry = &self.entries[gref as usize];
+        if entry.flags.load(Ordering::Acquire) != 0 {
+            return Err(GrantError::AlreadyGranted(gref));
+        }
+        entry.frame.store(frame32, Ordering::Relaxed);
+        entry.domid.store(domid, Ordering::Relaxed);
+        let mut flags = GrantFlags::PERMIT_ACCESS;
+        flags.set(GrantFlags::READONLY, readonly);
+        // Release: frame and domid are visible before Xen can see the entry valid.
+        entry.flags.store(flags.bits(), Ordering::Release);
+        Ok(())
     }
 
     /// Withdraw a grant. Fails with [`GrantError::InUse`] while the other domain has
@@ -228,6 +265,17 @@ mod guest {
     /// Let domain `domid` map our frame `pfn`.
     pub fn grant_access(domid: DomId, pfn: u64, readonly: bool) -> Result<GrantRef, GrantError> {
         with_table(|table| table.grant(domid, pfn_to_mfn(pfn), readonly))
+    }
+
+    /// Let domain `domid` map our frame `pfn` at reserved reference `gref`, for good
+    /// (see [`GrantTable::grant_reserved`]).
+    pub fn grant_reserved(
+        gref: GrantRef,
+        domid: DomId,
+        pfn: u64,
+        readonly: bool,
+    ) -> Result<(), GrantError> {
+        with_table(|table| table.grant_reserved(gref, domid, pfn_to_mfn(pfn), readonly))
     }
 
     /// Withdraw a grant (fails while it is mapped).
@@ -418,6 +466,44 @@ mod tests {
             t.free_count(),
             2,
             "a failed grant must not consume a reference"
+        );
+    }
+
+    #[test]
+    fn reserved_refs_are_filled_once_and_only_from_2_to_7() {
+        let entries = table(16);
+        let mut t = GrantTable::new(&entries);
+        for gref in [0, 1, RESERVED_REFS, 15, 99] {
+            assert_eq!(
+                t.grant_reserved(gref, 0, 0x55, false),
+                Err(GrantError::NotReservable(gref))
+            );
+        }
+        assert!(entries.iter().all(|e| e.flags.load(Ordering::Relaxed) == 0));
+        assert_eq!(
+            t.grant_reserved(2, 0, 1 << 32, false),
+            Err(GrantError::FrameTooLarge(1 << 32))
+        );
+        t.grant_reserved(2, 4, 0x55, false).unwrap();
+        let e = &entries[2];
+        assert_eq!(
+            e.flags.load(Ordering::Relaxed),
+            GrantFlags::PERMIT_ACCESS.bits()
+        );
+        assert_eq!(e.domid.load(Ordering::Relaxed), 4);
+        assert_eq!(e.frame.load(Ordering::Relaxed), 0x55);
+        assert_eq!(
+            t.grant_reserved(2, 0, 0x66, true),
+            Err(GrantError::AlreadyGranted(2))
+        );
+        assert_eq!(e.frame.load(Ordering::Relaxed), 0x55);
+        // Not from the pool, and not revocable: the peer may map it at any time.
+        assert_eq!(t.free_count(), 8);
+        assert_eq!(t.revoke(2), Err(GrantError::NotGranted(2)));
+        t.grant_reserved(7, 0, 0x77, true).unwrap();
+        assert_eq!(
+            entries[7].flags.load(Ordering::Relaxed),
+            (GrantFlags::PERMIT_ACCESS | GrantFlags::READONLY).bits()
         );
     }
 

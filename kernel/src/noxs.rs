@@ -9,38 +9,371 @@
 //! backend granted, binds the control event channel, and reads and writes the page by
 //! the protocol's rule — write your area, barrier, your state word, notify; copy the
 //! other side's area once and validate the copy.
+//!
+//! **Re-offers (v1.1, `xenproto::noxs::reoffer`).** A back end that restarted lost its
+//! control pages; it offers the devices again by rewriting the block in our start_info
+//! page, which we grant it at boot ([`listen_for_reoffers`]). A task copies each new
+//! block once, validates it and makes it the current one ([`block`], [`generation`]),
+//! then wakes every device waiting for a re-offer ([`next_reoffer`]). A device whose
+//! entry changed does the handshake again on its new control page with the same
+//! frontend area ([`reconnect`]); its data path is left as it is, and the new back end
+//! takes the rings up where the responses end. [`follow`] runs that loop for a driver.
 
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{Ordering, fence};
+use core::future::Future;
+use core::pin::Pin;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
+use core::task::{Context, Poll, Waker};
 use core::time::Duration;
 
 use arch::errno::Errno;
-use spin::Once;
+use spin::Mutex;
 use xenproto::noxs::{
-    Area, BACKEND_AREA, Block, CONTROL_HEADER_LEN, Entry, FRONTEND_AREA, Header, Kind,
-    MAX_AREA_LEN, NoxsError, PAGE_SIZE, header,
+    Area, BACKEND_AREA, BLOCK_OFFSET, Block, CONTROL_HEADER_LEN, Entry, FRONTEND_AREA, Header,
+    Kind, MAX_AREA_LEN, NoxsError, PAGE_SIZE, Reoffer, header, reoffer,
 };
 use xenproto::shared::SharedBytes;
 use xenproto::xenstore::XenbusState;
 
-use crate::events::EventChannel;
+use crate::events::{EventChannel, Port};
 use crate::grant::{ForeignMapping, GrantError};
 
-static BLOCK: Once<Option<Block>> = Once::new();
+/// The current block: the toolstack's at boot, then the back end's latest re-offer.
+/// `None` for good when the guest booted without one.
+static BLOCK: Mutex<Option<Arc<Block>>> = Mutex::new(None);
+/// The generation of [`BLOCK`] (changed with it, under its lock).
+static GENERATION: AtomicU32 = AtomicU32::new(0);
+/// Tasks waiting for the generation to change, by waiter.
+static WAITERS: Mutex<BTreeMap<u64, Waker>> = Mutex::new(BTreeMap::new());
+static NEXT_WAITER: AtomicU64 = AtomicU64::new(0);
 
 /// Read the block from the start_info page (once, at boot). A malformed block is a
 /// boot error: the toolstack meant NoXS, and Xenstore would not answer.
 pub(crate) fn init(start_info_page: &[u8; 4096]) -> Result<(), NoxsError> {
-    let mut copy = [0u8; 4096 - xenproto::noxs::BLOCK_OFFSET];
-    copy.copy_from_slice(&start_info_page[xenproto::noxs::BLOCK_OFFSET..]);
-    let block = Block::decode(&copy)?;
-    BLOCK.call_once(|| block);
+    let mut copy = [0u8; 4096 - BLOCK_OFFSET];
+    copy.copy_from_slice(&start_info_page[BLOCK_OFFSET..]);
+    if let Some(block) = Block::decode(&copy)? {
+        install(block);
+    }
     Ok(())
 }
 
-/// The NoXS block, if the toolstack wrote one.
-pub fn block() -> Option<&'static Block> {
-    BLOCK.get().and_then(Option::as_ref)
+/// Make `block` the current one and wake everyone waiting for a re-offer.
+fn install(block: Block) {
+    {
+        let mut current = BLOCK.lock();
+        GENERATION.store(block.generation, Ordering::Release);
+        *current = Some(Arc::new(block));
+    }
+    let waiters = core::mem::take(&mut *WAITERS.lock());
+    for waker in waiters.into_values() {
+        waker.wake();
+    }
+}
+
+/// The NoXS block, if the toolstack wrote one: the latest the back end offered.
+pub fn block() -> Option<Arc<Block>> {
+    BLOCK.lock().clone()
+}
+
+/// The generation of the current block (0 until the back end offers the devices again).
+pub fn generation() -> u32 {
+    GENERATION.load(Ordering::Acquire)
+}
+
+/// The current block with its generation, read together.
+fn snapshot() -> Option<(u32, Arc<Block>)> {
+    let current = BLOCK.lock();
+    current
+        .as_ref()
+        .map(|block| (block.generation, block.clone()))
+}
+
+/// A future ready (with the new generation) once the block's generation is no longer
+/// `seen`.
+pub fn reoffered(seen: u32) -> Reoffered {
+    Reoffered {
+        seen,
+        id: NEXT_WAITER.fetch_add(1, Ordering::Relaxed),
+    }
+}
+
+/// Future of [`reoffered`]; forgets its waker when dropped, so waiters do not pile up.
+#[derive(Debug)]
+pub struct Reoffered {
+    seen: u32,
+    id: u64,
+}
+
+impl Future for Reoffered {
+    type Output = u32;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<u32> {
+        let now = generation();
+        if now != self.seen {
+            return Poll::Ready(now);
+        }
+        WAITERS.lock().insert(self.id, cx.waker().clone());
+        // A re-offer may have been installed between the check and the registration.
+        let now = generation();
+        if now != self.seen {
+            WAITERS.lock().remove(&self.id);
+            return Poll::Ready(now);
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Reoffered {
+    fn drop(&mut self) {
+        WAITERS.lock().remove(&self.id);
+    }
+}
+
+/// Wait for the re-offer that moves device `connected` to a new control page, and
+/// return its generation and entry. `handled` is the last generation looked at for
+/// this device (`None`: look at the current block first); a generation is looked at
+/// once, so a failed handshake waits for the next re-offer. Cancel-safe (for
+/// `select`): `handled` is updated before each wait. `name` labels errors.
+pub async fn next_reoffer(
+    connected: &Entry,
+    handled: &mut Option<u32>,
+    name: &str,
+) -> (u32, Entry) {
+    loop {
+        let Some((generation, block)) = snapshot() else {
+            // No block: no NoXS device, and never a re-offer.
+            return core::future::pending().await;
+        };
+        if *handled != Some(generation) {
+            *handled = Some(generation);
+            match block.reoffer_of(connected) {
+                Reoffer::Changed(entry) => return (generation, entry),
+                Reoffer::Unchanged => {}
+                Reoffer::Withdrawn => log::error!(
+                    "{name}: the back end's offer (generation {generation}) leaves the device out"
+                ),
+                Reoffer::OtherBackend(domid) => log::error!(
+                    "{name}: the back end's offer (generation {generation}) moves the device \
+                     to domain {domid}, which cannot map its rings: left disconnected"
+                ),
+            }
+        }
+        reoffered(generation).await;
+    }
+}
+
+/// Do the handshake again on the control page of `entry` (a re-offer): wait for the
+/// offer, check its area with `same_device` (the device must be the one connected),
+/// then connect with `frontend`, the area written at the first connect (same rings,
+/// same data port). A device that fails `same_device` is not connected.
+pub async fn reconnect<B: Area, F: Area>(
+    entry: &Entry,
+    frontend: &F,
+    same_device: impl FnOnce(&B) -> Result<(), NoxsError>,
+) -> Result<(ControlPage, B), ControlError> {
+    let (control, backend) = ControlPage::offered::<B>(entry).await?;
+    same_device(&backend)?;
+    control.connect(frontend).await?;
+    Ok((control, backend))
+}
+
+/// Let the back end offer our devices again after a restart: allocate the re-offer
+/// port, write it into the block, grant the start_info page at
+/// [`reoffer::BLOCK_GREF`], all for the back end of the first entry (the one domain
+/// that can bind the port; chaos gives every device to xendevd in dom0), and start
+/// the task that takes the new blocks in. Without
+/// it the guest still runs, but its devices die with their back end: errors are
+/// logged, not fatal.
+pub(crate) fn listen_for_reoffers(start_info_pfn: u64) {
+    let Some(block) = block() else {
+        return;
+    };
+    let Some(backend) = block.entries.first().map(|e| e.backend) else {
+        return;
+    };
+    if let Err(err) = start_listening(start_info_pfn, backend) {
+        log::error!("noxs: devices cannot be offered again after a back end restart: {err}");
+    }
+}
+
+/// Why the re-offer path could not be set up.
+enum ListenError {
+    Channel(Errno),
+    Grant(GrantError),
+}
+
+impl core::fmt::Display for ListenError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Channel(err) => write!(f, "allocating the re-offer event channel: {err}"),
+            Self::Grant(err) => write!(f, "granting the start_info page: {err}"),
+        }
+    }
+}
+
+fn start_listening(start_info_pfn: u64, backend: u16) -> Result<(), ListenError> {
+    let va = arch::mm::va_of_pfn(start_info_pfn);
+    // SAFETY: start_info is a page of the bootstrap region, mapped read-write for the
+    // guest's lifetime; from here on it is read and written only through this view
+    // (boot's reference to it is no longer used), and the back end writes the block.
+    let page = unsafe {
+        SharedBytes::new(
+            NonNull::new(va.as_mut_ptr::<u8>()).expect("the direct map is not at 0"),
+            PAGE_SIZE,
+        )
+    };
+    let channel = EventChannel::alloc_unbound(backend).map_err(ListenError::Channel)?;
+    // Only our word of the block: the back end owns the rest.
+    page.write_u32(BLOCK_OFFSET + reoffer::PORT, channel.port());
+    fence(Ordering::SeqCst);
+    crate::grant::grant_reserved(reoffer::BLOCK_GREF, backend, start_info_pfn, false)
+        .map_err(ListenError::Grant)?;
+    log::debug!(
+        "noxs: re-offers from domain {backend} on port {}",
+        channel.port()
+    );
+    crate::executor::spawn(take_reoffers(channel, page));
+    Ok(())
+}
+
+/// The block as the back end left it, copied once; `None` if its generation changed
+/// while we copied (the next notification brings the finished one). The back end
+/// writes the entries before the generation, so a copy with a new generation has its
+/// entries.
+fn copy_block(page: SharedBytes<'static>) -> Option<Box<[u8; PAGE_SIZE - BLOCK_OFFSET]>> {
+    let mut copy = Box::new([0u8; PAGE_SIZE - BLOCK_OFFSET]);
+    for _ in 0..4 {
+        let before = page.read_u32(BLOCK_OFFSET + reoffer::GENERATION);
+        fence(Ordering::Acquire);
+        page.copy_out(BLOCK_OFFSET, &mut copy[..]);
+        fence(Ordering::Acquire);
+        if page.read_u32(BLOCK_OFFSET + reoffer::GENERATION) == before {
+            return Some(copy);
+        }
+    }
+    None
+}
+
+/// The task behind the re-offer port: on each notification, take in the block if its
+/// generation is new.
+async fn take_reoffers(channel: EventChannel, page: SharedBytes<'static>) {
+    // A bad block is reported once, until a good one arrives.
+    let mut reported = false;
+    loop {
+        channel.wait().await;
+        let Some(copy) = copy_block(page) else {
+            continue;
+        };
+        let block = match Block::decode(&copy[..]) {
+            Ok(Some(block)) => block,
+            Ok(None) => {
+                report_bad_block(&mut reported, NoxsError::BadField("block magic"));
+                continue;
+            }
+            Err(err) => {
+                report_bad_block(&mut reported, err);
+                continue;
+            }
+        };
+        reported = false;
+        if block.generation != generation() {
+            let generation = block.generation;
+            install(block);
+            log::info!("noxs: the back end offered the devices again (generation {generation})");
+        }
+    }
+}
+
+fn report_bad_block(reported: &mut bool, err: NoxsError) {
+    if !core::mem::replace(reported, true) {
+        log::error!("noxs: the back end's new device block is bad, keeping the old one: {err}");
+    }
+}
+
+/// A driver's hold on a device [`follow`] keeps connected through re-offers; dropping
+/// it stops that task, which unmaps the control page and closes its port.
+#[derive(Debug)]
+pub struct Follower {
+    stop: Arc<Stop>,
+}
+
+#[derive(Debug, Default)]
+struct Stop {
+    stopped: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.stop.stopped.store(true, Ordering::Release);
+        if let Some(waker) = self.stop.waker.lock().take() {
+            waker.wake();
+        }
+    }
+}
+
+/// Ready once the [`Follower`] is dropped.
+struct Stopped(Arc<Stop>);
+
+impl Future for Stopped {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.stopped.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        *self.0.waker.lock() = Some(cx.waker().clone());
+        if self.0.stopped.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+}
+
+/// Keep a connected device connected through re-offers: a task owns its control page
+/// and, each time a re-offer moves the device, [`reconnect`]s with `frontend` (the
+/// area of the first connect), checking the new back end's area with `same_device`;
+/// then it notifies `data_port` (the device's data channel, open as long as the
+/// returned [`Follower`] is kept) so the new back end looks at the requests posted
+/// meanwhile, and drops the old page. `name` (`netfront: vif0`) labels the log lines.
+pub fn follow<B: Area + 'static, F: Area + 'static>(
+    control: ControlPage,
+    frontend: F,
+    data_port: Port,
+    name: String,
+    same_device: impl Fn(&B) -> Result<(), NoxsError> + 'static,
+) -> Follower {
+    let stop = Arc::new(Stop::default());
+    let stopped = Stopped(stop.clone());
+    let follow = async move {
+        let mut control = control;
+        let mut handled = None;
+        loop {
+            let (generation, entry) = next_reoffer(control.entry(), &mut handled, &name).await;
+            match reconnect::<B, F>(&entry, &frontend, &same_device).await {
+                Ok((new, _)) => {
+                    // The old page goes: unmapped, its port closed.
+                    control = new;
+                    fence(Ordering::SeqCst);
+                    let _ = arch::hypercall::evtchn_send(data_port);
+                    log::info!("{name} reconnected (generation {generation})");
+                }
+                Err(err) => log::error!(
+                    "{name}: connecting again (generation {generation}): {err}; \
+                     left disconnected until the next offer"
+                ),
+            }
+        }
+    };
+    crate::executor::spawn(async move {
+        // The stop signal first: once the device is gone, its data port is not kicked.
+        crate::executor::select(stopped, follow).await;
+    });
+    Follower { stop }
 }
 
 /// A control page could not be used.

@@ -149,6 +149,8 @@ pub enum NoxsError {
         needed: usize,
         got: usize,
     },
+    /// A re-offer describes another device than the one connected (field by name).
+    Changed(&'static str),
 }
 
 impl fmt::Display for NoxsError {
@@ -168,6 +170,7 @@ impl fmt::Display for NoxsError {
             Self::BadState(s) => write!(f, "state word {s} is not a Xenbus state"),
             Self::BadField(name) => write!(f, "field {name} out of range"),
             Self::Short { needed, got } => write!(f, "{got} bytes where {needed} are needed"),
+            Self::Changed(name) => write!(f, "the device offered again has another {name}"),
         }
     }
 }
@@ -309,10 +312,40 @@ impl Block {
             .find(|e| e.kind == kind && e.devid == devid)
     }
 
+    /// What this block (a re-offer) says of the device `connected` names.
+    pub fn reoffer_of(&self, connected: &Entry) -> Reoffer {
+        match self.entry(connected.kind, connected.devid) {
+            None => Reoffer::Withdrawn,
+            Some(entry) if entry.backend != connected.backend => {
+                Reoffer::OtherBackend(entry.backend)
+            }
+            Some(entry)
+                if (entry.ctrl_gref, entry.ctrl_port)
+                    == (connected.ctrl_gref, connected.ctrl_port) =>
+            {
+                Reoffer::Unchanged
+            }
+            Some(entry) => Reoffer::Changed(*entry),
+        }
+    }
+
     /// The entries of one kind, by devid.
     pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Entry> {
         self.entries.iter().filter(move |e| e.kind == kind)
     }
+}
+
+/// What a re-offered block says of one connected device (v1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reoffer {
+    /// The same control page: another device was offered again, not this one.
+    Unchanged,
+    /// A new control page: connect again through it.
+    Changed(Entry),
+    /// The device is no longer in the block.
+    Withdrawn,
+    /// Another back end domain: it cannot bind the ports and rings granted to the first.
+    OtherBackend(u16),
 }
 
 /// A control page's header, as copied from the page.
@@ -495,6 +528,17 @@ impl VifBackend {
     }
 }
 
+impl VifBackend {
+    /// Whether a re-offer's area still describes this vif: the guest's address on
+    /// the wire (its MAC) cannot change under a connected interface.
+    pub fn same_device(&self, again: &Self) -> Result<(), NoxsError> {
+        if self.mac != again.mac {
+            return Err(NoxsError::Changed("vif mac"));
+        }
+        Ok(())
+    }
+}
+
 /// vif frontend area.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct VifFrontend {
@@ -577,6 +621,23 @@ impl VbdBackend {
             return Err(NoxsError::BadField("vbd max_indirect_segments"));
         }
         Ok(area)
+    }
+}
+
+impl VbdBackend {
+    /// Whether a re-offer's area still describes this disk: requests in flight were
+    /// sized and checked against its capacity, sector size and mode.
+    pub fn same_device(&self, again: &Self) -> Result<(), NoxsError> {
+        if self.sectors != again.sectors {
+            return Err(NoxsError::Changed("vbd sectors"));
+        }
+        if self.sector_size != again.sector_size {
+            return Err(NoxsError::Changed("vbd sector_size"));
+        }
+        if self.info.contains(VbdInfo::READ_ONLY) != again.info.contains(VbdInfo::READ_ONLY) {
+            return Err(NoxsError::Changed("vbd read-only"));
+        }
+        Ok(())
     }
 }
 
@@ -742,6 +803,93 @@ mod tests {
         assert_eq!(seen.generation, 1);
         assert_eq!(seen.entry(Kind::Vif, 0).unwrap().ctrl_gref, 40);
         assert_eq!(seen.entry(Kind::Vbd, 0), sample().entry(Kind::Vbd, 0));
+    }
+
+    #[test]
+    fn a_reoffer_names_what_changed_for_each_device() {
+        let old = sample();
+        let mut again = sample();
+        again.generation = 1;
+        again.entries[1].ctrl_port = 50;
+        again.entries[2].ctrl_gref = 51;
+        again.entries.remove(0);
+        assert_eq!(again.reoffer_of(&old.entries[0]), Reoffer::Withdrawn);
+        assert_eq!(
+            again.reoffer_of(&old.entries[1]),
+            Reoffer::Changed(again.entries[0])
+        );
+        assert_eq!(
+            again.reoffer_of(&old.entries[2]),
+            Reoffer::Changed(again.entries[1])
+        );
+        // Only the vbd moves: the vif stays on the page it has.
+        let mut vbd_only = sample();
+        vbd_only.entries[2].ctrl_port = 60;
+        assert_eq!(vbd_only.reoffer_of(&old.entries[1]), Reoffer::Unchanged);
+        assert!(matches!(
+            vbd_only.reoffer_of(&old.entries[2]),
+            Reoffer::Changed(Entry { ctrl_port: 60, .. })
+        ));
+        let mut elsewhere = sample();
+        elsewhere.entries[1].backend = 7;
+        elsewhere.entries[1].ctrl_gref = 70;
+        assert_eq!(
+            elsewhere.reoffer_of(&old.entries[1]),
+            Reoffer::OtherBackend(7)
+        );
+    }
+
+    #[test]
+    fn a_reoffered_area_must_describe_the_same_device() {
+        let vif = VifBackend {
+            mac: [0x00, 0x16, 0x3e, 1, 2, 3],
+            mtu: 1500,
+            ..Default::default()
+        };
+        let moved = VifBackend { mtu: 9000, ..vif };
+        assert_eq!(vif.same_device(&moved), Ok(()));
+        let other = VifBackend {
+            mac: [0x00, 0x16, 0x3e, 1, 2, 4],
+            ..vif
+        };
+        assert_eq!(vif.same_device(&other), Err(NoxsError::Changed("vif mac")));
+        let vbd = VbdBackend {
+            sectors: 2048,
+            sector_size: 512,
+            features: VbdFeatures::FLUSH_CACHE,
+            ..Default::default()
+        };
+        let fewer_features = VbdBackend {
+            features: VbdFeatures::empty(),
+            ..vbd
+        };
+        assert_eq!(vbd.same_device(&fewer_features), Ok(()));
+        let cases = [
+            (
+                VbdBackend {
+                    sectors: 4096,
+                    ..vbd
+                },
+                "vbd sectors",
+            ),
+            (
+                VbdBackend {
+                    sector_size: 4096,
+                    ..vbd
+                },
+                "vbd sector_size",
+            ),
+            (
+                VbdBackend {
+                    info: VbdInfo::READ_ONLY,
+                    ..vbd
+                },
+                "vbd read-only",
+            ),
+        ];
+        for (again, field) in cases {
+            assert_eq!(vbd.same_device(&again), Err(NoxsError::Changed(field)));
+        }
     }
 
     #[test]

@@ -32,13 +32,28 @@ impl From<SetupError> for ConnectError {
     }
 }
 
+/// The Linux-style name of disk `id`; with NoXS (`noxs`) `id` is the disk's index.
+pub(crate) fn name_of(id: u32, noxs: bool) -> alloc::string::String {
+    let (major, minor) = (id >> 8, id & 0xff);
+    if noxs && id < 26 {
+        // NoXS numbers disks 0, 1, …: name them as xl would.
+        return alloc::format!("xvd{}", char::from(b'a' + id as u8));
+    }
+    if major == 202 && minor % 16 == 0 && minor / 16 < 26 {
+        alloc::format!("xvd{}", char::from(b'a' + (minor / 16) as u8))
+    } else {
+        alloc::format!("vbd{id}")
+    }
+}
+
 /// One connected virtual block device.
 #[derive(Debug)]
 pub struct BlockDevice {
     id: u32,
     datapath: Datapath,
-    /// With NoXS: the control page, kept mapped while the disk lives.
-    control: Option<kernel::noxs::ControlPage>,
+    /// With NoXS: the task that owns the control page and follows re-offers, for as
+    /// long as the disk lives.
+    control: Option<kernel::noxs::Follower>,
 }
 
 impl BlockDevice {
@@ -50,7 +65,7 @@ impl BlockDevice {
         }
     }
 
-    pub(crate) fn with_control(mut self, control: kernel::noxs::ControlPage) -> Self {
+    pub(crate) fn with_control(mut self, control: kernel::noxs::Follower) -> Self {
         self.control = Some(control);
         self
     }
@@ -75,16 +90,7 @@ impl BlockDevice {
 
     /// The Linux-style name of the device number, e.g. `xvda` (`xvd?` if unknown).
     pub fn name(&self) -> alloc::string::String {
-        let (major, minor) = (self.id >> 8, self.id & 0xff);
-        if self.control.is_some() && self.id < 26 {
-            // NoXS numbers disks 0, 1, …: name them as xl would.
-            return alloc::format!("xvd{}", char::from(b'a' + self.id as u8));
-        }
-        if major == 202 && minor % 16 == 0 && minor / 16 < 26 {
-            alloc::format!("xvd{}", char::from(b'a' + (minor / 16) as u8))
-        } else {
-            alloc::format!("vbd{}", self.id)
-        }
+        name_of(self.id, self.control.is_some())
     }
 
     /// Size, sector size, mode and features, as the back end described them.

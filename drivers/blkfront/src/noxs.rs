@@ -4,6 +4,9 @@
 //! 1. The back end's offer: size, sector size, read-only, features.
 //! 2. Set up the data path (the same as with Xenstore); our area — ring reference,
 //!    data event channel, protocol; once connected, start.
+//! 3. When a restarted back end offers the vbd again, [`kernel::noxs::follow`] does the
+//!    handshake again with the same area (requests in flight stay on the ring and are
+//!    served by the new back end), refusing a disk of another size, sector size or mode.
 
 use kernel::noxs::ControlPage;
 use xenproto::blkif::{DiskInfo, SECTOR_SIZE};
@@ -33,14 +36,20 @@ pub async fn connect(entry: &Entry) -> Result<BlockDevice, ConnectError> {
     // The handle only matters to Xenstore back ends; a userspace one takes the index.
     let handle = u16::try_from(entry.devid).unwrap_or(u16::MAX);
     let (mut datapath, published) = Datapath::new(entry.backend, handle)?;
-    control
-        .connect(&VbdFrontend {
-            ring_ref: published.ring_ref,
-            data_port: published.event_channel,
-            protocol: VbdFrontend::PROTOCOL_X86_64,
-            features: 0,
-        })
-        .await?;
+    let frontend = VbdFrontend {
+        ring_ref: published.ring_ref,
+        data_port: published.event_channel,
+        protocol: VbdFrontend::PROTOCOL_X86_64,
+        features: 0,
+    };
+    control.connect(&frontend).await?;
     datapath.start(disk_info(&backend));
-    Ok(BlockDevice::new(entry.devid, datapath).with_control(control))
+    let follower = kernel::noxs::follow(
+        control,
+        frontend,
+        published.event_channel,
+        alloc::format!("blkfront: {}", crate::name_of(entry.devid, true)),
+        move |again: &VbdBackend| backend.same_device(again),
+    );
+    Ok(BlockDevice::new(entry.devid, datapath).with_control(follower))
 }

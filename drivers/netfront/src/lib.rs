@@ -71,8 +71,9 @@ pub struct Netfront {
     mac: Mac,
     datapath: Datapath,
     assigned: Option<AssignedAddress>,
-    /// With NoXS: the control page, kept mapped while the vif lives.
-    control: Option<kernel::noxs::ControlPage>,
+    /// With NoXS: the task that owns the control page and follows re-offers, for as
+    /// long as the vif lives.
+    control: Option<kernel::noxs::Follower>,
 }
 
 impl Netfront {
@@ -91,7 +92,7 @@ impl Netfront {
         }
     }
 
-    pub(crate) fn with_control(mut self, control: kernel::noxs::ControlPage) -> Self {
+    pub(crate) fn with_control(mut self, control: kernel::noxs::Follower) -> Self {
         self.control = Some(control);
         self
     }

@@ -5,6 +5,11 @@
 //!    address the toolstack assigned.
 //! 2. Set up the data path (the same as with Xenstore); our area — ring references,
 //!    the data event channel, our features; once connected, start.
+//! 3. When a restarted back end offers the vif again, [`kernel::noxs::follow`] does the
+//!    handshake again with the same area (the data path is untouched), refusing a back
+//!    end that gives another MAC.
+
+use alloc::format;
 
 use kernel::noxs::ControlPage;
 use xenproto::netif::Mac;
@@ -21,19 +26,25 @@ pub async fn connect(entry: &Entry) -> Result<Netfront, ConnectError> {
     }
     let mut datapath = Datapath::new(entry.backend)?;
     let published = datapath.published();
-    control
-        .connect(&VifFrontend {
-            tx_ring_ref: published.tx_ring_ref,
-            rx_ring_ref: published.rx_ring_ref,
-            data_port: published.event_channel,
-            features: VifFrontendFeatures::REQUEST_RX_COPY | VifFrontendFeatures::RX_NOTIFY,
-        })
-        .await?;
+    let frontend = VifFrontend {
+        tx_ring_ref: published.tx_ring_ref,
+        rx_ring_ref: published.rx_ring_ref,
+        data_port: published.event_channel,
+        features: VifFrontendFeatures::REQUEST_RX_COPY | VifFrontendFeatures::RX_NOTIFY,
+    };
+    control.connect(&frontend).await?;
     datapath.start();
     let assigned = (backend.ipv4 != [0; 4]).then_some(AssignedAddress {
         address: backend.ipv4,
         prefix_len: backend.prefix_len,
         gateway: (backend.gateway != [0; 4]).then_some(backend.gateway),
     });
-    Ok(Netfront::new(entry.devid, Mac(backend.mac), datapath, assigned).with_control(control))
+    let follower = kernel::noxs::follow(
+        control,
+        frontend,
+        published.event_channel,
+        format!("netfront: vif{}", entry.devid),
+        move |again: &VifBackend| backend.same_device(again),
+    );
+    Ok(Netfront::new(entry.devid, Mac(backend.mac), datapath, assigned).with_control(follower))
 }

@@ -1,9 +1,14 @@
 //! Power requests through the NoXS sysctl device (`xenproto::noxs`): the handshake's
 //! two halves are [`ControlPage`]'s; then each request is the back end's area with a
 //! new `request_seq`, acknowledged by writing it back as `ack_seq`.
+//!
+//! When a restarted back end offers the device again, [`Requests::next`] does the
+//! handshake again on the new page, whose `request_seq` counts from 0 again.
 
-use core::cell::Cell;
+use alloc::rc::Rc;
+use core::cell::{Cell, RefCell};
 
+use kernel::executor::{Either, select};
 use kernel::noxs::ControlPage;
 use xenproto::noxs::{self, Entry, SysctlBackend, SysctlFrontend};
 
@@ -17,9 +22,12 @@ const SUPPORTED: u32 = (1 << noxs::Request::Poweroff as u32)
 /// The connected sysctl device.
 #[derive(Debug)]
 pub struct Requests {
-    control: ControlPage,
-    /// The last request sequence number acknowledged.
+    /// Replaced on a re-offer; shared with a `next` waiting on it meanwhile.
+    control: RefCell<Rc<ControlPage>>,
+    /// The last request sequence number acknowledged (on the current page).
     seen: Cell<u32>,
+    /// The last block generation looked at for a re-offer (`kernel::noxs::next_reoffer`).
+    handled: Cell<Option<u32>>,
 }
 
 impl Requests {
@@ -28,29 +36,72 @@ impl Requests {
         let (control, _) = ControlPage::offered::<SysctlBackend>(entry).await?;
         control.connect(&frontend(0)).await?;
         Ok(Self {
-            control,
+            control: RefCell::new(Rc::new(control)),
             seen: Cell::new(0),
+            handled: Cell::new(None),
         })
     }
 
-    /// The next request, acknowledged.
+    /// The next request, acknowledged. Follows the device to a new control page when
+    /// the back end offers it again.
     pub async fn next(&self) -> Result<PowerRequest, Error> {
         loop {
-            let area: SysctlBackend = self.control.backend()?;
-            if let Some(request) = area.request
-                && area.request_seq != self.seen.get()
-            {
-                self.seen.set(area.request_seq);
-                self.control.write_frontend(&frontend(area.request_seq))?;
-                self.control.notify();
-                return Ok(match request {
-                    noxs::Request::Poweroff => PowerRequest::Poweroff,
-                    noxs::Request::Reboot => PowerRequest::Reboot,
-                    noxs::Request::Suspend => PowerRequest::Suspend,
-                    noxs::Request::Crash => PowerRequest::Crash,
-                });
+            if let Some(request) = self.take_request()? {
+                return Ok(request);
             }
-            self.control.wait().await;
+            let mut handled = self.handled.get();
+            let event = {
+                let control = self.control.borrow().clone();
+                let entry = *control.entry();
+                select(
+                    control.wait(),
+                    kernel::noxs::next_reoffer(&entry, &mut handled, "sysctl"),
+                )
+                .await
+            };
+            self.handled.set(handled);
+            if let Either::Right((generation, entry)) = event {
+                self.reconnect(generation, &entry).await;
+            }
+        }
+    }
+
+    /// A request not acknowledged yet, acknowledged now.
+    fn take_request(&self) -> Result<Option<PowerRequest>, Error> {
+        let control = self.control.borrow().clone();
+        let area: SysctlBackend = control.backend()?;
+        let Some(request) = area.request else {
+            return Ok(None);
+        };
+        if area.request_seq == self.seen.get() {
+            return Ok(None);
+        }
+        self.seen.set(area.request_seq);
+        control.write_frontend(&frontend(area.request_seq))?;
+        control.notify();
+        Ok(Some(match request {
+            noxs::Request::Poweroff => PowerRequest::Poweroff,
+            noxs::Request::Reboot => PowerRequest::Reboot,
+            noxs::Request::Suspend => PowerRequest::Suspend,
+            noxs::Request::Crash => PowerRequest::Crash,
+        }))
+    }
+
+    /// The handshake on the page of a re-offer; on failure the old page stays (dead)
+    /// until the next re-offer.
+    async fn reconnect(&self, generation: u32, entry: &Entry) {
+        match kernel::noxs::reconnect::<SysctlBackend, _>(entry, &frontend(0), |_| Ok(())).await {
+            Ok((control, _)) => {
+                // The old page goes (unmapped, its port closed); the new back end
+                // numbers its requests from 1 again.
+                *self.control.borrow_mut() = Rc::new(control);
+                self.seen.set(0);
+                log::info!("sysctl: reconnected (generation {generation})");
+            }
+            Err(err) => log::error!(
+                "sysctl: connecting again (generation {generation}): {err}; \
+                 left disconnected until the next offer"
+            ),
         }
     }
 }
