@@ -5,7 +5,14 @@
 //! when it goes. A rescan of Xenstore adopts what was set up before a restart and
 //! catches up with uevents that were lost. The decisions are `vif.rs`'s (pure); this
 //! module reads and writes Xenstore and runs the bridge ioctls.
+//!
+//! It runs in a thread of its own ([`HotplugService`]): a Xenstore call blocks until
+//! xenstored answers, and a hung or slow xenstored must stall vif hotplug only, never
+//! the NoXS guests, the loop devices or the API in the daemon's loop.
 
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
@@ -16,9 +23,157 @@ use crate::bridge::{self, Added, NetControl, Removed};
 use crate::uevent::{self, Relevant, Uevent, VifAction, VifEvent};
 use crate::vif::{self, BackendFacts, HotplugError, OnlinePlan, VifBook, node};
 
-/// The vifs xendevd put on bridges, and the connections it does that with.
+/// Events the loop may queue for the hotplug thread; past them it drops events and
+/// asks for a rescan once the thread takes events again.
+const QUEUE: usize = 1024;
+
+/// How long the daemon's start waits for the hotplug thread's first rescan.
+const START_WAIT: Duration = Duration::from_secs(2);
+
+/// What the loop hands the hotplug thread.
+#[derive(Debug)]
+enum Job {
+    Event(Relevant, Instant),
+    Rescan(&'static str),
+}
+
+/// The loop's side of vif hotplug: uevents classified (pure, cheap) here, the relevant
+/// ones handed to the thread, which publishes the vifs it holds after each job.
 #[derive(Debug, Default)]
-pub struct VifHotplug {
+pub struct HotplugService {
+    jobs: Option<SyncSender<Job>>,
+    /// The vifs the thread holds, as of its last job.
+    held: Arc<Mutex<Vec<Vif>>>,
+    /// Events were dropped while the thread was behind: a rescan is owed.
+    dropped: bool,
+}
+
+impl HotplugService {
+    /// Start the thread: it connects to Xenstore if xenstored runs (the log says which
+    /// mode xendevd runs in) and then rescans it, to adopt what was set up before. That
+    /// is waited for, [`START_WAIT`] at most, so that the first `query` lists them.
+    pub fn start(&mut self) {
+        let (jobs, queue) = mpsc::sync_channel(QUEUE);
+        let (started, ready) = mpsc::sync_channel(1);
+        let held = Arc::clone(&self.held);
+        let spawned = thread::Builder::new()
+            .name("vif-hotplug".into())
+            .spawn(move || {
+                let mut hotplug = VifHotplug::default();
+                hotplug.start();
+                if hotplug.xenstored {
+                    hotplug.rescan("start");
+                }
+                hotplug.publish(&held);
+                let _ = started.send(());
+                for job in queue {
+                    match job {
+                        Job::Event(event, received) => hotplug.handle(event, received),
+                        Job::Rescan(why) => hotplug.rescan(why),
+                    }
+                    hotplug.publish(&held);
+                }
+            });
+        match spawned {
+            Ok(_) => self.jobs = Some(jobs),
+            Err(err) => {
+                return error!("cannot start the vif hotplug thread: {err}: no vif hotplug");
+            }
+        }
+        if ready.recv_timeout(START_WAIT).is_err() {
+            warn!(
+                "vif hotplug: Xenstore did not answer within {} s; it goes on without \
+                 holding up the rest",
+                START_WAIT.as_secs()
+            );
+        }
+    }
+
+    /// The vifs held, by domain.
+    pub fn list(&self) -> Vec<Vif> {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Log the vifs left on their bridges as the daemon stops.
+    pub fn report_left(&self) {
+        let vifs = self.list();
+        if !vifs.is_empty() {
+            let list: Vec<String> = vifs
+                .iter()
+                .map(|v| format!("{} on {} (domain {})", v.name, v.bridge, v.domid))
+                .collect();
+            info!(
+                "leaving {} vif(s) on their bridges: {}",
+                vifs.len(),
+                list.join("; ")
+            );
+        }
+    }
+
+    /// A kernel uevent: a vif of netback came online or went offline, or a network
+    /// device went away; anything else is no hotplug's business.
+    pub fn on_uevent(&mut self, bytes: &[u8], received: Instant) {
+        let event = match Uevent::parse(bytes) {
+            Ok(event) => event,
+            Err(err) => {
+                debug!(
+                    "unreadable uevent ({err}): {:?}",
+                    String::from_utf8_lossy(bytes)
+                );
+                return;
+            }
+        };
+        debug!("uevent {event}");
+        match uevent::classify(&event) {
+            Ok(Relevant::Other) => {}
+            Ok(relevant) => self.send(Job::Event(relevant, received)),
+            Err(err) => warn!("{err}"),
+        }
+    }
+
+    /// Look through Xenstore again (uevents were lost).
+    pub fn rescan(&mut self, why: &'static str) {
+        self.send(Job::Rescan(why));
+    }
+
+    fn send(&mut self, job: Job) {
+        let Some(jobs) = &self.jobs else {
+            return;
+        };
+        match jobs.try_send(job) {
+            Ok(()) => {
+                if self.dropped
+                    && jobs
+                        .try_send(Job::Rescan("after events were dropped"))
+                        .is_ok()
+                {
+                    self.dropped = false;
+                }
+            }
+            Err(TrySendError::Full(_)) => {
+                if !self.dropped {
+                    warn!(
+                        "vif hotplug is {QUEUE} events behind (is xenstored hung?): events \
+                         dropped until it catches up, then a rescan"
+                    );
+                    self.dropped = true;
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                error!("the vif hotplug thread is gone: no vif hotplug");
+                self.jobs = None;
+            }
+        }
+    }
+}
+
+/// The vifs xendevd put on bridges, and the connections it does that with (the
+/// hotplug thread's).
+#[derive(Debug, Default)]
+struct VifHotplug {
     vifs: VifBook,
     /// Opened on first use, dropped (and reopened later) when the connection breaks.
     xenstore: Option<Xs>,
@@ -30,7 +185,7 @@ pub struct VifHotplug {
 impl VifHotplug {
     /// Connect to Xenstore, if xenstored runs: then vif hotplug is on (the log says
     /// which mode xendevd runs in).
-    pub fn start(&mut self) {
+    fn start(&mut self) {
         self.xenstored = match Xs::open() {
             Ok(xs) => {
                 self.xenstore = Some(xs);
@@ -44,30 +199,9 @@ impl VifHotplug {
         };
     }
 
-    /// Whether xenstored ran when xendevd started.
-    pub fn xenstored(&self) -> bool {
-        self.xenstored
-    }
-
-    /// The vifs held, by domain.
-    pub fn list(&self) -> Vec<Vif> {
-        self.vifs.list()
-    }
-
-    /// Log the vifs left on their bridges as the daemon stops.
-    pub fn report_left(&self) {
-        let vifs = self.vifs.list();
-        if !vifs.is_empty() {
-            let list: Vec<String> = vifs
-                .iter()
-                .map(|v| format!("{} on {} (domain {})", v.name, v.bridge, v.domid))
-                .collect();
-            info!(
-                "leaving {} vif(s) on their bridges: {}",
-                vifs.len(),
-                list.join("; ")
-            );
-        }
+    /// Tell the loop which vifs are held now.
+    fn publish(&self, held: &Mutex<Vec<Vif>>) {
+        *held.lock().unwrap_or_else(PoisonError::into_inner) = self.vifs.list();
     }
 
     fn xenstore(&mut self) -> Result<&Xs, xenhost::Error> {
@@ -91,32 +225,19 @@ impl VifHotplug {
         Ok(self.net.as_ref().expect("just opened"))
     }
 
-    /// A kernel uevent: a vif of netback came online or went offline, or a network
-    /// device went away.
-    pub fn on_uevent(&mut self, bytes: &[u8], received: Instant) {
-        let event = match Uevent::parse(bytes) {
-            Ok(event) => event,
-            Err(err) => {
-                debug!(
-                    "unreadable uevent ({err}): {:?}",
-                    String::from_utf8_lossy(bytes)
-                );
-                return;
-            }
-        };
-        debug!("uevent {event}");
-        match uevent::classify(&event) {
-            Ok(Relevant::Vif(vif)) => match vif.action {
+    /// A relevant uevent (classified by the loop).
+    fn handle(&mut self, event: Relevant, received: Instant) {
+        match event {
+            Relevant::Vif(vif) => match vif.action {
                 VifAction::Online => self.vif_online(&vif, Some(received)),
                 VifAction::Offline => self.vif_offline(&vif),
             },
-            Ok(Relevant::NetRemoved(name)) => {
+            Relevant::NetRemoved(name) => {
                 if let Some(vif) = self.vifs.remove(&name) {
                     info!("{name} (domain {}) is gone", vif.domid);
                 }
             }
-            Ok(Relevant::Other) => {}
-            Err(err) => warn!("{err}"),
+            Relevant::Other => {}
         }
     }
 
@@ -260,7 +381,7 @@ impl VifHotplug {
     /// Look through Xenstore for chaos's vifs: adopt those connected already (xendevd
     /// restarted), set up those whose `online` was missed (xendevd was not running, or
     /// the uevent socket overflowed).
-    pub fn rescan(&mut self, why: &str) {
+    fn rescan(&mut self, why: &str) {
         let found = match self.scan_backends() {
             Ok(found) => found,
             Err(err) => {

@@ -4,9 +4,11 @@
 //! for changes, so a turn costs what happened, however many guests are served. Each
 //! request goes to the service that answers it, each in its module: [`loops`] (loop
 //! devices for file-backed disks), [`hotplug`] (vif hotplug of Xenstore guests, which
-//! the uevents feed) and [`noxs`] (the NoXS back ends). Nothing blocks for long: loop
-//! ioctls, bridge ioctls and Xenstore round trips are quick local calls, and
-//! connections are non-blocking with their own buffers ([`Session`]).
+//! the uevents feed) and [`noxs`] (the NoXS back ends). Nothing in the loop blocks for
+//! long: loop ioctls and bridge ioctls are quick local calls, connections are
+//! non-blocking with their own buffers ([`Session`]), disk I/O runs in a thread per
+//! NoXS vbd, and Xenstore round trips, which wait as long as xenstored does, in the vif
+//! hotplug thread.
 
 mod hotplug;
 mod loops;
@@ -36,7 +38,7 @@ use crate::noxs::{Event, PowerWait};
 use crate::poller::{Interest, Poller, Ready, Token};
 use crate::session::{Limits, ProtocolError, Session};
 use crate::vif;
-use hotplug::VifHotplug;
+use hotplug::HotplugService;
 use loops::{LoopService, ReleaseError};
 use noxs::{NoxsDispatch, NoxsRefusal};
 
@@ -266,7 +268,7 @@ enum Answer {
 #[derive(Debug)]
 struct Services {
     loops: LoopService,
-    hotplug: VifHotplug,
+    hotplug: HotplugService,
     noxs: NoxsDispatch,
 }
 
@@ -275,7 +277,7 @@ impl Services {
         let book = SharedBook::default();
         Self {
             loops: LoopService::new(Rc::clone(&book), loop_method, state_path),
-            hotplug: VifHotplug::default(),
+            hotplug: HotplugService::default(),
             noxs: NoxsDispatch::new(book),
         }
     }
@@ -543,9 +545,6 @@ impl Daemon {
         self.services
             .start(&self.console_dir, &self.noxs_state, Rc::clone(&self.poller));
         self.services.restore();
-        if self.services.hotplug.xenstored() {
-            self.services.hotplug.rescan("start");
-        }
         let mut datagram = vec![0u8; netlink::DATAGRAM_MAX];
         let mut chunk = vec![0u8; READ_CHUNK];
         loop {

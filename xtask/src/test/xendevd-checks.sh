@@ -261,6 +261,24 @@ case "$answer" in
 esac
 check daytime-behind-vif $? "daytime behind vif$D.0 answers from 10.0.2.16: '$answer'"
 
+# A hung xenstored stalls vif hotplug only: with xenstored stopped, an online uevent
+# for vif$D.0 sends the hotplug thread into a Xenstore read that waits, and the
+# daemon's loop (its API) answers meanwhile.
+kill -STOP "$(pidof xenstored)"
+echo online >"/sys/bus/xen-backend/devices/vif-$D-0/uevent"
+sleep 1
+timeout 5 xendevd query >/dev/null
+status=$?
+kill -CONT "$(pidof xenstored)"
+check api-answers-while-xenstored-hangs $status "xendevd query with xenstored stopped and a vif online to handle: status $status (124: timed out)"
+i=0
+until grep -q "vif$D.0 (domain $D) on xenbr0 already" $LOG || [ $i -gt 50 ]; do
+	i=$((i + 1))
+	sleep 0.1
+done
+check_that hotplug-resumes-with-xenstored "the hotplug thread handled that online once xenstored went on: $(grep "vif$D.0" $LOG | tail -n 1 | cut -c 14-)" \
+	grep -q "vif$D.0 (domain $D) on xenbr0 already" $LOG
+
 E=$(new_domain vif-nobridge hello)
 add_vif "$E" 0 nosuchbr chaos 00:16:3e:0a:00:11
 status=$(hotplug_status "$E" 0)
