@@ -131,7 +131,7 @@ pub(crate) fn clear_pending(port: Port) {
 /// Deliver an event on `port` as if it had fired (for an event [`clear_pending`] may
 /// have taken from a waiter: the console's output path polls the port that also
 /// announces input). Atomic operations only: safe from any path.
-pub(crate) fn raise(port: Port) {
+pub fn raise(port: Port) {
     let (word, bit) = split(port);
     FIRED[word].fetch_or(bit, Ordering::AcqRel);
     ANY_FIRED.store(true, Ordering::Release);

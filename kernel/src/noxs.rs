@@ -16,8 +16,9 @@
 //! block once, validates it and makes it the current one ([`block`], [`generation`]),
 //! then wakes every device waiting for a re-offer ([`next_reoffer`]). A device whose
 //! entry changed does the handshake again on its new control page with the same
-//! frontend area ([`reconnect`]); its data path is left as it is, and the new back end
-//! takes the rings up where the responses end. [`follow`] runs that loop for a driver.
+//! frontend area ([`reconnect`]), its rings started afresh in between by the driver (a
+//! back end that died may have written responses over requests it never announced),
+//! with what was not answered queued again. [`follow`] runs that loop for a driver.
 
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
@@ -169,15 +170,18 @@ pub async fn next_reoffer(
 
 /// Do the handshake again on the control page of `entry` (a re-offer): wait for the
 /// offer, check its area with `same_device` (the device must be the one connected),
-/// then connect with `frontend`, the area written at the first connect (same rings,
-/// same data port). A device that fails `same_device` is not connected.
+/// then let `restart` start the data path afresh (no back end is attached to it now),
+/// then connect with `frontend`, the area written at the first connect (same ring
+/// pages, same data port). A device that fails `same_device` is not connected.
 pub async fn reconnect<B: Area, F: Area>(
     entry: &Entry,
     frontend: &F,
     same_device: impl FnOnce(&B) -> Result<(), NoxsError>,
+    restart: impl AsyncFnOnce(),
 ) -> Result<(ControlPage, B), ControlError> {
     let (control, backend) = ControlPage::offered::<B>(entry).await?;
     same_device(&backend)?;
+    restart().await;
     control.connect(frontend).await?;
     Ok((control, backend))
 }
@@ -336,16 +340,18 @@ impl Future for Stopped {
 
 /// Keep a connected device connected through re-offers: a task owns its control page
 /// and, each time a re-offer moves the device, [`reconnect`]s with `frontend` (the
-/// area of the first connect), checking the new back end's area with `same_device`;
-/// then it notifies `data_port` (the device's data channel, open as long as the
-/// returned [`Follower`] is kept) so the new back end looks at the requests posted
-/// meanwhile, and drops the old page. `name` (`netfront: vif0`) labels the log lines.
+/// area of the first connect), checking the new back end's area with `same_device`
+/// and starting the data path afresh with `restart`; then it notifies `data_port`
+/// (the device's data channel, open as long as the returned [`Follower`] is kept) so
+/// the new back end looks at the requests queued again, and drops the old page.
+/// `name` (`netfront: vif0`) labels the log lines.
 pub fn follow<B: Area + 'static, F: Area + 'static>(
     control: ControlPage,
     frontend: F,
     data_port: Port,
     name: String,
     same_device: impl Fn(&B) -> Result<(), NoxsError> + 'static,
+    restart: impl AsyncFn() + 'static,
 ) -> Follower {
     let stop = Arc::new(Stop::default());
     let stopped = Stopped(stop.clone());
@@ -354,7 +360,7 @@ pub fn follow<B: Area + 'static, F: Area + 'static>(
         let mut handled = None;
         loop {
             let (generation, entry) = next_reoffer(control.entry(), &mut handled, &name).await;
-            match reconnect::<B, F>(&entry, &frontend, &same_device).await {
+            match reconnect::<B, F>(&entry, &frontend, &same_device, &restart).await {
                 Ok((new, _)) => {
                     // The old page goes: unmapped, its port closed.
                     control = new;

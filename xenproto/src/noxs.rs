@@ -45,8 +45,11 @@ const _: () = assert!(
 /// entry ([`Block::encode_entries`]), a write barrier, then `generation + 1` at
 /// [`reoffer::GENERATION`], binds the guest's port and notifies it. The guest copies
 /// the block once, and each device whose entry changed does the handshake again on its
-/// new control page with its rings and data port unchanged; the back end takes the rings
-/// up where the responses end, so requests in flight are served again, not lost.
+/// new control page with the same ring pages and data port. Before it connects again it
+/// starts each ring afresh (a dying back end may have written responses over requests
+/// it never announced) and queues again what was not answered: blkfront its requests in
+/// flight, netfront all its receive buffers (transmits in flight are dropped, as a
+/// network may).
 pub mod reoffer {
     /// The grant reference of the guest's start_info page (one of the eight Xen reserves
     /// for the toolstack; 0 and 1 are the console's and Xenstore's).

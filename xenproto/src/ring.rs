@@ -157,6 +157,15 @@ impl<Req: RingEntry, Rsp: RingEntry> FrontRing<Req, Rsp> {
         }
     }
 
+    /// Start the ring afresh (`SHARED_RING_INIT` and `FRONT_RING_INIT` again), for a
+    /// new back end: one that died may have written responses over requests it never
+    /// announced, so no slot of the old ring can be trusted to hold a request. Call it
+    /// only while no back end is attached; the caller queues again what it still wants.
+    pub fn reset(&mut self) {
+        // SAFETY: the page is this ring's, mapped and writable as `new` required.
+        *self = unsafe { Self::new(self.shared.page) };
+    }
+
     /// Requests that can be queued now.
     pub fn free_requests(&self) -> u32 {
         Self::SIZE - self.req_prod_pvt.wrapping_sub(self.rsp_cons)
@@ -236,25 +245,21 @@ impl<Req: RingEntry, Rsp: RingEntry> BackRing<Req, Rsp> {
     /// Slots in the ring.
     pub const SIZE: u32 = Shared::<Req, Rsp>::SIZE;
 
-    /// Attach to a ring the front end initialised, where its responses end
-    /// (`BACK_RING_ATTACH` at `rsp_prod`): zero for a fresh ring; for a ring a back end
-    /// served before it restarted (NoXS v1.1), every request not yet answered is taken
-    /// again. A hostile `rsp_prod` only makes [`BackRing::unconsumed_requests`] report
-    /// an overrun.
+    /// Attach to a ring the front end initialised (fresh: a front end whose back end
+    /// went away starts its ring afresh, [`FrontRing::reset`], before it connects
+    /// again).
     ///
     /// # Safety
     /// `page` must be the page-aligned shared ring page, mapped as long as the ring
     /// is used.
     pub unsafe fn new(page: *mut u8) -> Self {
-        let shared = Shared {
-            page,
-            _entries: PhantomData,
-        };
-        let answered = shared.header().rsp_prod.load(Ordering::Acquire);
         Self {
-            shared,
-            rsp_prod_pvt: answered,
-            req_cons: answered,
+            shared: Shared {
+                page,
+                _entries: PhantomData,
+            },
+            rsp_prod_pvt: 0,
+            req_cons: 0,
         }
     }
 
@@ -408,7 +413,7 @@ mod tests {
     }
 
     #[test]
-    fn a_back_end_attached_again_serves_what_was_not_answered() {
+    fn a_reset_ring_starts_afresh_for_a_new_back_end() {
         let mut page = page();
         let (mut front, mut back) = pair(&mut page);
         for id in 0..5 {
@@ -421,27 +426,32 @@ mod tests {
                 .unwrap();
         }
         front.push_requests();
-        // The first back end takes all five and answers two before it dies.
+        // The first back end takes all five, writes two responses over their slots and
+        // dies before it announces them.
         for _ in 0..5 {
             back.take_request().unwrap().unwrap();
         }
         back.queue_response(Rsp { id: 0 }).unwrap();
         back.queue_response(Rsp { id: 1 }).unwrap();
-        back.push_responses();
+        // The front end starts afresh and queues the five again.
+        front.reset();
+        for id in 0..5 {
+            front
+                .queue_request(Req {
+                    id,
+                    value: 0,
+                    extra: 0,
+                })
+                .unwrap();
+        }
+        front.push_requests();
         // SAFETY: the page outlives the ring in this test.
         let mut again: BackRing<Req, Rsp> = unsafe { BackRing::new(page.0.as_mut_ptr()) };
         let ids: Vec<u32> = core::iter::from_fn(|| again.take_request().unwrap())
             .map(|req| req.id)
             .collect();
-        assert_eq!(ids, [2, 3, 4]);
-        for id in ids {
-            again.queue_response(Rsp { id }).unwrap();
-        }
-        again.push_responses();
-        let answered: Vec<u32> = core::iter::from_fn(|| front.take_response().unwrap())
-            .map(|rsp| rsp.id)
-            .collect();
-        assert_eq!(answered, [0, 1, 2, 3, 4]);
+        assert_eq!(ids, [0, 1, 2, 3, 4]);
+        assert_eq!(front.free_requests(), 256 - 5);
     }
 
     #[test]

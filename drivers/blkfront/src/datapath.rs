@@ -85,6 +85,8 @@ impl core::fmt::Display for SetupError {
 }
 
 struct InFlight {
+    /// What was queued, to queue it again for a new back end ([`restart`]).
+    request: RawRequest,
     status: Option<i16>,
     waker: Option<Waker>,
 }
@@ -369,6 +371,7 @@ impl Datapath {
         device.in_flight.insert(
             id,
             InFlight {
+                request: raw,
                 status: None,
                 waker: None,
             },
@@ -390,6 +393,8 @@ impl Datapath {
             let mut devices = DEVICES.lock();
             let device = devices.get_mut(&port).expect("device registered");
             if let Some(err) = device.broken {
+                // Given up: not queued again for a back end that comes later.
+                device.in_flight.remove(&issued.id);
                 return Poll::Ready(Err(BlkError::Broken(err)));
             }
             let slot = device
@@ -497,6 +502,54 @@ fn copy_out(pages: &[GrantedFrame], out: &mut [u8]) {
     }
 }
 
+/// The back end of the disk on `port` went away and a new one is about to connect (a
+/// NoXS re-offer): take the responses the old one announced, start the ring afresh and
+/// queue again every request it did not answer, in the order they were issued, for
+/// the new back end to serve. Returns how many were queued again.
+pub fn restart(port: Port) -> usize {
+    let mut devices = DEVICES.lock();
+    let Some(device) = devices.get_mut(&port) else {
+        return 0;
+    };
+    if let Err(err) = take_responses(device) {
+        log::warn!("blkfront: the old ring: {err}");
+    }
+    device.ring.reset();
+    device.broken = None;
+    let mut again = 0;
+    for slot in device
+        .in_flight
+        .values()
+        .filter(|slot| slot.status.is_none())
+    {
+        // As many as were in flight on a ring of the same size: they fit.
+        device
+            .ring
+            .queue_request(slot.request)
+            .expect("what was in flight fits the ring");
+        again += 1;
+    }
+    device.ring.push_requests();
+    again
+}
+
+/// Record the responses on `device`'s ring and wake their waiters.
+fn take_responses(device: &mut Device) -> Result<(), RingOverrun> {
+    while let Some(response) = device.ring.take_response()? {
+        // Only ids we have in flight, once each; anything else is ignored.
+        match device.in_flight.get_mut(&response.id) {
+            Some(slot) if slot.status.is_none() => {
+                slot.status = Some(response.status);
+                if let Some(waker) = slot.waker.take() {
+                    waker.wake();
+                }
+            }
+            _ => log::warn!("blkfront: response for unknown request {}", response.id),
+        }
+    }
+    Ok(())
+}
+
 /// Responses arrived on `port`: record them and wake their waiters.
 fn on_event(port: Port) {
     let mut devices = DEVICES.lock();
@@ -504,27 +557,11 @@ fn on_event(port: Port) {
         return;
     };
     loop {
-        loop {
-            let response = match device.ring.take_response() {
-                Ok(Some(response)) => response,
-                Ok(None) => break,
-                Err(err) => {
-                    log::error!("blkfront: {err}");
-                    device.broken = Some(err);
-                    wake_all(device);
-                    return;
-                }
-            };
-            // Only ids we have in flight, once each; anything else is ignored.
-            match device.in_flight.get_mut(&response.id) {
-                Some(slot) if slot.status.is_none() => {
-                    slot.status = Some(response.status);
-                    if let Some(waker) = slot.waker.take() {
-                        waker.wake();
-                    }
-                }
-                _ => log::warn!("blkfront: response for unknown request {}", response.id),
-            }
+        if let Err(err) = take_responses(device) {
+            log::error!("blkfront: {err}");
+            device.broken = Some(err);
+            wake_all(device);
+            return;
         }
         match device.ring.final_check_for_responses() {
             Ok(true) => continue,

@@ -50,6 +50,10 @@ pub async fn connect(entry: &Entry) -> Result<BlockDevice, ConnectError> {
         published.event_channel,
         alloc::format!("blkfront: {}", crate::name_of(entry.devid, true)),
         move |again: &VbdBackend| backend.same_device(again),
+        async move || {
+            let again = crate::datapath::restart(published.event_channel);
+            log::info!("blkfront: {again} request(s) in flight queued again");
+        },
     );
     Ok(BlockDevice::new(entry.devid, datapath).with_control(follower))
 }

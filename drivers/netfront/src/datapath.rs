@@ -4,7 +4,9 @@
 //! [`Datapath::start`] once the back end is connected.
 
 use alloc::boxed::Box;
+use alloc::rc::Rc;
 use alloc::vec::Vec;
+use core::cell::Cell;
 use core::ptr::NonNull;
 
 use arch::abi::{DomId, GrantRef};
@@ -85,6 +87,9 @@ pub struct Datapath {
     pub(crate) rx: RxPath,
     pub(crate) tx: TxPath,
     channel: EventChannel,
+    /// Set by a NoXS re-offer while no back end is attached ([`Datapath::restart_request`]),
+    /// taken at the next use of the rings.
+    restart: Rc<Cell<bool>>,
 }
 
 /// Buffers per ring. Fewer than the ring's 256 slots: 64 + 64 pages (512 KiB) keep a
@@ -128,7 +133,12 @@ impl Datapath {
             counters: Counters::default(),
             _ring_page: tx_page,
         };
-        Ok(Self { rx, tx, channel })
+        Ok(Self {
+            rx,
+            tx,
+            channel,
+            restart: Rc::default(),
+        })
     }
 
     /// The values the back end needs.
@@ -157,9 +167,36 @@ impl Datapath {
         }
     }
 
+    /// The flag through which a re-offer asks for the rings to start afresh: set it and
+    /// wake the stack; it is clear again once [`Datapath::take_restart`] ran.
+    pub fn restart_request(&self) -> Rc<Cell<bool>> {
+        Rc::clone(&self.restart)
+    }
+
+    /// If a re-offer asked (the old back end is gone, the new one not attached yet):
+    /// start both rings afresh, post every receive buffer again, and drop the
+    /// transmits in flight (counted as errors; the network may lose frames anyway).
+    pub(crate) fn take_restart(&mut self) {
+        if !self.restart.get() {
+            return;
+        }
+        self.rx.ring.reset();
+        for id in 0..SLOTS {
+            self.rx.post(id);
+        }
+        self.rx.ring.push_requests();
+        self.tx.ring.reset();
+        let dropped = usize::from(SLOTS) - self.tx.free.len();
+        self.tx.counters.tx_errors += dropped as u64;
+        self.tx.free = (0..SLOTS).rev().collect();
+        log::info!("netfront: rings started afresh, {dropped} transmit(s) in flight dropped");
+        self.restart.set(false);
+    }
+
     /// Before sleeping: arm both rings' notifications. Returns whether work arrived
     /// meanwhile (then poll again instead of sleeping).
     pub fn prepare_to_wait(&mut self) -> Result<bool, DatapathError> {
+        self.take_restart();
         let rx = self
             .rx
             .ring

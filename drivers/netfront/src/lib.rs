@@ -187,6 +187,7 @@ impl phy::TxToken for TxToken<'_> {
 
 impl Netfront {
     fn reclaim(&mut self) {
+        self.datapath.take_restart();
         if let Err(err) = self.datapath.tx.reclaim() {
             log::error!("netfront: vif{}: {err}", self.id);
         }

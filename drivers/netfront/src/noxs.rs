@@ -39,12 +39,22 @@ pub async fn connect(entry: &Entry) -> Result<Netfront, ConnectError> {
         prefix_len: backend.prefix_len,
         gateway: (backend.gateway != [0; 4]).then_some(backend.gateway),
     });
+    let restart = datapath.restart_request();
     let follower = kernel::noxs::follow(
         control,
         frontend,
         published.event_channel,
         format!("netfront: vif{}", entry.devid),
         move |again: &VifBackend| backend.same_device(again),
+        async move || {
+            // The stack owns the rings: wake it, and connect once its next use of them
+            // started them afresh.
+            restart.set(true);
+            kernel::events::raise(published.event_channel);
+            while restart.get() {
+                kernel::executor::yield_now().await;
+            }
+        },
     );
     Ok(Netfront::new(entry.devid, Mac(backend.mac), datapath, assigned).with_control(follower))
 }

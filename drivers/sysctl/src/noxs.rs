@@ -90,7 +90,14 @@ impl Requests {
     /// The handshake on the page of a re-offer; on failure the old page stays (dead)
     /// until the next re-offer.
     async fn reconnect(&self, generation: u32, entry: &Entry) {
-        match kernel::noxs::reconnect::<SysctlBackend, _>(entry, &frontend(0), |_| Ok(())).await {
+        match kernel::noxs::reconnect::<SysctlBackend, _>(
+            entry,
+            &frontend(0),
+            |_| Ok(()),
+            async || {},
+        )
+        .await
+        {
             Ok((control, _)) => {
                 // The old page goes (unmapped, its port closed); the new back end
                 // numbers its requests from 1 again.

@@ -10,8 +10,8 @@
 //! serves it again from its record — console (its port bound again, its log appended
 //! to), taps taken over, disks opened and booked again, new control pages — and offers
 //! the devices again through the guest's start_info page ([`reoffer`]). The guest does
-//! the handshake again with its rings unchanged, and the back end takes the rings up
-//! where the responses end: requests in flight are served again, not lost.
+//! the handshake again with the same ring pages, started afresh with what was not
+//! answered queued again: a disk's requests in flight are served, not lost.
 //!
 //! A stopping xendevd therefore leaves its guests as they are; a domain that ended
 //! meanwhile is cleaned up by the next one (its taps, its record).
