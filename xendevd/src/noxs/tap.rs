@@ -1,7 +1,8 @@
 //! A vif's host end: a tap device (`/dev/net/tun`, `IFF_TAP | IFF_NO_PI`) named `vifD.N`,
-//! a port of a bridge and up. It is persistent (`TUNSETPERSIST`) so that it outlives an
-//! xendevd that dies or stops, bridge port and all, for the next one to take back
-//! (`Tap::create` again by name); dropping a [`Tap`] removes the device.
+//! a port of a bridge and up. A served guest's tap is persistent ([`Tap::keep`],
+//! `TUNSETPERSIST`) so that it outlives an xendevd that dies or stops, bridge port and
+//! all, for the next one to take back (`Tap::create` again by name); a shell's is not,
+//! as nothing would take it back. Dropping a [`Tap`] removes the device.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -48,6 +49,7 @@ const HOST_MAC: [u8; 6] = [0xfe, 0xff, 0xff, 0xff, 0xff, 0xff];
 pub struct Tap {
     file: File,
     name: String,
+    kept: bool,
 }
 
 impl Tap {
@@ -66,11 +68,18 @@ impl Tap {
         let tap = Self {
             file,
             name: name.to_owned(),
+            kept: false,
         };
-        // SAFETY: `tap.file` is an open tun fd attached to a device.
-        unsafe { sys::tun_set_persist(tap.file.as_raw_fd(), 1) }.map_err(io::Error::from)?;
         tap.set_host_mac()?;
         Ok(tap)
+    }
+
+    /// Keep the device when the process ends (not when the `Tap` is dropped).
+    pub fn keep(&mut self) -> io::Result<()> {
+        // SAFETY: `self.file` is an open tun fd attached to a device.
+        unsafe { sys::tun_set_persist(self.file.as_raw_fd(), 1) }.map_err(io::Error::from)?;
+        self.kept = true;
+        Ok(())
     }
 
     /// Remove tap `name`, left persistent by an xendevd before this one, if it exists.
@@ -78,7 +87,9 @@ impl Tap {
         if !crate::bridge::exists(name) {
             return Ok(false);
         }
-        drop(Self::create(name)?);
+        let mut tap = Self::create(name)?;
+        tap.kept = true;
+        drop(tap);
         Ok(true)
     }
 
@@ -127,6 +138,9 @@ impl Tap {
 
 impl Drop for Tap {
     fn drop(&mut self) {
+        if !self.kept {
+            return;
+        }
         // SAFETY: `self.file` is an open tun fd attached to a device. Not persistent any
         // more, the device goes with the fd.
         if let Err(err) = unsafe { sys::tun_set_persist(self.file.as_raw_fd(), 0) } {

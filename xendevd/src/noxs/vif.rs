@@ -71,7 +71,13 @@ impl Vif {
 
     /// The back end of `plan` on its tap (made by [`Vif::make_tap`] for the plan's tap
     /// name and bridge); the back-end area for the control page.
-    pub fn with_tap(tap: Tap, plan: &VifPlan) -> (Self, Vec<u8>) {
+    pub fn with_tap(mut tap: Tap, plan: &VifPlan) -> (Self, Vec<u8>) {
+        if let Err(err) = tap.keep() {
+            warn!(
+                "tap {}: TUNSETPERSIST: {err}: it will not outlive this xendevd",
+                tap.name()
+            );
+        }
         let (ipv4, prefix_len) = plan
             .ipv4
             .map_or(([0; 4], 0), |(ip, prefix)| (ip.octets(), prefix));
