@@ -7,7 +7,9 @@ use alloc::boxed::Box;
 use alloc::rc::Rc;
 use alloc::vec::Vec;
 use core::cell::Cell;
+use core::future::poll_fn;
 use core::ptr::NonNull;
+use core::task::{Poll, Waker};
 
 use arch::abi::{DomId, GrantRef};
 use arch::mm::PAGE_SIZE;
@@ -89,7 +91,51 @@ pub struct Datapath {
     channel: EventChannel,
     /// Set by a NoXS re-offer while no back end is attached ([`Datapath::restart_request`]),
     /// taken at the next use of the rings.
-    restart: Rc<Cell<bool>>,
+    restart: Rc<RestartRequest>,
+}
+
+/// A NoXS re-offer's request that the rings start afresh before the new back end
+/// connects. The rings are the stack's: the request wakes it and waits for its next use
+/// of them ([`Datapath::take_restart`]).
+#[derive(Default)]
+pub struct RestartRequest {
+    asked: Cell<bool>,
+    waiter: Cell<Option<Waker>>,
+}
+
+impl core::fmt::Debug for RestartRequest {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RestartRequest")
+            .field("asked", &self.asked.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RestartRequest {
+    /// Ask, wake the stack through its data port `port`, and wait until it started the
+    /// rings afresh.
+    pub async fn ask(&self, port: u32) {
+        self.asked.set(true);
+        kernel::events::raise(port);
+        poll_fn(|cx| {
+            if self.asked.get() {
+                self.waiter.set(Some(cx.waker().clone()));
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
+    }
+
+    /// Whether a restart was asked; the asker is told it is done when this returns.
+    fn take(&self) -> bool {
+        let asked = self.asked.replace(false);
+        if let Some(waiter) = self.waiter.take() {
+            waiter.wake();
+        }
+        asked
+    }
 }
 
 /// Buffers per ring. Fewer than the ring's 256 slots: 64 + 64 pages (512 KiB) keep a
@@ -167,9 +213,8 @@ impl Datapath {
         }
     }
 
-    /// The flag through which a re-offer asks for the rings to start afresh: set it and
-    /// wake the stack; it is clear again once [`Datapath::take_restart`] ran.
-    pub fn restart_request(&self) -> Rc<Cell<bool>> {
+    /// How a re-offer asks for the rings to start afresh.
+    pub fn restart_request(&self) -> Rc<RestartRequest> {
         Rc::clone(&self.restart)
     }
 
@@ -177,7 +222,7 @@ impl Datapath {
     /// start both rings afresh, post every receive buffer again, and drop the
     /// transmits in flight (counted as errors; the network may lose frames anyway).
     pub(crate) fn take_restart(&mut self) {
-        if !self.restart.get() {
+        if !self.restart.asked.get() {
             return;
         }
         self.rx.ring.reset();
@@ -190,7 +235,7 @@ impl Datapath {
         self.tx.counters.tx_errors += dropped as u64;
         self.tx.free = (0..SLOTS).rev().collect();
         log::info!("netfront: rings started afresh, {dropped} transmit(s) in flight dropped");
-        self.restart.set(false);
+        self.restart.take();
     }
 
     /// Before sleeping: arm both rings' notifications. Returns whether work arrived

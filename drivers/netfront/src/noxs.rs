@@ -46,15 +46,7 @@ pub async fn connect(entry: &Entry) -> Result<Netfront, ConnectError> {
         published.event_channel,
         format!("netfront: vif{}", entry.devid),
         move |again: &VifBackend| backend.same_device(again),
-        async move || {
-            // The stack owns the rings: wake it, and connect once its next use of them
-            // started them afresh.
-            restart.set(true);
-            kernel::events::raise(published.event_channel);
-            while restart.get() {
-                kernel::executor::yield_now().await;
-            }
-        },
+        async move || restart.ask(published.event_channel).await,
     );
     Ok(Netfront::new(entry.devid, Mac(backend.mac), datapath, assigned).with_control(follower))
 }
