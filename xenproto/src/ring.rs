@@ -416,16 +416,18 @@ mod tests {
     fn a_reset_ring_starts_afresh_for_a_new_back_end() {
         let mut page = page();
         let (mut front, mut back) = pair(&mut page);
-        for id in 0..5 {
-            front
-                .queue_request(Req {
+        let queue_five = |front: &mut FrontRing<Req, Rsp>| {
+            for id in 0..5 {
+                let request = Req {
                     id,
                     value: 0,
                     extra: 0,
-                })
-                .unwrap();
-        }
-        front.push_requests();
+                };
+                front.queue_request(request).unwrap();
+            }
+            front.push_requests();
+        };
+        queue_five(&mut front);
         // The first back end takes all five, writes two responses over their slots and
         // dies before it announces them.
         for _ in 0..5 {
@@ -435,16 +437,7 @@ mod tests {
         back.queue_response(Rsp { id: 1 }).unwrap();
         // The front end starts afresh and queues the five again.
         front.reset();
-        for id in 0..5 {
-            front
-                .queue_request(Req {
-                    id,
-                    value: 0,
-                    extra: 0,
-                })
-                .unwrap();
-        }
-        front.push_requests();
+        queue_five(&mut front);
         // SAFETY: the page outlives the ring in this test.
         let mut again: BackRing<Req, Rsp> = unsafe { BackRing::new(page.0.as_mut_ptr()) };
         let ids: Vec<u32> = core::iter::from_fn(|| again.take_request().unwrap())
