@@ -3,8 +3,8 @@
 # 16 flushed 1 MiB writes in flight at any time) run while xendevd is stopped by
 # SIGTERM, then killed by SIGKILL, and started again each time. After each restart:
 # daytime answers a client in dom0 again, its name, console (output and input) and power
-# control are back, and the hog's writes in flight complete (no failed write; the image
-# holds whole chunks of the right task). A domain destroyed while no xendevd runs is
+# control are back (its vif and sysctl reconnected), and the hog's writes in flight
+# complete (no failed write; the image holds whole chunks of the right task). A domain destroyed while no xendevd runs is
 # cleaned up by the next one (its tap and record).
 set -u
 GUEST=10.0.2.16
@@ -82,6 +82,9 @@ measure sigterm-restart-to-answer $((i * 100)) ms "from xendevd's start to dayti
 check daytime-answers-after-sigterm $? "after $i tenths of a second: $(grep -E 'taken back|offered|cannot' /var/log/xendevd.log | tail -n 3 | tr '\n' '|')"
 [ "$(names)" = "$before" ]
 check names-after-sigterm $? "chaos list: $(names), before: $before"
+daylog=/var/log/xendevd/console/rs-daytime-$domid.log
+grep -q "netfront: vif0 reconnected (generation 1)" "$daylog" && grep -q "rings started afresh" "$daylog"
+check daytime-vif-reconnected $? "$(grep -E 'noxs|netfront|sysctl' "$daylog" | tail -n 4 | tr '\r\n' ' |')"
 
 # --- SIGKILL with disk writes in flight ------------------------------------------------
 chaos create hog.json >hog.id 2>hog.err
@@ -129,8 +132,6 @@ until grep -q "reconnected" "/var/log/xendevd/console/rs-hello-$hello.log" 2>/de
 	i=$((i + 1))
 	sleep 0.1
 done
-grep -q "vif0 reconnected" "/var/log/xendevd/console/rs-hello-$hello.log"
-check hello-vif-reconnected $? "$(grep -i -E 'noxs|netfront' "/var/log/xendevd/console/rs-hello-$hello.log" | tail -n 3 | tr '\r\n' ' |')"
 (sleep 1; echo again; sleep 0.5; echo bye) | timeout 60 chaos console rs-hello >hello.out 2>&1
 tr -d '\r' <hello.out | grep -qx "hello: you said again"
 check console-input-after-sigkill $? "$(tail -c 300 hello.out | tr '\r\n' ' |')"
