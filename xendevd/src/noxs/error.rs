@@ -100,6 +100,19 @@ pub enum DeviceError {
     /// The guest broke the vbd's ring.
     #[error("{0}")]
     Ring(RingOverrun),
+    /// Taken back after a restart, the vbd's image is another file than the one its
+    /// guest was given.
+    #[error(
+        "{target} is another file now (device {now_dev:#x} inode {now_ino}, was device \
+         {dev:#x} inode {ino}): not given to the guest again"
+    )]
+    ImageReplaced {
+        target: String,
+        dev: u64,
+        ino: u64,
+        now_dev: u64,
+        now_ino: u64,
+    },
     /// A vbd's worker thread could not start (or reported this).
     #[error("its worker: {0}")]
     Worker(String),

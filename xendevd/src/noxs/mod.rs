@@ -661,7 +661,7 @@ impl Backends {
         let answer = self.serve_new(domid, name, console_port, ConsoleLog::create, |backends| {
             plans
                 .iter()
-                .map(|plan| backends.make_device(domid, plan, false))
+                .map(|plan| backends.make_device(domid, plan, None))
                 .collect()
         })?;
         self.remember(domid, name, console_port, devices);
@@ -681,7 +681,7 @@ impl Backends {
             |backends| {
                 plans
                     .iter()
-                    .map(|plan| backends.make_device(domid, plan, true))
+                    .map(|plan| backends.make_device(domid, plan, Some(record)))
                     .collect()
             },
         )?;
@@ -700,6 +700,14 @@ impl Backends {
                 return;
             }
         };
+        let images = domain
+            .devices
+            .iter()
+            .filter_map(|device| match &device.backend {
+                Backend::Vbd(vbd) => Some((device.devid, vbd.identity().0, vbd.identity().1)),
+                Backend::Sysctl(_) | Backend::Vif(_) => None,
+            })
+            .collect();
         let record = Record {
             domid,
             handle,
@@ -707,6 +715,7 @@ impl Backends {
             console_port,
             created_ms: millis_since_epoch(domain.created),
             devices: devices.to_vec(),
+            images,
         };
         if let Err(err) = state.save(&record) {
             warn!(
@@ -891,7 +900,7 @@ impl Backends {
         &self,
         domid: u32,
         plan: &DevicePlan,
-        taking_back: bool,
+        taking_back: Option<&Record>,
     ) -> Result<Device, Error> {
         let id = match plan {
             DevicePlan::Sysctl => DeviceId {
@@ -917,7 +926,7 @@ impl Backends {
                 (Backend::Sysctl(sysctl), area)
             }
             DevicePlan::Vif(plan) => {
-                let (vif, area) = if taking_back {
+                let (vif, area) = if taking_back.is_some() {
                     Vif::take_over(&self.net, plan)
                 } else {
                     Vif::create(&self.net, plan)
@@ -927,6 +936,9 @@ impl Backends {
             }
             DevicePlan::Vbd(plan) => {
                 let (vbd, area) = Vbd::create(plan, domid, &self.book).map_err(failed)?;
+                if let Some(recorded) = taking_back.and_then(|record| record.image(plan.devid)) {
+                    vbd.check_identity(recorded).map_err(failed)?;
+                }
                 (Backend::Vbd(Box::new(vbd)), area)
             }
         };

@@ -43,11 +43,22 @@ pub struct Record {
     pub console_port: u32,
     pub created_ms: u64,
     pub devices: Vec<NoxsDevice>,
+    /// Each vbd's image as opened at creation: `(devid, st_dev, st_ino)`, so that a
+    /// file put in its place meanwhile is not given to the guest.
+    pub images: Vec<(u32, u64, u64)>,
 }
 
 impl Record {
     pub fn handle_of(handle: &[u8; 16]) -> String {
         handle.iter().map(|byte| format!("{byte:02x}")).collect()
+    }
+
+    /// The recorded identity of vbd `devid`'s image.
+    pub fn image(&self, devid: u32) -> Option<(u64, u64)> {
+        self.images
+            .iter()
+            .find(|(id, _, _)| *id == devid)
+            .map(|&(_, dev, ino)| (dev, ino))
     }
 
     pub fn created(&self) -> SystemTime {
@@ -225,10 +236,11 @@ impl Backends {
         let started = std::time::Instant::now();
         if let Err(err) = self.serve_again(&record) {
             warn!(
-                "NoXS domain {domid} ({}): cannot serve it again: {err}; it keeps running \
-                 without back ends",
+                "NoXS domain {domid} ({}): cannot serve it again: {err}; it runs on without \
+                 back ends",
                 record.name
             );
+            self.forget(&record, "cannot be served again");
             return;
         }
         if let Some(domain) = self.domains.get_mut(&domid) {
@@ -367,6 +379,7 @@ mod tests {
                     readonly: false,
                 },
             ],
+            images: vec![(0, 0x803, 12)],
         }
     }
 

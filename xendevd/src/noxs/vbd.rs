@@ -24,6 +24,8 @@ pub struct Vbd {
     plan: VbdPlan,
     sectors: u64,
     disk: File,
+    /// `(st_dev, st_ino)` of the image as opened.
+    identity: (u64, u64),
     /// The image is this vbd's (or shared read-only) until it is dropped.
     _claim: VbdClaim,
     /// While connected.
@@ -75,6 +77,7 @@ impl Vbd {
             plan: plan.clone(),
             sectors,
             disk: image.file,
+            identity: (image.facts.dev, image.facts.ino),
             _claim: claim,
             worker: None,
         };
@@ -83,6 +86,26 @@ impl Vbd {
 }
 
 impl Vbd {
+    /// `(st_dev, st_ino)` of the image, as opened.
+    pub fn identity(&self) -> (u64, u64) {
+        self.identity
+    }
+
+    /// Refuse the image unless it is the file recorded as `(dev, ino)` (a domain taken
+    /// back after a restart).
+    pub fn check_identity(&self, (dev, ino): (u64, u64)) -> Result<(), DeviceError> {
+        if self.identity == (dev, ino) {
+            return Ok(());
+        }
+        Err(DeviceError::ImageReplaced {
+            target: self.plan.target.clone(),
+            dev,
+            ino,
+            now_dev: self.identity.0,
+            now_ino: self.identity.1,
+        })
+    }
+
     /// The worker serving it, while connected.
     pub fn worker(&self) -> Option<u64> {
         self.worker.as_ref().map(VbdWorker::id)

@@ -4,8 +4,9 @@
 # SIGTERM, then killed by SIGKILL, and started again each time. After each restart:
 # daytime answers a client in dom0 again, its name, console (output and input) and power
 # control are back (its vif and sysctl reconnected), and the hog's writes in flight
-# complete (no failed write; the image holds whole chunks of the right task). A domain destroyed while no xendevd runs is
-# cleaned up by the next one (its tap and record).
+# complete (no failed write; the image holds whole chunks of the right task). A domain
+# destroyed while no xendevd runs is cleaned up by the next one (its tap and record); a
+# disk image replaced meanwhile is refused.
 set -u
 GUEST=10.0.2.16
 cd /tmp
@@ -150,5 +151,17 @@ sleep 1
 [ ! -e "/sys/class/net/vif$hello.0" ] && [ ! -e "/run/xendevd/noxs/$hello.json" ]
 check ended-while-stopped-cleaned $? "$(ls /run/xendevd/noxs /sys/class/net | tr '\n' ' '): $(grep "forgotten" /var/log/xendevd.log | tail -n 1)"
 chaos destroy rs-hog >/dev/null 2>&1
+
+# A disk image replaced while no xendevd runs is not given to the guest again.
+truncate -s 16M swap.img
+sed 's/rs-hog/rs-swap/; s/hog=40/hog=120/; s|/tmp/hog.img|/tmp/swap.img|' hog.json >swap.json
+chaos create swap.json >swap.id 2>swap.err
+check swap-created $? "$(cat swap.err)"
+stop_xendevd TERM
+cp swap.img swap.new && mv swap.new swap.img
+start_xendevd
+grep -q "swap.img is another file now" /var/log/xendevd.log
+check replaced-image-refused $? "$(grep "rs-swap" /var/log/xendevd.log | tail -n 1)"
+chaos destroy "$(cat swap.id)" >/dev/null 2>&1
 [ -z "$(ls /run/xendevd/noxs)" ] && ! ls /sys/class/net | grep -q '^vif'
 check nothing-left $? "$(ls /run/xendevd/noxs /sys/class/net | tr '\n' ' ')"
