@@ -42,6 +42,10 @@ stop_xendevd() { # SIGNAL
 	done
 	! kill -0 "$pid" 2>/dev/null
 }
+# What xendevd said of its take-backs, when daytime did not answer after $1 tenths.
+taken_back() {
+	[ "$1" -lt 300 ] || echo ": $(grep -E 'taken back|offered|cannot' /var/log/xendevd.log | tail -n 3 | tr '\n' '|')"
+}
 names() { chaos list 2>&1 | awk 'NR > 1 { print $2 }' | sort | tr '\n' ' '; }
 
 truncate -s 32M hog.img
@@ -80,7 +84,7 @@ start_xendevd
 i=$(answers_within)
 measure sigterm-restart-to-answer $((i * 100)) ms "from xendevd's start to daytime's answer"
 [ "$i" -lt 300 ]
-check daytime-answers-after-sigterm $? "after $i tenths of a second: $(grep -E 'taken back|offered|cannot' /var/log/xendevd.log | tail -n 3 | tr '\n' '|')"
+check daytime-answers-after-sigterm $? "after $i tenths of a second$(taken_back "$i")"
 [ "$(names)" = "$before" ]
 check names-after-sigterm $? "chaos list: $(names), before: $before"
 daylog=/var/log/xendevd/console/rs-daytime-$domid.log
@@ -100,7 +104,7 @@ start_xendevd
 i=$(answers_within)
 measure sigkill-restart-to-answer $((i * 100)) ms "from xendevd's start to daytime's answer"
 [ "$i" -lt 300 ]
-check daytime-answers-after-sigkill $? "after $i tenths of a second: $(grep -E 'taken back|offered|cannot' /var/log/xendevd.log | tail -n 3 | tr '\n' '|')"
+check daytime-answers-after-sigkill $? "after $i tenths of a second$(taken_back "$i")"
 # The console follower of before the kill is gone with that xendevd: follow again.
 chaos console rs-hog >hog2.out 2>&1 &
 wait_for "blkcheck: hog wrote" 900 hog2.out
