@@ -261,7 +261,8 @@ impl Backends {
         }
     }
 
-    /// A recorded domain that ended while no xendevd ran: remove its taps and record.
+    /// A recorded domain this xendevd will not serve (it ended while no xendevd ran, or
+    /// cannot be served again): remove its taps and its record.
     fn forget(&self, record: &Record, why: &str) {
         let removed: Vec<String> = record
             .taps()
