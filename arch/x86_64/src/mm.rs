@@ -398,7 +398,8 @@ mod pv {
     static mut SHARED_INFO_PAGE: SharedInfoPage = SharedInfoPage([0; PAGE_SIZE]);
     static SHARED_INFO_MAPPED: AtomicBool = AtomicBool::new(false);
 
-    /// Map the shared info page (machine frame `mfn`, from start_info).
+    /// Map the shared info page (machine frame `mfn`, from start_info) and describe our
+    /// p2m in it ([`publish_p2m`]).
     ///
     /// # Safety
     /// `mfn` must be the domain's shared_info frame; call once.
@@ -408,7 +409,30 @@ mod pv {
         unsafe { hypercall::update_va_mapping(va.as_u64(), Pte::new(mfn, data_flags()).0) }
             .map_err(MapError::Xen)?;
         SHARED_INFO_MAPPED.store(true, Ordering::Release);
+        publish_p2m();
         Ok(())
+    }
+
+    /// Tell the toolstack where our p2m is, in `shared_info.arch`, as a linear list
+    /// (what Linux publishes): libxc's save reads it before it asks the guest to
+    /// suspend, and fails on the zeroes the builder left (`Bad mfn 0 for p2m frame
+    /// list list`). The list is the one the builder mapped at `start_info.mfn_list`,
+    /// in 4 KiB pages, and its mapping never changes, so `p2m_generation` stays 0;
+    /// `pfn_to_mfn_frame_list_list` is ~0: there is no tree.
+    fn publish_p2m() {
+        let Some(shared) = shared_info() else {
+            return;
+        };
+        // SAFETY: `arch` lies inside the mapped shared_info page.
+        let arch = unsafe {
+            shared.map(|si| NonNull::new_unchecked(core::ptr::addr_of_mut!((*si.as_ptr()).arch)))
+        };
+        volatile::map_field!(arch.pfn_to_mfn_frame_list_list).write(!0);
+        volatile::map_field!(arch.p2m_vaddr).write(P2M.load(Ordering::Relaxed));
+        volatile::map_field!(arch.p2m_cr3).write(l4_mfn() << 12);
+        volatile::map_field!(arch.p2m_generation).write(0);
+        // Last: libxc takes a max_pfn of 0 for "nothing published".
+        volatile::map_field!(arch.max_pfn).write(P2M_LEN.load(Ordering::Relaxed));
     }
 
     /// The shared info page, once [`map_shared_info`] has run. Xen writes it at any

@@ -39,7 +39,7 @@ pub const JOB_TESTS: [JobTest; 11] = [
     // configurations, each refused with status 2 and one line naming the field,
     // leaving no domain; and 100 create/destroy cycles of a paused guest with a vif and
     // a file-backed disk that must leave no domain, loop device, vif or Xenstore node
-    // behind.
+    // behind; `xl save` of a guest gets past libxc's reading of its p2m.
     JobTest {
         name: "chaos commands, malformed configs, create/destroy cycles",
         script: include_str!("chaos-lab.sh"),
