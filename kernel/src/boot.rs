@@ -41,6 +41,8 @@ extern "C" fn kernel_entry(si: *const start_info, boot_tsc: u64) -> ! {
         hypercall::shutdown(arch::abi::SHUTDOWN_CRASH);
     }
     crate::time::set_boot_tsc(boot_tsc);
+    // Kept for suspend, which writes the page (read-write, like all the bootstrap region).
+    let si_page = si.cast_mut();
     // SAFETY: Xen passes a valid start_info page in the bootstrap region.
     let si = unsafe { &*si };
     // SAFETY: as above: mfn_list and pt_base are Xen's live p2m list and L4.
@@ -59,10 +61,11 @@ extern "C" fn kernel_entry(si: *const start_info, boot_tsc: u64) -> ! {
         }
     };
     crate::console::init(boot);
-    // SAFETY: the frame comes from start_info; mapped once, here.
+    // SAFETY: the frame comes from start_info; not mapped yet.
     if let Err(err) = unsafe { arch::mm::map_shared_info(boot.shared_info_mfn) } {
         boot_failed("mapping shared_info", err);
     }
+    crate::suspend::init(si_page, boot.shared_info_mfn);
     if let Err(err) = crate::mem::init(boot) {
         boot_failed("memory", err);
     }

@@ -56,6 +56,23 @@ pub(crate) fn init(boot: &BootInfo) {
     log::set_max_level(log::LevelFilter::Info);
 }
 
+/// After a restore into a new domain: the console ring is the same page, its port
+/// is new (and reading needs the port's handler again).
+pub(crate) fn resume(port: Port) -> Result<(), arch::errno::Errno> {
+    if let Some(Sink::Ring { port: old, .. }) = CONSOLE.lock().as_mut() {
+        *old = port;
+    }
+    if INPUT_ARMED.swap(false, Ordering::AcqRel) {
+        arm(port).map_err(|err| match err {
+            ReadError::Port(errno) => errno,
+            _ => arch::errno::Errno::EINVAL,
+        })?;
+        // Input that came meanwhile: a waiting reader looks again.
+        on_console_event(port);
+    }
+    Ok(())
+}
+
 /// Write `s` to the console.
 pub fn write_str(s: &str) {
     if let Some(sink) = *CONSOLE.lock() {
@@ -122,7 +139,9 @@ fn wait_for_back_end(page: &ConsoleInterface, port: u32) {
         let _ = unsafe { hypercall::sched_op::<()>(arch::abi::SCHEDOP_yield, core::ptr::null()) };
         return;
     }
-    let deadline = Instant::now().as_nanos() + 10_000_000;
+    let deadline = Instant::now()
+        .saturating_add(core::time::Duration::from_millis(10))
+        .system_time();
     let _ = hypercall::poll(&[port], deadline);
     crate::events::clear_pending(port);
     // The event may have announced input too: a waiting reader must still see it.

@@ -8,6 +8,7 @@
 //! waiting on it. Handlers therefore run in ordinary task context and may take locks.
 
 use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
 use core::future::Future;
 use core::pin::Pin;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -26,7 +27,8 @@ pub type Port = u32;
 /// Ports the 2-level ABI can address on a 64-bit guest.
 pub const NR_PORTS: usize = 64 * 64;
 
-/// A handler called (in task context) each time its port fires.
+/// A handler called (in task context) each time its port fires, with the channel's
+/// [`EventChannel::id`].
 pub type Handler = fn(Port);
 
 static FIRED: [AtomicU64; 64] = [const { AtomicU64::new(0) }; 64];
@@ -34,12 +36,31 @@ static ANY_FIRED: AtomicBool = AtomicBool::new(false);
 
 #[derive(Default)]
 struct Slot {
+    /// The channel's first port, which its handler is given (see [`EventChannel::id`]).
+    id: Port,
     handler: Option<Handler>,
     waker: Option<Waker>,
+    /// How to bind the channel again in a restored domain, and where its owner reads
+    /// the port from.
+    rebind: Option<(Binding, Arc<AtomicU32>)>,
 }
 
+/// How a channel was bound, for [`resume`].
+#[derive(Debug, Clone, Copy)]
+enum Binding {
+    /// Unbound for a domain that binds it itself: allocated again; the owner
+    /// publishes the new port (a front end's handshake).
+    Unbound(DomId),
+    Virq(u32),
+    /// Bound to another domain's port (gone with the old domain), or taken over from
+    /// the toolstack (the new one is in start_info): the owner binds anew.
+    Lost,
+}
+
+/// The port of a channel whose binding died with the old domain ([`Binding::Lost`]).
+pub const DEAD_PORT: Port = Port::MAX;
+
 static SLOTS: Mutex<BTreeMap<Port, Slot>> = Mutex::new(BTreeMap::new());
-static TIMER_PORT: AtomicU32 = AtomicU32::new(0);
 
 const UNMAPPED: &str = "event channels used before shared_info is mapped";
 
@@ -79,9 +100,50 @@ fn split(port: Port) -> (usize, u64) {
 pub(crate) fn init() -> Result<(), Errno> {
     mask_upcalls();
     hypercall::stop_periodic_timer(0)?;
-    let timer = EventChannel::bind_virq(abi::VIRQ_TIMER)?;
-    TIMER_PORT.store(timer.into_port(), Ordering::Relaxed);
+    // Kept for good: `resume` binds it again in a restored domain.
+    core::mem::forget(EventChannel::bind_virq(abi::VIRQ_TIMER)?);
     Ok(())
+}
+
+/// After a suspend. In the same domain every port is still bound. In a new domain
+/// none is: bind each channel again (unbound ones for the same domain, VIRQs), give
+/// it its new port, and unmask it (a restore masks every port); the others die
+/// ([`DEAD_PORT`]). Every waiter is woken to look again, fired events are dropped, and
+/// the new vCPU's periodic timer is stopped. Returns how many channels were bound
+/// again.
+pub(crate) fn resume(new_domain: bool) -> Result<usize, Errno> {
+    if !new_domain {
+        return Ok(0);
+    }
+    OWN_DOMID.store(u32::MAX, Ordering::Relaxed);
+    hypercall::stop_periodic_timer(0)?;
+    for word in &FIRED {
+        word.store(0, Ordering::Relaxed);
+    }
+    let old = core::mem::take(&mut *SLOTS.lock());
+    let mut count = 0;
+    for (_, mut slot) in old {
+        if let Some(waker) = slot.waker.take() {
+            waker.wake();
+        }
+        let Some((binding, port)) = slot.rebind.take() else {
+            continue;
+        };
+        let new = match binding {
+            Binding::Unbound(remote) => alloc_unbound_port(remote)?,
+            Binding::Virq(virq) => bind_virq_port(virq)?,
+            Binding::Lost => {
+                port.store(DEAD_PORT, Ordering::Relaxed);
+                continue;
+            }
+        };
+        port.store(new, Ordering::Relaxed);
+        slot.rebind = Some((binding, port));
+        SLOTS.lock().insert(new, slot);
+        unmask_port(new)?;
+        count += 1;
+    }
+    Ok(count)
 }
 
 /// Mask event delivery for vCPU 0 (the normal state; see the executor docs).
@@ -153,15 +215,16 @@ pub(crate) fn dispatch() -> bool {
             let port = (word * 64) as Port + bits.trailing_zeros();
             bits &= bits - 1;
             enum Action {
-                Call(Handler),
+                Call(Handler, Port),
                 Wake(Waker),
                 Drop,
             }
             let action = match SLOTS.lock().get_mut(&port) {
                 Some(Slot {
                     handler: Some(handler),
+                    id,
                     ..
-                }) => Action::Call(*handler),
+                }) => Action::Call(*handler, *id),
                 Some(Slot {
                     waker: waker @ Some(_),
                     ..
@@ -170,9 +233,9 @@ pub(crate) fn dispatch() -> bool {
                 _ => Action::Drop,
             };
             match action {
-                Action::Call(handler) => {
+                Action::Call(handler, id) => {
                     take_fired(port);
-                    handler(port);
+                    handler(id);
                 }
                 // The waiter consumes the fired bit when it runs.
                 Action::Wake(waker) => waker.wake(),
@@ -191,7 +254,7 @@ pub(crate) fn block_until(deadline: Option<Instant>) {
         if deadline <= Instant::now() {
             return;
         }
-        if hypercall::set_timer_op(deadline.as_nanos()).is_err() {
+        if hypercall::set_timer_op(deadline.system_time()).is_err() {
             // A deadline Xen refuses (too far away): wake on events only.
             let _ = hypercall::set_timer_op(0);
         }
@@ -201,30 +264,64 @@ pub(crate) fn block_until(deadline: Option<Instant>) {
     mask_upcalls();
 }
 
-/// A bound event channel; closed when dropped.
+fn alloc_unbound_port(remote: DomId) -> Result<Port, Errno> {
+    let mut op = abi::evtchn_alloc_unbound {
+        dom: abi::DOMID_SELF,
+        remote_dom: remote,
+        port: 0,
+    };
+    // SAFETY: `op` is the struct EVTCHNOP_alloc_unbound expects.
+    unsafe { hypercall::event_channel_op(abi::EVTCHNOP_alloc_unbound, &mut op)? };
+    Ok(op.port)
+}
+
+fn bind_virq_port(virq: u32) -> Result<Port, Errno> {
+    let mut op = abi::evtchn_bind_virq {
+        virq,
+        vcpu: 0,
+        port: 0,
+    };
+    // SAFETY: `op` is the struct EVTCHNOP_bind_virq expects.
+    unsafe { hypercall::event_channel_op(abi::EVTCHNOP_bind_virq, &mut op)? };
+    Ok(op.port)
+}
+
+fn unmask_port(port: Port) -> Result<(), Errno> {
+    let mut op = abi::evtchn_unmask { port };
+    // SAFETY: `op` is the struct EVTCHNOP_unmask expects.
+    unsafe { hypercall::event_channel_op(abi::EVTCHNOP_unmask, &mut op) }
+}
+
+/// A bound event channel; closed when dropped. Its port may change: a restored
+/// domain binds it again ([`resume`]).
 #[derive(Debug)]
 pub struct EventChannel {
-    port: Port,
+    port: Arc<AtomicU32>,
+    id: Port,
 }
 
 impl EventChannel {
-    fn bound(port: Port) -> Result<Self, Errno> {
-        SLOTS.lock().insert(port, Slot::default());
-        let channel = Self { port };
+    fn bound(port: Port, binding: Binding) -> Result<Self, Errno> {
+        let cell = Arc::new(AtomicU32::new(port));
+        SLOTS.lock().insert(
+            port,
+            Slot {
+                id: port,
+                rebind: Some((binding, Arc::clone(&cell))),
+                ..Slot::default()
+            },
+        );
+        let channel = Self {
+            port: cell,
+            id: port,
+        };
         channel.unmask()?;
         Ok(channel)
     }
 
     /// Allocate a port that domain `remote` may bind to.
     pub fn alloc_unbound(remote: DomId) -> Result<Self, Errno> {
-        let mut op = abi::evtchn_alloc_unbound {
-            dom: abi::DOMID_SELF,
-            remote_dom: remote,
-            port: 0,
-        };
-        // SAFETY: `op` is the struct EVTCHNOP_alloc_unbound expects.
-        unsafe { hypercall::event_channel_op(abi::EVTCHNOP_alloc_unbound, &mut op)? };
-        Self::bound(op.port)
+        Self::bound(alloc_unbound_port(remote)?, Binding::Unbound(remote))
     }
 
     /// Connect to port `remote_port` that domain `remote` allocated for us.
@@ -236,30 +333,37 @@ impl EventChannel {
         };
         // SAFETY: `op` is the struct EVTCHNOP_bind_interdomain expects.
         unsafe { hypercall::event_channel_op(abi::EVTCHNOP_bind_interdomain, &mut op)? };
-        Self::bound(op.local_port)
+        Self::bound(op.local_port, Binding::Lost)
     }
 
     /// Bind a virtual IRQ (`VIRQ_*`) of vCPU 0.
     pub fn bind_virq(virq: u32) -> Result<Self, Errno> {
-        let mut op = abi::evtchn_bind_virq {
-            virq,
-            vcpu: 0,
-            port: 0,
-        };
-        // SAFETY: `op` is the struct EVTCHNOP_bind_virq expects.
-        unsafe { hypercall::event_channel_op(abi::EVTCHNOP_bind_virq, &mut op)? };
-        Self::bound(op.port)
+        Self::bound(bind_virq_port(virq)?, Binding::Virq(virq))
     }
 
     /// Take over a port the toolstack bound for us before we started (console,
     /// Xenstore).
     pub fn adopt(port: Port) -> Result<Self, Errno> {
-        Self::bound(port)
+        Self::bound(port, Binding::Lost)
     }
 
-    /// The local port number.
+    /// The channel's identity for the domain's life: its first port. A restore binds
+    /// the channel to another port, but its handler is still given this.
+    pub fn id(&self) -> Port {
+        self.id
+    }
+
+    /// The local port number: [`DEAD_PORT`] once a restore lost the binding.
     pub fn port(&self) -> Port {
-        self.port
+        self.port.load(Ordering::Relaxed)
+    }
+
+    /// The port, unless a restore lost it.
+    fn live_port(&self) -> Result<Port, Errno> {
+        match self.port() {
+            DEAD_PORT => Err(Errno::EINVAL),
+            port => Ok(port),
+        }
     }
 
     /// The domain at the other end of a still unbound port, as Xen resolved it.
@@ -267,7 +371,7 @@ impl EventChannel {
         // SAFETY: an all-zero evtchn_status is a valid value (integers and a union of them).
         let mut status: abi::evtchn_status = unsafe { core::mem::zeroed() };
         status.dom = abi::DOMID_SELF;
-        status.port = self.port;
+        status.port = self.live_port()?;
         // SAFETY: `status` is the struct EVTCHNOP_status expects.
         unsafe { hypercall::event_channel_op(abi::EVTCHNOP_status, &mut status)? };
         if status.status != abi::EVTCHNSTAT_unbound {
@@ -279,40 +383,55 @@ impl EventChannel {
 
     /// Signal the other end.
     pub fn notify(&self) -> Result<(), Errno> {
-        hypercall::evtchn_send(self.port)
+        hypercall::evtchn_send(self.live_port()?)
     }
 
     /// Stop delivery of this port (events stay pending).
     pub fn mask(&self) {
-        let (word, bit) = split(self.port);
-        mask_word(word).fetch_or(bit, Ordering::AcqRel);
+        if let Ok(port) = self.live_port() {
+            let (word, bit) = split(port);
+            mask_word(word).fetch_or(bit, Ordering::AcqRel);
+        }
     }
 
     /// Resume delivery; Xen re-raises an event that arrived while masked.
     pub fn unmask(&self) -> Result<(), Errno> {
-        let mut op = abi::evtchn_unmask { port: self.port };
-        // SAFETY: `op` is the struct EVTCHNOP_unmask expects.
-        unsafe { hypercall::event_channel_op(abi::EVTCHNOP_unmask, &mut op) }
+        unmask_port(self.live_port()?)
     }
 
     /// Call `handler` each time the port fires (instead of waking waiters).
     pub fn set_handler(&self, handler: Handler) {
-        SLOTS.lock().entry(self.port).or_default().handler = Some(handler);
+        if let Ok(port) = self.live_port() {
+            let mut slots = SLOTS.lock();
+            let slot = slots.entry(port).or_default();
+            slot.id = self.id;
+            slot.handler = Some(handler);
+        }
     }
 
     /// Consume a pending notification without waiting.
     pub fn take_fired(&self) -> bool {
-        take_fired(self.port)
+        self.live_port().is_ok_and(take_fired)
     }
 
-    /// Wait for the next notification.
+    /// Wait for the next notification (never comes once a restore lost the port).
     pub fn wait(&self) -> Wait<'_> {
         Wait { channel: self }
     }
 
-    /// Give up ownership: the port stays bound.
+    /// A handle that signals through this channel by its current port, for parts of
+    /// a driver that do not own it.
+    pub fn notifier(&self) -> Notifier {
+        Notifier(Arc::clone(&self.port))
+    }
+
+    /// Give up ownership: the port stays bound, and is not bound again after a
+    /// restore (the owner does it).
     pub fn into_port(self) -> Port {
-        let port = self.port;
+        let port = self.port();
+        if let Some(slot) = SLOTS.lock().get_mut(&port) {
+            slot.rebind = None;
+        }
         core::mem::forget(self);
         port
     }
@@ -320,11 +439,39 @@ impl EventChannel {
 
 impl Drop for EventChannel {
     fn drop(&mut self) {
-        SLOTS.lock().remove(&self.port);
-        let mut op = abi::evtchn_close { port: self.port };
+        let Ok(port) = self.live_port() else { return };
+        SLOTS.lock().remove(&port);
+        let mut op = abi::evtchn_close { port };
         // SAFETY: `op` is the struct EVTCHNOP_close expects; the port is ours.
         let _ = unsafe { hypercall::event_channel_op(abi::EVTCHNOP_close, &mut op) };
-        take_fired(self.port);
+        take_fired(port);
+    }
+}
+
+/// Signals through an [`EventChannel`] by its current port (which a restore changes).
+#[derive(Debug, Clone)]
+pub struct Notifier(Arc<AtomicU32>);
+
+impl Notifier {
+    /// The channel's port now ([`DEAD_PORT`] once a restore lost it).
+    pub fn port(&self) -> Port {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Signal the other end.
+    pub fn notify(&self) -> Result<(), Errno> {
+        match self.0.load(Ordering::Relaxed) {
+            DEAD_PORT => Err(Errno::EINVAL),
+            port => hypercall::evtchn_send(port),
+        }
+    }
+
+    /// Deliver an event to our own end, as if the other end had notified ([`raise`]).
+    pub fn raise(&self) {
+        let port = self.0.load(Ordering::Relaxed);
+        if port != DEAD_PORT {
+            raise(port);
+        }
     }
 }
 
@@ -337,7 +484,9 @@ pub struct Wait<'a> {
 impl Future for Wait<'_> {
     type Output = ();
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let port = self.channel.port;
+        let Ok(port) = self.channel.live_port() else {
+            return Poll::Pending;
+        };
         if take_fired(port) {
             return Poll::Ready(());
         }
@@ -352,7 +501,7 @@ impl Future for Wait<'_> {
 
 impl Drop for Wait<'_> {
     fn drop(&mut self) {
-        if let Some(slot) = SLOTS.lock().get_mut(&self.channel.port) {
+        if let Some(slot) = SLOTS.lock().get_mut(&self.channel.port()) {
             slot.waker = None;
         }
     }
@@ -360,13 +509,16 @@ impl Drop for Wait<'_> {
 
 /// This domain's id. Xen has no call for it; an unbound port allocated for
 /// `DOMID_SELF` records the resolved id, which `EVTCHNOP_status` reports.
+/// A restore or migration gives the domain a new id.
 pub fn own_domid() -> Result<DomId, Errno> {
-    static CACHED: AtomicU32 = AtomicU32::new(u32::MAX);
-    if let Ok(id) = DomId::try_from(CACHED.load(Ordering::Relaxed)) {
+    if let Ok(id) = DomId::try_from(OWN_DOMID.load(Ordering::Relaxed)) {
         return Ok(id);
     }
     let probe = EventChannel::alloc_unbound(abi::DOMID_SELF)?;
     let id = probe.unbound_remote()?;
-    CACHED.store(u32::from(id), Ordering::Relaxed);
+    OWN_DOMID.store(u32::from(id), Ordering::Relaxed);
     Ok(id)
 }
+
+/// [`own_domid`]'s answer, until a restore (`u32::MAX`: not asked yet).
+static OWN_DOMID: AtomicU32 = AtomicU32::new(u32::MAX);

@@ -90,7 +90,20 @@ impl core::fmt::Display for GrantError {
 pub struct GrantTable<'a> {
     entries: &'a [GrantEntryV1],
     free: Vec<GrantRef>,
-    granted: Vec<bool>,
+    /// Every live grant, by reference, the reserved ones included: what
+    /// [`Self::reinstate`] writes again into a restored domain's empty table.
+    grants: Vec<Option<Grant>>,
+}
+
+/// A live grant as we made it: by pseudo-physical frame, which survives a restore
+/// (machine frames do not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Grant {
+    domid: DomId,
+    pfn: u64,
+    readonly: bool,
+    /// Filled by [`GrantTable::grant_reserved`]: for good, never revoked.
+    reserved: bool,
 }
 
 impl<'a> GrantTable<'a> {
@@ -102,8 +115,45 @@ impl<'a> GrantTable<'a> {
         Self {
             entries,
             free,
-            granted: alloc::vec![false; entries.len()],
+            grants: alloc::vec![None; entries.len()],
         }
+    }
+
+    /// Write `grant` into entry `gref`, frame `mfn`, and publish it.
+    fn write(&self, gref: GrantRef, grant: Grant, mfn: u64) -> Result<(), GrantError> {
+        let frame32 = u32::try_from(mfn).map_err(|_| GrantError::FrameTooLarge(mfn))?;
+        let entry = &self.entries[gref as usize];
+        entry.frame.store(frame32, Ordering::Relaxed);
+        entry.domid.store(grant.domid, Ordering::Relaxed);
+        let mut flags = GrantFlags::PERMIT_ACCESS;
+        flags.set(GrantFlags::READONLY, grant.readonly);
+        // Release: frame and domid are visible before Xen can see the entry valid.
+        entry.flags.store(flags.bits(), Ordering::Release);
+        Ok(())
+    }
+
+    /// After a restore into a new domain, whose grant table Xen starts empty: take
+    /// over its `entries` and grant every frame again, under the same reference, at
+    /// its new machine frame (`to_mfn`). Front ends keep their references; only the
+    /// back ends are new. Returns how many grants were made again.
+    pub fn reinstate(
+        &mut self,
+        entries: &'a [GrantEntryV1],
+        to_mfn: impl Fn(u64) -> u64,
+    ) -> Result<usize, GrantError> {
+        assert!(
+            entries.len() >= self.grants.len(),
+            "a restored grant table is never smaller"
+        );
+        self.entries = entries;
+        let mut count = 0;
+        for (gref, grant) in self.grants.iter().enumerate() {
+            if let Some(grant) = *grant {
+                self.write(gref as GrantRef, grant, to_mfn(grant.pfn))?;
+                count += 1;
+            }
+        }
+        Ok(count)
     }
 
     /// References that can still be granted.
@@ -111,23 +161,25 @@ impl<'a> GrantTable<'a> {
         self.free.len()
     }
 
-    /// Allow domain `domid` to map machine frame `frame`.
+    /// Allow domain `domid` to map our frame `pfn`, machine frame `mfn`.
     pub fn grant(
         &mut self,
         domid: DomId,
-        frame: u64,
+        pfn: u64,
+        mfn: u64,
         readonly: bool,
     ) -> Result<GrantRef, GrantError> {
-        let frame32 = u32::try_from(frame).map_err(|_| GrantError::FrameTooLarge(frame))?;
-        let gref = self.free.pop().ok_or(GrantError::TableFull)?;
-        let entry = &self.entries[gref as usize];
-        entry.frame.store(frame32, Ordering::Relaxed);
-        entry.domid.store(domid, Ordering::Relaxed);
-        let mut flags = GrantFlags::PERMIT_ACCESS;
-        flags.set(GrantFlags::READONLY, readonly);
-        // Release: frame and domid are visible before Xen can see the entry valid.
-        entry.flags.store(flags.bits(), Ordering::Release);
-        self.granted[gref as usize] = true;
+        u32::try_from(mfn).map_err(|_| GrantError::FrameTooLarge(mfn))?;
+        let gref = *self.free.last().ok_or(GrantError::TableFull)?;
+        let grant = Grant {
+            domid,
+            pfn,
+            readonly,
+            reserved: false,
+        };
+        self.write(gref, grant, mfn)?;
+        self.free.pop();
+        self.grants[gref as usize] = Some(grant);
         Ok(gref)
     }
 
@@ -138,30 +190,35 @@ impl<'a> GrantTable<'a> {
         &mut self,
         gref: GrantRef,
         domid: DomId,
-        frame: u64,
+        pfn: u64,
+        mfn: u64,
         readonly: bool,
     ) -> Result<(), GrantError> {
         if !(2..RESERVED_REFS).contains(&gref) || gref as usize >= self.entries.len() {
             return Err(GrantError::NotReservable(gref));
         }
-        let frame32 = u32::try_from(frame).map_err(|_| GrantError::FrameTooLarge(frame))?;
-        let entry = &self.entries[gref as usize];
-        if entry.flags.load(Ordering::Acquire) != 0 {
+        if self.entries[gref as usize].flags.load(Ordering::Acquire) != 0 {
             return Err(GrantError::AlreadyGranted(gref));
         }
-        entry.frame.store(frame32, Ordering::Relaxed);
-        entry.domid.store(domid, Ordering::Relaxed);
-        let mut flags = GrantFlags::PERMIT_ACCESS;
-        flags.set(GrantFlags::READONLY, readonly);
-        // Release: frame and domid are visible before Xen can see the entry valid.
-        entry.flags.store(flags.bits(), Ordering::Release);
+        let grant = Grant {
+            domid,
+            pfn,
+            readonly,
+            reserved: true,
+        };
+        self.write(gref, grant, mfn)?;
+        self.grants[gref as usize] = Some(grant);
         Ok(())
     }
 
     /// Withdraw a grant. Fails with [`GrantError::InUse`] while the other domain has
     /// it mapped; the grant then stays valid.
     pub fn revoke(&mut self, gref: GrantRef) -> Result<(), GrantError> {
-        if !self.granted.get(gref as usize).copied().unwrap_or(false) {
+        let revocable = self
+            .grants
+            .get(gref as usize)
+            .is_some_and(|grant| grant.is_some_and(|grant| !grant.reserved));
+        if !revocable {
             return Err(GrantError::NotGranted(gref));
         }
         let flags = &self.entries[gref as usize].flags;
@@ -175,7 +232,7 @@ impl<'a> GrantTable<'a> {
                 Err(now) => current = now,
             }
         }
-        self.granted[gref as usize] = false;
+        self.grants[gref as usize] = None;
         self.free.push(gref);
         Ok(())
     }
@@ -196,7 +253,7 @@ pub use guest::*;
 mod guest {
     use arch::abi;
     use arch::hypercall;
-    use arch::mm::{PAGE_SIZE, pfn_to_mfn};
+    use arch::mm::{PAGE_SIZE, Pte, data_flags, pfn_to_mfn};
     use spin::Mutex;
     use x86_64::VirtAddr;
 
@@ -206,6 +263,75 @@ mod guest {
     const BOOT_FRAMES: u32 = 4;
 
     static TABLE: Mutex<Option<GrantTable<'static>>> = Mutex::new(None);
+    /// Where the table's frames are mapped (consecutive window pages), and how many.
+    static FRAMES: Mutex<(VirtAddr, u32)> = Mutex::new((VirtAddr::zero(), 0));
+
+    /// Ask Xen for `nr_frames` table frames (again after a suspend: their machine
+    /// frames may be new). Returns their machine frames.
+    fn setup_table(nr_frames: u32) -> Result<[u64; BOOT_FRAMES as usize], GrantError> {
+        let mut frames = [0u64; BOOT_FRAMES as usize];
+        let mut setup = abi::GnttabSetupTable {
+            dom: abi::DOMID_SELF,
+            pad0: 0,
+            nr_frames,
+            status: 0,
+            pad1: [0; 3],
+            frame_list: frames.as_mut_ptr(),
+        };
+        // SAFETY: `setup` is the struct GNTTABOP_setup_table expects; `frames` has
+        // room for `nr_frames` (at most BOOT_FRAMES) entries.
+        unsafe { hypercall::grant_table_op(abi::GNTTABOP_SETUP_TABLE, &raw mut setup, 1) }
+            .map_err(|e| GrantError::Xen(-e.0))?;
+        if setup.status != 0 {
+            return Err(GrantError::Xen(setup.status.into()));
+        }
+        Ok(frames)
+    }
+
+    /// The table's entries, mapped at `base`.
+    ///
+    /// # Safety
+    /// `nr_frames` table frames must be mapped read-write at `base` from now on.
+    unsafe fn entries(base: VirtAddr, nr_frames: u32) -> &'static [GrantEntryV1] {
+        let count = nr_frames as usize * ENTRIES_PER_FRAME;
+        // SAFETY: guaranteed by the caller; GrantEntryV1 (atomics) may alias memory Xen
+        // writes concurrently.
+        unsafe { core::slice::from_raw_parts(base.as_ptr::<GrantEntryV1>(), count) }
+    }
+
+    /// Unmap the table's frames before a suspend: they are Xen's pages, which libxc
+    /// refuses to save. Nothing may grant or revoke until [`resume`].
+    pub(crate) fn suspend() -> Result<(), GrantError> {
+        let (base, nr_frames) = *FRAMES.lock();
+        for i in 0..nr_frames as usize {
+            // SAFETY: the window page holds a table frame, unused until resume.
+            unsafe { arch::mm::unmap_page(base + (i * PAGE_SIZE) as u64) }
+                .map_err(|_| GrantError::NoAddressSpace)?;
+        }
+        Ok(())
+    }
+
+    /// Map the table's frames again after a suspend. In a new domain the table is
+    /// empty: grant every live frame again under its old reference
+    /// ([`GrantTable::reinstate`]), at its new machine frame.
+    pub(crate) fn resume(new_domain: bool) -> Result<(), GrantError> {
+        let (base, nr_frames) = *FRAMES.lock();
+        let frames = setup_table(nr_frames)?;
+        for (i, &mfn) in frames[..nr_frames as usize].iter().enumerate() {
+            let va = base + (i * PAGE_SIZE) as u64;
+            // SAFETY: the window page is the table's (unmapped by `suspend`); table
+            // frames are meant to be mapped read-write.
+            unsafe { hypercall::update_va_mapping(va.as_u64(), Pte::new(mfn, data_flags()).0) }
+                .map_err(|e| GrantError::Xen(-e.0))?;
+        }
+        if new_domain {
+            // SAFETY: the frames were just mapped at `base`, for good.
+            let entries = unsafe { entries(base, nr_frames) };
+            let count = with_table(|table| table.reinstate(entries, pfn_to_mfn))?;
+            log::debug!("grant: {count} grant(s) made again");
+        }
+        Ok(())
+    }
 
     /// Set up the grant table and map its frames.
     pub(crate) fn init() -> Result<(), GrantError> {
@@ -220,26 +346,11 @@ mod guest {
             return Err(GrantError::Xen(query.status.into()));
         }
         let nr_frames = BOOT_FRAMES.min(query.max_nr_frames);
-        let mut frames = [0u64; BOOT_FRAMES as usize];
-        let mut setup = abi::GnttabSetupTable {
-            dom: abi::DOMID_SELF,
-            pad0: 0,
-            nr_frames,
-            status: 0,
-            pad1: [0; 3],
-            frame_list: frames.as_mut_ptr(),
-        };
-        // SAFETY: `setup` is the struct GNTTABOP_setup_table expects; `frames` has
-        // room for `nr_frames` entries.
-        unsafe { hypercall::grant_table_op(abi::GNTTABOP_SETUP_TABLE, &raw mut setup, 1) }
-            .map_err(|e| GrantError::Xen(-e.0))?;
-        if setup.status != 0 {
-            return Err(GrantError::Xen(setup.status.into()));
-        }
+        let frames = setup_table(nr_frames)?;
         // The frames must be virtually contiguous: map them in consecutive window pages.
         let mut base = VirtAddr::zero();
         for (i, &mfn) in frames[..nr_frames as usize].iter().enumerate() {
-            let va = crate::mem::map_foreign(mfn, arch::mm::data_flags())
+            let va = crate::mem::map_foreign(mfn, data_flags())
                 .map_err(|_| GrantError::NoAddressSpace)?;
             if i == 0 {
                 base = va;
@@ -247,10 +358,10 @@ mod guest {
                 return Err(GrantError::NoAddressSpace);
             }
         }
-        let count = nr_frames as usize * ENTRIES_PER_FRAME;
-        // SAFETY: the frames are mapped read-write at `base` for the guest's lifetime,
-        // and GrantEntryV1 (atomics) may alias memory Xen writes concurrently.
-        let entries = unsafe { core::slice::from_raw_parts(base.as_ptr::<GrantEntryV1>(), count) };
+        *FRAMES.lock() = (base, nr_frames);
+        // SAFETY: the frames are mapped read-write at `base`, but across a suspend
+        // (when nothing uses the table).
+        let entries = unsafe { entries(base, nr_frames) };
         *TABLE.lock() = Some(GrantTable::new(entries));
         Ok(())
     }
@@ -264,7 +375,7 @@ mod guest {
 
     /// Let domain `domid` map our frame `pfn`.
     pub fn grant_access(domid: DomId, pfn: u64, readonly: bool) -> Result<GrantRef, GrantError> {
-        with_table(|table| table.grant(domid, pfn_to_mfn(pfn), readonly))
+        with_table(|table| table.grant(domid, pfn, pfn_to_mfn(pfn), readonly))
     }
 
     /// Let domain `domid` map our frame `pfn` at reserved reference `gref`, for good
@@ -275,7 +386,7 @@ mod guest {
         pfn: u64,
         readonly: bool,
     ) -> Result<(), GrantError> {
-        with_table(|table| table.grant_reserved(gref, domid, pfn_to_mfn(pfn), readonly))
+        with_table(|table| table.grant_reserved(gref, domid, pfn, pfn_to_mfn(pfn), readonly))
     }
 
     /// Withdraw a grant (fails while it is mapped).
@@ -433,7 +544,7 @@ mod tests {
         let entries = table(16);
         let mut t = GrantTable::new(&entries);
         assert_eq!(t.free_count(), 8);
-        let gref = t.grant(7, 0x1234, true).unwrap();
+        let gref = t.grant(7, 0x1234, 0x1234, true).unwrap();
         assert_eq!(gref, RESERVED_REFS);
         let e = &entries[gref as usize];
         assert_eq!(
@@ -442,7 +553,7 @@ mod tests {
         );
         assert_eq!(e.domid.load(Ordering::Relaxed), 7);
         assert_eq!(e.frame.load(Ordering::Relaxed), 0x1234);
-        let writable = t.grant(7, 0x99, false).unwrap();
+        let writable = t.grant(7, 0x99, 0x99, false).unwrap();
         assert_eq!(
             entries[writable as usize].flags.load(Ordering::Relaxed),
             GrantFlags::PERMIT_ACCESS.bits()
@@ -453,13 +564,13 @@ mod tests {
     fn table_full_and_oversized_frames_are_errors() {
         let entries = table(10);
         let mut t = GrantTable::new(&entries);
-        t.grant(1, 1, false).unwrap();
-        t.grant(1, 2, false).unwrap();
-        assert_eq!(t.grant(1, 3, false), Err(GrantError::TableFull));
+        t.grant(1, 1, 1, false).unwrap();
+        t.grant(1, 2, 2, false).unwrap();
+        assert_eq!(t.grant(1, 3, 3, false), Err(GrantError::TableFull));
         let entries = table(10);
         let mut t = GrantTable::new(&entries);
         assert_eq!(
-            t.grant(1, 1 << 32, false),
+            t.grant(1, 1 << 32, 1 << 32, false),
             Err(GrantError::FrameTooLarge(1 << 32))
         );
         assert_eq!(
@@ -475,16 +586,16 @@ mod tests {
         let mut t = GrantTable::new(&entries);
         for gref in [0, 1, RESERVED_REFS, 15, 99] {
             assert_eq!(
-                t.grant_reserved(gref, 0, 0x55, false),
+                t.grant_reserved(gref, 0, 0x55, 0x55, false),
                 Err(GrantError::NotReservable(gref))
             );
         }
         assert!(entries.iter().all(|e| e.flags.load(Ordering::Relaxed) == 0));
         assert_eq!(
-            t.grant_reserved(2, 0, 1 << 32, false),
+            t.grant_reserved(2, 0, 1 << 32, 1 << 32, false),
             Err(GrantError::FrameTooLarge(1 << 32))
         );
-        t.grant_reserved(2, 4, 0x55, false).unwrap();
+        t.grant_reserved(2, 4, 0x55, 0x55, false).unwrap();
         let e = &entries[2];
         assert_eq!(
             e.flags.load(Ordering::Relaxed),
@@ -493,14 +604,14 @@ mod tests {
         assert_eq!(e.domid.load(Ordering::Relaxed), 4);
         assert_eq!(e.frame.load(Ordering::Relaxed), 0x55);
         assert_eq!(
-            t.grant_reserved(2, 0, 0x66, true),
+            t.grant_reserved(2, 0, 0x66, 0x66, true),
             Err(GrantError::AlreadyGranted(2))
         );
         assert_eq!(e.frame.load(Ordering::Relaxed), 0x55);
         // Not from the pool, and not revocable: the peer may map it at any time.
         assert_eq!(t.free_count(), 8);
         assert_eq!(t.revoke(2), Err(GrantError::NotGranted(2)));
-        t.grant_reserved(7, 0, 0x77, true).unwrap();
+        t.grant_reserved(7, 0, 0x77, 0x77, true).unwrap();
         assert_eq!(
             entries[7].flags.load(Ordering::Relaxed),
             (GrantFlags::PERMIT_ACCESS | GrantFlags::READONLY).bits()
@@ -508,10 +619,50 @@ mod tests {
     }
 
     #[test]
+    fn reinstate_grants_every_live_frame_again_at_its_new_machine_frame() {
+        let old = table(16);
+        let mut t = GrantTable::new(&old);
+        let kept = t.grant(0, 0x10, 0x9010, false).unwrap();
+        let gone = t.grant(0, 0x11, 0x9011, false).unwrap();
+        let readonly = t.grant(5, 0x12, 0x9012, true).unwrap();
+        t.grant_reserved(2, 0, 0x13, 0x9013, false).unwrap();
+        t.revoke(gone).unwrap();
+        // The backend's marks on the old table mean nothing to the new one.
+        old[kept as usize]
+            .flags
+            .fetch_or(GrantFlags::WRITING.bits(), Ordering::Relaxed);
+        let new = table(16);
+        assert_eq!(t.reinstate(&new, |pfn| pfn + 0x100), Ok(3));
+        let entry = |gref: GrantRef| {
+            let e = &new[gref as usize];
+            (
+                e.flags.load(Ordering::Relaxed),
+                e.domid.load(Ordering::Relaxed),
+                e.frame.load(Ordering::Relaxed),
+            )
+        };
+        let rw = GrantFlags::PERMIT_ACCESS.bits();
+        let ro = (GrantFlags::PERMIT_ACCESS | GrantFlags::READONLY).bits();
+        assert_eq!(entry(kept), (rw, 0, 0x110));
+        assert_eq!(entry(readonly), (ro, 5, 0x112));
+        assert_eq!(entry(2), (rw, 0, 0x113));
+        assert_eq!(entry(gone), (0, 0, 0), "a revoked grant stays revoked");
+        assert_eq!(entry(0), (0, 0, 0), "0 and 1 are the toolstack's to seed");
+        // Bookkeeping goes on in the new table: revoke there, reuse the reference.
+        t.revoke(kept).unwrap();
+        assert_eq!(entry(kept).0, 0);
+        assert_eq!(t.grant(1, 0x20, 0x120, false), Ok(kept));
+        assert_eq!(
+            t.reinstate(&table(16), |_| 1 << 32),
+            Err(GrantError::FrameTooLarge(1 << 32))
+        );
+    }
+
+    #[test]
     fn revoke_waits_for_the_peer_to_unmap() {
         let entries = table(16);
         let mut t = GrantTable::new(&entries);
-        let gref = t.grant(3, 42, false).unwrap();
+        let gref = t.grant(3, 42, 42, false).unwrap();
         // Xen marks the entry while the peer has it mapped.
         entries[gref as usize]
             .flags
@@ -529,6 +680,6 @@ mod tests {
         assert_eq!(t.revoke(2), Err(GrantError::NotGranted(2)));
         assert_eq!(t.revoke(999), Err(GrantError::NotGranted(999)));
         // The reference is reused.
-        assert_eq!(t.grant(3, 43, false), Ok(gref));
+        assert_eq!(t.grant(3, 43, 43, false), Ok(gref));
     }
 }

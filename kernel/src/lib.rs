@@ -62,6 +62,8 @@ pub mod noxs;
 pub mod shutdown;
 pub mod start_info;
 #[cfg(target_os = "none")]
+pub mod suspend;
+#[cfg(target_os = "none")]
 pub mod sync;
 pub mod time;
 #[cfg(target_os = "none")]

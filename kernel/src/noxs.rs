@@ -299,8 +299,9 @@ fn report_bad_block(reported: &mut bool, err: NoxsError) {
     }
 }
 
-/// A driver's hold on a device [`follow`] keeps connected through re-offers; dropping
-/// it stops that task, which unmaps the control page and closes its port.
+/// A driver's hold on a device [`follow`] keeps connected through re-offers (or
+/// [`crate::xenbus::follow_restores`] through restores); dropping it stops that task,
+/// which unmaps the control page and closes its port.
 #[derive(Debug)]
 pub struct Follower {
     stop: Arc<Stop>,
@@ -353,8 +354,6 @@ pub fn follow<B: Area + 'static, F: Area + 'static>(
     same_device: impl Fn(&B) -> Result<(), NoxsError> + 'static,
     restart: impl AsyncFn() + 'static,
 ) -> Follower {
-    let stop = Arc::new(Stop::default());
-    let stopped = Stopped(stop.clone());
     let follow = async move {
         let mut control = control;
         let mut handled = None;
@@ -375,6 +374,13 @@ pub fn follow<B: Area + 'static, F: Area + 'static>(
             }
         }
     };
+    spawn_follower(follow)
+}
+
+/// Run `follow` in a task until the returned [`Follower`] is dropped.
+pub(crate) fn spawn_follower(follow: impl Future<Output = ()> + 'static) -> Follower {
+    let stop = Arc::new(Stop::default());
+    let stopped = Stopped(stop.clone());
     crate::executor::spawn(async move {
         // The stop signal first: once the device is gone, its data port is not kicked.
         crate::executor::select(stopped, follow).await;

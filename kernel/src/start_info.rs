@@ -41,6 +41,9 @@ pub struct BootInfo {
     /// the p2m list, start_info, the Xenstore and console pages, the page tables and
     /// Xen's boot stack (which we left at entry).
     pub first_free_pfn: u64,
+    /// Pfns of the Xenstore and console pages (a domU's; 0 for dom0).
+    store_pfn: u64,
+    console_pfn: u64,
     cmdline: [u8; CMDLINE_CAPACITY],
     cmdline_len: usize,
 }
@@ -68,6 +71,9 @@ pub enum StartInfoError {
     OutOfRange { field: &'static str, value: u64 },
     /// The command line is not UTF-8.
     CmdlineNotUtf8,
+    /// A restored domain's start_info differs from the one we booted with where it
+    /// must not (libxc keeps the memory size and the pages' pfns).
+    Changed { field: &'static str, value: u64 },
 }
 
 impl core::fmt::Display for StartInfoError {
@@ -82,6 +88,12 @@ impl core::fmt::Display for StartInfoError {
                 )
             }
             Self::CmdlineNotUtf8 => f.write_str("start_info.cmd_line is not UTF-8"),
+            Self::Changed { field, value } => {
+                write!(
+                    f,
+                    "start_info.{field} = {value:#x} changed across a restore"
+                )
+            }
         }
     }
 }
@@ -132,10 +144,12 @@ impl BootInfo {
             0,
             0,
         ];
+        let (mut store_pfn, mut console_pfn) = (0, 0);
         let xenstore = if is_dom0 {
             None
         } else {
-            ends[3] = frame_in_range("store_mfn", si.store_mfn)? + 1;
+            store_pfn = frame_in_range("store_mfn", si.store_mfn)?;
+            ends[3] = store_pfn + 1;
             Some((si.store_mfn, si.store_evtchn))
         };
         let console = if is_dom0 {
@@ -143,7 +157,8 @@ impl BootInfo {
         } else {
             // SAFETY: for a domU Xen fills the `domU` member of the union.
             let domu = unsafe { si.console.domU };
-            ends[4] = frame_in_range("console.domU.mfn", domu.mfn)? + 1;
+            console_pfn = frame_in_range("console.domU.mfn", domu.mfn)?;
+            ends[4] = console_pfn + 1;
             ConsoleSource::Ring {
                 mfn: domu.mfn,
                 evtchn: domu.evtchn,
@@ -173,9 +188,68 @@ impl BootInfo {
             nr_pt_frames: si.nr_pt_frames,
             mfn_list: si.mfn_list,
             first_free_pfn,
+            store_pfn,
+            console_pfn,
             cmdline: raw,
             cmdline_len,
         })
+    }
+
+    /// Before a suspend: make start_info's Xenstore and console frames pfns, which is
+    /// how libxc saves them (it makes them the new domain's machine frames again).
+    /// Undone by [`Self::unsuspend`] if the domain goes on where it is.
+    pub fn prepare_suspend(&self, si: &mut start_info, m2p: impl Fn(u64) -> u64) {
+        if !self.is_dom0 {
+            si.store_mfn = m2p(si.store_mfn);
+            // SAFETY: a domU's start_info has the `domU` member.
+            unsafe { si.console.domU.mfn = m2p(si.console.domU.mfn) };
+        }
+    }
+
+    /// After a suspend that went on in the same domain: machine frames again.
+    pub fn unsuspend(&self, si: &mut start_info, p2m: impl Fn(u64) -> u64) {
+        if !self.is_dom0 {
+            si.store_mfn = p2m(si.store_mfn);
+            // SAFETY: as in `prepare_suspend`.
+            unsafe { si.console.domU.mfn = p2m(si.console.domU.mfn) };
+        }
+    }
+
+    /// After a restore into a new domain: what libxc rewrote in `si` — shared_info's
+    /// frame, the Xenstore and console ports (and frames, which must be the same
+    /// pages) — validated against what we booted with. Returns the new
+    /// `(shared_info_mfn, store_evtchn, console_evtchn)`.
+    pub fn after_restore(
+        &self,
+        si: &start_info,
+        m2p: impl Fn(u64) -> u64,
+    ) -> Result<(u64, u32, u32), StartInfoError> {
+        let magic = si.magic.map(|c| c as u8);
+        if !magic.starts_with(MAGIC_PREFIX) {
+            return Err(StartInfoError::BadMagic);
+        }
+        if si.nr_pages != self.nr_pages {
+            return Err(StartInfoError::Changed {
+                field: "nr_pages",
+                value: si.nr_pages,
+            });
+        }
+        let same_page = |field, pfn: u64, mfn: u64| {
+            if m2p(mfn) == pfn {
+                Ok(())
+            } else {
+                Err(StartInfoError::Changed { field, value: mfn })
+            }
+        };
+        same_page("store_mfn", self.store_pfn, si.store_mfn)?;
+        // SAFETY: only a domU suspends; its start_info has the `domU` member.
+        let console = unsafe { si.console.domU };
+        same_page("console.domU.mfn", self.console_pfn, console.mfn)?;
+        Ok((
+            si.shared_info >> PAGE_SHIFT,
+            si.store_evtchn,
+            console.evtchn,
+        ))
     }
 
     /// The command line Xen passed (validated UTF-8).
@@ -287,6 +361,53 @@ mod tests {
         assert_eq!(
             BootInfo::parse(&si, IMAGE_END, m2p).unwrap_err(),
             StartInfoError::CmdlineNotUtf8
+        );
+    }
+
+    #[test]
+    fn suspend_makes_frames_pfns_and_a_restore_is_checked_against_boot() {
+        let boot = BootInfo::parse(&domu(""), IMAGE_END, m2p).unwrap();
+        let mut si = domu("");
+        boot.prepare_suspend(&mut si, m2p);
+        // SAFETY: a domU start_info.
+        let console_mfn = |si: &start_info| unsafe { si.console.domU.mfn };
+        assert_eq!((si.store_mfn, console_mfn(&si)), (43, 44));
+        let mut cancelled = si;
+        boot.unsuspend(&mut cancelled, |pfn| pfn + 0x1000);
+        assert_eq!(
+            (cancelled.store_mfn, console_mfn(&cancelled)),
+            (0x1000 + 43, 0x1000 + 44)
+        );
+
+        // libxc made them the new domain's frames and wrote the new ports.
+        let new_m2p = |mfn: u64| mfn - 0x8000;
+        si.store_mfn = 0x8000 + 43;
+        si.console.domU.mfn = 0x8000 + 44;
+        si.store_evtchn = 5;
+        si.console.domU.evtchn = 6;
+        si.shared_info = 0x7777 << PAGE_SHIFT;
+        assert_eq!(boot.after_restore(&si, new_m2p), Ok((0x7777, 5, 6)));
+
+        let mut moved = si;
+        moved.store_mfn = 0x8000 + 50;
+        assert_eq!(
+            boot.after_restore(&moved, new_m2p).unwrap_err().to_string(),
+            "start_info.store_mfn = 0x8032 changed across a restore"
+        );
+        let mut bigger = si;
+        bigger.nr_pages = 2048;
+        assert_eq!(
+            boot.after_restore(&bigger, new_m2p),
+            Err(StartInfoError::Changed {
+                field: "nr_pages",
+                value: 2048
+            })
+        );
+        let mut foreign = si;
+        foreign.magic[0] = b'y' as _;
+        assert_eq!(
+            boot.after_restore(&foreign, new_m2p),
+            Err(StartInfoError::BadMagic)
         );
     }
 

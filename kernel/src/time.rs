@@ -10,17 +10,19 @@
 use core::fmt;
 use core::time::Duration;
 
-/// A point on the monotonic clock (Xen system time, ns).
+/// A point on the monotonic clock, in ns: Xen system time, plus an offset that keeps
+/// it going on from where it was when the guest is restored or migrated (another host's
+/// system time may be behind ours).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Instant(u64);
 
 impl Instant {
-    /// From Xen system time in nanoseconds.
+    /// From nanoseconds on this clock.
     pub const fn from_nanos(ns: u64) -> Self {
         Self(ns)
     }
 
-    /// Xen system time in nanoseconds.
+    /// Nanoseconds on this clock.
     pub const fn as_nanos(self) -> u64 {
         self.0
     }
@@ -128,6 +130,13 @@ mod guest {
     use super::*;
 
     static BOOT_TSC: AtomicU64 = AtomicU64::new(0);
+    /// Monotonic time minus Xen system time (wrapping): 0 until a restore.
+    static OFFSET: AtomicU64 = AtomicU64::new(0);
+    /// The monotonic time when the guest last suspended.
+    static SUSPENDED_AT: AtomicU64 = AtomicU64::new(0);
+    /// The monotonic time of the guest's first instruction, once it first suspends
+    /// (0 before): a restored domain's TSC says nothing about the boot.
+    static BOOTED_AT: AtomicU64 = AtomicU64::new(0);
 
     const UNMAPPED: &str = "time used before shared_info is mapped";
 
@@ -137,10 +146,20 @@ mod guest {
         arch::time::read(map_field!(vcpu.time))
     }
 
+    /// Xen system time now.
+    fn system_time_now() -> u64 {
+        time_info().system_time_at(arch::cpu::rdtsc())
+    }
+
     impl Instant {
         /// Now.
         pub fn now() -> Self {
-            Self(time_info().system_time_at(arch::cpu::rdtsc()))
+            Self(system_time_now().wrapping_add(OFFSET.load(Ordering::Relaxed)))
+        }
+
+        /// Xen system time at this instant, for Xen's timer and poll deadlines.
+        pub fn system_time(self) -> u64 {
+            self.0.wrapping_sub(OFFSET.load(Ordering::Relaxed))
         }
 
         /// Time since `self`.
@@ -160,12 +179,12 @@ mod guest {
             let sec = map_field!(si.wc_sec).read();
             let sec_hi = map_field!(si.wc_sec_hi).read();
             let nsec = map_field!(si.wc_nsec).read();
-            let now = Instant::now();
+            let now = system_time_now();
             core::sync::atomic::fence(Ordering::Acquire);
             let again = map_field!(si.wc_version).read();
             if version & 1 == 0 && version == again {
                 let wc = u64::from(sec) | u64::from(sec_hi) << 32;
-                return UtcTime::from_wallclock(wc, nsec, now.as_nanos());
+                return UtcTime::from_wallclock(wc, nsec, now);
             }
         }
     }
@@ -174,11 +193,38 @@ mod guest {
         BOOT_TSC.store(tsc, Ordering::Relaxed);
     }
 
-    /// Time from the guest's first instruction until now.
+    /// Time from the guest's first instruction until now, on the monotonic clock.
     pub fn since_boot() -> Duration {
-        let info = time_info();
-        let boot = info.system_time_at(BOOT_TSC.load(Ordering::Relaxed));
-        Instant::now().saturating_duration_since(Instant(boot))
+        match BOOTED_AT.load(Ordering::Relaxed) {
+            0 => {
+                let info = time_info();
+                let boot = info.system_time_at(BOOT_TSC.load(Ordering::Relaxed));
+                Duration::from_nanos(system_time_now().saturating_sub(boot))
+            }
+            booted => Instant::now().saturating_duration_since(Instant(booted)),
+        }
+    }
+
+    /// Before a suspend: note where the monotonic clock is.
+    pub(crate) fn suspend() {
+        let now = Instant::now();
+        if BOOTED_AT.load(Ordering::Relaxed) == 0 {
+            let booted = now.0.saturating_sub(since_boot().as_nanos() as u64).max(1);
+            BOOTED_AT.store(booted, Ordering::Relaxed);
+        }
+        SUSPENDED_AT.store(now.0, Ordering::Relaxed);
+    }
+
+    /// After a suspend in a new domain: go on from where the clock stopped, so that
+    /// neither the time saved nor another host's system time shows (as Linux does with
+    /// `xen_sched_clock_offset`). Wall-clock time follows the new host's.
+    pub(crate) fn resume(new_domain: bool) {
+        if new_domain {
+            let offset = SUSPENDED_AT
+                .load(Ordering::Relaxed)
+                .wrapping_sub(system_time_now());
+            OFFSET.store(offset, Ordering::Relaxed);
+        }
     }
 }
 

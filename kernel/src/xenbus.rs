@@ -93,6 +93,33 @@ pub async fn read_keys<const N: usize>(dir: &str, keys: [&str; N]) -> Result<[Op
     Ok(values.try_into().expect("one value per key"))
 }
 
+/// Keep a device connected across restores: each time the domain is restored into a
+/// new one, whose toolstack made the device a new back end, a task reads the back
+/// end's directory from `frontend` again and calls `reconnect` with it (which does the
+/// handshake again, its data path started afresh). A failure is logged as `name`'s;
+/// the device then stays disconnected. The task lives as long as the returned
+/// [`crate::noxs::Follower`].
+pub fn follow_restores(
+    frontend: String,
+    name: String,
+    reconnect: impl AsyncFn(&str) -> Result<()> + 'static,
+) -> crate::noxs::Follower {
+    crate::noxs::spawn_follower(async move {
+        let mut seen = crate::suspend::restores();
+        loop {
+            seen = crate::suspend::restored(seen).await;
+            let outcome = async {
+                let backend = Xs::NONE.read(&format!("{frontend}/backend")).await?;
+                reconnect(&backend).await
+            };
+            match outcome.await {
+                Ok(()) => log::info!("{name}: connected again after a restore"),
+                Err(err) => log::error!("{name}: connecting after a restore: {err}"),
+            }
+        }
+    })
+}
+
 /// Parse the value `value` of `key`, or say which key held what.
 pub fn parse<T: core::str::FromStr>(key: &str, value: &str) -> Result<T> {
     value.trim().parse().map_err(|_| Error::BadValue {

@@ -17,6 +17,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::future::Future;
 use core::pin::Pin;
+use core::sync::atomic::{AtomicU32, Ordering};
 use core::task::{Context, Poll, Waker};
 
 use spin::Once;
@@ -39,6 +40,8 @@ pub enum Error {
     Unavailable,
     /// A reply of the wrong type for the request.
     UnexpectedReply(MsgType),
+    /// xenstored did not answer in time before a suspend.
+    Busy,
 }
 
 impl fmt::Display for Error {
@@ -49,6 +52,7 @@ impl fmt::Display for Error {
             Self::Ring(err) => write!(f, "xenstore: {err}"),
             Self::Unavailable => f.write_str("xenstore: not available in this domain"),
             Self::UnexpectedReply(t) => write!(f, "xenstore: unexpected reply {t:?}"),
+            Self::Busy => f.write_str("xenstore: requests still unanswered after 5 s"),
         }
     }
 }
@@ -66,8 +70,9 @@ struct Pending {
     waker: Option<Waker>,
 }
 
-#[derive(Default)]
 struct WatchQueue {
+    /// What is watched: registered again after a restore.
+    path: String,
     events: VecDeque<String>,
     waker: Option<Waker>,
 }
@@ -79,6 +84,9 @@ struct State {
     /// Bytes of requests not yet on the ring.
     outgoing: VecDeque<u8>,
     pending: BTreeMap<u32, Pending>,
+    /// Requests sent whose reply has not come, abandoned ones included: a suspend
+    /// waits for 0 (xenstored keeps no request across a restore).
+    unanswered: usize,
     watches: BTreeMap<String, WatchQueue>,
     /// Set once the connection broke; every later request fails with it.
     broken: Option<Error>,
@@ -86,7 +94,8 @@ struct State {
 
 struct Client {
     page: &'static RingPage,
-    port: Port,
+    /// Changes when a restore gives the domain a new connection.
+    port: AtomicU32,
     state: VcpuMutex<State>,
 }
 
@@ -101,22 +110,104 @@ pub(crate) fn init(
     // SAFETY: the Xenstore page lies in the bootstrap region, mapped read-write for the
     // guest's lifetime, shared with xenstored only.
     let page = unsafe { RingPage::from_page(va.as_mut_ptr()) };
-    let channel = EventChannel::adopt(store_evtchn)?;
-    channel.set_handler(|_| pump());
+    let port = adopt(store_evtchn)?;
     CLIENT.call_once(|| Client {
         page,
-        port: channel.into_port(),
+        port: AtomicU32::new(port),
         state: VcpuMutex::new(State {
             next_req_id: 1,
             next_token: 0,
             decoder: Decoder::new(),
             outgoing: VecDeque::new(),
             pending: BTreeMap::new(),
+            unanswered: 0,
             watches: BTreeMap::new(),
             broken: None,
         }),
     });
     Ok(())
+}
+
+/// Take over the Xenstore port the toolstack bound, for good.
+fn adopt(port: Port) -> core::result::Result<Port, arch::errno::Errno> {
+    let channel = EventChannel::adopt(port)?;
+    channel.set_handler(|_| pump());
+    Ok(channel.into_port())
+}
+
+/// How long a suspend waits for xenstored to answer what was sent.
+const QUIESCE_TIMEOUT: core::time::Duration = core::time::Duration::from_secs(5);
+
+/// Before a suspend: wait until xenstored has answered every request (none may be
+/// left in the ring or unanswered: a restored domain's new connection would never
+/// answer them). Nothing else runs between this and the suspend itself.
+pub(crate) async fn quiesce() -> Result<()> {
+    let Ok(client) = client() else {
+        return Ok(());
+    };
+    let deadline = crate::time::Instant::now().saturating_add(QUIESCE_TIMEOUT);
+    loop {
+        pump();
+        {
+            let state = client.state.lock();
+            if let Some(err) = state.broken.clone() {
+                return Err(err);
+            }
+            let drained = client.page.requests().is_drained().map_err(Error::Ring)?;
+            if state.unanswered == 0 && state.outgoing.is_empty() && drained {
+                return Ok(());
+            }
+        }
+        if crate::time::Instant::now() >= deadline {
+            return Err(Error::Busy);
+        }
+        crate::executor::after(core::time::Duration::from_millis(1)).await;
+    }
+}
+
+/// After a suspend. In a new domain the connection is new: its port (from start_info),
+/// a response ring emptied of what the old connection left, and every watch registered
+/// again (each fires once, so watchers look again).
+pub(crate) fn resume(new_domain: bool, port: Port) -> core::result::Result<(), arch::errno::Errno> {
+    let Ok(client) = client() else {
+        return Ok(());
+    };
+    if !new_domain {
+        return Ok(());
+    }
+    client.port.store(adopt(port)?, Ordering::Relaxed);
+    {
+        let mut state = client.state.lock();
+        state.decoder = Decoder::new();
+        if let Err(err) = client.page.responses().discard() {
+            state.broken = Some(Error::Ring(err));
+        }
+        let watches: Vec<(String, String)> = state
+            .watches
+            .iter()
+            .map(|(token, queue)| (queue.path.clone(), token.clone()))
+            .collect();
+        for (path, token) in watches {
+            queue_unawaited(
+                &mut state,
+                MsgType::Watch,
+                &[path.as_bytes(), token.as_bytes()],
+            );
+        }
+    }
+    pump();
+    Ok(())
+}
+
+/// Queue a request whose reply nobody waits for (it is dropped as abandoned).
+fn queue_unawaited(state: &mut State, msg_type: MsgType, parts: &[&[u8]]) {
+    let req_id = state.next_req_id;
+    state.next_req_id = state.next_req_id.wrapping_add(1).max(1);
+    let mut bytes = Vec::new();
+    if wire::encode_request(msg_type, req_id, 0, parts, true, &mut bytes).is_ok() {
+        state.outgoing.extend(bytes);
+        state.unanswered += 1;
+    }
 }
 
 /// Whether this domain talks to Xenstore (not as dom0, nor with NoXS).
@@ -176,7 +267,7 @@ fn pump_locked(client: &Client, state: &mut State) -> Result<()> {
         }
     }
     if notify {
-        let _ = arch::hypercall::evtchn_send(client.port);
+        let _ = arch::hypercall::evtchn_send(client.port.load(Ordering::Relaxed));
     }
     Ok(())
 }
@@ -193,6 +284,7 @@ fn route(state: &mut State, message: Message) -> Result<()> {
         }
         return Ok(());
     }
+    state.unanswered = state.unanswered.saturating_sub(1);
     match state.pending.get_mut(&message.header.req_id) {
         Some(pending) => {
             if let Some(waker) = pending.waker.take() {
@@ -277,6 +369,7 @@ async fn request(
         wire::encode_request(msg_type, req_id, tx_id, parts, last_nul, &mut bytes)
             .map_err(Error::Wire)?;
         state.outgoing.extend(bytes);
+        state.unanswered += 1;
         state.pending.insert(
             req_id,
             Pending {
@@ -396,7 +489,14 @@ impl Watch {
             let mut state = client.state.lock();
             let token = format!("w{}", state.next_token);
             state.next_token += 1;
-            state.watches.insert(token.clone(), WatchQueue::default());
+            state.watches.insert(
+                token.clone(),
+                WatchQueue {
+                    path: path.to_string(),
+                    events: VecDeque::new(),
+                    waker: None,
+                },
+            );
             token
         };
         let watch = Self {
@@ -442,13 +542,8 @@ impl Drop for Watch {
         let mut state = client.state.lock();
         state.watches.remove(&self.token);
         // Unwatch without waiting for the reply (which is then dropped as unknown).
-        let req_id = state.next_req_id;
-        state.next_req_id = state.next_req_id.wrapping_add(1).max(1);
-        let mut bytes = Vec::new();
         let parts: [&[u8]; 2] = [self.path.as_bytes(), self.token.as_bytes()];
-        if wire::encode_request(MsgType::Unwatch, req_id, 0, &parts, true, &mut bytes).is_ok() {
-            state.outgoing.extend(bytes);
-        }
+        queue_unawaited(&mut state, MsgType::Unwatch, &parts);
         drop(state);
         pump();
     }

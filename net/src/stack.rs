@@ -203,6 +203,13 @@ impl Stack {
     /// One round: move frames, then act on DHCP. Returns how long the task may sleep
     /// (`None`: until woken).
     fn poll(&mut self) -> Option<Duration> {
+        // Connected to a new back end (restored, perhaps on another host): tell the
+        // segment where our address is now.
+        if self.device.take_reconnected()
+            && let Some(IpCidr::Ipv4(address)) = self.iface.ip_addrs().first().copied()
+        {
+            announce(&mut self.device, self.mac, address.address());
+        }
         let now = now();
         self.iface.poll(now, &mut self.device, &mut self.sockets);
         self.handle_dhcp();

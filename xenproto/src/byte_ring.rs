@@ -101,4 +101,49 @@ impl<'a> Ring<'a> {
             .store(cons.wrapping_add(count as u32), Ordering::Release);
         Ok(count)
     }
+
+    /// Consumer side: drop everything published and not consumed (a Xenstore client
+    /// resuming in a new domain: what the old connection sent is of no use). Returns how
+    /// many bytes were dropped.
+    pub fn discard(&self) -> Result<u32, RingCorrupt> {
+        let count = self.pending()?;
+        self.cons
+            .store(self.prod.load(Ordering::Acquire), Ordering::Release);
+        Ok(count)
+    }
+
+    /// Producer side: whether the consumer has taken everything published.
+    pub fn is_drained(&self) -> Result<bool, RingCorrupt> {
+        self.pending().map(|used| used == 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use core::cell::UnsafeCell;
+
+    use super::*;
+
+    #[test]
+    fn discard_drops_what_is_pending_and_drained_follows_the_consumer() {
+        let data = UnsafeCell::new([0u8; 8]);
+        let (cons, prod) = (AtomicU32::new(u32::MAX - 2), AtomicU32::new(u32::MAX - 2));
+        let ring = Ring::new(SharedBytes::of_cell(&data), &cons, &prod);
+        assert_eq!(ring.is_drained(), Ok(true));
+        assert_eq!(ring.produce(b"hello"), Ok(5));
+        assert_eq!(ring.is_drained(), Ok(false));
+        let mut out = [0u8; 2];
+        assert_eq!(ring.consume(&mut out), Ok(2));
+        assert_eq!(ring.discard(), Ok(3), "the rest, across the index wrap");
+        assert_eq!(ring.is_drained(), Ok(true));
+        assert_eq!(ring.consume(&mut out), Ok(0));
+        prod.store(
+            cons.load(Ordering::Relaxed).wrapping_add(9),
+            Ordering::Relaxed,
+        );
+        assert!(
+            ring.discard().is_err(),
+            "a corrupt ring is reported, not skipped"
+        );
+    }
 }

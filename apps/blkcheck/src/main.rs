@@ -12,6 +12,10 @@
 //! last one). On a read-only disk it verifies that reading works and that a write is
 //! refused with an error, without crashing.
 //!
+//! With `rounds=N` it writes and verifies the regions N times, each round with its own
+//! pattern (the last with the one above) and a `blkcheck: round K of N verified` line:
+//! a run long enough to be saved, restored or migrated in the middle.
+//!
 //! With `hog=S` on its command line it does only this instead: for S seconds it writes
 //! its disk 1 MiB at a time, each write flushed, from 16 tasks at once, and prints
 //! `blkcheck: hog wrote N MiB in S s` — the neighbour the back end must not let starve
@@ -39,27 +43,29 @@ kernel::main!(main);
 /// The pattern's constant.
 const MAGIC: u64 = 0xb10c_c4ec_0000_0000;
 
-/// The 512 bytes blkcheck writes to sector `sector`.
-fn sector_pattern(sector: u64, out: &mut [u8]) {
+/// The 512 bytes blkcheck writes to sector `sector` in round `round` (each round's
+/// differ, so a write lost in one shows in the next; the last round is round 0).
+fn sector_pattern(sector: u64, round: u64, out: &mut [u8]) {
+    let magic = MAGIC ^ (round << 32);
     for (i, word) in out.chunks_exact_mut(8).enumerate() {
-        word.copy_from_slice(&(((sector << 16) | i as u64) ^ MAGIC).to_le_bytes());
+        word.copy_from_slice(&(((sector << 16) | i as u64) ^ magic).to_le_bytes());
     }
 }
 
-fn fill(first_sector: u64, buf: &mut [u8]) {
+fn fill(first_sector: u64, round: u64, buf: &mut [u8]) {
     for (i, sector) in buf.chunks_exact_mut(SECTOR_SIZE).enumerate() {
-        sector_pattern(first_sector + i as u64, sector);
+        sector_pattern(first_sector + i as u64, round, sector);
     }
 }
 
 /// The first sector that differs from the pattern, if any.
-fn first_mismatch(first_sector: u64, buf: &[u8]) -> Option<u64> {
+fn first_mismatch(first_sector: u64, round: u64, buf: &[u8]) -> Option<u64> {
     let mut expected = [0u8; SECTOR_SIZE];
     buf.chunks_exact(SECTOR_SIZE)
         .enumerate()
         .find_map(|(i, got)| {
             let sector = first_sector + i as u64;
-            sector_pattern(sector, &mut expected);
+            sector_pattern(sector, round, &mut expected);
             (got != expected).then_some(sector)
         })
 }
@@ -73,7 +79,20 @@ fn main(args: kernel::Args) -> Result<(), String> {
         ),
         None => None,
     };
+    let rounds = match args.value("rounds") {
+        Some(text) => match text.parse::<u64>() {
+            Ok(rounds) if rounds > 0 => rounds,
+            _ => {
+                return Err(format!(
+                    "blkcheck: rounds={text}: a positive number expected"
+                ));
+            }
+        },
+        None => 1,
+    };
     block_on(async {
+        // Poweroff and reboot end the run; suspend (save, migration) happens under it.
+        sysctl::spawn_default();
         let mut disks = BlockDevice::probe_all().await;
         if disks.is_empty() {
             return Err(String::from(
@@ -101,7 +120,7 @@ fn main(args: kernel::Args) -> Result<(), String> {
         let result = if info.readonly {
             check_read_only(&disk).await
         } else {
-            check(&disk).await
+            check(&disk, rounds).await
         };
         match result {
             Ok(summary) => {
@@ -158,7 +177,7 @@ async fn hog_for(disk: &Rc<BlockDevice>, duration: Duration) -> Result<(), Strin
     Ok(())
 }
 
-async fn check(disk: &Rc<BlockDevice>) -> Result<String, String> {
+async fn check(disk: &Rc<BlockDevice>, rounds: u64) -> Result<String, String> {
     let sectors = disk.info().bytes() / SECTOR_SIZE as u64;
     if sectors < 2 * 65536 {
         return Err(format!(
@@ -185,24 +204,29 @@ async fn check(disk: &Rc<BlockDevice>) -> Result<String, String> {
         (last, 1),
     ];
     let mut written = 0;
-    for &(sector, count) in &regions {
-        let mut buf = vec![0u8; (count as usize) * SECTOR_SIZE];
-        fill(sector, &mut buf);
-        disk.write(sector, &buf)
-            .await
-            .map_err(|e| format!("write {count} sectors at {sector}: {e}"))?;
-        written += count;
-    }
-    disk.flush().await.map_err(|e| format!("flush: {e}"))?;
-    for &(sector, count) in &regions {
-        let mut buf = vec![0u8; (count as usize) * SECTOR_SIZE];
-        disk.read(sector, &mut buf)
-            .await
-            .map_err(|e| format!("read {count} sectors at {sector}: {e}"))?;
-        if let Some(bad) = first_mismatch(sector, &buf) {
-            return Err(format!(
-                "sector {bad} read back differs from what was written"
-            ));
+    for round in (0..rounds).rev() {
+        for &(sector, count) in &regions {
+            let mut buf = vec![0u8; (count as usize) * SECTOR_SIZE];
+            fill(sector, round, &mut buf);
+            disk.write(sector, &buf)
+                .await
+                .map_err(|e| format!("write {count} sectors at {sector}: {e}"))?;
+            written += count;
+        }
+        disk.flush().await.map_err(|e| format!("flush: {e}"))?;
+        for &(sector, count) in &regions {
+            let mut buf = vec![0u8; (count as usize) * SECTOR_SIZE];
+            disk.read(sector, &mut buf)
+                .await
+                .map_err(|e| format!("read {count} sectors at {sector}: {e}"))?;
+            if let Some(bad) = first_mismatch(sector, round, &buf) {
+                return Err(format!(
+                    "sector {bad} read back differs from what was written (round {round})"
+                ));
+            }
+        }
+        if rounds > 1 {
+            println!("blkcheck: round {} of {rounds} verified", rounds - round);
         }
     }
     // Out of range and unaligned requests are refused before reaching the back end.
@@ -248,12 +272,12 @@ async fn sequential(
             let mut sector = start + lane * SEQ_IO_SECTORS;
             while sector + SEQ_IO_SECTORS <= start + count {
                 let result = if write {
-                    fill(sector, &mut buf);
+                    fill(sector, 0, &mut buf);
                     disk.write(sector, &buf).await
                 } else {
                     disk.read(sector, &mut buf).await
                 };
-                if result.is_err() || (!write && first_mismatch(sector, &buf).is_some()) {
+                if result.is_err() || (!write && first_mismatch(sector, 0, &buf).is_some()) {
                     failures.set(failures.get() + 1);
                 }
                 sector += SEQ_QUEUE_DEPTH * SEQ_IO_SECTORS;

@@ -7,7 +7,8 @@
 //!
 //! It runs until the toolstack asks it to power off or reboot (`xl shutdown`,
 //! `xl reboot`): then it stops accepting, closes its sockets and ends the domain with
-//! the matching reason.
+//! the matching reason. It can be saved, restored and migrated meanwhile (the kernel
+//! and drivers see to that).
 
 #![no_std]
 #![no_main]
@@ -66,9 +67,7 @@ fn main(args: kernel::Args) -> Result<ShutdownReason, String> {
         drop(listener);
         drop(udp);
         println!("daytime: stopped");
-        Ok(request
-            .shutdown_reason()
-            .unwrap_or(ShutdownReason::Poweroff))
+        Ok(request.shutdown_reason())
     })
 }
 
@@ -82,11 +81,6 @@ async fn serve_until_stopped(
     loop {
         let clients = select(listener.accept(), udp.recv_from(&mut datagram));
         match select(power.next(), clients).await {
-            Either::Left(Ok(PowerRequest::Suspend)) => {
-                log::warn!(
-                    "daytime: suspend requested, but suspend is not implemented yet: serving on"
-                );
-            }
             Either::Left(Ok(request)) => return Ok(request),
             Either::Left(Err(err)) => return Err(format!("power control: {err}")),
             Either::Right(Either::Left(stream)) => spawn(serve(stream)),

@@ -42,6 +42,7 @@ pub type XenExtraVersion = [u8; 16];
 /// `sched.h`: shutdown reasons (`SHUTDOWN_*`).
 pub const SHUTDOWN_POWEROFF: u32 = 0;
 pub const SHUTDOWN_REBOOT: u32 = 1;
+pub const SHUTDOWN_SUSPEND: u32 = 2;
 pub const SHUTDOWN_CRASH: u32 = 3;
 
 /// `grant_table.h`: a grant reference.

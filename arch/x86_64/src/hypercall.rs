@@ -282,6 +282,46 @@ pub fn shutdown(reason: u32) -> ! {
     }
 }
 
+/// How a suspend ended (`sched.h`: `SCHEDOP_shutdown` with `SHUTDOWN_suspend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resumed {
+    /// In the same domain: the suspend was cancelled, or the domain was only
+    /// checkpointed (`xl save -c`, `chaos save --keep-running`). Ports, grants and back
+    /// ends are as they were.
+    SameDomain,
+    /// In a new domain (restore, migration): nothing bound survived.
+    NewDomain,
+}
+
+/// `SCHEDOP_shutdown(SHUTDOWN_suspend)`: let the toolstack save this domain. Xen wants
+/// the machine frame of start_info in the third argument (the "suspend record": libxc
+/// saves it as a pfn and hands the restored domain's start_info back in the same
+/// register). Returns when the domain runs again.
+///
+/// # Safety
+/// Nothing libxc cannot save may be mapped (shared_info, grant-table frames, other
+/// domains' grants), and start_info's store and console frames must be pfns.
+pub unsafe fn suspend(start_info_mfn: u64) -> Result<Resumed> {
+    let arg = abi::sched_shutdown {
+        reason: abi::SHUTDOWN_SUSPEND,
+    };
+    // SAFETY: `arg` is the struct SCHEDOP_shutdown expects; the caller made the
+    // domain's memory saveable.
+    let ret = check(unsafe {
+        call!(
+            xen_sys::__HYPERVISOR_sched_op,
+            abi::SCHEDOP_shutdown,
+            &raw const arg,
+            start_info_mfn
+        )
+    })?;
+    Ok(if ret == 0 {
+        Resumed::NewDomain
+    } else {
+        Resumed::SameDomain
+    })
+}
+
 /// `SCHEDOP_block`: sleep until an event is pending. Xen unmasks event delivery
 /// atomically with the check, so an event that arrives just before cannot be lost.
 pub fn block() {

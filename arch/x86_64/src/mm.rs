@@ -399,10 +399,11 @@ mod pv {
     static SHARED_INFO_MAPPED: AtomicBool = AtomicBool::new(false);
 
     /// Map the shared info page (machine frame `mfn`, from start_info) and describe our
-    /// p2m in it ([`publish_p2m`]).
+    /// p2m in it ([`publish_p2m`]). Again after a suspend: a restored domain has
+    /// another frame, and the p2m in a new place.
     ///
     /// # Safety
-    /// `mfn` must be the domain's shared_info frame; call once.
+    /// `mfn` must be the domain's shared_info frame, and the page not mapped.
     pub unsafe fn map_shared_info(mfn: u64) -> Result<(), MapError> {
         let va = VirtAddr::from_ptr(core::ptr::addr_of!(SHARED_INFO_PAGE));
         // SAFETY: the page is ours and unused; shared_info is meant to be mapped RW.
@@ -411,6 +412,20 @@ mod pv {
         SHARED_INFO_MAPPED.store(true, Ordering::Release);
         publish_p2m();
         Ok(())
+    }
+
+    /// Unmap the shared info page before a suspend: libxc refuses to save a guest that
+    /// maps a page of Xen's (`Bad mfn for L1`). The image page under it comes back.
+    ///
+    /// # Safety
+    /// Nothing may touch shared_info until [`map_shared_info`] maps it again.
+    pub unsafe fn unmap_shared_info() -> Result<(), MapError> {
+        let va = VirtAddr::from_ptr(core::ptr::addr_of!(SHARED_INFO_PAGE));
+        SHARED_INFO_MAPPED.store(false, Ordering::Release);
+        // SAFETY: the page's own frame never left the guest: mapping it back is safe.
+        let own = Pte::new(pfn_to_mfn(pfn_of_va(va)), data_flags());
+        // SAFETY: the caller keeps everyone off shared_info meanwhile.
+        unsafe { hypercall::update_va_mapping(va.as_u64(), own.0) }.map_err(MapError::Xen)
     }
 
     /// Tell the toolstack where our p2m is, in `shared_info.arch`, as a linear list

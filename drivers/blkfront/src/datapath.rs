@@ -14,7 +14,7 @@ use core::task::{Poll, Waker};
 
 use arch::abi::{DomId, GrantRef};
 use arch::mm::PAGE_SIZE;
-use kernel::events::{EventChannel, Port};
+use kernel::events::{EventChannel, Notifier, Port};
 use kernel::grant::{GrantError, GrantedFrame};
 use kernel::sync::VcpuMutex;
 use xenproto::blkif::{
@@ -154,7 +154,7 @@ impl Datapath {
             broken: None,
             _ring_page: ring_page,
         };
-        DEVICES.lock().insert(channel.port(), device);
+        DEVICES.lock().insert(channel.id(), device);
         channel.set_handler(on_event);
         Ok((
             Self {
@@ -164,6 +164,11 @@ impl Datapath {
             },
             published,
         ))
+    }
+
+    /// Signals through the data channel, by its current port; and the channel's id.
+    pub fn channel(&self) -> (Notifier, Port) {
+        (self.channel.notifier(), self.channel.id())
     }
 
     /// The back end is connected and described the disk.
@@ -254,7 +259,7 @@ impl Datapath {
     /// needs one). When they are not free: wait if `may_wait`, else `Ok(None)`.
     async fn reserve(&self, pages: usize, may_wait: bool) -> Result<Option<Reserved>, BlkError> {
         let indirect = pages > MAX_SEGMENTS;
-        let port = self.channel.port();
+        let port = self.channel.id();
         poll_fn(|cx| {
             let mut devices = DEVICES.lock();
             let device = devices.get_mut(&port).expect("device registered");
@@ -339,7 +344,7 @@ impl Datapath {
     fn next_id(&self) -> u64 {
         let mut devices = DEVICES.lock();
         let device = devices
-            .get_mut(&self.channel.port())
+            .get_mut(&self.channel.id())
             .expect("device registered");
         device.next_id += 1;
         device.next_id
@@ -366,7 +371,7 @@ impl Datapath {
     fn queue(&self, id: u64, raw: RawRequest) {
         let mut devices = DEVICES.lock();
         let device = devices
-            .get_mut(&self.channel.port())
+            .get_mut(&self.channel.id())
             .expect("device registered");
         device.in_flight.insert(
             id,
@@ -388,7 +393,7 @@ impl Datapath {
         issued: Issued,
         drain: impl FnOnce(&[GrantedFrame]),
     ) -> Result<(), BlkError> {
-        let port = self.channel.port();
+        let port = self.channel.id();
         let status = poll_fn(|cx| {
             let mut devices = DEVICES.lock();
             let device = devices.get_mut(&port).expect("device registered");
@@ -502,13 +507,14 @@ fn copy_out(pages: &[GrantedFrame], out: &mut [u8]) {
     }
 }
 
-/// The back end of the disk on `port` went away and a new one is about to connect (a
-/// NoXS re-offer): take the responses the old one announced, start the ring afresh and
-/// queue again every request it did not answer, in the order they were issued, for
-/// the new back end to serve. Returns how many were queued again.
-pub fn restart(port: Port) -> usize {
+/// The back end of the disk whose channel is `id` ([`EventChannel::id`]) went away and
+/// a new one is about to connect (a NoXS re-offer, a restore): take the responses the
+/// old one announced, start the ring afresh and queue again every request it did not
+/// answer, in the order they were issued, for the new back end to serve. Returns how
+/// many were queued again.
+pub fn restart(id: Port) -> usize {
     let mut devices = DEVICES.lock();
-    let Some(device) = devices.get_mut(&port) else {
+    let Some(device) = devices.get_mut(&id) else {
         return 0;
     };
     if let Err(err) = take_responses(device) {

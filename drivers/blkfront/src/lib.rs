@@ -51,8 +51,8 @@ pub(crate) fn name_of(id: u32, noxs: bool) -> alloc::string::String {
 pub struct BlockDevice {
     id: u32,
     datapath: Datapath,
-    /// With NoXS: the task that owns the control page and follows re-offers, for as
-    /// long as the disk lives.
+    /// The task that follows re-offers (NoXS, it owns the control page) or restores
+    /// (Xenstore), for as long as the disk lives.
     control: Option<kernel::noxs::Follower>,
 }
 

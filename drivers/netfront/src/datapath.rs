@@ -13,7 +13,7 @@ use core::task::{Poll, Waker};
 
 use arch::abi::{DomId, GrantRef};
 use arch::mm::PAGE_SIZE;
-use kernel::events::EventChannel;
+use kernel::events::{EventChannel, Notifier};
 use kernel::grant::{GrantError, GrantedFrame};
 use xenproto::netif::{RSP_OKAY, RxFront, RxRequest, TxFront, TxRequest};
 use xenproto::ring::RingOverrun;
@@ -64,7 +64,7 @@ pub struct Published {
 pub(crate) struct RxPath {
     ring: RxFront,
     slots: Vec<GrantedFrame>,
-    port: u32,
+    port: Notifier,
     pub(crate) counters: Counters,
     /// Where a received frame is copied before anyone reads it: the back end can still
     /// write the slot's page.
@@ -78,7 +78,7 @@ pub(crate) struct TxPath {
     ring: TxFront,
     slots: Vec<GrantedFrame>,
     free: Vec<u16>,
-    port: u32,
+    port: Notifier,
     pub(crate) counters: Counters,
     _ring_page: GrantedFrame,
 }
@@ -94,13 +94,15 @@ pub struct Datapath {
     restart: Rc<RestartRequest>,
 }
 
-/// A NoXS re-offer's request that the rings start afresh before the new back end
-/// connects. The rings are the stack's: the request wakes it and waits for its next use
-/// of them ([`Datapath::take_restart`]).
+/// A new back end's request (NoXS re-offer, restore) that the rings start afresh
+/// before it connects. The rings are the stack's: the request wakes it and waits for
+/// its next use of them ([`Datapath::take_restart`]).
 #[derive(Default)]
 pub struct RestartRequest {
     asked: Cell<bool>,
     waiter: Cell<Option<Waker>>,
+    /// The new back end is connected: peers and switches must learn where we are.
+    reconnected: Cell<bool>,
 }
 
 impl core::fmt::Debug for RestartRequest {
@@ -112,11 +114,11 @@ impl core::fmt::Debug for RestartRequest {
 }
 
 impl RestartRequest {
-    /// Ask, wake the stack through its data port `port`, and wait until it started the
+    /// Ask, wake the stack through its data channel, and wait until it started the
     /// rings afresh.
-    pub async fn ask(&self, port: u32) {
+    pub async fn ask(&self, port: &Notifier) {
         self.asked.set(true);
-        kernel::events::raise(port);
+        port.raise();
         poll_fn(|cx| {
             if self.asked.get() {
                 self.waiter.set(Some(cx.waker().clone()));
@@ -126,6 +128,12 @@ impl RestartRequest {
             }
         })
         .await;
+    }
+
+    /// Tell the stack (woken through `port`) the new back end is connected.
+    pub fn reconnected(&self, port: &Notifier) {
+        self.reconnected.set(true);
+        port.raise();
     }
 
     /// Whether a restart was asked; the asker is told it is done when this returns.
@@ -153,7 +161,6 @@ impl Datapath {
         let (tx_ring, rx_ring) =
             unsafe { (TxFront::new(tx_page.ptr()), RxFront::new(rx_page.ptr())) };
         let channel = EventChannel::alloc_unbound(backend).map_err(DatapathError::EventChannel)?;
-        let port = channel.port();
         let rx_slots = (0..SLOTS)
             .map(|_| GrantedFrame::new(backend, false).map_err(DatapathError::Grant))
             .collect::<Result<Vec<_>, _>>()?;
@@ -163,7 +170,7 @@ impl Datapath {
         let mut rx = RxPath {
             ring: rx_ring,
             slots: rx_slots,
-            port,
+            port: channel.notifier(),
             counters: Counters::default(),
             copy: Box::new([0; PAGE_SIZE]),
             _ring_page: rx_page,
@@ -175,7 +182,7 @@ impl Datapath {
             ring: tx_ring,
             slots: tx_slots,
             free: (0..SLOTS).rev().collect(),
-            port,
+            port: channel.notifier(),
             counters: Counters::default(),
             _ring_page: tx_page,
         };
@@ -213,9 +220,20 @@ impl Datapath {
         }
     }
 
-    /// How a re-offer asks for the rings to start afresh.
+    /// How a re-offer or a restore asks for the rings to start afresh.
     pub fn restart_request(&self) -> Rc<RestartRequest> {
         Rc::clone(&self.restart)
+    }
+
+    /// Signals through the data channel, by its current port.
+    pub fn notifier(&self) -> Notifier {
+        self.channel.notifier()
+    }
+
+    /// Whether a new back end connected since the last call (see
+    /// [`RestartRequest::reconnected`]).
+    pub fn take_reconnected(&mut self) -> bool {
+        self.restart.reconnected.replace(false)
     }
 
     /// If a re-offer asked (the old back end is gone, the new one not attached yet):
@@ -285,7 +303,7 @@ impl RxPath {
     pub(crate) fn repost(&mut self, id: u16) {
         self.post(id);
         if self.ring.push_requests() {
-            let _ = arch::hypercall::evtchn_send(self.port);
+            let _ = self.port.notify();
         }
     }
 
@@ -369,7 +387,7 @@ impl TxPath {
             .queue_request(request)
             .expect("tx ring has room for every slot");
         if self.ring.push_requests() {
-            let _ = arch::hypercall::evtchn_send(self.port);
+            let _ = self.port.notify();
         }
         self.counters.tx_packets += 1;
         self.counters.tx_bytes += len as u64;

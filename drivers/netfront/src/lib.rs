@@ -71,8 +71,8 @@ pub struct Netfront {
     mac: Mac,
     datapath: Datapath,
     assigned: Option<AssignedAddress>,
-    /// With NoXS: the task that owns the control page and follows re-offers, for as
-    /// long as the vif lives.
+    /// The task that follows re-offers (NoXS, it owns the control page) or restores
+    /// (Xenstore), for as long as the vif lives.
     control: Option<kernel::noxs::Follower>,
 }
 
@@ -142,6 +142,12 @@ impl Netfront {
     /// Wait for the back end's next notification.
     pub async fn wait(&self) {
         self.datapath.wait().await;
+    }
+
+    /// Whether the vif connected to a new back end (after a restore, a re-offer) since
+    /// the last call: time for a gratuitous ARP.
+    pub fn take_reconnected(&mut self) -> bool {
+        self.datapath.take_reconnected()
     }
 
     /// Call `handler` (in task context) on each notification instead.

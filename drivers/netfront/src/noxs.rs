@@ -40,13 +40,14 @@ pub async fn connect(entry: &Entry) -> Result<Netfront, ConnectError> {
         gateway: (backend.gateway != [0; 4]).then_some(backend.gateway),
     });
     let restart = datapath.restart_request();
+    let port = datapath.notifier();
     let follower = kernel::noxs::follow(
         control,
         frontend,
         published.event_channel,
         format!("netfront: vif{}", entry.devid),
         move |again: &VifBackend| backend.same_device(again),
-        async move || restart.ask(published.event_channel).await,
+        async move || restart.ask(&port).await,
     );
     Ok(Netfront::new(entry.devid, Mac(backend.mac), datapath, assigned).with_control(follower))
 }

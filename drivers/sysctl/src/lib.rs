@@ -6,9 +6,14 @@
 //!
 //! An app either awaits requests itself ([`PowerControl::next`]), for example to
 //! close its connections first, registers a handler ([`spawn_with`]), or calls
-//! [`spawn_default`]: power off or reboot at once. **Suspend is not implemented yet**
-//! (save/restore comes later): a suspend request is acknowledged and logged, and the
-//! guest runs on; it is not advertised, so toolstacks do not expect it to work.
+//! [`spawn_default`]: power off or reboot at once.
+//!
+//! Suspend requests (saving, checkpointing or migrating the domain) never reach the
+//! app: the driver suspends the domain ([`kernel::suspend`]) and, once it runs again,
+//! waits for the next request. Through Xenstore, suspend is advertised
+//! (`control/feature-suspend`); the NoXS sysctl does not offer it yet (a NoXS
+//! domain's control pages are other domains' grants, which libxc cannot save), and
+//! acknowledges and logs a suspend request.
 
 #![cfg_attr(target_os = "none", no_std)]
 
@@ -24,23 +29,30 @@ pub mod noxs;
 #[cfg(target_os = "none")]
 pub mod xenbus;
 
-/// What the toolstack asks for.
+/// What the toolstack asks the app for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PowerRequest {
     Poweroff,
     Reboot,
-    Suspend,
     /// NoXS only: the toolstack asks the guest to crash (e.g. to get a dump).
     Crash,
 }
 
-impl PowerRequest {
+/// What the toolstack asks for: the app's requests, and suspend, which the driver
+/// handles itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    Power(PowerRequest),
+    Suspend,
+}
+
+impl Request {
     /// The request a `control/shutdown` value carries (`halt` is Linux's synonym for
     /// poweroff).
     pub fn parse(value: &str) -> Option<Self> {
         match value.trim() {
-            "poweroff" | "halt" => Some(Self::Poweroff),
-            "reboot" => Some(Self::Reboot),
+            "poweroff" | "halt" => Some(Self::Power(PowerRequest::Poweroff)),
+            "reboot" => Some(Self::Power(PowerRequest::Reboot)),
             "suspend" => Some(Self::Suspend),
             _ => None,
         }
@@ -52,7 +64,6 @@ impl fmt::Display for PowerRequest {
         f.write_str(match self {
             Self::Poweroff => "poweroff",
             Self::Reboot => "reboot",
-            Self::Suspend => "suspend",
             Self::Crash => "crash",
         })
     }
@@ -65,19 +76,19 @@ mod guest {
     use kernel::devices::{self, Discovery, Method};
     use kernel::noxs::ControlError;
     use kernel::shutdown::{self, ShutdownReason};
+    use kernel::suspend::Resumed;
     use kernel::xenstore;
 
-    use super::PowerRequest;
+    use super::{PowerRequest, Request};
     use crate::{noxs, xenbus};
 
     impl PowerRequest {
-        /// How the domain should end for this request (`None` for suspend).
-        pub fn shutdown_reason(self) -> Option<ShutdownReason> {
+        /// How the domain should end for this request.
+        pub fn shutdown_reason(self) -> ShutdownReason {
             match self {
-                Self::Poweroff => Some(ShutdownReason::Poweroff),
-                Self::Reboot => Some(ShutdownReason::Reboot),
-                Self::Crash => Some(ShutdownReason::Crash),
-                Self::Suspend => None,
+                Self::Poweroff => ShutdownReason::Poweroff,
+                Self::Reboot => ShutdownReason::Reboot,
+                Self::Crash => ShutdownReason::Crash,
             }
         }
     }
@@ -146,14 +157,37 @@ mod guest {
             Ok(Self { source })
         }
 
-        /// The next request, acknowledged. With Xenstore, unknown values are
-        /// acknowledged and skipped; a suspend request is returned for the app to see,
-        /// though nothing suspends.
+        /// The next request for the app, acknowledged. With Xenstore, unknown values
+        /// are acknowledged and skipped. Suspend requests are handled on the way: this
+        /// returns after the domain ran again (perhaps restored on another host).
         pub async fn next(&self) -> Result<PowerRequest, Error> {
-            match &self.source {
-                Source::Xenstore(requests) => requests.next().await,
-                Source::Noxs(requests) => requests.next().await,
+            loop {
+                let request = match &self.source {
+                    Source::Xenstore(requests) => requests.next().await?,
+                    Source::Noxs(requests) => requests.next().await?,
+                };
+                match request {
+                    Request::Power(request) => return Ok(request),
+                    Request::Suspend => self.suspend().await?,
+                }
             }
+        }
+
+        /// Suspend the domain, as the toolstack asked; a failure is logged (the
+        /// toolstack sees the domain did not suspend) and the domain runs on.
+        async fn suspend(&self) -> Result<(), Error> {
+            let Source::Xenstore(requests) = &self.source else {
+                log::warn!("sysctl: suspend requested, but a NoXS guest cannot suspend yet");
+                return Ok(());
+            };
+            log::info!("sysctl: suspending");
+            match kernel::suspend::suspend().await {
+                Ok(Resumed::SameDomain) => log::info!("sysctl: resumed in the same domain"),
+                // A new domain's Xenstore has none of what we wrote.
+                Ok(Resumed::NewDomain) => requests.advertise().await?,
+                Err(err) => log::error!("sysctl: suspend failed, running on: {err}"),
+            }
+            Ok(())
         }
     }
 
@@ -188,15 +222,8 @@ mod guest {
 
     /// What [`spawn_default`] does with a request.
     pub fn act_on(request: PowerRequest) {
-        match request.shutdown_reason() {
-            Some(reason) => {
-                log::info!("sysctl: {request} requested");
-                shutdown::exit(reason);
-            }
-            None => log::warn!(
-                "sysctl: suspend requested, but suspend is not implemented yet: running on"
-            ),
-        }
+        log::info!("sysctl: {request} requested");
+        shutdown::exit(request.shutdown_reason());
     }
 }
 
@@ -206,15 +233,13 @@ mod tests {
 
     #[test]
     fn requests_parse_as_linux_reads_them() {
-        assert_eq!(
-            PowerRequest::parse("poweroff"),
-            Some(PowerRequest::Poweroff)
-        );
-        assert_eq!(PowerRequest::parse("halt"), Some(PowerRequest::Poweroff));
-        assert_eq!(PowerRequest::parse("reboot\n"), Some(PowerRequest::Reboot));
-        assert_eq!(PowerRequest::parse("suspend"), Some(PowerRequest::Suspend));
-        assert_eq!(PowerRequest::parse(""), None);
-        assert_eq!(PowerRequest::parse("crash"), None);
+        let power = |request| Some(Request::Power(request));
+        assert_eq!(Request::parse("poweroff"), power(PowerRequest::Poweroff));
+        assert_eq!(Request::parse("halt"), power(PowerRequest::Poweroff));
+        assert_eq!(Request::parse("reboot\n"), power(PowerRequest::Reboot));
+        assert_eq!(Request::parse("suspend"), Some(Request::Suspend));
+        assert_eq!(Request::parse(""), None);
+        assert_eq!(Request::parse("crash"), None);
         assert_eq!(PowerRequest::Reboot.to_string(), "reboot");
     }
 }

@@ -12,7 +12,7 @@ use kernel::executor::{Either, select};
 use kernel::noxs::ControlPage;
 use xenproto::noxs::{self, Entry, SysctlBackend, SysctlFrontend};
 
-use crate::{Error, PowerRequest};
+use crate::{Error, PowerRequest, Request};
 
 /// Requests we handle: bit N for request value N (noxs-v1.md).
 const SUPPORTED: u32 = (1 << noxs::Request::Poweroff as u32)
@@ -44,7 +44,7 @@ impl Requests {
 
     /// The next request, acknowledged. Follows the device to a new control page when
     /// the back end offers it again.
-    pub async fn next(&self) -> Result<PowerRequest, Error> {
+    pub async fn next(&self) -> Result<Request, Error> {
         loop {
             if let Some(request) = self.take_request()? {
                 return Ok(request);
@@ -67,7 +67,7 @@ impl Requests {
     }
 
     /// A request not acknowledged yet, acknowledged now.
-    fn take_request(&self) -> Result<Option<PowerRequest>, Error> {
+    fn take_request(&self) -> Result<Option<Request>, Error> {
         let control = self.control.borrow().clone();
         let area: SysctlBackend = control.backend()?;
         let Some(request) = area.request else {
@@ -80,10 +80,10 @@ impl Requests {
         control.write_frontend(&frontend(area.request_seq))?;
         control.notify();
         Ok(Some(match request {
-            noxs::Request::Poweroff => PowerRequest::Poweroff,
-            noxs::Request::Reboot => PowerRequest::Reboot,
-            noxs::Request::Suspend => PowerRequest::Suspend,
-            noxs::Request::Crash => PowerRequest::Crash,
+            noxs::Request::Poweroff => Request::Power(PowerRequest::Poweroff),
+            noxs::Request::Reboot => Request::Power(PowerRequest::Reboot),
+            noxs::Request::Suspend => Request::Suspend,
+            noxs::Request::Crash => Request::Power(PowerRequest::Crash),
         }))
     }
 

@@ -7,11 +7,11 @@
 
 use kernel::xenstore::{self, Watch, Xs};
 
-use crate::{Error, PowerRequest};
+use crate::{Error, Request};
 
 const NODE: &str = "control/shutdown";
 /// What we handle, written as `control/feature-NAME = 1`.
-const FEATURES: [&str; 2] = ["poweroff", "reboot"];
+const FEATURES: [&str; 3] = ["poweroff", "reboot", "suspend"];
 
 /// The watch on `control/shutdown`.
 #[derive(Debug)]
@@ -22,18 +22,26 @@ pub struct Requests {
 impl Requests {
     /// Advertise what we handle and watch for requests.
     pub async fn start() -> Result<Self, Error> {
+        let requests = Self {
+            watch: Watch::new(NODE).await?,
+        };
+        requests.advertise().await?;
+        Ok(requests)
+    }
+
+    /// Write `control/feature-*` (again in a restored domain, whose Xenstore
+    /// directory is new).
+    pub async fn advertise(&self) -> Result<(), Error> {
         for feature in FEATURES {
             Xs::NONE
                 .write(&alloc::format!("control/feature-{feature}"), "1")
                 .await?;
         }
-        Ok(Self {
-            watch: Watch::new(NODE).await?,
-        })
+        Ok(())
     }
 
     /// The next request, acknowledged (unknown values are acknowledged and skipped).
-    pub async fn next(&self) -> Result<PowerRequest, Error> {
+    pub async fn next(&self) -> Result<Request, Error> {
         loop {
             self.watch.next().await?;
             // Read and clear in one transaction, so a request written meanwhile is not
@@ -49,7 +57,7 @@ impl Requests {
             if value.is_empty() {
                 continue;
             }
-            match PowerRequest::parse(&value) {
+            match Request::parse(&value) {
                 Some(request) => return Ok(request),
                 None => log::warn!("sysctl: ignoring unknown request {value:?}"),
             }

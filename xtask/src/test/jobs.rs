@@ -32,20 +32,32 @@ const LAB_CHECKS: &str = include_str!("lab-checks.sh");
 /// The capacity job's guests (`GUESTS=` in `capacity-lab.sh`), 4 MiB each.
 const CAPACITY_GUESTS: u32 = 1000;
 
-pub const JOB_TESTS: [JobTest; 11] = [
+pub const JOB_TESTS: [JobTest; 12] = [
     // chaos's commands on real Xen (`chaos-lab.sh`): create, list (and xl list),
     // console, shutdown -w, destroy of daytime with its vif; a destroy while `create
     // --console` watches, each of the two ending well; fifteen malformed
     // configurations, each refused with status 2 and one line naming the field,
     // leaving no domain; and 100 create/destroy cycles of a paused guest with a vif and
     // a file-backed disk that must leave no domain, loop device, vif or Xenstore node
-    // behind; `xl save` of a guest gets past libxc's reading of its p2m.
+    // behind.
     JobTest {
         name: "chaos commands, malformed configs, create/destroy cycles",
         script: include_str!("chaos-lab.sh"),
         timeout_secs: 900,
         noxs: false,
         summarize: &["cycles-succeed"],
+        memory: LabMemory::DEFAULT,
+    },
+    // Our guests suspend and resume under xl (`suspend-lab.sh`): a daytime guest
+    // answers after `xl save` + `xl restore`, `xl save -c` and `xl migrate` to this
+    // host; a blkcheck guest saved and restored in the middle of its rounds verifies
+    // every pattern; nothing is left behind.
+    JobTest {
+        name: "suspend: xl save, restore, checkpoint and migrate of our guests",
+        script: include_str!("suspend-lab.sh"),
+        timeout_secs: 900,
+        noxs: false,
+        summarize: &[],
         memory: LabMemory::DEFAULT,
     },
     // xendevd as dom0 runs it (`xendevd-checks.sh`): malformed, partial and stalled
