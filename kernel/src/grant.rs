@@ -251,6 +251,8 @@ pub use guest::*;
 
 #[cfg(target_os = "none")]
 mod guest {
+    use alloc::collections::BTreeMap;
+
     use arch::abi;
     use arch::hypercall;
     use arch::mm::{PAGE_SIZE, Pte, data_flags, pfn_to_mfn};
@@ -299,16 +301,18 @@ mod guest {
         unsafe { core::slice::from_raw_parts(base.as_ptr::<GrantEntryV1>(), count) }
     }
 
-    /// Unmap the table's frames before a suspend: they are Xen's pages, which libxc
-    /// refuses to save. Nothing may grant or revoke until [`resume`].
-    pub(crate) fn suspend() -> Result<(), GrantError> {
+    /// Before a suspend, unmap what libxc refuses to save: other domains' pages we map
+    /// ([`ForeignMapping`]) and our table's frames (Xen's pages). Nothing may grant,
+    /// revoke or map until [`resume`]. Returns how many foreign pages were unmapped.
+    pub(crate) fn suspend() -> Result<usize, GrantError> {
+        let foreign = suspend_foreign()?;
         let (base, nr_frames) = *FRAMES.lock();
         for i in 0..nr_frames as usize {
             // SAFETY: the window page holds a table frame, unused until resume.
             unsafe { arch::mm::unmap_page(base + (i * PAGE_SIZE) as u64) }
                 .map_err(|_| GrantError::NoAddressSpace)?;
         }
-        Ok(())
+        Ok(foreign)
     }
 
     /// Map the table's frames again after a suspend. In a new domain the table is
@@ -330,6 +334,7 @@ mod guest {
             let count = with_table(|table| table.reinstate(entries, pfn_to_mfn))?;
             log::debug!("grant: {count} grant(s) made again");
         }
+        resume_foreign(new_domain);
         Ok(())
     }
 
@@ -447,45 +452,164 @@ mod guest {
     }
 
     /// A frame another domain granted us, mapped into our address space; unmapped when
-    /// dropped.
+    /// dropped. Across a suspend it is unmapped (libxc cannot save another domain's
+    /// page) and mapped again if the domain goes on where it was; in a restored domain
+    /// the grant is gone, and a scratch page of ours stands in until the owner drops it.
     #[derive(Debug)]
     pub struct ForeignMapping {
         va: VirtAddr,
-        handle: u32,
+    }
+
+    /// A live foreign mapping, by its address: what a suspend unmaps and a resume
+    /// maps again.
+    #[derive(Debug, Clone, Copy)]
+    struct Foreign {
+        domid: DomId,
+        gref: GrantRef,
+        readonly: bool,
+        /// Xen's handle of the mapping; `None` while unmapped for a suspend, or for
+        /// good after a restore.
+        handle: Option<u32>,
+    }
+
+    static FOREIGN: Mutex<BTreeMap<u64, Foreign>> = Mutex::new(BTreeMap::new());
+    /// The page mapped where a foreign page was lost in a restore: reads see zeros,
+    /// writes go nowhere that matters.
+    static SCRATCH_PFN: Mutex<Option<u64>> = Mutex::new(None);
+
+    /// Map grant `gref` of `domid` at window page `va`; returns Xen's handle.
+    fn map_grant(va: VirtAddr, domid: DomId, gref: GrantRef, readonly: bool) -> Result<u32, GrantError> {
+        let mut op = abi::GnttabMapGrantRef {
+            host_addr: va.as_u64(),
+            flags: if readonly {
+                abi::GrantMapFlags::HOST_MAP | abi::GrantMapFlags::READONLY
+            } else {
+                abi::GrantMapFlags::HOST_MAP
+            }
+            .bits(),
+            ref_: gref,
+            dom: domid,
+            ..Default::default()
+        };
+        // SAFETY: `op` is the struct GNTTABOP_map_grant_ref expects; `va` is a window
+        // page of ours with no mapping, whose L1 table exists, so Xen can write its entry.
+        let result =
+            unsafe { hypercall::grant_table_op(abi::GNTTABOP_MAP_GRANT_REF, &raw mut op, 1) };
+        let status = match result {
+            Err(errno) => -errno.0,
+            Ok(()) => op.status.into(),
+        };
+        if status != 0 {
+            return Err(GrantError::Xen(status));
+        }
+        Ok(op.handle)
+    }
+
+    /// Undo [`map_grant`].
+    fn unmap_grant(va: VirtAddr, handle: u32) -> Result<(), GrantError> {
+        let mut op = abi::GnttabUnmapGrantRef {
+            host_addr: va.as_u64(),
+            handle,
+            ..Default::default()
+        };
+        // SAFETY: `op` is the struct GNTTABOP_unmap_grant_ref expects, for a mapping we
+        // made and nobody uses now.
+        let result =
+            unsafe { hypercall::grant_table_op(abi::GNTTABOP_UNMAP_GRANT_REF, &raw mut op, 1) };
+        match (result, op.status) {
+            (Ok(()), 0) => Ok(()),
+            (Err(errno), _) => Err(GrantError::Xen(-errno.0)),
+            (Ok(()), status) => Err(GrantError::Xen(status.into())),
+        }
+    }
+
+    /// Before a suspend: unmap every foreign page (they stay reserved). On failure the
+    /// ones unmapped so far are mapped again.
+    fn suspend_foreign() -> Result<usize, GrantError> {
+        let mut foreign = FOREIGN.lock();
+        let mut count = 0;
+        for (&va, mapping) in foreign.iter_mut() {
+            if let Some(handle) = mapping.handle {
+                if let Err(err) = unmap_grant(VirtAddr::new_truncate(va), handle) {
+                    drop(foreign);
+                    resume_foreign(false);
+                    return Err(err);
+                }
+                mapping.handle = None;
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    /// After a suspend: in the same domain, map every foreign page again; in a new
+    /// one (or where the grant went meanwhile), put the scratch page there.
+    fn resume_foreign(new_domain: bool) {
+        let mut foreign = FOREIGN.lock();
+        for (&va, mapping) in foreign.iter_mut() {
+            if mapping.handle.is_some() {
+                continue;
+            }
+            let va = VirtAddr::new_truncate(va);
+            if !new_domain {
+                match map_grant(va, mapping.domid, mapping.gref, mapping.readonly) {
+                    Ok(handle) => {
+                        mapping.handle = Some(handle);
+                        continue;
+                    }
+                    Err(err) => log::error!(
+                        "grant {} of domain {} is gone after a suspend: {err}",
+                        mapping.gref,
+                        mapping.domid
+                    ),
+                }
+            }
+            map_scratch(va);
+        }
+    }
+
+    /// Map the scratch page at `va` (see [`SCRATCH_PFN`]).
+    fn map_scratch(va: VirtAddr) {
+        let mut scratch = SCRATCH_PFN.lock();
+        let pfn = match *scratch {
+            Some(pfn) => pfn,
+            None => match crate::mem::alloc_frame() {
+                Some(pfn) => *scratch.insert(pfn),
+                None => {
+                    log::error!("no frame for a lost foreign page at {va:?}: left unmapped");
+                    return;
+                }
+            },
+        };
+        // SAFETY: a window page with no mapping; the frame is ours, for this use only.
+        let mapped = unsafe {
+            hypercall::update_va_mapping(va.as_u64(), Pte::new(pfn_to_mfn(pfn), data_flags()).0)
+        };
+        if let Err(err) = mapped {
+            log::error!("mapping the scratch page at {va:?}: {err}");
+        }
     }
 
     impl ForeignMapping {
         /// Map grant `gref` of domain `domid`.
         pub fn map(domid: DomId, gref: GrantRef, readonly: bool) -> Result<Self, GrantError> {
             let va = crate::mem::reserve_window_page().map_err(|_| GrantError::NoAddressSpace)?;
-            let mut op = abi::GnttabMapGrantRef {
-                host_addr: va.as_u64(),
-                flags: if readonly {
-                    abi::GrantMapFlags::HOST_MAP | abi::GrantMapFlags::READONLY
-                } else {
-                    abi::GrantMapFlags::HOST_MAP
+            match map_grant(va, domid, gref, readonly) {
+                Ok(handle) => {
+                    let mapping = Foreign {
+                        domid,
+                        gref,
+                        readonly,
+                        handle: Some(handle),
+                    };
+                    FOREIGN.lock().insert(va.as_u64(), mapping);
+                    Ok(Self { va })
                 }
-                .bits(),
-                ref_: gref,
-                dom: domid,
-                ..Default::default()
-            };
-            // SAFETY: `op` is the struct GNTTABOP_map_grant_ref expects; `va` is a free
-            // window page whose L1 table exists, so Xen can write its entry.
-            let result =
-                unsafe { hypercall::grant_table_op(abi::GNTTABOP_MAP_GRANT_REF, &raw mut op, 1) };
-            let status = match result {
-                Err(errno) => -errno.0,
-                Ok(()) => op.status.into(),
-            };
-            if status != 0 {
-                crate::mem::release_window_page(va);
-                return Err(GrantError::Xen(status));
+                Err(err) => {
+                    crate::mem::release_window_page(va);
+                    Err(err)
+                }
             }
-            Ok(Self {
-                va,
-                handle: op.handle,
-            })
         }
 
         /// The mapped page.
@@ -502,24 +626,18 @@ mod guest {
 
     impl Drop for ForeignMapping {
         fn drop(&mut self) {
-            let mut op = abi::GnttabUnmapGrantRef {
-                host_addr: self.va.as_u64(),
-                handle: self.handle,
-                ..Default::default()
+            let mapping = FOREIGN.lock().remove(&self.va.as_u64());
+            let unmapped = match mapping.and_then(|mapping| mapping.handle) {
+                Some(handle) => unmap_grant(self.va, handle),
+                // SAFETY: the scratch page (or nothing) is mapped there, and nobody
+                // uses the address any more.
+                None => unsafe { arch::mm::unmap_page(self.va) }
+                    .map_err(|_| GrantError::NoAddressSpace),
             };
-            // SAFETY: `op` is the struct GNTTABOP_unmap_grant_ref expects, for a
-            // mapping we made and nobody uses any more.
-            let result =
-                unsafe { hypercall::grant_table_op(abi::GNTTABOP_UNMAP_GRANT_REF, &raw mut op, 1) };
-            if result.is_ok() && op.status == 0 {
-                crate::mem::release_window_page(self.va);
-            } else {
+            match unmapped {
+                Ok(()) => crate::mem::release_window_page(self.va),
                 // Keep the window page: its entry may still map the frame.
-                log::error!(
-                    "unmapping grant handle {} failed (status {})",
-                    self.handle,
-                    op.status
-                );
+                Err(err) => log::error!("unmapping the foreign page at {:?}: {err}", self.va),
             }
         }
     }

@@ -41,7 +41,7 @@ use xenproto::noxs::{
 use xenproto::shared::SharedBytes;
 use xenproto::xenstore::XenbusState;
 
-use crate::events::{EventChannel, Port};
+use crate::events::{EventChannel, Notifier};
 use crate::grant::{ForeignMapping, GrantError};
 
 /// The current block: the toolstack's at boot, then the back end's latest re-offer.
@@ -220,17 +220,23 @@ impl core::fmt::Display for ListenError {
     }
 }
 
-fn start_listening(start_info_pfn: u64, backend: u16) -> Result<(), ListenError> {
+/// The start_info page (pfn `start_info_pfn`) as bytes another domain writes.
+fn start_info_bytes(start_info_pfn: u64) -> SharedBytes<'static> {
     let va = arch::mm::va_of_pfn(start_info_pfn);
     // SAFETY: start_info is a page of the bootstrap region, mapped read-write for the
-    // guest's lifetime; from here on it is read and written only through this view
-    // (boot's reference to it is no longer used), and the back end writes the block.
-    let page = unsafe {
+    // guest's lifetime; from here on it is read and written only through such views
+    // (boot's reference to it is no longer used; a suspend writes other words), and
+    // the back end writes the block.
+    unsafe {
         SharedBytes::new(
             NonNull::new(va.as_mut_ptr::<u8>()).expect("the direct map is not at 0"),
             PAGE_SIZE,
         )
-    };
+    }
+}
+
+fn start_listening(start_info_pfn: u64, backend: u16) -> Result<(), ListenError> {
+    let page = start_info_bytes(start_info_pfn);
     let channel = EventChannel::alloc_unbound(backend).map_err(ListenError::Channel)?;
     // Only our word of the block: the back end owns the rest.
     page.write_u32(BLOCK_OFFSET + reoffer::PORT, channel.port());
@@ -241,8 +247,27 @@ fn start_listening(start_info_pfn: u64, backend: u16) -> Result<(), ListenError>
         "noxs: re-offers from domain {backend} on port {}",
         channel.port()
     );
+    *REOFFERS.lock() = Some((channel.notifier(), start_info_pfn));
     crate::executor::spawn(take_reoffers(channel, page));
     Ok(())
+}
+
+/// The re-offer port and the start_info page, once [`listen_for_reoffers`] set them up.
+static REOFFERS: Mutex<Option<(Notifier, u64)>> = Mutex::new(None);
+
+/// After a restore into a new domain: the re-offer port is new, and the toolstack that
+/// restored us wrote the block anew for the new back ends (the same devices, new
+/// control pages, the generation moved on) before the domain ran. Publish the port,
+/// and take the block in as a re-offer: each device connects to its new back end.
+pub(crate) fn resume(new_domain: bool) {
+    if !new_domain {
+        return;
+    }
+    if let Some((port, start_info_pfn)) = REOFFERS.lock().clone() {
+        start_info_bytes(start_info_pfn).write_u32(BLOCK_OFFSET + reoffer::PORT, port.port());
+        fence(Ordering::SeqCst);
+        port.raise();
+    }
 }
 
 /// The block as the back end left it, copied once; `None` if its generation changed
@@ -339,17 +364,18 @@ impl Future for Stopped {
     }
 }
 
-/// Keep a connected device connected through re-offers: a task owns its control page
-/// and, each time a re-offer moves the device, [`reconnect`]s with `frontend` (the
-/// area of the first connect), checking the new back end's area with `same_device`
-/// and starting the data path afresh with `restart`; then it notifies `data_port`
-/// (the device's data channel, open as long as the returned [`Follower`] is kept) so
-/// the new back end looks at the requests queued again, and drops the old page.
-/// `name` (`netfront: vif0`) labels the log lines.
+/// Keep a connected device connected through re-offers (a back end's restart, a
+/// restore): a task owns its control page and, each time a re-offer moves the device,
+/// [`reconnect`]s with the area `frontend` makes (that of the first connect, with the
+/// data channel's port now: a restore changes it), checking the new back end's area
+/// with `same_device` and starting the data path afresh with `restart`; then it
+/// notifies `data_port` (the device's data channel, open as long as the returned
+/// [`Follower`] is kept) so the new back end looks at the requests queued again, and
+/// drops the old page. `name` (`netfront: vif0`) labels the log lines.
 pub fn follow<B: Area + 'static, F: Area + 'static>(
     control: ControlPage,
-    frontend: F,
-    data_port: Port,
+    frontend: impl Fn() -> F + 'static,
+    data_port: Notifier,
     name: String,
     same_device: impl Fn(&B) -> Result<(), NoxsError> + 'static,
     restart: impl AsyncFn() + 'static,
@@ -359,12 +385,12 @@ pub fn follow<B: Area + 'static, F: Area + 'static>(
         let mut handled = None;
         loop {
             let (generation, entry) = next_reoffer(control.entry(), &mut handled, &name).await;
-            match reconnect::<B, F>(&entry, &frontend, &same_device, &restart).await {
+            match reconnect::<B, F>(&entry, &frontend(), &same_device, &restart).await {
                 Ok((new, _)) => {
                     // The old page goes: unmapped, its port closed.
                     control = new;
                     fence(Ordering::SeqCst);
-                    let _ = arch::hypercall::evtchn_send(data_port);
+                    let _ = data_port.notify();
                     log::info!("{name} reconnected (generation {generation})");
                 }
                 Err(err) => log::error!(

@@ -10,8 +10,11 @@
 //! makes itself whole again — shared_info and the p2m fields, the grant table with
 //! every grant under its old reference ([`crate::grant`]), every port
 //! ([`crate::events`]), the monotonic clock ([`crate::time`]), console and Xenstore —
-//! and then tells the drivers ([`restored`]), which connect to their new back ends
-//! with the same rings.
+//! and then tells the drivers, which connect to their new back ends with the same
+//! rings: Xenstore front ends through [`restored`], NoXS ones through the block the
+//! toolstack rewrote for the new back ends, taken in as a re-offer
+//! ([`crate::noxs::resume`]). NoXS control pages are other domains' pages: unmapped
+//! across the suspend, mapped again in the same domain, lost in a new one.
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -79,7 +82,11 @@ pub async fn suspend() -> Result<Resumed, SuspendError> {
     let si_pfn = arch::mm::pfn_of_va(x86_64::VirtAddr::from_ptr(si_ptr));
     crate::console::flush(core::time::Duration::from_secs(1));
     crate::time::suspend();
-    crate::grant::suspend().map_err(SuspendError::Grant)?;
+    if let Err(err) = crate::grant::suspend() {
+        // Whatever was unmapped comes back.
+        let _ = crate::grant::resume(false);
+        return Err(SuspendError::Grant(err));
+    }
     boot.prepare_suspend(si, arch::mm::mfn_to_pfn);
     // SAFETY: no task runs, and nothing below touches shared_info until it is mapped
     // again.
@@ -145,6 +152,7 @@ fn resume_in_new_domain(si: &mut start_info) {
     if let Err(err) = crate::xenstore::resume(true, store_port) {
         resume_failed("xenstore", err);
     }
+    crate::noxs::resume(true);
     let generation = GENERATION.fetch_add(1, Ordering::AcqRel) + 1;
     log::info!(
         "suspend: restored into a new domain (restore {generation}), {rebound} event channel(s) bound again"

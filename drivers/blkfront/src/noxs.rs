@@ -44,14 +44,19 @@ pub async fn connect(entry: &Entry) -> Result<BlockDevice, ConnectError> {
     };
     control.connect(&frontend).await?;
     datapath.start(disk_info(&backend));
+    let (port, id) = datapath.channel();
+    let data_port = port.clone();
     let follower = kernel::noxs::follow(
         control,
-        frontend,
-        published.event_channel,
+        move || VbdFrontend {
+            data_port: data_port.port(),
+            ..frontend
+        },
+        port,
         alloc::format!("blkfront: {}", crate::name_of(entry.devid, true)),
         move |again: &VbdBackend| backend.same_device(again),
         async move || {
-            let again = crate::datapath::restart(published.event_channel);
+            let again = crate::datapath::restart(id);
             log::info!("blkfront: {again} request(s) in flight queued again");
         },
     );

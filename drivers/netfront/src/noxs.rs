@@ -41,10 +41,14 @@ pub async fn connect(entry: &Entry) -> Result<Netfront, ConnectError> {
     });
     let restart = datapath.restart_request();
     let port = datapath.notifier();
+    let data_port = port.clone();
     let follower = kernel::noxs::follow(
         control,
-        frontend,
-        published.event_channel,
+        move || VifFrontend {
+            data_port: data_port.port(),
+            ..frontend
+        },
+        port.clone(),
         format!("netfront: vif{}", entry.devid),
         move |again: &VifBackend| backend.same_device(again),
         async move || restart.ask(&port).await,

@@ -10,10 +10,8 @@
 //!
 //! Suspend requests (saving, checkpointing or migrating the domain) never reach the
 //! app: the driver suspends the domain ([`kernel::suspend`]) and, once it runs again,
-//! waits for the next request. Through Xenstore, suspend is advertised
-//! (`control/feature-suspend`); the NoXS sysctl does not offer it yet (a NoXS
-//! domain's control pages are other domains' grants, which libxc cannot save), and
-//! acknowledges and logs a suspend request.
+//! waits for the next request. Suspend is advertised: `control/feature-suspend`
+//! through Xenstore, bit 3 of the NoXS sysctl's `supported`.
 
 #![cfg_attr(target_os = "none", no_std)]
 
@@ -176,15 +174,16 @@ mod guest {
         /// Suspend the domain, as the toolstack asked; a failure is logged (the
         /// toolstack sees the domain did not suspend) and the domain runs on.
         async fn suspend(&self) -> Result<(), Error> {
-            let Source::Xenstore(requests) = &self.source else {
-                log::warn!("sysctl: suspend requested, but a NoXS guest cannot suspend yet");
-                return Ok(());
-            };
             log::info!("sysctl: suspending");
             match kernel::suspend::suspend().await {
                 Ok(Resumed::SameDomain) => log::info!("sysctl: resumed in the same domain"),
-                // A new domain's Xenstore has none of what we wrote.
-                Ok(Resumed::NewDomain) => requests.advertise().await?,
+                Ok(Resumed::NewDomain) => {
+                    // A new domain's Xenstore has none of what we wrote; a NoXS
+                    // sysctl connects again when its re-offer comes.
+                    if let Source::Xenstore(requests) = &self.source {
+                        requests.advertise().await?;
+                    }
+                }
                 Err(err) => log::error!("sysctl: suspend failed, running on: {err}"),
             }
             Ok(())

@@ -17,6 +17,7 @@ use crate::{Error, PowerRequest, Request};
 /// Requests we handle: bit N for request value N (noxs-v1.md).
 const SUPPORTED: u32 = (1 << noxs::Request::Poweroff as u32)
     | (1 << noxs::Request::Reboot as u32)
+    | (1 << noxs::Request::Suspend as u32)
     | (1 << noxs::Request::Crash as u32);
 
 /// The connected sysctl device.
