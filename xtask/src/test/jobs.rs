@@ -32,7 +32,7 @@ const LAB_CHECKS: &str = include_str!("lab-checks.sh");
 /// The capacity job's guests (`GUESTS=` in `capacity-lab.sh`), 4 MiB each.
 const CAPACITY_GUESTS: u32 = 1000;
 
-pub const JOB_TESTS: [JobTest; 11] = [
+pub const JOB_TESTS: [JobTest; 12] = [
     // chaos's commands on real Xen (`chaos-lab.sh`): create, list (and xl list),
     // console, shutdown -w, destroy of daytime with its vif; a destroy while `create
     // --console` watches, each of the two ending well; fifteen malformed
@@ -156,6 +156,21 @@ pub const JOB_TESTS: [JobTest; 11] = [
     JobTest {
         name: "disks: one writer per image across loop devices and NoXS vbds, loop devices of dead domains detached",
         script: include_str!("disks-lab.sh"),
+        timeout_secs: 300,
+        noxs: false,
+        summarize: &[],
+        memory: LabMemory::DEFAULT,
+    },
+    // apps/kvstore and redis-cli (`kvstore-lab.sh`), in a Xenstore lab so that both
+    // device methods run: a Xenstore-method kvstore answers SET/GET/INCR/DEL/EXISTS/
+    // DBSIZE, Redis's errors word for word, a pipelined batch in order, 20 clients at
+    // once and a 400 KiB binary value; a 1 GiB bulk and malformed requests get protocol
+    // errors while a connected client keeps being served; after SAVE and destroy, a
+    // NoXS kvstore on the same disk has every value, and its own SAVE persists too; SAVE
+    // without a disk and a damaged snapshot are named; nothing is left behind.
+    JobTest {
+        name: "kvstore: redis-cli talks to it, SAVE survives destroy, on both device methods",
+        script: include_str!("kvstore-lab.sh"),
         timeout_secs: 300,
         noxs: false,
         summarize: &[],
