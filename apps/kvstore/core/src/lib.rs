@@ -15,3 +15,6 @@ extern crate alloc;
 pub mod resp;
 pub mod snapshot;
 pub mod store;
+
+#[cfg(test)]
+mod properties;
