@@ -255,11 +255,7 @@ struct Deb {
 fn packages(cache: &Path, root: &Path) -> Result<Vec<Deb>> {
     let lock_path = cache.join("packages.lock");
     if let Some(debs) = read_lock(cache, &lock_path) {
-        let missing: Vec<&str> = PACKAGES
-            .iter()
-            .copied()
-            .filter(|name| !debs.iter().any(|deb| deb.name == *name))
-            .collect();
+        let missing = unlisted(&debs, PACKAGES);
         if missing.is_empty() {
             unpack_all(&debs, root)?;
             return Ok(debs);
@@ -318,6 +314,16 @@ fn packages(cache: &Path, root: &Path) -> Result<Vec<Deb>> {
         .with_context(|| format!("writing {}", lock_path.display()))?;
     mark(root, &lock_text(&debs))?;
     Ok(debs)
+}
+
+/// The packages of `wanted` that `debs` (a lock's list) lacks: a lock written before a
+/// package was added to `PACKAGES` must not stand.
+fn unlisted<'a>(debs: &[Deb], wanted: &[&'a str]) -> Vec<&'a str> {
+    wanted
+        .iter()
+        .copied()
+        .filter(|name| !debs.iter().any(|deb| deb.name == *name))
+        .collect()
 }
 
 fn lock_text(debs: &[Deb]) -> String {
@@ -855,4 +861,25 @@ fn output(cmd: &mut Command) -> Result<String> {
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_without_a_listed_package_is_stale() {
+        let deb = |name: &str| Deb {
+            name: name.to_owned(),
+            file: PathBuf::from(format!("{name}.deb")),
+        };
+        let old_lock = [deb("busybox-static"), deb("xen-utils-4.17")];
+        assert_eq!(
+            unlisted(&old_lock, &["busybox-static", "redis-tools"]),
+            ["redis-tools"]
+        );
+        assert!(unlisted(&old_lock, &["xen-utils-4.17"]).is_empty());
+        // The lab's own list: every package it names is one the lock must have.
+        assert!(PACKAGES.contains(&"redis-tools"));
+    }
 }
