@@ -523,7 +523,7 @@ mod tests {
             assert!(
                 matches!(load(&bad, 4096), Err(SnapshotError::PayloadChecksum { .. })),
                 "byte {at}: {:?}",
-                load(&bad, 4096)
+                load(&bad, 4096).map(|entries| entries.len())
             );
         }
     }
