@@ -9,7 +9,8 @@
 //! Commands: `PING [msg]`, `ECHO msg`, `SET key value [NX|XX] [GET]`, `GET key`,
 //! `DEL key…`, `EXISTS key…`, `INCR`/`DECR key`, `INCRBY`/`DECRBY key n`,
 //! `APPEND key value`, `STRLEN key`, `DBSIZE`, `FLUSHALL [ASYNC|SYNC]`, `SAVE`,
-//! `SELECT 0`, `COMMAND [COUNT|LIST|INFO…|DOCS…|HELP]`, `HELLO [2]`, `QUIT`.
+//! `SELECT 0`, `COMMAND [COUNT|LIST|INFO…|DOCS…|HELP]`, `HELLO [2]`, `INFO [section…]`,
+//! `QUIT`.
 //! Keys do not expire: `SET`'s `EX`/`PX`/… options are refused by name.
 
 use alloc::borrow::Cow;
@@ -34,6 +35,9 @@ pub enum Outcome<'a> {
     Quit,
     /// `SAVE`: write a snapshot (the caller has the disk), then reply.
     Save,
+    /// `INFO [section…]`: the caller knows the connections and the disk; it replies
+    /// with [`info_text`] of the sections it has and these names.
+    Info(Vec<&'a [u8]>),
 }
 
 /// A client's connection, as the commands see it.
@@ -102,6 +106,7 @@ const COMMANDS: &[Spec] = &[
     ),
     spec("incr", 2, &["write", "denyoom", "fast"], ONE_KEY),
     spec("incrby", 3, &["write", "denyoom", "fast"], ONE_KEY),
+    spec("info", -1, &["loading", "stale"], NO_KEYS),
     spec("ping", -1, &["fast"], NO_KEYS),
     spec(
         "quit",
@@ -285,6 +290,7 @@ impl Store {
                 }
             },
             "save" => return Outcome::Save,
+            "info" => return Outcome::Info(args[1..].to_vec()),
             "quit" => return Outcome::Quit,
             "select" => match parse_i64(args[1]) {
                 None => error(NOT_AN_INTEGER),
@@ -375,6 +381,39 @@ impl Store {
         }
         Reply::Integer(len as i64)
     }
+}
+
+/// A section of `INFO`: its name and its `field:value` lines.
+pub type InfoSection = (&'static str, Vec<(&'static str, String)>);
+
+/// `INFO`'s text as Redis lays it out (`# Name` headers, `field:value` lines, CR LF, a
+/// blank line between sections): the sections `requested` names (any case), or all of
+/// them for none, `all`, `default` or `everything`; an unknown name adds nothing.
+pub fn info_text(requested: &[&[u8]], sections: &[InfoSection]) -> Vec<u8> {
+    let everything = requested.is_empty()
+        || requested.iter().any(|name| {
+            [&b"all"[..], b"default", b"everything"]
+                .iter()
+                .any(|all| name.eq_ignore_ascii_case(all))
+        });
+    let mut text = Vec::new();
+    for (name, fields) in sections {
+        if !everything
+            && !requested
+                .iter()
+                .any(|wanted| wanted.eq_ignore_ascii_case(name.as_bytes()))
+        {
+            continue;
+        }
+        if !text.is_empty() {
+            text.extend_from_slice(b"\r\n");
+        }
+        text.extend_from_slice(format!("# {name}\r\n").as_bytes());
+        for (field, value) in fields {
+            text.extend_from_slice(format!("{field}:{value}\r\n").as_bytes());
+        }
+    }
+    text
 }
 
 /// `COMMAND`'s description of a command: name, arity, flags, first key, last key, step.
@@ -503,6 +542,14 @@ mod tests {
             }
             Outcome::Quit => String::from("QUIT"),
             Outcome::Save => String::from("SAVE"),
+            Outcome::Info(sections) => format!(
+                "INFO [{}]",
+                sections
+                    .iter()
+                    .map(|name| String::from_utf8_lossy(name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         }
     }
 
@@ -538,6 +585,8 @@ mod tests {
                 ("ECHO hello", "$5\r\nhello\r\n"),
                 ("SAVE", "SAVE"),
                 ("QUIT", "QUIT"),
+                ("INFO", "INFO []"),
+                ("info memory Clients", "INFO [memory, Clients]"),
                 ("SELECT 0", "+OK\r\n"),
                 ("SELECT 1", "-ERR DB index is out of range\r\n"),
             ],
@@ -762,6 +811,28 @@ mod tests {
             args.resize(spec.arity.unsigned_abs() as usize, b"0".as_slice());
             let _ = run(&mut store, &args);
         }
+    }
+
+    #[test]
+    fn info_lays_out_sections_as_redis() {
+        let sections: [InfoSection; 2] = [
+            ("Server", vec![("kvstore_version", String::from("0.1.0"))]),
+            (
+                "Memory",
+                vec![
+                    ("used_memory", String::from("10")),
+                    ("maxmemory", String::from("20")),
+                ],
+            ),
+        ];
+        let all = "# Server\r\nkvstore_version:0.1.0\r\n\r\n# Memory\r\nused_memory:10\r\nmaxmemory:20\r\n";
+        assert_eq!(info_text(&[], &sections), all.as_bytes());
+        assert_eq!(info_text(&[b"ALL"], &sections), all.as_bytes());
+        assert_eq!(
+            info_text(&[b"memory"], &sections),
+            b"# Memory\r\nused_memory:10\r\nmaxmemory:20\r\n"
+        );
+        assert_eq!(info_text(&[b"nosuch"], &sections), b"");
     }
 
     #[test]
