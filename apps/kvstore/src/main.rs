@@ -41,15 +41,16 @@ use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
 use core::future::poll_fn;
 use core::task::{Poll, Waker};
+use core::time::Duration;
 
 use blkfront::{BlockDevice, SECTOR_SIZE};
-use kernel::executor::{Either, block_on, select, spawn};
+use kernel::executor::{Either, block_on, select, spawn, timeout};
 use kernel::println;
 use kernel::shutdown::ShutdownReason;
 use kernel::time::{Instant, since_boot};
 use kvstore_core::resp::{self, MAX_REQUEST, Reply};
 use kvstore_core::snapshot::{self, Header, Reader, SnapshotError, Writer};
-use kvstore_core::store::{Outcome, Session, Store};
+use kvstore_core::store::{InfoSection, Outcome, Session, Store, info_text};
 use net::{TcpListener, TcpStream};
 use sysctl::{PowerControl, PowerRequest};
 
@@ -66,6 +67,8 @@ const SEND_AT: usize = 16 * 1024;
 /// A buffer larger than this is shrunk once it is empty again: an idle client keeps
 /// little memory.
 const KEEP_CAPACITY: usize = 16 * 1024;
+/// How long a departing client has to take its last reply and the close.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes per disk request when saving and loading.
 const DISK_CHUNK: usize = 64 * 1024;
 
@@ -114,6 +117,8 @@ fn main(args: kernel::Args) -> Result<ShutdownReason, String> {
                 used: Cell::new(0),
             },
             clients: Cell::new(0),
+            connected: Cell::new(0),
+            port,
         });
         let request = serve_until_stopped(&server, &mut listener, &power).await?;
         println!("kvstore: shutting down ({request})");
@@ -135,6 +140,9 @@ struct Server {
     buffers: Pool,
     /// Connections accepted so far (each one's `HELLO` id).
     clients: Cell<u64>,
+    /// Connections open now.
+    connected: Cell<usize>,
+    port: u16,
 }
 
 async fn serve_until_stopped(
@@ -207,7 +215,9 @@ struct Pool {
 
 /// Why a connection ends early.
 enum Ending {
-    /// The client closed, or the connection broke.
+    /// The client closed its side: close ours.
+    Closed,
+    /// The connection broke.
     Gone,
     /// Send this error (its code first) and close.
     Error(String),
@@ -217,6 +227,8 @@ enum Ending {
 struct Buffer<'a> {
     pool: &'a Pool,
     bytes: Vec<u8>,
+    /// What the pool was last charged for this buffer: its capacity then.
+    charged: usize,
 }
 
 impl<'a> Buffer<'a> {
@@ -224,7 +236,17 @@ impl<'a> Buffer<'a> {
         Self {
             pool,
             bytes: Vec::new(),
+            charged: 0,
         }
+    }
+
+    /// Charge the pool for the buffer's capacity now.
+    fn recharge(&mut self) {
+        let capacity = self.bytes.capacity();
+        self.pool
+            .used
+            .set(self.pool.used.get() - self.charged + capacity);
+        self.charged = capacity;
     }
 
     /// Make room for `extra` more bytes, if the pool and the heap allow.
@@ -236,59 +258,66 @@ impl<'a> Buffer<'a> {
         }
         // Doubling (amortised copies), but never far beyond what a request can take.
         let capacity = needed.max((before * 2).min(MAX_REQUEST + READ_CHUNK));
-        let used = self.pool.used.get();
-        if used + (capacity - before) > self.pool.limit {
+        let used = self.pool.used.get() - self.charged;
+        if used + capacity > self.pool.limit {
             return Err(format!(
                 "ERR kvstore: the buffers of all connections are full ({} of {} KiB): connection dropped",
-                used >> 10,
+                self.pool.used.get() >> 10,
                 self.pool.limit >> 10
             ));
         }
         self.bytes
             .try_reserve_exact(capacity - self.bytes.len())
             .map_err(|_| String::from("ERR kvstore: out of memory: connection dropped"))?;
-        self.pool.used.set(used - before + self.bytes.capacity());
+        self.recharge();
         Ok(())
     }
 
     /// Give memory back once the buffer is (nearly) drained.
     fn shrink(&mut self) {
-        let before = self.bytes.capacity();
-        if before > KEEP_CAPACITY && self.bytes.len() <= KEEP_CAPACITY / 2 {
+        if self.bytes.capacity() > KEEP_CAPACITY && self.bytes.len() <= KEEP_CAPACITY / 2 {
             self.bytes.shrink_to(KEEP_CAPACITY);
-            self.pool
-                .used
-                .set(self.pool.used.get() - before + self.bytes.capacity());
+            self.recharge();
         }
     }
 }
 
 impl Drop for Buffer<'_> {
     fn drop(&mut self) {
-        self.pool
-            .used
-            .set(self.pool.used.get() - self.bytes.capacity());
+        self.pool.used.set(self.pool.used.get() - self.charged);
     }
 }
 
 async fn serve(server: Rc<Server>, mut stream: TcpStream, session: Session) {
+    server.connected.set(server.connected.get() + 1);
     let peer = stream.peer();
     let mut input = Buffer::new(&server.buffers);
     let mut output = Buffer::new(&server.buffers);
-    match converse(&server, &mut stream, session, &mut input, &mut output).await {
-        Ok(()) => {
-            let _ = stream.write_all(&output.bytes).await;
-            stream.close().await;
-        }
-        Err(Ending::Gone) => {}
+    let ending = converse(&server, &mut stream, session, &mut input, &mut output).await;
+    drop(input);
+    // The error's few bytes are the one thing written outside the pool.
+    let mut error = Vec::new();
+    let last_words = match ending {
+        Ok(()) => Some(output.bytes.as_slice()),
+        Err(Ending::Closed) => Some(&[][..]),
+        Err(Ending::Gone) => None,
         Err(Ending::Error(text)) => {
-            log::info!("kvstore: client {peer:?}: {text}");
-            let mut reply = Vec::new();
-            Reply::Error(text).encode(&mut reply);
-            let _ = stream.write_all(&reply).await;
-            stream.close().await;
+            log::debug!("kvstore: client {peer:?}: {text}");
+            Reply::Error(text).encode(&mut error);
+            Some(error.as_slice())
         }
+    };
+    // A client that takes neither its last reply nor the close does not keep the task.
+    if let Some(last_words) = last_words {
+        let goodbye = async {
+            if stream.write_all(last_words).await.is_ok() {
+                stream.close().await;
+            }
+        };
+        let _ = timeout(GOODBYE_TIMEOUT, goodbye).await;
     }
+    drop(output);
+    server.connected.set(server.connected.get() - 1);
 }
 
 /// Serve one client until it quits (`Ok`: the output holds the last reply) or must go.
@@ -299,7 +328,10 @@ async fn converse(
     input: &mut Buffer<'_>,
     output: &mut Buffer<'_>,
 ) -> Result<(), Ending> {
-    let mut chunk = vec![0u8; READ_CHUNK];
+    // The read buffer too comes out of the pool: a connection costs at least this.
+    let mut chunk = Buffer::new(input.pool);
+    chunk.reserve(READ_CHUNK).map_err(Ending::Error)?;
+    chunk.bytes.resize(READ_CHUNK, 0);
     loop {
         let mut taken = 0;
         loop {
@@ -320,7 +352,9 @@ async fn converse(
             match execute(server, &session, &argv, output).map_err(Ending::Error)? {
                 Next::Replied => {}
                 Next::Quit => {
-                    Reply::Simple("OK").encode(&mut output.bytes);
+                    let reply = Reply::Simple("OK");
+                    output.reserve(reply.encoded_len()).map_err(Ending::Error)?;
+                    reply.encode(&mut output.bytes);
                     return Ok(());
                 }
                 Next::Save => {
@@ -338,12 +372,15 @@ async fn converse(
         send(stream, output).await?;
         input.shrink();
         output.shrink();
-        let read = stream.read(&mut chunk).await.map_err(|_| Ending::Gone)?;
+        let read = stream
+            .read(&mut chunk.bytes)
+            .await
+            .map_err(|_| Ending::Gone)?;
         if read == 0 {
-            return Err(Ending::Gone);
+            return Err(Ending::Closed);
         }
         input.reserve(read).map_err(Ending::Error)?;
-        input.bytes.extend_from_slice(&chunk[..read]);
+        input.bytes.extend_from_slice(&chunk.bytes[..read]);
     }
 }
 
@@ -372,7 +409,69 @@ fn execute(
         }
         Outcome::Quit => Ok(Next::Quit),
         Outcome::Save => Ok(Next::Save),
+        Outcome::Info(requested) => {
+            // Copied: the names borrow from the store's borrow of the request.
+            let requested: Vec<Vec<u8>> = requested.into_iter().map(<[u8]>::to_vec).collect();
+            let names: Vec<&[u8]> = requested.iter().map(Vec::as_slice).collect();
+            let text = info_text(&names, &info_sections(server, &store));
+            let reply = Reply::Bulk(text.into());
+            output.reserve(reply.encoded_len())?;
+            reply.encode(&mut output.bytes);
+            Ok(Next::Replied)
+        }
     }
+}
+
+/// What `INFO` reports: Redis's field names where Redis has the field.
+fn info_sections(server: &Server, store: &Store) -> [InfoSection; 5] {
+    let number = |n: usize| format!("{n}");
+    [
+        (
+            "Server",
+            vec![
+                ("kvstore_version", String::from(env!("CARGO_PKG_VERSION"))),
+                ("uptime_in_seconds", format!("{}", since_boot().as_secs())),
+                ("tcp_port", format!("{}", server.port)),
+            ],
+        ),
+        (
+            "Clients",
+            vec![
+                ("connected_clients", number(server.connected.get())),
+                (
+                    "total_connections_received",
+                    format!("{}", server.clients.get()),
+                ),
+            ],
+        ),
+        (
+            "Memory",
+            vec![
+                ("used_memory", number(store.used())),
+                ("maxmemory", number(store.budget())),
+                ("connection_buffers", number(server.buffers.used.get())),
+                ("connection_buffers_limit", number(server.buffers.limit)),
+            ],
+        ),
+        (
+            "Persistence",
+            vec![(
+                "disk",
+                server
+                    .disk
+                    .as_ref()
+                    .map_or(String::from("none"), BlockDevice::name),
+            )],
+        ),
+        (
+            "Keyspace",
+            if store.is_empty() {
+                Vec::new()
+            } else {
+                vec![("db0", format!("keys={},expires=0,avg_ttl=0", store.len()))]
+            },
+        ),
+    ]
 }
 
 async fn send(stream: &mut TcpStream, output: &mut Buffer<'_>) -> Result<(), Ending> {

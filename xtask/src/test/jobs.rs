@@ -165,7 +165,9 @@ pub const JOB_TESTS: [JobTest; 12] = [
     // device methods run: a Xenstore-method kvstore answers SET/GET/INCR/DEL/EXISTS/
     // DBSIZE, Redis's errors word for word, a pipelined batch in order, 20 clients at
     // once and a 400 KiB binary value; a 1 GiB bulk and malformed requests get protocol
-    // errors while a connected client keeps being served; after SAVE and destroy, a
+    // errors while a connected client keeps being served; clients hoarding unfinished
+    // 512 KiB requests fill the connections' memory, the next is refused, the guest
+    // serves on and has the memory back once they leave; after SAVE and destroy, a
     // NoXS kvstore on the same disk has every value, and its own SAVE persists too; SAVE
     // without a disk and a damaged snapshot are named; nothing is left behind.
     JobTest {

@@ -4,7 +4,9 @@
 # errors word for word as Redis, COMMAND DOCS and HELLO as redis-cli expects, a
 # pipelined batch in order (raw bytes compared), 20 clients at once, a 400 KiB binary
 # value; a client announcing a 1 GiB value or sending malformed requests gets Redis's
-# protocol error and is dropped while a client connected all along keeps being served.
+# protocol error and is dropped while a client connected all along keeps being served;
+# clients hoarding unfinished requests fill the connections' memory and the next one
+# is refused, the guest serving on.
 # SAVE, destroy, and a NoXS kvstore on the same disk has the values; it changes them,
 # saves, and the next one has those. A kvstore without a disk refuses SAVE saying so;
 # one on a disk with a damaged snapshot starts empty and says why. Nothing is left
@@ -77,6 +79,9 @@ up xs-up kv-xs
 grep -q "kvstore: disk xvda is blank: starting empty" xs-up.out
 check blank-disk-said $? "$(grep kvstore: xs-up.out | tr '\n' '|')"
 
+# INFO's count of connection buffers, as a client alone sees it.
+buffers() { timeout 10 redis-cli -h $GUEST -p $PORT INFO memory | tr -d '\r' | sed -n 's/^connection_buffers://p'; }
+buffers0=$(buffers)
 reply ping PONG PING
 reply get-missing "(nil)" GET name
 reply set OK SET name kvstore
@@ -143,6 +148,37 @@ cmp -s held.out held.want
 check held-client-served $? "the connected client got '$(od -An -c held.out | tr -s ' \n' ' ')'"
 reply serves-after-hostile PONG PING
 
+# Eight clients each leave a 512 KiB request unfinished until told to go: the
+# connection buffers' quarter of the heap (about 4 MiB of this 32 MiB guest) holds
+# seven; the eighth is refused with an error, and the guest goes on serving.
+rm -f release
+hostile=""
+for i in $(seq 8); do
+	{
+		printf '*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$524288\r\n'
+		head -c 524000 /dev/zero
+		until [ -e release ]; do sleep 0.2; done
+	} | timeout 60 nc $GUEST $PORT >"hoard$i.out" 2>&1 &
+	hostile="$hostile $!"
+done
+i=0
+until grep -q "buffers of all connections are full" hoard*.out || [ $i -gt 300 ]; do
+	i=$((i + 1))
+	sleep 0.1
+done
+refused=$(grep -l "^-ERR kvstore: the buffers of all connections are full (.* KiB): connection dropped" hoard*.out | wc -l)
+[ "$refused" -ge 1 ]
+check hoarder-refused $? "$refused of 8 clients refused after $i tenths of a second: $(cat hoard*.out | tr '\r\n' '  '); $(timeout 10 redis-cli -h $GUEST -p $PORT INFO clients memory | tr '\r\n' '  ')"
+reply serves-while-hoarded PONG PING
+touch release
+# shellcheck disable=SC2086
+wait $hostile
+got=$(timeout 20 redis-cli -h $GUEST -p $PORT -x SET big <big.bin 2>&1)
+[ "$got" = OK ]
+check memory-back-after-hoarders $? "a 400 KiB SET after the hoarders left: '$got'"
+
+# Every connection so far has given its buffers back.
+count connection-buffers "$buffers0" "$(buffers)"
 reply save OK SAVE
 grep -q "kvstore: saved 8 keys" xs-up.out
 check save-logged $? "$(grep "kvstore: saved\|SAVE" xs-up.out | tr '\n' '|')"
