@@ -7,7 +7,9 @@
 //! Arguments: `ip=ADDR/PREFIX gw=GATEWAY` (else DHCP), `port=N` (default 6379).
 //!
 //! Commands: PING, ECHO, SET (NX, XX, GET), GET, DEL, EXISTS, INCR, DECR, INCRBY,
-//! DECRBY, APPEND, STRLEN, DBSIZE, FLUSHALL, SAVE, SELECT 0, COMMAND, HELLO 2, QUIT;
+//! DECRBY, APPEND, STRLEN, DBSIZE, FLUSHALL, SAVE, SELECT 0, COMMAND, HELLO 2, INFO
+//! (Redis's field names where Redis has the field: `used_memory`, `maxmemory`,
+//! `connected_clients`, …; `connection_buffers` is the pool below), QUIT;
 //! requests as RESP arrays or inline lines, pipelined, from any number of clients at
 //! once (a task each).
 //!

@@ -6,7 +6,8 @@
 # value; a client announcing a 1 GiB value or sending malformed requests gets Redis's
 # protocol error and is dropped while a client connected all along keeps being served;
 # clients hoarding unfinished requests fill the connections' memory and the next one
-# is refused, the guest serving on.
+# is refused, the guest serving on; INFO's count of connection memory comes back to
+# where it started.
 # SAVE, destroy, and a NoXS kvstore on the same disk has the values; it changes them,
 # saves, and the next one has those. A kvstore without a disk refuses SAVE saying so;
 # one on a disk with a damaged snapshot starts empty and says why. Nothing is left
