@@ -50,7 +50,8 @@ use kernel::executor::{Either, block_on, select, spawn, timeout};
 use kernel::println;
 use kernel::shutdown::ShutdownReason;
 use kernel::time::{Instant, since_boot};
-use kvstore_core::resp::{self, MAX_REQUEST, Reply};
+use kvstore_core::buffers::{Buffer, BufferError, Pool};
+use kvstore_core::resp::{self, Reply};
 use kvstore_core::snapshot::{self, Header, Reader, SnapshotError, Writer};
 use kvstore_core::store::{InfoSection, Outcome, Session, Store, info_text};
 use net::{TcpListener, TcpStream};
@@ -66,9 +67,6 @@ const BACKLOG: usize = 64;
 const READ_CHUNK: usize = 4096;
 /// Replies are sent once this many bytes wait (and when no whole request is left).
 const SEND_AT: usize = 16 * 1024;
-/// A buffer larger than this is shrunk once it is empty again: an idle client keeps
-/// little memory.
-const KEEP_CAPACITY: usize = 16 * 1024;
 /// How long a departing client has to take its last reply and the close.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes per disk request when saving and loading.
@@ -114,10 +112,7 @@ fn main(args: kernel::Args) -> Result<ShutdownReason, String> {
             store: RefCell::new(store),
             disk,
             saving: Gate::default(),
-            buffers: Pool {
-                limit: heap / 4,
-                used: Cell::new(0),
-            },
+            buffers: Pool::new(heap / 4),
             clients: Cell::new(0),
             connected: Cell::new(0),
             port,
@@ -208,11 +203,10 @@ impl Drop for GateGuard<'_> {
     }
 }
 
-/// The bytes all connection buffers may take together.
-#[derive(Debug)]
-struct Pool {
-    limit: usize,
-    used: Cell<usize>,
+impl From<BufferError> for Ending {
+    fn from(err: BufferError) -> Self {
+        Self::Error(format!("ERR kvstore: {err}: connection dropped"))
+    }
 }
 
 /// Why a connection ends early.
@@ -223,71 +217,6 @@ enum Ending {
     Gone,
     /// Send this error (its code first) and close.
     Error(String),
-}
-
-/// One of a client's buffers, its capacity charged to the pool.
-struct Buffer<'a> {
-    pool: &'a Pool,
-    bytes: Vec<u8>,
-    /// What the pool was last charged for this buffer: its capacity then.
-    charged: usize,
-}
-
-impl<'a> Buffer<'a> {
-    fn new(pool: &'a Pool) -> Self {
-        Self {
-            pool,
-            bytes: Vec::new(),
-            charged: 0,
-        }
-    }
-
-    /// Charge the pool for the buffer's capacity now.
-    fn recharge(&mut self) {
-        let capacity = self.bytes.capacity();
-        self.pool
-            .used
-            .set(self.pool.used.get() - self.charged + capacity);
-        self.charged = capacity;
-    }
-
-    /// Make room for `extra` more bytes, if the pool and the heap allow.
-    fn reserve(&mut self, extra: usize) -> Result<(), String> {
-        let needed = self.bytes.len() + extra;
-        let before = self.bytes.capacity();
-        if needed <= before {
-            return Ok(());
-        }
-        // Doubling (amortised copies), but never far beyond what a request can take.
-        let capacity = needed.max((before * 2).min(MAX_REQUEST + READ_CHUNK));
-        let used = self.pool.used.get() - self.charged;
-        if used + capacity > self.pool.limit {
-            return Err(format!(
-                "ERR kvstore: the buffers of all connections are full ({} of {} KiB): connection dropped",
-                self.pool.used.get() >> 10,
-                self.pool.limit >> 10
-            ));
-        }
-        self.bytes
-            .try_reserve_exact(capacity - self.bytes.len())
-            .map_err(|_| String::from("ERR kvstore: out of memory: connection dropped"))?;
-        self.recharge();
-        Ok(())
-    }
-
-    /// Give memory back once the buffer is (nearly) drained.
-    fn shrink(&mut self) {
-        if self.bytes.capacity() > KEEP_CAPACITY && self.bytes.len() <= KEEP_CAPACITY / 2 {
-            self.bytes.shrink_to(KEEP_CAPACITY);
-            self.recharge();
-        }
-    }
-}
-
-impl Drop for Buffer<'_> {
-    fn drop(&mut self) {
-        self.pool.used.set(self.pool.used.get() - self.charged);
-    }
 }
 
 async fn serve(server: Rc<Server>, mut stream: TcpStream, session: Session) {
@@ -331,8 +260,8 @@ async fn converse(
     output: &mut Buffer<'_>,
 ) -> Result<(), Ending> {
     // The read buffer too comes out of the pool: a connection costs at least this.
-    let mut chunk = Buffer::new(input.pool);
-    chunk.reserve(READ_CHUNK).map_err(Ending::Error)?;
+    let mut chunk = Buffer::new(input.pool());
+    chunk.reserve(READ_CHUNK).map_err(Ending::from)?;
     chunk.bytes.resize(READ_CHUNK, 0);
     loop {
         let mut taken = 0;
@@ -351,17 +280,17 @@ async fn converse(
             }
             server.saving.pass().await;
             let argv: Vec<&[u8]> = args.iter().map(|arg| arg.as_ref()).collect();
-            match execute(server, &session, &argv, output).map_err(Ending::Error)? {
+            match execute(server, &session, &argv, output).map_err(Ending::from)? {
                 Next::Replied => {}
                 Next::Quit => {
                     let reply = Reply::Simple("OK");
-                    output.reserve(reply.encoded_len()).map_err(Ending::Error)?;
+                    output.reserve(reply.encoded_len()).map_err(Ending::from)?;
                     reply.encode(&mut output.bytes);
                     return Ok(());
                 }
                 Next::Save => {
                     let reply = save_command(server).await;
-                    output.reserve(reply.encoded_len()).map_err(Ending::Error)?;
+                    output.reserve(reply.encoded_len()).map_err(Ending::from)?;
                     reply.encode(&mut output.bytes);
                 }
             }
@@ -381,7 +310,7 @@ async fn converse(
         if read == 0 {
             return Err(Ending::Closed);
         }
-        input.reserve(read).map_err(Ending::Error)?;
+        input.reserve(read).map_err(Ending::from)?;
         input.bytes.extend_from_slice(&chunk.bytes[..read]);
     }
 }
@@ -401,7 +330,7 @@ fn execute(
     session: &Session,
     argv: &[&[u8]],
     output: &mut Buffer<'_>,
-) -> Result<Next, String> {
+) -> Result<Next, BufferError> {
     let mut store = server.store.borrow_mut();
     match store.execute(session, argv) {
         Outcome::Reply(reply) => {
@@ -451,8 +380,8 @@ fn info_sections(server: &Server, store: &Store) -> [InfoSection; 5] {
             vec![
                 ("used_memory", number(store.used())),
                 ("maxmemory", number(store.budget())),
-                ("connection_buffers", number(server.buffers.used.get())),
-                ("connection_buffers_limit", number(server.buffers.limit)),
+                ("connection_buffers", number(server.buffers.used())),
+                ("connection_buffers_limit", number(server.buffers.limit())),
             ],
         ),
         (

@@ -1,7 +1,8 @@
 //! The pure core of `apps/kvstore`, an in-memory key-value server speaking a subset of
 //! Redis's protocol: [`resp`] parses requests (RESP2 arrays and inline commands) and
 //! encodes replies, [`store`] holds the keys and runs the commands, [`snapshot`] is the
-//! on-disk format that `SAVE` writes and boot loads.
+//! on-disk format that `SAVE` writes and boot loads, [`buffers`] keeps the connections'
+//! buffers within one budget.
 //!
 //! Nothing here does I/O, so the guest app stays a thin loop of sockets and disk
 //! requests, and everything a client or a disk can send is tested on the host.
@@ -12,6 +13,7 @@
 
 extern crate alloc;
 
+pub mod buffers;
 pub mod resp;
 pub mod snapshot;
 pub mod store;
