@@ -203,12 +203,6 @@ impl Drop for GateGuard<'_> {
     }
 }
 
-impl From<BufferError> for Ending {
-    fn from(err: BufferError) -> Self {
-        Self::Error(format!("ERR kvstore: {err}: connection dropped"))
-    }
-}
-
 /// Why a connection ends early.
 enum Ending {
     /// The client closed its side: close ours.
@@ -217,6 +211,12 @@ enum Ending {
     Gone,
     /// Send this error (its code first) and close.
     Error(String),
+}
+
+impl From<BufferError> for Ending {
+    fn from(err: BufferError) -> Self {
+        Self::Error(format!("ERR kvstore: {err}: connection dropped"))
+    }
 }
 
 async fn serve(server: Rc<Server>, mut stream: TcpStream, session: Session) {
@@ -261,7 +261,7 @@ async fn converse(
 ) -> Result<(), Ending> {
     // The read buffer too comes out of the pool: a connection costs at least this.
     let mut chunk = Buffer::new(input.pool());
-    chunk.reserve(READ_CHUNK).map_err(Ending::from)?;
+    chunk.reserve(READ_CHUNK)?;
     chunk.bytes.resize(READ_CHUNK, 0);
     loop {
         let mut taken = 0;
@@ -280,17 +280,17 @@ async fn converse(
             }
             server.saving.pass().await;
             let argv: Vec<&[u8]> = args.iter().map(|arg| arg.as_ref()).collect();
-            match execute(server, &session, &argv, output).map_err(Ending::from)? {
+            match execute(server, &session, &argv, output)? {
                 Next::Replied => {}
                 Next::Quit => {
                     let reply = Reply::Simple("OK");
-                    output.reserve(reply.encoded_len()).map_err(Ending::from)?;
+                    output.reserve(reply.encoded_len())?;
                     reply.encode(&mut output.bytes);
                     return Ok(());
                 }
                 Next::Save => {
                     let reply = save_command(server).await;
-                    output.reserve(reply.encoded_len()).map_err(Ending::from)?;
+                    output.reserve(reply.encoded_len())?;
                     reply.encode(&mut output.bytes);
                 }
             }
@@ -310,7 +310,7 @@ async fn converse(
         if read == 0 {
             return Err(Ending::Closed);
         }
-        input.reserve(read).map_err(Ending::from)?;
+        input.reserve(read)?;
         input.bytes.extend_from_slice(&chunk.bytes[..read]);
     }
 }
