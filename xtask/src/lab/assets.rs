@@ -33,7 +33,16 @@ const PACKAGES: &[&str] = &[
     "libxenhypfs1",
     "libyajl2",
     "busybox-static",
+    // redis-cli, the client the kvstore tests talk through, and the libraries it links
+    // that a Debian host running xtask may not have installed (`package_of` asks the
+    // host's dpkg for the others).
+    "redis-tools",
+    "libjemalloc2",
+    "liblzf1",
 ];
+
+/// Programs of other packages that go into dom0 (its PATH has `/usr/bin`).
+const OTHER_PROGRAMS: &[&str] = &["usr/bin/redis-cli"];
 
 /// A metapackage that depends on the current `linux-image-6.1.0-NN-amd64`.
 const KERNEL_META: &str = "linux-image-amd64";
@@ -116,7 +125,7 @@ const XL_CONF: &str =
     "# Written by cargo xtask: dom0 has a fixed size in the lab.\nautoballoon=\"off\"\n";
 
 /// Bump when the initramfs layout changes in a way the inputs above do not show.
-const LAYOUT_VERSION: u32 = 1;
+const LAYOUT_VERSION: u32 = 2;
 
 /// Ready-to-boot lab files.
 #[derive(Debug, Clone)]
@@ -165,7 +174,7 @@ pub fn prepare() -> Result<Assets> {
     }
     let initramfs = dir.join("dom0-base.cpio");
     let inputs = format!(
-        "layout {LAYOUT_VERSION}\n{lock}\ntools {XEN_TOOLS:?}\nmodules {MODULES:?}\n{XL_CONF}\n{INIT}\n{VIF_BRIDGE}\n{BLOCK}"
+        "layout {LAYOUT_VERSION}\n{lock}\ntools {XEN_TOOLS:?} {OTHER_PROGRAMS:?}\nmodules {MODULES:?}\n{XL_CONF}\n{INIT}\n{VIF_BRIDGE}\n{BLOCK}"
     );
     if !fresh(&initramfs, &inputs) {
         build_initramfs(&root, &dir.join("initramfs"), &initramfs)?;
@@ -246,8 +255,16 @@ struct Deb {
 fn packages(cache: &Path, root: &Path) -> Result<Vec<Deb>> {
     let lock_path = cache.join("packages.lock");
     if let Some(debs) = read_lock(cache, &lock_path) {
-        unpack_all(&debs, root)?;
-        return Ok(debs);
+        let missing = unlisted(&debs, PACKAGES);
+        if missing.is_empty() {
+            unpack_all(&debs, root)?;
+            return Ok(debs);
+        }
+        eprintln!(
+            "lab: {} lacks {}: fetching packages again",
+            lock_path.display(),
+            missing.join(", ")
+        );
     }
     for tool in ["apt-get", "apt-cache", "dpkg"] {
         if util::which(tool).is_none() {
@@ -297,6 +314,16 @@ fn packages(cache: &Path, root: &Path) -> Result<Vec<Deb>> {
         .with_context(|| format!("writing {}", lock_path.display()))?;
     mark(root, &lock_text(&debs))?;
     Ok(debs)
+}
+
+/// The packages of `wanted` that `debs` (a lock's list) lacks: a lock written before a
+/// package was added to `PACKAGES` must not stand.
+fn unlisted<'a>(debs: &[Deb], wanted: &[&'a str]) -> Vec<&'a str> {
+    wanted
+        .iter()
+        .copied()
+        .filter(|name| !debs.iter().any(|deb| deb.name == *name))
+        .collect()
 }
 
 fn lock_text(debs: &[Deb]) -> String {
@@ -472,6 +499,7 @@ fn programs() -> Vec<String> {
         .map(|tool| format!("{XEN_BIN}/{tool}"))
         .collect();
     programs.push("usr/bin/xenstore".to_owned());
+    programs.extend(OTHER_PROGRAMS.iter().map(|&program| program.to_owned()));
     programs
 }
 
@@ -645,7 +673,7 @@ fn build_initramfs(root: &Path, staging: &Path, out: &Path) -> Result<()> {
     cpio(staging, out)?;
     let size = fs::metadata(out)?.len();
     eprintln!(
-        "lab: {} ({} MiB: busybox, {} Xen programs, {} libraries, {} modules)",
+        "lab: {} ({} MiB: busybox, {} programs, {} libraries, {} modules)",
         out.display(),
         size >> 20,
         programs().len(),
@@ -833,4 +861,25 @@ fn output(cmd: &mut Command) -> Result<String> {
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_without_a_listed_package_is_stale() {
+        let deb = |name: &str| Deb {
+            name: name.to_owned(),
+            file: PathBuf::from(format!("{name}.deb")),
+        };
+        let old_lock = [deb("busybox-static"), deb("xen-utils-4.17")];
+        assert_eq!(
+            unlisted(&old_lock, &["busybox-static", "redis-tools"]),
+            ["redis-tools"]
+        );
+        assert!(unlisted(&old_lock, &["xen-utils-4.17"]).is_empty());
+        // The lab's own list: every package it names is one the lock must have.
+        assert!(PACKAGES.contains(&"redis-tools"));
+    }
 }

@@ -173,6 +173,23 @@ pub const JOB_TESTS: [JobTest; 12] = [
         summarize: &[],
         memory: LabMemory::DEFAULT,
     },
+    // apps/kvstore and redis-cli (`kvstore-lab.sh`), in a Xenstore lab so that both
+    // device methods run: a Xenstore-method kvstore answers SET/GET/INCR/DEL/EXISTS/
+    // DBSIZE, Redis's errors word for word, a pipelined batch in order, 20 clients at
+    // once and a 400 KiB binary value; a 1 GiB bulk and malformed requests get protocol
+    // errors while a connected client keeps being served; clients hoarding unfinished
+    // 512 KiB requests fill the connections' memory, the next is refused, the guest
+    // serves on and has the memory back once they leave; after SAVE and destroy, a
+    // NoXS kvstore on the same disk has every value, and its own SAVE persists too; SAVE
+    // without a disk and a damaged snapshot are named; nothing is left behind.
+    JobTest {
+        name: "kvstore: redis-cli talks to it, SAVE survives destroy, on both device methods",
+        script: include_str!("kvstore-lab.sh"),
+        timeout_secs: 300,
+        noxs: false,
+        summarize: &[],
+        memory: LabMemory::DEFAULT,
+    },
     // The chaos daemon (`daemon-lab.sh`): a daytime with 2 vifs, 16 MiB and a disk from
     // a shell gets exactly those; a pool of 2 emptied by 3 creates builds the third in
     // full; create --wait through it; shells never listed; SIGKILL, then its restart or
