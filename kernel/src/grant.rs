@@ -478,7 +478,12 @@ mod guest {
     static SCRATCH_PFN: Mutex<Option<u64>> = Mutex::new(None);
 
     /// Map grant `gref` of `domid` at window page `va`; returns Xen's handle.
-    fn map_grant(va: VirtAddr, domid: DomId, gref: GrantRef, readonly: bool) -> Result<u32, GrantError> {
+    fn map_grant(
+        va: VirtAddr,
+        domid: DomId,
+        gref: GrantRef,
+        readonly: bool,
+    ) -> Result<u32, GrantError> {
         let mut op = abi::GnttabMapGrantRef {
             host_addr: va.as_u64(),
             flags: if readonly {
@@ -631,8 +636,9 @@ mod guest {
                 Some(handle) => unmap_grant(self.va, handle),
                 // SAFETY: the scratch page (or nothing) is mapped there, and nobody
                 // uses the address any more.
-                None => unsafe { arch::mm::unmap_page(self.va) }
-                    .map_err(|_| GrantError::NoAddressSpace),
+                None => {
+                    unsafe { arch::mm::unmap_page(self.va) }.map_err(|_| GrantError::NoAddressSpace)
+                }
             };
             match unmapped {
                 Ok(()) => crate::mem::release_window_page(self.va),

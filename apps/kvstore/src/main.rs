@@ -120,9 +120,7 @@ fn main(args: kernel::Args) -> Result<ShutdownReason, String> {
         let request = serve_until_stopped(&server, &mut listener, &power).await?;
         println!("kvstore: shutting down ({request})");
         drop(listener);
-        Ok(request
-            .shutdown_reason()
-            .unwrap_or(ShutdownReason::Poweroff))
+        Ok(request.shutdown_reason())
     })
 }
 
@@ -149,11 +147,6 @@ async fn serve_until_stopped(
 ) -> Result<PowerRequest, String> {
     loop {
         match select(power.next(), listener.accept()).await {
-            Either::Left(Ok(PowerRequest::Suspend)) => {
-                log::warn!(
-                    "kvstore: suspend requested, but suspend is not implemented yet: serving on"
-                );
-            }
             Either::Left(Ok(request)) => return Ok(request),
             Either::Left(Err(err)) => return Err(format!("power control: {err}")),
             Either::Right(stream) => {

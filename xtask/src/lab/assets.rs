@@ -44,6 +44,27 @@ const PACKAGES: &[&str] = &[
 /// Programs of other packages that go into dom0 (its PATH has `/usr/bin`).
 const OTHER_PROGRAMS: &[&str] = &["usr/bin/redis-cli"];
 
+/// The version of every Xen package (`xen-*`, `libxen*`) the lab takes: bookworm's own
+/// 4.17.5. Its security update 4.17.7+13-g2445b30a44-0+deb12u1 builds the hypervisor
+/// without shadow paging (`# CONFIG_SHADOW_PAGING is not set`), and a PV guest's live
+/// migration needs it: libxc's log-dirty mode then fails (`Failed to enable logdirty:
+/// 95`, for xl and chaos alike). [`prepare`] checks the hypervisor it unpacked.
+const XEN_VERSION: &str = "4.17.5+72-g01140da4e8-1";
+
+/// Whether `name` is one of Xen's packages, taken at [`XEN_VERSION`].
+fn is_xen_package(name: &str) -> bool {
+    name.starts_with("xen") || name.starts_with("libxen")
+}
+
+/// What `apt-get download` is asked for: Xen's packages at [`XEN_VERSION`].
+fn apt_spec(name: &str) -> String {
+    if is_xen_package(name) {
+        format!("{name}={XEN_VERSION}")
+    } else {
+        name.to_owned()
+    }
+}
+
 /// A metapackage that depends on the current `linux-image-6.1.0-NN-amd64`.
 const KERNEL_META: &str = "linux-image-amd64";
 
@@ -157,6 +178,17 @@ pub fn prepare() -> Result<Assets> {
     let root = dir.join("root");
     let debs = packages(&dir.join("cache"), &root)?;
     let lock = lock_text(&debs);
+    let config = root.join("boot/xen-4.17-amd64.config");
+    let config_text =
+        fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
+    ensure!(
+        config_text
+            .lines()
+            .any(|line| line == "CONFIG_SHADOW_PAGING=y"),
+        "{} is built without shadow paging, which a PV guest's live migration needs: \
+         the lab wants Xen {XEN_VERSION}",
+        config.display()
+    );
 
     let xen_gz = root.join("boot/xen-4.17-amd64.gz");
     let xen = dir.join("xen");
@@ -249,19 +281,34 @@ struct Deb {
     file: PathBuf,
 }
 
+impl Deb {
+    /// Whether its file is version `version` (`NAME_VERSION_ARCH.deb`).
+    fn is_version(&self, version: &str) -> bool {
+        self.file
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|file| file.starts_with(&format!("{}_{version}_", self.name)))
+    }
+}
+
 /// The `.deb` files of every package the lab needs, downloaded into `cache` and unpacked
 /// into `root`. The list is kept in `cache/packages.lock`; while it and its files exist,
 /// neither apt nor the network is asked anything.
 fn packages(cache: &Path, root: &Path) -> Result<Vec<Deb>> {
     let lock_path = cache.join("packages.lock");
     if let Some(debs) = read_lock(cache, &lock_path) {
-        let missing = unlisted(&debs, PACKAGES);
+        let mut missing = unlisted(&debs, PACKAGES);
+        missing.extend(
+            debs.iter()
+                .filter(|deb| is_xen_package(&deb.name) && !deb.is_version(XEN_VERSION))
+                .map(|deb| deb.name.as_str()),
+        );
         if missing.is_empty() {
             unpack_all(&debs, root)?;
             return Ok(debs);
         }
         eprintln!(
-            "lab: {} lacks {}: fetching packages again",
+            "lab: {} lacks {} (or not at the lab's version): fetching packages again",
             lock_path.display(),
             missing.join(", ")
         );
@@ -375,7 +422,8 @@ fn download(cache: &Path, names: &[String]) -> Result<Vec<Deb>> {
     // directory, so ask from an empty one.
     let scratch = cache.join("uris");
     fs::create_dir_all(&scratch)?;
-    let uris = output(apt_get(&scratch).arg("--print-uris").args(names))?;
+    let specs: Vec<String> = names.iter().map(|name| apt_spec(name)).collect();
+    let uris = output(apt_get(&scratch).arg("--print-uris").args(&specs))?;
     // "'http://…/libyajl2_2.1.0-3%2bdeb12u2_amd64.deb' libyajl2_2.1.0-3+deb12u2_amd64.deb 22960 SHA256:…"
     let files: Vec<&str> = uris
         .lines()
@@ -403,7 +451,7 @@ fn download(cache: &Path, names: &[String]) -> Result<Vec<Deb>> {
     }
 
     let mut cmd = apt_get(cache);
-    cmd.args(wanted.iter().map(|deb| &deb.name))
+    cmd.args(wanted.iter().map(|deb| apt_spec(&deb.name)))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     eprintln!("$ {}", util::display(&cmd));
@@ -881,5 +929,27 @@ mod tests {
         assert!(unlisted(&old_lock, &["xen-utils-4.17"]).is_empty());
         // The lab's own list: every package it names is one the lock must have.
         assert!(PACKAGES.contains(&"redis-tools"));
+    }
+
+    #[test]
+    fn xen_packages_are_asked_for_at_the_labs_version() {
+        assert_eq!(
+            apt_spec("xen-hypervisor-4.17-amd64"),
+            format!("xen-hypervisor-4.17-amd64={XEN_VERSION}")
+        );
+        assert_eq!(
+            apt_spec("libxenmisc4.17"),
+            format!("libxenmisc4.17={XEN_VERSION}")
+        );
+        assert_eq!(apt_spec("busybox-static"), "busybox-static");
+        let deb = |file: &str| Deb {
+            name: "libxencall1".to_owned(),
+            file: PathBuf::from("cache").join(file),
+        };
+        assert!(deb("libxencall1_4.17.5+72-g01140da4e8-1_amd64.deb").is_version(XEN_VERSION));
+        // The security update without shadow paging makes a lock stale.
+        assert!(
+            !deb("libxencall1_4.17.7+13-g2445b30a44-0+deb12u1_amd64.deb").is_version(XEN_VERSION)
+        );
     }
 }

@@ -1,10 +1,11 @@
 # Lab job for `cargo xtask test`: our guests suspend and resume under xl (Xenstore
-# method). A daytime guest answers a client, then again after `xl save` + `xl restore`
-# (a new domain: every port, grant and back end new), after `xl save -c` (a checkpoint:
-# it resumes in the same domain) and after `xl migrate` to this host; a blkcheck guest
-# saved and restored in the middle of its rounds verifies every pattern (its requests
-# in flight are queued again on the new back end). Nothing is left behind. Reports
-# through lab-checks.sh's helpers.
+# method). A kvstore guest keeps the values redis-cli set in dom0, and takes new
+# writes, after `xl save` + `xl restore` (a new domain: every port, grant and back end
+# new), after `xl save -c` (a checkpoint: it resumes in the same domain; restored, the
+# checkpoint has the values of then) and after `xl migrate` to this host; a blkcheck
+# guest saved and restored in the middle of its rounds verifies every pattern (its
+# requests in flight are queued again on the new back end). Nothing is left behind.
+# Reports through lab-checks.sh's helpers.
 set -u
 GUEST=10.0.2.16
 
@@ -13,70 +14,79 @@ vifs() { ls /sys/class/net | grep -c '^vif'; }
 loops() { ls /sys/block/loop*/loop/backing_file 2>/dev/null | wc -l; }
 uptime_ms() { awk '{ printf "%d", $1 * 1000 }' /proc/uptime; }
 
-# answers NAME: the daytime guest gives a line within 10 s (a restored guest's vif may
-# need a moment on the bridge).
-answers() {
-	i=0
-	while [ $i -lt 20 ]; do
-		answer=$(nc -w 2 $GUEST 13 </dev/null 2>/dev/null)
-		case "$answer" in 20[0-9][0-9]-*T*Z*) break ;; esac
-		i=$((i + 1))
-		sleep 0.5
-	done
-	case "$answer" in 20[0-9][0-9]-*T*Z*) true ;; *) false ;; esac
-	check "$1" $? "'$answer' after $i tries"
-}
-
 mkdir -p /tmp/suspend
 cd /tmp/suspend
 d0=$(domains) v0=$(vifs) l0=$(loops)
 
-# --- daytime: save and restore, checkpoint, migrate ----------------------------------
-cat >daytime.cfg <<EOF
-name = "sr-daytime"
-kernel = "/apps/daytime"
+# --- kvstore: its values across save and restore, checkpoint, migrate ----------------
+kv() { timeout 10 redis-cli -h $GUEST -p 6379 "$@" 2>&1; }
+
+# keeps NAME: the values set below are all there, and the guest still takes writes
+# (the counter goes one up at each look).
+keeps() {
+	counter=$((counter + 1))
+	got="$(kv GET greeting) $(kv GET binary | od -An -tx1 | tr -d ' \n') $(kv INCR counter) $(kv DBSIZE)"
+	want="hello 00ff0a0d0a $counter 3"
+	[ "$got" = "$want" ]
+	check "$1" $? "got '$got', want '$want'"
+}
+
+cat >kvstore.cfg <<EOF
+name = "sr-kvstore"
+kernel = "/apps/kvstore"
 cmdline = "ip=$GUEST/24 gw=10.0.2.2"
 memory = 32
 vif = ['mac=00:16:3e:0a:00:10,bridge=xenbr0']
 EOF
-xl create daytime.cfg >create.out 2>&1
-xl console sr-daytime >console1.out 2>&1 &
-wait_for "daytime: listening on $GUEST:13" 300 console1.out
-check daytime-boots $? "$(tail -n 2 console1.out | tr '\n' '|')"
-answers answers-before-save
-feature=$(xenstore-read "/local/domain/$(xl domid sr-daytime)/control/feature-suspend" 2>&1)
+xl create kvstore.cfg >create.out 2>&1
+xl console sr-kvstore >console1.out 2>&1 &
+wait_for "kvstore: listening on $GUEST:6379" 300 console1.out
+check kvstore-boots $? "$(tail -n 2 console1.out | tr '\n' '|')"
+kv SET greeting hello >/dev/null
+printf '\000\377\n\r' | kv -x SET binary >/dev/null
+for n in 1 2 3 4 5; do counter=$(kv INCR counter); done
+keeps keeps-values-before-save
+feature=$(xenstore-read "/local/domain/$(xl domid sr-kvstore)/control/feature-suspend" 2>&1)
 check_that advertises-suspend "control/feature-suspend = '$feature'" [ "$feature" = 1 ]
 
 started=$(uptime_ms)
-timeout 120 xl save sr-daytime save.img >save.out 2>&1
+timeout 120 xl save sr-kvstore save.img >save.out 2>&1
 check xl-save $? "$(grep -E 'error|xc:|libxl:' save.out | tail -n 3 | tr '\n' '|')"
 saved=$(uptime_ms)
 check_that saved-domain-is-gone "$(xl list | tr '\n' '|')" [ "$(domains)" -eq "$d0" ]
 timeout 120 xl restore save.img >restore.out 2>&1
 check xl-restore $? "$(grep -E 'error|xc: error|libxl:' restore.out | tail -n 3 | tr '\n' '|')"
 restored=$(uptime_ms)
-measure xl-save $((saved - started)) ms "32 MiB daytime, to a file"
+measure xl-save $((saved - started)) ms "32 MiB kvstore, to a file"
 measure xl-restore $((restored - saved)) ms "from that file"
-xl console sr-daytime >console2.out 2>&1 &
-answers answers-after-restore
+xl console sr-kvstore >console2.out 2>&1 &
+keeps keeps-values-after-restore
 wait_for "netfront: vif0: connected again after a restore" 100 console2.out
 check netfront-reconnects $? "$(grep -E 'suspend|netfront|resume' console2.out | tr '\n' '|')"
 
-timeout 120 xl save -c sr-daytime checkpoint.img >checkpoint.out 2>&1
+timeout 120 xl save -c sr-kvstore checkpoint.img >checkpoint.out 2>&1
 check xl-save-checkpoint $? "$(grep -E 'error|xc: error|libxl:' checkpoint.out | tail -n 3 | tr '\n' '|')"
-answers answers-after-checkpoint
+at_checkpoint=$counter
+keeps keeps-values-after-checkpoint
 wait_for "sysctl: resumed in the same domain" 100 console2.out
 check checkpoint-resumes-in-place $? "$(tail -n 3 console2.out | tr '\n' '|')"
 
-# xl migrates to this host through a pipe: the incoming domain is sr-daytime--incoming
+# Restored, the checkpoint is the guest as it was then: the counter of then.
+xl destroy sr-kvstore >/dev/null 2>&1
+timeout 120 xl restore checkpoint.img >checkpoint-restore.out 2>&1
+check xl-restore-checkpoint $? "$(grep -E 'error|xc: error|libxl:' checkpoint-restore.out | tail -n 3 | tr '\n' '|')"
+counter=$at_checkpoint
+keeps keeps-values-of-the-checkpoint
+
+# xl migrates to this host through a pipe: the incoming domain is sr-kvstore--incoming
 # until the source is gone.
 started=$(uptime_ms)
-timeout 180 xl migrate -s "" sr-daytime "xl migrate-receive" >migrate.out 2>&1
+timeout 180 xl migrate -s "" sr-kvstore "xl migrate-receive" >migrate.out 2>&1
 check xl-migrate-localhost $? "$(grep -iE 'error|fail|migration' migrate.out | tail -n 3 | tr '\n' '|')"
 measure xl-migrate-localhost $(($(uptime_ms) - started)) ms "live, over a pipe"
 check_that one-domain-after-migrate "$(xl list | tr '\n' '|')" [ "$(domains)" -eq $((d0 + 1)) ]
-answers answers-after-migrate
-xl destroy sr-daytime >/dev/null 2>&1
+keeps keeps-values-after-migrate
+xl destroy sr-kvstore >/dev/null 2>&1
 
 # --- blkcheck: saved and restored with requests in flight ----------------------------
 truncate -s 64M disk.img
