@@ -111,6 +111,14 @@ pub enum Command {
     /// input (a pipe, a file) goes to the guest as it comes, and when it ends the
     /// console goes on until the guest ends (Ctrl-C leaves).
     Console(TargetArgs),
+    /// Save a running guest (Xenstore method) into a file: it is asked to suspend
+    /// (control/shutdown), its memory and configuration written, then it is destroyed
+    /// with its devices, unless --keep-running. If the save fails, the guest runs on.
+    Save(SaveArgs),
+    /// Restore a guest from a file `chaos save` wrote, under its name, with its devices
+    /// made anew; prints the new domain's id. A bad file is refused before anything is
+    /// made; any later failure leaves nothing behind.
+    Restore(RestoreArgs),
     /// The chaos daemon: pools of shells (domains built ahead of their guests) that
     /// `chaos create` turns into guests (split instantiation).
     #[command(subcommand, after_help = DAEMON_HELP)]
@@ -195,6 +203,29 @@ pub struct TargetArgs {
     /// The domain: its id or its name.
     #[arg(value_name = "ID|NAME")]
     pub domain: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SaveArgs {
+    /// Let the guest run on after the save (it resumes where it was).
+    #[arg(short = 'c', long)]
+    pub keep_running: bool,
+    /// The domain: its id or its name.
+    #[arg(value_name = "ID|NAME")]
+    pub domain: String,
+    /// The file to write (replaced if it exists, once the save is complete).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Leave the restored guest paused.
+    #[arg(short, long)]
+    pub paused: bool,
+    /// A file `chaos save` wrote.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Args)]
