@@ -119,6 +119,14 @@ pub enum Command {
     /// made anew; prints the new domain's id. A bad file is refused before anything is
     /// made; any later failure leaves nothing behind.
     Restore(RestoreArgs),
+    /// Move a running guest (Xenstore method) live to the chaos receiver at HOST[:PORT]
+    /// (`chaos receive` there): its memory is copied while it runs, then it is
+    /// suspended, the receiver starts it and this host's copy is destroyed. If anything
+    /// fails before the receiver has it, the guest runs on here.
+    Migrate(MigrateArgs),
+    /// Receive guests that `chaos migrate` sends (in the foreground, one at a time);
+    /// prints each new domain's id.
+    Receive(ReceiveArgs),
     /// The chaos daemon: pools of shells (domains built ahead of their guests) that
     /// `chaos create` turns into guests (split instantiation).
     #[command(subcommand, after_help = DAEMON_HELP)]
@@ -226,6 +234,26 @@ pub struct RestoreArgs {
     /// A file `chaos save` wrote.
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The domain: its id or its name.
+    #[arg(value_name = "ID|NAME")]
+    pub domain: String,
+    /// The receiver: HOST or HOST:PORT (default port 8002).
+    #[arg(value_name = "HOST[:PORT]")]
+    pub target: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ReceiveArgs {
+    /// The TCP port to listen on.
+    #[arg(short, long, default_value_t = crate::migrate::DEFAULT_PORT)]
+    pub port: u16,
+    /// Exit after the first guest (with its outcome).
+    #[arg(long)]
+    pub once: bool,
 }
 
 #[derive(Debug, Args)]

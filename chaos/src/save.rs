@@ -20,7 +20,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -71,27 +71,7 @@ impl Records for XsRecords<'_> {
 
 /// Save domain `domid` into `path`; see the module's documentation.
 pub fn save(host: &Host, domid: u32, path: &Path, keep_running: bool) -> Result<Saved> {
-    if domid == 0 {
-        return Err(Error::Save("dom0 cannot be saved".into()));
-    }
-    let info = host
-        .xc
-        .domain_info(domid)?
-        .ok_or_else(|| Error::NoSuchDomain(domid.to_string()))?;
-    if let Some(reason) = info.shutdown {
-        return Err(Error::Save(format!(
-            "domain {domid} has shut down ({}): there is nothing to save",
-            reason.name()
-        )));
-    }
-    let uuid = Uuid(info.handle);
-    if domain::dev_method_of(host, domid)? == DevMethod::Noxs {
-        return Err(Error::Save(format!(
-            "domain {domid} is a NoXS guest: chaos saves Xenstore guests only, so far"
-        )));
-    }
-    let xs = host.xs()?;
-    let config = recorded::config_of(&XsRecords(xs), domid).map_err(Error::Save)?;
+    let (uuid, config) = saveable(host, domid)?;
     let config_json = config.to_json()?.to_string();
 
     // Written aside, renamed into place once complete: a failed save leaves no file.
@@ -143,6 +123,33 @@ pub fn save(host: &Host, domid: u32, path: &Path, keep_running: bool) -> Result<
     })
 }
 
+/// Checks before a save or migration of `domid` (not dom0, running, a Xenstore guest):
+/// its handle, and its configuration read back from its records.
+pub(crate) fn saveable(host: &Host, domid: u32) -> Result<(Uuid, Config)> {
+    if domid == 0 {
+        return Err(Error::Save("dom0 cannot be saved".into()));
+    }
+    let info = host
+        .xc
+        .domain_info(domid)?
+        .ok_or_else(|| Error::NoSuchDomain(domid.to_string()))?;
+    if let Some(reason) = info.shutdown {
+        return Err(Error::Save(format!(
+            "domain {domid} has shut down ({}): there is nothing to save",
+            reason.name()
+        )));
+    }
+    let uuid = Uuid(info.handle);
+    if domain::dev_method_of(host, domid)? == DevMethod::Noxs {
+        return Err(Error::Save(format!(
+            "domain {domid} is a NoXS guest: chaos saves Xenstore guests only, so far"
+        )));
+    }
+    let xs = host.xs()?;
+    let config = recorded::config_of(&XsRecords(xs), domid).map_err(Error::Save)?;
+    Ok((uuid, config))
+}
+
 /// `FILE.partial-PID`, next to `path`.
 fn partial_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
@@ -177,7 +184,7 @@ fn write_save(host: &Host, domid: u32, uuid: &Uuid, file: &File, config: &str) -
 
 /// libxc's suspend step: ask the guest through `control/shutdown`, wait for its
 /// acknowledgement (it clears the node), then for Xen to show it shut down for suspend.
-fn request_suspend(host: &Host, domid: u32, uuid: &Uuid) -> Result<()> {
+pub(crate) fn request_suspend(host: &Host, domid: u32, uuid: &Uuid) -> Result<()> {
     let xs = host.xs()?;
     let node = format!("{}/control/shutdown", layout::dom_path(domid));
     let _node_watch = xs.watch(&node, "chaos-suspend")?;
@@ -244,7 +251,7 @@ fn request_suspend(host: &Host, domid: u32, uuid: &Uuid) -> Result<()> {
 
 /// After a failed save: a guest that suspended is resumed in place (it runs on, as
 /// before); the error says what became of it.
-fn resume_after_failure(host: &Host, domid: u32, err: Error) -> Error {
+pub(crate) fn resume_after_failure(host: &Host, domid: u32, err: Error) -> Error {
     let suspended = matches!(
         host.xc.domain_info(domid),
         Ok(Some(info)) if info.shutdown == Some(ShutdownReason::Suspend)
@@ -304,7 +311,18 @@ pub fn open(path: &Path) -> Result<SaveFile> {
 /// Restore the guest of `saved` into a new domain under its name; see the module's
 /// documentation.
 pub fn restore(host: &Host, saved: &SaveFile, paused: bool) -> Result<Created> {
-    let config = &saved.config;
+    restore_stream(host, &saved.config, saved.file.as_fd(), paused)
+}
+
+/// Restore a guest of configuration `config` from libxc's stream on `stream` (a file,
+/// or a migration's connection) into a new domain named as `config` says, devices made
+/// anew; paused if `paused`. Any failure destroys what was made.
+pub fn restore_stream(
+    host: &Host,
+    config: &Config,
+    stream: BorrowedFd<'_>,
+    paused: bool,
+) -> Result<Created> {
     config.check_bridges()?;
     domain::make(host, config, "to restore", |domid, uuid, method| {
         host.timed("xc: vcpus, memory, tsc", || {
@@ -321,7 +339,7 @@ pub fn restore(host: &Host, saved: &SaveFile, paused: bool) -> Result<Created> {
         signal::check()?;
         let restored = host.timed("xc_domain_restore", || {
             Ok(host.xc.domain_restore(
-                saved.file.as_fd(),
+                stream,
                 domid,
                 (store_port, SERVICE_DOMID),
                 (console_port, SERVICE_DOMID),
@@ -360,4 +378,17 @@ pub fn restore(host: &Host, saved: &SaveFile, paused: bool) -> Result<Created> {
             dev_method: config.dev_method,
         })
     })
+}
+
+/// Rename Xenstore domain `domid` (handle `uuid`) to `name`: its `name` nodes, as
+/// `xl rename` does (a migration's two ends swap names this way).
+pub fn rename(host: &Host, domid: u32, uuid: &Uuid, name: &str) -> Result<()> {
+    let xs = host.xs()?;
+    let dom = layout::dom_path(domid);
+    let vm = layout::vm_path(uuid);
+    Ok(xs.in_transaction(|tx| {
+        tx.write(&format!("{dom}/name"), name)?;
+        tx.write(&format!("{vm}/name"), name)?;
+        Ok(())
+    })?)
 }

@@ -673,7 +673,10 @@ fn build_initramfs(root: &Path, staging: &Path, out: &Path) -> Result<()> {
 fn build_linux_guest(root: &Path, staging: &Path) -> Result<()> {
     let dir = staging.join(LINUX_GUEST_DIR);
     fs::create_dir_all(&dir)?;
-    copy(&only_file(&root.join("boot"), "vmlinuz-")?, &dir.join("vmlinuz"))?;
+    copy(
+        &only_file(&root.join("boot"), "vmlinuz-")?,
+        &dir.join("vmlinuz"),
+    )?;
     let guest = staging
         .parent()
         .context("the staging directory has a parent")?
@@ -686,7 +689,10 @@ fn build_linux_guest(root: &Path, staging: &Path) -> Result<()> {
     }
     copy(&root.join("bin/busybox"), &guest.join("bin/busybox"))?;
     for (index, module) in module_order(root, GUEST_MODULES)?.iter().enumerate() {
-        let name = format!("{index:02}-{}", file_name(module.to_str().unwrap_or_default()));
+        let name = format!(
+            "{index:02}-{}",
+            file_name(module.to_str().unwrap_or_default())
+        );
         copy(module, &guest.join("lib/modules").join(name))?;
     }
     write_executable(&guest.join("init"), LINUX_GUEST_INIT)?;
