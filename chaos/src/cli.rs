@@ -125,7 +125,8 @@ pub enum Command {
     /// fails before the receiver has it, the guest runs on here.
     Migrate(MigrateArgs),
     /// Receive guests that `chaos migrate` sends (in the foreground, one at a time);
-    /// prints each new domain's id.
+    /// prints each new domain's id. Senders are not authenticated: a trusted network
+    /// only.
     Receive(ReceiveArgs),
     /// The chaos daemon: pools of shells (domains built ahead of their guests) that
     /// `chaos create` turns into guests (split instantiation).

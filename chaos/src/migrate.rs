@@ -18,6 +18,10 @@
 //! and runs on; the receiver destroys what it made when the sender goes away before
 //! `go`. After `go`, a receiver that does not confirm leaves the source suspended (it
 //! may run on the receiver): the error says so.
+//!
+//! There is no authentication: a receiver makes whatever guest a sender describes
+//! (kernel, disks of its host's files), as `xl migrate-receive` does behind the ssh that
+//! xl puts in front of it. Run it on a trusted network only.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};

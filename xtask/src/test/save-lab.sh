@@ -5,10 +5,11 @@
 # answers on port 13 with its boot id (the same after a restore: its memory came back)
 # and what its disk holds now (read-only: a migration to the same host attaches it twice
 # for a moment, and an image has one writer or many readers). Then: a save file cut
-# short and a name clash are refused in one line and leave nothing behind; `save
-# --keep-running` keeps it answering; `migrate` to a receiver on this host moves it; a
-# receiver that is not there, or is killed mid-stream, leaves the source running and
-# nothing behind. Reports through lab-checks.sh's helpers; the rest is for the log.
+# short or with a damaged stream, and a name clash, are refused in one line and leave
+# nothing behind; `save --keep-running` keeps it answering; `migrate` to a receiver on
+# this host moves it; a receiver that is not there, or is killed mid-stream, leaves the
+# source running and nothing behind. Reports through lab-checks.sh's helpers; the rest
+# is for the log.
 set -u
 GUEST=10.0.2.20
 
@@ -61,6 +62,21 @@ check save $status "$(cat save.err)"
 measure save-linux-128mib "$save_ms" ms "chaos save of the 128 MiB Linux guest, $(($(stat -c %s linux.save) >> 20)) MiB file"
 [ -z "$(xl list | awk '$1 == "linux"')" ] && [ "$(domains)" = "$d0" ]
 check save-destroys-the-guest $? "$(xl list | tr '\n' '|')"
+# A file whose stream is damaged past the checks made before anything is created: the
+# restore fails inside libxc, and the domain and devices made for it go.
+config_len=$(od -An -tu4 -j20 -N4 linux.save | tr -d ' ')
+cp linux.save damaged.save
+dd if=/dev/zero of=damaged.save bs=1 seek=$((32 + config_len + 16)) count=64 conv=notrunc 2>/dev/null
+chaos restore damaged.save >damaged.out 2>damaged.err
+status=$?
+[ $status -eq 1 ] && [ "$(wc -l <damaged.err)" = 1 ] && grep -q 'xc_domain_restore.*nothing left behind' damaged.err
+check damaged-stream-refused $? "status $status: $(cat damaged.err)"
+count domains-after-damaged-restore "$d0" "$(domains)"
+count loop-devices-after-damaged-restore "$l0" "$(loops)"
+count vifs-after-damaged-restore "$v0" "$(vifs)"
+count xenstore-nodes-after-damaged-restore "$n0" "$(nodes)"
+rm -f damaged.save
+
 mark AFTER-RESTORE
 started=$(now)
 new=$(chaos restore linux.save 2>restore.err)
