@@ -21,7 +21,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -75,10 +75,12 @@ pub fn save(host: &Host, domid: u32, path: &Path, keep_running: bool) -> Result<
     let config_json = config.to_json()?.to_string();
 
     // Written aside, renamed into place once complete: a failed save leaves no file.
+    // Readable by root only: it holds the guest's memory.
     let partial = partial_path(path);
     let file = File::options()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(&partial)
         .map_err(|err| Error::Save(format!("cannot create {}: {err}", partial.display())))?;
     let outcome = write_save(host, domid, &uuid, &file, &config_json);

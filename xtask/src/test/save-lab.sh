@@ -60,6 +60,8 @@ status=$?
 save_ms=$(ms_since "$started")
 check save $status "$(cat save.err)"
 measure save-linux-128mib "$save_ms" ms "chaos save of the 128 MiB Linux guest, $(($(stat -c %s linux.save) >> 20)) MiB file"
+[ "$(stat -c %a linux.save)" = 600 ]
+check save-file-is-private $? "mode $(stat -c %a linux.save): it holds the guest's memory"
 [ -z "$(xl list | awk '$1 == "linux"')" ] && [ "$(domains)" = "$d0" ]
 check save-destroys-the-guest $? "$(xl list | tr '\n' '|')"
 # A file whose stream is damaged past the checks made before anything is created: the
