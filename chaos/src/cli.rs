@@ -111,6 +111,23 @@ pub enum Command {
     /// input (a pipe, a file) goes to the guest as it comes, and when it ends the
     /// console goes on until the guest ends (Ctrl-C leaves).
     Console(TargetArgs),
+    /// Save a running guest (Xenstore method) into a file: it is asked to suspend
+    /// (control/shutdown), its memory and configuration written, then it is destroyed
+    /// with its devices, unless --keep-running. If the save fails, the guest runs on.
+    Save(SaveArgs),
+    /// Restore a guest from a file `chaos save` wrote, under its name, with its devices
+    /// made anew; prints the new domain's id. A bad file is refused before anything is
+    /// made; any later failure leaves nothing behind.
+    Restore(RestoreArgs),
+    /// Move a running guest (Xenstore method) live to the chaos receiver at HOST[:PORT]
+    /// (`chaos receive` there): its memory is copied while it runs, then it is
+    /// suspended, the receiver starts it and this host's copy is destroyed. If anything
+    /// fails before the receiver has it, the guest runs on here.
+    Migrate(MigrateArgs),
+    /// Receive guests that `chaos migrate` sends (in the foreground, one at a time);
+    /// prints each new domain's id. Senders are not authenticated: a trusted network
+    /// only.
+    Receive(ReceiveArgs),
     /// The chaos daemon: pools of shells (domains built ahead of their guests) that
     /// `chaos create` turns into guests (split instantiation).
     #[command(subcommand, after_help = DAEMON_HELP)]
@@ -195,6 +212,49 @@ pub struct TargetArgs {
     /// The domain: its id or its name.
     #[arg(value_name = "ID|NAME")]
     pub domain: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SaveArgs {
+    /// Let the guest run on after the save (it resumes where it was).
+    #[arg(short = 'c', long)]
+    pub keep_running: bool,
+    /// The domain: its id or its name.
+    #[arg(value_name = "ID|NAME")]
+    pub domain: String,
+    /// The file to write (replaced if it exists, once the save is complete).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Leave the restored guest paused.
+    #[arg(short, long)]
+    pub paused: bool,
+    /// A file `chaos save` wrote.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The domain: its id or its name.
+    #[arg(value_name = "ID|NAME")]
+    pub domain: String,
+    /// The receiver: HOST or HOST:PORT (default port 8002).
+    #[arg(value_name = "HOST[:PORT]")]
+    pub target: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ReceiveArgs {
+    /// The TCP port to listen on.
+    #[arg(short, long, default_value_t = crate::migrate::DEFAULT_PORT)]
+    pub port: u16,
+    /// Exit after the first guest (with its outcome).
+    #[arg(long)]
+    pub once: bool,
 }
 
 #[derive(Debug, Args)]

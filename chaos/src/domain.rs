@@ -48,7 +48,7 @@ use xenhost::xs::Store;
 /// libxl's `LIBXL_MAXMEM_CONSTANT`: Xen's memory limit of a domain is its size plus this.
 const MAXMEM_SLACK_KIB: u64 = 1024;
 /// The domain that serves every guest's Xenstore and console (dom0 here).
-const SERVICE_DOMID: u32 = 0;
+pub(crate) const SERVICE_DOMID: u32 = 0;
 /// `DOMID_FIRST_RESERVED`: ids from here on are not domains.
 const DOMID_FIRST_RESERVED: u32 = 0x7ff0;
 
@@ -123,13 +123,28 @@ impl Drop for Guard<'_> {
 /// With `force_paused` it stays paused whatever the configuration says (for a console
 /// to attach first).
 pub fn create(host: &Host, config: &Config, force_paused: bool) -> Result<Created> {
+    make(host, config, "asked", |domid, uuid, method| {
+        build(host, config, domid, uuid, method, force_paused)
+    })
+}
+
+/// A new domain for `config`, made by `steps` once it exists (a build, or a restore):
+/// the name claimed and free, Xen's room for `config.memory_mib` MiB (`purpose` says
+/// what the memory is for, in the error), the domain created paused; if `steps` fails
+/// the domain is destroyed with everything `method` made for it.
+pub(crate) fn make(
+    host: &Host,
+    config: &Config,
+    purpose: &str,
+    steps: impl FnOnce(u32, &Uuid, &mut dyn DeviceMethod) -> Result<Created>,
+) -> Result<Created> {
     // 1. The name, and checks against the running system, before anything is made.
     if config.dev_method == DevMethod::Xenstore {
         host.xs()?;
     }
     let uuid = Uuid::random();
     let claim = claim_name(host, &config.name, &uuid, config.dev_method)?;
-    let physinfo = physinfo_with_room(host, config.memory_mib, "asked")?;
+    let physinfo = physinfo_with_room(host, config.memory_mib, purpose)?;
     let grant_version = if physinfo.gnttab_v2() { 2 } else { 1 };
 
     // 2. The domain.
@@ -144,7 +159,7 @@ pub fn create(host: &Host, config: &Config, force_paused: bool) -> Result<Create
         armed: true,
     };
     let mut method = method_for(config.dev_method);
-    match build(host, config, domid, &uuid, method.as_mut(), force_paused) {
+    match steps(domid, &uuid, method.as_mut()) {
         Ok(created) => {
             let mut guard = guard;
             guard.armed = false;
@@ -237,15 +252,21 @@ pub fn check_name_free(host: &Host, name: &str) -> Result<()> {
 /// A new domain's limits and platform, as libxl sets them: vCPUs, memory (and the
 /// memory map's limit), TSC mode, CPUID policy.
 pub(crate) fn set_limits(host: &Host, domid: u32, memory_mib: u32, vcpus: u32) -> Result<()> {
+    host.timed("xc: vcpus, memory, tsc, cpuid", || {
+        set_limits_only(host, domid, memory_mib, vcpus)?;
+        Ok(host.xc.cpuid_apply_default(domid)?)
+    })
+}
+
+/// [`set_limits`] without the CPUID policy, for a restore: the saved guest's policy
+/// comes with its stream (libxl skips its own too when restoring).
+pub(crate) fn set_limits_only(host: &Host, domid: u32, memory_mib: u32, vcpus: u32) -> Result<()> {
     let xc = &host.xc;
     let memory_kib = u64::from(memory_mib) * 1024;
-    host.timed("xc: vcpus, memory, tsc, cpuid", || {
-        xc.domain_max_vcpus(domid, vcpus)?;
-        xc.domain_setmaxmem(domid, memory_kib + MAXMEM_SLACK_KIB)?;
-        xc.domain_set_memmap_limit(domid, memory_kib)?;
-        xc.domain_set_tsc_default(domid)?;
-        Ok(xc.cpuid_apply_default(domid)?)
-    })
+    xc.domain_max_vcpus(domid, vcpus)?;
+    xc.domain_setmaxmem(domid, memory_kib + MAXMEM_SLACK_KIB)?;
+    xc.domain_set_memmap_limit(domid, memory_kib)?;
+    Ok(xc.domain_set_tsc_default(domid)?)
 }
 
 /// The new domain's event channels for its Xenstore ring (only if it uses Xenstore;
@@ -388,7 +409,7 @@ fn build(
 }
 
 /// Now as `/vm/UUID/start_time` has it: seconds since the epoch with two decimals.
-fn start_time() -> String {
+pub(crate) fn start_time() -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();

@@ -38,6 +38,15 @@ pub enum Error {
     /// Something did not happen in time.
     #[error("{what}: not within {} s", .after.as_secs_f64())]
     Timeout { what: String, after: Duration },
+    /// A save file that cannot be restored (nothing was created for it).
+    #[error("{path}: {source}")]
+    SaveFile {
+        path: String,
+        source: crate::savefile::SaveFileError,
+    },
+    /// A save or restore failed; the message says what became of the guest.
+    #[error("{0}")]
+    Save(String),
     /// SIGINT, SIGTERM or SIGHUP arrived while chaos waited.
     #[error("interrupted by {0}")]
     Interrupted(&'static str),

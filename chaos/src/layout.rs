@@ -430,6 +430,8 @@ pub fn cleanup_parents() -> Vec<String> {
         .map(|kind| format!("{backend}/{}", kind.as_str()))
         .collect();
     dirs.push(backend);
+    // The parent of every `/vm/UUID`, which the first domain's records make.
+    dirs.push("/vm".to_owned());
     dirs
 }
 
@@ -610,6 +612,60 @@ mod tests {
         );
         assert!(gone.contains(&"/local/domain/3".to_owned()));
         assert!(!gone.iter().any(|p| p == "/local/domain/30"));
+    }
+
+    /// Every directory a domain's nodes bring into being (xenstored makes missing
+    /// parents) goes with its teardown or, once empty, with [`cleanup_parents`]: a
+    /// create and a destroy leave Xenstore as they found it (`/vm` stayed behind).
+    #[test]
+    fn teardown_leaves_no_parent_behind() {
+        let u = uuid();
+        let mut nodes = domain(3, &u, "x");
+        nodes.extend(vif(
+            3,
+            &VifSpec {
+                devid: 0,
+                mac: "00:16:3e:00:00:01".parse().unwrap(),
+                ip: None,
+                bridge: "xenbr0".into(),
+                script: "xendevd".into(),
+            },
+        ));
+        nodes.extend(built(
+            3,
+            &u,
+            &Built {
+                memory_kib: 4096,
+                vcpus: 1,
+                store_port: 1,
+                store_mfn: 2,
+                console_port: 3,
+                console_mfn: 4,
+                kernel: "/k".into(),
+                ramdisk: None,
+                cmdline: String::new(),
+                start_time: "0.00".into(),
+            },
+        ));
+        let gone = teardown(3, Some(&u));
+        let parents = cleanup_parents();
+        // What a Xen host has before any guest.
+        let always = ["/local", "/local/domain", "/local/domain/0"];
+        for n in &nodes {
+            let mut at = 0;
+            while let Some(slash) = n.path[at + 1..].find('/') {
+                at += 1 + slash;
+                let dir = &n.path[..at];
+                let removed = gone
+                    .iter()
+                    .any(|root| dir == root || dir.starts_with(&format!("{root}/")));
+                assert!(
+                    removed || always.contains(&dir) || parents.iter().any(|p| p == dir),
+                    "{dir} (a parent of {}) outlives its domain",
+                    n.path
+                );
+            }
+        }
     }
 
     #[test]

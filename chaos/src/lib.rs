@@ -15,6 +15,10 @@
 //!   for NoXS guests;
 //! - [`host`]: the handles of one run (`xenhost`'s libxenctrl and Xenstore) and its
 //!   step timings;
+//! - [`savefile`]: the file `chaos save` writes (header, configuration, libxc's
+//!   stream; pure, unit-tested), [`recorded`]: a running guest's configuration read
+//!   back from its Xenstore records, [`save`]: save, restore, [`migrate`]: live
+//!   migration to a chaos receiver over TCP;
 //! - [`claim`]: a create's claim on its name, from before the domain exists to the
 //!   end: one create per name, and what a killed chaos left is found (orphans);
 //! - [`uuid`] (random handles that never wait for entropy), [`elf`] (is the kernel a
@@ -31,7 +35,11 @@ pub mod elf;
 pub mod error;
 pub mod host;
 pub mod layout;
+pub mod migrate;
 pub mod noxs;
+pub mod recorded;
+pub mod save;
+pub mod savefile;
 pub mod shape;
 pub mod signal;
 pub mod uuid;

@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 
 use chaos::cli::{
-    ByDaemon, Cli, Command, CreateArgs, DaemonCommand, DestroyArgs, Failure, ShutdownArgs,
-    check_watch, create_by_daemon, daemon_status, daemon_stop, describe, ending_status, exit_code,
-    format_uptime, prefix_config, trace, trace_total,
+    ByDaemon, Cli, Command, CreateArgs, DaemonCommand, DestroyArgs, Failure, MigrateArgs,
+    ReceiveArgs, RestoreArgs, SaveArgs, ShutdownArgs, check_watch, create_by_daemon, daemon_status,
+    daemon_stop, describe, ending_status, exit_code, format_uptime, prefix_config, trace,
+    trace_total,
 };
 use chaos::config::DevMethod;
 use chaos::console::{self, Stopped};
@@ -56,6 +57,10 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
         Command::Destroy(args) => destroy(cli, args),
         Command::Daemon(command) => run_daemon(cli, command),
         Command::Shutdown(args) => shutdown(cli, args),
+        Command::Save(args) => save(cli, args),
+        Command::Restore(args) => restore(cli, args),
+        Command::Migrate(args) => migrate(cli, args),
+        Command::Receive(args) => receive(cli, args),
         Command::List => {
             let host = open(cli, Options::default().device_timeout)?;
             let mut out = std::io::stdout().lock();
@@ -354,6 +359,53 @@ fn watch_console(host: &Host, made: &domain::Created, stay_paused: bool) -> Resu
         Stopped::Interrupted(signal) => Ok(Watched::Interrupted(signal)),
         Stopped::Detached => Ok(Watched::Detached),
     }
+}
+
+fn save(cli: &Cli, args: &SaveArgs) -> Result<u8, Failure> {
+    let host = open(cli, Options::default().device_timeout)?;
+    let domid = domain::resolve(&host, &args.domain)?;
+    let saved = chaos::save::save(&host, domid, &args.file, args.keep_running)?;
+    eprintln!(
+        "chaos: saved {} (domain {domid}) to {} ({} MiB){}",
+        saved.name,
+        args.file.display(),
+        saved.bytes >> 20,
+        if saved.kept_running {
+            "; it runs on"
+        } else {
+            ""
+        }
+    );
+    trace_total(cli, "saved");
+    Ok(0)
+}
+
+fn restore(cli: &Cli, args: &RestoreArgs) -> Result<u8, Failure> {
+    // The file first: a bad one is refused before Xen is even opened.
+    let saved = chaos::save::open(&args.file)?;
+    let host = open(cli, Options::default().device_timeout)?;
+    let made = chaos::save::restore(&host, &saved, args.paused)?;
+    println!("{}", made.domid);
+    trace_total(cli, "restored");
+    Ok(0)
+}
+
+fn migrate(cli: &Cli, args: &MigrateArgs) -> Result<u8, Failure> {
+    let host = open(cli, Options::default().device_timeout)?;
+    let domid = domain::resolve(&host, &args.domain)?;
+    let migrated = chaos::migrate::migrate(&host, domid, &args.target)?;
+    eprintln!(
+        "chaos: migrated {} (domain {domid}) to {}",
+        migrated.name, args.target
+    );
+    trace_total(cli, "migrated");
+    Ok(0)
+}
+
+fn receive(cli: &Cli, args: &ReceiveArgs) -> Result<u8, Failure> {
+    let host = open(cli, Options::default().device_timeout)?;
+    chaos::migrate::receive(&host, args.port, args.once)?;
+    Ok(0)
 }
 
 fn shutdown(cli: &Cli, args: &ShutdownArgs) -> Result<u8, Failure> {

@@ -102,7 +102,12 @@ pub const SHUTDOWN_crash: u32 = 3;
 pub const SHUTDOWN_watchdog: u32 = 4;
 pub const SHUTDOWN_soft_reset: u32 = 5;
 pub const SHUTDOWN_MAX: u32 = 5;
+pub const XCFLAGS_LIVE: u32 = 1;
+pub const XCFLAGS_DEBUG: u32 = 2;
 pub const XC_DOM_DECOMPRESS_MAX: u32 = 1073741824;
+pub const XGS_POLICY_ABORT: i32 = -1;
+pub const XGS_POLICY_CONTINUE_PRECOPY: u32 = 0;
+pub const XGS_POLICY_STOP_AND_COPY: u32 = 1;
 pub const XS_WRITE_NONE: &[u8; 5] = b"NONE\0";
 pub const XS_WRITE_CREATE: &[u8; 7] = b"CREATE\0";
 pub const XS_WRITE_CREATE_EXCL: &[u8; 12] = b"CREATE|EXCL\0";
@@ -116,7 +121,642 @@ pub const XS_OPEN_READONLY: u32 = 1;
 pub const XS_OPEN_SOCKETONLY: u32 = 2;
 pub const XS_UNWATCH_FILTER: u32 = 4;
 pub type va_list = __builtin_va_list;
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub struct cpu_user_regs {
+    pub __bindgen_anon_1: cpu_user_regs__bindgen_ty_1,
+    pub __bindgen_anon_2: cpu_user_regs__bindgen_ty_2,
+    pub __bindgen_anon_3: cpu_user_regs__bindgen_ty_3,
+    pub __bindgen_anon_4: cpu_user_regs__bindgen_ty_4,
+    pub __bindgen_anon_5: cpu_user_regs__bindgen_ty_5,
+    pub __bindgen_anon_6: cpu_user_regs__bindgen_ty_6,
+    pub __bindgen_anon_7: cpu_user_regs__bindgen_ty_7,
+    pub __bindgen_anon_8: cpu_user_regs__bindgen_ty_8,
+    pub __bindgen_anon_9: cpu_user_regs__bindgen_ty_9,
+    pub __bindgen_anon_10: cpu_user_regs__bindgen_ty_10,
+    pub __bindgen_anon_11: cpu_user_regs__bindgen_ty_11,
+    pub __bindgen_anon_12: cpu_user_regs__bindgen_ty_12,
+    pub __bindgen_anon_13: cpu_user_regs__bindgen_ty_13,
+    pub __bindgen_anon_14: cpu_user_regs__bindgen_ty_14,
+    pub __bindgen_anon_15: cpu_user_regs__bindgen_ty_15,
+    pub error_code: u32,
+    pub entry_vector: u32,
+    pub __bindgen_anon_16: cpu_user_regs__bindgen_ty_16,
+    pub cs: u16,
+    pub _pad0: [u16; 1usize],
+    pub saved_upcall_mask: u8,
+    pub _pad1: [u8; 3usize],
+    pub __bindgen_anon_17: cpu_user_regs__bindgen_ty_17,
+    pub __bindgen_anon_18: cpu_user_regs__bindgen_ty_18,
+    pub ss: u16,
+    pub _pad2: [u16; 3usize],
+    pub es: u16,
+    pub _pad3: [u16; 3usize],
+    pub ds: u16,
+    pub _pad4: [u16; 3usize],
+    pub fs: u16,
+    pub _pad5: [u16; 3usize],
+    pub gs: u16,
+    pub _pad6: [u16; 3usize],
+}
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs__bindgen_ty_1 {
+    pub r15: u64,
+    pub r15d: u32,
+    pub r15w: u16,
+    pub r15b: u8,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs__bindgen_ty_1"]
+        [::std::mem::size_of::<cpu_user_regs__bindgen_ty_1>() - 8usize];
+    ["Alignment of cpu_user_regs__bindgen_ty_1"]
+        [::std::mem::align_of::<cpu_user_regs__bindgen_ty_1>() - 8usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_1::r15"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_1, r15) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_1::r15d"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_1, r15d) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_1::r15w"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_1, r15w) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_1::r15b"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_1, r15b) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs__bindgen_ty_2 {
+    pub r14: u64,
+    pub r14d: u32,
+    pub r14w: u16,
+    pub r14b: u8,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs__bindgen_ty_2"]
+        [::std::mem::size_of::<cpu_user_regs__bindgen_ty_2>() - 8usize];
+    ["Alignment of cpu_user_regs__bindgen_ty_2"]
+        [::std::mem::align_of::<cpu_user_regs__bindgen_ty_2>() - 8usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_2::r14"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_2, r14) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_2::r14d"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_2, r14d) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_2::r14w"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_2, r14w) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_2::r14b"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_2, r14b) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs__bindgen_ty_3 {
+    pub r13: u64,
+    pub r13d: u32,
+    pub r13w: u16,
+    pub r13b: u8,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs__bindgen_ty_3"]
+        [::std::mem::size_of::<cpu_user_regs__bindgen_ty_3>() - 8usize];
+    ["Alignment of cpu_user_regs__bindgen_ty_3"]
+        [::std::mem::align_of::<cpu_user_regs__bindgen_ty_3>() - 8usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_3::r13"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_3, r13) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_3::r13d"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_3, r13d) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_3::r13w"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_3, r13w) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_3::r13b"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_3, r13b) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs__bindgen_ty_4 {
+    pub r12: u64,
+    pub r12d: u32,
+    pub r12w: u16,
+    pub r12b: u8,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs__bindgen_ty_4"]
+        [::std::mem::size_of::<cpu_user_regs__bindgen_ty_4>() - 8usize];
+    ["Alignment of cpu_user_regs__bindgen_ty_4"]
+        [::std::mem::align_of::<cpu_user_regs__bindgen_ty_4>() - 8usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_4::r12"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_4, r12) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_4::r12d"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_4, r12d) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_4::r12w"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_4, r12w) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_4::r12b"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_4, r12b) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs__bindgen_ty_5 {
+    pub rbp: u64,
+    pub ebp: u32,
+    pub bp: u16,
+    pub bpl: u8,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs__bindgen_ty_5"]
+        [::std::mem::size_of::<cpu_user_regs__bindgen_ty_5>() - 8usize];
+    ["Alignment of cpu_user_regs__bindgen_ty_5"]
+        [::std::mem::align_of::<cpu_user_regs__bindgen_ty_5>() - 8usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_5::rbp"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_5, rbp) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_5::ebp"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_5, ebp) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_5::bp"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_5, bp) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_5::bpl"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_5, bpl) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs__bindgen_ty_6 {
+    pub rbx: u64,
+    pub ebx: u32,
+    pub bx: u16,
+    pub __bindgen_anon_1: cpu_user_regs__bindgen_ty_6__bindgen_ty_1,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct cpu_user_regs__bindgen_ty_6__bindgen_ty_1 {
+    pub bl: u8,
+    pub bh: u8,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs__bindgen_ty_6__bindgen_ty_1"]
+        [::std::mem::size_of::<cpu_user_regs__bindgen_ty_6__bindgen_ty_1>() - 2usize];
+    ["Alignment of cpu_user_regs__bindgen_ty_6__bindgen_ty_1"]
+        [::std::mem::align_of::<cpu_user_regs__bindgen_ty_6__bindgen_ty_1>() - 1usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_6__bindgen_ty_1::bl"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_6__bindgen_ty_1, bl) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_6__bindgen_ty_1::bh"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_6__bindgen_ty_1, bh) - 1usize];
+};
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs__bindgen_ty_6"]
+        [::std::mem::size_of::<cpu_user_regs__bindgen_ty_6>() - 8usize];
+    ["Alignment of cpu_user_regs__bindgen_ty_6"]
+        [::std::mem::align_of::<cpu_user_regs__bindgen_ty_6>() - 8usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_6::rbx"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_6, rbx) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_6::ebx"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_6, ebx) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_6::bx"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_6, bx) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs__bindgen_ty_7 {
+    pub r11: u64,
+    pub r11d: u32,
+    pub r11w: u16,
+    pub r11b: u8,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs__bindgen_ty_7"]
+        [::std::mem::size_of::<cpu_user_regs__bindgen_ty_7>() - 8usize];
+    ["Alignment of cpu_user_regs__bindgen_ty_7"]
+        [::std::mem::align_of::<cpu_user_regs__bindgen_ty_7>() - 8usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_7::r11"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_7, r11) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_7::r11d"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_7, r11d) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_7::r11w"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_7, r11w) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_7::r11b"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_7, r11b) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs__bindgen_ty_8 {
+    pub r10: u64,
+    pub r10d: u32,
+    pub r10w: u16,
+    pub r10b: u8,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs__bindgen_ty_8"]
+        [::std::mem::size_of::<cpu_user_regs__bindgen_ty_8>() - 8usize];
+    ["Alignment of cpu_user_regs__bindgen_ty_8"]
+        [::std::mem::align_of::<cpu_user_regs__bindgen_ty_8>() - 8usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_8::r10"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_8, r10) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_8::r10d"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_8, r10d) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_8::r10w"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_8, r10w) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_8::r10b"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_8, r10b) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs__bindgen_ty_9 {
+    pub r9: u64,
+    pub r9d: u32,
+    pub r9w: u16,
+    pub r9b: u8,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs__bindgen_ty_9"]
+        [::std::mem::size_of::<cpu_user_regs__bindgen_ty_9>() - 8usize];
+    ["Alignment of cpu_user_regs__bindgen_ty_9"]
+        [::std::mem::align_of::<cpu_user_regs__bindgen_ty_9>() - 8usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_9::r9"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_9, r9) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_9::r9d"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_9, r9d) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_9::r9w"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_9, r9w) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_9::r9b"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_9, r9b) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs__bindgen_ty_10 {
+    pub r8: u64,
+    pub r8d: u32,
+    pub r8w: u16,
+    pub r8b: u8,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs__bindgen_ty_10"]
+        [::std::mem::size_of::<cpu_user_regs__bindgen_ty_10>() - 8usize];
+    ["Alignment of cpu_user_regs__bindgen_ty_10"]
+        [::std::mem::align_of::<cpu_user_regs__bindgen_ty_10>() - 8usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_10::r8"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_10, r8) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_10::r8d"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_10, r8d) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_10::r8w"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_10, r8w) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_10::r8b"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_10, r8b) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs__bindgen_ty_11 {
+    pub rax: u64,
+    pub eax: u32,
+    pub ax: u16,
+    pub __bindgen_anon_1: cpu_user_regs__bindgen_ty_11__bindgen_ty_1,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct cpu_user_regs__bindgen_ty_11__bindgen_ty_1 {
+    pub al: u8,
+    pub ah: u8,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs__bindgen_ty_11__bindgen_ty_1"]
+        [::std::mem::size_of::<cpu_user_regs__bindgen_ty_11__bindgen_ty_1>() - 2usize];
+    ["Alignment of cpu_user_regs__bindgen_ty_11__bindgen_ty_1"]
+        [::std::mem::align_of::<cpu_user_regs__bindgen_ty_11__bindgen_ty_1>() - 1usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_11__bindgen_ty_1::al"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_11__bindgen_ty_1, al) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_11__bindgen_ty_1::ah"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_11__bindgen_ty_1, ah) - 1usize];
+};
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs__bindgen_ty_11"]
+        [::std::mem::size_of::<cpu_user_regs__bindgen_ty_11>() - 8usize];
+    ["Alignment of cpu_user_regs__bindgen_ty_11"]
+        [::std::mem::align_of::<cpu_user_regs__bindgen_ty_11>() - 8usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_11::rax"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_11, rax) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_11::eax"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_11, eax) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_11::ax"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_11, ax) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs__bindgen_ty_12 {
+    pub rcx: u64,
+    pub ecx: u32,
+    pub cx: u16,
+    pub __bindgen_anon_1: cpu_user_regs__bindgen_ty_12__bindgen_ty_1,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct cpu_user_regs__bindgen_ty_12__bindgen_ty_1 {
+    pub cl: u8,
+    pub ch: u8,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs__bindgen_ty_12__bindgen_ty_1"]
+        [::std::mem::size_of::<cpu_user_regs__bindgen_ty_12__bindgen_ty_1>() - 2usize];
+    ["Alignment of cpu_user_regs__bindgen_ty_12__bindgen_ty_1"]
+        [::std::mem::align_of::<cpu_user_regs__bindgen_ty_12__bindgen_ty_1>() - 1usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_12__bindgen_ty_1::cl"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_12__bindgen_ty_1, cl) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_12__bindgen_ty_1::ch"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_12__bindgen_ty_1, ch) - 1usize];
+};
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs__bindgen_ty_12"]
+        [::std::mem::size_of::<cpu_user_regs__bindgen_ty_12>() - 8usize];
+    ["Alignment of cpu_user_regs__bindgen_ty_12"]
+        [::std::mem::align_of::<cpu_user_regs__bindgen_ty_12>() - 8usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_12::rcx"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_12, rcx) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_12::ecx"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_12, ecx) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_12::cx"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_12, cx) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs__bindgen_ty_13 {
+    pub rdx: u64,
+    pub edx: u32,
+    pub dx: u16,
+    pub __bindgen_anon_1: cpu_user_regs__bindgen_ty_13__bindgen_ty_1,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct cpu_user_regs__bindgen_ty_13__bindgen_ty_1 {
+    pub dl: u8,
+    pub dh: u8,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs__bindgen_ty_13__bindgen_ty_1"]
+        [::std::mem::size_of::<cpu_user_regs__bindgen_ty_13__bindgen_ty_1>() - 2usize];
+    ["Alignment of cpu_user_regs__bindgen_ty_13__bindgen_ty_1"]
+        [::std::mem::align_of::<cpu_user_regs__bindgen_ty_13__bindgen_ty_1>() - 1usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_13__bindgen_ty_1::dl"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_13__bindgen_ty_1, dl) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_13__bindgen_ty_1::dh"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_13__bindgen_ty_1, dh) - 1usize];
+};
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs__bindgen_ty_13"]
+        [::std::mem::size_of::<cpu_user_regs__bindgen_ty_13>() - 8usize];
+    ["Alignment of cpu_user_regs__bindgen_ty_13"]
+        [::std::mem::align_of::<cpu_user_regs__bindgen_ty_13>() - 8usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_13::rdx"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_13, rdx) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_13::edx"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_13, edx) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_13::dx"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_13, dx) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs__bindgen_ty_14 {
+    pub rsi: u64,
+    pub esi: u32,
+    pub si: u16,
+    pub sil: u8,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs__bindgen_ty_14"]
+        [::std::mem::size_of::<cpu_user_regs__bindgen_ty_14>() - 8usize];
+    ["Alignment of cpu_user_regs__bindgen_ty_14"]
+        [::std::mem::align_of::<cpu_user_regs__bindgen_ty_14>() - 8usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_14::rsi"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_14, rsi) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_14::esi"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_14, esi) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_14::si"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_14, si) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_14::sil"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_14, sil) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs__bindgen_ty_15 {
+    pub rdi: u64,
+    pub edi: u32,
+    pub di: u16,
+    pub dil: u8,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs__bindgen_ty_15"]
+        [::std::mem::size_of::<cpu_user_regs__bindgen_ty_15>() - 8usize];
+    ["Alignment of cpu_user_regs__bindgen_ty_15"]
+        [::std::mem::align_of::<cpu_user_regs__bindgen_ty_15>() - 8usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_15::rdi"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_15, rdi) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_15::edi"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_15, edi) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_15::di"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_15, di) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_15::dil"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_15, dil) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs__bindgen_ty_16 {
+    pub rip: u64,
+    pub eip: u32,
+    pub ip: u16,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs__bindgen_ty_16"]
+        [::std::mem::size_of::<cpu_user_regs__bindgen_ty_16>() - 8usize];
+    ["Alignment of cpu_user_regs__bindgen_ty_16"]
+        [::std::mem::align_of::<cpu_user_regs__bindgen_ty_16>() - 8usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_16::rip"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_16, rip) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_16::eip"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_16, eip) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_16::ip"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_16, ip) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs__bindgen_ty_17 {
+    pub rflags: u64,
+    pub eflags: u32,
+    pub flags: u16,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs__bindgen_ty_17"]
+        [::std::mem::size_of::<cpu_user_regs__bindgen_ty_17>() - 8usize];
+    ["Alignment of cpu_user_regs__bindgen_ty_17"]
+        [::std::mem::align_of::<cpu_user_regs__bindgen_ty_17>() - 8usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_17::rflags"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_17, rflags) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_17::eflags"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_17, eflags) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_17::flags"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_17, flags) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs__bindgen_ty_18 {
+    pub rsp: u64,
+    pub esp: u32,
+    pub sp: u16,
+    pub spl: u8,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs__bindgen_ty_18"]
+        [::std::mem::size_of::<cpu_user_regs__bindgen_ty_18>() - 8usize];
+    ["Alignment of cpu_user_regs__bindgen_ty_18"]
+        [::std::mem::align_of::<cpu_user_regs__bindgen_ty_18>() - 8usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_18::rsp"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_18, rsp) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_18::esp"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_18, esp) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_18::sp"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_18, sp) - 0usize];
+    ["Offset of field: cpu_user_regs__bindgen_ty_18::spl"]
+        [::std::mem::offset_of!(cpu_user_regs__bindgen_ty_18, spl) - 0usize];
+};
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs"][::std::mem::size_of::<cpu_user_regs>() - 200usize];
+    ["Alignment of cpu_user_regs"][::std::mem::align_of::<cpu_user_regs>() - 8usize];
+    ["Offset of field: cpu_user_regs::error_code"]
+        [::std::mem::offset_of!(cpu_user_regs, error_code) - 120usize];
+    ["Offset of field: cpu_user_regs::entry_vector"]
+        [::std::mem::offset_of!(cpu_user_regs, entry_vector) - 124usize];
+    ["Offset of field: cpu_user_regs::cs"][::std::mem::offset_of!(cpu_user_regs, cs) - 136usize];
+    ["Offset of field: cpu_user_regs::_pad0"]
+        [::std::mem::offset_of!(cpu_user_regs, _pad0) - 138usize];
+    ["Offset of field: cpu_user_regs::saved_upcall_mask"]
+        [::std::mem::offset_of!(cpu_user_regs, saved_upcall_mask) - 140usize];
+    ["Offset of field: cpu_user_regs::_pad1"]
+        [::std::mem::offset_of!(cpu_user_regs, _pad1) - 141usize];
+    ["Offset of field: cpu_user_regs::ss"][::std::mem::offset_of!(cpu_user_regs, ss) - 160usize];
+    ["Offset of field: cpu_user_regs::_pad2"]
+        [::std::mem::offset_of!(cpu_user_regs, _pad2) - 162usize];
+    ["Offset of field: cpu_user_regs::es"][::std::mem::offset_of!(cpu_user_regs, es) - 168usize];
+    ["Offset of field: cpu_user_regs::_pad3"]
+        [::std::mem::offset_of!(cpu_user_regs, _pad3) - 170usize];
+    ["Offset of field: cpu_user_regs::ds"][::std::mem::offset_of!(cpu_user_regs, ds) - 176usize];
+    ["Offset of field: cpu_user_regs::_pad4"]
+        [::std::mem::offset_of!(cpu_user_regs, _pad4) - 178usize];
+    ["Offset of field: cpu_user_regs::fs"][::std::mem::offset_of!(cpu_user_regs, fs) - 184usize];
+    ["Offset of field: cpu_user_regs::_pad5"]
+        [::std::mem::offset_of!(cpu_user_regs, _pad5) - 186usize];
+    ["Offset of field: cpu_user_regs::gs"][::std::mem::offset_of!(cpu_user_regs, gs) - 192usize];
+    ["Offset of field: cpu_user_regs::_pad6"]
+        [::std::mem::offset_of!(cpu_user_regs, _pad6) - 194usize];
+};
 pub type xen_pfn_t = ::std::os::raw::c_ulong;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct trap_info {
+    pub vector: u8,
+    pub flags: u8,
+    pub cs: u16,
+    pub address: ::std::os::raw::c_ulong,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of trap_info"][::std::mem::size_of::<trap_info>() - 16usize];
+    ["Alignment of trap_info"][::std::mem::align_of::<trap_info>() - 8usize];
+    ["Offset of field: trap_info::vector"][::std::mem::offset_of!(trap_info, vector) - 0usize];
+    ["Offset of field: trap_info::flags"][::std::mem::offset_of!(trap_info, flags) - 1usize];
+    ["Offset of field: trap_info::cs"][::std::mem::offset_of!(trap_info, cs) - 2usize];
+    ["Offset of field: trap_info::address"][::std::mem::offset_of!(trap_info, address) - 8usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub struct vcpu_guest_context {
+    pub fpu_ctxt: vcpu_guest_context__bindgen_ty_1,
+    pub flags: ::std::os::raw::c_ulong,
+    pub user_regs: cpu_user_regs,
+    pub trap_ctxt: [trap_info; 256usize],
+    pub ldt_base: ::std::os::raw::c_ulong,
+    pub ldt_ents: ::std::os::raw::c_ulong,
+    pub gdt_frames: [::std::os::raw::c_ulong; 16usize],
+    pub gdt_ents: ::std::os::raw::c_ulong,
+    pub kernel_ss: ::std::os::raw::c_ulong,
+    pub kernel_sp: ::std::os::raw::c_ulong,
+    pub ctrlreg: [::std::os::raw::c_ulong; 8usize],
+    pub debugreg: [::std::os::raw::c_ulong; 8usize],
+    pub event_callback_eip: ::std::os::raw::c_ulong,
+    pub failsafe_callback_eip: ::std::os::raw::c_ulong,
+    pub syscall_callback_eip: ::std::os::raw::c_ulong,
+    pub vm_assist: ::std::os::raw::c_ulong,
+    pub fs_base: u64,
+    pub gs_base_kernel: u64,
+    pub gs_base_user: u64,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct vcpu_guest_context__bindgen_ty_1 {
+    pub x: [::std::os::raw::c_char; 512usize],
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vcpu_guest_context__bindgen_ty_1"]
+        [::std::mem::size_of::<vcpu_guest_context__bindgen_ty_1>() - 512usize];
+    ["Alignment of vcpu_guest_context__bindgen_ty_1"]
+        [::std::mem::align_of::<vcpu_guest_context__bindgen_ty_1>() - 1usize];
+    ["Offset of field: vcpu_guest_context__bindgen_ty_1::x"]
+        [::std::mem::offset_of!(vcpu_guest_context__bindgen_ty_1, x) - 0usize];
+};
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vcpu_guest_context"][::std::mem::size_of::<vcpu_guest_context>() - 5168usize];
+    ["Alignment of vcpu_guest_context"][::std::mem::align_of::<vcpu_guest_context>() - 8usize];
+    ["Offset of field: vcpu_guest_context::fpu_ctxt"]
+        [::std::mem::offset_of!(vcpu_guest_context, fpu_ctxt) - 0usize];
+    ["Offset of field: vcpu_guest_context::flags"]
+        [::std::mem::offset_of!(vcpu_guest_context, flags) - 512usize];
+    ["Offset of field: vcpu_guest_context::user_regs"]
+        [::std::mem::offset_of!(vcpu_guest_context, user_regs) - 520usize];
+    ["Offset of field: vcpu_guest_context::trap_ctxt"]
+        [::std::mem::offset_of!(vcpu_guest_context, trap_ctxt) - 720usize];
+    ["Offset of field: vcpu_guest_context::ldt_base"]
+        [::std::mem::offset_of!(vcpu_guest_context, ldt_base) - 4816usize];
+    ["Offset of field: vcpu_guest_context::ldt_ents"]
+        [::std::mem::offset_of!(vcpu_guest_context, ldt_ents) - 4824usize];
+    ["Offset of field: vcpu_guest_context::gdt_frames"]
+        [::std::mem::offset_of!(vcpu_guest_context, gdt_frames) - 4832usize];
+    ["Offset of field: vcpu_guest_context::gdt_ents"]
+        [::std::mem::offset_of!(vcpu_guest_context, gdt_ents) - 4960usize];
+    ["Offset of field: vcpu_guest_context::kernel_ss"]
+        [::std::mem::offset_of!(vcpu_guest_context, kernel_ss) - 4968usize];
+    ["Offset of field: vcpu_guest_context::kernel_sp"]
+        [::std::mem::offset_of!(vcpu_guest_context, kernel_sp) - 4976usize];
+    ["Offset of field: vcpu_guest_context::ctrlreg"]
+        [::std::mem::offset_of!(vcpu_guest_context, ctrlreg) - 4984usize];
+    ["Offset of field: vcpu_guest_context::debugreg"]
+        [::std::mem::offset_of!(vcpu_guest_context, debugreg) - 5048usize];
+    ["Offset of field: vcpu_guest_context::event_callback_eip"]
+        [::std::mem::offset_of!(vcpu_guest_context, event_callback_eip) - 5112usize];
+    ["Offset of field: vcpu_guest_context::failsafe_callback_eip"]
+        [::std::mem::offset_of!(vcpu_guest_context, failsafe_callback_eip) - 5120usize];
+    ["Offset of field: vcpu_guest_context::syscall_callback_eip"]
+        [::std::mem::offset_of!(vcpu_guest_context, syscall_callback_eip) - 5128usize];
+    ["Offset of field: vcpu_guest_context::vm_assist"]
+        [::std::mem::offset_of!(vcpu_guest_context, vm_assist) - 5136usize];
+    ["Offset of field: vcpu_guest_context::fs_base"]
+        [::std::mem::offset_of!(vcpu_guest_context, fs_base) - 5144usize];
+    ["Offset of field: vcpu_guest_context::gs_base_kernel"]
+        [::std::mem::offset_of!(vcpu_guest_context, gs_base_kernel) - 5152usize];
+    ["Offset of field: vcpu_guest_context::gs_base_user"]
+        [::std::mem::offset_of!(vcpu_guest_context, gs_base_user) - 5160usize];
+};
+pub type vcpu_guest_context_t = vcpu_guest_context;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct xen_arch_domainconfig {
@@ -375,6 +1015,673 @@ const _: () = {
         [::std::mem::offset_of!(xentoollog_logger, destroy) - 16usize];
 };
 #[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct trap_info_x86_32 {
+    pub vector: u8,
+    pub flags: u8,
+    pub cs: u16,
+    pub address: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of trap_info_x86_32"][::std::mem::size_of::<trap_info_x86_32>() - 8usize];
+    ["Alignment of trap_info_x86_32"][::std::mem::align_of::<trap_info_x86_32>() - 4usize];
+    ["Offset of field: trap_info_x86_32::vector"]
+        [::std::mem::offset_of!(trap_info_x86_32, vector) - 0usize];
+    ["Offset of field: trap_info_x86_32::flags"]
+        [::std::mem::offset_of!(trap_info_x86_32, flags) - 1usize];
+    ["Offset of field: trap_info_x86_32::cs"]
+        [::std::mem::offset_of!(trap_info_x86_32, cs) - 2usize];
+    ["Offset of field: trap_info_x86_32::address"]
+        [::std::mem::offset_of!(trap_info_x86_32, address) - 4usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct cpu_user_regs_x86_32 {
+    pub ebx: u32,
+    pub ecx: u32,
+    pub edx: u32,
+    pub esi: u32,
+    pub edi: u32,
+    pub ebp: u32,
+    pub eax: u32,
+    pub error_code: u16,
+    pub entry_vector: u16,
+    pub eip: u32,
+    pub cs: u16,
+    pub saved_upcall_mask: u8,
+    pub _pad0: u8,
+    pub eflags: u32,
+    pub esp: u32,
+    pub ss: u16,
+    pub _pad1: u16,
+    pub es: u16,
+    pub _pad2: u16,
+    pub ds: u16,
+    pub _pad3: u16,
+    pub fs: u16,
+    pub _pad4: u16,
+    pub gs: u16,
+    pub _pad5: u16,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs_x86_32"][::std::mem::size_of::<cpu_user_regs_x86_32>() - 68usize];
+    ["Alignment of cpu_user_regs_x86_32"][::std::mem::align_of::<cpu_user_regs_x86_32>() - 4usize];
+    ["Offset of field: cpu_user_regs_x86_32::ebx"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_32, ebx) - 0usize];
+    ["Offset of field: cpu_user_regs_x86_32::ecx"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_32, ecx) - 4usize];
+    ["Offset of field: cpu_user_regs_x86_32::edx"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_32, edx) - 8usize];
+    ["Offset of field: cpu_user_regs_x86_32::esi"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_32, esi) - 12usize];
+    ["Offset of field: cpu_user_regs_x86_32::edi"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_32, edi) - 16usize];
+    ["Offset of field: cpu_user_regs_x86_32::ebp"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_32, ebp) - 20usize];
+    ["Offset of field: cpu_user_regs_x86_32::eax"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_32, eax) - 24usize];
+    ["Offset of field: cpu_user_regs_x86_32::error_code"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_32, error_code) - 28usize];
+    ["Offset of field: cpu_user_regs_x86_32::entry_vector"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_32, entry_vector) - 30usize];
+    ["Offset of field: cpu_user_regs_x86_32::eip"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_32, eip) - 32usize];
+    ["Offset of field: cpu_user_regs_x86_32::cs"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_32, cs) - 36usize];
+    ["Offset of field: cpu_user_regs_x86_32::saved_upcall_mask"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_32, saved_upcall_mask) - 38usize];
+    ["Offset of field: cpu_user_regs_x86_32::_pad0"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_32, _pad0) - 39usize];
+    ["Offset of field: cpu_user_regs_x86_32::eflags"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_32, eflags) - 40usize];
+    ["Offset of field: cpu_user_regs_x86_32::esp"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_32, esp) - 44usize];
+    ["Offset of field: cpu_user_regs_x86_32::ss"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_32, ss) - 48usize];
+    ["Offset of field: cpu_user_regs_x86_32::_pad1"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_32, _pad1) - 50usize];
+    ["Offset of field: cpu_user_regs_x86_32::es"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_32, es) - 52usize];
+    ["Offset of field: cpu_user_regs_x86_32::_pad2"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_32, _pad2) - 54usize];
+    ["Offset of field: cpu_user_regs_x86_32::ds"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_32, ds) - 56usize];
+    ["Offset of field: cpu_user_regs_x86_32::_pad3"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_32, _pad3) - 58usize];
+    ["Offset of field: cpu_user_regs_x86_32::fs"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_32, fs) - 60usize];
+    ["Offset of field: cpu_user_regs_x86_32::_pad4"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_32, _pad4) - 62usize];
+    ["Offset of field: cpu_user_regs_x86_32::gs"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_32, gs) - 64usize];
+    ["Offset of field: cpu_user_regs_x86_32::_pad5"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_32, _pad5) - 66usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct vcpu_guest_context_x86_32 {
+    pub fpu_ctxt: vcpu_guest_context_x86_32__bindgen_ty_1,
+    pub flags: u32,
+    pub user_regs: cpu_user_regs_x86_32,
+    pub trap_ctxt: [trap_info_x86_32; 256usize],
+    pub ldt_base: u32,
+    pub ldt_ents: u32,
+    pub gdt_frames: [u32; 16usize],
+    pub gdt_ents: u32,
+    pub kernel_ss: u32,
+    pub kernel_sp: u32,
+    pub ctrlreg: [u32; 8usize],
+    pub debugreg: [u32; 8usize],
+    pub event_callback_cs: u32,
+    pub event_callback_eip: u32,
+    pub failsafe_callback_cs: u32,
+    pub failsafe_callback_eip: u32,
+    pub vm_assist: u32,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct vcpu_guest_context_x86_32__bindgen_ty_1 {
+    pub x: [::std::os::raw::c_char; 512usize],
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vcpu_guest_context_x86_32__bindgen_ty_1"]
+        [::std::mem::size_of::<vcpu_guest_context_x86_32__bindgen_ty_1>() - 512usize];
+    ["Alignment of vcpu_guest_context_x86_32__bindgen_ty_1"]
+        [::std::mem::align_of::<vcpu_guest_context_x86_32__bindgen_ty_1>() - 1usize];
+    ["Offset of field: vcpu_guest_context_x86_32__bindgen_ty_1::x"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_32__bindgen_ty_1, x) - 0usize];
+};
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vcpu_guest_context_x86_32"]
+        [::std::mem::size_of::<vcpu_guest_context_x86_32>() - 2800usize];
+    ["Alignment of vcpu_guest_context_x86_32"]
+        [::std::mem::align_of::<vcpu_guest_context_x86_32>() - 4usize];
+    ["Offset of field: vcpu_guest_context_x86_32::fpu_ctxt"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_32, fpu_ctxt) - 0usize];
+    ["Offset of field: vcpu_guest_context_x86_32::flags"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_32, flags) - 512usize];
+    ["Offset of field: vcpu_guest_context_x86_32::user_regs"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_32, user_regs) - 516usize];
+    ["Offset of field: vcpu_guest_context_x86_32::trap_ctxt"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_32, trap_ctxt) - 584usize];
+    ["Offset of field: vcpu_guest_context_x86_32::ldt_base"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_32, ldt_base) - 2632usize];
+    ["Offset of field: vcpu_guest_context_x86_32::ldt_ents"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_32, ldt_ents) - 2636usize];
+    ["Offset of field: vcpu_guest_context_x86_32::gdt_frames"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_32, gdt_frames) - 2640usize];
+    ["Offset of field: vcpu_guest_context_x86_32::gdt_ents"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_32, gdt_ents) - 2704usize];
+    ["Offset of field: vcpu_guest_context_x86_32::kernel_ss"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_32, kernel_ss) - 2708usize];
+    ["Offset of field: vcpu_guest_context_x86_32::kernel_sp"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_32, kernel_sp) - 2712usize];
+    ["Offset of field: vcpu_guest_context_x86_32::ctrlreg"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_32, ctrlreg) - 2716usize];
+    ["Offset of field: vcpu_guest_context_x86_32::debugreg"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_32, debugreg) - 2748usize];
+    ["Offset of field: vcpu_guest_context_x86_32::event_callback_cs"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_32, event_callback_cs) - 2780usize];
+    ["Offset of field: vcpu_guest_context_x86_32::event_callback_eip"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_32, event_callback_eip) - 2784usize];
+    ["Offset of field: vcpu_guest_context_x86_32::failsafe_callback_cs"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_32, failsafe_callback_cs) - 2788usize];
+    ["Offset of field: vcpu_guest_context_x86_32::failsafe_callback_eip"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_32, failsafe_callback_eip) - 2792usize];
+    ["Offset of field: vcpu_guest_context_x86_32::vm_assist"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_32, vm_assist) - 2796usize];
+};
+pub type vcpu_guest_context_x86_32_t = vcpu_guest_context_x86_32;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct trap_info_x86_64 {
+    pub vector: u8,
+    pub flags: u8,
+    pub cs: u16,
+    pub address: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of trap_info_x86_64"][::std::mem::size_of::<trap_info_x86_64>() - 16usize];
+    ["Alignment of trap_info_x86_64"][::std::mem::align_of::<trap_info_x86_64>() - 8usize];
+    ["Offset of field: trap_info_x86_64::vector"]
+        [::std::mem::offset_of!(trap_info_x86_64, vector) - 0usize];
+    ["Offset of field: trap_info_x86_64::flags"]
+        [::std::mem::offset_of!(trap_info_x86_64, flags) - 1usize];
+    ["Offset of field: trap_info_x86_64::cs"]
+        [::std::mem::offset_of!(trap_info_x86_64, cs) - 2usize];
+    ["Offset of field: trap_info_x86_64::address"]
+        [::std::mem::offset_of!(trap_info_x86_64, address) - 8usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub struct cpu_user_regs_x86_64 {
+    pub __bindgen_anon_1: cpu_user_regs_x86_64__bindgen_ty_1,
+    pub __bindgen_anon_2: cpu_user_regs_x86_64__bindgen_ty_2,
+    pub __bindgen_anon_3: cpu_user_regs_x86_64__bindgen_ty_3,
+    pub __bindgen_anon_4: cpu_user_regs_x86_64__bindgen_ty_4,
+    pub __bindgen_anon_5: cpu_user_regs_x86_64__bindgen_ty_5,
+    pub __bindgen_anon_6: cpu_user_regs_x86_64__bindgen_ty_6,
+    pub __bindgen_anon_7: cpu_user_regs_x86_64__bindgen_ty_7,
+    pub __bindgen_anon_8: cpu_user_regs_x86_64__bindgen_ty_8,
+    pub __bindgen_anon_9: cpu_user_regs_x86_64__bindgen_ty_9,
+    pub __bindgen_anon_10: cpu_user_regs_x86_64__bindgen_ty_10,
+    pub __bindgen_anon_11: cpu_user_regs_x86_64__bindgen_ty_11,
+    pub __bindgen_anon_12: cpu_user_regs_x86_64__bindgen_ty_12,
+    pub __bindgen_anon_13: cpu_user_regs_x86_64__bindgen_ty_13,
+    pub __bindgen_anon_14: cpu_user_regs_x86_64__bindgen_ty_14,
+    pub __bindgen_anon_15: cpu_user_regs_x86_64__bindgen_ty_15,
+    pub error_code: u32,
+    pub entry_vector: u32,
+    pub __bindgen_anon_16: cpu_user_regs_x86_64__bindgen_ty_16,
+    pub cs: u16,
+    pub _pad0: [u16; 1usize],
+    pub saved_upcall_mask: u8,
+    pub _pad1: [u8; 3usize],
+    pub __bindgen_anon_17: cpu_user_regs_x86_64__bindgen_ty_17,
+    pub __bindgen_anon_18: cpu_user_regs_x86_64__bindgen_ty_18,
+    pub ss: u16,
+    pub _pad2: [u16; 3usize],
+    pub es: u16,
+    pub _pad3: [u16; 3usize],
+    pub ds: u16,
+    pub _pad4: [u16; 3usize],
+    pub fs: u16,
+    pub _pad5: [u16; 3usize],
+    pub gs: u16,
+    pub _pad6: [u16; 3usize],
+}
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs_x86_64__bindgen_ty_1 {
+    pub r15: u64,
+    pub e15: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs_x86_64__bindgen_ty_1"]
+        [::std::mem::size_of::<cpu_user_regs_x86_64__bindgen_ty_1>() - 8usize];
+    ["Alignment of cpu_user_regs_x86_64__bindgen_ty_1"]
+        [::std::mem::align_of::<cpu_user_regs_x86_64__bindgen_ty_1>() - 8usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_1::r15"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_1, r15) - 0usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_1::e15"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_1, e15) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs_x86_64__bindgen_ty_2 {
+    pub r14: u64,
+    pub e14: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs_x86_64__bindgen_ty_2"]
+        [::std::mem::size_of::<cpu_user_regs_x86_64__bindgen_ty_2>() - 8usize];
+    ["Alignment of cpu_user_regs_x86_64__bindgen_ty_2"]
+        [::std::mem::align_of::<cpu_user_regs_x86_64__bindgen_ty_2>() - 8usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_2::r14"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_2, r14) - 0usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_2::e14"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_2, e14) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs_x86_64__bindgen_ty_3 {
+    pub r13: u64,
+    pub e13: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs_x86_64__bindgen_ty_3"]
+        [::std::mem::size_of::<cpu_user_regs_x86_64__bindgen_ty_3>() - 8usize];
+    ["Alignment of cpu_user_regs_x86_64__bindgen_ty_3"]
+        [::std::mem::align_of::<cpu_user_regs_x86_64__bindgen_ty_3>() - 8usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_3::r13"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_3, r13) - 0usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_3::e13"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_3, e13) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs_x86_64__bindgen_ty_4 {
+    pub r12: u64,
+    pub e12: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs_x86_64__bindgen_ty_4"]
+        [::std::mem::size_of::<cpu_user_regs_x86_64__bindgen_ty_4>() - 8usize];
+    ["Alignment of cpu_user_regs_x86_64__bindgen_ty_4"]
+        [::std::mem::align_of::<cpu_user_regs_x86_64__bindgen_ty_4>() - 8usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_4::r12"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_4, r12) - 0usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_4::e12"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_4, e12) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs_x86_64__bindgen_ty_5 {
+    pub rbp: u64,
+    pub ebp: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs_x86_64__bindgen_ty_5"]
+        [::std::mem::size_of::<cpu_user_regs_x86_64__bindgen_ty_5>() - 8usize];
+    ["Alignment of cpu_user_regs_x86_64__bindgen_ty_5"]
+        [::std::mem::align_of::<cpu_user_regs_x86_64__bindgen_ty_5>() - 8usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_5::rbp"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_5, rbp) - 0usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_5::ebp"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_5, ebp) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs_x86_64__bindgen_ty_6 {
+    pub rbx: u64,
+    pub ebx: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs_x86_64__bindgen_ty_6"]
+        [::std::mem::size_of::<cpu_user_regs_x86_64__bindgen_ty_6>() - 8usize];
+    ["Alignment of cpu_user_regs_x86_64__bindgen_ty_6"]
+        [::std::mem::align_of::<cpu_user_regs_x86_64__bindgen_ty_6>() - 8usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_6::rbx"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_6, rbx) - 0usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_6::ebx"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_6, ebx) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs_x86_64__bindgen_ty_7 {
+    pub r11: u64,
+    pub e11: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs_x86_64__bindgen_ty_7"]
+        [::std::mem::size_of::<cpu_user_regs_x86_64__bindgen_ty_7>() - 8usize];
+    ["Alignment of cpu_user_regs_x86_64__bindgen_ty_7"]
+        [::std::mem::align_of::<cpu_user_regs_x86_64__bindgen_ty_7>() - 8usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_7::r11"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_7, r11) - 0usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_7::e11"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_7, e11) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs_x86_64__bindgen_ty_8 {
+    pub r10: u64,
+    pub e10: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs_x86_64__bindgen_ty_8"]
+        [::std::mem::size_of::<cpu_user_regs_x86_64__bindgen_ty_8>() - 8usize];
+    ["Alignment of cpu_user_regs_x86_64__bindgen_ty_8"]
+        [::std::mem::align_of::<cpu_user_regs_x86_64__bindgen_ty_8>() - 8usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_8::r10"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_8, r10) - 0usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_8::e10"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_8, e10) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs_x86_64__bindgen_ty_9 {
+    pub r9: u64,
+    pub e9: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs_x86_64__bindgen_ty_9"]
+        [::std::mem::size_of::<cpu_user_regs_x86_64__bindgen_ty_9>() - 8usize];
+    ["Alignment of cpu_user_regs_x86_64__bindgen_ty_9"]
+        [::std::mem::align_of::<cpu_user_regs_x86_64__bindgen_ty_9>() - 8usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_9::r9"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_9, r9) - 0usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_9::e9"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_9, e9) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs_x86_64__bindgen_ty_10 {
+    pub r8: u64,
+    pub e8: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs_x86_64__bindgen_ty_10"]
+        [::std::mem::size_of::<cpu_user_regs_x86_64__bindgen_ty_10>() - 8usize];
+    ["Alignment of cpu_user_regs_x86_64__bindgen_ty_10"]
+        [::std::mem::align_of::<cpu_user_regs_x86_64__bindgen_ty_10>() - 8usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_10::r8"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_10, r8) - 0usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_10::e8"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_10, e8) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs_x86_64__bindgen_ty_11 {
+    pub rax: u64,
+    pub eax: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs_x86_64__bindgen_ty_11"]
+        [::std::mem::size_of::<cpu_user_regs_x86_64__bindgen_ty_11>() - 8usize];
+    ["Alignment of cpu_user_regs_x86_64__bindgen_ty_11"]
+        [::std::mem::align_of::<cpu_user_regs_x86_64__bindgen_ty_11>() - 8usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_11::rax"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_11, rax) - 0usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_11::eax"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_11, eax) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs_x86_64__bindgen_ty_12 {
+    pub rcx: u64,
+    pub ecx: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs_x86_64__bindgen_ty_12"]
+        [::std::mem::size_of::<cpu_user_regs_x86_64__bindgen_ty_12>() - 8usize];
+    ["Alignment of cpu_user_regs_x86_64__bindgen_ty_12"]
+        [::std::mem::align_of::<cpu_user_regs_x86_64__bindgen_ty_12>() - 8usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_12::rcx"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_12, rcx) - 0usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_12::ecx"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_12, ecx) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs_x86_64__bindgen_ty_13 {
+    pub rdx: u64,
+    pub edx: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs_x86_64__bindgen_ty_13"]
+        [::std::mem::size_of::<cpu_user_regs_x86_64__bindgen_ty_13>() - 8usize];
+    ["Alignment of cpu_user_regs_x86_64__bindgen_ty_13"]
+        [::std::mem::align_of::<cpu_user_regs_x86_64__bindgen_ty_13>() - 8usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_13::rdx"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_13, rdx) - 0usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_13::edx"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_13, edx) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs_x86_64__bindgen_ty_14 {
+    pub rsi: u64,
+    pub esi: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs_x86_64__bindgen_ty_14"]
+        [::std::mem::size_of::<cpu_user_regs_x86_64__bindgen_ty_14>() - 8usize];
+    ["Alignment of cpu_user_regs_x86_64__bindgen_ty_14"]
+        [::std::mem::align_of::<cpu_user_regs_x86_64__bindgen_ty_14>() - 8usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_14::rsi"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_14, rsi) - 0usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_14::esi"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_14, esi) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs_x86_64__bindgen_ty_15 {
+    pub rdi: u64,
+    pub edi: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs_x86_64__bindgen_ty_15"]
+        [::std::mem::size_of::<cpu_user_regs_x86_64__bindgen_ty_15>() - 8usize];
+    ["Alignment of cpu_user_regs_x86_64__bindgen_ty_15"]
+        [::std::mem::align_of::<cpu_user_regs_x86_64__bindgen_ty_15>() - 8usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_15::rdi"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_15, rdi) - 0usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_15::edi"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_15, edi) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs_x86_64__bindgen_ty_16 {
+    pub rip: u64,
+    pub eip: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs_x86_64__bindgen_ty_16"]
+        [::std::mem::size_of::<cpu_user_regs_x86_64__bindgen_ty_16>() - 8usize];
+    ["Alignment of cpu_user_regs_x86_64__bindgen_ty_16"]
+        [::std::mem::align_of::<cpu_user_regs_x86_64__bindgen_ty_16>() - 8usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_16::rip"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_16, rip) - 0usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_16::eip"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_16, eip) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs_x86_64__bindgen_ty_17 {
+    pub rflags: u64,
+    pub eflags: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs_x86_64__bindgen_ty_17"]
+        [::std::mem::size_of::<cpu_user_regs_x86_64__bindgen_ty_17>() - 8usize];
+    ["Alignment of cpu_user_regs_x86_64__bindgen_ty_17"]
+        [::std::mem::align_of::<cpu_user_regs_x86_64__bindgen_ty_17>() - 8usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_17::rflags"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_17, rflags) - 0usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_17::eflags"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_17, eflags) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union cpu_user_regs_x86_64__bindgen_ty_18 {
+    pub rsp: u64,
+    pub esp: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs_x86_64__bindgen_ty_18"]
+        [::std::mem::size_of::<cpu_user_regs_x86_64__bindgen_ty_18>() - 8usize];
+    ["Alignment of cpu_user_regs_x86_64__bindgen_ty_18"]
+        [::std::mem::align_of::<cpu_user_regs_x86_64__bindgen_ty_18>() - 8usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_18::rsp"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_18, rsp) - 0usize];
+    ["Offset of field: cpu_user_regs_x86_64__bindgen_ty_18::esp"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64__bindgen_ty_18, esp) - 0usize];
+};
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of cpu_user_regs_x86_64"][::std::mem::size_of::<cpu_user_regs_x86_64>() - 200usize];
+    ["Alignment of cpu_user_regs_x86_64"][::std::mem::align_of::<cpu_user_regs_x86_64>() - 8usize];
+    ["Offset of field: cpu_user_regs_x86_64::error_code"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64, error_code) - 120usize];
+    ["Offset of field: cpu_user_regs_x86_64::entry_vector"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64, entry_vector) - 124usize];
+    ["Offset of field: cpu_user_regs_x86_64::cs"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64, cs) - 136usize];
+    ["Offset of field: cpu_user_regs_x86_64::_pad0"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64, _pad0) - 138usize];
+    ["Offset of field: cpu_user_regs_x86_64::saved_upcall_mask"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64, saved_upcall_mask) - 140usize];
+    ["Offset of field: cpu_user_regs_x86_64::_pad1"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64, _pad1) - 141usize];
+    ["Offset of field: cpu_user_regs_x86_64::ss"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64, ss) - 160usize];
+    ["Offset of field: cpu_user_regs_x86_64::_pad2"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64, _pad2) - 162usize];
+    ["Offset of field: cpu_user_regs_x86_64::es"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64, es) - 168usize];
+    ["Offset of field: cpu_user_regs_x86_64::_pad3"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64, _pad3) - 170usize];
+    ["Offset of field: cpu_user_regs_x86_64::ds"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64, ds) - 176usize];
+    ["Offset of field: cpu_user_regs_x86_64::_pad4"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64, _pad4) - 178usize];
+    ["Offset of field: cpu_user_regs_x86_64::fs"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64, fs) - 184usize];
+    ["Offset of field: cpu_user_regs_x86_64::_pad5"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64, _pad5) - 186usize];
+    ["Offset of field: cpu_user_regs_x86_64::gs"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64, gs) - 192usize];
+    ["Offset of field: cpu_user_regs_x86_64::_pad6"]
+        [::std::mem::offset_of!(cpu_user_regs_x86_64, _pad6) - 194usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub struct vcpu_guest_context_x86_64 {
+    pub fpu_ctxt: vcpu_guest_context_x86_64__bindgen_ty_1,
+    pub flags: u64,
+    pub user_regs: cpu_user_regs_x86_64,
+    pub trap_ctxt: [trap_info_x86_64; 256usize],
+    pub ldt_base: u64,
+    pub ldt_ents: u64,
+    pub gdt_frames: [u64; 16usize],
+    pub gdt_ents: u64,
+    pub kernel_ss: u64,
+    pub kernel_sp: u64,
+    pub ctrlreg: [u64; 8usize],
+    pub debugreg: [u64; 8usize],
+    pub event_callback_eip: u64,
+    pub failsafe_callback_eip: u64,
+    pub syscall_callback_eip: u64,
+    pub vm_assist: u64,
+    pub fs_base: u64,
+    pub gs_base_kernel: u64,
+    pub gs_base_user: u64,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct vcpu_guest_context_x86_64__bindgen_ty_1 {
+    pub x: [::std::os::raw::c_char; 512usize],
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vcpu_guest_context_x86_64__bindgen_ty_1"]
+        [::std::mem::size_of::<vcpu_guest_context_x86_64__bindgen_ty_1>() - 512usize];
+    ["Alignment of vcpu_guest_context_x86_64__bindgen_ty_1"]
+        [::std::mem::align_of::<vcpu_guest_context_x86_64__bindgen_ty_1>() - 1usize];
+    ["Offset of field: vcpu_guest_context_x86_64__bindgen_ty_1::x"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_64__bindgen_ty_1, x) - 0usize];
+};
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vcpu_guest_context_x86_64"]
+        [::std::mem::size_of::<vcpu_guest_context_x86_64>() - 5168usize];
+    ["Alignment of vcpu_guest_context_x86_64"]
+        [::std::mem::align_of::<vcpu_guest_context_x86_64>() - 8usize];
+    ["Offset of field: vcpu_guest_context_x86_64::fpu_ctxt"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_64, fpu_ctxt) - 0usize];
+    ["Offset of field: vcpu_guest_context_x86_64::flags"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_64, flags) - 512usize];
+    ["Offset of field: vcpu_guest_context_x86_64::user_regs"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_64, user_regs) - 520usize];
+    ["Offset of field: vcpu_guest_context_x86_64::trap_ctxt"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_64, trap_ctxt) - 720usize];
+    ["Offset of field: vcpu_guest_context_x86_64::ldt_base"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_64, ldt_base) - 4816usize];
+    ["Offset of field: vcpu_guest_context_x86_64::ldt_ents"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_64, ldt_ents) - 4824usize];
+    ["Offset of field: vcpu_guest_context_x86_64::gdt_frames"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_64, gdt_frames) - 4832usize];
+    ["Offset of field: vcpu_guest_context_x86_64::gdt_ents"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_64, gdt_ents) - 4960usize];
+    ["Offset of field: vcpu_guest_context_x86_64::kernel_ss"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_64, kernel_ss) - 4968usize];
+    ["Offset of field: vcpu_guest_context_x86_64::kernel_sp"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_64, kernel_sp) - 4976usize];
+    ["Offset of field: vcpu_guest_context_x86_64::ctrlreg"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_64, ctrlreg) - 4984usize];
+    ["Offset of field: vcpu_guest_context_x86_64::debugreg"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_64, debugreg) - 5048usize];
+    ["Offset of field: vcpu_guest_context_x86_64::event_callback_eip"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_64, event_callback_eip) - 5112usize];
+    ["Offset of field: vcpu_guest_context_x86_64::failsafe_callback_eip"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_64, failsafe_callback_eip) - 5120usize];
+    ["Offset of field: vcpu_guest_context_x86_64::syscall_callback_eip"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_64, syscall_callback_eip) - 5128usize];
+    ["Offset of field: vcpu_guest_context_x86_64::vm_assist"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_64, vm_assist) - 5136usize];
+    ["Offset of field: vcpu_guest_context_x86_64::fs_base"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_64, fs_base) - 5144usize];
+    ["Offset of field: vcpu_guest_context_x86_64::gs_base_kernel"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_64, gs_base_kernel) - 5152usize];
+    ["Offset of field: vcpu_guest_context_x86_64::gs_base_user"]
+        [::std::mem::offset_of!(vcpu_guest_context_x86_64, gs_base_user) - 5160usize];
+};
+pub type vcpu_guest_context_x86_64_t = vcpu_guest_context_x86_64;
+#[repr(C)]
 #[derive(Debug)]
 pub struct xc_interface_core {
     _unused: [u8; 0],
@@ -400,6 +1707,26 @@ lazy_extern! {
     pub fn xc_get_max_cpus(xch: *mut xc_interface) -> ::std::os::raw::c_int;
 }
 pub type xc_domaininfo_t = xen_domctl_getdomaininfo_t;
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union vcpu_guest_context_any_t {
+    pub x64: vcpu_guest_context_x86_64_t,
+    pub x32: vcpu_guest_context_x86_32_t,
+    pub c: vcpu_guest_context_t,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vcpu_guest_context_any_t"]
+        [::std::mem::size_of::<vcpu_guest_context_any_t>() - 5168usize];
+    ["Alignment of vcpu_guest_context_any_t"]
+        [::std::mem::align_of::<vcpu_guest_context_any_t>() - 8usize];
+    ["Offset of field: vcpu_guest_context_any_t::x64"]
+        [::std::mem::offset_of!(vcpu_guest_context_any_t, x64) - 0usize];
+    ["Offset of field: vcpu_guest_context_any_t::x32"]
+        [::std::mem::offset_of!(vcpu_guest_context_any_t, x32) - 0usize];
+    ["Offset of field: vcpu_guest_context_any_t::c"]
+        [::std::mem::offset_of!(vcpu_guest_context_any_t, c) - 0usize];
+};
 lazy_extern! {
     pub fn xc_domain_create(
         xch: *mut xc_interface,
@@ -436,6 +1763,14 @@ lazy_extern! {
         first_domain: u32,
         max_domains: ::std::os::raw::c_uint,
         info: *mut xc_domaininfo_t,
+    ) -> ::std::os::raw::c_int;
+}
+lazy_extern! {
+    pub fn xc_vcpu_getcontext(
+        xch: *mut xc_interface,
+        domid: u32,
+        vcpu: u32,
+        ctxt: *mut vcpu_guest_context_any_t,
     ) -> ::std::os::raw::c_int;
 }
 lazy_extern! {
@@ -1281,6 +2616,161 @@ lazy_extern! {
 #[derive(Debug)]
 pub struct xenevtchn_handle {
     _unused: [u8; 0],
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct precopy_stats {
+    pub iteration: ::std::os::raw::c_uint,
+    pub total_written: ::std::os::raw::c_ulong,
+    pub dirty_count: ::std::os::raw::c_long,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of precopy_stats"][::std::mem::size_of::<precopy_stats>() - 24usize];
+    ["Alignment of precopy_stats"][::std::mem::align_of::<precopy_stats>() - 8usize];
+    ["Offset of field: precopy_stats::iteration"]
+        [::std::mem::offset_of!(precopy_stats, iteration) - 0usize];
+    ["Offset of field: precopy_stats::total_written"]
+        [::std::mem::offset_of!(precopy_stats, total_written) - 8usize];
+    ["Offset of field: precopy_stats::dirty_count"]
+        [::std::mem::offset_of!(precopy_stats, dirty_count) - 16usize];
+};
+pub type precopy_policy_t = ::std::option::Option<
+    unsafe extern "C" fn(
+        arg1: precopy_stats,
+        arg2: *mut ::std::os::raw::c_void,
+    ) -> ::std::os::raw::c_int,
+>;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct save_callbacks {
+    pub suspend: ::std::option::Option<
+        unsafe extern "C" fn(data: *mut ::std::os::raw::c_void) -> ::std::os::raw::c_int,
+    >,
+    pub precopy_policy: precopy_policy_t,
+    pub postcopy: ::std::option::Option<
+        unsafe extern "C" fn(data: *mut ::std::os::raw::c_void) -> ::std::os::raw::c_int,
+    >,
+    pub checkpoint: ::std::option::Option<
+        unsafe extern "C" fn(data: *mut ::std::os::raw::c_void) -> ::std::os::raw::c_int,
+    >,
+    pub wait_checkpoint: ::std::option::Option<
+        unsafe extern "C" fn(data: *mut ::std::os::raw::c_void) -> ::std::os::raw::c_int,
+    >,
+    pub switch_qemu_logdirty: ::std::option::Option<
+        unsafe extern "C" fn(
+            domid: u32,
+            enable: ::std::os::raw::c_uint,
+            data: *mut ::std::os::raw::c_void,
+        ) -> ::std::os::raw::c_int,
+    >,
+    pub data: *mut ::std::os::raw::c_void,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of save_callbacks"][::std::mem::size_of::<save_callbacks>() - 56usize];
+    ["Alignment of save_callbacks"][::std::mem::align_of::<save_callbacks>() - 8usize];
+    ["Offset of field: save_callbacks::suspend"]
+        [::std::mem::offset_of!(save_callbacks, suspend) - 0usize];
+    ["Offset of field: save_callbacks::precopy_policy"]
+        [::std::mem::offset_of!(save_callbacks, precopy_policy) - 8usize];
+    ["Offset of field: save_callbacks::postcopy"]
+        [::std::mem::offset_of!(save_callbacks, postcopy) - 16usize];
+    ["Offset of field: save_callbacks::checkpoint"]
+        [::std::mem::offset_of!(save_callbacks, checkpoint) - 24usize];
+    ["Offset of field: save_callbacks::wait_checkpoint"]
+        [::std::mem::offset_of!(save_callbacks, wait_checkpoint) - 32usize];
+    ["Offset of field: save_callbacks::switch_qemu_logdirty"]
+        [::std::mem::offset_of!(save_callbacks, switch_qemu_logdirty) - 40usize];
+    ["Offset of field: save_callbacks::data"]
+        [::std::mem::offset_of!(save_callbacks, data) - 48usize];
+};
+pub const xc_stream_type_t_XC_STREAM_PLAIN: xc_stream_type_t = 0;
+pub const xc_stream_type_t_XC_STREAM_REMUS: xc_stream_type_t = 1;
+pub const xc_stream_type_t_XC_STREAM_COLO: xc_stream_type_t = 2;
+pub type xc_stream_type_t = ::std::os::raw::c_uint;
+lazy_extern! {
+    pub fn xc_domain_save(
+        xch: *mut xc_interface,
+        io_fd: ::std::os::raw::c_int,
+        dom: u32,
+        flags: u32,
+        callbacks: *mut save_callbacks,
+        stream_type: xc_stream_type_t,
+        recv_fd: ::std::os::raw::c_int,
+    ) -> ::std::os::raw::c_int;
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct restore_callbacks {
+    pub static_data_done: ::std::option::Option<
+        unsafe extern "C" fn(
+            missing: ::std::os::raw::c_uint,
+            data: *mut ::std::os::raw::c_void,
+        ) -> ::std::os::raw::c_int,
+    >,
+    pub suspend: ::std::option::Option<
+        unsafe extern "C" fn(data: *mut ::std::os::raw::c_void) -> ::std::os::raw::c_int,
+    >,
+    pub postcopy: ::std::option::Option<
+        unsafe extern "C" fn(data: *mut ::std::os::raw::c_void) -> ::std::os::raw::c_int,
+    >,
+    pub checkpoint: ::std::option::Option<
+        unsafe extern "C" fn(data: *mut ::std::os::raw::c_void) -> ::std::os::raw::c_int,
+    >,
+    pub wait_checkpoint: ::std::option::Option<
+        unsafe extern "C" fn(data: *mut ::std::os::raw::c_void) -> ::std::os::raw::c_int,
+    >,
+    pub restore_results: ::std::option::Option<
+        unsafe extern "C" fn(
+            store_gfn: xen_pfn_t,
+            console_gfn: xen_pfn_t,
+            data: *mut ::std::os::raw::c_void,
+        ),
+    >,
+    pub data: *mut ::std::os::raw::c_void,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of restore_callbacks"][::std::mem::size_of::<restore_callbacks>() - 56usize];
+    ["Alignment of restore_callbacks"][::std::mem::align_of::<restore_callbacks>() - 8usize];
+    ["Offset of field: restore_callbacks::static_data_done"]
+        [::std::mem::offset_of!(restore_callbacks, static_data_done) - 0usize];
+    ["Offset of field: restore_callbacks::suspend"]
+        [::std::mem::offset_of!(restore_callbacks, suspend) - 8usize];
+    ["Offset of field: restore_callbacks::postcopy"]
+        [::std::mem::offset_of!(restore_callbacks, postcopy) - 16usize];
+    ["Offset of field: restore_callbacks::checkpoint"]
+        [::std::mem::offset_of!(restore_callbacks, checkpoint) - 24usize];
+    ["Offset of field: restore_callbacks::wait_checkpoint"]
+        [::std::mem::offset_of!(restore_callbacks, wait_checkpoint) - 32usize];
+    ["Offset of field: restore_callbacks::restore_results"]
+        [::std::mem::offset_of!(restore_callbacks, restore_results) - 40usize];
+    ["Offset of field: restore_callbacks::data"]
+        [::std::mem::offset_of!(restore_callbacks, data) - 48usize];
+};
+lazy_extern! {
+    pub fn xc_domain_restore(
+        xch: *mut xc_interface,
+        io_fd: ::std::os::raw::c_int,
+        dom: u32,
+        store_evtchn: ::std::os::raw::c_uint,
+        store_mfn: *mut ::std::os::raw::c_ulong,
+        store_domid: u32,
+        console_evtchn: ::std::os::raw::c_uint,
+        console_mfn: *mut ::std::os::raw::c_ulong,
+        console_domid: u32,
+        stream_type: xc_stream_type_t,
+        callbacks: *mut restore_callbacks,
+        send_back_fd: ::std::os::raw::c_int,
+    ) -> ::std::os::raw::c_int;
+}
+lazy_extern! {
+    pub fn xc_domain_resume(
+        xch: *mut xc_interface,
+        domid: u32,
+        fast: ::std::os::raw::c_int,
+    ) -> ::std::os::raw::c_int;
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]

@@ -6,6 +6,8 @@
 //! - [`xc`]: libxenctrl — domain create, destroy, pause, information and lists, host
 //!   facts, unbound event channels;
 //! - [`xcdom`]: libxenguest's PV domain builder (`xc_dom_*`);
+//! - [`save`]: libxenguest's save, restore and resume of a domain (`xc_domain_save`,
+//!   `xc_domain_restore`, `xc_domain_resume`), with the callback trampolines;
 //! - [`xs`]: libxenstore — reads, writes, transactions, watches, domain introduction —
 //!   and [`xs::wire`], xenstored's socket spoken directly to write a batch of nodes in
 //!   one go;
@@ -15,13 +17,14 @@
 //!
 //! Every failure is an [`Error`] that names the call and keeps the errno it left.
 //!
-//! Not here yet: foreign memory (`libxenforeignmemory`), which nothing uses today; the
-//! save/restore work brings it, with its bindings in `xenffi`.
+//! Not here yet: foreign memory (`libxenforeignmemory`), which nothing uses today (a
+//! NoXS restore, which rewrites the guest's start_info, will need it).
 
 pub mod error;
 pub mod evtchn;
 pub mod gntshr;
 pub mod gnttab;
+pub mod save;
 pub mod xc;
 pub mod xcdom;
 pub mod xs;

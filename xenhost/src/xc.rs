@@ -228,6 +228,17 @@ impl PhysInfo {
     }
 }
 
+/// errno as a failed call left it, unless it is 0: libxenguest's save and restore fail
+/// without setting errno on some paths (a malformed stream), and "Success (os error 0)"
+/// would say the opposite.
+fn without_success(errno: io::Error) -> io::Error {
+    if errno.raw_os_error() == Some(0) {
+        io::Error::other("failed (no errno)")
+    } else {
+        errno
+    }
+}
+
 /// A libxenctrl handle (`xc_interface_open`), closed on drop.
 #[derive(Debug)]
 pub struct Xc {
@@ -294,10 +305,9 @@ impl Xc {
 
     /// An error for `call`, with errno and whatever libxc logged.
     pub(crate) fn error(&self, call: &'static str) -> Error {
-        let source = io::Error::last_os_error();
         Error::Call {
             call,
-            source,
+            source: without_success(io::Error::last_os_error()),
             detail: self.take_log(),
         }
     }
@@ -503,6 +513,14 @@ mod tests {
         assert_eq!(info(ffi::XEN_DOMINF_dying).state_letters(), "-----d");
         assert!(info(ffi::XEN_DOMINF_dying).dying);
         assert_eq!(info(0).shutdown, None);
+    }
+
+    #[test]
+    fn a_failure_without_errno_does_not_say_success() {
+        let none = without_success(io::Error::from_raw_os_error(0)).to_string();
+        assert_eq!(none, "failed (no errno)");
+        let enoent = without_success(io::Error::from_raw_os_error(libc::ENOENT));
+        assert_eq!(enoent.raw_os_error(), Some(libc::ENOENT));
     }
 
     #[test]

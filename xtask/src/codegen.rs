@@ -13,13 +13,14 @@ use clap::Args;
 use crate::util::{self, project_root};
 
 /// Functions the toolstack and the device daemon call; bindgen pulls in the types they
-/// need.
+/// need (`xc_domain_save`/`restore` bring `struct save_callbacks`/`restore_callbacks`
+/// and `xc_stream_type_t`).
 const FUNCTIONS: [&str; 4] = [
     "xc_(interface_open|interface_close|domain_create|domain_max_vcpus|domain_setmaxmem|\
      domain_set_memmap_limit|domain_unpause|domain_pause|domain_destroy|domain_shutdown|\
      domain_getinfolist|domain_getinfo_single|evtchn_alloc_unbound|dom_.*|get_max_cpus|physinfo|\
      domain_set_tsc_info|cpuid_apply_policy|domain_sethandle|get_last_error|clear_last_error|\
-     error_code_to_desc)",
+     error_code_to_desc|domain_save|domain_restore|domain_resume|vcpu_getcontext)",
     "xs_(open|close|daemon_open|transaction_start|transaction_end|write|read|mkdir|rm|\
      set_permissions|get_permissions|introduce_domain|release_domain|get_domain_path|watch|\
      unwatch|read_watch|directory|fileno|check_watch)",
@@ -30,7 +31,8 @@ const FUNCTIONS: [&str; 4] = [
 ];
 const VARS: &str = "XS_.*|XEN_DOMCTL_CDF_.*|XEN_DOMINF_.*|SHUTDOWN_.*|XC_DOM_.*|XEN_X86_.*|\
                     XEN_DOMCTL_INTERFACE_VERSION|DOMID_.*|XEN_DOMCTL_GRANT_.*|XEN_DOMCTL_CONFIG_.*|\
-                    XEN_SYSCTL_PHYSCAP_.*|VIRQ_DOM_EXC|GNTCOPY_.*|GNTST_.*";
+                    XEN_SYSCTL_PHYSCAP_.*|VIRQ_DOM_EXC|GNTCOPY_.*|GNTST_.*|XCFLAGS_.*|\
+                    XGS_POLICY_.*";
 
 #[derive(Debug, Args)]
 pub struct CodegenArgs {

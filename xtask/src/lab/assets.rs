@@ -131,6 +131,17 @@ const MODULES: &[&str] = &[
     "crc32c_generic",
 ];
 
+/// Modules of the Linux PV guest (`/apps/linux`): its front ends, which Debian builds as
+/// modules.
+const GUEST_MODULES: &[&str] = &["xen-netfront", "xen-blkfront"];
+
+/// `/init` of the Linux PV guest's initramfs.
+const LINUX_GUEST_INIT: &str = include_str!("linux-guest-init.sh");
+
+/// Where dom0 has the Linux PV guest: Debian's kernel (the one dom0 runs, which is a
+/// PV kernel too) and a busybox initramfs with [`LINUX_GUEST_INIT`].
+pub const LINUX_GUEST_DIR: &str = "apps/linux";
+
 const INIT: &str = include_str!("dom0-init.sh");
 
 /// xl's default vif hotplug script (`/etc/xen/scripts/vif-bridge`): attaches a guest's
@@ -206,7 +217,7 @@ pub fn prepare() -> Result<Assets> {
     }
     let initramfs = dir.join("dom0-base.cpio");
     let inputs = format!(
-        "layout {LAYOUT_VERSION}\n{lock}\ntools {XEN_TOOLS:?} {OTHER_PROGRAMS:?}\nmodules {MODULES:?}\n{XL_CONF}\n{INIT}\n{VIF_BRIDGE}\n{BLOCK}"
+        "layout {LAYOUT_VERSION}\n{lock}\ntools {XEN_TOOLS:?} {OTHER_PROGRAMS:?}\nmodules {MODULES:?}\n{XL_CONF}\n{INIT}\n{VIF_BRIDGE}\n{BLOCK}\nguest {GUEST_MODULES:?}\n{LINUX_GUEST_INIT}"
     );
     if !fresh(&initramfs, &inputs) {
         build_initramfs(&root, &dir.join("initramfs"), &initramfs)?;
@@ -704,7 +715,7 @@ fn build_initramfs(root: &Path, staging: &Path, out: &Path) -> Result<()> {
         &staging.join("lib64/ld-linux-x86-64.so.2"),
     )?;
 
-    let modules = module_order(root)?;
+    let modules = module_order(root, MODULES)?;
     let mut list = String::new();
     for module in &modules {
         let name = file_name(module.to_str().unwrap_or_default());
@@ -717,6 +728,7 @@ fn build_initramfs(root: &Path, staging: &Path, out: &Path) -> Result<()> {
     write_executable(&staging.join("etc/xen/scripts/vif-bridge"), VIF_BRIDGE)?;
     write_executable(&staging.join("etc/xen/scripts/block"), BLOCK)?;
     write_executable(&staging.join("init"), INIT)?;
+    build_linux_guest(root, staging)?;
 
     cpio(staging, out)?;
     let size = fs::metadata(out)?.len();
@@ -731,8 +743,40 @@ fn build_initramfs(root: &Path, staging: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `.ko` files of `MODULES` and their dependencies, each after what it depends on.
-fn module_order(root: &Path) -> Result<Vec<PathBuf>> {
+/// The Linux PV guest in dom0's [`LINUX_GUEST_DIR`]: Debian's kernel (the bzImage:
+/// libxenguest unpacks it) and an initramfs of busybox, [`GUEST_MODULES`] (named so
+/// that a glob loads them in dependency order) and [`LINUX_GUEST_INIT`].
+fn build_linux_guest(root: &Path, staging: &Path) -> Result<()> {
+    let dir = staging.join(LINUX_GUEST_DIR);
+    fs::create_dir_all(&dir)?;
+    copy(
+        &only_file(&root.join("boot"), "vmlinuz-")?,
+        &dir.join("vmlinuz"),
+    )?;
+    let guest = staging
+        .parent()
+        .context("the staging directory has a parent")?
+        .join("linux-guest");
+    if guest.exists() {
+        fs::remove_dir_all(&guest)?;
+    }
+    for sub in ["bin", "lib/modules"] {
+        fs::create_dir_all(guest.join(sub))?;
+    }
+    copy(&root.join("bin/busybox"), &guest.join("bin/busybox"))?;
+    for (index, module) in module_order(root, GUEST_MODULES)?.iter().enumerate() {
+        let name = format!(
+            "{index:02}-{}",
+            file_name(module.to_str().unwrap_or_default())
+        );
+        copy(module, &guest.join("lib/modules").join(name))?;
+    }
+    write_executable(&guest.join("init"), LINUX_GUEST_INIT)?;
+    cpio(&guest, &dir.join("initrd"))
+}
+
+/// `.ko` files of `names` and their dependencies, each after what it depends on.
+fn module_order(root: &Path, names: &[&str]) -> Result<Vec<PathBuf>> {
     let base = only_dir(&root.join("lib/modules"))?;
     let normalize = |name: &str| name.replace('-', "_");
     let mut files = HashMap::new();
@@ -783,7 +827,7 @@ fn module_order(root: &Path) -> Result<Vec<PathBuf>> {
     }
     let mut done = BTreeSet::new();
     let mut order = Vec::new();
-    for module in MODULES {
+    for module in names {
         visit(&normalize(module), &files, &builtin, &mut done, &mut order)?;
     }
     Ok(order)

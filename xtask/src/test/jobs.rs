@@ -32,7 +32,7 @@ const LAB_CHECKS: &str = include_str!("lab-checks.sh");
 /// The capacity job's guests (`GUESTS=` in `capacity-lab.sh`), 4 MiB each.
 const CAPACITY_GUESTS: u32 = 1000;
 
-pub const JOB_TESTS: [JobTest; 13] = [
+pub const JOB_TESTS: [JobTest; 14] = [
     // chaos's commands on real Xen (`chaos-lab.sh`): create, list (and xl list),
     // console, shutdown -w, destroy of daytime with its vif; a destroy while `create
     // --console` watches, each of the two ending well; fifteen malformed
@@ -200,6 +200,23 @@ pub const JOB_TESTS: [JobTest; 13] = [
         timeout_secs: 600,
         noxs: true,
         summarize: &["guest-sees-its-shape"],
+        memory: LabMemory::DEFAULT,
+    },
+    // chaos save, restore and migrate (`save-lab.sh`) of a Linux PV guest chaos creates
+    // (Debian's kernel and the lab's busybox initramfs, a vif and a file-backed disk,
+    // Xenstore method): it answers, is saved (and destroyed), restored under its name as
+    // a new domain that answers with the same boot id and reads what its disk holds now;
+    // a save file cut short and a name clash are refused in one line, leaving no domain,
+    // loop device, vif or Xenstore node; `save --keep-running` keeps it answering; it
+    // migrates live to a receiver on the same host and answers there; a receiver that is
+    // not there, or is killed mid-stream, leaves the source running and nothing behind.
+    // The save, restore and migrate times are measurements.
+    JobTest {
+        name: "chaos save/restore/migrate of a Linux PV guest, a file cut short, a receiver killed",
+        script: include_str!("save-lab.sh"),
+        timeout_secs: 400,
+        noxs: false,
+        summarize: &["save", "restore", "migrate"],
         memory: LabMemory::DEFAULT,
     },
     // Capacity, in a NoXS lab sized for it (`capacity-lab.sh`): 1000 paused NoXS
