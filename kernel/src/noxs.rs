@@ -255,10 +255,11 @@ fn start_listening(start_info_pfn: u64, backend: u16) -> Result<(), ListenError>
 /// The re-offer port and the start_info page, once [`listen_for_reoffers`] set them up.
 static REOFFERS: Mutex<Option<(Notifier, u64)>> = Mutex::new(None);
 
-/// After a restore into a new domain: the re-offer port is new, and the toolstack that
-/// restored us wrote the block anew for the new back ends (the same devices, new
-/// control pages, the generation moved on) before the domain ran. Publish the port,
-/// and take the block in as a re-offer: each device connects to its new back end.
+/// After a restore into a new domain, before the grants are made again: the re-offer
+/// port is new; publish it. The back ends are new too, and none is connected: the
+/// toolstack has the new back end offer the devices as a restarted one does (NoXS
+/// v1.1), through the start_info page granted again at [`reoffer::BLOCK_GREF`], and
+/// each device connects to it ([`follow`]).
 pub(crate) fn resume(new_domain: bool) {
     if !new_domain {
         return;
@@ -266,7 +267,6 @@ pub(crate) fn resume(new_domain: bool) {
     if let Some((port, start_info_pfn)) = REOFFERS.lock().clone() {
         start_info_bytes(start_info_pfn).write_u32(BLOCK_OFFSET + reoffer::PORT, port.port());
         fence(Ordering::SeqCst);
-        port.raise();
     }
 }
 

@@ -11,9 +11,8 @@
 //! every grant under its old reference ([`crate::grant`]), every port
 //! ([`crate::events`]), the monotonic clock ([`crate::time`]), console and Xenstore —
 //! and then tells the drivers, which connect to their new back ends with the same
-//! rings: Xenstore front ends through [`restored`], NoXS ones through the block the
-//! toolstack rewrote for the new back ends, taken in as a re-offer
-//! ([`crate::noxs::resume`]). NoXS control pages are other domains' pages: unmapped
+//! rings: Xenstore front ends through [`restored`], NoXS ones through a re-offer of
+//! their new back ends ([`crate::noxs::resume`]). NoXS control pages are other domains' pages: unmapped
 //! across the suspend, mapped again in the same domain, lost in a new one.
 
 use alloc::vec::Vec;
@@ -146,13 +145,14 @@ fn resume_in_new_domain(si: &mut start_info) {
         Ok(fields) => fields,
         Err(err) => resume_failed("start_info", err),
     };
+    // The re-offer port first: the back end reads it once our grants are back.
+    crate::noxs::resume(true);
     if let Err(err) = crate::grant::resume(true) {
         resume_failed("grant table", err);
     }
     if let Err(err) = crate::xenstore::resume(true, store_port) {
         resume_failed("xenstore", err);
     }
-    crate::noxs::resume(true);
     let generation = GENERATION.fetch_add(1, Ordering::AcqRel) + 1;
     log::info!(
         "suspend: restored into a new domain (restore {generation}), {rebound} event channel(s) bound again"
