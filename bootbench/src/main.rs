@@ -5,6 +5,10 @@
 //!   the guest ran → it is gone).
 //! - `until-reply`: the time from starting a command (e.g. `xl create daytime.cfg`) to
 //!   the first line a TCP service in the guest sends back.
+//! - `downtime`: the time a command takes (e.g. `xl migrate …`) while a client asks the
+//!   guest's service for a line every few milliseconds; the longest time between two
+//!   answers, until the first answer after the command ended, is the guest's downtime
+//!   (`bootbench-downtime LABEL RUN MILLISECONDS`, before the run's time line).
 //!
 //! Each run is followed by an untimed `--cleanup` command. One line per run on stdout:
 //! `bootbench LABEL RUN MILLISECONDS`; a command's own output is shown only if it fails,
@@ -68,6 +72,18 @@ enum What {
         addr: SocketAddr,
         /// Give up on a run after this many seconds.
         #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        /// Shell command; `{i}` is the run number.
+        command: String,
+    },
+    /// Time COMMAND (it must exit 0) while asking ADDR for a line every few ms; the
+    /// longest time without an answer, until the first answer after COMMAND ended, is
+    /// printed as `bootbench-downtime LABEL RUN MS`. ADDR must answer when it starts.
+    Downtime {
+        #[arg(long)]
+        addr: SocketAddr,
+        /// Give up on a run after this many seconds.
+        #[arg(long, default_value_t = 120)]
         timeout: u64,
         /// Shell command; `{i}` is the run number.
         command: String,
@@ -183,6 +199,66 @@ fn until_reply(
     Ok((replied, output))
 }
 
+/// How long a poll of [`downtime`] waits for the line once connected: a guest
+/// suspended mid-answer must not hide the answers after it.
+const POLL_READ_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Whether `addr` answers with a line now (within [`CONNECT_TIMEOUT`] to connect and
+/// [`POLL_READ_TIMEOUT`] to answer).
+fn answers(addr: SocketAddr) -> bool {
+    let Ok(stream) = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) else {
+        return false;
+    };
+    if stream.set_read_timeout(Some(POLL_READ_TIMEOUT)).is_err() {
+        return false;
+    }
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).is_ok() && line.ends_with('\n')
+}
+
+/// Run `command` while polling `addr`: its time, and the longest gap between answers
+/// (see [`What::Downtime`]).
+fn downtime(
+    command: &str,
+    run: u32,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<(Duration, Duration, Output)> {
+    if !answers(addr) {
+        bail!("run {run}: {addr} does not answer before `{command}`");
+    }
+    let began = Instant::now();
+    let mut last_answer = began;
+    let mut longest = Duration::ZERO;
+    let mut child = start(command, run)?;
+    let mut took = None;
+    loop {
+        if began.elapsed() > timeout {
+            let _ = child.kill();
+            bail!("run {run}: {addr} did not answer within {timeout:?} of `{command}`");
+        }
+        if took.is_none()
+            && let Some(status) = child.try_wait()?
+        {
+            if !status.success() {
+                finish(child, command, run)?;
+                unreachable!("finish reports the failure");
+            }
+            took = Some(began.elapsed());
+        }
+        if answers(addr) {
+            let now = Instant::now();
+            longest = longest.max(now - last_answer);
+            last_answer = now;
+            if let Some(took) = took {
+                let output = finish(child, command, run)?;
+                return Ok((took, longest, output));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// How long a service took to send its first line (a timed-out run counts its wait).
 fn reply(addr: SocketAddr, interval: Duration, failed: &mut u32) -> (Duration, Output) {
     std::thread::sleep(interval);
@@ -223,6 +299,23 @@ fn main() -> Result<ExitCode> {
                 timed
             }
             What::UntilExit { command } => until_exit(command, run)?,
+            What::Downtime {
+                addr,
+                timeout,
+                command,
+            } => {
+                let (took, down, output) =
+                    downtime(command, run, *addr, Duration::from_secs(*timeout))?;
+                if run >= cli.warmup {
+                    let ms = down.as_secs_f64() * 1000.0;
+                    println!(
+                        "bootbench-downtime {} {} {ms:.3}",
+                        cli.label,
+                        run - cli.warmup
+                    );
+                }
+                (took, output)
+            }
             What::UntilReply {
                 addr,
                 timeout,

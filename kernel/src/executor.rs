@@ -177,9 +177,14 @@ mod guest {
     /// The wakers of background tasks live here, so a task keeps one waker.
     static WAKERS: Mutex<BTreeMap<u64, Arc<TaskWaker>>> = Mutex::new(BTreeMap::new());
 
-    /// Poll every ready background task once.
+    /// Poll once every background task that is ready now. A task woken meanwhile (one
+    /// that yields, or is woken by another) waits for the next round, after events and
+    /// timers have been dispatched: else a task that keeps yielding (the network stack
+    /// under a stream of frames) would keep every other waiting on an event from
+    /// running — a power request, a Xenstore watch.
     fn run_ready_tasks() {
-        loop {
+        let round = READY.lock().len();
+        for _ in 0..round {
             let Some(id) = READY.lock().pop_front() else {
                 return;
             };

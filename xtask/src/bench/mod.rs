@@ -10,6 +10,7 @@
 //!   before chaos's `main`.
 //! - `bench density` ([`density`]): the same two measures as background guests
 //!   accumulate, and what dom0 spends per running guest.
+//! - `bench migrate` ([`migrate`]): save, restore, live migration and its downtime.
 //!
 //! Both are timed in dom0 by `bootbench`, the same way for every toolstack; both write
 //! CSV and plots (PNG and SVG, [`plot`]) under `target/bench/`. The lab's dom0 has
@@ -20,6 +21,7 @@
 mod boot;
 mod density;
 mod density_report;
+mod migrate;
 mod plot;
 mod steps;
 mod toolstacks;
@@ -29,6 +31,7 @@ use clap::Subcommand;
 
 pub use self::boot::BootArgs;
 pub use self::density::{DensityArgs, smoke as density_smoke};
+pub use self::migrate::MigrateArgs;
 use crate::build::{self, GuestImage};
 use crate::lab;
 
@@ -40,6 +43,9 @@ pub enum BenchCmd {
     /// Creation time as idle guests accumulate, per toolstack, and dom0's memory per
     /// guest; CSV and plots under target/bench/.
     Density(DensityArgs),
+    /// Save, restore, live migration and its downtime per toolstack: median and p90,
+    /// ratios to xl; CSV and plots under target/bench/.
+    Migrate(MigrateArgs),
 }
 
 impl BenchCmd {
@@ -47,6 +53,7 @@ impl BenchCmd {
         match self {
             BenchCmd::Boot(args) => boot::run(args),
             BenchCmd::Density(args) => density::run(args),
+            BenchCmd::Migrate(args) => migrate::run(args),
         }
     }
 }
