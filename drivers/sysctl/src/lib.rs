@@ -69,7 +69,12 @@ impl fmt::Display for PowerRequest {
 
 #[cfg(target_os = "none")]
 mod guest {
+    use alloc::collections::VecDeque;
+    use alloc::rc::Rc;
+    use core::cell::{Cell, RefCell};
     use core::fmt;
+    use core::future::poll_fn;
+    use core::task::{Poll, Waker};
 
     use kernel::devices::{self, Discovery, Method};
     use kernel::noxs::ControlError;
@@ -128,10 +133,37 @@ mod guest {
     }
 
     /// Power requests, as they come: from Xenstore's `control/shutdown`, or from the
-    /// NoXS sysctl control page.
+    /// NoXS sysctl control page. A task of its own takes them (and suspends when asked)
+    /// and queues the app's: [`Self::next`] may be dropped at any point (in a `select`
+    /// with the app's clients) without losing a request or a suspend half done.
     #[derive(Debug)]
     pub struct PowerControl {
-        source: Source,
+        queue: Rc<Queue>,
+    }
+
+    /// The app's requests the task took, not yet returned by [`PowerControl::next`];
+    /// `Err` ends the queue.
+    #[derive(Default)]
+    struct Queue {
+        requests: RefCell<VecDeque<Result<PowerRequest, Error>>>,
+        waker: Cell<Option<Waker>>,
+    }
+
+    impl fmt::Debug for Queue {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("Queue")
+                .field("requests", &self.requests.borrow().len())
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl Queue {
+        fn push(&self, request: Result<PowerRequest, Error>) {
+            self.requests.borrow_mut().push_back(request);
+            if let Some(waker) = self.waker.take() {
+                waker.wake();
+            }
+        }
     }
 
     #[derive(Debug)]
@@ -152,42 +184,63 @@ mod guest {
                 (_, Discovery::Xenstore) => Source::Xenstore(xenbus::Requests::start().await?),
                 _ => return Err(Error::Unavailable),
             };
-            Ok(Self { source })
+            let queue = Rc::new(Queue::default());
+            kernel::executor::spawn(take_requests(source, queue.clone()));
+            Ok(Self { queue })
         }
 
         /// The next request for the app, acknowledged. With Xenstore, unknown values
-        /// are acknowledged and skipped. Suspend requests are handled on the way: this
-        /// returns after the domain ran again (perhaps restored on another host).
+        /// are acknowledged and skipped. Suspend requests never come here: the domain
+        /// suspends (and perhaps runs on another host) meanwhile. Cancel-safe.
         pub async fn next(&self) -> Result<PowerRequest, Error> {
+            poll_fn(|cx| match self.queue.requests.borrow_mut().pop_front() {
+                Some(request) => Poll::Ready(request),
+                None => {
+                    self.queue.waker.set(Some(cx.waker().clone()));
+                    Poll::Pending
+                }
+            })
+            .await
+        }
+    }
+
+    /// The task behind a [`PowerControl`]: take each request, suspend when asked, queue
+    /// the others for the app; the first error ends it (and is queued).
+    async fn take_requests(source: Source, queue: Rc<Queue>) {
+        let outcome: Result<(), Error> = async {
             loop {
-                let request = match &self.source {
+                let request = match &source {
                     Source::Xenstore(requests) => requests.next().await?,
                     Source::Noxs(requests) => requests.next().await?,
                 };
                 match request {
-                    Request::Power(request) => return Ok(request),
-                    Request::Suspend => self.suspend().await?,
+                    Request::Power(request) => queue.push(Ok(request)),
+                    Request::Suspend => suspend(&source).await?,
                 }
             }
         }
+        .await;
+        if let Err(err) = outcome {
+            queue.push(Err(err));
+        }
+    }
 
-        /// Suspend the domain, as the toolstack asked; a failure is logged (the
-        /// toolstack sees the domain did not suspend) and the domain runs on.
-        async fn suspend(&self) -> Result<(), Error> {
-            log::info!("sysctl: suspending");
-            match kernel::suspend::suspend().await {
-                Ok(Resumed::SameDomain) => log::info!("sysctl: resumed in the same domain"),
-                Ok(Resumed::NewDomain) => {
-                    // A new domain's Xenstore has none of what we wrote; a NoXS
-                    // sysctl connects again when its re-offer comes.
-                    if let Source::Xenstore(requests) = &self.source {
-                        requests.advertise().await?;
-                    }
+    /// Suspend the domain, as the toolstack asked; a failure is logged (the toolstack
+    /// sees the domain did not suspend) and the domain runs on.
+    async fn suspend(source: &Source) -> Result<(), Error> {
+        log::info!("sysctl: suspending");
+        match kernel::suspend::suspend().await {
+            Ok(Resumed::SameDomain) => log::info!("sysctl: resumed in the same domain"),
+            Ok(Resumed::NewDomain) => {
+                // A new domain's Xenstore has none of what we wrote; a NoXS sysctl
+                // connects again when its re-offer comes.
+                if let Source::Xenstore(requests) = source {
+                    requests.advertise().await?;
                 }
-                Err(err) => log::error!("sysctl: suspend failed, running on: {err}"),
             }
-            Ok(())
+            Err(err) => log::error!("sysctl: suspend failed, running on: {err}"),
         }
+        Ok(())
     }
 
     /// Answer power requests in the background with `handler`. Without a way to
