@@ -634,9 +634,9 @@ mod guest {
             let mapping = FOREIGN.lock().remove(&self.va.as_u64());
             let unmapped = match mapping.and_then(|mapping| mapping.handle) {
                 Some(handle) => unmap_grant(self.va, handle),
-                // SAFETY: the scratch page (or nothing) is mapped there, and nobody
-                // uses the address any more.
                 None => {
+                    // SAFETY: the scratch page (or nothing) is mapped there, and nobody
+                    // uses the address any more.
                     unsafe { arch::mm::unmap_page(self.va) }.map_err(|_| GrantError::NoAddressSpace)
                 }
             };
