@@ -5,7 +5,6 @@
 //! xl's time over it), `boot.csv` and the plot (`boot.png`, `boot.svg`).
 
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::Args;
@@ -13,8 +12,7 @@ use clap::Args;
 use super::plot::{self, Bar, Bars};
 use super::steps::{self, Profile};
 use super::toolstacks::{self, CHAOS, TOOLSTACKS, Toolstack, XL};
-use super::{BenchLine, build_for_bench, parse_bench_line, percentile};
-use crate::lab;
+use super::{BenchLine, build_for_bench, parse_bench_line, percentile, run_in_lab};
 use crate::util::target_dir;
 
 #[derive(Debug, Args)]
@@ -135,40 +133,17 @@ pub fn run(args: &BootArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let options = lab::ExecOptions {
-        timeout: Duration::from_secs(1800),
-        verbose: false,
-        forwards: Vec::new(),
-        control: None,
-        noxs: false,
-        disks: Vec::new(),
-        memory: lab::LabMemory::DEFAULT,
-    };
-    let mut output = Vec::new();
-    let end = lab::exec(
-        &job(&toolstacks, args.runs),
-        &apps,
-        &options,
-        &mut |line| match line {
-            lab::Line::Stdout(text) => {
-                // A line per series as it completes (CI has no terminal for dots).
-                if let Some(Ok(BenchLine::Time { label, run, ms })) = parse_bench_line(text)
-                    && run + 1 == args.runs
-                {
-                    eprintln!(
-                        "bench: {}/{}: {} runs done, the last {ms:.0} ms",
-                        label.toolstack, label.app, args.runs
-                    );
-                }
-                output.push(text.to_owned());
-            }
-            lab::Line::Stderr(text) => eprintln!("{text}"),
-            lab::Line::Xen(_) => {}
-        },
-    )?;
-    if !matches!(end, lab::ExecEnd::Exited(0)) {
-        bail!("the benchmark job failed ({end:?}):\n{}", output.join("\n"));
-    }
+    let output = run_in_lab(&job(&toolstacks, args.runs), &apps, |text| {
+        // A line per series as it completes.
+        if let Some(Ok(BenchLine::Time { label, run, ms })) = parse_bench_line(text)
+            && run + 1 == args.runs
+        {
+            eprintln!(
+                "bench: {}/{}: {} runs done, the last {ms:.0} ms",
+                label.toolstack, label.app, args.runs
+            );
+        }
+    })?;
     let (floor, series): (Vec<Series>, Vec<Series>) = parse(&output)?
         .into_iter()
         .partition(|s| s.toolstack == FLOOR_ROW);

@@ -9,15 +9,13 @@
 //! cycle comes first. chaos migrates to a `chaos receive` started for its rows.
 
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use super::plot::{self, Bar, Bars};
 use super::toolstacks::{self, Toolstack};
-use super::{BenchLine, Label, build_for_bench, parse_bench_line, percentile};
-use crate::lab;
+use super::{BenchLine, Label, build_for_bench, parse_bench_line, percentile, run_in_lab};
 use crate::util::target_dir;
 
 #[derive(Debug, Args)]
@@ -178,34 +176,11 @@ pub fn run(args: &MigrateArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let options = lab::ExecOptions {
-        timeout: Duration::from_secs(1800),
-        verbose: false,
-        forwards: Vec::new(),
-        control: None,
-        noxs: false,
-        disks: Vec::new(),
-        memory: lab::LabMemory::DEFAULT,
-    };
-    let mut output = Vec::new();
-    let end = lab::exec(
-        &job(&rows, args.runs),
-        &apps,
-        &options,
-        &mut |line| match line {
-            lab::Line::Stdout(text) => {
-                if let Some(Ok(BenchLine::Time { label, ms, .. })) = parse_bench_line(text) {
-                    eprintln!("bench: {}/{}: {ms:.0} ms", label.toolstack, label.app);
-                }
-                output.push(text.to_owned());
-            }
-            lab::Line::Stderr(text) => eprintln!("{text}"),
-            lab::Line::Xen(_) => {}
-        },
-    )?;
-    if !matches!(end, lab::ExecEnd::Exited(0)) {
-        bail!("the benchmark job failed ({end:?}):\n{}", output.join("\n"));
-    }
+    let output = run_in_lab(&job(&rows, args.runs), &apps, |text| {
+        if let Some(Ok(BenchLine::Time { label, ms, .. })) = parse_bench_line(text) {
+            eprintln!("bench: {}/{}: {ms:.0} ms", label.toolstack, label.app);
+        }
+    })?;
     let series = parse(&output)?;
     print!("{}", table(&series));
     let dir = target_dir().join("bench");

@@ -73,6 +73,38 @@ fn build_for_bench() -> Result<(Vec<GuestImage>, bool)> {
     Ok((apps, have_chaos))
 }
 
+/// Run benchmark `job` in one lab boot (at most 30 minutes): its stdout lines, each
+/// also handed to `progress` as it comes (CI has no terminal for dots). A job that
+/// fails is an error with its output.
+fn run_in_lab(
+    job: &str,
+    apps: &[GuestImage],
+    mut progress: impl FnMut(&str),
+) -> Result<Vec<String>> {
+    let options = lab::ExecOptions {
+        timeout: std::time::Duration::from_secs(1800),
+        verbose: false,
+        forwards: Vec::new(),
+        control: None,
+        noxs: false,
+        disks: Vec::new(),
+        memory: lab::LabMemory::DEFAULT,
+    };
+    let mut output = Vec::new();
+    let end = lab::exec(job, apps, &options, &mut |line| match line {
+        lab::Line::Stdout(text) => {
+            progress(text);
+            output.push(text.to_owned());
+        }
+        lab::Line::Stderr(text) => eprintln!("{text}"),
+        lab::Line::Xen(_) => {}
+    })?;
+    if !matches!(end, lab::ExecEnd::Exited(0)) {
+        bail!("the benchmark job failed ({end:?}):\n{}", output.join("\n"));
+    }
+    Ok(output)
+}
+
 /// What a `bootbench …` label names: `TOOLSTACK/APP`, or `TOOLSTACK/APP/GUESTS` in the
 /// density bench.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,6 +15,15 @@ vifs() { ls /sys/class/net | grep -c '^vif'; }
 loops() { ls /sys/block/loop*/loop/backing_file 2>/dev/null | wc -l; }
 uptime_ms() { awk '{ printf "%d", $1 * 1000 }' /proc/uptime; }
 
+# up CHECK NAME CONFIG CONSOLE TEXT: xl creates guest NAME from CONFIG, its console
+# goes to CONSOLE, and TEXT shows there within a minute.
+up() {
+	xl create "$3" >"$3.out" 2>&1
+	xl console "$2" >"$4" 2>&1 &
+	wait_for "$5" 600 "$4"
+	check "$1" $? "$(cat "$3.out") $(tail -n 2 "$4" | tr '\n' '|')"
+}
+
 mkdir -p /tmp/suspend
 cd /tmp/suspend
 d0=$(domains) v0=$(vifs) l0=$(loops)
@@ -39,10 +48,7 @@ cmdline = "ip=$GUEST/24 gw=10.0.2.2"
 memory = 32
 vif = ['mac=00:16:3e:0a:00:10,bridge=xenbr0']
 EOF
-xl create kvstore.cfg >create.out 2>&1
-xl console sr-kvstore >console1.out 2>&1 &
-wait_for "kvstore: listening on $GUEST:6379" 300 console1.out
-check kvstore-boots $? "$(tail -n 2 console1.out | tr '\n' '|')"
+up kvstore-boots sr-kvstore kvstore.cfg console1.out "kvstore: listening on $GUEST:6379"
 kv SET greeting hello >/dev/null
 printf '\000\377\n\r' | kv -x SET binary >/dev/null
 for n in 1 2 3 4 5; do counter=$(kv INCR counter); done
@@ -99,10 +105,7 @@ cmdline = "ip=$GUEST/24 gw=10.0.2.2"
 memory = 8
 vif = ['mac=00:16:3e:0a:00:10,bridge=xenbr0']
 EOF
-xl create daytime.cfg >daytime-create.out 2>&1
-xl console sr-daytime >daytime.out 2>&1 &
-wait_for "daytime: listening on $GUEST:13" 300 daytime.out
-check daytime-boots $? "$(tail -n 2 daytime.out | tr '\n' '|')"
+up daytime-boots sr-daytime daytime.cfg daytime.out "daytime: listening on $GUEST:13"
 bootbench --label suspend/migrate --runs 1 --warmup 0 downtime --addr $GUEST:13 \
 	'xl migrate -s "" sr-daytime "xl migrate-receive"' >downtime.out 2>&1
 check migrates-under-load $? "$(grep -iE 'bootbench|error|fail' downtime.out | tail -n 3 | tr '\n' '|')"
@@ -121,10 +124,7 @@ cmdline = "rounds=40"
 memory = 32
 disk = ['phy:$dev,xvda,w']
 EOF
-xl create blkcheck.cfg >blk-create.out 2>&1
-xl console sr-blkcheck >blk1.out 2>&1 &
-wait_for "blkcheck: round 2 of 40 verified" 600 blk1.out
-check blkcheck-runs $? "$(tail -n 2 blk1.out | tr '\n' '|')"
+up blkcheck-runs sr-blkcheck blkcheck.cfg blk1.out "blkcheck: round 2 of 40 verified"
 timeout 120 xl save sr-blkcheck blk.img >blk-save.out 2>&1
 check blkcheck-save $? "$(grep -E 'error|xc: error|libxl:' blk-save.out | tail -n 3 | tr '\n' '|')"
 timeout 120 xl restore blk.img >blk-restore.out 2>&1
