@@ -143,6 +143,7 @@ pub fn run(args: &BootArgs) -> Result<()> {
         noxs: false,
         disks: Vec::new(),
         memory: lab::LabMemory::DEFAULT,
+        pair: None,
     };
     let mut output = Vec::new();
     let end = lab::exec(

@@ -284,6 +284,7 @@ fn lab_job(
         control: None,
         noxs,
         memory,
+        pair: None,
     };
     let mut output = Vec::new();
     let end = lab::exec(job, images, &options, &mut |line| {
