@@ -106,7 +106,7 @@ if [ -n "${LAB_HOST:-}" ]; then
 		echo "lab: shared network set-up failed (no NIC with MAC $LAB_SHARED_MAC, or the bridge): the hosts cannot reach each other"
 	fi
 	hostname "lab$LAB_HOST"
-	export LAB_HOST LAB_SELF LAB_PEER
+	export LAB_HOST LAB_SELF LAB_PEER LAB_SHARED_BRIDGE
 fi
 # The relay's dom0 end (`--forward`): the host's connections and UDP clients come in
 # over a virtio-serial port and go out to the guest over xenbr0.

@@ -7,7 +7,7 @@
 //! bridges. The two user networks stay apart: both are 10.0.2.0/24 with their own
 //! 10.0.2.2 and dom0 at 10.0.2.15, so joining them would give one segment two of each.
 //!
-//! The job runs on both hosts, told which it is (`LAB_HOST`, `LAB_SELF`, `LAB_PEER`);
+//! The job runs on both hosts, told which it is (`LAB_HOST`, `LAB_SELF`, `LAB_PEER`, and `LAB_SHARED_BRIDGE`);
 //! each line comes back tagged with its host. A host whose job fails, times out or whose
 //! lab dies stops the other at once.
 
@@ -44,6 +44,9 @@ fn shared_mac(host: u8) -> String {
     format!("52:54:00:0a:03:{host:02x}")
 }
 
+/// How each host's run ended, host 1's first.
+pub type HostEnds = [Result<ExecEnd>; 2];
+
 /// One lab of a pair, in its [`ExecOptions::pair`].
 #[derive(Debug, Clone)]
 pub struct PairHost {
@@ -63,7 +66,7 @@ impl PairHost {
     }
 
     /// Lines for dom0's `/lab/env`: the init brings up [`SHARED_BRIDGE`] and exports
-    /// `LAB_HOST`, `LAB_SELF` and `LAB_PEER` to the job.
+    /// `LAB_HOST`, `LAB_SELF`, `LAB_PEER` and `LAB_SHARED_BRIDGE` to the job.
     pub(super) fn env(&self) -> String {
         format!(
             "LAB_HOST={}\nLAB_SELF={}\nLAB_PEER={}\nLAB_SHARED_MAC={}\nLAB_SHARED_BRIDGE={SHARED_BRIDGE}\n",
@@ -131,7 +134,7 @@ pub fn exec_hosts(
     apps: &[GuestImage],
     options: &ExecOptions,
     on_line: &mut dyn FnMut(u8, Line<'_>),
-) -> Result<[Result<ExecEnd>; 2]> {
+) -> Result<HostEnds> {
     ensure!(
         options.forwards.is_empty(),
         "two hosts have no lab relay: --forward works with one host only"

@@ -134,8 +134,9 @@ pub struct ExecArgs {
     /// Boot this many labs side by side (1 or 2) and run FILE in each dom0: with 2, each
     /// also has a NIC on one network the two share, bridged as xenbr1 with dom0 at
     /// 10.0.3.1 and 10.0.3.2, guests on it from 10.0.3.16; FILE gets LAB_HOST (1 or 2),
-    /// LAB_SELF and LAB_PEER (the dom0 addresses there); each line is prefixed with
-    /// `hostN| `; the exit status is the first host's failure, else 0.
+    /// LAB_SELF and LAB_PEER (the dom0 addresses there) and LAB_SHARED_BRIDGE; each line
+    /// is prefixed with `hostN| `; a host that fails stops the other, and the exit status
+    /// is its failure's, else 0.
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u8).range(1..=i64::from(hosts::MAX_HOSTS)))]
     pub hosts: u8,
@@ -217,7 +218,9 @@ fn exec_hosts_cli(script: &str, apps: &[GuestImage], options: &ExecOptions) -> R
         Line::Stderr(text) => eprintln!("host{host}| {text}"),
         Line::Xen(_) => {}
     })?;
+    // The status of the host that failed, not that of the one it stopped.
     let mut status = 0;
+    let mut stopped = false;
     for (host, end) in (1..).zip(ends) {
         let failed = match end {
             Ok(ExecEnd::Exited(0)) => continue,
@@ -235,7 +238,8 @@ fn exec_hosts_cli(script: &str, apps: &[GuestImage], options: &ExecOptions) -> R
             }
             Ok(ExecEnd::Stopped) => {
                 eprintln!("lab: host {host}: stopped because the other host failed");
-                1
+                stopped = true;
+                continue;
             }
             Err(err) => {
                 eprintln!("lab: host {host}: {err:#}");
@@ -245,6 +249,9 @@ fn exec_hosts_cli(script: &str, apps: &[GuestImage], options: &ExecOptions) -> R
         if status == 0 {
             status = failed;
         }
+    }
+    if status == 0 && stopped {
+        status = 1;
     }
     Ok(ExitCode::from(status))
 }

@@ -93,7 +93,10 @@ impl Serial {
             if stop.load(Ordering::Relaxed) {
                 return Ok(Next::Stopped);
             }
-            match self.lines.recv_timeout(left.min(Duration::from_millis(200))) {
+            match self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(200)))
+            {
                 Err(mpsc::RecvTimeoutError::Timeout) if !left.is_zero() => continue,
                 received => break received,
             }
