@@ -247,6 +247,7 @@ fn measure(
         noxs: false,
         disks: Vec::new(),
         memory,
+        pair: None,
     };
     let started = Instant::now();
     let mut density = Density::default();

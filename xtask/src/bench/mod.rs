@@ -89,6 +89,7 @@ fn run_in_lab(
         noxs: false,
         disks: Vec::new(),
         memory: lab::LabMemory::DEFAULT,
+        pair: None,
     };
     let mut output = Vec::new();
     let end = lab::exec(job, apps, &options, &mut |line| match line {

@@ -86,6 +86,28 @@ if brctl addbr xenbr0 &&
 else
 	echo "lab: network set-up failed: guests get no network"
 fi
+# One of two labs side by side (`lab exec --hosts 2`, lab/hosts.rs): the NIC with
+# LAB_SHARED_MAC is on the network the two share, bridged as LAB_SHARED_BRIDGE (xenbr1)
+# with dom0 at LAB_SELF; guests with a vif there reach the other host's. The job learns
+# which host it is from LAB_HOST, LAB_SELF and LAB_PEER.
+if [ -n "${LAB_HOST:-}" ]; then
+	shared=
+	for dev in /sys/class/net/*; do
+		[ "$(cat "$dev/address")" = "$LAB_SHARED_MAC" ] && shared=${dev##*/}
+	done
+	if [ -n "$shared" ] && brctl addbr "$LAB_SHARED_BRIDGE" &&
+		echo 0 >"/sys/class/net/$LAB_SHARED_BRIDGE/bridge/forward_delay" &&
+		ip link set "$shared" up &&
+		ip link set "$shared" master "$LAB_SHARED_BRIDGE" &&
+		ip link set "$LAB_SHARED_BRIDGE" up &&
+		ip addr add "$LAB_SELF/24" dev "$LAB_SHARED_BRIDGE"; then
+		echo "lab: shared network up: $LAB_SHARED_BRIDGE over $shared, dom0 at $LAB_SELF/24 (host $LAB_HOST; the other at $LAB_PEER)"
+	else
+		echo "lab: shared network set-up failed (no NIC with MAC $LAB_SHARED_MAC, or the bridge): the hosts cannot reach each other"
+	fi
+	hostname "lab$LAB_HOST"
+	export LAB_HOST LAB_SELF LAB_PEER LAB_SHARED_BRIDGE
+fi
 # The relay's dom0 end (`--forward`): the host's connections and UDP clients come in
 # over a virtio-serial port and go out to the guest over xenbr0.
 if [ "${LAB_RELAY:-0}" = 1 ]; then

@@ -56,7 +56,7 @@ pub fn boot_as_dom0(
                 "QEMU exited ({status}) before dom0 ended\n{}",
                 serial.tail()
             ),
-            Next::TimedOut => {
+            Next::TimedOut | Next::Stopped => {
                 serial.kill();
                 return Ok(Dom0End::TimedOut);
             }

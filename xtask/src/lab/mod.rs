@@ -21,6 +21,9 @@
 //! which the init links as `/dev/lab/disk-N`; xl hands them to guests as `phy:` disks
 //! through xl's default block hotplug script (`block.sh`) and xen-blkback.
 //!
+//! Two hosts: `lab exec --hosts 2` boots two labs side by side on a private network
+//! they share ([`hosts`]).
+//!
 //! Control: while a job runs, xtask can have dom0 stop a guest (destroy it, ask it to
 //! shut down or reboot) through the serial line ([`LabControl`]).
 //!
@@ -33,6 +36,7 @@
 pub mod assets;
 mod control;
 mod dom0;
+pub mod hosts;
 mod linux_guest;
 mod packages;
 pub mod process;
@@ -127,6 +131,15 @@ pub struct ExecArgs {
     /// rest (QEMU takes it from this machine as Xen touches it).
     #[arg(long, value_name = "MIB", default_value_t = LabMemory::DEFAULT.mib())]
     pub memory: u32,
+    /// Boot this many labs side by side (1 or 2) and run FILE in each dom0: with 2, each
+    /// also has a NIC on one network the two share, bridged as xenbr1 with dom0 at
+    /// 10.0.3.1 and 10.0.3.2, guests on it from 10.0.3.16; FILE gets LAB_HOST (1 or 2),
+    /// LAB_SELF and LAB_PEER (the dom0 addresses there) and LAB_SHARED_BRIDGE; each line
+    /// is prefixed with `hostN| `; a host that fails stops the other, and the exit status
+    /// is its failure's, else 0.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=i64::from(hosts::MAX_HOSTS)))]
+    pub hosts: u8,
 }
 
 #[derive(Debug, Args)]
@@ -152,7 +165,11 @@ impl LabCmd {
                     control: None,
                     noxs: args.noxs,
                     memory,
+                    pair: None,
                 };
+                if args.hosts > 1 {
+                    return exec_hosts_cli(&script, &apps, &options);
+                }
                 let mut stdout = std::io::stdout();
                 let end = exec(&script, &apps, &options, &mut |line| match line {
                     Line::Stdout(text) => {
@@ -171,6 +188,7 @@ impl LabCmd {
                         args.timeout,
                         log.display()
                     ),
+                    ExecEnd::Stopped => unreachable!("a single lab has no stop flag"),
                 }
             }
             LabCmd::Shell(args) => shell(&build_all_apps()?, &args.disks),
@@ -186,6 +204,56 @@ impl LabCmd {
             }
         }
     }
+}
+
+/// `lab exec --hosts 2`: both hosts' lines on stdout and stderr, each prefixed with its
+/// host; the status is the first failing host's, 0 if both succeed.
+fn exec_hosts_cli(script: &str, apps: &[GuestImage], options: &ExecOptions) -> Result<ExitCode> {
+    let mut stdout = std::io::stdout();
+    let ends = hosts::exec_hosts(script, apps, options, &mut |host, line| match line {
+        Line::Stdout(text) => {
+            let _ = writeln!(stdout, "host{host}| {text}");
+            let _ = stdout.flush();
+        }
+        Line::Stderr(text) => eprintln!("host{host}| {text}"),
+        Line::Xen(_) => {}
+    })?;
+    // The status of the host that failed, not that of the one it stopped.
+    let mut status = 0;
+    let mut stopped = false;
+    for (host, end) in (1..).zip(ends) {
+        let failed = match end {
+            Ok(ExecEnd::Exited(0)) => continue,
+            Ok(ExecEnd::Exited(code)) => {
+                eprintln!("lab: host {host}: the job exited with status {code}");
+                u8::try_from(code).unwrap_or(1)
+            }
+            Ok(ExecEnd::TimedOut { log }) => {
+                eprintln!(
+                    "lab: host {host}: timed out after {} s: killed the lab (boot log: {})",
+                    options.timeout.as_secs(),
+                    log.display()
+                );
+                1
+            }
+            Ok(ExecEnd::Stopped) => {
+                eprintln!("lab: host {host}: stopped because the other host failed");
+                stopped = true;
+                continue;
+            }
+            Err(err) => {
+                eprintln!("lab: host {host}: {err:#}");
+                1
+            }
+        };
+        if status == 0 {
+            status = failed;
+        }
+    }
+    if status == 0 && stopped {
+        status = 1;
+    }
+    Ok(ExitCode::from(status))
 }
 
 /// Every app of `apps/`, built.
@@ -216,6 +284,8 @@ pub struct ExecOptions {
     /// The lab machine's memory (`lab exec --memory`): size it for the guests the job
     /// runs ([`LabMemory::for_guests`]).
     pub memory: LabMemory,
+    /// This lab is one of two side by side ([`hosts::exec_hosts`] sets it).
+    pub pair: Option<hosts::PairHost>,
 }
 
 /// One line the job produced, as it arrives.
@@ -236,6 +306,8 @@ pub enum ExecEnd {
     Exited(i32),
     /// The time limit passed; the lab was killed.
     TimedOut { log: PathBuf },
+    /// The other lab of a pair failed; this one was killed.
+    Stopped,
 }
 
 /// Boot a fresh lab, run `script` with `/bin/sh` in dom0 and hand each line it prints to
@@ -256,7 +328,7 @@ pub fn exec(
     } else {
         Some(labrelay::host::Listeners::bind(&options.forwards).context("--forward")?)
     };
-    let env = format!(
+    let mut env = format!(
         "LAB_MODE=exec\nLAB_VERBOSE={}\nLAB_NOXS={}\nLAB_RELAY={}\nLAB_BEGIN='{}'\nLAB_END='{}'\n\
          LAB_ERR_TAG='{}'\nLAB_CTL_TAG='{}'\n",
         u8::from(options.verbose),
@@ -267,11 +339,17 @@ pub fn exec(
         markers.err_tag,
         markers.ctl_tag,
     );
+    if let Some(pair) = &options.pair {
+        env.push_str(&pair.env());
+    }
     let initrd = run.initrd(&assets, &env, script, apps)?;
     let mut qemu = lab_qemu(&assets, &initrd, &options.disks, options.memory)?;
     let relay_socket = format!("lightvm-lab-{nonce}-relay");
     if listeners.is_some() {
         qemu.args(relay_args(&relay_socket));
+    }
+    if let Some(pair) = &options.pair {
+        qemu.args(pair.qemu_args()?);
     }
     qemu.args(["-serial", "stdio"]);
 
@@ -292,11 +370,20 @@ pub fn exec(
         // Dropping QEMU's stdin gives it EOF at once, as /dev/null would.
         (_, stdin) => drop(stdin),
     }
-    let spinner = (!options.verbose).then(|| Spinner::new("booting Xen + dom0 (QEMU TCG)…"));
+    // Two labs' spinners would fight over the terminal: a pair tags plain lines.
+    let label = options.pair.as_ref().map(hosts::PairHost::label);
+    let spinner = (!options.verbose && label.is_none())
+        .then(|| Spinner::new("booting Xen + dom0 (QEMU TCG)…"));
+    let label = label.unwrap_or_default();
+    let stop = options.pair.as_ref().map(hosts::PairHost::stop_flag);
     let mut in_job = false;
     loop {
-        let line = match serial.next()? {
+        let line = match serial.next_unless(stop)? {
             Next::Line(line) => line,
+            Next::Stopped => {
+                serial.kill();
+                return Ok(ExecEnd::Stopped);
+            }
             Next::Exited(status) => {
                 drop(spinner);
                 let phase = if in_job {
@@ -309,7 +396,10 @@ pub fn exec(
             Next::TimedOut => {
                 drop(spinner);
                 if !in_job {
-                    eprintln!("lab: dom0 did not reach the job in time\n{}", serial.tail());
+                    eprintln!(
+                        "lab: {label}dom0 did not reach the job in time\n{}",
+                        serial.tail()
+                    );
                 }
                 serial.kill();
                 return Ok(ExecEnd::TimedOut {
@@ -325,12 +415,15 @@ pub fn exec(
                 // "lab: network set-up failed: guests get no network".
                 match &spinner {
                     Some(spinner) => spinner.println(&line),
-                    None => eprintln!("{line}"),
+                    None => eprintln!("{label}{line}"),
                 }
             }
             if line.contains(&markers.begin) {
                 in_job = true;
-                let up = format!("dom0 up after {:.1} s", started.elapsed().as_secs_f64());
+                let up = format!(
+                    "{label}dom0 up after {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
                 match &spinner {
                     Some(spinner) => spinner.finish(&up),
                     None => eprintln!("lab: {up}"),

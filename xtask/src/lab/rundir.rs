@@ -26,6 +26,10 @@ impl RunDir {
         Ok(Self { path })
     }
 
+    pub(super) fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
     /// The base initramfs followed by a small archive with this boot's files (Linux
     /// unpacks concatenated archives in order), so a boot never repacks the big part.
     pub(super) fn initrd(

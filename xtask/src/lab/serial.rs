@@ -6,6 +6,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,8 @@ pub(super) enum Next {
     Line(String),
     Exited(ExitStatus),
     TimedOut,
+    /// The caller's stop flag was set (see [`Serial::next_unless`]).
+    Stopped,
 }
 
 impl Serial {
@@ -76,8 +79,29 @@ impl Serial {
     }
 
     pub(super) fn next(&mut self) -> Result<Next> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        match self.lines.recv_timeout(left) {
+        self.next_unless(None)
+    }
+
+    /// The next line, or [`Next::Stopped`] within a fifth of a second of `stop` being set
+    /// (by another thread: the other lab of a pair failed).
+    pub(super) fn next_unless(&mut self, stop: Option<&AtomicBool>) -> Result<Next> {
+        let received = loop {
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            let Some(stop) = stop else {
+                break self.lines.recv_timeout(left);
+            };
+            if stop.load(Ordering::Relaxed) {
+                return Ok(Next::Stopped);
+            }
+            match self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(200)))
+            {
+                Err(mpsc::RecvTimeoutError::Timeout) if !left.is_zero() => continue,
+                received => break received,
+            }
+        };
+        match received {
             Ok(line) => {
                 let at = self.started.elapsed().as_secs_f64();
                 writeln!(self.log, "[{at:8.3}] {line}")?;

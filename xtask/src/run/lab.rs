@@ -326,6 +326,7 @@ pub(super) fn run_in_lab(sessions: Vec<Session<'_>>) -> Result<Vec<Result<Sessio
                 .max()
                 .unwrap_or(0),
         ),
+        pair: None,
     };
     let many = ready.len() > 1;
 

@@ -24,6 +24,9 @@ pub struct JobTest {
     pub summarize: &'static [&'static str],
     /// The lab machine's memory, sized for the job's guests.
     pub memory: LabMemory,
+    /// How many labs run the job side by side (`lab exec --hosts`): 2 gives two hosts on
+    /// a shared network, the job told which it runs on ([`lab::hosts`]).
+    pub hosts: u8,
 }
 
 /// The helpers every job starts with.
@@ -32,7 +35,7 @@ const LAB_CHECKS: &str = include_str!("lab-checks.sh");
 /// The capacity job's guests (`GUESTS=` in `capacity-lab.sh`), 4 MiB each.
 const CAPACITY_GUESTS: u32 = 1000;
 
-pub const JOB_TESTS: [JobTest; 14] = [
+pub const JOB_TESTS: [JobTest; 15] = [
     // chaos's commands on real Xen (`chaos-lab.sh`): create, list (and xl list),
     // console, shutdown -w, destroy of daytime with its vif; a destroy while `create
     // --console` watches, each of the two ending well; fifteen malformed
@@ -47,6 +50,7 @@ pub const JOB_TESTS: [JobTest; 14] = [
         noxs: false,
         summarize: &["cycles-succeed"],
         memory: LabMemory::DEFAULT,
+        hosts: 1,
     },
     // Our guests suspend and resume under xl (`suspend-lab.sh`): a daytime guest
     // answers after `xl save` + `xl restore`, `xl save -c` and `xl migrate` to this
@@ -59,6 +63,7 @@ pub const JOB_TESTS: [JobTest; 14] = [
         noxs: false,
         summarize: &[],
         memory: LabMemory::DEFAULT,
+        hosts: 1,
     },
     // xendevd as dom0 runs it (`xendevd-checks.sh`): malformed, partial and stalled
     // requests among concurrent clients; loop devices attached, refused, shared
@@ -75,6 +80,7 @@ pub const JOB_TESTS: [JobTest; 14] = [
         noxs: false,
         summarize: &[],
         memory: LabMemory::DEFAULT,
+        hosts: 1,
     },
     // In a NoXS lab (`noxs-lab.sh`): chaos's list, console, shutdown -w and destroy of
     // a NoXS daytime, create/destroy cycles that leak nothing; and `apps/misbehave`
@@ -88,6 +94,7 @@ pub const JOB_TESTS: [JobTest; 14] = [
         noxs: true,
         summarize: &["misbehave-attacks-reported", "cycles-succeed"],
         memory: LabMemory::DEFAULT,
+        hosts: 1,
     },
     // Fair service in a NoXS lab (`fair-lab.sh`): daytime's reply times (p50/p99) alone
     // and next to a guest hogging its disk; a guest whose disk hangs (a frozen file
@@ -99,6 +106,7 @@ pub const JOB_TESTS: [JobTest; 14] = [
         noxs: true,
         summarize: &[],
         memory: LabMemory::DEFAULT,
+        hosts: 1,
     },
     // xendevd and dom0's singletons and signals (`xendevd-faults-lab.sh`), in a NoXS lab:
     // a xenstored started after xendevd keeps running (VIRQ_DOM_EXC is left to it);
@@ -114,6 +122,7 @@ pub const JOB_TESTS: [JobTest; 14] = [
         noxs: true,
         summarize: &[],
         memory: LabMemory::DEFAULT,
+        hosts: 1,
     },
     // xendevd restarted without loss (`restart-lab.sh`, NoXS v1.1), in a NoXS lab: after
     // SIGTERM and after SIGKILL, a NoXS daytime answers again, with its name, console
@@ -130,6 +139,7 @@ pub const JOB_TESTS: [JobTest; 14] = [
             "daytime-answers-after-sigkill",
         ],
         memory: LabMemory::DEFAULT,
+        hosts: 1,
     },
     // What a killed create leaves (`orphans-lab.sh`), in a NoXS lab that starts
     // xenstored half-way: chaos SIGKILLed right after each step of a NoXS and of a
@@ -145,6 +155,7 @@ pub const JOB_TESTS: [JobTest; 14] = [
         noxs: true,
         summarize: &["one-create-per-name"],
         memory: LabMemory::DEFAULT,
+        hosts: 1,
     },
     // The two-way console of a NoXS guest (`console-lab.sh`), in a NoXS lab: lines piped
     // into `chaos console` reach `hello echo`, whose `bye` powers it off; 1 MiB sent to a
@@ -158,6 +169,7 @@ pub const JOB_TESTS: [JobTest; 14] = [
         noxs: true,
         summarize: &["input-held-back", "input-xendevd-memory-bounded"],
         memory: LabMemory::DEFAULT,
+        hosts: 1,
     },
     // One book of disk images across both device methods (`disks-lab.sh`), in a
     // Xenstore lab so that both run: a second writer of an image refused whichever way
@@ -172,6 +184,7 @@ pub const JOB_TESTS: [JobTest; 14] = [
         noxs: false,
         summarize: &[],
         memory: LabMemory::DEFAULT,
+        hosts: 1,
     },
     // apps/kvstore and redis-cli (`kvstore-lab.sh`), in a Xenstore lab so that both
     // device methods run: a Xenstore-method kvstore answers SET/GET/INCR/DEL/EXISTS/
@@ -189,6 +202,7 @@ pub const JOB_TESTS: [JobTest; 14] = [
         noxs: false,
         summarize: &[],
         memory: LabMemory::DEFAULT,
+        hosts: 1,
     },
     // The chaos daemon (`daemon-lab.sh`): a daytime with 2 vifs, 16 MiB and a disk from
     // a shell gets exactly those; a pool of 2 emptied by 3 creates builds the third in
@@ -201,6 +215,7 @@ pub const JOB_TESTS: [JobTest; 14] = [
         noxs: true,
         summarize: &["guest-sees-its-shape"],
         memory: LabMemory::DEFAULT,
+        hosts: 1,
     },
     // chaos save, restore and migrate (`save-lab.sh`) of a Linux PV guest chaos creates
     // (Debian's kernel and the lab's busybox initramfs, a vif and a file-backed disk,
@@ -218,6 +233,22 @@ pub const JOB_TESTS: [JobTest; 14] = [
         noxs: false,
         summarize: &["save", "restore", "migrate"],
         memory: LabMemory::DEFAULT,
+        hosts: 1,
+    },
+    // chaos migrate between two lab hosts (`migrate-hosts-lab.sh`, two labs side by
+    // side on a shared network): a kvstore guest (Xenstore method) with values a
+    // redis-cli on host 1 set migrates live to a receiver on host 2; the same client
+    // at the same address finds them and writes more, host 2 runs the guest, host 1 has
+    // nothing of it left, and host 2 none once it is destroyed. The migrate time and
+    // the client's longest wait are measurements.
+    JobTest {
+        name: "chaos migrate between two lab hosts: a kvstore keeps its values and its clients",
+        script: include_str!("migrate-hosts-lab.sh"),
+        timeout_secs: 600,
+        noxs: false,
+        summarize: &[],
+        memory: LabMemory::DEFAULT,
+        hosts: 2,
     },
     // Capacity, in a NoXS lab sized for it (`capacity-lab.sh`): 1000 paused NoXS
     // guests with a vif each created (batches of 100) and destroyed (one command
@@ -231,6 +262,7 @@ pub const JOB_TESTS: [JobTest; 14] = [
         noxs: true,
         summarize: &[],
         memory: LabMemory::for_guests(CAPACITY_GUESTS, 4),
+        hosts: 1,
     },
 ];
 
@@ -243,12 +275,46 @@ impl JobTest {
     pub fn run(&self, images: &[GuestImage]) -> Result<()> {
         let job = self.job();
         let plan = protocol::plan(&job)?;
-        let (end, output) = lab_job(&job, images, self.timeout_secs, self.noxs, self.memory)?;
-        let verdict =
-            protocol::judge(&plan, self.summarize, &output).and_then(|verdict| match end {
-                lab::ExecEnd::Exited(0) => Ok(verdict),
-                other => bail!("the job ended with {other:?}"),
-            });
+        let options = lab::ExecOptions {
+            timeout: Duration::from_secs(self.timeout_secs),
+            verbose: false,
+            forwards: Vec::new(),
+            disks: Vec::new(),
+            control: None,
+            noxs: self.noxs,
+            memory: self.memory,
+            pair: None,
+        };
+        let (verdict, output) = if self.hosts > 1 {
+            let (ends, outputs) = lab_job_hosts(&job, images, &options)?;
+            let output: Vec<String> = (1..)
+                .zip(&outputs)
+                .flat_map(|(host, lines)| {
+                    lines.iter().map(move |line| format!("host{host}| {line}"))
+                })
+                .collect();
+            let outputs: Vec<&[String]> = outputs.iter().map(Vec::as_slice).collect();
+            let verdict =
+                protocol::judge_hosts(&plan, self.summarize, &outputs).and_then(|verdict| {
+                    for (host, end) in (1..).zip(ends) {
+                        match end {
+                            Ok(lab::ExecEnd::Exited(0)) => {}
+                            Ok(other) => bail!("host {host}: the job ended with {other:?}"),
+                            Err(err) => bail!("host {host}: {err:#}"),
+                        }
+                    }
+                    Ok(verdict)
+                });
+            (verdict, output)
+        } else {
+            let (end, output) = lab_job(&job, images, &options)?;
+            let verdict =
+                protocol::judge(&plan, self.summarize, &output).and_then(|verdict| match end {
+                    lab::ExecEnd::Exited(0) => Ok(verdict),
+                    other => bail!("the job ended with {other:?}"),
+                });
+            (verdict, output)
+        };
         match verdict {
             Ok(Verdict { summary, notes }) => {
                 eprintln!("PASS {} ({summary})", self.name);
@@ -267,31 +333,35 @@ impl JobTest {
     }
 }
 
-/// Run `job` in a fresh lab of `memory` (without Xenstore if `noxs`), for
-/// `timeout_secs` at most; how it ended and every line it printed.
+/// Run `job` in a fresh lab as `options` say; how it ended and every line it printed.
 fn lab_job(
     job: &str,
     images: &[GuestImage],
-    timeout_secs: u64,
-    noxs: bool,
-    memory: LabMemory,
+    options: &lab::ExecOptions,
 ) -> Result<(lab::ExecEnd, Vec<String>)> {
-    let options = lab::ExecOptions {
-        timeout: Duration::from_secs(timeout_secs),
-        verbose: false,
-        forwards: Vec::new(),
-        disks: Vec::new(),
-        control: None,
-        noxs,
-        memory,
-    };
     let mut output = Vec::new();
-    let end = lab::exec(job, images, &options, &mut |line| {
+    let end = lab::exec(job, images, options, &mut |line| {
         if let lab::Line::Stdout(text) | lab::Line::Stderr(text) = line {
             output.push(text.to_owned());
         }
     })?;
     Ok((end, output))
+}
+
+/// Run `job` on two hosts side by side ([`lab::hosts::exec_hosts`]); how each ended and
+/// every line each printed, host 1's first.
+fn lab_job_hosts(
+    job: &str,
+    images: &[GuestImage],
+    options: &lab::ExecOptions,
+) -> Result<(lab::hosts::HostEnds, [Vec<String>; 2])> {
+    let mut outputs = [Vec::new(), Vec::new()];
+    let ends = lab::hosts::exec_hosts(job, images, options, &mut |host, line| {
+        if let lab::Line::Stdout(text) | lab::Line::Stderr(text) = line {
+            outputs[usize::from(host - 1)].push(text.to_owned());
+        }
+    })?;
+    Ok((ends, outputs))
 }
 
 #[cfg(test)]

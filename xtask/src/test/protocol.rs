@@ -185,51 +185,68 @@ pub struct Verdict {
 /// summary names how many checks passed, the details of the checks in `summarize`, and
 /// every count.
 pub fn judge(plan: &[String], summarize: &[&str], output: &[String]) -> Result<Verdict> {
-    let mut reported: Vec<&str> = Vec::new();
+    judge_hosts(plan, summarize, &[output])
+}
+
+/// [`judge`] for a job that ran on several hosts at once (`JobTest::hosts`), one output
+/// each: the same script, so one plan, of which each host runs its part. Every planned
+/// check must be reported by some host, by each at most once, and every host's CHECK
+/// and COUNT lines must pass; what the verdict says of a host's line names the host
+/// (`host1 NAME`, counting from 1).
+pub fn judge_hosts(plan: &[String], summarize: &[&str], outputs: &[&[String]]) -> Result<Verdict> {
+    let mut reported: Vec<(usize, &str)> = Vec::new();
     let mut details: Vec<(&str, &str)> = Vec::new();
     let mut counts = Vec::new();
     let mut notes = Vec::new();
     let mut problems = Vec::new();
-    for line in output {
-        let fields: Vec<&str> = line.splitn(4, ' ').collect();
-        let name = match fields.as_slice() {
-            ["CHECK", name, verdict, rest @ ..] => {
-                let detail = rest.first().copied().unwrap_or_default();
-                match *verdict {
-                    "ok" => details.push((name, detail)),
-                    "fail" => problems.push(format!("check {name} failed: {detail}")),
-                    _ => problems.push(format!("check {name}: {verdict:?} is not ok or fail")),
-                }
-                *name
-            }
-            ["COUNT", what, before, after] => {
-                counts.push(format!("{what} {before}→{after}"));
-                if before != after {
-                    problems.push(format!("{what}: {before} before, {after} after"));
-                }
-                *what
-            }
-            ["MEASURE", name, rest @ ..] => {
-                notes.push(format!("{name}: {}", rest.join(" ")));
-                continue;
-            }
-            ["CHECK" | "COUNT", ..] => {
-                problems.push(format!("malformed line {line:?}"));
-                continue;
-            }
-            _ => continue,
+    for (host, output) in outputs.iter().enumerate() {
+        let on = if outputs.len() > 1 {
+            format!("host{} ", host + 1)
+        } else {
+            String::new()
         };
-        if !plan.iter().any(|planned| planned == name) {
-            problems.push(format!("check {name} is not in the job's plan"));
-        } else if reported.contains(&name) {
-            problems.push(format!("check {name} reported twice"));
+        for line in output.iter() {
+            let fields: Vec<&str> = line.splitn(4, ' ').collect();
+            let name = match fields.as_slice() {
+                ["CHECK", name, verdict, rest @ ..] => {
+                    let detail = rest.first().copied().unwrap_or_default();
+                    match *verdict {
+                        "ok" => details.push((name, detail)),
+                        "fail" => problems.push(format!("{on}check {name} failed: {detail}")),
+                        _ => problems
+                            .push(format!("{on}check {name}: {verdict:?} is not ok or fail")),
+                    }
+                    *name
+                }
+                ["COUNT", what, before, after] => {
+                    counts.push(format!("{on}{what} {before}→{after}"));
+                    if before != after {
+                        problems.push(format!("{on}{what}: {before} before, {after} after"));
+                    }
+                    *what
+                }
+                ["MEASURE", name, rest @ ..] => {
+                    notes.push(format!("{on}{name}: {}", rest.join(" ")));
+                    continue;
+                }
+                ["CHECK" | "COUNT", ..] => {
+                    problems.push(format!("{on}malformed line {line:?}"));
+                    continue;
+                }
+                _ => continue,
+            };
+            if !plan.iter().any(|planned| planned == name) {
+                problems.push(format!("{on}check {name} is not in the job's plan"));
+            } else if reported.contains(&(host, name)) {
+                problems.push(format!("{on}check {name} reported twice"));
+            }
+            reported.push((host, name));
         }
-        reported.push(name);
     }
     let missing: Vec<&str> = plan
         .iter()
         .map(String::as_str)
-        .filter(|planned| !reported.contains(planned))
+        .filter(|planned| !reported.iter().any(|(_, name)| name == planned))
         .collect();
     if !missing.is_empty() {
         problems.push(format!(
@@ -358,6 +375,52 @@ echo "not a check first"
         ] {
             let err = judge(&plan, &[], &lines(output)).unwrap_err().to_string();
             assert!(err.contains(why), "{output:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn judging_two_hosts() {
+        let plan: Vec<String> = ["sent", "received", "leaks"].map(String::from).to_vec();
+        let host1 = lines("CHECK sent ok 3 keys\nCOUNT leaks 1 1\nMEASURE t 2 s\n");
+        let host2 = lines("CHECK received ok\nCOUNT leaks 0 0\n");
+        assert_eq!(
+            judge_hosts(&plan, &["sent"], &[&host1, &host2]).unwrap(),
+            Verdict {
+                summary: "3 checks passed; 3 keys; host1 leaks 1→1, host2 leaks 0→0".into(),
+                notes: vec!["host1 t: 2 s".into()],
+            }
+        );
+        for (host1, host2, why) in [
+            (
+                "CHECK sent ok\nCOUNT leaks 0 0",
+                "CHECK received fail no guest\nCOUNT leaks 0 0",
+                "host2 check received failed: no guest",
+            ),
+            (
+                "CHECK sent ok\nCOUNT leaks 0 0",
+                "CHECK received ok\nCOUNT leaks 1 2",
+                "host2 leaks: 1 before, 2 after",
+            ),
+            (
+                "CHECK sent ok\nCOUNT leaks 0 0",
+                "COUNT leaks 0 0",
+                "1 of 3 planned checks did not run: received",
+            ),
+            (
+                "CHECK sent ok\nCHECK sent ok\nCOUNT leaks 0 0",
+                "CHECK received ok",
+                "host1 check sent reported twice",
+            ),
+            (
+                "CHECK sent ok\nCOUNT leaks 0 0",
+                "CHECK received ok\nCHECK other ok",
+                "host2 check other is not in the job's plan",
+            ),
+        ] {
+            let err = judge_hosts(&plan, &[], &[&lines(host1), &lines(host2)])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{host1:?} / {host2:?}: {err}");
         }
     }
 }
