@@ -30,6 +30,9 @@ pub enum ClientError {
     /// xendevd answered with an error: its reason.
     #[error("xendevd refused: {0}")]
     Refused(String),
+    /// xendevd cannot serve the request yet (its reason); it may a little later.
+    #[error("xendevd cannot do it yet: {0}")]
+    NotYet(String),
     /// xendevd answered, but not as the request expects.
     #[error("xendevd answered {request} with {answer:?}")]
     Unexpected {
@@ -77,6 +80,7 @@ fn expect<T>(
 ) -> Result<T, ClientError> {
     match answer {
         Response::Error(message) => Err(ClientError::Refused(message)),
+        Response::NotYet(message) => Err(ClientError::NotYet(message)),
         answer => wanted(answer).map_err(|answer| ClientError::Unexpected {
             request,
             answer: Box::new(answer),
@@ -264,6 +268,26 @@ impl Client {
             devices: devices.to_vec(),
         };
         expect("noxs_fill", self.call(&request)?, noxs_answer)
+    }
+
+    /// Have xendevd offer served NoXS domain `domid`'s devices again (a guest restored
+    /// into it); [`ClientError::NotYet`] while the guest has not granted its start_info
+    /// page.
+    pub fn noxs_reoffer(&self, domid: u32) -> Result<(), ClientError> {
+        expect(
+            "noxs_reoffer",
+            self.call(&Request::NoxsReoffer { domid })?,
+            done,
+        )
+    }
+
+    /// Give served NoXS domain `domid` the name `name`.
+    pub fn noxs_rename(&self, domid: u32, name: &str) -> Result<(), ClientError> {
+        let request = Request::NoxsRename {
+            domid,
+            name: name.to_owned(),
+        };
+        expect("noxs_rename", self.call(&request)?, done)
     }
 
     /// Ask NoXS domain `domid` to power off, reboot, suspend or crash; returns once the
