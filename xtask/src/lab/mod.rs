@@ -26,11 +26,15 @@
 //!
 //! Modules: [`qemu`] (the command line), [`serial`] (the serial reader and boot log),
 //! [`rundir`] (a boot's files), [`control`], [`dom0`] (a guest as Xen's dom0),
-//! [`assets`] (Xen, Linux and busybox from Debian, the base initramfs), [`process`].
+//! [`packages`] (the Debian packages the lab takes, at which version), [`assets`] (Xen,
+//! dom0's kernel and the base initramfs made of them), [`linux_guest`] (the Linux PV
+//! guest in dom0's `/apps/linux`), [`process`].
 
 pub mod assets;
 mod control;
 mod dom0;
+mod linux_guest;
+mod packages;
 pub mod process;
 mod progress;
 mod qemu;
