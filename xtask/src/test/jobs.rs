@@ -232,7 +232,7 @@ pub const JOB_TESTS: [JobTest; 15] = [
         script: include_str!("kvsave-lab.sh"),
         timeout_secs: 400,
         noxs: false,
-        summarize: &["noxs-restore", "xs-restore"],
+        summarize: &[],
         memory: LabMemory::DEFAULT,
     },
     // Capacity, in a NoXS lab sized for it (`capacity-lab.sh`): 1000 paused NoXS
