@@ -501,4 +501,39 @@ mod tests {
         let nowhere = Client::new("/nonexistent/xendevd.sock", Duration::from_secs(1));
         assert!(nowhere.query().unwrap_err().is_unreachable());
     }
+
+    /// A re-offer put off is `NotYet` (chaos asks again), a refused one `Refused`, a
+    /// done one done.
+    #[test]
+    fn a_reoffer_put_off_is_not_a_refusal() {
+        for (test, reply, outcome) in [
+            ("reoffer-done", &b"\"done\"\n"[..], None),
+            (
+                "reoffer-later",
+                b"{\"not_yet\":\"not granted yet\"}\n",
+                Some("xendevd cannot do it yet: not granted yet"),
+            ),
+            (
+                "reoffer-refused",
+                b"{\"error\":\"domain 5 is not served\"}\n",
+                Some("xendevd refused: domain 5 is not served"),
+            ),
+        ] {
+            let (path, server) = serve_once(test, reply);
+            let client = Client::new(&path, Duration::from_secs(5));
+            let answer = client.noxs_reoffer(5);
+            assert_eq!(
+                server.join().unwrap(),
+                "{\"op\":\"noxs_reoffer\",\"domid\":5}\n"
+            );
+            assert_eq!(
+                answer.as_ref().err().map(ToString::to_string).as_deref(),
+                outcome
+            );
+            if test == "reoffer-later" {
+                assert!(matches!(answer, Err(ClientError::NotYet(_))));
+            }
+            let _ = std::fs::remove_dir_all(path.parent().unwrap());
+        }
+    }
 }

@@ -1016,6 +1016,13 @@ mod tests {
                 follow: false,
                 input: false,
             },
+            // A re-offer is refused outright, not put off (chaos would ask again and
+            // again): without back ends it can never be served.
+            Request::NoxsReoffer { domid: 3 },
+            Request::NoxsRename {
+                domid: 3,
+                name: "a".into(),
+            },
         ] {
             assert!(matches!(
                 services.handle(request),
