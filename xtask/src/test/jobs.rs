@@ -223,10 +223,12 @@ pub const JOB_TESTS: [JobTest; 15] = [
     // migrate (`kvsave-lab.sh`), on both device methods, in a Xenstore lab: redis-cli
     // sets a key and a counter in a Xenstore and a NoXS kvstore that chaos creates;
     // each answers with them after each step and counts on; the NoXS guest's devices
-    // are new ones xendevd offers it again after a restore and a migration; a NoXS
-    // save file restored again while its guest runs is refused on the name, --paused
-    // is refused for NoXS; nothing is left (domains, taps, loop devices, Xenstore
-    // nodes, NoXS domains served). Save, restore and migrate times are measurements.
+    // (a vif and a read-only disk) are new ones xendevd offers it again after a
+    // restore and a migration; a NoXS restore whose disk image is gone fails and
+    // leaves nothing, its save file restored again while its guest runs is refused on
+    // the name, --paused is refused for NoXS; nothing is left (domains, taps, loop
+    // devices, Xenstore nodes, NoXS domains served). Save, restore and migrate times
+    // are measurements.
     JobTest {
         name: "kvsave: a kvstore's values survive chaos save/restore/keep-running/migrate, both methods",
         script: include_str!("kvsave-lab.sh"),

@@ -6,7 +6,8 @@
 # guest's devices are new (xendevd serves the new domain and offers them again once it
 # runs): the values prove its vif reconnected; it has a read-only disk too (a
 # migration to this host opens the image twice for a moment: one writer or many
-# readers). A NoXS save file restored a second time
+# readers). A NoXS restore whose disk image is gone fails in one line and leaves
+# nothing. A NoXS save file restored a second time
 # while its guest runs is refused on the name, one line, nothing made; --paused is
 # refused for a NoXS guest. Domains, taps, loop devices, Xenstore nodes and the NoXS
 # domains xendevd serves are counted before and after. Save and restore times are
@@ -126,6 +127,21 @@ status=$?
 [ $status -ne 0 ] && [ "$(wc -l <paused.err)" = 1 ] && grep -q 'cannot be restored paused' paused.err &&
 	[ -z "$(domid_of kvs-noxs)" ]
 check noxs-restore-paused-refused $? "status $status: $(cat paused.err)"
+# Its disk's image gone: xendevd cannot serve the restored domain, which goes with
+# whatever was made for it (after xc_domain_restore: the domain held the guest's
+# memory).
+d1=$(domains) t1=$(taps) l1=$(loops) n1=$(nodes) s1=$(served)
+mv blank.img away.img
+chaos restore noxs.save >noimage.out 2>noimage.err
+status=$?
+mv away.img blank.img
+[ $status -ne 0 ] && [ "$(wc -l <noimage.err)" = 1 ] && grep -q 'blank.img.*nothing left behind' noimage.err
+check noxs-restore-without-its-image-refused $? "status $status: $(cat noimage.err)"
+count domains-after-failed-restore "$d1" "$(domains)"
+count taps-after-failed-restore "$t1" "$(taps)"
+count loop-devices-after-failed-restore "$l1" "$(loops)"
+count xenstore-nodes-after-failed-restore "$n1" "$(nodes)"
+count noxs-served-after-failed-restore "$s1" "$(served)"
 started=$(now)
 noxs_new=$(chaos restore noxs.save 2>noxs-restore.err)
 status=$?
