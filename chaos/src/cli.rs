@@ -111,15 +111,16 @@ pub enum Command {
     /// input (a pipe, a file) goes to the guest as it comes, and when it ends the
     /// console goes on until the guest ends (Ctrl-C leaves).
     Console(TargetArgs),
-    /// Save a running guest (Xenstore method) into a file: it is asked to suspend
-    /// (control/shutdown), its memory and configuration written, then it is destroyed
-    /// with its devices, unless --keep-running. If the save fails, the guest runs on.
+    /// Save a running guest into a file: it is asked to suspend (control/shutdown, or a
+    /// NoXS guest's sysctl device), its memory and configuration written, then it is
+    /// destroyed with its devices, unless --keep-running. If the save fails, the guest
+    /// runs on.
     Save(SaveArgs),
     /// Restore a guest from a file `chaos save` wrote, under its name, with its devices
     /// made anew; prints the new domain's id. A bad file is refused before anything is
     /// made; any later failure leaves nothing behind.
     Restore(RestoreArgs),
-    /// Move a running guest (Xenstore method) live to the chaos receiver at HOST[:PORT]
+    /// Move a running guest live to the chaos receiver at HOST[:PORT]
     /// (`chaos receive` there): its memory is copied while it runs, then it is
     /// suspended, the receiver starts it and this host's copy is destroyed. If anything
     /// fails before the receiver has it, the guest runs on here.
@@ -229,7 +230,8 @@ pub struct SaveArgs {
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// Leave the restored guest paused.
+    /// Leave the restored guest paused (not a NoXS guest: its devices are offered to it
+    /// again once it runs).
     #[arg(short, long)]
     pub paused: bool,
     /// A file `chaos save` wrote.

@@ -54,13 +54,14 @@ pub trait DeviceMethod {
 
     /// After the build, before the guest runs: publish what the build produced (rings,
     /// event channels), in Xenstore or in the guest's `start_info` page, and wait until
-    /// every device's back end is ready.
+    /// every device's back end is ready. A restore has no `start_info` to write: the
+    /// guest's own page came back with its memory.
     fn finish(
         &mut self,
         host: &Host,
         domain: &NewDomain<'_>,
         built: &Built,
-        start_info: &mut [u8; START_INFO_PAGE],
+        start_info: Option<&mut [u8; START_INFO_PAGE]>,
     ) -> Result<()>;
 
     /// The vifs' MAC addresses, in order (random ones included), once prepared.
@@ -390,7 +391,7 @@ impl DeviceMethod for XenstoreMethod {
         host: &Host,
         domain: &NewDomain<'_>,
         built: &Built,
-        _start_info: &mut [u8; START_INFO_PAGE],
+        _start_info: Option<&mut [u8; START_INFO_PAGE]>,
     ) -> Result<()> {
         let domid = domain.domid;
         let xs = host.xs()?;

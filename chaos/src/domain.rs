@@ -46,7 +46,7 @@ use xenhost::xcdom::DomImage;
 use xenhost::xs::Store;
 
 /// libxl's `LIBXL_MAXMEM_CONSTANT`: Xen's memory limit of a domain is its size plus this.
-const MAXMEM_SLACK_KIB: u64 = 1024;
+pub(crate) const MAXMEM_SLACK_KIB: u64 = 1024;
 /// The domain that serves every guest's Xenstore and console (dom0 here).
 pub(crate) const SERVICE_DOMID: u32 = 0;
 /// `DOMID_FIRST_RESERVED`: ids from here on are not domains.
@@ -391,7 +391,7 @@ fn build(
 
     // 5. Rings, console, devices ready.
     let built = built(config, &image, ports);
-    method.finish(host, &domain, &built, image.start_info_page()?)?;
+    method.finish(host, &domain, &built, Some(image.start_info_page()?))?;
     drop(image);
     signal::check()?;
 
@@ -911,6 +911,7 @@ mod tests {
             max_pages: 0,
             cpu_time_ns: 0,
             online_vcpus: 1,
+            max_vcpus: 1,
             handle: [handle; 16],
         }
     }

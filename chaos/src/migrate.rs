@@ -1,5 +1,6 @@
-//! `chaos migrate` and `chaos receive`: a Xenstore guest moved live to another host's
-//! chaos receiver over TCP (`shared/reference/save-restore.md`, point 11).
+//! `chaos migrate` and `chaos receive`: a guest of either device method moved live to
+//! another host's chaos receiver over TCP (`shared/reference/save-restore.md`, point
+//! 11).
 //!
 //! The connection carries what a save file holds ([`crate::savefile`]: header with no
 //! stream length, configuration, libxc's stream, sent with `XCFLAGS_LIVE`: memory is
@@ -10,7 +11,8 @@
 //! 1. receiver, once the guest is restored (paused, under `NAME--incoming`, its devices
 //!    ready): `ready` — or `error MESSAGE`, having destroyed what it made;
 //! 2. sender: renames the source `NAME--migratedaway`, answers `go`;
-//! 3. receiver: renames its domain `NAME`, unpauses it, answers `done`;
+//! 3. receiver: renames its domain `NAME`, unpauses it (a NoXS guest's devices are
+//!    offered again once it runs, as after `chaos restore`), answers `done`;
 //! 4. sender: destroys the source.
 //!
 //! The two names are xl's (`xl migrate`), and let a guest migrate to the same host. On
@@ -32,6 +34,7 @@ use crate::config::{Config, DevMethod};
 use crate::domain::{self, Created};
 use crate::error::{Error, Result};
 use crate::host::Host;
+use crate::noxs;
 use crate::save;
 use crate::savefile::{self, HEADER_LEN};
 use crate::signal;
@@ -138,6 +141,7 @@ pub struct Migrated {
 pub fn migrate(host: &Host, domid: u32, target: &str) -> Result<Migrated> {
     let (uuid, config) = save::saveable(host, domid)?;
     let name = config.name.clone();
+    let dev_method = config.dev_method;
     let config_json = config.to_json()?.to_string();
     let address = target_address(target)?;
     let mut stream = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT).map_err(|err| {
@@ -160,7 +164,7 @@ pub fn migrate(host: &Host, domid: u32, target: &str) -> Result<Migrated> {
         .and_then(|()| stream.write_all(config_json.as_bytes()))
         .map_err(|err| io("sending the configuration to", err));
     let sent = sent.and_then(|()| {
-        let mut suspend = || save::request_suspend(host, domid, &uuid);
+        let mut suspend = || save::request_suspend(host, domid, &uuid, dev_method);
         host.timed("xc_domain_save (live)", || {
             host.xc
                 .domain_save(stream.as_fd(), domid, true, &mut suspend)
@@ -205,12 +209,13 @@ pub fn migrate(host: &Host, domid: u32, target: &str) -> Result<Migrated> {
         ));
     }
     let away = away_name(&name);
-    if let Err(err) = save::rename(host, domid, &uuid, &away).and_then(|()| {
+    let source = (&uuid, dev_method);
+    if let Err(err) = save::rename(host, domid, source, &away).and_then(|()| {
         stream
             .write_all(Line::Go.encode().as_bytes())
             .map_err(|err| io("clearing", err))
     }) {
-        let _ = save::rename(host, domid, &uuid, &name);
+        let _ = save::rename(host, domid, source, &name);
         return Err(save::resume_after_failure(host, domid, err));
     }
     match read_line(&mut stream) {
@@ -229,7 +234,7 @@ pub fn migrate(host: &Host, domid: u32, target: &str) -> Result<Migrated> {
         }
     }
     host.timed("destroy the source", || {
-        domain::destroy_known(host, domid, Some(&uuid), DevMethod::Xenstore)
+        domain::destroy_known(host, domid, Some(&uuid), dev_method)
     })?;
     Ok(Migrated { name })
 }
@@ -338,7 +343,7 @@ fn receive_one(host: &Host, mut stream: TcpStream) -> Result<Created> {
         host,
         made.domid,
         Some(&made.uuid),
-        DevMethod::Xenstore,
+        made.dev_method,
     ) {
         Ok(()) => Error::Save(format!("{why}; domain {} destroyed", made.domid)),
         Err(err) => Error::Save(format!(
@@ -363,8 +368,16 @@ fn receive_one(host: &Host, mut stream: TcpStream) -> Result<Created> {
         Err(err) => return Err(destroy(format!("no go from the sender: {err}"))),
     }
     // The sender renamed its source: the name is free (on this host too).
-    let finished = save::rename(host, made.domid, &made.uuid, &name)
-        .and_then(|()| domain::run_unless(host, made.domid, false));
+    let finished = save::rename(host, made.domid, (&made.uuid, made.dev_method), &name)
+        .and_then(|()| domain::run_unless(host, made.domid, false))
+        .and_then(|()| {
+            if made.dev_method != DevMethod::Noxs {
+                return Ok(());
+            }
+            host.timed("xendevd noxs_reoffer", || {
+                noxs::reoffer_restored(host, made.domid, noxs::REOFFER_TIMEOUT)
+            })
+        });
     if let Err(err) = finished {
         let _ = stream.write_all(Line::Error(err.to_string()).encode().as_bytes());
         return Err(destroy(format!("starting {name}: {err}")));
@@ -391,13 +404,8 @@ fn read_config(stream: &mut TcpStream) -> Result<Config> {
         .map_err(|err| Error::Save(format!("reading the configuration: {err}")))?;
     let text = String::from_utf8(text)
         .map_err(|_| Error::Save("the sender's configuration is not UTF-8".into()))?;
-    let config = Config::parse(&text)
+    let config = Config::parse_saved(&text)
         .map_err(|err| Error::Save(format!("the sender's configuration: {err}")))?;
-    if config.dev_method != DevMethod::Xenstore {
-        return Err(Error::Save(
-            "a NoXS guest: chaos receives Xenstore guests only, so far".into(),
-        ));
-    }
     Ok(config)
 }
 

@@ -258,7 +258,7 @@ impl DeviceMethod for NoxsMethod {
         host: &Host,
         domain: &NewDomain<'_>,
         built: &Built,
-        start_info: &mut [u8; START_INFO_PAGE],
+        start_info: Option<&mut [u8; START_INFO_PAGE]>,
     ) -> Result<()> {
         let domid = domain.domid;
         let (step, name, console_port) = (
@@ -291,6 +291,11 @@ impl DeviceMethod for NoxsMethod {
         let block = block_for(&self.devices, &served, domid).map_err(|why| {
             Error::Xendevd(format!("its NoxsCreate answer for domain {domid}: {why}"))
         })?;
+        // A restored guest's page names the devices it was saved with: xendevd offers
+        // them again once it runs ([`reoffer_restored`]).
+        let Some(start_info) = start_info else {
+            return Ok(());
+        };
         host.timed("start_info: NoXS block", || {
             write_block(start_info, &block).map_err(|why| Error::Device {
                 device: format!("domain {domid}'s start_info page"),
@@ -389,6 +394,175 @@ pub fn served_list(host: &Host) -> Result<Vec<DomainSummary>> {
         xendevd.list_domains()
     })?
     .unwrap_or_default())
+}
+
+/// Served NoXS domain `served`'s configuration for a save file: its name and the
+/// devices xendevd was asked for (the same MACs, addresses, disks), memory and vCPUs
+/// as Xen has them (`memory_kib_max`: Xen's limit, the configured memory plus
+/// chaos's slack of `slack_kib`). No kernel and no command line: chaos keeps neither of
+/// a NoXS guest, and a restore needs neither ([`Config::parse_saved`]). A vbd's kind
+/// and virtual device are not recorded either (NoXS opens a file and a block device
+/// alike, and numbers disks in order): `/dev/…` targets are `phy`, the rest `file`,
+/// and they are `xvda`, `xvdb`, … in their order. Pure.
+pub fn config_of(
+    served: &NoxsDomain,
+    memory_kib_max: u64,
+    slack_kib: u64,
+    vcpus: u32,
+) -> Result<Config, String> {
+    let domid = served.domid;
+    if served.devices.is_empty() {
+        return Err(format!(
+            "xendevd does not say which devices domain {domid} was created with (an older \
+             xendevd?): it cannot be saved"
+        ));
+    }
+    let memory_mib = memory_kib_max
+        .checked_sub(slack_kib)
+        .filter(|kib| kib % 1024 == 0)
+        .map(|kib| kib / 1024)
+        .ok_or_else(|| {
+            format!(
+                "domain {domid}'s memory limit ({memory_kib_max} KiB) is not a whole number \
+                 of MiB plus {slack_kib} KiB, as chaos sets it: not a guest chaos made"
+            )
+        })?;
+    let mut vifs = Vec::new();
+    let mut vbds = Vec::new();
+    for device in &served.devices {
+        match device {
+            NoxsDevice::Sysctl => {}
+            NoxsDevice::Vif {
+                devid,
+                mac,
+                bridge,
+                ip,
+                prefix_len,
+                gateway,
+            } => {
+                if *devid as usize != vifs.len() {
+                    return Err(format!(
+                        "domain {domid}'s vif {devid} is not its vif number {}",
+                        vifs.len()
+                    ));
+                }
+                let mut vif = serde_json::Map::new();
+                vif.insert("mac".into(), mac.to_string().into());
+                if let Some(ip) = ip {
+                    let text = match prefix_len {
+                        Some(prefix) => format!("{ip}/{prefix}"),
+                        None => ip.to_string(),
+                    };
+                    vif.insert("ip".into(), text.into());
+                }
+                if let Some(gateway) = gateway {
+                    vif.insert("gateway".into(), gateway.to_string().into());
+                }
+                vif.insert("bridge".into(), bridge.clone().into());
+                vifs.push(serde_json::Value::Object(vif));
+            }
+            NoxsDevice::Vbd {
+                devid,
+                target,
+                readonly,
+            } => {
+                let letter = u8::try_from(vbds.len())
+                    .ok()
+                    .filter(|index| *index < 26)
+                    .map(|index| char::from(b'a' + index));
+                let (true, Some(letter)) = (*devid as usize == vbds.len(), letter) else {
+                    return Err(format!(
+                        "domain {domid}'s vbd {devid} is not its vbd number {}",
+                        vbds.len()
+                    ));
+                };
+                vbds.push(serde_json::json!({
+                    "target": target,
+                    "type": if target.starts_with("/dev/") { "phy" } else { "file" },
+                    "vdev": format!("xvd{letter}"),
+                    "access": if *readonly { "r" } else { "w" },
+                }));
+            }
+        }
+    }
+    let config = serde_json::json!({
+        "name": served.name,
+        "memory": memory_mib,
+        "vcpus": vcpus,
+        "vifs": vifs,
+        "vbds": vbds,
+        "xen": {"dev_method": "noxs"},
+    });
+    Config::parse_saved(&config.to_string()).map_err(|err| {
+        format!("domain {domid}'s devices, as xendevd has them, give no valid configuration: {err}")
+    })
+}
+
+/// How often, and how long, chaos asks xendevd to offer a restored guest's devices
+/// again: the guest grants its start_info page early in its resume, milliseconds after
+/// it runs.
+const REOFFER_EVERY: Duration = Duration::from_millis(10);
+pub const REOFFER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Have xendevd offer the devices of NoXS domain `domid`, a guest restored into it
+/// and now running, again (NoXS v1.1's re-offer): asked every [`REOFFER_EVERY`] while
+/// the guest has not granted its start_info page yet, for at most `timeout`. A guest
+/// that shuts down (or crashes) meanwhile is named at once.
+pub fn reoffer_restored(host: &Host, domid: u32, timeout: Duration) -> Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut tries = 0u32;
+    loop {
+        tries += 1;
+        let why = match host.xendevd.noxs_reoffer(domid) {
+            Ok(()) => return Ok(()),
+            Err(ClientError::NotYet(why)) => why,
+            Err(ClientError::Refused(message)) => {
+                return Err(Error::Xendevd(format!(
+                    "cannot offer the devices of restored domain {domid} again: {message}"
+                )));
+            }
+            Err(other) => {
+                return Err(Error::Xendevd(format!(
+                    "a restored NoXS domain gets its devices from xendevd: {other}"
+                )));
+            }
+        };
+        if let Some(info) = host.xc.domain_info(domid)?
+            && let Some(reason) = info.shutdown
+        {
+            return Err(Error::Xendevd(format!(
+                "restored domain {domid} shut down ({}) before its devices were offered \
+                 again: see its console",
+                reason.name()
+            )));
+        }
+        crate::signal::check()?;
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            return Err(Error::Timeout {
+                what: format!(
+                    "restored domain {domid} to grant its start_info page, so that xendevd \
+                     offers its devices again ({tries} tries; {why}): does the guest support \
+                     NoXS v1.1 re-offers?"
+                ),
+                after: timeout,
+            });
+        }
+        std::thread::sleep(REOFFER_EVERY.min(deadline - now));
+    }
+}
+
+/// Give served NoXS domain `domid` the name `name` in xendevd, which holds a NoXS
+/// guest's name.
+pub fn rename(host: &Host, domid: u32, name: &str) -> Result<()> {
+    host.xendevd
+        .noxs_rename(domid, name)
+        .map_err(|err| match err {
+            ClientError::Refused(message) => {
+                Error::Xendevd(format!("cannot rename domain {domid} to {name}: {message}"))
+            }
+            other => Error::Xendevd(format!("a NoXS guest's name is xendevd's: {other}")),
+        })
 }
 
 /// Ask NoXS domain `domid` to power off, reboot, suspend or crash (through its sysctl
@@ -505,6 +679,7 @@ mod tests {
             ],
             states: Vec::new(),
             created_ms: 0,
+            devices: Vec::new(),
         };
         (devices, answer)
     }
@@ -573,6 +748,7 @@ mod tests {
             entries: vec![entry(Kind::Sysctl, 0, 8, 3)],
             states: Vec::new(),
             created_ms: 0,
+            devices: Vec::new(),
         };
         let mut page = [0u8; START_INFO_PAGE];
         write_block(&mut page, &block_for(&devices, &answer, 3).unwrap()).unwrap();
@@ -628,6 +804,57 @@ mod tests {
             block_for(&too_many, &good, 7)
                 .unwrap_err()
                 .contains("at most 64")
+        );
+    }
+
+    /// What a save records of a NoXS guest is what its create asked of xendevd: the
+    /// same devices (MACs, addresses, disks) come back from the configuration.
+    #[test]
+    fn a_saved_configuration_asks_for_the_same_devices() {
+        let created = config(DAYTIME);
+        let (devices, _) = devices_for(&created, || random_mac([1, 2, 3]));
+        let served = NoxsDomain {
+            domid: 7,
+            name: "daytime".into(),
+            entries: Vec::new(),
+            states: Vec::new(),
+            created_ms: 0,
+            devices: devices.clone(),
+        };
+        let saved = config_of(&served, 8 * 1024 + 1024, 1024, 1).unwrap();
+        assert_eq!(saved.name, "daytime");
+        assert_eq!((saved.memory_mib, saved.vcpus), (8, 1));
+        assert_eq!(saved.dev_method, crate::config::DevMethod::Noxs);
+        assert!(saved.kernel.as_os_str().is_empty() && saved.cmdline.is_empty());
+        let (again, macs) = devices_for(&saved, || unreachable!("every MAC is recorded"));
+        assert_eq!(again, devices);
+        assert_eq!(macs[1].to_string(), "00:16:3e:01:02:03");
+        assert_eq!(
+            saved.vbds.iter().map(|v| v.vdev.name()).collect::<Vec<_>>(),
+            ["xvda", "xvdb"]
+        );
+        // The file's configuration parses back to the same.
+        let text = saved.to_json().unwrap().to_string();
+        assert_eq!(Config::parse_saved(&text).unwrap(), saved);
+        // Nothing to go by, or a limit chaos did not set: named.
+        let bare = NoxsDomain {
+            devices: Vec::new(),
+            ..served.clone()
+        };
+        assert!(
+            config_of(&bare, 9216, 1024, 1)
+                .unwrap_err()
+                .contains("does not say which devices")
+        );
+        assert!(
+            config_of(&served, 9000, 1024, 1)
+                .unwrap_err()
+                .contains("memory limit (9000 KiB)")
+        );
+        assert!(
+            config_of(&served, 512, 1024, 1)
+                .unwrap_err()
+                .contains("memory limit (512 KiB)")
         );
     }
 

@@ -1,10 +1,13 @@
-//! `chaos save` and `chaos restore` of a Xenstore guest (`shared/reference/save-restore.md`,
-//! "What our guest, chaos and xendevd must do", points 9 and 10).
+//! `chaos save` and `chaos restore` of a guest of either device method
+//! (`shared/reference/save-restore.md`, "What our guest, chaos and xendevd must do",
+//! points 9 and 10).
 //!
-//! Save: the guest's configuration read back from its records ([`crate::recorded`]);
-//! libxc's `xc_domain_save`, whose suspend step writes `control/shutdown = suspend`,
-//! waits for the guest to clear it (its acknowledgement) and then for Xen to show the
-//! domain shut down for suspend, each at most 60 s as libxl waits; the file
+//! Save: the guest's configuration read back from its records ([`crate::recorded`]),
+//! or for a NoXS guest from xendevd (its name and the devices its create asked for)
+//! and Xen (memory, vCPUs; [`noxs::config_of`]); libxc's `xc_domain_save`, whose
+//! suspend step asks the guest to suspend — `control/shutdown = suspend`, or a NoXS
+//! guest's sysctl request 3 — waits for its acknowledgement and then for Xen to show
+//! the domain shut down for suspend, each at most 60 s as libxl waits; the file
 //! ([`crate::savefile`]) written aside and renamed into place once complete; then the
 //! domain is destroyed with its devices, or with `--keep-running` resumed in place
 //! (`xc_domain_resume`, cooperative: the guest's suspend returns 1). A save that fails
@@ -17,6 +20,16 @@
 //! brings the guest's), Xenstore and console event channels, the devices anew from the
 //! saved configuration, `xc_domain_restore` (it populates the memory), the rings'
 //! nodes and `xs_introduce_domain`; unpaused unless asked not to.
+//!
+//! A NoXS guest's restore differs after `xc_domain_restore` (libxc seeds the console's
+//! grant, which xendevd maps): xendevd serves the new domain with new devices
+//! (`NoxsCreate`), but nothing is written into start_info — the guest's own page came
+//! back with its memory, naming the old devices. Once the guest runs it publishes a
+//! new re-offer port and grants its page again, and xendevd offers it the new devices
+//! as a restarted xendevd does (NoXS v1.1, [`noxs::reoffer_restored`]). So a NoXS
+//! guest cannot be restored paused: nothing would offer its devices when it is
+//! unpaused later (chaos has no unpause command, and `xl unpause` knows nothing of
+//! NoXS); `--paused` is refused for it.
 
 use std::fs::File;
 use std::io::Write;
@@ -27,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use xenhost::save::SaveError;
 use xenhost::xc::ShutdownReason;
-use xenhost::xcdom::{GUEST_TYPE_X86_64, START_INFO_PAGE};
+use xenhost::xcdom::GUEST_TYPE_X86_64;
 use xenhost::xs::{Store, Xs};
 
 use crate::config::{Config, DevMethod};
@@ -36,6 +49,7 @@ use crate::domain::{self, Created, SERVICE_DOMID};
 use crate::error::{Error, Result};
 use crate::host::Host;
 use crate::layout;
+use crate::noxs;
 use crate::recorded::{self, Records};
 use crate::savefile::{self, HEADER_LEN, SaveFileError};
 use crate::signal;
@@ -73,6 +87,7 @@ impl Records for XsRecords<'_> {
 pub fn save(host: &Host, domid: u32, path: &Path, keep_running: bool) -> Result<Saved> {
     let (uuid, config) = saveable(host, domid)?;
     let config_json = config.to_json()?.to_string();
+    let dev_method = config.dev_method;
 
     // Written aside, renamed into place once complete: a failed save leaves no file.
     // Readable by root only: it holds the guest's memory.
@@ -83,7 +98,7 @@ pub fn save(host: &Host, domid: u32, path: &Path, keep_running: bool) -> Result<
         .mode(0o600)
         .open(&partial)
         .map_err(|err| Error::Save(format!("cannot create {}: {err}", partial.display())))?;
-    let outcome = write_save(host, domid, &uuid, &file, &config_json);
+    let outcome = write_save(host, domid, (&uuid, dev_method), &file, &config_json);
     let outcome = outcome.and_then(|bytes| {
         file.sync_all()
             .and_then(|()| std::fs::rename(&partial, path))
@@ -115,7 +130,7 @@ pub fn save(host: &Host, domid: u32, path: &Path, keep_running: bool) -> Result<
         })?;
     } else {
         host.timed("destroy", || {
-            domain::destroy_known(host, domid, Some(&uuid), DevMethod::Xenstore)
+            domain::destroy_known(host, domid, Some(&uuid), dev_method)
         })?;
     }
     Ok(Saved {
@@ -125,8 +140,8 @@ pub fn save(host: &Host, domid: u32, path: &Path, keep_running: bool) -> Result<
     })
 }
 
-/// Checks before a save or migration of `domid` (not dom0, running, a Xenstore guest):
-/// its handle, and its configuration read back from its records.
+/// Checks before a save or migration of `domid` (not dom0, running): its handle, and
+/// its configuration read back from its records (a NoXS guest's from xendevd and Xen).
 pub(crate) fn saveable(host: &Host, domid: u32) -> Result<(Uuid, Config)> {
     if domid == 0 {
         return Err(Error::Save("dom0 cannot be saved".into()));
@@ -142,10 +157,15 @@ pub(crate) fn saveable(host: &Host, domid: u32) -> Result<(Uuid, Config)> {
         )));
     }
     let uuid = Uuid(info.handle);
-    if domain::dev_method_of(host, domid)? == DevMethod::Noxs {
-        return Err(Error::Save(format!(
-            "domain {domid} is a NoXS guest: chaos saves Xenstore guests only, so far"
-        )));
+    if let Some(served) = noxs::served_domain(host, domid)? {
+        let config = noxs::config_of(
+            &served,
+            info.max_pages * 4,
+            domain::MAXMEM_SLACK_KIB,
+            info.max_vcpus,
+        )
+        .map_err(Error::Save)?;
+        return Ok((uuid, config));
     }
     let xs = host.xs()?;
     let config = recorded::config_of(&XsRecords(xs), domid).map_err(Error::Save)?;
@@ -161,14 +181,20 @@ fn partial_path(path: &Path) -> PathBuf {
 
 /// Header (its stream length still 0), configuration, libxc's stream, then the stream's
 /// length in the header; the file's size.
-fn write_save(host: &Host, domid: u32, uuid: &Uuid, file: &File, config: &str) -> Result<u64> {
+fn write_save(
+    host: &Host,
+    domid: u32,
+    (uuid, dev_method): (&Uuid, DevMethod),
+    file: &File,
+    config: &str,
+) -> Result<u64> {
     let io = |err: std::io::Error| Error::Save(format!("writing the save file: {err}"));
     let header = savefile::encode_header(config.len(), 0)
         .map_err(|err| Error::Save(format!("the configuration to save: {err}")))?;
     let mut writer = file;
     writer.write_all(&header).map_err(io)?;
     writer.write_all(config.as_bytes()).map_err(io)?;
-    let mut suspend = || request_suspend(host, domid, uuid);
+    let mut suspend = || request_suspend(host, domid, uuid, dev_method);
     host.timed("xc_domain_save", || {
         host.xc
             .domain_save(file.as_fd(), domid, false, &mut suspend)
@@ -184,9 +210,59 @@ fn write_save(host: &Host, domid: u32, uuid: &Uuid, file: &File, config: &str) -
     Ok(bytes)
 }
 
-/// libxc's suspend step: ask the guest through `control/shutdown`, wait for its
-/// acknowledgement (it clears the node), then for Xen to show it shut down for suspend.
-pub(crate) fn request_suspend(host: &Host, domid: u32, uuid: &Uuid) -> Result<()> {
+/// libxc's suspend step: ask the guest to suspend, wait for its acknowledgement, then
+/// for Xen to show it shut down for suspend.
+pub(crate) fn request_suspend(
+    host: &Host,
+    domid: u32,
+    uuid: &Uuid,
+    dev_method: DevMethod,
+) -> Result<()> {
+    match dev_method {
+        DevMethod::Xenstore => request_suspend_xenstore(host, domid, uuid),
+        DevMethod::Noxs => request_suspend_noxs(host, domid, uuid),
+    }
+}
+
+/// A NoXS guest is asked through its sysctl device (xendevd answers once it
+/// acknowledged); then Xen is asked every 20 ms until it shows the domain suspended.
+fn request_suspend_noxs(host: &Host, domid: u32, uuid: &Uuid) -> Result<()> {
+    host.timed("sysctl suspend: the guest acknowledges", || {
+        noxs::power(
+            host,
+            domid,
+            xenproto::noxs::Request::Suspend,
+            SUSPEND_TIMEOUT,
+        )
+    })?;
+    let ending = host.timed("the guest suspends", || {
+        domain::wait_for_end(
+            host,
+            domid,
+            Some(uuid),
+            Some(SUSPEND_TIMEOUT),
+            DevMethod::Noxs,
+        )
+    })?;
+    match ending {
+        Some(domain::Ending::Shutdown(ShutdownReason::Suspend)) => Ok(()),
+        Some(domain::Ending::Shutdown(other)) => Err(Error::Save(format!(
+            "domain {domid} shut down with {} instead of suspending",
+            other.name()
+        ))),
+        Some(domain::Ending::Destroyed) => Err(Error::Save(format!(
+            "domain {domid} was destroyed while it was being saved"
+        ))),
+        None => Err(Error::Timeout {
+            what: format!("domain {domid} to suspend after it acknowledged the request"),
+            after: SUSPEND_TIMEOUT,
+        }),
+    }
+}
+
+/// A Xenstore guest is asked through `control/shutdown`; it acknowledges by clearing
+/// the node.
+fn request_suspend_xenstore(host: &Host, domid: u32, uuid: &Uuid) -> Result<()> {
     let xs = host.xs()?;
     let node = format!("{}/control/shutdown", layout::dom_path(domid));
     let _node_watch = xs.watch(&node, "chaos-suspend")?;
@@ -299,21 +375,24 @@ pub fn open(path: &Path) -> Result<SaveFile> {
         .read_at(&mut start, stream_at)
         .map_err(|err| bad(SaveFileError::Io(err.to_string())))?;
     savefile::check_stream_start(&start[..got]).map_err(bad)?;
-    let config = Config::parse(&config_text)
+    let config = Config::parse_saved(&config_text)
         .map_err(|err| Error::Save(format!("{}: its configuration: {err}", path.display())))?;
-    if config.dev_method != DevMethod::Xenstore {
-        return Err(Error::Save(format!(
-            "{}: a NoXS guest's file: chaos restores Xenstore guests only, so far",
-            path.display()
-        )));
-    }
     Ok(SaveFile { config, file })
 }
 
 /// Restore the guest of `saved` into a new domain under its name; see the module's
 /// documentation.
 pub fn restore(host: &Host, saved: &SaveFile, paused: bool) -> Result<Created> {
-    restore_stream(host, &saved.config, saved.file.as_fd(), paused)
+    if paused && saved.config.dev_method == DevMethod::Noxs {
+        return Err(Error::Save(format!(
+            "{} is a NoXS guest, which cannot be restored paused: its devices are offered \
+             to it again once it runs, and nothing would do that when it is unpaused later \
+             (restore it without --paused)",
+            saved.config.name
+        )));
+    }
+    let made = restore_stream(host, &saved.config, saved.file.as_fd(), paused)?;
+    Ok(made)
 }
 
 /// Restore a guest of configuration `config` from libxc's stream on `stream` (a file,
@@ -330,7 +409,7 @@ pub fn restore_stream(
         host.timed("xc: vcpus, memory, tsc", || {
             domain::set_limits_only(host, domid, config.memory_mib, config.vcpus)
         })?;
-        let (store_port, console_port) = domain::alloc_ports(host, domid, true)?;
+        let (store_port, console_port) = domain::alloc_ports(host, domid, method.uses_xenstore())?;
         signal::check()?;
         let new = NewDomain {
             domid,
@@ -366,11 +445,14 @@ pub fn restore_stream(
             },
             guest_type: GUEST_TYPE_X86_64.to_string_lossy().into_owned(),
         };
-        // The Xenstore method writes nothing into start_info (libxc restored the
-        // guest's own page).
-        let mut no_start_info = [0u8; START_INFO_PAGE];
-        method.finish(host, &new, &built, &mut no_start_info)?;
+        // Nothing is written into start_info: libxc restored the guest's own page.
+        method.finish(host, &new, &built, None)?;
         domain::run_unless(host, domid, paused)?;
+        if !paused && config.dev_method == DevMethod::Noxs {
+            host.timed("xendevd noxs_reoffer", || {
+                noxs::reoffer_restored(host, domid, noxs::REOFFER_TIMEOUT)
+            })?;
+        }
         Ok(Created {
             domid,
             name: config.name.clone(),
@@ -382,9 +464,18 @@ pub fn restore_stream(
     })
 }
 
-/// Rename Xenstore domain `domid` (handle `uuid`) to `name`: its `name` nodes, as
-/// `xl rename` does (a migration's two ends swap names this way).
-pub fn rename(host: &Host, domid: u32, uuid: &Uuid, name: &str) -> Result<()> {
+/// Rename domain `domid` (handle `uuid`) to `name` (a migration's two ends swap names
+/// this way): a Xenstore guest's `name` nodes, as `xl rename` does; a NoXS guest's name
+/// is xendevd's.
+pub fn rename(
+    host: &Host,
+    domid: u32,
+    (uuid, dev_method): (&Uuid, DevMethod),
+    name: &str,
+) -> Result<()> {
+    if dev_method == DevMethod::Noxs {
+        return noxs::rename(host, domid, name);
+    }
     let xs = host.xs()?;
     let dom = layout::dom_path(domid);
     let vm = layout::vm_path(uuid);

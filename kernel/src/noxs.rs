@@ -52,6 +52,10 @@ static GENERATION: AtomicU32 = AtomicU32::new(0);
 /// Tasks waiting for the generation to change, by waiter.
 static WAITERS: Mutex<BTreeMap<u64, Waker>> = Mutex::new(BTreeMap::new());
 static NEXT_WAITER: AtomicU64 = AtomicU64::new(0);
+/// The block's generation when the guest last resumed in a new domain (`None`: never):
+/// a device that last looked at a block before then lost its control page with the
+/// old domain ([`reoffer::predates_restore`]).
+static RESTORED_AT: Mutex<Option<u32>> = Mutex::new(None);
 
 /// Read the block from the start_info page (once, at boot). A malformed block is a
 /// boot error: the toolstack meant NoXS, and Xenstore would not answer.
@@ -151,8 +155,9 @@ pub async fn next_reoffer(
             return core::future::pending().await;
         };
         if *handled != Some(generation) {
+            let gone = reoffer::predates_restore(*handled, *RESTORED_AT.lock(), generation);
             *handled = Some(generation);
-            match block.reoffer_of(connected) {
+            match block.reoffer_after(connected, gone) {
                 Reoffer::Changed(entry) => return (generation, entry),
                 Reoffer::Unchanged => {}
                 Reoffer::Withdrawn => log::error!(
@@ -264,6 +269,9 @@ pub(crate) fn resume(new_domain: bool) {
     if !new_domain {
         return;
     }
+    // Every control page went with the old domain, even one the new back end offers
+    // under the same grant reference and port.
+    *RESTORED_AT.lock() = Some(generation());
     if let Some((port, start_info_pfn)) = REOFFERS.lock().clone() {
         start_info_bytes(start_info_pfn).write_u32(BLOCK_OFFSET + reoffer::PORT, port.port());
         fence(Ordering::SeqCst);

@@ -78,6 +78,18 @@ pub enum Request {
         console_port: u32,
         devices: Vec<NoxsDevice>,
     },
+    /// Offer the devices of served NoXS domain `domid` again (NoXS v1.1,
+    /// `xenproto::noxs::reoffer`), as a restarted xendevd does: for a guest restored
+    /// into a new domain, whose restored start_info page still names its old control
+    /// pages. xendevd maps the guest's start_info page (grant 2), writes the entries of
+    /// the control pages it made for `noxs_create`, bumps the generation and notifies
+    /// the guest's re-offer port. Answered `Done`; [`Response::NotYet`] while the
+    /// running guest has not granted its page yet (it does so early in its resume: ask
+    /// again); an error otherwise.
+    NoxsReoffer { domid: u32 },
+    /// Give served NoXS domain `domid` the name `name` (a migration's two ends swap
+    /// names this way). Answered `Done`.
+    NoxsRename { domid: u32, name: String },
     /// Ask a NoXS domain, through its sysctl device, to power off, reboot, suspend or
     /// crash; answered `Done` once the guest acknowledged (`ack_seq`), or an error when
     /// it did not within `timeout_ms` (at most 5 minutes: longer is clamped). Waiting
@@ -206,6 +218,11 @@ pub struct NoxsDomain {
     /// without Xenstore there is no `/vm/UUID/start_time` either.
     #[serde(default)]
     pub created_ms: u64,
+    /// The devices as `noxs_create` (or `noxs_fill`) asked for them, in its order: what
+    /// `chaos save` records of a NoXS guest so that its restore asks for the same
+    /// (none for a shell, and from an older xendevd).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<NoxsDevice>,
 }
 
 /// A served NoXS domain in brief, for lists: what `chaos list` shows of it.
@@ -269,8 +286,11 @@ pub enum Response {
     Listed(Vec<DomainSummary>),
     /// `Console`: raw console bytes follow on the connection.
     Streaming,
-    /// `DetachDisk` or `ReleaseDomain` succeeded.
+    /// `DetachDisk`, `ReleaseDomain`, `NoxsReoffer` or `NoxsRename` succeeded.
     Done,
+    /// The request cannot be served yet, for the reason given; the same request may
+    /// succeed a little later (`NoxsReoffer` before the guest granted its page).
+    NotYet(String),
     /// The request failed or was malformed; the message says why.
     Error(String),
 }
@@ -445,6 +465,7 @@ mod tests {
             }],
             states: vec![(2, 0)],
             created_ms: 1_700_000_000_123,
+            devices: Vec::new(),
         };
         for (answer, line) in [
             (Response::Domains(Vec::new()), r#"{"domains":[]}"#),
@@ -469,6 +490,64 @@ mod tests {
             r#"{"op":"domain","domid":"7"}"#,
             r#"{"op":"domains_named","name":7}"#,
             r#"{"op":"domains_named","name":"a","domid":1}"#,
+        ] {
+            assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// What a restore asks (a re-offer, a rename) and what a save reads (the devices a
+    /// served domain was created with), on the wire; an older xendevd's answer
+    /// without devices still parses.
+    #[test]
+    fn restore_requests_and_devices_are_stable() {
+        for (request, line) in [
+            (
+                Request::NoxsReoffer { domid: 9 },
+                r#"{"op":"noxs_reoffer","domid":9}"#,
+            ),
+            (
+                Request::NoxsRename {
+                    domid: 9,
+                    name: "kv--incoming".into(),
+                },
+                r#"{"op":"noxs_rename","domid":9,"name":"kv--incoming"}"#,
+            ),
+        ] {
+            assert_eq!(serde_json::to_string(&request).unwrap(), line);
+            assert_eq!(serde_json::from_str::<Request>(line).unwrap(), request);
+        }
+        let not_yet = Response::NotYet("not granted yet".into());
+        let line = serde_json::to_string(&not_yet).unwrap();
+        assert_eq!(line, r#"{"not_yet":"not granted yet"}"#);
+        assert_eq!(serde_json::from_str::<Response>(&line).unwrap(), not_yet);
+        let served = NoxsDomain {
+            domid: 9,
+            name: "kv".into(),
+            entries: Vec::new(),
+            states: Vec::new(),
+            created_ms: 5,
+            devices: vec![
+                NoxsDevice::Sysctl,
+                NoxsDevice::Vbd {
+                    devid: 0,
+                    target: "/i".into(),
+                    readonly: true,
+                },
+            ],
+        };
+        let line = serde_json::to_string(&served).unwrap();
+        assert_eq!(
+            line,
+            r#"{"domid":9,"name":"kv","entries":[],"states":[],"created_ms":5,"devices":[{"kind":"sysctl"},{"kind":"vbd","devid":0,"target":"/i","readonly":true}]}"#
+        );
+        assert_eq!(serde_json::from_str::<NoxsDomain>(&line).unwrap(), served);
+        let older: NoxsDomain =
+            serde_json::from_str(r#"{"domid":9,"name":"kv","entries":[],"created_ms":5}"#).unwrap();
+        assert!(older.devices.is_empty());
+        for bad in [
+            r#"{"op":"noxs_reoffer"}"#,
+            r#"{"op":"noxs_reoffer","domid":9,"name":"x"}"#,
+            r#"{"op":"noxs_rename","domid":9}"#,
         ] {
             assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
         }
@@ -542,6 +621,7 @@ mod tests {
             ],
             states: vec![(2, 0), (4, 4), (2, 1)],
             created_ms: 1_700_000_000_123,
+            devices: Vec::new(),
         });
         let line = serde_json::to_string(&answer).unwrap();
         assert_eq!(

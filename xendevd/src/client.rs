@@ -30,6 +30,9 @@ pub enum ClientError {
     /// xendevd answered with an error: its reason.
     #[error("xendevd refused: {0}")]
     Refused(String),
+    /// xendevd cannot serve the request yet (its reason); it may a little later.
+    #[error("xendevd cannot do it yet: {0}")]
+    NotYet(String),
     /// xendevd answered, but not as the request expects.
     #[error("xendevd answered {request} with {answer:?}")]
     Unexpected {
@@ -77,6 +80,7 @@ fn expect<T>(
 ) -> Result<T, ClientError> {
     match answer {
         Response::Error(message) => Err(ClientError::Refused(message)),
+        Response::NotYet(message) => Err(ClientError::NotYet(message)),
         answer => wanted(answer).map_err(|answer| ClientError::Unexpected {
             request,
             answer: Box::new(answer),
@@ -264,6 +268,26 @@ impl Client {
             devices: devices.to_vec(),
         };
         expect("noxs_fill", self.call(&request)?, noxs_answer)
+    }
+
+    /// Have xendevd offer served NoXS domain `domid`'s devices again (a guest restored
+    /// into it); [`ClientError::NotYet`] while the guest has not granted its start_info
+    /// page.
+    pub fn noxs_reoffer(&self, domid: u32) -> Result<(), ClientError> {
+        expect(
+            "noxs_reoffer",
+            self.call(&Request::NoxsReoffer { domid })?,
+            done,
+        )
+    }
+
+    /// Give served NoXS domain `domid` the name `name`.
+    pub fn noxs_rename(&self, domid: u32, name: &str) -> Result<(), ClientError> {
+        let request = Request::NoxsRename {
+            domid,
+            name: name.to_owned(),
+        };
+        expect("noxs_rename", self.call(&request)?, done)
     }
 
     /// Ask NoXS domain `domid` to power off, reboot, suspend or crash; returns once the
@@ -476,5 +500,40 @@ mod tests {
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
         let nowhere = Client::new("/nonexistent/xendevd.sock", Duration::from_secs(1));
         assert!(nowhere.query().unwrap_err().is_unreachable());
+    }
+
+    /// A re-offer put off is `NotYet` (chaos asks again), a refused one `Refused`, a
+    /// done one done.
+    #[test]
+    fn a_reoffer_put_off_is_not_a_refusal() {
+        for (test, reply, outcome) in [
+            ("reoffer-done", &b"\"done\"\n"[..], None),
+            (
+                "reoffer-later",
+                b"{\"not_yet\":\"not granted yet\"}\n",
+                Some("xendevd cannot do it yet: not granted yet"),
+            ),
+            (
+                "reoffer-refused",
+                b"{\"error\":\"domain 5 is not served\"}\n",
+                Some("xendevd refused: domain 5 is not served"),
+            ),
+        ] {
+            let (path, server) = serve_once(test, reply);
+            let client = Client::new(&path, Duration::from_secs(5));
+            let answer = client.noxs_reoffer(5);
+            assert_eq!(
+                server.join().unwrap(),
+                "{\"op\":\"noxs_reoffer\",\"domid\":5}\n"
+            );
+            assert_eq!(
+                answer.as_ref().err().map(ToString::to_string).as_deref(),
+                outcome
+            );
+            if test == "reoffer-later" {
+                assert!(matches!(answer, Err(ClientError::NotYet(_))));
+            }
+            let _ = std::fs::remove_dir_all(path.parent().unwrap());
+        }
     }
 }

@@ -168,6 +168,8 @@ pub struct DomainInfo {
     pub max_pages: u64,
     pub cpu_time_ns: u64,
     pub online_vcpus: u32,
+    /// vCPUs it may have (the highest id plus one): what `xc_domain_max_vcpus` set.
+    pub max_vcpus: u32,
     /// The handle (UUID) given at creation.
     pub handle: [u8; 16],
 }
@@ -190,6 +192,7 @@ impl DomainInfo {
             max_pages: raw.max_pages,
             cpu_time_ns: raw.cpu_time,
             online_vcpus: raw.nr_online_vcpus,
+            max_vcpus: raw.max_vcpu_id.saturating_add(1),
             handle: raw.handle,
         }
     }

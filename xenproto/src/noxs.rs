@@ -59,6 +59,20 @@ pub mod reoffer {
     /// Offset in the block of the guest's re-offer port: written by the guest only
     /// (0: none, a v1 guest).
     pub const PORT: usize = 12;
+
+    /// Whether a device that last looked at the block of generation `handled` (`None`:
+    /// never) was connected in a domain the guest has since been restored out of, and
+    /// the block of generation `offered` is the first it sees since: the block's
+    /// generation was `restored_at` when the guest last resumed in a new domain (`None`:
+    /// never). Generations only grow over a guest's life (a restored page keeps its
+    /// own). Such a device's control page went with the old domain, so the offer is a
+    /// new page whatever numbers it gives ([`super::Block::reoffer_after`]).
+    pub fn predates_restore(handled: Option<u32>, restored_at: Option<u32>, offered: u32) -> bool {
+        match (handled, restored_at) {
+            (Some(handled), Some(restored_at)) => handled <= restored_at && offered > restored_at,
+            _ => false,
+        }
+    }
 }
 
 /// Size of a control page.
@@ -329,6 +343,17 @@ impl Block {
                 Reoffer::Unchanged
             }
             Some(entry) => Reoffer::Changed(*entry),
+        }
+    }
+
+    /// [`Block::reoffer_of`] for a device whose control page may be gone with a domain
+    /// the guest was restored out of (`gone`, [`reoffer::predates_restore`]): the new
+    /// back end may give the new page the old one's grant reference and port (both are
+    /// reused once released), and that is a new page all the same.
+    pub fn reoffer_after(&self, connected: &Entry, gone: bool) -> Reoffer {
+        match self.reoffer_of(connected) {
+            Reoffer::Unchanged if gone => Reoffer::Changed(*connected),
+            other => other,
         }
     }
 
@@ -840,6 +865,47 @@ mod tests {
             elsewhere.reoffer_of(&old.entries[1]),
             Reoffer::OtherBackend(7)
         );
+    }
+
+    /// After a restore into a new domain every control page is gone: a re-offer that
+    /// happens to give a device its old grant and port (the new back end reused them)
+    /// still moves it, once; a device that already reconnected in the new domain, or a
+    /// re-offer with no restore in between, compares the numbers as before.
+    #[test]
+    fn after_a_restore_the_same_numbers_are_a_new_page() {
+        use reoffer::predates_restore;
+        let old = sample();
+        let mut again = sample();
+        again.generation = 4;
+        assert_eq!(again.reoffer_of(&old.entries[1]), Reoffer::Unchanged);
+        assert_eq!(
+            again.reoffer_after(&old.entries[1], true),
+            Reoffer::Changed(old.entries[1])
+        );
+        assert_eq!(
+            again.reoffer_after(&old.entries[1], false),
+            Reoffer::Unchanged
+        );
+        again.entries[1].ctrl_gref = 99;
+        assert_eq!(
+            again.reoffer_after(&old.entries[1], true),
+            Reoffer::Changed(again.entries[1])
+        );
+        again.entries.remove(1);
+        assert_eq!(
+            again.reoffer_after(&old.entries[1], true),
+            Reoffer::Withdrawn
+        );
+        // Connected (last looked) at generation 3, restored at 3: the offer of 4 is the
+        // new domain's first.
+        assert!(predates_restore(Some(3), Some(3), 4));
+        assert!(predates_restore(Some(1), Some(3), 4));
+        // Not yet a new offer, or already looked at one since the restore.
+        assert!(!predates_restore(Some(3), Some(3), 3));
+        assert!(!predates_restore(Some(4), Some(3), 5));
+        // Never restored, or never looked.
+        assert!(!predates_restore(Some(3), None, 4));
+        assert!(!predates_restore(None, Some(3), 4));
     }
 
     #[test]

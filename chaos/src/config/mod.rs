@@ -215,6 +215,19 @@ fn typed<T: DeserializeOwned>(field: &str, value: &Value) -> Checked<T> {
 impl Config {
     /// Parse and check a JSON configuration (stage 1: nothing outside the text).
     pub fn parse(text: &str) -> Checked<Self> {
+        Self::parse_as(text, false)
+    }
+
+    /// [`Config::parse`] of the configuration in a save file or a migration's stream:
+    /// a NoXS guest's may have no `kernel` (an empty path then). Chaos keeps no record
+    /// of a NoXS guest's kernel once it runs, and a restore needs none: the kernel comes
+    /// back with the guest's memory. A Xenstore guest's names its kernel (chaos writes
+    /// it in `/vm/UUID/image`, as xl does), so it still must.
+    pub fn parse_saved(text: &str) -> Checked<Self> {
+        Self::parse_as(text, true)
+    }
+
+    fn parse_as(text: &str, saved: bool) -> Checked<Self> {
         let value: Value = serde_json::from_str(text).map_err(|err| {
             ConfigError::new(
                 "",
@@ -251,8 +264,11 @@ impl Config {
         let name: String = typed("name", required("name")?)?;
         check_name(&name)?;
 
-        let kernel: String = typed("kernel", required("kernel")?)?;
-        if kernel.is_empty() {
+        let kernel: String = match (saved, optional("kernel")) {
+            (true, None) => String::new(),
+            _ => typed("kernel", required("kernel")?)?,
+        };
+        if kernel.is_empty() && !saved {
             return Err(ConfigError::new(
                 "kernel",
                 "empty: give the path of a PV kernel image",
@@ -345,6 +361,12 @@ impl Config {
             }
             None => DevMethod::Xenstore,
         };
+        if kernel.is_empty() && dev_method != DevMethod::Noxs {
+            return Err(ConfigError::new(
+                "kernel",
+                "missing: a saved Xenstore guest's configuration names its kernel",
+            ));
+        }
         if dev_method != DevMethod::Noxs
             && let Some(at) = vifs.iter().position(|vif| vif.gateway.is_some())
         {

@@ -484,3 +484,33 @@ fn files_are_checked() {
     .unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A saved NoXS guest's configuration has no kernel (chaos keeps none of it, a restore
+/// needs none), and writes back without one; anywhere else the kernel stays required.
+#[test]
+fn only_a_saved_noxs_configuration_may_lack_its_kernel() {
+    let noxs = r#"{"name": "kv", "memory": 32, "vcpus": 1, "xen": {"dev_method": "noxs"}}"#;
+    let saved = Config::parse_saved(noxs).unwrap();
+    assert_eq!(saved.kernel, Path::new(""));
+    assert_eq!(saved.dev_method, DevMethod::Noxs);
+    let json = saved.to_json().unwrap();
+    assert!(json.get("kernel").is_none(), "{json}");
+    assert_eq!(Config::parse_saved(&json.to_string()).unwrap(), saved);
+    let err = Config::parse(noxs).unwrap_err();
+    assert_eq!(err.field, "kernel");
+    assert!(err.message.contains("missing"), "{err}");
+    let xenstore = r#"{"name": "kv", "memory": 32, "vcpus": 1}"#;
+    let err = Config::parse_saved(xenstore).unwrap_err();
+    assert_eq!(err.field, "kernel");
+    assert!(
+        err.message
+            .contains("Xenstore guest's configuration names its kernel"),
+        "{err}"
+    );
+    // A kernel that is given is kept, saved or not.
+    let named = r#"{"name": "kv", "kernel": "/apps/kvstore", "memory": 32, "vcpus": 1}"#;
+    assert_eq!(
+        Config::parse_saved(named).unwrap(),
+        Config::parse(named).unwrap()
+    );
+}

@@ -17,7 +17,10 @@ impl Config {
         };
         let mut object = Map::new();
         object.insert("name".into(), json!(self.name));
-        object.insert("kernel".into(), json!(path("kernel", &self.kernel)?));
+        // A saved NoXS guest's has none ([`Config::parse_saved`]).
+        if !self.kernel.as_os_str().is_empty() {
+            object.insert("kernel".into(), json!(path("kernel", &self.kernel)?));
+        }
         if let Some(ramdisk) = &self.ramdisk {
             object.insert("ramdisk".into(), json!(path("ramdisk", ramdisk)?));
         }

@@ -270,7 +270,7 @@ impl<'h> Shell<'h> {
             host.timed("xc_dom: build, boot", || domain::finish_image(&mut image))?;
             let built = domain::built(config, &image, ports);
             let method = devices.method();
-            method.finish(host, &domain, &built, image.start_info_page()?)?;
+            method.finish(host, &domain, &built, Some(image.start_info_page()?))?;
             Ok(method.macs())
         });
         drop(image);

@@ -392,6 +392,18 @@ impl Services {
                 .fill(domid, &name, console_port, &devices)
                 .map(Response::Noxs)
                 .map_err(Refusal::from),
+            Request::NoxsReoffer { domid } => match self.noxs.reoffer(domid) {
+                Ok(_) => Ok(Response::Done),
+                Err(NoxsRefusal::Noxs(err @ crate::noxs::Error::NotGrantedYet { .. })) => {
+                    Ok(Response::NotYet(err.to_string()))
+                }
+                Err(err) => Err(Refusal::from(err)),
+            },
+            Request::NoxsRename { domid, name } => self
+                .noxs
+                .rename(domid, &name)
+                .map(|()| Response::Done)
+                .map_err(Refusal::from),
             Request::Power {
                 domid,
                 action,
@@ -1003,6 +1015,13 @@ mod tests {
                 domid: 3,
                 follow: false,
                 input: false,
+            },
+            // A re-offer is refused outright, not put off (chaos would ask again and
+            // again): without back ends it can never be served.
+            Request::NoxsReoffer { domid: 3 },
+            Request::NoxsRename {
+                domid: 3,
+                name: "a".into(),
             },
         ] {
             assert!(matches!(

@@ -123,6 +123,16 @@ impl NoxsDispatch {
         Ok(served)
     }
 
+    /// `noxs_reoffer`: the new generation.
+    pub fn reoffer(&mut self, domid: u32) -> Result<u32, NoxsRefusal> {
+        Ok(self.backends()?.reoffer_restored(domid)?)
+    }
+
+    /// `noxs_rename`.
+    pub fn rename(&mut self, domid: u32, name: &str) -> Result<(), NoxsRefusal> {
+        Ok(self.backends()?.rename(domid, name)?)
+    }
+
     /// `power`: the request as it waits for the guest.
     pub fn power(
         &mut self,

@@ -13,6 +13,7 @@ use super::DeviceId;
 use super::console::ConsoleError;
 use super::control::ControlError;
 use super::request::RequestError;
+use super::restart::ReofferError;
 use super::sysctl::PowerError;
 use crate::bridge::NetError;
 use crate::disks::DiskError;
@@ -42,6 +43,18 @@ pub enum Error {
     },
     #[error("domain {0} is dying")]
     Dying(u32),
+    /// A re-offer asked before the guest granted its start_info page: it may yet.
+    #[error(
+        "domain {domid} has not granted its start_info page (grant {gref}) yet: its guest \
+         has not resumed that far"
+    )]
+    NotGrantedYet { domid: u32, gref: u32 },
+    #[error("domain {domid}'s devices cannot be offered again: {source}")]
+    Reoffer {
+        domid: u32,
+        #[source]
+        source: ReofferError,
+    },
     #[error("cannot list domains: {0}")]
     ListDomains(#[source] xenhost::Error),
     #[error("cannot create the console log {}: {source}", path.display())]

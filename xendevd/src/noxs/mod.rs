@@ -303,6 +303,10 @@ struct Domain {
     /// The guest's re-offer port, bound when its devices were offered again
     /// ([`restart`]).
     reoffer: Option<Port>,
+    /// The guest's console port and the devices as the toolstack asked for them: its
+    /// [`Record`], and what `chaos save` reads back.
+    console_port: u32,
+    asked: Vec<NoxsDevice>,
 }
 
 impl Domain {
@@ -658,13 +662,19 @@ impl Backends {
     ) -> Result<NoxsDomain, Error> {
         let plans = request::check(domid, name, console_port, devices, &Dom0)?;
         self.check_new(domid)?;
-        let answer = self.serve_new(domid, name, console_port, ConsoleLog::create, |backends| {
-            plans
-                .iter()
-                .map(|plan| backends.make_device(domid, plan, None))
-                .collect()
-        })?;
-        self.remember(domid, name, console_port, devices);
+        let answer = self.serve_new(
+            domid,
+            name,
+            (console_port, devices),
+            ConsoleLog::create,
+            |backends| {
+                plans
+                    .iter()
+                    .map(|plan| backends.make_device(domid, plan, None))
+                    .collect()
+            },
+        )?;
+        self.remember(domid);
         Ok(answer)
     }
 
@@ -676,7 +686,7 @@ impl Backends {
         self.serve_new(
             domid,
             name,
-            record.console_port,
+            (record.console_port, &record.devices),
             ConsoleLog::reopen,
             |backends| {
                 plans
@@ -689,7 +699,7 @@ impl Backends {
     }
 
     /// Write served domain `domid`'s record for the next xendevd.
-    fn remember(&self, domid: u32, name: &str, console_port: u32, devices: &[NoxsDevice]) {
+    fn remember(&self, domid: u32) {
         let (Some(state), Some(domain)) = (&self.state, self.domains.get(&domid)) else {
             return;
         };
@@ -711,10 +721,10 @@ impl Backends {
         let record = Record {
             domid,
             handle,
-            name: name.to_owned(),
-            console_port,
+            name: domain.name.clone(),
+            console_port: domain.console_port,
             created_ms: millis_since_epoch(domain.created),
-            devices: devices.to_vec(),
+            devices: domain.asked.clone(),
             images,
         };
         if let Err(err) = state.save(&record) {
@@ -778,15 +788,21 @@ impl Backends {
             });
         }
         self.check_new(domid)?;
-        let answer = self.serve_new(domid, name, console_port, ConsoleLog::create, |backends| {
-            shell
-                .parts
-                .into_iter()
-                .zip(&plans)
-                .map(|(part, plan)| fill_part(part, plan, domid, &backends.book))
-                .collect()
-        })?;
-        self.remember(domid, name, console_port, devices);
+        let answer = self.serve_new(
+            domid,
+            name,
+            (console_port, devices),
+            ConsoleLog::create,
+            |backends| {
+                shell
+                    .parts
+                    .into_iter()
+                    .zip(&plans)
+                    .map(|(part, plan)| fill_part(part, plan, domid, &backends.book))
+                    .collect()
+            },
+        )?;
+        self.remember(domid);
         Ok(answer)
     }
 
@@ -812,13 +828,13 @@ impl Backends {
     }
 
     /// Serve domain `domid` (checked by [`Backends::check_new`]) from now on: its
-    /// console (a fresh log) and the devices `devices` makes; only then do its ports
-    /// route to it. Nothing is left on failure.
+    /// console (a fresh log) and the devices `devices` makes of those `asked` for; only
+    /// then do its ports route to it. Nothing is left on failure.
     fn serve_new(
         &mut self,
         domid: u32,
         name: &str,
-        console_port: u32,
+        (console_port, asked): (u32, &[NoxsDevice]),
         open_log: fn(&Rc<RefCell<LogBook>>, &str, u64) -> std::io::Result<ConsoleLog>,
         devices: impl FnOnce(&Self) -> Result<Vec<Device>, Error>,
     ) -> Result<NoxsDomain, Error> {
@@ -844,6 +860,8 @@ impl Backends {
                     devices: devices(self)?,
                     created: SystemTime::now(),
                     reoffer: None,
+                    console_port,
+                    asked: asked.to_vec(),
                 })
             });
         // What was made is dropped (unmapped, unbound, unshared, taps gone); the empty
@@ -1082,6 +1100,49 @@ impl Backends {
             .flatten()
             .filter_map(|&domid| self.domain(domid))
             .collect()
+    }
+
+    /// Give served domain `domid` the name `name` (its record too); its console log
+    /// keeps its file.
+    pub fn rename(&mut self, domid: u32, name: &str) -> Result<(), Error> {
+        request::check_name(name).map_err(|err| Error::Request(err.into()))?;
+        let domain = self
+            .domains
+            .get_mut(&domid)
+            .ok_or(Error::NotServed(domid))?;
+        let old = std::mem::replace(&mut domain.name, name.to_owned());
+        if let Some(ids) = self.by_name.get_mut(&old) {
+            ids.remove(&domid);
+            if ids.is_empty() {
+                self.by_name.remove(&old);
+            }
+        }
+        self.by_name
+            .entry(name.to_owned())
+            .or_default()
+            .insert(domid);
+        self.remember(domid);
+        info!("NoXS domain {domid} ({old}) is called {name} now");
+        Ok(())
+    }
+
+    /// Offer served domain `domid`'s devices again through its start_info page (a
+    /// guest restored into this new domain: its page names the control pages of the
+    /// domain it was saved from). Returns the new generation.
+    pub fn reoffer_restored(&mut self, domid: u32) -> Result<u32, Error> {
+        if !self.domains.contains_key(&domid) {
+            return Err(Error::NotServed(domid));
+        }
+        let started = Instant::now();
+        let generation = self.reoffer(domid).map_err(|source| match source {
+            restart::ReofferError::NoGrant { gref, .. } => Error::NotGrantedYet { domid, gref },
+            source => Error::Reoffer { domid, source },
+        })?;
+        info!(
+            "NoXS domain {domid}: devices offered again (generation {generation}) in {:.1} ms",
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        Ok(generation)
     }
 
     /// Every served domain in brief.
@@ -1392,6 +1453,7 @@ fn describe_shell(domid: u32, shell: &Shell) -> NoxsDomain {
             .map(|part| (part.control.state() as u32, part.control.frontend_word()))
             .collect(),
         created_ms: 0,
+        devices: Vec::new(),
     }
 }
 
@@ -1422,6 +1484,7 @@ fn describe(domid: u32, domain: &Domain) -> NoxsDomain {
             })
             .collect(),
         created_ms: millis_since_epoch(domain.created),
+        devices: domain.asked.clone(),
     }
 }
 

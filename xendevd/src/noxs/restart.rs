@@ -293,7 +293,7 @@ impl Backends {
     /// Offer domain `domid`'s devices again through its start_info page: their new
     /// control pages into the block, the generation bumped, the guest told. Returns
     /// the new generation.
-    fn reoffer(&mut self, domid: u32) -> Result<u32, ReofferError> {
+    pub(super) fn reoffer(&mut self, domid: u32) -> Result<u32, ReofferError> {
         let page = self
             .gnttab
             .map(domid, &[reoffer::BLOCK_GREF], true)

@@ -35,7 +35,7 @@ const LAB_CHECKS: &str = include_str!("lab-checks.sh");
 /// The capacity job's guests (`GUESTS=` in `capacity-lab.sh`), 4 MiB each.
 const CAPACITY_GUESTS: u32 = 1000;
 
-pub const JOB_TESTS: [JobTest; 15] = [
+pub const JOB_TESTS: [JobTest; 16] = [
     // chaos's commands on real Xen (`chaos-lab.sh`): create, list (and xl list),
     // console, shutdown -w, destroy of daytime with its vif; a destroy while `create
     // --console` watches, each of the two ending well; fifteen malformed
@@ -249,6 +249,25 @@ pub const JOB_TESTS: [JobTest; 15] = [
         summarize: &[],
         memory: LabMemory::DEFAULT,
         hosts: 2,
+    },
+    // A kvstore's values survive chaos save and restore, save --keep-running and
+    // migrate (`kvsave-lab.sh`), on both device methods, in a Xenstore lab: redis-cli
+    // sets a key and a counter in a Xenstore and a NoXS kvstore that chaos creates;
+    // each answers with them after each step and counts on; the NoXS guest's devices
+    // (a vif and a read-only disk) are new ones xendevd offers it again after a
+    // restore and a migration; a NoXS restore whose disk image is gone fails and
+    // leaves nothing, its save file restored again while its guest runs is refused on
+    // the name, --paused is refused for NoXS; nothing is left (domains, taps, loop
+    // devices, Xenstore nodes, NoXS domains served). Save, restore and migrate times
+    // are measurements.
+    JobTest {
+        name: "kvsave: a kvstore's values survive chaos save/restore/keep-running/migrate, both methods",
+        script: include_str!("kvsave-lab.sh"),
+        timeout_secs: 400,
+        noxs: false,
+        summarize: &[],
+        memory: LabMemory::DEFAULT,
+        hosts: 1,
     },
     // Capacity, in a NoXS lab sized for it (`capacity-lab.sh`): 1000 paused NoXS
     // guests with a vif each created (batches of 100) and destroyed (one command
