@@ -25,7 +25,8 @@ pub struct MigrateArgs {
     pub runs: u32,
 }
 
-/// How one toolstack saves, restores and migrates the guest named `bench-daytime`.
+/// How one toolstack saves, restores and migrates the guest named `bench-daytime` (its
+/// create command, from [`Toolstack::daytime`], says which device method).
 struct Row {
     toolstack: &'static Toolstack,
     save: &'static str,
@@ -37,7 +38,7 @@ struct Row {
 
 const SAVE_FILE: &str = "/tmp/bench/daytime.save";
 
-const ROWS: [Row; 2] = [
+const ROWS: [Row; 3] = [
     Row {
         toolstack: &toolstacks::XL,
         save: "xl save bench-daytime /tmp/bench/daytime.save",
@@ -47,6 +48,13 @@ const ROWS: [Row; 2] = [
     },
     Row {
         toolstack: &toolstacks::CHAOS,
+        save: "chaos save bench-daytime /tmp/bench/daytime.save",
+        restore: "chaos restore /tmp/bench/daytime.save",
+        migrate: "chaos migrate bench-daytime 127.0.0.1",
+        receiver: Some("chaos receive"),
+    },
+    Row {
+        toolstack: &toolstacks::CHAOS_NOXS,
         save: "chaos save bench-daytime /tmp/bench/daytime.save",
         restore: "chaos restore /tmp/bench/daytime.save",
         migrate: "chaos migrate bench-daytime 127.0.0.1",
