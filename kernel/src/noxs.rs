@@ -378,8 +378,8 @@ impl Future for Stopped {
 /// data channel's port now: a restore changes it), checking the new back end's area
 /// with `same_device` and starting the data path afresh with `restart`; then it
 /// notifies `data_port` (the device's data channel, open as long as the returned
-/// [`Follower`] is kept) so the new back end looks at the requests queued again, and
-/// drops the old page. `name` (`netfront: vif0`) labels the log lines.
+/// [`Follower`] is kept) so the new back end looks at the requests queued again, calls
+/// `connected`, and drops the old page. `name` (`netfront: vif0`) labels the log lines.
 pub fn follow<B: Area + 'static, F: Area + 'static>(
     control: ControlPage,
     frontend: impl Fn() -> F + 'static,
@@ -387,6 +387,7 @@ pub fn follow<B: Area + 'static, F: Area + 'static>(
     name: String,
     same_device: impl Fn(&B) -> Result<(), NoxsError> + 'static,
     restart: impl AsyncFn() + 'static,
+    connected: impl Fn() + 'static,
 ) -> Follower {
     let follow = async move {
         let mut control = control;
@@ -399,6 +400,7 @@ pub fn follow<B: Area + 'static, F: Area + 'static>(
                     control = new;
                     fence(Ordering::SeqCst);
                     let _ = data_port.notify();
+                    connected();
                     log::info!("{name} reconnected (generation {generation})");
                 }
                 Err(err) => log::error!(

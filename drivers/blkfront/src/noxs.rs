@@ -59,6 +59,7 @@ pub async fn connect(entry: &Entry) -> Result<BlockDevice, ConnectError> {
             let again = crate::datapath::restart(id);
             log::info!("blkfront: {again} request(s) in flight queued again");
         },
+        || {},
     );
     Ok(BlockDevice::new(entry.devid, datapath).with_control(follower))
 }

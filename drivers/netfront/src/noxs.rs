@@ -40,8 +40,10 @@ pub async fn connect(entry: &Entry) -> Result<Netfront, ConnectError> {
         gateway: (backend.gateway != [0; 4]).then_some(backend.gateway),
     });
     let restart = datapath.restart_request();
+    let reconnected = restart.clone();
     let port = datapath.notifier();
     let data_port = port.clone();
+    let stack_port = port.clone();
     let follower = kernel::noxs::follow(
         control,
         move || VifFrontend {
@@ -52,6 +54,8 @@ pub async fn connect(entry: &Entry) -> Result<Netfront, ConnectError> {
         format!("netfront: vif{}", entry.devid),
         move |again: &VifBackend| backend.same_device(again),
         async move || restart.ask(&port).await,
+        // Peers and switches learn where we are now (a restore may have moved us).
+        move || reconnected.reconnected(&stack_port),
     );
     Ok(Netfront::new(entry.devid, Mac(backend.mac), datapath, assigned).with_control(follower))
 }

@@ -322,8 +322,16 @@ mod tests {
         let migrate = job.find("'chaos migrate bench-daytime 127.0.0.1'").unwrap();
         let stop = job.find("kill $receiver").unwrap();
         assert!(receiver < migrate && migrate < stop, "{job}");
-        // A warm-up cycle, then the timed ones.
+        // A warm-up cycle per row, then the timed ones.
         assert_eq!(job.matches("--label 'xl/save'").count(), 2, "{job}");
-        assert_eq!(job.matches("--label 'warmup/save'").count(), 2, "{job}");
+        assert_eq!(
+            job.matches("--label 'warmup/save'").count(),
+            ROWS.len(),
+            "{job}"
+        );
+        assert!(
+            job.contains("'chaos -v create /tmp/bench/daytime-noxs.json'"),
+            "{job}"
+        );
     }
 }
