@@ -61,7 +61,16 @@ pub(crate) struct Stack {
     dhcp: Option<SocketHandle>,
     address: Option<(Ipv4Cidr, Option<Ipv4Address>)>,
     address_waker: Option<Waker>,
+    /// Gratuitous ARPs still to send after the vif connected to a new back end, and
+    /// when the next is due.
+    announcements: (u32, Instant),
 }
+
+/// Gratuitous ARPs after a reconnection, and the time between them: the first may go
+/// out before the new back end's port forwards (a NoXS tap comes up as the guest
+/// connects), and a peer that missed it would never ask (Linux sends as many with
+/// `num_grat_arp`).
+const ANNOUNCEMENTS: (u32, Duration) = (3, Duration::from_millis(250));
 
 /// The stack is only touched from tasks on our single vCPU; the mutex keeps one task
 /// at a time inside smoltcp.
@@ -142,6 +151,7 @@ pub async fn start(args: &Args) -> Result<NetInfo, NetError> {
         dhcp,
         address,
         address_waker: None,
+        announcements: (0, Instant::now()),
     });
     kernel::executor::spawn(poll_task());
 
@@ -204,19 +214,31 @@ impl Stack {
     /// (`None`: until woken).
     fn poll(&mut self) -> Option<Duration> {
         // Connected to a new back end (restored, perhaps on another host): tell the
-        // segment where our address is now.
-        if self.device.take_reconnected()
-            && let Some(IpCidr::Ipv4(address)) = self.iface.ip_addrs().first().copied()
-        {
-            announce(&mut self.device, self.mac, address.address());
+        // segment where our address is now, a few times.
+        if self.device.take_reconnected() {
+            self.announcements = (ANNOUNCEMENTS.0, Instant::now());
+        }
+        let (left, due) = self.announcements;
+        if left > 0 && Instant::now() >= due {
+            if let Some(IpCidr::Ipv4(address)) = self.iface.ip_addrs().first().copied() {
+                announce(&mut self.device, self.mac, address.address());
+            }
+            self.announcements = (left - 1, Instant::now().saturating_add(ANNOUNCEMENTS.1));
         }
         let now = now();
         self.iface.poll(now, &mut self.device, &mut self.sockets);
         self.handle_dhcp();
-        let delay = self
+        let mut delay = self
             .iface
             .poll_delay(now, &self.sockets)
             .map(|d| Duration::from_micros(d.total_micros()));
+        if self.announcements.0 > 0 {
+            let next = self
+                .announcements
+                .1
+                .saturating_duration_since(Instant::now());
+            delay = Some(delay.map_or(next, |d| d.min(next)));
+        }
         match self.device.prepare_to_wait() {
             // Frames arrived while we polled: go again at once.
             Ok(true) => Some(Duration::ZERO),

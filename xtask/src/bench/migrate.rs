@@ -81,12 +81,15 @@ fn job(rows: &[Row], runs: u32) -> String {
             // The warm-up cycle's lines are labelled apart and left out.
             let label = if cycle == 0 { "warmup" } else { t.name };
             let once = "--runs 1 --warmup 0";
+            // What a failed step left, for the error.
+            let failed = "{ xl list; ip neigh; tail -n 20 /var/log/xendevd.log; \
+                          tail -n 20 /var/log/xendevd/console/*; exit 1; }";
             let _ = writeln!(
                 job,
-                "bootbench --label '{label}/create' {once} until-reply --addr {ADDR} '{create}' >/dev/null || exit 1\n\
-                 bootbench --label '{label}/save' {once} until-exit '{save}' || exit 1\n\
-                 bootbench --label '{label}/restore' {once} until-reply --addr {ADDR} '{restore}' || exit 1\n\
-                 bootbench --label '{label}/migrate' {once} downtime --addr {ADDR} '{migrate}' || exit 1\n\
+                "bootbench --label '{label}/create' {once} until-reply --addr {ADDR} '{create}' >/dev/null || {failed}\n\
+                 bootbench --label '{label}/save' {once} until-exit '{save}' || {failed}\n\
+                 bootbench --label '{label}/restore' {once} until-reply --addr {ADDR} '{restore}' || {failed}\n\
+                 bootbench --label '{label}/migrate' {once} downtime --addr {ADDR} '{migrate}' || {failed}\n\
                  {destroy} bench-daytime >/dev/null 2>&1; rm -f {SAVE_FILE}",
                 create = t.daytime,
                 save = row.save,
