@@ -217,6 +217,7 @@ pub(crate) fn dispatch() -> bool {
             enum Action {
                 Call(Handler, Port),
                 Wake(Waker),
+                Keep,
                 Drop,
             }
             let action = match SLOTS.lock().get_mut(&port) {
@@ -229,8 +230,11 @@ pub(crate) fn dispatch() -> bool {
                     waker: waker @ Some(_),
                     ..
                 }) => Action::Wake(waker.take().unwrap()),
-                // Nobody listens (the timer VIRQ, console acknowledgements): just clear.
-                _ => Action::Drop,
+                // A channel whose task is between two waits (woken, not polled yet):
+                // the event stays fired for its next wait, which takes it.
+                Some(_) => Action::Keep,
+                // Nobody listens (console acknowledgements before input): just clear.
+                None => Action::Drop,
             };
             match action {
                 Action::Call(handler, id) => {
@@ -239,6 +243,7 @@ pub(crate) fn dispatch() -> bool {
                 }
                 // The waiter consumes the fired bit when it runs.
                 Action::Wake(waker) => waker.wake(),
+                Action::Keep => {}
                 Action::Drop => {
                     take_fired(port);
                 }
