@@ -1,0 +1,1 @@
+//! Our apps as OCI images (see the crate's description).
