@@ -1,0 +1,289 @@
+//! One task's guest through the chaos library: made paused, its vif moved into the
+//! pod's network namespace if it has one, its console opened, unpaused; then its
+//! console copied to the task's stdout until it ends, and destroyed.
+//!
+//! chaos's `Host` (libxenctrl's and Xenstore's handles) stays on one thread, so a
+//! guest's thread opens its own: it boots the guest, reports how that went, and
+//! watches it to the end. A kill opens another.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use chaos::config::{Config, DevMethod};
+use chaos::console::{self, Stopped};
+use chaos::domain::{self, Ending};
+use chaos::uuid::Uuid;
+use chaos::{Host, Options};
+use xenhost::xc::ShutdownReason;
+
+use crate::podnet;
+
+/// A guest to boot.
+#[derive(Debug, Clone)]
+pub struct Boot {
+    /// chaos's configuration, as JSON text (so that chaos checks it as it checks a
+    /// file: one error naming the field).
+    pub config: String,
+    /// The task's stdout (a fifo containerd reads), if it has one.
+    pub stdout: Option<PathBuf>,
+    /// The pod's network namespace to move the vif into, if it has an eth0.
+    pub pod_netns: Option<PathBuf>,
+}
+
+/// A booted guest.
+#[derive(Debug, Clone)]
+pub struct Running {
+    pub domid: u32,
+    pub uuid: Uuid,
+    pub dev_method: DevMethod,
+}
+
+/// How long a guest asked to power off may take before it is destroyed.
+pub const GRACE: Duration = Duration::from_secs(10);
+
+/// Boot `boot` on a thread of its own; `ended` is called there with how the guest
+/// ended (after it was destroyed). Returns once the guest runs, or why it could not.
+pub fn start(boot: Boot, ended: impl FnOnce(Ending) + Send + 'static) -> Result<Running, String> {
+    let (booted, report) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("guest".into())
+        .spawn(move || {
+            let host = match open_host() {
+                Ok(host) => host,
+                Err(err) => {
+                    let _ = booted.send(Err(err));
+                    return;
+                }
+            };
+            let (running, console, redirect) = match boot_paused(&host, &boot) {
+                Ok(made) => made,
+                Err(err) => {
+                    let _ = booted.send(Err(err));
+                    return;
+                }
+            };
+            if let Err(err) = host.xc.domain_unpause(running.domid) {
+                let _ = destroy(&host, &running);
+                let _ = booted.send(Err(format!("unpausing domain {}: {err}", running.domid)));
+                return;
+            }
+            let _ = booted.send(Ok(running.clone()));
+            let ending = watch(&host, &running, console, boot.stdout.as_deref());
+            if let Err(err) = destroy(&host, &running) {
+                log::error!("destroying domain {}: {err}", running.domid);
+            }
+            if let Some(redirect) = redirect
+                && let Err(err) = redirect.remove()
+            {
+                log::warn!("{err}");
+            }
+            ended(ending);
+        })
+        .map_err(|err| format!("cannot start a thread for the guest: {err}"))?;
+    report
+        .recv()
+        .map_err(|_| "the guest's thread ended without a word".to_string())?
+}
+
+fn open_host() -> Result<Host, String> {
+    Host::open(Options::default()).map_err(|err| format!("chaos: {err}"))
+}
+
+/// The guest's console, open before it runs so that its first line is not lost.
+enum Console {
+    Pty(File),
+    Noxs(std::os::unix::net::UnixStream, Vec<u8>),
+}
+
+/// Make the domain paused, move its vif into the pod, open its console. On an error
+/// nothing of it is left.
+fn boot_paused(
+    host: &Host,
+    boot: &Boot,
+) -> Result<(Running, Console, Option<podnet::Redirect>), String> {
+    let mut config = Config::parse(&boot.config).map_err(|err| err.to_string())?;
+    config.check_files().map_err(|err| err.to_string())?;
+    config.check_bridges().map_err(|err| err.to_string())?;
+    let made = domain::create(host, &config, true).map_err(|err| err.to_string())?;
+    let running = Running {
+        domid: made.domid,
+        uuid: made.uuid,
+        dev_method: made.dev_method,
+    };
+    let mut redirect = None;
+    let mut rest = || -> Result<Console, String> {
+        if let Some(netns) = &boot.pod_netns {
+            redirect = Some(
+                podnet::redirect(netns, &format!("vif{}.0", running.domid))
+                    .map_err(|err| err.to_string())?,
+            );
+        }
+        Ok(match running.dev_method {
+            DevMethod::Noxs => {
+                let (stream, pending) =
+                    console::open_noxs(host, running.domid).map_err(|err| err.to_string())?;
+                Console::Noxs(stream, pending)
+            }
+            DevMethod::Xenstore => Console::Pty(
+                console::open(host, running.domid, host.options.console_timeout)
+                    .map_err(|err| err.to_string())?,
+            ),
+        })
+    };
+    match rest() {
+        Ok(console) => Ok((running, console, redirect)),
+        Err(err) => {
+            if let Some(redirect) = redirect {
+                let _ = redirect.remove();
+            }
+            if let Err(cleanup) = destroy(host, &running) {
+                return Err(format!(
+                    "{err}; destroying domain {} then: {cleanup}",
+                    running.domid
+                ));
+            }
+            Err(err)
+        }
+    }
+}
+
+/// Copy the console to `stdout` until the guest ends.
+fn watch(
+    host: &Host,
+    running: &Running,
+    console: Console,
+    stdout: Option<&std::path::Path>,
+) -> Ending {
+    let uuid = Some(&running.uuid);
+    // Opening a fifo for writing waits for its reader: containerd opened it before
+    // create. A task without stdout (`ctr run -d` gives none) drops what the guest says.
+    let mut out = Lossy(stdout.and_then(|path| {
+        File::options()
+            .write(true)
+            .open(path)
+            .inspect_err(|err| log::warn!("task stdout {}: {err}", path.display()))
+            .ok()
+    }));
+    let stopped = match console {
+        Console::Pty(mut tty) => {
+            let stopped = console::relay(host, running.domid, uuid, &mut tty, &mut out);
+            console::drain(
+                &mut tty,
+                &mut out,
+                Duration::from_millis(150),
+                Duration::from_secs(1),
+            );
+            stopped
+        }
+        Console::Noxs(mut stream, pending) => {
+            let stopped =
+                console::relay_stream(host, running.domid, uuid, &mut stream, &pending, &mut out);
+            console::drain(
+                &mut stream,
+                &mut out,
+                Duration::from_millis(150),
+                Duration::from_secs(1),
+            );
+            stopped
+        }
+    };
+    match stopped {
+        Ok(Stopped::Ended(ending)) => ending,
+        Ok(Stopped::Closed | Stopped::Detached | Stopped::Interrupted(_)) => wait(host, running),
+        Err(err) => {
+            log::warn!("console of domain {}: {err}", running.domid);
+            wait(host, running)
+        }
+    }
+}
+
+/// Wait for the end without the console.
+fn wait(host: &Host, running: &Running) -> Ending {
+    loop {
+        match domain::wait_for_end(
+            host,
+            running.domid,
+            Some(&running.uuid),
+            None,
+            running.dev_method,
+        ) {
+            Ok(Some(ending)) => return ending,
+            Ok(None) => {}
+            Err(err) => {
+                log::warn!("waiting for domain {}: {err}", running.domid);
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+fn destroy(host: &Host, running: &Running) -> chaos::Result<()> {
+    domain::destroy_known(host, running.domid, Some(&running.uuid), running.dev_method)
+}
+
+/// Ask the guest to power off (it ends by itself; its thread reports it).
+pub fn power_off(running: &Running) -> Result<(), String> {
+    let host = open_host()?;
+    domain::request_shutdown(&host, running.domid, false, running.dev_method, GRACE)
+        .map_err(|err| err.to_string())
+}
+
+/// Destroy the guest now (its thread sees the end and reports it).
+pub fn kill(running: &Running) -> Result<(), String> {
+    let host = open_host()?;
+    match host.xc.domain_info(running.domid) {
+        Ok(Some(info)) if info.handle == running.uuid.0 => host
+            .xc
+            .domain_destroy(running.domid)
+            .map(drop)
+            .map_err(|err| format!("destroying domain {}: {err}", running.domid)),
+        // Gone already, or the id is another domain's now.
+        Ok(_) => Ok(()),
+        Err(err) => Err(format!("domain {}: {err}", running.domid)),
+    }
+}
+
+/// The task's exit status for how its guest ended, if nobody killed it (as `cargo
+/// xtask run` reports them).
+pub fn exit_status(ending: Ending) -> u32 {
+    match ending {
+        Ending::Shutdown(ShutdownReason::Poweroff) => 0,
+        Ending::Shutdown(ShutdownReason::Crash) => 2,
+        Ending::Shutdown(ShutdownReason::Reboot) => 3,
+        Ending::Shutdown(_) => 4,
+        Ending::Destroyed => 6,
+    }
+}
+
+/// A writer that keeps going when its reader has gone (containerd's end of the fifo
+/// closed: the guest goes on, its words are dropped).
+struct Lossy(Option<File>);
+
+impl Write for Lossy {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(file) = &mut self.0
+            && let Err(err) = file.write_all(buf)
+        {
+            log::warn!("task stdout: {err}; dropping the rest of the console");
+            self.0 = None;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Destroy the domain named `name`, if there is one (a shim that died left it).
+pub fn destroy_by_name(name: &str) -> Result<(), String> {
+    let host = open_host()?;
+    let Some(domid) = domain::find_by_name(&host, name).map_err(|err| err.to_string())? else {
+        return Ok(());
+    };
+    let dev_method = domain::dev_method_of(&host, domid).map_err(|err| err.to_string())?;
+    domain::destroy_known(&host, domid, None, dev_method).map_err(|err| err.to_string())
+}

@@ -1,0 +1,459 @@
+//! From a task's OCI runtime spec (the bundle's `config.json`) to the guest to boot:
+//! which kernel, its command line, memory, vCPUs, device method and network. Pure: the
+//! files it names are looked at by the caller.
+//!
+//! Precedence, as the README says: the kernel is `process.args[0]` inside the image's
+//! root file system, the guest's command line the rest of `process.args`; memory comes
+//! from the spec's memory limit (`ctr run --memory-limit`, a Kubernetes limit), then the
+//! annotation `lightvm.io/memory-mib`, then the image's `lightvm.json`; vCPUs from the
+//! CPU quota and period (`--cpus`), then `lightvm.io/vcpus`, then `lightvm.json`; the
+//! device method from `lightvm.io/dev-method`, then `lightvm.json`.
+
+use std::path::{Component, Path, PathBuf};
+
+use chaos::config::{DevMethod, MIN_MEMORY_MIB};
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+/// Annotations the shim reads (`ctr run --annotation K=V`; under Kubernetes, pod
+/// annotations containerd's `pod_annotations` lets through).
+pub const MEMORY_ANNOTATION: &str = "lightvm.io/memory-mib";
+pub const VCPUS_ANNOTATION: &str = "lightvm.io/vcpus";
+pub const DEV_METHOD_ANNOTATION: &str = "lightvm.io/dev-method";
+
+/// The most vCPUs a guest is given (a PV guest's start_info has room for more, but
+/// our kernel runs on one; a sanity bound on a quota/period ratio).
+const MAX_VCPUS: u32 = 128;
+
+/// What the image says, from its `lightvm.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Defaults {
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    pub dev_method: DevMethod,
+}
+
+impl Defaults {
+    /// An image without `lightvm.json`: what `cargo xtask run` gives a guest.
+    pub const WITHOUT_FILE: Self = Self {
+        memory_mib: 32,
+        vcpus: 1,
+        dev_method: DevMethod::Xenstore,
+    };
+}
+
+/// Where the guest's network is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Network {
+    /// No network namespace in the spec (`ctr run --net-host`): a vif on dom0's
+    /// default bridge.
+    Host,
+    /// A namespace to make for the task (`ctr run` without `--net-host`: CNI, if any,
+    /// fills it between create and start).
+    NewNamespace,
+    /// An existing namespace (`--with-ns network:PATH`, a Kubernetes pod's).
+    Namespace(PathBuf),
+}
+
+/// The guest a task boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestPlan {
+    /// The kernel inside the root file system (relative, normalised).
+    pub kernel: PathBuf,
+    /// The guest's arguments (`process.args[1..]`).
+    pub args: Vec<String>,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    pub dev_method: DevMethod,
+    pub network: Network,
+}
+
+/// Why a spec cannot be run, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("{0} is not supported by the lightvm runtime: {1}")]
+    Unsupported(&'static str, &'static str),
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> SpecError {
+    SpecError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// The guest `spec` asks for, given the image's `defaults`.
+pub fn plan(spec: &Spec, defaults: &Defaults) -> Result<GuestPlan, SpecError> {
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| invalid("process", "missing: the spec names no process"))?;
+    if process.terminal().unwrap_or(false) {
+        return Err(SpecError::Unsupported(
+            "a terminal (ctr run -t, tty: true)",
+            "a guest's console is its stdout; run without -t",
+        ));
+    }
+    let args = process.args().clone().unwrap_or_default();
+    let Some((kernel, args)) = args.split_first() else {
+        return Err(invalid(
+            "process.args",
+            "empty: the first argument names the kernel (/lightvm/kernel in our images)",
+        ));
+    };
+    let kernel = kernel_path(kernel)?;
+    for (index, arg) in args.iter().enumerate() {
+        if arg.is_empty() || arg.contains(char::is_whitespace) || arg.contains('\0') {
+            return Err(invalid(
+                format!("process.args[{}]", index + 1),
+                format!(
+                    "{arg:?}: a guest argument may not be empty or hold whitespace (the \
+                     guest's command line is its arguments joined by spaces)"
+                ),
+            ));
+        }
+    }
+    let annotations = spec.annotations().clone().unwrap_or_default();
+    let annotation = |key: &str| annotations.get(key).map(String::as_str);
+    let linux = spec.linux().as_ref();
+    let resources = linux.and_then(|linux| linux.resources().as_ref());
+
+    let memory_mib = match resources
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|memory| memory.limit())
+    {
+        // -1 is "no limit" in the runtime spec.
+        Some(limit) if limit > 0 => {
+            let mib = u64::try_from(limit).unwrap_or(0) / (1024 * 1024);
+            let mib = u32::try_from(mib).map_err(|_| {
+                invalid(
+                    "linux.resources.memory.limit",
+                    format!("{limit} bytes is more than a guest can have"),
+                )
+            })?;
+            check_memory(
+                "linux.resources.memory.limit",
+                mib,
+                &format!("{limit} bytes"),
+            )?
+        }
+        _ => match annotation(MEMORY_ANNOTATION) {
+            Some(text) => {
+                let field = format!("annotations.{MEMORY_ANNOTATION}");
+                let mib = text.parse::<u32>().map_err(|_| {
+                    invalid(&field, format!("{text:?} is not a whole number of MiB"))
+                })?;
+                check_memory(&field, mib, &format!("{mib} MiB"))?
+            }
+            None => check_memory("lightvm.json memory_mib", defaults.memory_mib, "it")?,
+        },
+    };
+
+    let cpu = resources.and_then(|r| r.cpu().as_ref());
+    let vcpus = match (cpu.and_then(|c| c.quota()), cpu.and_then(|c| c.period())) {
+        (Some(quota), Some(period)) if quota > 0 && period > 0 => {
+            let vcpus = u64::try_from(quota).unwrap_or(0).div_ceil(period);
+            u32::try_from(vcpus)
+                .ok()
+                .filter(|&n| n <= MAX_VCPUS)
+                .ok_or_else(|| {
+                    invalid(
+                        "linux.resources.cpu.quota",
+                        format!("{quota}/{period} asks for more than {MAX_VCPUS} vCPUs"),
+                    )
+                })?
+        }
+        _ => match annotation(VCPUS_ANNOTATION) {
+            Some(text) => text
+                .parse::<u32>()
+                .ok()
+                .filter(|&n| (1..=MAX_VCPUS).contains(&n))
+                .ok_or_else(|| {
+                    invalid(
+                        format!("annotations.{VCPUS_ANNOTATION}"),
+                        format!("{text:?}: a number of vCPUs from 1 to {MAX_VCPUS}"),
+                    )
+                })?,
+            None => defaults.vcpus,
+        },
+    };
+
+    let dev_method = match annotation(DEV_METHOD_ANNOTATION) {
+        Some("xenstore") => DevMethod::Xenstore,
+        Some("noxs") => DevMethod::Noxs,
+        Some(other) => {
+            return Err(invalid(
+                format!("annotations.{DEV_METHOD_ANNOTATION}"),
+                format!("{other:?}: \"xenstore\" or \"noxs\""),
+            ));
+        }
+        None => defaults.dev_method,
+    };
+
+    let network = network(spec);
+
+    Ok(GuestPlan {
+        kernel,
+        args: args.to_vec(),
+        memory_mib,
+        vcpus,
+        dev_method,
+        network,
+    })
+}
+
+/// Where the task's network is: the spec's network namespace, if any.
+pub fn network(spec: &Spec) -> Network {
+    let namespace = spec
+        .linux()
+        .as_ref()
+        .and_then(|linux| linux.namespaces().as_ref())
+        .and_then(|namespaces| {
+            namespaces
+                .iter()
+                .find(|ns| ns.typ() == LinuxNamespaceType::Network)
+        });
+    match namespace {
+        None => Network::Host,
+        Some(ns) => match ns.path() {
+            Some(path) if !path.as_os_str().is_empty() => Network::Namespace(path.clone()),
+            _ => Network::NewNamespace,
+        },
+    }
+}
+
+/// `mib` from `field` (`what` says it as given), if a guest can boot in it.
+fn check_memory(field: &str, mib: u32, what: &str) -> Result<u32, SpecError> {
+    if mib < MIN_MEMORY_MIB {
+        return Err(invalid(
+            field,
+            format!(
+                "{what} is under a guest's minimum of {MIN_MEMORY_MIB} MiB (Xen's PV domain \
+                 builder needs at least that)"
+            ),
+        ));
+    }
+    Ok(mib)
+}
+
+/// `process.args[0]` as a path inside the root file system: absolute or not, it may
+/// not leave it (`..`).
+fn kernel_path(arg: &str) -> Result<PathBuf, SpecError> {
+    let mut path = PathBuf::new();
+    for component in Path::new(arg).components() {
+        match component {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(part) => path.push(part),
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(invalid(
+                    "process.args[0]",
+                    format!("{arg:?} leaves the image's root file system"),
+                ));
+            }
+        }
+    }
+    if path.as_os_str().is_empty() {
+        return Err(invalid("process.args[0]", format!("{arg:?} names no file")));
+    }
+    Ok(path)
+}
+
+/// The guest's command line: for a guest in a pod's namespace that uses Xenstore, the
+/// address it takes over first (a NoXS guest has it in its vif's control page), then
+/// the task's arguments.
+pub fn cmdline(args: &[String], address: Option<&str>) -> String {
+    address
+        .into_iter()
+        .map(str::to_owned)
+        .chain(args.iter().cloned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A domain name for task `id` of containerd namespace `namespace`: `namespace:id`,
+/// shortened with a hash of the whole if longer than chaos allows (containerd allows
+/// 76-character ids).
+pub fn domain_name(namespace: &str, id: &str) -> String {
+    let name = format!("{namespace}:{id}");
+    if name.len() <= chaos::config::MAX_NAME {
+        return name;
+    }
+    // FNV-1a: stable across runs and builds (unlike std's hasher).
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let keep = chaos::config::MAX_NAME - 17;
+    format!("{}-{hash:016x}", &name[..keep])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFAULTS: Defaults = Defaults {
+        memory_mib: 32,
+        vcpus: 1,
+        dev_method: DevMethod::Xenstore,
+    };
+
+    /// A spec as containerd 1.6's `ctr run` writes it, with `extra` merged in.
+    fn spec(extra: serde_json::Value) -> Spec {
+        let mut base = serde_json::json!({
+            "ociVersion": "1.0.2-dev",
+            "process": {
+                "terminal": false,
+                "user": {"uid": 0, "gid": 0},
+                "args": ["/lightvm/kernel", "alpha", "beta"],
+                "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+                "cwd": "/"
+            },
+            "root": {"path": "rootfs"},
+            "linux": {
+                "resources": {"devices": [{"allow": false, "access": "rwm"}]},
+                "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"},
+                               {"type": "mount"}, {"type": "network"}]
+            }
+        });
+        merge(&mut base, extra);
+        serde_json::from_value(base).expect("a valid spec")
+    }
+
+    fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
+        match (base, extra) {
+            (serde_json::Value::Object(base), serde_json::Value::Object(extra)) => {
+                for (key, value) in extra {
+                    merge(base.entry(key).or_insert(serde_json::Value::Null), value);
+                }
+            }
+            (base, extra) => *base = extra,
+        }
+    }
+
+    fn error(extra: serde_json::Value) -> String {
+        plan(&spec(extra), &DEFAULTS).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn ctr_run_defaults() {
+        let plan = plan(&spec(serde_json::json!({})), &DEFAULTS).unwrap();
+        assert_eq!(
+            plan,
+            GuestPlan {
+                kernel: "lightvm/kernel".into(),
+                args: vec!["alpha".into(), "beta".into()],
+                memory_mib: 32,
+                vcpus: 1,
+                dev_method: DevMethod::Xenstore,
+                network: Network::NewNamespace,
+            }
+        );
+        assert_eq!(cmdline(&plan.args, None), "alpha beta");
+        assert_eq!(
+            cmdline(&plan.args, Some("ip=10.9.0.2/24 gw=10.9.0.1")),
+            "ip=10.9.0.2/24 gw=10.9.0.1 alpha beta"
+        );
+    }
+
+    #[test]
+    fn memory_precedence() {
+        let limit = serde_json::json!({"linux": {"resources": {"memory": {"limit": 64 * 1024 * 1024}}},
+                                        "annotations": {MEMORY_ANNOTATION: "48"}});
+        assert_eq!(plan(&spec(limit), &DEFAULTS).unwrap().memory_mib, 64);
+        let annotated = serde_json::json!({"annotations": {MEMORY_ANNOTATION: "48"}});
+        assert_eq!(plan(&spec(annotated), &DEFAULTS).unwrap().memory_mib, 48);
+        // No limit (-1) falls through to the image.
+        let unlimited = serde_json::json!({"linux": {"resources": {"memory": {"limit": -1}}}});
+        assert_eq!(plan(&spec(unlimited), &DEFAULTS).unwrap().memory_mib, 32);
+    }
+
+    #[test]
+    fn memory_under_the_minimum() {
+        let err = error(
+            serde_json::json!({"linux": {"resources": {"memory": {"limit": 2 * 1024 * 1024}}}}),
+        );
+        assert_eq!(
+            err,
+            "linux.resources.memory.limit: 2097152 bytes is under a guest's minimum of 4 MiB \
+             (Xen's PV domain builder needs at least that)"
+        );
+        let err = error(serde_json::json!({"annotations": {MEMORY_ANNOTATION: "lots"}}));
+        assert_eq!(
+            err,
+            "annotations.lightvm.io/memory-mib: \"lots\" is not a whole number of MiB"
+        );
+        let small = Defaults {
+            memory_mib: 1,
+            ..DEFAULTS
+        };
+        let err = plan(&spec(serde_json::json!({})), &small).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("lightvm.json memory_mib: it is under"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn vcpus_and_dev_method() {
+        let cpus = serde_json::json!({"linux": {"resources": {"cpu": {"quota": 150_000, "period": 100_000}}},
+                                       "annotations": {DEV_METHOD_ANNOTATION: "noxs"}});
+        let plan = plan(&spec(cpus), &DEFAULTS).unwrap();
+        assert_eq!((plan.vcpus, plan.dev_method), (2, DevMethod::Noxs));
+        let err = error(serde_json::json!({"annotations": {VCPUS_ANNOTATION: "0"}}));
+        assert!(
+            err.starts_with("annotations.lightvm.io/vcpus: \"0\""),
+            "{err}"
+        );
+        let err = error(serde_json::json!({"annotations": {DEV_METHOD_ANNOTATION: "xs"}}));
+        assert_eq!(
+            err,
+            "annotations.lightvm.io/dev-method: \"xs\": \"xenstore\" or \"noxs\""
+        );
+    }
+
+    #[test]
+    fn networks() {
+        let host = serde_json::json!({"linux": {"namespaces": [{"type": "pid"}]}});
+        assert_eq!(plan(&spec(host), &DEFAULTS).unwrap().network, Network::Host);
+        let joined = serde_json::json!({"linux": {"namespaces": [
+            {"type": "network", "path": "/var/run/netns/t0"}]}});
+        assert_eq!(
+            plan(&spec(joined), &DEFAULTS).unwrap().network,
+            Network::Namespace("/var/run/netns/t0".into())
+        );
+    }
+
+    #[test]
+    fn bad_processes() {
+        let err = error(serde_json::json!({"process": {"terminal": true}}));
+        assert!(
+            err.starts_with("a terminal (ctr run -t, tty: true) is not supported"),
+            "{err}"
+        );
+        let err = error(serde_json::json!({"process": {"args": []}}));
+        assert!(err.starts_with("process.args: empty"), "{err}");
+        let err = error(serde_json::json!({"process": {"args": ["/../../etc/passwd"]}}));
+        assert_eq!(
+            err,
+            "process.args[0]: \"/../../etc/passwd\" leaves the image's root file system"
+        );
+        let err = error(serde_json::json!({"process": {"args": ["/k", "a b"]}}));
+        assert!(
+            err.starts_with("process.args[1]: \"a b\": a guest argument"),
+            "{err}"
+        );
+        assert_eq!(
+            kernel_path("./lightvm//kernel").unwrap(),
+            PathBuf::from("lightvm/kernel")
+        );
+    }
+
+    #[test]
+    fn domain_names() {
+        assert_eq!(domain_name("default", "t1"), "default:t1");
+        let long = domain_name("k8s.io", &"a".repeat(76));
+        assert_eq!(long.len(), chaos::config::MAX_NAME);
+        assert_ne!(long, domain_name("k8s.io", &format!("{}b", "a".repeat(75))));
+    }
+}
