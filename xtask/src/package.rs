@@ -27,6 +27,14 @@ CONTAINERD_SNAPSHOTTER=native, as the lab's dom0 does). ARGS given to `ctr run` 
 the image's default arguments (-- ARGS… here). Memory and vCPUs here are defaults the
 runtime applies unless the container asks otherwise (e.g. `ctr run --memory-limit`).";
 
+/// What an image gives its guest unless told otherwise (`cargo xtask run`'s memory, one
+/// vCPU, Xenstore); the lab's `/oci` archives have these.
+pub const DEFAULTS: GuestDefaults = GuestDefaults {
+    memory_mib: 32,
+    vcpus: 1,
+    dev_method: DevMethod::Xenstore,
+};
+
 #[derive(Debug, Args)]
 #[command(after_help = PACKAGE_HELP)]
 pub struct PackageArgs {
@@ -38,11 +46,11 @@ pub struct PackageArgs {
     #[arg(long, value_name = "PATH")]
     pub out: Option<PathBuf>,
     /// The guest's memory in MiB, unless the container's spec says otherwise.
-    #[arg(long, value_name = "MIB", default_value_t = 32,
+    #[arg(long, value_name = "MIB", default_value_t = DEFAULTS.memory_mib,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub mem: u32,
     /// The guest's vCPUs, unless the container's spec says otherwise.
-    #[arg(long, value_name = "N", default_value_t = 1,
+    #[arg(long, value_name = "N", default_value_t = DEFAULTS.vcpus,
           value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_VCPUS)))]
     pub vcpus: u32,
     /// Give the guest its devices with chaos's NoXS method instead of Xenstore.
@@ -168,12 +176,6 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         dir
     }
-
-    const DEFAULTS: GuestDefaults = GuestDefaults {
-        memory_mib: 32,
-        vcpus: 1,
-        dev_method: DevMethod::Xenstore,
-    };
 
     fn entries(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(dir)
