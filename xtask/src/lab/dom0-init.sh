@@ -187,7 +187,7 @@ exec)
 	echo "$LAB_END $status"
 	;;
 shell)
-	echo "lab: dom0 shell; guests are in /apps, xl is on PATH; 'exit' powers the lab off"
+	echo "lab: dom0 shell; guests are in /apps (OCI images in /oci, lab-containerd starts containerd), xl is on PATH; 'exit' powers the lab off"
 	setsid cttyhack sh -l
 	;;
 *)

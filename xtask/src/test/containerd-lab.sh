@@ -34,8 +34,11 @@ shim=$(command -v containerd-shim-lightvm-v1)
 check shim-on-path $? "${shim:-not on PATH}"
 
 # --- images
+start=$(cut -d' ' -f1 /proc/uptime)
 ctr image import /oci/hello.tar >import.out 2>&1
 check hello-imports $? "$(tr '\n' ' ' <import.out)"
+now=$(cut -d' ' -f1 /proc/uptime)
+measure hello-import "$(awk "BEGIN { printf \"%.2f\", $now - $start }")" s "ctr image import /oci/hello.tar, unpacked"
 ctr image ls >ls.out 2>&1
 cat ls.out
 grep -q "^$IMAGE " ls.out
@@ -51,7 +54,7 @@ for archive in /oci/*.tar; do
 	fi
 done
 [ "$archives" -gt 1 ] && [ "$imported" = "$archives" ]
-check every-archive-imports $? "$imported of $archives archives in /oci imported and listed;${failed:+ failed:$failed}"
+check every-archive-imports $? "$imported of $archives archives in /oci imported and listed${failed:+; failed:$failed}"
 
 # The rootfs a container of the image gets: the snapshot `ctr run` prepares (here by
 # `ctr container create`, which starts no task), mounted as the shim is handed it. (ctr
