@@ -201,16 +201,45 @@ fn guest_cargo() -> std::process::Command {
     cmd
 }
 
-/// Host programs that run in dom0 (the toolstack, the device daemon, the boot-time
-/// meter, the relay's dom0 end): each a crate directory with a binary of the same name.
-const HOST_TOOLS: [&str; 4] = ["chaos", "xendevd", "bootbench", "labrelay"];
+/// A host program that runs in dom0: its crate directory and its package, whose binary
+/// has the same name.
+#[derive(Debug, Clone, Copy)]
+struct HostTool {
+    dir: &'static str,
+    package: &'static str,
+}
+
+/// Host programs that run in dom0: the toolstack, the device daemon, the boot-time
+/// meter, the relay's dom0 end, the containerd shim.
+const HOST_TOOLS: [HostTool; 5] = [
+    HostTool {
+        dir: "chaos",
+        package: "chaos",
+    },
+    HostTool {
+        dir: "xendevd",
+        package: "xendevd",
+    },
+    HostTool {
+        dir: "bootbench",
+        package: "bootbench",
+    },
+    HostTool {
+        dir: "labrelay",
+        package: "labrelay",
+    },
+    HostTool {
+        dir: "shim",
+        package: "containerd-shim-lightvm-v1",
+    },
+];
 
 /// Build the host tools that exist in the workspace (release, for this machine, which
 /// runs the same Debian as the lab's dom0). Returns their binaries.
 pub fn build_host_tools() -> Result<Vec<PathBuf>> {
-    let present: Vec<&str> = HOST_TOOLS
+    let present: Vec<HostTool> = HOST_TOOLS
         .into_iter()
-        .filter(|tool| project_root().join(tool).join("src/main.rs").is_file())
+        .filter(|tool| project_root().join(tool.dir).join("src/main.rs").is_file())
         .collect();
     if present.is_empty() {
         return Ok(Vec::new());
@@ -218,12 +247,12 @@ pub fn build_host_tools() -> Result<Vec<PathBuf>> {
     let mut cmd = util::cargo();
     cmd.args(["build", "--release", "--bins"]);
     for tool in &present {
-        cmd.args(["--package", tool]);
+        cmd.args(["--package", tool.package]);
     }
     util::run(&mut cmd)?;
     Ok(present
         .iter()
-        .map(|tool| target_dir().join("release").join(tool))
+        .map(|tool| target_dir().join("release").join(tool.package))
         .collect())
 }
 
@@ -236,6 +265,27 @@ mod tests {
         let manifest = "[workspace]\nname = \"no\"\n\n[package]\nversion = \"1\"\nname = \"myapp\"\n[dependencies]\nname = \"x\"\n";
         assert_eq!(package_name(manifest).as_deref(), Some("myapp"));
         assert_eq!(package_name("[dependencies]\nname = \"x\"\n"), None);
+    }
+
+    /// Each host tool's directory is a crate of the workspace whose package is the named
+    /// one and has a binary of that name: what `build_host_tools` builds and copies.
+    #[test]
+    fn host_tools_are_packages_with_a_binary_of_their_name() {
+        for tool in HOST_TOOLS {
+            let manifest = project_root().join(tool.dir).join("Cargo.toml");
+            let text = std::fs::read_to_string(&manifest).unwrap();
+            assert_eq!(
+                package_name(&text).as_deref(),
+                Some(tool.package),
+                "{}",
+                manifest.display()
+            );
+            assert!(
+                project_root().join(tool.dir).join("src/main.rs").is_file(),
+                "{}: no src/main.rs",
+                tool.dir
+            );
+        }
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //!   Xen (natively in a Xen dom0, otherwise in the lab, with its ports reachable on the
 //!   host and image files of the host as its disks) and stream its console.
 //! - `new NAME|PATH`: a new app crate, in `apps/` or outside the workspace.
+//! - `package APP [--mem MIB] [--vcpus N] [--noxs] [--out PATH] [-- ARGS…]`: APP as an
+//!   OCI image archive (`target/oci/APP.tar`) for `ctr image import`.
 //! - `lab exec FILE` / `lab shell`: the Xen lab, real Xen and a Debian dom0 under QEMU.
 //! - `test`: format check, clippy, host unit tests, lab integration tests.
 //! - `codegen [--check]`: regenerate (or check) the checked-in Xen library bindings.
@@ -23,6 +25,7 @@ mod elf;
 mod fuzz;
 mod lab;
 mod new;
+mod package;
 mod prereq;
 mod run;
 mod test;
@@ -43,6 +46,9 @@ enum Cli {
     Run(run::RunArgs),
     /// Create an app crate: apps/NAME, or a crate at PATH outside the workspace.
     New(new::NewArgs),
+    /// Build an app and write it as an OCI image archive for containerd
+    /// (target/oci/APP.tar, docker.io/lightvm/APP:latest).
+    Package(package::PackageArgs),
     /// The Xen lab: Xen 4.17 and a Debian dom0 under QEMU.
     #[command(subcommand)]
     Lab(lab::LabCmd),
@@ -66,7 +72,7 @@ impl Cli {
     fn needs(&self) -> Vec<prereq::Need> {
         use prereq::{LAB_RUN, Need};
         match self {
-            Cli::Build(_) => vec![Need::Guests],
+            Cli::Build(_) | Cli::Package(_) => vec![Need::Guests],
             Cli::Run(args) => args.needs(),
             Cli::New(_) | Cli::Doctor(_) => vec![],
             Cli::Lab(lab::LabCmd::Prepare) => vec![Need::Lab],
@@ -87,6 +93,7 @@ fn main() -> ExitCode {
         Cli::Build(args) => args.run().map(|_| ExitCode::SUCCESS),
         Cli::Run(args) => args.run(),
         Cli::New(args) => args.run().map(|()| ExitCode::SUCCESS),
+        Cli::Package(args) => args.run().map(|()| ExitCode::SUCCESS),
         Cli::Lab(cmd) => cmd.run(),
         Cli::Test(args) => args.run().map(|()| ExitCode::SUCCESS),
         Cli::Codegen(args) => args.run().map(|()| ExitCode::SUCCESS),

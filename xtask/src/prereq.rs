@@ -119,6 +119,13 @@ pub const REQUIREMENTS: &[Requirement] = &[
         probe: Probe::Program("cpio"),
     },
     Requirement {
+        name: "e2fsprogs",
+        source: Source::Debian,
+        why: "makes the lab's disk of containerd programs (mke2fs -d)",
+        needed_for: &[Need::Lab],
+        probe: Probe::Files(&["/sbin/mke2fs"]),
+    },
+    Requirement {
         name: "xz-utils",
         source: Source::Debian,
         why: "unpacks Debian's dom0 kernel for Xen's domain builder",

@@ -13,7 +13,8 @@ use anyhow::{Context, Result, bail, ensure};
 
 use super::linux_guest::{GUEST_MODULES, LINUX_GUEST_INIT, build_linux_guest};
 use super::packages::{
-    OTHER_PROGRAMS, XEN_BIN, XEN_TOOLS, XEN_VERSION, library_closure, lock_text, packages, programs,
+    CONTAINERD_PROGRAMS, OTHER_PROGRAMS, XEN_BIN, XEN_TOOLS, XEN_VERSION, library_closure,
+    lock_text, packages, programs,
 };
 use crate::elf::{self, Elf};
 use crate::prereq::{self, Need};
@@ -34,7 +35,9 @@ const XENSTORE_NAMES: &[&str] = &[
 /// Kernel modules dom0 loads (their dependencies are added): Xen device and backend
 /// drivers, networking for guests, the lab NIC, virtio-rng for entropy, virtio-blk
 /// for the disks xtask attaches (`--disk`), virtio-console for the relay's channel
-/// (`--forward`), and ext4 (for ext2 too) for a file system a test can freeze.
+/// (`--forward`), ext4 (for ext2 too) for a file system a test can freeze and for
+/// containerd's disk, and what a pod's network needs: veth pairs, an ingress qdisc and
+/// u32 filters that redirect with mirred (Kata's and urunc's tc model).
 const MODULES: &[&str] = &[
     "xen-evtchn",
     "xen-gntdev",
@@ -59,10 +62,22 @@ const MODULES: &[&str] = &[
     "virtio_console",
     "ext4",
     "crc32c_generic",
+    "veth",
+    "sch_ingress",
+    "cls_u32",
+    "act_mirred",
 ];
 
 const INIT: &str = include_str!("dom0-init.sh");
 
+/// `/usr/bin/lab-containerd`: starts containerd in dom0 on demand.
+const LAB_CONTAINERD: &str = include_str!("lab-containerd.sh");
+
+/// Where dom0's init mounts containerd's disk (the virtio disk with serial
+/// [`CONTAINERD_DISK_SERIAL`]); `/usr/bin/containerd` and `/usr/bin/ctr` link into it.
+pub(super) const CONTAINERD_MOUNT: &str = "usr/lib/lab-containerd";
+/// The serial of containerd's disk, which dom0's init looks for.
+pub(super) const CONTAINERD_DISK_SERIAL: &str = "lab-containerd";
 /// xl's default vif hotplug script (`/etc/xen/scripts/vif-bridge`): attaches a guest's
 /// vif to its bridge.
 const VIF_BRIDGE: &str = include_str!("vif-bridge.sh");
@@ -76,7 +91,7 @@ const XL_CONF: &str =
     "# Written by cargo xtask: dom0 has a fixed size in the lab.\nautoballoon=\"off\"\n";
 
 /// Bump when the initramfs layout changes in a way the inputs above do not show.
-const LAYOUT_VERSION: u32 = 2;
+const LAYOUT_VERSION: u32 = 3;
 
 /// Ready-to-boot lab files.
 #[derive(Debug, Clone)]
@@ -88,6 +103,10 @@ pub struct Assets {
     pub vmlinux: PathBuf,
     /// The dom0 initramfs without the per-boot part (newc cpio, uncompressed).
     pub initramfs: PathBuf,
+    /// containerd and ctr on an ext2 file system, a read-only disk of every lab: in the
+    /// initramfs their 70 MiB would cost every boot the time to unpack them (and dom0
+    /// the memory), on a disk only the pages a job runs are read.
+    pub containerd_disk: PathBuf,
 }
 
 /// `target/lab`: the cache, the unpacked packages, the images and the boot logs.
@@ -136,16 +155,23 @@ pub fn prepare() -> Result<Assets> {
     }
     let initramfs = dir.join("dom0-base.cpio");
     let inputs = format!(
-        "layout {LAYOUT_VERSION}\n{lock}\ntools {XEN_TOOLS:?} {OTHER_PROGRAMS:?}\nmodules {MODULES:?}\n{XL_CONF}\n{INIT}\n{VIF_BRIDGE}\n{BLOCK}\nguest {GUEST_MODULES:?}\n{LINUX_GUEST_INIT}"
+        "layout {LAYOUT_VERSION}\n{lock}\ntools {XEN_TOOLS:?} {OTHER_PROGRAMS:?}\nmodules {MODULES:?}\n{XL_CONF}\n{INIT}\n{VIF_BRIDGE}\n{BLOCK}\nguest {GUEST_MODULES:?}\n{LINUX_GUEST_INIT}\ncontainerd {CONTAINERD_PROGRAMS:?} {CONTAINERD_MOUNT}\n{LAB_CONTAINERD}"
     );
     if !fresh(&initramfs, &inputs) {
         build_initramfs(&root, &dir.join("initramfs"), &initramfs)?;
         mark(&initramfs, &inputs)?;
     }
+    let containerd_disk = dir.join("dom0-containerd.ext2");
+    let disk_inputs = format!("{lock}\ncontainerd {CONTAINERD_PROGRAMS:?}");
+    if !fresh(&containerd_disk, &disk_inputs) {
+        build_containerd_disk(&root, &dir.join("containerd"), &containerd_disk)?;
+        mark(&containerd_disk, &disk_inputs)?;
+    }
     Ok(Assets {
         xen,
         vmlinux,
         initramfs,
+        containerd_disk,
     })
 }
 
@@ -238,9 +264,19 @@ fn build_initramfs(root: &Path, staging: &Path, out: &Path) -> Result<()> {
     symlink("../run/lock", &staging.join("var/lock"))?;
 
     copy(&root.join("bin/busybox"), &staging.join("bin/busybox"))?;
-    for program in programs() {
-        copy(&root.join(&program), &staging.join(&program))?;
+    for (from, to) in programs() {
+        copy(&root.join(&from), &staging.join(&to))?;
     }
+    // containerd and ctr are on their disk, which the init mounts.
+    fs::create_dir_all(staging.join(CONTAINERD_MOUNT))?;
+    for program in CONTAINERD_PROGRAMS {
+        let name = file_name(program);
+        symlink(
+            &format!("/{CONTAINERD_MOUNT}/{name}"),
+            &staging.join("usr/bin").join(name),
+        )?;
+    }
+    write_executable(&staging.join("usr/bin/lab-containerd"), LAB_CONTAINERD)?;
     for name in XENSTORE_NAMES {
         symlink("xenstore", &staging.join("usr/bin").join(name))?;
     }
@@ -287,6 +323,50 @@ fn build_initramfs(root: &Path, staging: &Path, out: &Path) -> Result<()> {
     );
     Ok(())
 }
+
+/// An ext2 image in `out` holding containerd's programs (assembled in `staging`): the
+/// disk dom0's init mounts read-only at `/usr/lib/lab-containerd`.
+fn build_containerd_disk(root: &Path, staging: &Path, out: &Path) -> Result<()> {
+    eprintln!("lab: building containerd's disk");
+    if staging.exists() {
+        fs::remove_dir_all(staging)?;
+    }
+    fs::create_dir_all(staging)?;
+    let mut bytes = 0;
+    for program in CONTAINERD_PROGRAMS {
+        let to = staging.join(file_name(program));
+        copy(&root.join(program), &to)?;
+        bytes += fs::metadata(&to)?.len();
+    }
+    // The files, an eighth more for ext2's own blocks, rounded up to MiB.
+    let size = (bytes + bytes / 8 + (4 << 20)).next_multiple_of(1 << 20);
+    let _ = fs::remove_file(out);
+    fs::File::create(out)
+        .and_then(|file| file.set_len(size))
+        .with_context(|| format!("creating {}", out.display()))?;
+    util::run(
+        Command::new(MKE2FS)
+            .args([
+                "-q",
+                "-F",
+                "-t",
+                "ext2",
+                "-m",
+                "0",
+                "-L",
+                CONTAINERD_DISK_SERIAL,
+            ])
+            .arg("-d")
+            .arg(staging)
+            .arg(out),
+    )?;
+    fs::remove_dir_all(staging)?;
+    eprintln!("lab: {} ({} MiB)", out.display(), size >> 20);
+    Ok(())
+}
+
+/// e2fsprogs' mke2fs: in `/sbin`, which may not be on a user's PATH.
+pub(crate) const MKE2FS: &str = "/sbin/mke2fs";
 
 /// `.ko` files of `names` and their dependencies, each after what it depends on.
 pub(super) fn module_order(root: &Path, names: &[&str]) -> Result<Vec<PathBuf>> {

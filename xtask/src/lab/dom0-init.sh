@@ -5,6 +5,8 @@
 /bin/busybox --install -s
 export PATH=/usr/local/bin:/usr/lib/xen-4.17/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root
+# containerd (`lab-containerd`) has no overlayfs here: ctr's snapshotter is `native`.
+export CONTAINERD_SNAPSHOTTER=native
 
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -34,7 +36,7 @@ echo "lab: modules loaded"
 echo 16384 >/sys/module/xen_gntalloc/parameters/limit
 
 # Disks from xtask (--disk): QEMU's virtio disks, each with the serial lab-disk-N; linked
-# as /dev/lab/disk-N, whatever /dev/vdX the kernel named it.
+# as /dev/lab/disk-N, whatever /dev/vdX the kernel named it. And containerd's disk.
 mkdir -p /dev/lab
 for serial in /sys/block/vd*/serial; do
 	[ -e "$serial" ] || continue
@@ -47,6 +49,12 @@ for serial in /sys/block/vd*/serial; do
 		ro=
 		[ "$(cat "$dir/ro")" = 1 ] && ro=", read-only"
 		echo "lab: disk ${id#lab-disk-} is /dev/$dev ($(cat "$dir/size") sectors$ro)"
+		;;
+	lab-containerd)
+		# containerd and ctr (/usr/bin/containerd and /usr/bin/ctr link here);
+		# `lab-containerd` starts the daemon.
+		mount -t ext2 -o ro "/dev/$dev" /usr/lib/lab-containerd ||
+			echo "lab: containerd's disk /dev/$dev could not be mounted"
 		;;
 	esac
 done
@@ -179,7 +187,7 @@ exec)
 	echo "$LAB_END $status"
 	;;
 shell)
-	echo "lab: dom0 shell; guests are in /apps, xl is on PATH; 'exit' powers the lab off"
+	echo "lab: dom0 shell; guests are in /apps (OCI images in /oci, lab-containerd starts containerd), xl is on PATH; 'exit' powers the lab off"
 	setsid cttyhack sh -l
 	;;
 *)

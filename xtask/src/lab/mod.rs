@@ -98,8 +98,10 @@ pub enum LabCmd {
     /// FILE runs in `/` with xl on PATH, Xen's daemons up, the bridge xenbr0 (dom0 at
     /// 10.0.2.15/24 via 10.0.2.2, QEMU user networking) and every app of `apps/` built
     /// into `/apps/NAME`; `sh /lab/run-guest.sh /apps/NAME MIB [ARGS…]` boots one (with a
-    /// vif on xenbr0) and streams its console. FILE's stdout and stderr are streamed here live; boot
-    /// messages go to a log under target/lab/logs/ (its tail is shown if the boot fails).
+    /// vif on xenbr0) and streams its console; each app is also an OCI image archive at
+    /// `/oci/NAME.tar`, and `lab-containerd` starts containerd for `ctr`. FILE's stdout and
+    /// stderr are streamed here live; boot messages go to a log under target/lab/logs/
+    /// (its tail is shown if the boot fails).
     Exec(ExecArgs),
     /// Boot a fresh lab with an interactive dom0 shell on this terminal (`/apps` filled).
     ///

@@ -41,10 +41,33 @@ const PACKAGES: &[&str] = &[
     "redis-tools",
     "libjemalloc2",
     "liblzf1",
+    // containerd and ctr (not runc: our shim runs no container process), on a disk of
+    // their own (`assets`); iproute2's ip and tc (busybox's cannot add a mirred filter)
+    // and the libraries they link.
+    "containerd",
+    "iproute2",
+    "libbpf1",
+    "libelf1",
+    "zlib1g",
+    "libmnl0",
+    "libbsd0",
+    "libmd0",
+    "libcap2",
+    "libxtables12",
 ];
 
-/// Programs of other packages that go into dom0 (its PATH has `/usr/bin`).
-pub(super) const OTHER_PROGRAMS: &[&str] = &["usr/bin/redis-cli"];
+/// Programs of other packages that go into dom0: where each is in its package, where it
+/// goes in dom0 (whose PATH has `/usr/sbin` before busybox's `/sbin` applets, so
+/// iproute2's `ip` and `tc` are the ones found).
+pub(super) const OTHER_PROGRAMS: &[(&str, &str)] = &[
+    ("usr/bin/redis-cli", "usr/bin/redis-cli"),
+    ("bin/ip", "usr/sbin/ip"),
+    ("sbin/tc", "usr/sbin/tc"),
+];
+
+/// containerd's programs: not in the initramfs, where their 70 MiB would slow every
+/// boot, but on a read-only disk dom0 mounts (`assets::containerd_disk`).
+pub(super) const CONTAINERD_PROGRAMS: &[&str] = &["usr/bin/containerd", "usr/bin/ctr"];
 
 /// The version of every Xen package (`xen-*`, `libxen*`) the lab takes: bookworm's own
 /// 4.17.5. Its security update 4.17.7+13-g2445b30a44-0+deb12u1 builds the hypervisor
@@ -357,14 +380,23 @@ fn unpack(debs: &[Deb], root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The programs that go into dom0, relative to the unpacked root.
-pub(super) fn programs() -> Vec<String> {
+/// The programs that go into dom0's initramfs: where each is in the unpacked root, where
+/// it goes in dom0.
+pub(super) fn programs() -> Vec<(String, String)> {
     let mut programs: Vec<String> = XEN_TOOLS
         .iter()
         .map(|tool| format!("{XEN_BIN}/{tool}"))
         .collect();
     programs.push("usr/bin/xenstore".to_owned());
-    programs.extend(OTHER_PROGRAMS.iter().map(|&program| program.to_owned()));
+    let mut programs: Vec<(String, String)> = programs
+        .into_iter()
+        .map(|program| (program.clone(), program))
+        .collect();
+    programs.extend(
+        OTHER_PROGRAMS
+            .iter()
+            .map(|&(from, to)| (from.to_owned(), to.to_owned())),
+    );
     programs
 }
 
@@ -379,7 +411,12 @@ pub(super) fn library_closure(
         .iter()
         .map(|lib| (lib.to_string(), "xl (dlopen)".to_owned()))
         .collect();
-    for program in programs() {
+    let loaded = programs().into_iter().map(|(program, _)| program).chain(
+        CONTAINERD_PROGRAMS
+            .iter()
+            .map(|&program| program.to_owned()),
+    );
+    for program in loaded {
         let path = root.join(&program);
         let data = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         let dynamic = Elf::parse(&data)

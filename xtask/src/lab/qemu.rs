@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 
-use super::assets::Assets;
+use super::assets::{Assets, CONTAINERD_DISK_SERIAL};
 use super::serial::Serial;
 use super::{GUEST_ADDR, NET_ADDR, NET_PREFIX};
 use crate::disk::Disk;
@@ -29,6 +29,7 @@ pub(super) fn lab_qemu(
 ) -> Result<Command> {
     let mut qemu = qemu(&assets.xen, &lab_xen_cmdline(), memory.mib());
     qemu.args(disk_args(disks)?);
+    qemu.args(containerd_disk_args(&assets.containerd_disk)?);
     qemu.arg("-initrd").arg(multiboot_modules(&[
         (&assets.vmlinux, DOM0_CMDLINE),
         (initrd, ""),
@@ -37,7 +38,7 @@ pub(super) fn lab_qemu(
 }
 
 /// How many disks a lab boot can have: each is a PCI device on QEMU's one bus (32 slots,
-/// a few taken by the chipset, the NIC and the RNG).
+/// a few taken by the chipset, the NIC, the RNG and containerd's disk).
 pub const MAX_LAB_DISKS: usize = 24;
 
 /// The serial number of dom0's `index`th virtio disk; dom0's init links the disk with
@@ -90,6 +91,24 @@ pub(super) fn disk_args(disks: &[Disk]) -> Result<Vec<OsString>> {
         );
     }
     Ok(args)
+}
+
+/// containerd's disk ([`Assets::containerd_disk`]), read-only, after the job's disks so
+/// that theirs keep the first virtio names; dom0's init finds it by its serial.
+fn containerd_disk_args(image: &Path) -> Result<[OsString; 4]> {
+    let path = image
+        .to_str()
+        .with_context(|| format!("{}: not a UTF-8 path", image.display()))?;
+    Ok([
+        "-drive".into(),
+        format!(
+            "file={},if=none,id=containerd,format=raw,readonly=on",
+            path.replace(',', ",,")
+        )
+        .into(),
+        "-device".into(),
+        format!("virtio-blk-pci,drive=containerd,serial={CONTAINERD_DISK_SERIAL}").into(),
+    ])
 }
 
 /// Xen for the Linux lab: dom0 gets a fixed [`DOM0_MEMORY_MIB`] and one vCPU, the other

@@ -1,6 +1,6 @@
 //! `target/lab/runs/NONCE`: the files of one lab boot — the per-boot initramfs archive
-//! with the job, the run scripts, the control allow-list, the apps and our host tools —
-//! removed afterwards.
+//! with the job, the run scripts, the control allow-list, the apps (as ELF files and as
+//! OCI image archives) and our host tools — removed afterwards.
 
 use std::fs;
 use std::path::PathBuf;
@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use super::assets::{self, Assets};
 use super::process;
 use crate::build::{self, GuestImage};
+use crate::package;
 use crate::toolstack::{self, Toolstack};
 
 /// `target/lab/runs/NONCE`: files of one boot, removed afterwards.
@@ -54,9 +55,14 @@ impl RunDir {
             staging.join("lab/control-commands"),
             toolstack::control_allow_list(),
         )?;
+        // Each app also as an OCI image archive for `ctr image import` (Xenstore, no
+        // default arguments).
+        fs::create_dir_all(staging.join("oci"))?;
         for app in apps {
             fs::copy(&app.path, staging.join("apps").join(&app.name))
                 .with_context(|| format!("copying guest image {}", app.path.display()))?;
+            let archive = staging.join("oci").join(format!("{}.tar", app.name));
+            package::package(app, package::DEFAULTS, &[], &archive)?;
         }
         // Our host tools (chaos, xendevd) run in dom0 next to xl.
         fs::create_dir_all(staging.join("usr/local/bin"))?;

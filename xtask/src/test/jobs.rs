@@ -35,7 +35,7 @@ const LAB_CHECKS: &str = include_str!("lab-checks.sh");
 /// The capacity job's guests (`GUESTS=` in `capacity-lab.sh`), 4 MiB each.
 const CAPACITY_GUESTS: u32 = 1000;
 
-pub const JOB_TESTS: [JobTest; 16] = [
+pub const JOB_TESTS: [JobTest; 17] = [
     // chaos's commands on real Xen (`chaos-lab.sh`): create, list (and xl list),
     // console, shutdown -w, destroy of daytime with its vif; a destroy while `create
     // --console` watches, each of the two ending well; fifteen malformed
@@ -281,6 +281,21 @@ pub const JOB_TESTS: [JobTest; 16] = [
         noxs: true,
         summarize: &[],
         memory: LabMemory::for_guests(CAPACITY_GUESTS, 4),
+        hosts: 1,
+    },
+    // containerd in dom0 (`containerd-lab.sh`): `lab-containerd` starts Debian's
+    // containerd 1.6 (CRI off, native snapshotter) and times it; every app's archive in
+    // /oci (`cargo xtask package`'s layout) imports with `ctr image import` and is
+    // listed under docker.io/lightvm/APP:latest; hello's unpacked rootfs holds
+    // /apps/hello as lightvm/kernel and its lightvm.json; the shim is on PATH; iproute2's
+    // tc redirects a veth's ingress out of another veth with mirred.
+    JobTest {
+        name: "containerd: lab-containerd, ctr image import of every app's OCI archive, tc mirred",
+        script: include_str!("containerd-lab.sh"),
+        timeout_secs: 600,
+        noxs: false,
+        summarize: &["containerd-starts", "every-archive-imports"],
+        memory: LabMemory::DEFAULT,
         hosts: 1,
     },
 ];
