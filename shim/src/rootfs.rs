@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use chaos::config::DevMethod;
 use containerd_shim::protos::api::Mount;
 use lightvm_image::{DEFAULTS_PATH, GuestDefaults, KERNEL_PATH};
+use nix::mount::MsFlags;
 use oci_spec::runtime::Spec;
 
 use crate::spec::Defaults;
@@ -45,12 +46,7 @@ pub fn mount(bundle: &Path, spec: &Spec, mounts: &[Mount]) -> Result<Rootfs, Str
     let target = bundle.join("rootfs");
     std::fs::create_dir_all(&target).map_err(|err| format!("{}: {err}", target.display()))?;
     for (index, mount) in mounts.iter().enumerate() {
-        if let Err(err) = containerd_shim::mount::mount_rootfs(
-            Some(mount.type_.as_str()).filter(|t| !t.is_empty()),
-            Some(mount.source.as_str()).filter(|s| !s.is_empty()),
-            &mount.options,
-            &target,
-        ) {
+        if let Err(err) = mount_one(mount, &target) {
             if index > 0 {
                 unmount(&target);
             }
@@ -66,6 +62,60 @@ pub fn mount(bundle: &Path, spec: &Spec, mounts: &[Mount]) -> Result<Rootfs, Str
         path: target,
         mounted: true,
     })
+}
+
+/// The flags and the file system's own options of a mount's options.
+#[derive(Debug, PartialEq, Eq)]
+struct Options {
+    flags: MsFlags,
+    data: Vec<String>,
+}
+
+/// Split containerd's mount options into flags and data (mount(8)'s words).
+fn options(options: &[String]) -> Options {
+    let mut flags = MsFlags::empty();
+    let mut data = Vec::new();
+    for option in options {
+        let (set, clear) = match option.as_str() {
+            "bind" => (MsFlags::MS_BIND, MsFlags::empty()),
+            "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty()),
+            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
+            "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
+            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
+            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty()),
+            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
+            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
+            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
+            _ => {
+                data.push(option.clone());
+                continue;
+            }
+        };
+        flags.insert(set);
+        flags.remove(clear);
+    }
+    Options { flags, data }
+}
+
+/// One of containerd's mounts (containerd-shim's `mount_rootfs` forks and waits for
+/// the child through its reaper, which this shim does not run: it waits for its own
+/// children).
+fn mount_one(mount: &Mount, target: &Path) -> nix::Result<()> {
+    let Options { flags, data } = options(&mount.options);
+    let data = data.join(",");
+    let data = (!data.is_empty()).then_some(data.as_str());
+    let fs_type = Some(mount.type_.as_str()).filter(|t| !t.is_empty());
+    nix::mount::mount(Some(mount.source.as_str()), target, fs_type, flags, data)?;
+    // A bind mount takes read-only only when mounted again.
+    if flags.contains(MsFlags::MS_BIND | MsFlags::MS_RDONLY) {
+        let again = flags | MsFlags::MS_REMOUNT;
+        if let Err(err) = nix::mount::mount(None::<&str>, target, None::<&str>, again, None::<&str>)
+        {
+            let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
+            return Err(err);
+        }
+    }
+    Ok(())
 }
 
 /// Unmount what [`mount`] mounted at `target` (all of it, lazily if busy).
@@ -100,30 +150,56 @@ pub fn defaults(root: &Path) -> Result<Defaults, String> {
     })
 }
 
-/// The kernel at `relative` in the image, if it is one Xen's PV builder loads.
-pub fn kernel(root: &Path, relative: &Path) -> Result<PathBuf, String> {
-    let path = root.join(relative);
-    let shown = Path::new("/").join(relative);
+/// The image's kernel, `/lightvm/kernel`, if it is one Xen's PV builder loads.
+pub fn kernel(root: &Path) -> Result<PathBuf, String> {
+    let path = root.join(KERNEL_PATH);
     match std::fs::metadata(&path) {
         Ok(meta) if meta.is_file() => {}
-        Ok(_) => return Err(format!("{} in the image is not a file", shown.display())),
+        Ok(_) => return Err(format!("/{KERNEL_PATH} in the image is not a file")),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            return Err(if relative == Path::new(KERNEL_PATH) {
-                format!(
-                    "the image has no /{KERNEL_PATH}: not a lightvm app image (make one with \
-                     `cargo xtask package APP`)"
-                )
-            } else {
-                format!("the image has no {} (process.args[0])", shown.display())
-            });
+            return Err(format!(
+                "the image has no /{KERNEL_PATH}: not a lightvm app image (make one with \
+                 `cargo xtask package APP`)"
+            ));
         }
-        Err(err) => return Err(format!("{} in the image: {err}", shown.display())),
+        Err(err) => return Err(format!("/{KERNEL_PATH} in the image: {err}")),
     }
-    chaos::elf::check_kernel(&path).map_err(|why| {
-        format!(
-            "{} in the image is not a Xen PV kernel: it {why}",
-            shown.display()
-        )
-    })?;
+    chaos::elf::check_kernel(&path)
+        .map_err(|why| format!("/{KERNEL_PATH} in the image is not a Xen PV kernel: it {why}"))?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(words: &[&str]) -> Options {
+        options(&words.iter().map(|w| (*w).to_owned()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn native_snapshot() {
+        assert_eq!(
+            split(&["rbind", "rw"]),
+            Options {
+                flags: MsFlags::MS_BIND | MsFlags::MS_REC,
+                data: vec![]
+            }
+        );
+        assert_eq!(
+            split(&["bind", "ro"]).flags,
+            MsFlags::MS_BIND | MsFlags::MS_RDONLY
+        );
+        assert_eq!(split(&["ro", "rw"]).flags, MsFlags::empty());
+    }
+
+    #[test]
+    fn overlay_snapshot() {
+        let got = split(&["index=off", "workdir=/w", "upperdir=/u", "lowerdir=/l1:/l2"]);
+        assert_eq!(got.flags, MsFlags::empty());
+        assert_eq!(
+            got.data,
+            ["index=off", "workdir=/w", "upperdir=/u", "lowerdir=/l1:/l2"]
+        );
+    }
 }

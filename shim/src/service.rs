@@ -88,7 +88,10 @@ impl containerd_shim::Shim for Manager {
         if let Err(err) = guest::destroy_by_name(&name) {
             log::warn!("domain {name}: {err}");
         }
-        rootfs::unmount(Path::new("rootfs"));
+        // containerd runs `delete` in the bundle.
+        if let Ok(bundle) = std::env::current_dir() {
+            rootfs::unmount(&bundle.join("rootfs"));
+        }
         Ok(DeleteResponse {
             exit_status: 128 + 9,
             exited_at: MessageField::some(now()),
@@ -308,14 +311,16 @@ impl Tasks {
                 task.rootfs = rootfs.mounted();
                 let defaults = rootfs::defaults(&root)?;
                 let plan = spec::plan(&spec, &defaults).map_err(|err| err.to_string())?;
-                let kernel = rootfs::kernel(&root, &plan.kernel)?;
+                let kernel = rootfs::kernel(&root)?;
                 let network = plan.network.clone();
                 task.kind = Kind::Guest { plan, kernel };
                 network
             };
             match network {
                 Network::Host => {}
-                Network::NewNamespace => task.holder = Some(spawn_holder(None)?),
+                Network::NewNamespace => {
+                    task.holder = Some(spawn_holder(None)?);
+                }
                 Network::Namespace(path) => {
                     task.netns_claim = Some(NetnsClaim::take(&path, &req.id)?);
                     task.holder = Some(spawn_holder(Some(&path))?);
@@ -421,6 +426,7 @@ impl containerd_shim::Task for Tasks {
                 format!("task {} exists", req.id),
             ));
         }
+        log::info!("task {}: create in {}", req.id, req.bundle);
         let task = self.make(&req).map_err(|err| {
             log::warn!("task {}: {err}", req.id);
             status(Code::INVALID_ARGUMENT, err)

@@ -2,16 +2,18 @@
 //! which kernel, its command line, memory, vCPUs, device method and network. Pure: the
 //! files it names are looked at by the caller.
 //!
-//! Precedence, as the README says: the kernel is `process.args[0]` inside the image's
-//! root file system, the guest's command line the rest of `process.args`; memory comes
+//! Precedence, as the README says: the kernel is the image's `/lightvm/kernel`, the
+//! guest's command line `process.args` (without the entrypoint, which names the
+//! kernel); memory comes
 //! from the spec's memory limit (`ctr run --memory-limit`, a Kubernetes limit), then the
 //! annotation `lightvm.io/memory-mib`, then the image's `lightvm.json`; vCPUs from the
 //! CPU quota and period (`--cpus`), then `lightvm.io/vcpus`, then `lightvm.json`; the
 //! device method from `lightvm.io/dev-method`, then `lightvm.json`.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
 
 use chaos::config::{DevMethod, MIN_MEMORY_MIB};
+use lightvm_image::KERNEL_PATH;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 /// Annotations the shim reads (`ctr run --annotation K=V`; under Kubernetes, pod
@@ -54,12 +56,10 @@ pub enum Network {
     Namespace(PathBuf),
 }
 
-/// The guest a task boots.
+/// The guest a task boots (its kernel is the image's `/lightvm/kernel`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestPlan {
-    /// The kernel inside the root file system (relative, normalised).
-    pub kernel: PathBuf,
-    /// The guest's arguments (`process.args[1..]`).
+    /// The guest's arguments: `process.args`, without the image's entrypoint.
     pub args: Vec<String>,
     pub memory_mib: u32,
     pub vcpus: u32,
@@ -95,18 +95,19 @@ pub fn plan(spec: &Spec, defaults: &Defaults) -> Result<GuestPlan, SpecError> {
             "a guest's console is its stdout; run without -t",
         ));
     }
-    let args = process.args().clone().unwrap_or_default();
-    let Some((kernel, args)) = args.split_first() else {
-        return Err(invalid(
-            "process.args",
-            "empty: the first argument names the kernel (/lightvm/kernel in our images)",
-        ));
-    };
-    let kernel = kernel_path(kernel)?;
+    let mut args = process.args().clone().unwrap_or_default();
+    // The image's entrypoint names the kernel; `ctr run IMAGE ID ARGS…` replaces the
+    // whole of process.args with ARGS, Kubernetes' `args:` only the image's Cmd.
+    let entrypoint = args
+        .first()
+        .is_some_and(|first| first.trim_start_matches('/') == KERNEL_PATH);
+    if entrypoint {
+        args.remove(0);
+    }
     for (index, arg) in args.iter().enumerate() {
         if arg.is_empty() || arg.contains(char::is_whitespace) || arg.contains('\0') {
             return Err(invalid(
-                format!("process.args[{}]", index + 1),
+                format!("process.args[{}]", index + usize::from(entrypoint)),
                 format!(
                     "{arg:?}: a guest argument may not be empty or hold whitespace (the \
                      guest's command line is its arguments joined by spaces)"
@@ -194,8 +195,7 @@ pub fn plan(spec: &Spec, defaults: &Defaults) -> Result<GuestPlan, SpecError> {
     let network = network(spec);
 
     Ok(GuestPlan {
-        kernel,
-        args: args.to_vec(),
+        args,
         memory_mib,
         vcpus,
         dev_method,
@@ -235,28 +235,6 @@ fn check_memory(field: &str, mib: u32, what: &str) -> Result<u32, SpecError> {
         ));
     }
     Ok(mib)
-}
-
-/// `process.args[0]` as a path inside the root file system: absolute or not, it may
-/// not leave it (`..`).
-fn kernel_path(arg: &str) -> Result<PathBuf, SpecError> {
-    let mut path = PathBuf::new();
-    for component in Path::new(arg).components() {
-        match component {
-            Component::RootDir | Component::CurDir => {}
-            Component::Normal(part) => path.push(part),
-            Component::ParentDir | Component::Prefix(_) => {
-                return Err(invalid(
-                    "process.args[0]",
-                    format!("{arg:?} leaves the image's root file system"),
-                ));
-            }
-        }
-    }
-    if path.as_os_str().is_empty() {
-        return Err(invalid("process.args[0]", format!("{arg:?} names no file")));
-    }
-    Ok(path)
 }
 
 /// The guest's command line: for a guest in a pod's namespace that uses Xenstore, the
@@ -340,7 +318,6 @@ mod tests {
         assert_eq!(
             plan,
             GuestPlan {
-                kernel: "lightvm/kernel".into(),
                 args: vec!["alpha".into(), "beta".into()],
                 memory_mib: 32,
                 vcpus: 1,
@@ -431,22 +408,25 @@ mod tests {
             err.starts_with("a terminal (ctr run -t, tty: true) is not supported"),
             "{err}"
         );
-        let err = error(serde_json::json!({"process": {"args": []}}));
-        assert!(err.starts_with("process.args: empty"), "{err}");
-        let err = error(serde_json::json!({"process": {"args": ["/../../etc/passwd"]}}));
-        assert_eq!(
-            err,
-            "process.args[0]: \"/../../etc/passwd\" leaves the image's root file system"
-        );
-        let err = error(serde_json::json!({"process": {"args": ["/k", "a b"]}}));
+        let err = error(serde_json::json!({"process": {"args": ["/lightvm/kernel", "a b"]}}));
         assert!(
             err.starts_with("process.args[1]: \"a b\": a guest argument"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn arguments_with_and_without_the_entrypoint() {
+        // `ctr run IMAGE ID alpha beta`: ctr's arguments are the whole of process.args.
+        let given = serde_json::json!({"process": {"args": ["alpha", "beta"]}});
         assert_eq!(
-            kernel_path("./lightvm//kernel").unwrap(),
-            PathBuf::from("lightvm/kernel")
+            plan(&spec(given), &DEFAULTS).unwrap().args,
+            ["alpha", "beta"]
         );
+        let none = serde_json::json!({"process": {"args": ["/lightvm/kernel"]}});
+        assert!(plan(&spec(none), &DEFAULTS).unwrap().args.is_empty());
+        let empty = serde_json::json!({"process": {"args": []}});
+        assert!(plan(&spec(empty), &DEFAULTS).unwrap().args.is_empty());
     }
 
     #[test]
