@@ -34,7 +34,9 @@ const XENSTORE_NAMES: &[&str] = &[
 /// Kernel modules dom0 loads (their dependencies are added): Xen device and backend
 /// drivers, networking for guests, the lab NIC, virtio-rng for entropy, virtio-blk
 /// for the disks xtask attaches (`--disk`), virtio-console for the relay's channel
-/// (`--forward`), and ext4 (for ext2 too) for a file system a test can freeze.
+/// (`--forward`), ext4 (for ext2 too) for a file system a test can freeze, and veth
+/// and tc's ingress qdisc, u32 filter and mirred action for a pod's network namespace
+/// (its eth0 redirected to a guest's vif, as Kata and urunc do).
 const MODULES: &[&str] = &[
     "xen-evtchn",
     "xen-gntdev",
@@ -59,6 +61,10 @@ const MODULES: &[&str] = &[
     "virtio_console",
     "ext4",
     "crc32c_generic",
+    "veth",
+    "sch_ingress",
+    "cls_u32",
+    "act_mirred",
 ];
 
 const INIT: &str = include_str!("dom0-init.sh");
@@ -76,7 +82,7 @@ const XL_CONF: &str =
     "# Written by cargo xtask: dom0 has a fixed size in the lab.\nautoballoon=\"off\"\n";
 
 /// Bump when the initramfs layout changes in a way the inputs above do not show.
-const LAYOUT_VERSION: u32 = 2;
+const LAYOUT_VERSION: u32 = 3;
 
 /// Ready-to-boot lab files.
 #[derive(Debug, Clone)]
@@ -241,6 +247,9 @@ fn build_initramfs(root: &Path, staging: &Path, out: &Path) -> Result<()> {
     for program in programs() {
         copy(&root.join(&program), &staging.join(&program))?;
     }
+    // busybox installs its own ip at /sbin/ip, ahead of /bin in PATH; this link (as
+    // iproute2's package has it) is there first, and busybox leaves it.
+    symlink("../bin/ip", &staging.join("sbin/ip"))?;
     for name in XENSTORE_NAMES {
         symlink("xenstore", &staging.join("usr/bin").join(name))?;
     }

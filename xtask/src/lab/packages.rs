@@ -41,10 +41,13 @@ const PACKAGES: &[&str] = &[
     "redis-tools",
     "libjemalloc2",
     "liblzf1",
+    // iproute2's ip and tc (busybox's lack network namespaces, `-j` and tc filters): a
+    // pod's network namespace, its eth0 and the tc redirects to a guest's vif.
+    "iproute2",
 ];
 
 /// Programs of other packages that go into dom0 (its PATH has `/usr/bin`).
-pub(super) const OTHER_PROGRAMS: &[&str] = &["usr/bin/redis-cli"];
+pub(super) const OTHER_PROGRAMS: &[&str] = &["usr/bin/redis-cli", "bin/ip", "sbin/tc"];
 
 /// The version of every Xen package (`xen-*`, `libxen*`) the lab takes: bookworm's own
 /// 4.17.5. Its security update 4.17.7+13-g2445b30a44-0+deb12u1 builds the hypervisor
