@@ -7,8 +7,9 @@
 //! - `podnet run NETNS CONFIG`: what the shim's start does: the chaos configuration's
 //!   first vif takes eth0's MAC, address and gateway (`ip=A/P gw=G` before the command
 //!   line), the domain is made paused, its vif's host end redirected, the domain
-//!   unpaused; prints `domid N`; once stdin ends, the redirect is removed (the domain is
-//!   left to `chaos destroy`, which the job runs before).
+//!   unpaused; prints `domid N` and how long reading eth0 and redirecting took
+//!   (`took …`); once stdin ends, the redirect is removed (the domain is left to `chaos
+//!   destroy`, which the job runs before).
 //!
 //! Errors go to stderr with status 1; a failed `run` destroys its domain.
 
@@ -16,6 +17,7 @@ use std::io::Read;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Instant;
 
 use chaos::config::Mac;
 
@@ -76,9 +78,11 @@ fn hold(redirect: Redirect) -> Result<(), String> {
 
 fn run(netns: &Path, config_path: &Path) -> Result<(), String> {
     let mut config = chaos::domain::load_config(config_path).map_err(|err| err.to_string())?;
+    let started = Instant::now();
     let eth0 = podnet::pod_interface(netns)
         .map_err(|err| err.to_string())?
         .ok_or_else(|| format!("network namespace {} has no eth0", netns.display()))?;
+    let read = started.elapsed();
     println!("eth0 {}", describe(&eth0));
     let vif = config
         .vifs
@@ -104,12 +108,19 @@ fn run(netns: &Path, config_path: &Path) -> Result<(), String> {
         }
         why
     };
+    let started = Instant::now();
     let redirect = podnet::redirect(netns, &format!("vif{}.0", made.domid))
         .map_err(|err| destroy(err.to_string()))?;
+    let redirected = started.elapsed();
     if let Err(err) = host.xc.domain_unpause(made.domid) {
         let _ = redirect.remove();
         return Err(destroy(format!("unpausing domain {}: {err}", made.domid)));
     }
     println!("domid {}", made.domid);
+    println!(
+        "took {} ms to read eth0, {} ms to redirect",
+        read.as_millis(),
+        redirected.as_millis()
+    );
     hold(redirect)
 }

@@ -15,7 +15,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
@@ -119,6 +119,28 @@ impl Netns {
 
     /// `program args…` run in this namespace; its stdout.
     fn run(&self, program: &str, args: &[&str]) -> Result<String, PodNetError> {
+        run(
+            self.command(program),
+            program,
+            args,
+            None,
+            Place::Netns(self.path.clone()),
+        )
+    }
+
+    /// `program -batch -` run in this namespace, its commands (lines) `batch`.
+    fn run_batch(&self, program: &str, batch: &str) -> Result<String, PodNetError> {
+        run(
+            self.command(program),
+            program,
+            &["-batch", "-"],
+            Some(batch),
+            Place::Netns(self.path.clone()),
+        )
+    }
+
+    /// `program`, to run in this namespace.
+    fn command(&self, program: &str) -> Command {
         let mut command = Command::new(program);
         let fd = self.file.as_raw_fd();
         // SAFETY: the closure runs in the child between fork and exec, where only
@@ -134,7 +156,7 @@ impl Netns {
                 }
             });
         }
-        run(command, program, args, Place::Netns(self.path.clone()))
+        command
     }
 
     /// Device `dev` in this namespace, if it is there.
@@ -162,25 +184,48 @@ impl Netns {
 
 /// `program args…` in dom0's (this process's) namespace; its stdout.
 fn run_in_dom0(program: &str, args: &[&str]) -> Result<String, PodNetError> {
-    run(Command::new(program), program, args, Place::Dom0)
+    run(Command::new(program), program, args, None, Place::Dom0)
 }
 
+/// Run `command` (`program args…`), `input` on its stdin; its stdout.
 fn run(
     mut command: Command,
     program: &str,
     args: &[&str],
+    input: Option<&str>,
     place: Place,
 ) -> Result<String, PodNetError> {
-    let line = command_line(program, args);
-    let out = command
+    let mut line = command_line(program, args);
+    if let Some(input) = input {
+        line = format!("{line} <<< '{}'", input.trim_end().replace('\n', "; "));
+    }
+    let spawn_error = |source| PodNetError::Spawn {
+        command: line.clone(),
+        place: place.clone(),
+        source,
+    };
+    command
         .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| PodNetError::Spawn {
-            command: line.clone(),
-            place: place.clone(),
-            source,
-        })?;
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = match input {
+        None => command.stdin(Stdio::null()).output(),
+        Some(input) => command.stdin(Stdio::piped()).spawn().and_then(|mut child| {
+            // The batch is small: the pipe takes it whole before tc reads.
+            let written = child
+                .stdin
+                .take()
+                .expect("piped")
+                .write_all(input.as_bytes());
+            let out = child.wait_with_output()?;
+            match written {
+                // A tc that failed says why: its status and stderr tell more.
+                Err(err) if out.status.success() => Err(err),
+                _ => Ok(out),
+            }
+        }),
+    }
+    .map_err(spawn_error)?;
     if !out.status.success() {
         return Err(PodNetError::Failed {
             command: line,
@@ -218,7 +263,8 @@ pub fn pod_interface(netns: &Path) -> Result<Option<PodInterface>, PodNetError> 
     })
 }
 
-/// What [`redirect`] set up, to be removed with [`Redirect::remove`].
+/// What [`redirect`] set up, to be removed with [`Redirect::remove`]. It holds the
+/// namespace open (and so its eth0) until removed or dropped.
 #[derive(Debug)]
 #[must_use = "the redirect stays on eth0 until removed"]
 pub struct Redirect {
@@ -231,8 +277,34 @@ pub struct Redirect {
 enum Step {
     /// `host_dev` moved into the namespace from dom0's, where it was a port of `master`.
     Moved { master: Option<String> },
-    /// An ingress qdisc (and so its filters) added to the device.
-    Ingress(String),
+    /// Ingress qdiscs (and their filters) added to eth0 and `host_dev`, maybe not both.
+    Ingress,
+}
+
+/// `tc -batch` commands: each device's ingress redirected out of the other.
+fn redirect_batch(host_dev: &str) -> String {
+    [(ETH0, host_dev), (host_dev, ETH0)]
+        .iter()
+        .map(|(from, to)| {
+            format!(
+                "qdisc add dev {from} ingress\nfilter add dev {from} parent ffff: protocol all \
+                 u32 match u8 0 0 action mirred egress redirect dev {to}\n"
+            )
+        })
+        .collect()
+}
+
+/// The master (a bridge) of `dev` in dom0's namespace, from sysfs (no process to run).
+fn dom0_master(dev: &str) -> Result<Option<String>, PodNetError> {
+    let class = Path::new("/sys/class/net");
+    // A device name is one path component (the kernel refuses `/` in one).
+    let sane = !dev.is_empty() && !dev.contains('/') && dev != "." && dev != "..";
+    if !sane || !class.join(dev).exists() {
+        return Err(PodNetError::NoDevice(dev.to_owned()));
+    }
+    Ok(std::fs::read_link(class.join(dev).join("master"))
+        .ok()
+        .and_then(|link| Some(link.file_name()?.to_string_lossy().into_owned())))
 }
 
 /// Move `host_dev` (in dom0's own namespace, on some bridge) into the namespace, bring
@@ -250,16 +322,9 @@ pub fn redirect(netns: &Path, host_dev: &str) -> Result<Redirect, PodNetError> {
             netns: netns.to_owned(),
         });
     }
-    let links = run_in_dom0("ip", &["-j", "link", "show"])?;
-    let dev = parse::link(&links, host_dev)
-        .map_err(|source| PodNetError::Output {
-            command: "ip -j link show".into(),
-            place: Place::Dom0,
-            source,
-        })?
-        .ok_or_else(|| PodNetError::NoDevice(host_dev.to_owned()))?;
+    let master = dom0_master(host_dev)?;
     let mut done = Vec::new();
-    match setup(&ns, host_dev, dev.master, eth0.mtu, &mut done) {
+    match setup(&ns, host_dev, master, eth0.mtu, &mut done) {
         Ok(()) => Ok(Redirect {
             netns: ns,
             host_dev: host_dev.to_owned(),
@@ -289,17 +354,10 @@ fn setup(
         "ip",
         &["link", "set", host_dev, "mtu", &mtu.to_string(), "up"],
     )?;
-    for (from, to) in [(ETH0, host_dev), (host_dev, ETH0)] {
-        ns.run("tc", &["qdisc", "add", "dev", from, "ingress"])?;
-        done.push(Step::Ingress(from.to_owned()));
-        ns.run(
-            "tc",
-            &[
-                "filter", "add", "dev", from, "parent", "ffff:", "protocol", "all", "u32", "match",
-                "u8", "0", "0", "action", "mirred", "egress", "redirect", "dev", to,
-            ],
-        )?;
-    }
+    // One tc for the four commands (each one costs a process); it stops at the first
+    // that fails, and undoing removes whichever qdisc it added.
+    done.push(Step::Ingress);
+    ns.run_batch("tc", &redirect_batch(host_dev))?;
     Ok(())
 }
 
@@ -308,9 +366,7 @@ fn undo(ns: &Netns, host_dev: &str, done: Vec<Step>) -> Result<(), PodNetError> 
     let mut first = None;
     for step in done.into_iter().rev() {
         let result = match step {
-            Step::Ingress(dev) => ns
-                .run("tc", &["qdisc", "del", "dev", &dev, "ingress"])
-                .map(drop),
+            Step::Ingress => remove_ingress(ns, &[ETH0, host_dev]),
             Step::Moved { master } => move_back(ns, host_dev, master.as_deref()),
         };
         if let Err(err) = result {
@@ -330,6 +386,23 @@ fn move_back(ns: &Netns, host_dev: &str, master: Option<&str>) -> Result<(), Pod
     run_in_dom0("ip", &["link", "set", host_dev, "up"]).map(drop)
 }
 
+/// Remove the ingress qdisc (and so its filters) of each of `devs` in `ns` that has
+/// one; a device that is not there, or goes meanwhile, is no error.
+fn remove_ingress(ns: &Netns, devs: &[&str]) -> Result<(), PodNetError> {
+    for &dev in devs {
+        if ns.link(dev)?.is_none() || !ns.has_ingress(dev)? {
+            continue;
+        }
+        if let Err(err) = ns.run("tc", &["qdisc", "del", "dev", dev, "ingress"]) {
+            // The host device may go with its domain in the meantime.
+            if ns.link(dev)?.is_some() {
+                return Err(err);
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Redirect {
     /// The device redirected to eth0.
     pub fn host_dev(&self) -> &str {
@@ -340,20 +413,22 @@ impl Redirect {
     /// there, the host device (it goes with the domain). Idempotent: what is gone
     /// already is no error.
     pub fn remove(self) -> Result<(), PodNetError> {
-        for dev in [ETH0, self.host_dev.as_str()] {
-            if self.netns.link(dev)?.is_none() || !self.netns.has_ingress(dev)? {
-                continue;
-            }
-            if let Err(err) = self
-                .netns
-                .run("tc", &["qdisc", "del", "dev", dev, "ingress"])
-            {
-                // The host device may go with its domain in the meantime.
-                if self.netns.link(dev)?.is_some() {
-                    return Err(err);
-                }
-            }
-        }
-        Ok(())
+        remove_ingress(&self.netns, &[ETH0, &self.host_dev])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kata_tc_filters_both_ways() {
+        assert_eq!(
+            redirect_batch("vif3.0"),
+            "qdisc add dev eth0 ingress\n\
+             filter add dev eth0 parent ffff: protocol all u32 match u8 0 0 action mirred egress redirect dev vif3.0\n\
+             qdisc add dev vif3.0 ingress\n\
+             filter add dev vif3.0 parent ffff: protocol all u32 match u8 0 0 action mirred egress redirect dev eth0\n"
+        );
     }
 }

@@ -39,8 +39,6 @@ pub enum ParseError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
     pub mtu: u32,
-    /// The bridge (or other master) it is a port of.
-    pub master: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -50,7 +48,6 @@ struct JsonLink {
     #[serde(default)]
     link_type: String,
     address: Option<String>,
-    master: Option<String>,
     /// Only in `ip addr show`'s output.
     #[serde(default)]
     addr_info: Vec<JsonAddr>,
@@ -85,10 +82,7 @@ fn find(links: Vec<JsonLink>, dev: &str) -> Option<JsonLink> {
 
 /// Device `dev` of `ip -j link show` (or `addr show`) output, if it is there.
 pub fn link(json_text: &str, dev: &str) -> Result<Option<Link>, ParseError> {
-    Ok(find(json(json_text)?, dev).map(|link| Link {
-        mtu: link.mtu,
-        master: link.master,
-    }))
+    Ok(find(json(json_text)?, dev).map(|link| Link { mtu: link.mtu }))
 }
 
 /// eth0 of a namespace from `ip -j addr show` (every device) and `ip -j -4 route show
@@ -281,21 +275,9 @@ mod tests {
         // `ip -j link show dev vif1.0` in the lab's dom0: netback's vif on xenbr0, its
         // guest paused.
         let vif = r#"[{"ifindex":5,"ifname":"vif1.0","flags":["NO-CARRIER","BROADCAST","MULTICAST","UP"],"mtu":1500,"qdisc":"fq_codel","master":"xenbr0","operstate":"DOWN","linkmode":"DEFAULT","group":"default","txqlen":1000,"link_type":"ether","address":"fe:ff:ff:ff:ff:ff","broadcast":"ff:ff:ff:ff:ff:ff"}]"#;
-        assert_eq!(
-            link(vif, "vif1.0"),
-            Ok(Some(Link {
-                mtu: 1500,
-                master: Some("xenbr0".into())
-            }))
-        );
+        assert_eq!(link(vif, "vif1.0"), Ok(Some(Link { mtu: 1500 })));
         assert_eq!(link(vif, "vif1.1"), Ok(None));
-        assert_eq!(
-            link(ADDR_T0, "eth0"),
-            Ok(Some(Link {
-                mtu: 1500,
-                master: None
-            }))
-        );
+        assert_eq!(link(ADDR_T0, "eth0"), Ok(Some(Link { mtu: 1500 })));
     }
 
     #[test]

@@ -7,7 +7,8 @@
 # xenbr0 into t0 with tc mirred redirects both ways to eth0, and unpauses it; a client in
 # dom0 must get the time from 10.9.0.2. A second redirect into t0 is refused. After
 # `chaos destroy` and the redirect's removal nothing may be left: no domain, vif or tap
-# in dom0 or t0, no qdisc on eth0, no new warning in xendevd's log.
+# in dom0 or t0, no qdisc on eth0, no new warning in xendevd's log. A redirect that
+# fails half-way is undone. How long reading eth0 and redirecting take are measured.
 set -u
 IP=/bin/ip # iproute2's; busybox's shell would run its own ip and tc applets by name
 TC=/sbin/tc
@@ -84,6 +85,9 @@ exec 3>hold
 wait_for "^domid " 300 run.out
 check podnet-run $? "$(tr '\n' '|' <run.out) $(cat run.err)"
 domid=$(sed -n 's/^domid //p' run.out)
+wait_for "^took " 50 run.out
+measure read-eth0 "$(sed -n 's/^took \([0-9]*\) ms to read eth0.*/\1/p' run.out)" ms "pod_interface: ip -j addr show, ip -j route show in the namespace"
+measure redirect "$(sed -n 's/.*, \([0-9]*\) ms to redirect$/\1/p' run.out)" ms "redirect: the vif moved into the namespace, up, two ingress qdiscs and mirred filters (5 ip/tc processes)"
 vif=vif$domid.0
 [ ! -e /sys/class/net/$vif ] && $IP -n t0 link show $vif >/dev/null 2>&1
 check vif-moved-into-the-pod $? "$vif: in t0: $($IP -n t0 -br link show $vif 2>&1); xenbr0's ports: $(ls /sys/class/net/xenbr0/brif | tr '\n' ' ')"
@@ -103,6 +107,26 @@ status=$?
 [ $status -ne 0 ] && grep -q "one guest per network namespace" busy.out && [ -e /sys/class/net/spare0 ]
 check second-redirect-refused $? "status $status: $(cat busy.out)"
 $IP link del spare0
+
+# A redirect that fails half-way is undone: eth0's MTU (65535) is more than the vif's
+# host end takes (netback's 1500 before its guest connects, a tap's 65521), so bringing
+# it up fails after the move; the device must be back on xenbr0 and up in dom0, eth0
+# without a qdisc.
+$IP netns add t2 &&
+	$IP link add veth-t2 type veth peer name eth0 netns t2 &&
+	$IP -n t2 link set eth0 mtu 65535 up
+sed 's/"pod-daytime"/"pod-paused"/' daytime.json >paused.json
+paused=$(chaos create --paused paused.json 2>paused.err)
+check paused-created $? "$(cat paused.err)"
+podnet redirect /var/run/netns/t2 vif$paused.0 </dev/null >undo.out 2>&1
+status=$?
+flags=$(cat /sys/class/net/vif$paused.0/flags 2>/dev/null)
+bridge=$(readlink /sys/class/net/vif$paused.0/brport/bridge)
+[ $status -ne 0 ] && grep -q "mtu 65535 up\` in network namespace /var/run/netns/t2 failed" undo.out &&
+	[ "${bridge##*/}" = xenbr0 ] &&
+	[ $((flags & 1)) -eq 1 ] && [ "$($IP netns exec t2 $TC qdisc show dev eth0 | grep -c ingress)" -eq 0 ]
+check failed-redirect-undone $? "status $status: $(cat undo.out); vif$paused.0 flags $flags, bridge ${bridge##*/}; t2's eth0: $($IP netns exec t2 $TC qdisc show dev eth0 | tr '\n' '|')"
+chaos destroy pod-paused
 
 # --- teardown: chaos destroy, then the redirect's removal ----------------------------
 chaos destroy pod-daytime 2>destroy.err
@@ -128,6 +152,8 @@ grep -E ' (WARN|ERROR) ' /var/log/xendevd.log | tail -n 5
 kill $holder
 $IP netns del bare
 $IP netns del t0
+$IP netns del t2
 $IP link del veth-t0 2>/dev/null
+$IP link del veth-t2 2>/dev/null
 echo "xendevd's log:"
 tail -n 15 /var/log/xendevd.log
