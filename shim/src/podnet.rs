@@ -12,6 +12,12 @@
 //! moves into it with `ip link set DEV netns PATH` run in dom0's namespace: iproute2
 //! opens a `netns` argument that has a `/` in it as a file and passes the descriptor to
 //! the kernel (`IFLA_NET_NS_FD`). Their `-j` output is read by [`parse`] (pure, tested).
+//!
+//! xendevd lets a moved device be: netback's vif and its NoXS tap go with their domain
+//! wherever they are. One limit: an xendevd restarted while a NoXS guest's tap is in a
+//! pod's namespace takes the tap back by name in dom0's namespace, where it is not, so
+//! it makes a new one on the bridge; the guest's traffic goes there, and the pod's tap
+//! stays until its namespace goes.
 
 use std::fmt;
 use std::fs::File;
