@@ -256,6 +256,25 @@ pub fn build_host_tools() -> Result<Vec<PathBuf>> {
         .collect())
 }
 
+/// Examples that run in dom0 too, as `(package, example)`: `podnet` drives the shim's
+/// pod networking (a guest's vif redirected to a network namespace's eth0) for
+/// `podnet-lab.sh`.
+const LAB_EXAMPLES: [(&str, &str); 1] = [("containerd-shim-lightvm-v1", "podnet")];
+
+/// Build [`LAB_EXAMPLES`] (release, for this machine). Returns their binaries.
+pub fn build_lab_examples() -> Result<Vec<PathBuf>> {
+    let mut cmd = util::cargo();
+    cmd.args(["build", "--release"]);
+    for (package, example) in LAB_EXAMPLES {
+        cmd.args(["--package", package, "--example", example]);
+    }
+    util::run(&mut cmd)?;
+    Ok(LAB_EXAMPLES
+        .iter()
+        .map(|(_, example)| target_dir().join("release/examples").join(example))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -64,9 +64,12 @@ impl RunDir {
             let archive = staging.join("oci").join(format!("{}.tar", app.name));
             package::package(app, package::DEFAULTS, &[], &archive)?;
         }
-        // Our host tools (chaos, xendevd) run in dom0 next to xl.
+        // Our host tools (chaos, xendevd) run in dom0 next to xl, and a few examples.
         fs::create_dir_all(staging.join("usr/local/bin"))?;
-        for tool in build::build_host_tools()? {
+        for tool in build::build_host_tools()?
+            .into_iter()
+            .chain(build::build_lab_examples()?)
+        {
             let name = tool.file_name().expect("a binary has a name");
             fs::copy(&tool, staging.join("usr/local/bin").join(name))
                 .with_context(|| format!("copying host tool {}", tool.display()))?;

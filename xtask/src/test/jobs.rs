@@ -35,7 +35,7 @@ const LAB_CHECKS: &str = include_str!("lab-checks.sh");
 /// The capacity job's guests (`GUESTS=` in `capacity-lab.sh`), 4 MiB each.
 const CAPACITY_GUESTS: u32 = 1000;
 
-pub const JOB_TESTS: [JobTest; 17] = [
+pub const JOB_TESTS: [JobTest; 19] = [
     // chaos's commands on real Xen (`chaos-lab.sh`): create, list (and xl list),
     // console, shutdown -w, destroy of daytime with its vif; a destroy while `create
     // --console` watches, each of the two ending well; fifteen malformed
@@ -295,6 +295,31 @@ pub const JOB_TESTS: [JobTest; 17] = [
         timeout_secs: 600,
         noxs: false,
         summarize: &["containerd-starts", "every-archive-imports"],
+        memory: LabMemory::DEFAULT,
+        hosts: 1,
+    },
+    // A guest's network through a pod's network namespace, as the shim sets it up
+    // (`podnet-lab.sh`, driving the shim's example `podnet`), once per device method: a
+    // daytime takes a namespace's veth eth0 (MAC, 10.9.0.2/24, gateway), its vif's host
+    // end moves from xenbr0 into the namespace with tc mirred redirects both ways, and a
+    // client in dom0 gets the time from eth0's address; a second redirect into the
+    // namespace is refused; after destroy and the redirect's removal no domain, vif,
+    // tap, qdisc on eth0 or xendevd warning is left.
+    JobTest {
+        name: "podnet (Xenstore): daytime answers at a pod namespace's eth0, nothing left",
+        script: include_str!("podnet-lab.sh"),
+        timeout_secs: 300,
+        noxs: false,
+        summarize: &[],
+        memory: LabMemory::DEFAULT,
+        hosts: 1,
+    },
+    JobTest {
+        name: "podnet (NoXS): daytime answers at a pod namespace's eth0, nothing left",
+        script: include_str!("podnet-lab.sh"),
+        timeout_secs: 300,
+        noxs: true,
+        summarize: &[],
         memory: LabMemory::DEFAULT,
         hosts: 1,
     },
