@@ -8,7 +8,7 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -22,13 +22,13 @@ use xenhost::xc::ShutdownReason;
 use crate::podnet;
 
 /// A guest to boot.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Boot {
     /// chaos's configuration, as JSON text (so that chaos checks it as it checks a
     /// file: one error naming the field).
     pub config: String,
-    /// The task's stdout (a fifo containerd reads), if it has one.
-    pub stdout: Option<PathBuf>,
+    /// The task's stdout ([`open_stdout`]), if it has one.
+    pub stdout: Option<File>,
     /// The pod's network namespace to move the vif into, if it has an eth0.
     pub pod_netns: Option<PathBuf>,
 }
@@ -71,7 +71,7 @@ pub fn start(boot: Boot, ended: impl FnOnce(Ending) + Send + 'static) -> Result<
                 return;
             }
             let _ = booted.send(Ok(running.clone()));
-            let ending = watch(&host, &running, console, boot.stdout.as_deref());
+            let ending = watch(&host, &running, console, boot.stdout);
             if let Err(err) = destroy(&host, &running) {
                 log::error!("destroying domain {}: {err}", running.domid);
             }
@@ -116,10 +116,14 @@ fn boot_paused(
     let mut redirect = None;
     let mut rest = || -> Result<Console, String> {
         if let Some(netns) = &boot.pod_netns {
-            redirect = Some(
-                podnet::redirect(netns, &format!("vif{}.0", running.domid))
-                    .map_err(|err| err.to_string())?,
+            let made = podnet::redirect(netns, &format!("vif{}.0", running.domid))
+                .map_err(|err| err.to_string())?;
+            log::info!(
+                "{} redirected to eth0 of {}",
+                made.host_dev(),
+                netns.display()
             );
+            redirect = Some(made);
         }
         Ok(match running.dev_method {
             DevMethod::Noxs => {
@@ -151,22 +155,9 @@ fn boot_paused(
 }
 
 /// Copy the console to `stdout` until the guest ends.
-fn watch(
-    host: &Host,
-    running: &Running,
-    console: Console,
-    stdout: Option<&std::path::Path>,
-) -> Ending {
+fn watch(host: &Host, running: &Running, console: Console, stdout: Option<File>) -> Ending {
     let uuid = Some(&running.uuid);
-    // Opening a fifo for writing waits for its reader: containerd opened it before
-    // create. A task without stdout (`ctr run -d` gives none) drops what the guest says.
-    let mut out = Lossy(stdout.and_then(|path| {
-        File::options()
-            .write(true)
-            .open(path)
-            .inspect_err(|err| log::warn!("task stdout {}: {err}", path.display()))
-            .ok()
-    }));
+    let mut out = Lossy(stdout);
     let stopped = match console {
         Console::Pty(mut tty) => {
             let stopped = console::relay(host, running.domid, uuid, &mut tty, &mut out);
@@ -258,14 +249,69 @@ pub fn exit_status(ending: Ending) -> u32 {
     }
 }
 
-/// A writer that keeps going when its reader has gone (containerd's end of the fifo
-/// closed: the guest goes on, its words are dropped).
+/// Open the task's stdout, a fifo containerd (or ctr) reads, without waiting: at
+/// create its reader is there; a detached `ctr run -d` closes it soon after start, and
+/// a blocking open then would wait for ever. `None` if nobody reads it.
+pub fn open_stdout(path: &Path) -> Result<Option<File>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match File::options()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(file) => Ok(Some(file)),
+        Err(err) if err.raw_os_error() == Some(libc::ENXIO) => {
+            log::info!(
+                "task stdout {}: no reader; the console is dropped",
+                path.display()
+            );
+            Ok(None)
+        }
+        Err(err) => Err(format!("task stdout {}: {err}", path.display())),
+    }
+}
+
+/// How long a write to the task's stdout may wait for its reader before the console's
+/// output is dropped: a reader that stops reading must not stop the guest's watch.
+const STDOUT_PATIENCE: Duration = Duration::from_secs(2);
+
+/// A writer that keeps going when its reader has gone or stalls (containerd's end of
+/// the fifo closed or full: the guest goes on, its words are dropped).
 struct Lossy(Option<File>);
+
+impl Lossy {
+    fn write_patiently(file: &mut File, mut buf: &[u8]) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        while !buf.is_empty() {
+            match file.write(buf) {
+                Ok(n) => buf = &buf[n..],
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    let mut pollfd = libc::pollfd {
+                        fd: file.as_raw_fd(),
+                        events: libc::POLLOUT,
+                        revents: 0,
+                    };
+                    let millis = i32::try_from(STDOUT_PATIENCE.as_millis()).unwrap_or(i32::MAX);
+                    // SAFETY: one valid pollfd.
+                    if unsafe { libc::poll(&raw mut pollfd, 1, millis) } == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("its reader took nothing for {STDOUT_PATIENCE:?}"),
+                        ));
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+}
 
 impl Write for Lossy {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if let Some(file) = &mut self.0
-            && let Err(err) = file.write_all(buf)
+            && let Err(err) = Self::write_patiently(file, buf)
         {
             log::warn!("task stdout: {err}; dropping the rest of the console");
             self.0 = None;

@@ -164,6 +164,8 @@ struct Task {
     stdout: String,
     stderr: String,
     kind: Kind,
+    /// The task's stdout, opened at create (its reader is there then), until start.
+    stdout_file: Option<std::fs::File>,
     /// The image's root file system, if the shim mounted it.
     rootfs: Option<PathBuf>,
     holder: Option<Holder>,
@@ -295,6 +297,7 @@ impl Tasks {
             stdout: req.stdout.clone(),
             stderr: req.stderr.clone(),
             kind: Kind::Sandbox,
+            stdout_file: None,
             rootfs: None,
             holder: None,
             netns_claim: None,
@@ -314,6 +317,9 @@ impl Tasks {
                 let kernel = rootfs::kernel(&root)?;
                 let network = plan.network.clone();
                 task.kind = Kind::Guest { plan, kernel };
+                if let Some(path) = stdio_path(&req.stdout).map_err(|err| err.to_string())? {
+                    task.stdout_file = guest::open_stdout(&path)?;
+                }
                 network
             };
             match network {
@@ -342,7 +348,7 @@ impl Tasks {
     fn boot(
         &self,
         id: &str,
-        task: &Task,
+        task: &mut Task,
         plan: &GuestPlan,
         kernel: &Path,
     ) -> Result<Running, String> {
@@ -368,12 +374,19 @@ impl Tasks {
                     });
                 }
                 let mac = pod.mac.map(|b| format!("{b:02x}")).join(":");
-                serde_json::json!([{
+                let mut vif = serde_json::json!({
                     "mac": mac,
                     "ip": address,
-                    "gateway": pod.gateway.map(|gw| gw.to_string()),
                     "bridge": DEFAULT_BRIDGE,
-                }])
+                });
+                // Only a NoXS guest takes its gateway from its vif (a Xenstore one from
+                // its command line, above).
+                if plan.dev_method == DevMethod::Noxs
+                    && let Some(gateway) = pod.gateway
+                {
+                    vif["gateway"] = gateway.to_string().into();
+                }
+                serde_json::json!([vif])
             }
             (None, None) => serde_json::json!([{ "bridge": DEFAULT_BRIDGE }]),
         };
@@ -388,7 +401,7 @@ impl Tasks {
         });
         let boot = guest::Boot {
             config: config.to_string(),
-            stdout: stdio_path(&task.stdout).map_err(|err| err.to_string())?,
+            stdout: task.stdout_file.take(),
             pod_netns: pod.is_some().then(|| netns.clone()).flatten(),
         };
         let shared = self.0.clone();

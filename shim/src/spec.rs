@@ -249,11 +249,12 @@ pub fn cmdline(args: &[String], address: Option<&str>) -> String {
         .join(" ")
 }
 
-/// A domain name for task `id` of containerd namespace `namespace`: `namespace:id`,
+/// A domain name for task `id` of containerd namespace `namespace`: `namespace-id`
+/// (xendevd takes letters, digits, `-`, `_` and `.`, as containerd's names have),
 /// shortened with a hash of the whole if longer than chaos allows (containerd allows
 /// 76-character ids).
 pub fn domain_name(namespace: &str, id: &str) -> String {
-    let name = format!("{namespace}:{id}");
+    let name = format!("{namespace}-{id}");
     if name.len() <= chaos::config::MAX_NAME {
         return name;
     }
@@ -431,7 +432,7 @@ mod tests {
 
     #[test]
     fn domain_names() {
-        assert_eq!(domain_name("default", "t1"), "default:t1");
+        assert_eq!(domain_name("default", "t1"), "default-t1");
         let long = domain_name("k8s.io", &"a".repeat(76));
         assert_eq!(long.len(), chaos::config::MAX_NAME);
         assert_ne!(long, domain_name("k8s.io", &format!("{}b", "a".repeat(75))));

@@ -35,7 +35,7 @@ const LAB_CHECKS: &str = include_str!("lab-checks.sh");
 /// The capacity job's guests (`GUESTS=` in `capacity-lab.sh`), 4 MiB each.
 const CAPACITY_GUESTS: u32 = 1000;
 
-pub const JOB_TESTS: [JobTest; 19] = [
+pub const JOB_TESTS: [JobTest; 20] = [
     // chaos's commands on real Xen (`chaos-lab.sh`): create, list (and xl list),
     // console, shutdown -w, destroy of daytime with its vif; a destroy while `create
     // --console` watches, each of the two ending well; fifteen malformed
@@ -295,6 +295,21 @@ pub const JOB_TESTS: [JobTest; 19] = [
         timeout_secs: 600,
         noxs: false,
         summarize: &["containerd-starts", "every-archive-imports"],
+        memory: LabMemory::DEFAULT,
+        hosts: 1,
+    },
+    // containerd runs our app images through the shim (`shim-lab.sh`, issue 15's
+    // acceptance): `ctr run --rm` of hello prints its greeting and arguments and exits 0,
+    // containerd's events in order; a detached daytime is RUNNING, answers, and after
+    // kill and rm leaves nothing; a daytime in a network namespace answers at eth0's
+    // address; bad input fails in ctr with the shim's message and leaves nothing; the
+    // time from `ctr run` to daytime's first answer beside `chaos create`'s.
+    JobTest {
+        name: "shim: containerd runs app images as Xen guests (ctr run, kill, rm, netns, bad input)",
+        script: include_str!("shim-lab.sh"),
+        timeout_secs: 600,
+        noxs: false,
+        summarize: &["hello-greets", "netns-answers"],
         memory: LabMemory::DEFAULT,
         hosts: 1,
     },

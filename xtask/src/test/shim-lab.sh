@@ -21,7 +21,7 @@ domains() { xl list | awk 'NR > 2' | wc -l; }
 vifs() { ls /sys/class/net | grep -c '^vif'; }
 mounts() { grep -c 'io.containerd.runtime.v2.task' /proc/mounts; }
 # The shims and their holders (busybox has no pgrep).
-shims() { grep -l containerd-shim-lightvm /proc/[0-9]*/cmdline 2>/dev/null | wc -l; }
+shims() { grep -l '[c]ontainerd-shim-lightvm' /proc/[0-9]*/cmdline 2>/dev/null | wc -l; }
 # What a task may leave: domains/vifs/task mounts/shim processes, one word for count.
 held() { echo "$(domains)/$(vifs)/$(mounts)/$(shims)"; }
 now() { cut -d' ' -f1 /proc/uptime; }
@@ -38,6 +38,15 @@ answers() {
 }
 # status ID: the task's status in `ctr task ls`.
 status() { ctr task ls | awk -v id="$1" '$1 == id { print $3 }'; }
+# stopped ID: wait up to 15 s for the task to be STOPPED.
+stopped() {
+	i=0
+	until [ "$(status "$1")" = STOPPED ]; do
+		i=$((i + 1))
+		[ $i -gt 150 ] && return 1
+		sleep 0.1
+	done
+}
 
 lab-containerd || { echo "containerd did not start"; exit 1; }
 for app in hello daytime; do
@@ -74,10 +83,11 @@ check_that daytime-running "ctr task ls says $(status d1)" [ "$(status d1)" = RU
 answers 10.0.2.20 300
 check daytime-answers $? "nc 10.0.2.20 13: ${answer:-nothing}"
 ctr task kill d1
-i=0
-until [ "$(status d1)" = STOPPED ] || [ $i -gt 150 ]; do i=$((i + 1)); sleep 0.1; done
-check_that daytime-killed "after ctr task kill: $(status d1)" [ "$(status d1)" = STOPPED ]
-ctr task rm d1 >/dev/null
+stopped d1
+check daytime-killed $? "after ctr task kill: $(status d1)"
+rm=$(ctr task rm d1 2>&1)
+echo "$rm" | grep -q "exit code 143"
+check daytime-exit-143 $? "SIGTERM: 128+15; ctr task rm says: $rm"
 ctr container rm d1
 sleep 0.5
 count daytime-leaves-nothing "$before" "$(held)"
@@ -121,9 +131,10 @@ bad secondguest "has a lightvm guest already (task d2): one guest per network na
 	"--with-ns network:/var/run/netns/t0 docker.io/lightvm/daytime:latest secondguest"
 
 ctr task kill -s SIGKILL d2
-i=0
-until [ "$(status d2)" = STOPPED ] || [ $i -gt 150 ]; do i=$((i + 1)); sleep 0.1; done
-ctr task rm d2 >/dev/null
+stopped d2
+rm=$(ctr task rm d2 2>&1)
+echo "$rm" | grep -q "exit code 137"
+check netns-exit-137 $? "SIGKILL: 128+9; ctr task rm says: $rm"
 ctr container rm d2
 sleep 0.5
 left=$(ip -n t0 link show | grep -c vif)
@@ -132,6 +143,28 @@ check_that netns-left-clean "in t0 after rm: $left vifs, $qdiscs ingress qdiscs 
 	[ "$left$qdiscs" = 00 ]
 count netns-leaves-nothing "$before" "$(held)"
 
+# A NoXS daytime (the annotation) in another namespace: its tap is what moves.
+ip netns add t1
+ip link add veth-t1 type veth peer name eth0 netns t1
+ip -n t1 link set lo up
+ip -n t1 addr add 10.9.1.2/24 dev eth0
+ip -n t1 link set eth0 up
+ip -n t1 route add default via 10.9.1.1
+ip addr add 10.9.1.1/24 dev veth-t1
+ip link set veth-t1 up
+ctr run -d --with-ns network:/var/run/netns/t1 --annotation lightvm.io/dev-method=noxs \
+	--runtime $RUNTIME docker.io/lightvm/daytime:latest d4
+answers 10.9.1.2 300
+check netns-noxs-answers $? "nc 10.9.1.2 13 from dom0: ${answer:-nothing}"
+ctr task kill -s SIGKILL d4
+stopped d4
+ctr task rm d4 >/dev/null
+ctr container rm d4
+sleep 0.5
+left=$(ip -n t1 link show | grep -c vif)
+check_that netns-noxs-left-clean "in t1 after rm: $left vifs" [ "$left" = 0 ]
+count netns-noxs-leaves-nothing "$before" "$(held)"
+
 # 5. From `ctr run` to daytime's first answer, against `chaos create` alone.
 start=$(now)
 ctr run -d --net-host --runtime $RUNTIME docker.io/lightvm/daytime:latest d3 \
@@ -139,7 +172,7 @@ ctr run -d --net-host --runtime $RUNTIME docker.io/lightvm/daytime:latest d3 \
 answers 10.0.2.21 300
 measure ctr-run-to-answer "$(ms_since "$start")" ms "ctr run -d, daytime on xenbr0"
 ctr task kill -s SIGKILL d3
-sleep 1
+stopped d3
 ctr task rm d3 >/dev/null
 ctr container rm d3
 cat >timing.json <<EOF
@@ -153,3 +186,6 @@ measure chaos-create-to-answer "$(ms_since "$start")" ms "chaos create, the same
 chaos destroy timing
 sleep 0.5
 count timing-leaves-nothing "$before" "$(held)"
+
+# The shim's own lines in containerd's log, for the record.
+grep -E 'msg="task |level=(warn|error)' /var/log/containerd.log | sed 's/^/containerd| /'
