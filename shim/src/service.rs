@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use chaos::config::{DEFAULT_BRIDGE, DevMethod};
 use chaos::domain::Ending;
 use containerd_shim::api::{self, Status};
 use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
@@ -357,50 +356,18 @@ impl Tasks {
             Some(path) => podnet::pod_interface(path).map_err(|err| err.to_string())?,
             None => None,
         };
-        let mut cmdline_address = None;
-        let vifs = match (&netns, &pod) {
-            // A namespace without eth0 (plain `ctr run`, no CNI): the guest is as
-            // cut off as a container there would be.
-            (Some(_), None) => {
-                log::info!("task {id}: its network namespace has no eth0: no vif");
-                serde_json::json!([])
-            }
-            (_, Some(pod)) => {
-                let address = format!("{}/{}", pod.address, pod.prefix_len);
-                if plan.dev_method == DevMethod::Xenstore {
-                    cmdline_address = Some(match pod.gateway {
-                        Some(gateway) => format!("ip={address} gw={gateway}"),
-                        None => format!("ip={address}"),
-                    });
-                }
-                let mac = pod.mac.map(|b| format!("{b:02x}")).join(":");
-                let mut vif = serde_json::json!({
-                    "mac": mac,
-                    "ip": address,
-                    "bridge": DEFAULT_BRIDGE,
-                });
-                // Only a NoXS guest takes its gateway from its vif (a Xenstore one from
-                // its command line, above).
-                if plan.dev_method == DevMethod::Noxs
-                    && let Some(gateway) = pod.gateway
-                {
-                    vif["gateway"] = gateway.to_string().into();
-                }
-                serde_json::json!([vif])
-            }
-            (None, None) => serde_json::json!([{ "bridge": DEFAULT_BRIDGE }]),
-        };
-        let config = serde_json::json!({
-            "name": spec::domain_name(&self.0.namespace, id),
-            "kernel": kernel,
-            "cmdline": spec::cmdline(&plan.args, cmdline_address.as_deref()),
-            "memory": plan.memory_mib,
-            "vcpus": plan.vcpus,
-            "vifs": vifs,
-            "xen": { "dev_method": plan.dev_method.as_str() },
-        });
+        if netns.is_some() && pod.is_none() {
+            log::info!("task {id}: its network namespace has no eth0: no vif");
+        }
+        let config = spec::guest_config(
+            &spec::domain_name(&self.0.namespace, id),
+            kernel,
+            plan,
+            netns.is_some(),
+            pod.as_ref(),
+        );
         let boot = guest::Boot {
-            config: config.to_string(),
+            config,
             stdout: task.stdout_file.take(),
             pod_netns: pod.is_some().then(|| netns.clone()).flatten(),
         };

@@ -10,11 +10,13 @@
 //! CPU quota and period (`--cpus`), then `lightvm.io/vcpus`, then `lightvm.json`; the
 //! device method from `lightvm.io/dev-method`, then `lightvm.json`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use chaos::config::{DevMethod, MIN_MEMORY_MIB};
+use chaos::config::{DEFAULT_BRIDGE, DevMethod, MIN_MEMORY_MIB};
 use lightvm_image::KERNEL_PATH;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use crate::podnet::PodInterface;
 
 /// Annotations the shim reads (`ctr run --annotation K=V`; under Kubernetes, pod
 /// annotations containerd's `pod_annotations` lets through).
@@ -240,13 +242,61 @@ fn check_memory(field: &str, mib: u32, what: &str) -> Result<u32, SpecError> {
 /// The guest's command line: for a guest in a pod's namespace that uses Xenstore, the
 /// address it takes over first (a NoXS guest has it in its vif's control page), then
 /// the task's arguments.
-pub fn cmdline(args: &[String], address: Option<&str>) -> String {
+fn cmdline(args: &[String], address: Option<&str>) -> String {
     address
         .into_iter()
         .map(str::to_owned)
         .chain(args.iter().cloned())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// chaos's configuration (JSON, which chaos checks as it checks a file) for guest
+/// `plan` named `name`: in a network namespace (`in_namespace`), a vif that takes over
+/// its eth0 (`pod`: MAC, address; the gateway in the vif for a NoXS guest, on the
+/// command line for a Xenstore one), or none if it has no eth0; otherwise a vif on
+/// dom0's default bridge.
+pub fn guest_config(
+    name: &str,
+    kernel: &Path,
+    plan: &GuestPlan,
+    in_namespace: bool,
+    pod: Option<&PodInterface>,
+) -> String {
+    let mut address = None;
+    let vifs = match pod {
+        // A namespace without eth0 (plain `ctr run`, no CNI): the guest is as cut off
+        // as a container there would be.
+        None if in_namespace => serde_json::json!([]),
+        None => serde_json::json!([{ "bridge": DEFAULT_BRIDGE }]),
+        Some(pod) => {
+            let cidr = format!("{}/{}", pod.address, pod.prefix_len);
+            let mut vif = serde_json::json!({
+                "mac": pod.mac.map(|b| format!("{b:02x}")).join(":"),
+                "ip": cidr,
+                "bridge": DEFAULT_BRIDGE,
+            });
+            match (plan.dev_method, pod.gateway) {
+                (DevMethod::Noxs, Some(gateway)) => vif["gateway"] = gateway.to_string().into(),
+                (DevMethod::Xenstore, Some(gateway)) => {
+                    address = Some(format!("ip={cidr} gw={gateway}"));
+                }
+                (DevMethod::Xenstore, None) => address = Some(format!("ip={cidr}")),
+                (DevMethod::Noxs, None) => {}
+            }
+            serde_json::json!([vif])
+        }
+    };
+    serde_json::json!({
+        "name": name,
+        "kernel": kernel,
+        "cmdline": cmdline(&plan.args, address.as_deref()),
+        "memory": plan.memory_mib,
+        "vcpus": plan.vcpus,
+        "vifs": vifs,
+        "xen": { "dev_method": plan.dev_method.as_str() },
+    })
+    .to_string()
 }
 
 /// A domain name for task `id` of containerd namespace `namespace`: `namespace-id`
@@ -428,6 +478,48 @@ mod tests {
         assert!(plan(&spec(none), &DEFAULTS).unwrap().args.is_empty());
         let empty = serde_json::json!({"process": {"args": []}});
         assert!(plan(&spec(empty), &DEFAULTS).unwrap().args.is_empty());
+    }
+
+    /// The configuration for `plan`, as chaos's own parser reads it.
+    fn config(plan: &GuestPlan, in_namespace: bool, pod: Option<&PodInterface>) -> chaos::Config {
+        let text = guest_config("default-t1", Path::new("/k"), plan, in_namespace, pod);
+        chaos::Config::parse(&text).unwrap_or_else(|err| panic!("{err}: {text}"))
+    }
+
+    #[test]
+    fn guest_configs() {
+        let mut plan = plan(&spec(serde_json::json!({})), &DEFAULTS).unwrap();
+        let on_bridge = config(&plan, false, None);
+        assert_eq!(on_bridge.name, "default-t1");
+        assert_eq!((on_bridge.memory_mib, on_bridge.vcpus), (32, 1));
+        assert_eq!(on_bridge.cmdline, "alpha beta");
+        assert_eq!(on_bridge.vifs.len(), 1);
+        assert_eq!(on_bridge.vifs[0].bridge, DEFAULT_BRIDGE);
+        assert_eq!(on_bridge.vifs[0].mac, None);
+        assert!(config(&plan, true, None).vifs.is_empty());
+
+        let pod = PodInterface {
+            mac: [0x02, 0x42, 0x0a, 0x09, 0x00, 0x02],
+            address: "10.9.0.2".parse().unwrap(),
+            prefix_len: 24,
+            gateway: Some("10.9.0.1".parse().unwrap()),
+            mtu: 1500,
+        };
+        let xenstore = config(&plan, true, Some(&pod));
+        assert_eq!(xenstore.cmdline, "ip=10.9.0.2/24 gw=10.9.0.1 alpha beta");
+        assert_eq!(
+            xenstore.vifs[0].mac.map(|mac| mac.to_string()).as_deref(),
+            Some("02:42:0a:09:00:02")
+        );
+        assert_eq!(xenstore.vifs[0].ip, Some("10.9.0.2".parse().unwrap()));
+        assert_eq!(xenstore.vifs[0].gateway, None);
+
+        plan.dev_method = DevMethod::Noxs;
+        let noxs = config(&plan, true, Some(&pod));
+        assert_eq!(noxs.cmdline, "alpha beta");
+        assert_eq!(noxs.vifs[0].prefix_len, Some(24));
+        assert_eq!(noxs.vifs[0].gateway, Some("10.9.0.1".parse().unwrap()));
+        assert_eq!(noxs.dev_method, DevMethod::Noxs);
     }
 
     #[test]

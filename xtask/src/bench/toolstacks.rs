@@ -120,6 +120,27 @@ pub const CHAOS_NOXS_SPLIT: Toolstack = Toolstack {
     ..CHAOS_NOXS
 };
 
+/// containerd through our shim (`ctr run`, Xenstore guests from `/oci`'s images): the
+/// path an orchestrator takes, beside chaos's own. Only `bench boot` has this row
+/// (background guests are chaos's, and the density bench has no use for it).
+pub const CONTAINERD: Toolstack = Toolstack {
+    name: "containerd",
+    setup: Some(
+        "lab-containerd >/dev/null || exit 1\n\
+         for app in noop daytime; do ctr image import /oci/$app.tar >/dev/null || exit 1; done",
+    ),
+    teardown: None,
+    settle: "true",
+    noop: "ctr run --rm --net-host --runtime io.containerd.lightvm.v1 --memory-limit 4194304 \
+           docker.io/lightvm/noop:latest bench-noop",
+    daytime: "ctr run -d --net-host --runtime io.containerd.lightvm.v1 --memory-limit 8388608 \
+              docker.io/lightvm/daytime:latest bench-daytime ip=10.0.2.16/24 gw=10.0.2.2",
+    destroy: "ctr_destroy",
+    add_background: "bg_chaos xenstore",
+    background_names: "bg_names_chaos",
+    prints_steps: false,
+};
+
 /// Every row, in the order of tables and plots (a toolstack's colour is its place).
 pub const TOOLSTACKS: [&Toolstack; 5] = [&XL, &CHAOS, &CHAOS_NOXS, &CHAOS_SPLIT, &CHAOS_NOXS_SPLIT];
 
@@ -177,6 +198,14 @@ cat >/tmp/bench/daytime-noxs.json <<EOF
  "memory": 8, "vcpus": 1, "vifs": [{"ip": "10.0.2.16", "mac": "MAC", "bridge": "xenbr0"}],
  "xen": {"dev_method": "noxs"}}
 EOF
+# containerd's task NAME killed and removed with its container.
+ctr_destroy() {
+	ctr task kill -s SIGKILL "$1" 2>/dev/null
+	i=0
+	until ctr task ls | grep -q "^$1 .*STOPPED" || [ $i -gt 200 ]; do i=$((i + 1)); sleep 0.05; done
+	ctr task rm "$1" >/dev/null
+	ctr container rm "$1"
+}
 # Background guests: the noop app, paused (it would power off at once), 4 MiB, no
 # devices. xl keeps its monitor process for each, as it does for every guest it starts.
 cat >/tmp/bench/bg.cfg <<EOF

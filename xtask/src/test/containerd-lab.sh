@@ -100,6 +100,3 @@ grep -q "mirred (Egress Redirect to device b0)" filter.out && [ "${redirected:-0
 check mirred-redirects $? "${redirected:-no} packets redirected from a1 to b0"
 ip link del a0
 ip link del b0
-
-echo "--- containerd's log (tail)"
-tail -n 60 /var/log/containerd.log

@@ -35,7 +35,7 @@ const LAB_CHECKS: &str = include_str!("lab-checks.sh");
 /// The capacity job's guests (`GUESTS=` in `capacity-lab.sh`), 4 MiB each.
 const CAPACITY_GUESTS: u32 = 1000;
 
-pub const JOB_TESTS: [JobTest; 20] = [
+pub const JOB_TESTS: [JobTest; 18] = [
     // chaos's commands on real Xen (`chaos-lab.sh`): create, list (and xl list),
     // console, shutdown -w, destroy of daytime with its vif; a destroy while `create
     // --console` watches, each of the two ending well; fifteen malformed
@@ -283,52 +283,33 @@ pub const JOB_TESTS: [JobTest; 20] = [
         memory: LabMemory::for_guests(CAPACITY_GUESTS, 4),
         hosts: 1,
     },
-    // containerd in dom0 (`containerd-lab.sh`): `lab-containerd` starts Debian's
-    // containerd 1.6 (CRI off, native snapshotter) and times it; every app's archive in
-    // /oci (`cargo xtask package`'s layout) imports with `ctr image import` and is
-    // listed under docker.io/lightvm/APP:latest; hello's unpacked rootfs holds
-    // /apps/hello as lightvm/kernel and its lightvm.json; the shim is on PATH; iproute2's
-    // tc redirects a veth's ingress out of another veth with mirred.
-    JobTest {
-        name: "containerd: lab-containerd, ctr image import of every app's OCI archive, tc mirred",
-        script: include_str!("containerd-lab.sh"),
-        timeout_secs: 600,
-        noxs: false,
-        summarize: &["containerd-starts", "every-archive-imports"],
-        memory: LabMemory::DEFAULT,
-        hosts: 1,
-    },
-    // containerd runs our app images through the shim (`shim-lab.sh`, issue 15's
-    // acceptance): `ctr run --rm` of hello prints its greeting and arguments and exits 0,
-    // containerd's events in order; a detached daytime is RUNNING, answers, and after
-    // kill and rm leaves nothing; a daytime in a network namespace answers at eth0's
-    // address; bad input fails in ctr with the shim's message and leaves nothing; the
-    // time from `ctr run` to daytime's first answer beside `chaos create`'s.
+    // containerd in dom0 and our shim (`containerd-lab.sh`, then `shim-lab.sh`: issue
+    // 15's acceptance). `lab-containerd` starts Debian's containerd 1.6 (CRI off, native
+    // snapshotter); every app's archive in /oci (`cargo xtask package`) imports; hello's
+    // container rootfs holds /apps/hello as lightvm/kernel and its lightvm.json; tc
+    // redirects between veths with mirred. Then through the shim: `ctr run --rm` of hello
+    // prints its greeting and arguments and exits 0, containerd's events in order; a
+    // detached daytime is RUNNING, answers, and after kill and rm leaves nothing; a
+    // Xenstore and a NoXS daytime in network namespaces answer at eth0's address; bad
+    // input fails in ctr with the shim's message and leaves nothing; the time from `ctr
+    // run` to daytime's first answer beside `chaos create`'s.
     JobTest {
         name: "shim: containerd runs app images as Xen guests (ctr run, kill, rm, netns, bad input)",
-        script: include_str!("shim-lab.sh"),
+        script: concat!(include_str!("containerd-lab.sh"), include_str!("shim-lab.sh")),
         timeout_secs: 600,
         noxs: false,
-        summarize: &["hello-greets", "netns-answers"],
+        summarize: &["every-archive-imports", "hello-greets", "netns-answers"],
         memory: LabMemory::DEFAULT,
         hosts: 1,
     },
     // A guest's network through a pod's network namespace, as the shim sets it up
-    // (`podnet-lab.sh`, driving the shim's example `podnet`), once per device method: a
+    // (`podnet-lab.sh`, driving the shim's example `podnet`), in a NoXS lab (the shim's
+    // job above covers both methods through containerd, this one the redirect itself): a
     // daytime takes a namespace's veth eth0 (MAC, 10.9.0.2/24, gateway), its vif's host
     // end moves from xenbr0 into the namespace with tc mirred redirects both ways, and a
     // client in dom0 gets the time from eth0's address; a second redirect into the
     // namespace is refused; after destroy and the redirect's removal no domain, vif,
     // tap, qdisc on eth0 or xendevd warning is left.
-    JobTest {
-        name: "podnet (Xenstore): daytime answers at a pod namespace's eth0, nothing left",
-        script: include_str!("podnet-lab.sh"),
-        timeout_secs: 300,
-        noxs: false,
-        summarize: &[],
-        memory: LabMemory::DEFAULT,
-        hosts: 1,
-    },
     JobTest {
         name: "podnet (NoXS): daytime answers at a pod namespace's eth0, nothing left",
         script: include_str!("podnet-lab.sh"),
