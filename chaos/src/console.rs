@@ -532,3 +532,57 @@ mod tests {
         assert!(input.finished());
     }
 }
+
+/// A guest's console as chaos reads it: xenconsoled's pty (Xenstore guests) or
+/// xendevd's stream (NoXS guests), opened before the guest runs so that its first line
+/// is not lost.
+#[derive(Debug)]
+pub enum GuestConsole {
+    Pty(File),
+    Noxs(UnixStream, Vec<u8>),
+}
+
+impl GuestConsole {
+    /// Open domain `domid`'s console the way its device method has it.
+    pub fn open(host: &Host, domid: u32, dev_method: crate::config::DevMethod) -> Result<Self> {
+        Ok(match dev_method {
+            crate::config::DevMethod::Noxs => {
+                let (stream, pending) = open_noxs(host, domid)?;
+                Self::Noxs(stream, pending)
+            }
+            crate::config::DevMethod::Xenstore => {
+                Self::Pty(open(host, domid, host.options.console_timeout)?)
+            }
+        })
+    }
+
+    /// Relay it to `out` ([`relay`], [`relay_stream`]) until the domain (handle
+    /// `uuid`) ends, then its last lines once it ended or closed: xenconsoled or
+    /// xendevd may still be copying the ring when the end is seen.
+    pub fn relay(
+        self,
+        host: &Host,
+        domid: u32,
+        uuid: Option<&Uuid>,
+        out: &mut dyn Write,
+    ) -> Result<Stopped> {
+        let (quiet, at_most) = (Duration::from_millis(200), Duration::from_secs(2));
+        let ended = |stopped: &Stopped| matches!(stopped, Stopped::Ended(_) | Stopped::Closed);
+        match self {
+            Self::Pty(mut tty) => {
+                let stopped = relay(host, domid, uuid, &mut tty, out)?;
+                if ended(&stopped) {
+                    drain(&mut tty, out, quiet, at_most);
+                }
+                Ok(stopped)
+            }
+            Self::Noxs(mut stream, pending) => {
+                let stopped = relay_stream(host, domid, uuid, &mut stream, &pending, out)?;
+                if ended(&stopped) {
+                    drain(&mut stream, out, quiet, at_most);
+                }
+                Ok(stopped)
+            }
+        }
+    }
+}

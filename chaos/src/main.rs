@@ -20,7 +20,7 @@ use chaos::cli::{
     trace_total,
 };
 use chaos::config::DevMethod;
-use chaos::console::{self, Stopped};
+use chaos::console::{GuestConsole, Stopped};
 use chaos::daemon::records::Records;
 use chaos::daemon::wire::{Made, RunDir};
 use chaos::daemon::{self, Options as DaemonOptions};
@@ -103,38 +103,11 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
             let host = open(cli, Options::default().device_timeout)?;
             let domid = domain::resolve(&host, &args.domain)?;
             let mut out = std::io::stdout().lock();
-            if domain::dev_method_of(&host, domid)? == DevMethod::Noxs {
-                let (mut stream, pending) = console::open_noxs(&host, domid)?;
-                let stopped =
-                    console::relay_stream(&host, domid, None, &mut stream, &pending, &mut out)?;
-                return Ok(match stopped {
-                    Stopped::Ended(_) | Stopped::Closed => {
-                        console::drain(
-                            &mut stream,
-                            &mut out,
-                            Duration::from_millis(200),
-                            Duration::from_secs(2),
-                        );
-                        0
-                    }
-                    Stopped::Detached => 0,
-                    Stopped::Interrupted(signal) => signal::exit_status(signal),
-                });
-            }
-            let mut tty = console::open(&host, domid, host.options.console_timeout)?;
-            match console::relay(&host, domid, None, &mut tty, &mut out)? {
-                Stopped::Ended(_) | Stopped::Closed => {
-                    console::drain(
-                        &mut tty,
-                        &mut out,
-                        Duration::from_millis(200),
-                        Duration::from_secs(2),
-                    );
-                    Ok(0)
-                }
-                Stopped::Detached => Ok(0),
-                Stopped::Interrupted(signal) => Ok(signal::exit_status(signal)),
-            }
+            let console = GuestConsole::open(&host, domid, domain::dev_method_of(&host, domid)?)?;
+            Ok(match console.relay(&host, domid, None, &mut out)? {
+                Stopped::Ended(_) | Stopped::Closed | Stopped::Detached => 0,
+                Stopped::Interrupted(signal) => signal::exit_status(signal),
+            })
         }
     }
 }
@@ -319,38 +292,9 @@ fn watch_console(host: &Host, made: &domain::Created, stay_paused: bool) -> Resu
         }
         host.timed("xc_domain_unpause", || Ok(host.xc.domain_unpause(domid)?))
     };
-    let stopped = if made.dev_method == DevMethod::Noxs {
-        let (mut stream, pending) = console::open_noxs(host, domid)?;
-        unpause()?;
-        let stopped = console::relay_stream(
-            host,
-            domid,
-            Some(&made.uuid),
-            &mut stream,
-            &pending,
-            &mut out,
-        )?;
-        // The last lines: xendevd may still be copying the ring when the end is seen.
-        console::drain(
-            &mut stream,
-            &mut out,
-            Duration::from_millis(150),
-            Duration::from_secs(1),
-        );
-        stopped
-    } else {
-        let mut tty = console::open(host, domid, host.options.console_timeout)?;
-        unpause()?;
-        let stopped = console::relay(host, domid, Some(&made.uuid), &mut tty, &mut out)?;
-        // The last lines: xenconsoled may still be copying the ring when the end is seen.
-        console::drain(
-            &mut tty,
-            &mut out,
-            Duration::from_millis(150),
-            Duration::from_secs(1),
-        );
-        stopped
-    };
+    let console = GuestConsole::open(host, domid, made.dev_method)?;
+    unpause()?;
+    let stopped = console.relay(host, domid, Some(&made.uuid), &mut out)?;
     match stopped {
         Stopped::Ended(ending) => Ok(Watched::Ended(ending)),
         Stopped::Closed => Ok(Watched::Ended(

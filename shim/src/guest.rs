@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use chaos::config::{Config, DevMethod};
-use chaos::console::{self, Stopped};
+use chaos::console::{GuestConsole, Stopped};
 use chaos::domain::{self, Ending};
 use chaos::uuid::Uuid;
 use chaos::{Host, Options};
@@ -92,18 +92,12 @@ fn open_host() -> Result<Host, String> {
     Host::open(Options::default()).map_err(|err| format!("chaos: {err}"))
 }
 
-/// The guest's console, open before it runs so that its first line is not lost.
-enum Console {
-    Pty(File),
-    Noxs(std::os::unix::net::UnixStream, Vec<u8>),
-}
-
 /// Make the domain paused, move its vif into the pod, open its console. On an error
 /// nothing of it is left.
 fn boot_paused(
     host: &Host,
     boot: &Boot,
-) -> Result<(Running, Console, Option<podnet::Redirect>), String> {
+) -> Result<(Running, GuestConsole, Option<podnet::Redirect>), String> {
     let mut config = Config::parse(&boot.config).map_err(|err| err.to_string())?;
     config.check_files().map_err(|err| err.to_string())?;
     config.check_bridges().map_err(|err| err.to_string())?;
@@ -114,7 +108,7 @@ fn boot_paused(
         dev_method: made.dev_method,
     };
     let mut redirect = None;
-    let mut rest = || -> Result<Console, String> {
+    let mut rest = || -> Result<GuestConsole, String> {
         if let Some(netns) = &boot.pod_netns {
             let made = podnet::redirect(netns, &format!("vif{}.0", running.domid))
                 .map_err(|err| err.to_string())?;
@@ -125,17 +119,7 @@ fn boot_paused(
             );
             redirect = Some(made);
         }
-        Ok(match running.dev_method {
-            DevMethod::Noxs => {
-                let (stream, pending) =
-                    console::open_noxs(host, running.domid).map_err(|err| err.to_string())?;
-                Console::Noxs(stream, pending)
-            }
-            DevMethod::Xenstore => Console::Pty(
-                console::open(host, running.domid, host.options.console_timeout)
-                    .map_err(|err| err.to_string())?,
-            ),
-        })
+        GuestConsole::open(host, running.domid, running.dev_method).map_err(|err| err.to_string())
     };
     match rest() {
         Ok(console) => Ok((running, console, redirect)),
@@ -155,32 +139,10 @@ fn boot_paused(
 }
 
 /// Copy the console to `stdout` until the guest ends.
-fn watch(host: &Host, running: &Running, console: Console, stdout: Option<File>) -> Ending {
+fn watch(host: &Host, running: &Running, console: GuestConsole, stdout: Option<File>) -> Ending {
     let uuid = Some(&running.uuid);
     let mut out = Lossy(stdout);
-    let stopped = match console {
-        Console::Pty(mut tty) => {
-            let stopped = console::relay(host, running.domid, uuid, &mut tty, &mut out);
-            console::drain(
-                &mut tty,
-                &mut out,
-                Duration::from_millis(150),
-                Duration::from_secs(1),
-            );
-            stopped
-        }
-        Console::Noxs(mut stream, pending) => {
-            let stopped =
-                console::relay_stream(host, running.domid, uuid, &mut stream, &pending, &mut out);
-            console::drain(
-                &mut stream,
-                &mut out,
-                Duration::from_millis(150),
-                Duration::from_secs(1),
-            );
-            stopped
-        }
-    };
+    let stopped = console.relay(host, running.domid, uuid, &mut out);
     match stopped {
         Ok(Stopped::Ended(ending)) => ending,
         Ok(Stopped::Closed | Stopped::Detached | Stopped::Interrupted(_)) => wait(host, running),

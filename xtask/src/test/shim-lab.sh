@@ -93,14 +93,19 @@ sleep 0.5
 count daytime-leaves-nothing "$before" "$(held)"
 
 # 3. A daytime in a network namespace: eth0 of a veth pair, its peer in dom0.
-ip netns add t0
-ip link add veth-t0 type veth peer name eth0 netns t0
-ip -n t0 link set lo up
-ip -n t0 addr add 10.9.0.2/24 dev eth0
-ip -n t0 link set eth0 up
-ip -n t0 route add default via 10.9.0.1
-ip addr add 10.9.0.1/24 dev veth-t0
-ip link set veth-t0 up
+# pod NAME NET: namespace NAME with eth0 at NET.2/24 (what CNI's bridge plugin would
+# make), its peer veth-NAME at NET.1 in dom0, the default route through it.
+pod() {
+	ip netns add "$1"
+	ip link add "veth-$1" type veth peer name eth0 netns "$1"
+	ip -n "$1" link set lo up
+	ip -n "$1" addr add "$2.2/24" dev eth0
+	ip -n "$1" link set eth0 up
+	ip -n "$1" route add default via "$2.1"
+	ip addr add "$2.1/24" dev "veth-$1"
+	ip link set "veth-$1" up
+}
+pod t0 10.9.0
 ctr run -d --with-ns network:/var/run/netns/t0 --runtime $RUNTIME \
 	docker.io/lightvm/daytime:latest d2
 answers 10.9.0.2 300
@@ -144,14 +149,7 @@ check_that netns-left-clean "in t0 after rm: $left vifs, $qdiscs ingress qdiscs 
 count netns-leaves-nothing "$before" "$(held)"
 
 # A NoXS daytime (the annotation) in another namespace: its tap is what moves.
-ip netns add t1
-ip link add veth-t1 type veth peer name eth0 netns t1
-ip -n t1 link set lo up
-ip -n t1 addr add 10.9.1.2/24 dev eth0
-ip -n t1 link set eth0 up
-ip -n t1 route add default via 10.9.1.1
-ip addr add 10.9.1.1/24 dev veth-t1
-ip link set veth-t1 up
+pod t1 10.9.1
 ctr run -d --with-ns network:/var/run/netns/t1 --annotation lightvm.io/dev-method=noxs \
 	--runtime $RUNTIME docker.io/lightvm/daytime:latest d4
 answers 10.9.1.2 300
