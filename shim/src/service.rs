@@ -327,7 +327,10 @@ impl Tasks {
                     task.holder = Some(spawn_holder(None)?);
                 }
                 Network::Namespace(path) => {
-                    task.netns_claim = Some(NetnsClaim::take(&path, &req.id)?);
+                    // The sandbox holds the pod's namespace for its guest.
+                    if !sandbox {
+                        task.netns_claim = Some(NetnsClaim::take(&path, &req.id)?);
+                    }
                     task.holder = Some(spawn_holder(Some(&path))?);
                 }
             }

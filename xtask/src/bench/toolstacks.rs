@@ -135,7 +135,7 @@ pub const CONTAINERD: Toolstack = Toolstack {
            docker.io/lightvm/noop:latest bench-noop",
     daytime: "ctr run -d --net-host --runtime io.containerd.lightvm.v1 --memory-limit 8388608 \
               docker.io/lightvm/daytime:latest bench-daytime ip=10.0.2.16/24 gw=10.0.2.2",
-    destroy: "ctr_destroy",
+    destroy: "sh /tmp/bench/ctr-destroy",
     add_background: "bg_chaos xenstore",
     background_names: "bg_names_chaos",
     prints_steps: false,
@@ -198,14 +198,15 @@ cat >/tmp/bench/daytime-noxs.json <<EOF
  "memory": 8, "vcpus": 1, "vifs": [{"ip": "10.0.2.16", "mac": "MAC", "bridge": "xenbr0"}],
  "xen": {"dev_method": "noxs"}}
 EOF
-# containerd's task NAME killed and removed with its container.
-ctr_destroy() {
-	ctr task kill -s SIGKILL "$1" 2>/dev/null
-	i=0
-	until ctr task ls | grep -q "^$1 .*STOPPED" || [ $i -gt 200 ]; do i=$((i + 1)); sleep 0.05; done
-	ctr task rm "$1" >/dev/null
-	ctr container rm "$1"
-}
+# containerd's task $1 killed and removed with its container (a script: bootbench runs
+# a cleanup in a shell of its own).
+cat >/tmp/bench/ctr-destroy <<'EOF'
+ctr task kill -s SIGKILL "$1" 2>/dev/null
+i=0
+until ctr task ls | grep -q "^$1 .*STOPPED" || [ $i -gt 200 ]; do i=$((i + 1)); sleep 0.05; done
+ctr task rm "$1" >/dev/null
+ctr container rm "$1"
+EOF
 # Background guests: the noop app, paused (it would power off at once), 4 MiB, no
 # devices. xl keeps its monitor process for each, as it does for every guest it starts.
 cat >/tmp/bench/bg.cfg <<EOF

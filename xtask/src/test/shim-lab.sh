@@ -163,6 +163,30 @@ left=$(ip -n t1 link show | grep -c vif)
 check_that netns-noxs-left-clean "in t1 after rm: $left vifs" [ "$left" = 0 ]
 count netns-noxs-leaves-nothing "$before" "$(held)"
 
+# A pod as Kubernetes' CRI makes it: a sandbox task (no guest: the shim holds the
+# pod's namespace), then the app's guest in the namespace of the sandbox's pid.
+pod t2 10.9.2
+ctr run -d --with-ns network:/var/run/netns/t2 --runtime $RUNTIME \
+	--annotation io.kubernetes.cri.container-type=sandbox \
+	docker.io/lightvm/hello:latest sandbox1
+sandbox=$(ctr task ls | awk '$1 == "sandbox1" { print $2 }')
+same=$(stat -L -c %i "/proc/${sandbox:-0}/ns/net" 2>&1) netns=$(stat -L -c %i /var/run/netns/t2)
+check_that sandbox-holds-the-pod "sandbox1 is $(status sandbox1), its pid ${sandbox:-none} in netns $same, the pod's is $netns" \
+	[ "$(status sandbox1)/$same" = "RUNNING/$netns" ]
+ctr run -d --with-ns "network:/proc/$sandbox/ns/net" --runtime $RUNTIME \
+	--annotation io.kubernetes.cri.container-type=container \
+	docker.io/lightvm/daytime:latest app1
+answers 10.9.2.2 300
+check pod-app-answers $? "nc 10.9.2.2 13 from dom0: ${answer:-nothing}"
+for task in app1 sandbox1; do
+	ctr task kill -s SIGKILL $task
+	stopped $task
+	ctr task rm $task >/dev/null
+	ctr container rm $task
+done
+sleep 0.5
+count pod-leaves-nothing "$before" "$(held)"
+
 # 5. From `ctr run` to daytime's first answer, against `chaos create` alone.
 start=$(now)
 ctr run -d --net-host --runtime $RUNTIME docker.io/lightvm/daytime:latest d3 \
