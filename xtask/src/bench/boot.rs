@@ -120,7 +120,11 @@ pub fn run(args: &BootArgs) -> Result<()> {
     }
     let (apps, have_chaos) = build_for_bench()?;
     let toolstacks: Vec<&Toolstack> = if have_chaos {
-        TOOLSTACKS.iter().copied().chain([&toolstacks::CONTAINERD]).collect()
+        TOOLSTACKS
+            .iter()
+            .copied()
+            .chain([&toolstacks::CONTAINERD])
+            .collect()
     } else {
         vec![&XL]
     };

@@ -295,7 +295,10 @@ pub const JOB_TESTS: [JobTest; 18] = [
     // run` to daytime's first answer beside `chaos create`'s.
     JobTest {
         name: "shim: containerd runs app images as Xen guests (ctr run, kill, rm, netns, bad input)",
-        script: concat!(include_str!("containerd-lab.sh"), include_str!("shim-lab.sh")),
+        script: concat!(
+            include_str!("containerd-lab.sh"),
+            include_str!("shim-lab.sh")
+        ),
         timeout_secs: 600,
         noxs: false,
         summarize: &["every-archive-imports", "hello-greets", "netns-answers"],
