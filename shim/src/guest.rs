@@ -295,3 +295,42 @@ pub fn destroy_by_name(name: &str) -> Result<(), String> {
     let dev_method = domain::dev_method_of(&host, domid).map_err(|err| err.to_string())?;
     domain::destroy_known(&host, domid, None, dev_method).map_err(|err| err.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::OpenOptionsExt;
+
+    use super::*;
+
+    #[test]
+    fn exit_statuses_follow_xtask_run() {
+        let cases = [
+            (Ending::Shutdown(ShutdownReason::Poweroff), 0),
+            (Ending::Shutdown(ShutdownReason::Crash), 2),
+            (Ending::Shutdown(ShutdownReason::Reboot), 3),
+            (Ending::Shutdown(ShutdownReason::Watchdog), 4),
+            (Ending::Destroyed, 6),
+        ];
+        for (ending, status) in cases {
+            assert_eq!(exit_status(ending), status, "{ending:?}");
+        }
+    }
+
+    #[test]
+    fn a_stdout_without_reader_is_none() {
+        let dir = std::env::temp_dir().join(format!("shim-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("stdout");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(open_stdout(&fifo).unwrap().is_none());
+        let _reader = File::options()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        let mut out = Lossy(open_stdout(&fifo).unwrap());
+        out.write_all(b"console").unwrap();
+        assert!(out.0.is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
