@@ -79,13 +79,17 @@ umount rootfs && ctr container rm rootfs-probe >rm.out 2>&1 &&
 	! ctr snapshots ls | grep -q "^rootfs-probe " && ! grep -q " $(pwd)/rootfs " /proc/mounts
 check rootfs-cleaned-up $? "$(tr '\n' ' ' <rm.out)"
 
-# --- pod network plumbing: a0's ingress redirected out of b0 (Kata's tc model)
+# --- pod network plumbing: a1's ingress redirected out of b0 (Kata's tc model)
 ip -V >ipv.out 2>&1 && grep -q iproute2 ipv.out && tc -V 2>&1 | grep -q iproute2
 check iproute2 $? "$(tr '\n' ' ' <ipv.out)"
-ip link add a0 type veth peer name a1 &&
-	ip link add b0 type veth peer name b1 &&
-	for dev in a0 a1 b0 b1; do ip link set "$dev" up || exit 1; done &&
-	ip addr add 10.99.0.1/24 dev a0 >veth.out 2>&1
+veth_pairs() { # a0-a1 and b0-b1, up, a0 at 10.99.0.1/24
+	ip link add a0 type veth peer name a1 && ip link add b0 type veth peer name b1 || return 1
+	for dev in a0 a1 b0 b1; do
+		ip link set "$dev" up || return 1
+	done
+	ip addr add 10.99.0.1/24 dev a0
+}
+veth_pairs >veth.out 2>&1
 check veth-pairs $? "$(tr '\n' ' ' <veth.out)"
 tc qdisc add dev a1 handle ffff: ingress >tc.out 2>&1 &&
 	tc filter add dev a1 parent ffff: protocol all u32 match u8 0 0 \
