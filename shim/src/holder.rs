@@ -75,13 +75,11 @@ impl Holder {
 
 /// The holder's life: wait until the shim that made it (`parent`) is gone.
 pub fn hold(parent: &str) -> ! {
-    let parent: i32 = parent.parse().unwrap_or(0);
-    loop {
-        if std::os::unix::process::parent_id() != u32::try_from(parent).unwrap_or(0) {
-            std::process::exit(0);
-        }
+    let parent: u32 = parent.parse().unwrap_or(0);
+    while std::os::unix::process::parent_id() == parent {
         std::thread::sleep(Duration::from_secs(1));
     }
+    std::process::exit(0)
 }
 
 /// The device and inode of a namespace file: the identity of the namespace.
